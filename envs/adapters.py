@@ -1,0 +1,249 @@
+"""Thin Gymnasium adapters over a :class:`~metarec.envs.core.UserModel`.
+
+* :class:`UserSimEnv` — one user, a ``gymnasium.Env``; numpy arrays in and out (what
+  stable-baselines3 and ``check_env`` expect). Runs the model on the numpy backend by default (the
+  fast path for one user) or on torch (``backend="torch"``: step-for-step the same as a vector env of
+  one user with the same seed).
+* :class:`UserSimVectorEnv` — ``B`` users, a native ``gymnasium.vector.VectorEnv`` on torch, on any
+  device; observations, rewards and infos are torch tensors on that device.
+
+Autoreset (vector env): ``AutoresetMode.SAME_STEP`` by default. When user ``b`` terminates or is
+truncated, the same ``step`` call replaces them by a fresh user and returns the new user's first
+observation; the last observation of the finished episode is in ``infos["final_obs"]`` (a dict of
+tensors for the whole batch, valid where ``infos["_final_obs"]`` is True). With ``autoreset=False``
+(``AutoresetMode.DISABLED``) finished users stay as they are until ``reset(options={"reset_mask":
+mask})``.
+
+Actions: a slate is ``K`` candidate indices in ``[0, N)`` (``MultiDiscrete``), or one index in the
+single-item variants (``Discrete``). Any element of the action space is legal; a repeated index is
+shown once (see :mod:`metarec.envs.choice`). Malformed actions raise ``ValueError`` naming the problem.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import numpy as np
+import gymnasium as gym
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from .backend import Backend, Random, numpy_backend, torch_backend
+from .core import State, UserModel
+
+
+def action_space_of(model: UserModel, single_item: bool) -> spaces.Space:
+    if single_item:
+        return spaces.Discrete(model.num_candidates)
+    return spaces.MultiDiscrete(np.full(model.slate_size, model.num_candidates, dtype=np.int64))
+
+
+def check_slates(action: Any, num_candidates: int, slate_size: int, batch: int | None, single_item: bool) -> Any:
+    """Validates an action and returns it as an int64 slate array (``[B, K]``; ``[1, K]`` when
+    ``batch`` is None). Raises ``ValueError`` naming the problem."""
+    import torch
+
+    is_tensor = isinstance(action, torch.Tensor)
+    if not is_tensor:
+        if isinstance(action, bool | np.bool_):
+            raise ValueError(f"action: expected integer candidate indices, got a bool ({action!r})")
+        action = np.asarray(action)
+    if action.dtype in (torch.bool, np.bool_) or not (
+        action.dtype.is_floating_point is False and not action.dtype.is_complex
+        if is_tensor
+        else np.issubdtype(action.dtype, np.integer)
+    ):
+        raise ValueError(f"action: expected integer candidate indices, got dtype {action.dtype}")
+    if single_item:
+        expected: tuple[int, ...] = () if batch is None else (batch,)
+        form = "one candidate index" if batch is None else f"one candidate index per user, shape ({batch},)"
+    else:
+        expected = (slate_size,) if batch is None else (batch, slate_size)
+        form = f"a slate of {slate_size} candidate indices" + ("" if batch is None else f" per user, shape {expected}")
+    if tuple(action.shape) != expected:
+        raise ValueError(f"action: expected {form}, got shape {tuple(action.shape)}")
+    if action.numel() if is_tensor else action.size:
+        bad = (action < 0) | (action >= num_candidates)
+        if bool(bad.any()):
+            value = action[bad].reshape(-1)[0]
+            raise ValueError(f"action: candidate indices must lie in [0, {num_candidates}), got {int(value)}")
+    if is_tensor:
+        slate = action.to(torch.int64)
+    else:
+        slate = action.astype(np.int64, copy=False)
+    return slate.reshape(1 if batch is None else batch, 1 if single_item else slate_size)
+
+
+class UserSimEnv(gym.Env):
+    """A Gymnasium environment of one simulated user over a :class:`UserModel`.
+
+    Subclasses implement :meth:`build_model`; everything else is shared.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, *, single_item: bool = False, ground_truth: bool = True, backend: str = "numpy") -> None:
+        if backend not in ("numpy", "torch"):
+            raise ValueError(f"backend: expected 'numpy' or 'torch', got {backend!r}")
+        self.backend: Backend = numpy_backend() if backend == "numpy" else torch_backend("cpu")
+        self.model = self.build_model(self.backend)
+        self.single_item = single_item
+        self.ground_truth = ground_truth
+        self.observation_space = self.model.observation_space()
+        self.action_space = action_space_of(self.model, single_item)
+        self._rng: Random | None = None
+        self._state: State | None = None
+        self._oracle_value = 0.0
+
+    @abstractmethod
+    def build_model(self, backend: Backend) -> UserModel:
+        """The user model this environment adapts, on ``backend``."""
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        super().reset(seed=seed)
+        if self.backend.name == "numpy":
+            from .backend import NumpyRandom
+
+            self._rng = NumpyRandom(self.np_random)
+        elif seed is not None or self._rng is None:
+            self._rng = self.backend.make_random(seed if seed is not None else int(self.np_random.integers(2**62)))
+        self._state = self.model.initial_state(self._rng, 1)
+        return self._observation(), self._truth({})
+
+    def step(self, action: Any) -> tuple[dict, float, bool, bool, dict]:
+        if self._state is None or self._rng is None:
+            raise RuntimeError("step() called before reset()")
+        slate = check_slates(action, self.model.num_candidates, self.model.slate_size, None, self.single_item)
+        slate = self.backend.asarray(slate) if self.backend.name == "torch" else slate
+        self._state, outcome = self.model.step(self._rng, self._state, slate)
+        info = {key: self._scalar(value) for key, value in outcome.info.items()}
+        if self.ground_truth:
+            info["regret"] = self._oracle_value - info["expected_reward"]
+        return (
+            self._observation(),
+            float(outcome.reward[0]),
+            bool(outcome.terminated[0]),
+            bool(outcome.truncated[0]),
+            self._truth(info),
+        )
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        assert self._state is not None
+        return {key: self.backend.to_numpy(value)[0] for key, value in self.model.observe(self._state).items()}
+
+    def _truth(self, info: dict[str, Any]) -> dict[str, Any]:
+        """Adds the ground truth of the next decision: true utilities, the oracle's slate and value."""
+        if self.ground_truth:
+            assert self._state is not None
+            slate, value, truth = self.model.oracle(self._state)
+            to_np = self.backend.to_numpy
+            info["oracle_slate"] = to_np(slate)[0]
+            info["oracle_value"] = self._oracle_value = float(to_np(value)[0])
+            info["candidate_utilities"] = to_np(truth.utilities)[0]
+        return info
+
+    def _scalar(self, value: Any) -> Any:
+        return self.backend.to_numpy(value)[0].item()
+
+
+class UserSimVectorEnv(VectorEnv):
+    """``num_envs`` simulated users stepping as one batch of torch tensors on ``device``.
+
+    Subclasses implement :meth:`build_model`; everything else is shared.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(
+        self,
+        num_envs: int,
+        *,
+        device: Any = "cpu",
+        single_item: bool = False,
+        ground_truth: bool = True,
+        autoreset: bool = True,
+    ) -> None:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer) or num_envs < 1:
+            raise ValueError(f"num_envs: expected a positive integer, got {num_envs!r}")
+        self.num_envs = int(num_envs)
+        self.backend = torch_backend(device)
+        self.device = self.backend.device
+        self.model = self.build_model(self.backend)
+        self.single_item = single_item
+        self.ground_truth = ground_truth
+        self.autoreset = autoreset
+        self.metadata = {
+            **type(self).metadata,
+            "autoreset_mode": AutoresetMode.SAME_STEP if autoreset else AutoresetMode.DISABLED,
+        }
+        self.single_observation_space = self.model.observation_space()
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.single_action_space = action_space_of(self.model, single_item)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._rng: Random | None = None
+        self._state: State | None = None
+        self._oracle_value: Any = None
+
+    @abstractmethod
+    def build_model(self, backend: Backend) -> UserModel:
+        """The user model this environment adapts, on ``backend``."""
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        super().reset(seed=seed)
+        if seed is not None or self._rng is None:
+            self._rng = self.backend.make_random(seed)
+        mask = (options or {}).get("reset_mask")
+        if mask is not None and self._state is not None:
+            mask = self.backend.asarray(np.asarray(mask, dtype=bool)) if not hasattr(mask, "device") else mask
+            if tuple(mask.shape) != (self.num_envs,):
+                raise ValueError(f"options['reset_mask']: expected shape ({self.num_envs},), got {tuple(mask.shape)}")
+            self._state = self.model.reset_users(self._rng, self._state, mask.to(self.device, bool))
+        else:
+            self._state = self.model.initial_state(self._rng, self.num_envs)
+        return self.model.observe(self._state), self._truth({})
+
+    def step(self, actions: Any) -> tuple[dict, Any, Any, Any, dict]:
+        if self._state is None or self._rng is None:
+            raise RuntimeError("step() called before reset()")
+        import torch
+
+        slate = check_slates(actions, self.model.num_candidates, self.model.slate_size, self.num_envs, self.single_item)
+        slate = slate.to(self.device) if isinstance(slate, torch.Tensor) else self.backend.asarray(slate)
+        self._state, outcome = self.model.step(self._rng, self._state, slate)
+        infos = dict(outcome.info)
+        if self.ground_truth:
+            infos["regret"] = self._oracle_value - infos["expected_reward"]
+        observation = self.model.observe(self._state)
+        done = outcome.terminated | outcome.truncated
+        if self.autoreset and bool(done.any()):
+            infos["final_obs"] = observation
+            infos["_final_obs"] = done
+            self._state = self.model.reset_users(self._rng, self._state, done)
+            # Observe only the fresh users and write their rows into a copy of the batch.
+            index = torch.nonzero(done)[:, 0]
+            fresh = self.model.observe({key: value[index] for key, value in self._state.items()})
+            observation = {key: value.index_copy(0, index, fresh[key]) for key, value in observation.items()}
+        return observation, outcome.reward, outcome.terminated, outcome.truncated, self._truth(infos)
+
+    def _truth(self, infos: dict[str, Any]) -> dict[str, Any]:
+        if self.ground_truth:
+            assert self._state is not None
+            slate, value, truth = self.model.oracle(self._state)
+            infos["oracle_slate"] = slate
+            infos["oracle_value"] = self._oracle_value = value
+            infos["candidate_utilities"] = truth.utilities
+        return infos
+
+    @property
+    def state(self) -> State:
+        """The hidden state of every user (ground truth, for metrics and tests; never for policies)."""
+        if self._state is None:
+            raise RuntimeError("the environment has not been reset")
+        return self._state
+
+    def state_nbytes(self) -> int:
+        """Bytes of simulator state held for all users."""
+        return self.model.state_nbytes(self.state)
+

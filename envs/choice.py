@@ -1,0 +1,97 @@
+"""Slate handling, choice sampling and the myopic oracle shared by every user model.
+
+All functions are batched over users (leading dimension ``B``) and written against the Array API,
+so they run unchanged on numpy and torch (see :mod:`metarec.envs.backend`).
+
+Slate rule (every element of the action space is legal): a slate lists ``K`` candidate indices; a
+candidate listed more than once is shown once, at its first position, and the later positions that
+repeat it stay empty. An agent can therefore show fewer than ``K`` items by repeating one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import device as device_of
+
+from .backend import Array, Backend, Random
+
+
+def shown_mask(xp: Any, slate: Array) -> Array:
+    """Which slate positions show an item: ``[B, K]`` bool, False where a position repeats an earlier one."""
+    k = slate.shape[1]
+    same = slate[:, :, None] == slate[:, None, :]  # [B, K, K]
+    positions = xp.arange(k, device=device_of(slate))
+    earlier = positions[:, None] > positions[None, :]  # position j < position i
+    return ~xp.any(same & earlier, axis=2)
+
+
+def sample_categorical(xp: Any, rng: Random, probs: Array) -> Array:
+    """One draw per row of ``probs`` (``[B, C]``, rows summing to 1) by inverting the CDF: ``[B]`` int64."""
+    cdf = xp.cumulative_sum(probs, axis=1)
+    u = rng.uniform((probs.shape[0], 1)) * cdf[:, -1:]
+    index = xp.sum(xp.astype(cdf <= u, xp.int64), axis=1)
+    return xp.clip(index, max=probs.shape[1] - 1)
+
+
+def choice_probabilities(xp: Any, weights: Array, no_click_weight: Array) -> Array:
+    """Probabilities of choosing each slate position or nothing, from choice weights.
+
+    Args:
+        weights: ``[B, K]`` non-negative weights of the shown items (0 for empty positions), e.g.
+            ``exp(utility / temperature) * position_bias`` for a multinomial logit.
+        no_click_weight: ``[B]`` or scalar weight of choosing nothing.
+
+    Returns:
+        ``[B, K + 1]`` probabilities; the last column is "no click".
+    """
+    w0 = no_click_weight + xp.zeros_like(weights[:, 0])
+    full = xp.concat([weights, w0[:, None]], axis=1)
+    return full / xp.sum(full, axis=1, keepdims=True)
+
+
+def revenue_ordered_slate(
+    be: Backend, weights: Array, revenue: Array, no_click_weight: Array, position_weight: Array, slate_size: int
+) -> tuple[Array, Array]:
+    """The myopic oracle: the best revenue-ordered assortment under a multinomial choice model.
+
+    Under a multinomial logit, the assortment maximising expected revenue (here: expected reward of
+    the step) is one of the sets "the r candidates of highest revenue", r = 1..K (Talluri and van
+    Ryzin, 2004). With position bias and a slate-size limit that is a close heuristic rather than a
+    guarantee. The items go in order of revenue, the best in the first position; positions beyond
+    r repeat the first item, which the slate rule leaves empty.
+
+    Args:
+        weights: ``[B, N]`` choice weight of every candidate at an unbiased position.
+        revenue: ``[B, N]`` expected reward if the candidate is chosen.
+        no_click_weight: ``[B]`` or scalar.
+        position_weight: ``[K]`` multiplicative position bias (all ones when there is none).
+        slate_size: K.
+
+    Returns:
+        ``(slate [B, K] int64, value [B])``: the oracle's slate and its expected reward.
+    """
+    xp = be.xp
+    order = xp.argsort(-revenue, axis=1)[:, :slate_size]  # [B, K], best first
+    w = be.take_along(weights, order) * position_weight[None, :]
+    r = be.take_along(revenue, order)
+    numerator = xp.cumulative_sum(w * r, axis=1)
+    denominator = no_click_weight + xp.zeros_like(w[:, :1]) + xp.cumulative_sum(w, axis=1)
+    values = numerator / denominator  # [B, K]: value of showing the top r = 1..K
+    best = xp.argmax(values, axis=1)  # [B]
+    positions = xp.arange(slate_size, device=device_of(order))
+    keep = positions[None, :] <= best[:, None]
+    slate = xp.where(keep, order, order[:, :1])
+    value = xp.max(values, axis=1)
+    return slate, value
+
+
+def slate_value(
+    be: Backend, weights: Array, revenue: Array, no_click_weight: Array, position_weight: Array, slate: Array
+) -> Array:
+    """Expected reward of showing ``slate`` (``[B, K]``) under the same choice model: ``[B]``."""
+    xp = be.xp
+    shown = xp.astype(shown_mask(xp, slate), weights.dtype)
+    w = be.take_along(weights, slate) * position_weight[None, :] * shown
+    r = be.take_along(revenue, slate)
+    return xp.sum(w * r, axis=1) / (no_click_weight + xp.sum(w, axis=1))

@@ -1,0 +1,157 @@
+"""The functional core: pure batched user dynamics that every environment adapts.
+
+A :class:`UserModel` holds a simulator family's fixed parameters (a user population and its
+catalog: what defines a task) on one array backend; the state of ``B`` users is a plain ``dict`` of
+arrays whose first dimension is ``B`` (what changes each step). One step of the simulation, after
+RecSim NG's ordering:
+
+1. the recommender shows a slate (the agent's action; repeats are shown once);
+2. the user chooses one shown item or nothing, from the model's choice weights;
+3. the user responds (engagement) and the reward is read off the response;
+4. the user's state evolves (budget, fatigue, interests and their drift);
+5. new candidates are drawn for the next decision.
+
+Steps 1-2 and the ground truth (expected value of the shown slate, the myopic oracle) are shared
+here; a model supplies :meth:`UserModel.choice_model` and :meth:`UserModel.respond`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from gymnasium import spaces
+
+from .backend import Array, Backend, Random
+from .choice import choice_probabilities, revenue_ordered_slate, sample_categorical, shown_mask
+
+State = dict[str, Array]
+
+
+@dataclass(frozen=True)
+class ChoiceModel:
+    """What a user would do with any candidate, in the current state (ground truth).
+
+    Attributes:
+        weights: ``[B, N]`` choice weight of each candidate at an unbiased position.
+        revenue: ``[B, N]`` expected reward if the candidate is chosen.
+        no_click_weight: ``[B]`` (or scalar) weight of choosing nothing.
+        position_weight: ``[K]`` multiplicative position bias.
+        utilities: ``[B, N]`` the user's true utility of each candidate (reported in ``info``).
+    """
+
+    weights: Array
+    revenue: Array
+    no_click_weight: Array
+    position_weight: Array
+    utilities: Array
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What :meth:`UserModel.respond` returns besides the new state."""
+
+    reward: Array  # [B] float32
+    terminated: Array  # [B] bool: the user left (budget spent, churned)
+    truncated: Array  # [B] bool: a step limit cut the episode
+    info: dict[str, Array]  # extra per-user ground truth, e.g. drift events
+
+
+class UserModel(ABC):
+    """Batched dynamics of one simulator family on one backend.
+
+    Subclasses set ``num_candidates``, ``slate_size`` and ``position_weight`` and implement the
+    abstract methods. Nothing here loops over users.
+    """
+
+    backend: Backend
+    num_candidates: int
+    slate_size: int
+
+    @property
+    def xp(self) -> Any:
+        return self.backend.xp
+
+    # -- what a model defines ---------------------------------------------------------------
+    @abstractmethod
+    def initial_state(self, rng: Random, num_users: int) -> State:
+        """Fresh users with their first candidates."""
+
+    @abstractmethod
+    def choice_model(self, state: State) -> ChoiceModel:
+        """Choice weights and expected rewards of the current candidates."""
+
+    @abstractmethod
+    def respond(
+        self, rng: Random, state: State, truth: ChoiceModel, chosen: Array, clicked: Array
+    ) -> tuple[State, Outcome]:
+        """Steps 3-5: the response to the chosen candidate (``[B]`` candidate index, meaningful where
+        ``clicked``) and the state that follows, with the next candidates drawn. ``truth`` is the
+        choice model the choice was drawn from."""
+
+    @abstractmethod
+    def observe(self, state: State) -> dict[str, Array]:
+        """The agent's observation of each user: ``{name: [B, ...]}``; never the hidden state."""
+
+    @abstractmethod
+    def observation_space(self) -> spaces.Dict:
+        """The observation space of one user."""
+
+    # -- shared -----------------------------------------------------------------------------
+    def step(self, rng: Random, state: State, slate: Array) -> tuple[State, Outcome]:
+        """Advances every user one step with the given slates (``[B, K]`` int64, already validated)."""
+        xp, be = self.xp, self.backend
+        truth = self.choice_model(state)
+        shown = xp.astype(shown_mask(xp, slate), truth.weights.dtype)  # [B, K]
+        weights = be.take_along(truth.weights, slate) * truth.position_weight[None, :] * shown
+        probs = choice_probabilities(xp, weights, truth.no_click_weight)  # [B, K + 1]
+        choice = sample_categorical(xp, rng, probs)  # [B], K means no click
+        clicked = choice < self.slate_size
+        position = xp.clip(choice, max=self.slate_size - 1)
+        chosen = be.take_along(slate, position[:, None])[:, 0]  # candidate index
+        slate_revenue = be.take_along(truth.revenue, slate)
+        expected = xp.sum(probs[:, : self.slate_size] * slate_revenue, axis=1)
+        state, outcome = self.respond(rng, state, truth, chosen, clicked)
+        info = {
+            "clicked": clicked,
+            "chosen_position": xp.where(clicked, position, -1),
+            "chosen_candidate": xp.where(clicked, chosen, -1),
+            "expected_reward": expected,
+            **outcome.info,
+        }
+        return state, Outcome(outcome.reward, outcome.terminated, outcome.truncated, info)
+
+    def oracle(self, state: State) -> tuple[Array, Array, ChoiceModel]:
+        """The myopic oracle's slate ``[B, K]`` for the current candidates, its expected reward ``[B]``
+        and the ground truth it was computed from."""
+        truth = self.choice_model(state)
+        slate, value = revenue_ordered_slate(
+            self.backend, truth.weights, truth.revenue, truth.no_click_weight, truth.position_weight, self.slate_size
+        )
+        return slate, value, truth
+
+    def reset_users(self, rng: Random, state: State, done: Array) -> State:
+        """Replaces the users where ``done`` (``[B]`` bool) by fresh ones; the others are untouched."""
+        index = self.xp.nonzero(done)[0]
+        if index.shape[0] == 0:
+            return state
+        fresh = self.initial_state(rng, int(index.shape[0]))
+        merged = {}
+        for key, value in state.items():
+            value = value.copy() if self.backend.name == "numpy" else value.clone()
+            value[index] = fresh[key]
+            merged[key] = value
+        return merged
+
+    def state_nbytes(self, state: State) -> int:
+        """Bytes held by the state of all users (divide by B for bytes per user)."""
+        total = 0
+        for value in state.values():
+            total += int(value.nbytes) if self.backend.name == "numpy" else value.element_size() * value.nelement()
+        return total
+
+
+def push_history(xp: Any, history: Array, row: Array) -> Array:
+    """Appends ``row`` (``[B, ...]``) to the newest end of ``history`` (``[B, H, ...]``), dropping the oldest."""
+    return xp.concat([history[:, 1:], row[:, None]], axis=1)

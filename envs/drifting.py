@@ -1,0 +1,260 @@
+"""The DriftingUsers model: catalog users whose interests drift, batched over users.
+
+A user has an anchor interest (drawn from one of the population's clusters) and a current interest
+in the catalog's embedding space. The utility of item j to user i is
+
+    u_ij = <interest_i, e_j> + quality_weight * q_j - fatigue_weight * fatigue_i[topic_j]
+
+and the user picks one shown item, or nothing, by a multinomial logit with position bias:
+P(position k) ∝ exp(u / T) * exp(-position_bias * k), P(nothing) ∝ exp(no_click_utility / T).
+Consuming item j gives satisfaction s = sigmoid(u_ij + noise) and engagement (the reward)
+s * length_j minutes; the session budget pays the browsing cost and the engagement, less a refund
+for satisfying items, so good recommendations keep users longer (after RecSim's interest evolution).
+
+Drift, each mechanism off at zero:
+1. consumption: interest moves ``consumption_pull * (2s - 1)`` of the way toward the consumed item
+   (away from it when unsatisfying), as in RecSim's interest-evolution model;
+2. Ornstein-Uhlenbeck: interest reverts toward the anchor at ``ou_reversion`` with noise ``ou_noise``;
+3. abrupt shifts: at rate ``shift_hazard`` a user's cluster, anchor and interest are re-drawn;
+4. fatigue per topic, added on consumption and wearing off at ``fatigue_recovery`` per step;
+5. population trends: each cluster's centre, and with it its users' anchors, moves along a fixed
+   direction at ``trend_rate`` per simulated day.
+
+Candidates are drawn by stratified sampling: the catalog is shuffled once (by the world seed) into
+N strata of near-equal size and one item is drawn uniformly from each, so the N candidates are
+distinct and every item is equally likely to be offered, at O(N) cost per user.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from .backend import Array, Backend, Random
+from .core import ChoiceModel, Outcome, State, UserModel, push_history
+from .population import SimulatorConfig
+
+NO_CLICK = -1  # history entry of a step without a click
+EMPTY = -2  # history entry before the first step
+
+
+def make_world(config: SimulatorConfig) -> dict[str, np.ndarray]:
+    """The fixed geometry of catalog and population, drawn from ``config.catalog.seed`` with numpy so
+    that every backend and device sees the same world."""
+    cat, pop = config.catalog, config.population
+    rng = np.random.default_rng(cat.seed)
+    d, t, m = cat.embedding_dim, cat.num_topics, cat.num_items
+
+    topic_centre = _unit(rng.standard_normal((t, d)))
+    item_topic = rng.integers(0, t, m)
+    item_embedding = _unit(topic_centre[item_topic] + cat.topic_spread * rng.standard_normal((m, d)))
+    item_quality = cat.quality_std * rng.standard_normal(m)
+    item_length = rng.uniform(cat.min_length, cat.max_length, m)
+
+    cluster_topics = np.stack([rng.choice(t, pop.topics_per_cluster, replace=False) for _ in range(pop.num_clusters)])
+    cluster_centre = pop.interest_scale * _unit(topic_centre[cluster_topics].sum(axis=1))
+    trend_direction = _unit(rng.standard_normal((pop.num_clusters, d)))
+
+    # Stratified candidate sampling: stratum s holds item_order[start[s] : start[s] + size[s]].
+    bounds = (np.arange(config.num_candidates + 1) * m) // config.num_candidates
+    return {
+        "item_embedding": item_embedding.astype(np.float32),
+        "item_topic": item_topic.astype(np.int64),
+        "item_quality": item_quality.astype(np.float32),
+        "item_length": item_length.astype(np.float32),
+        "cluster_centre": cluster_centre.astype(np.float32),
+        "trend_direction": trend_direction.astype(np.float32),
+        "item_order": rng.permutation(m).astype(np.int64),
+        "stratum_start": bounds[:-1].astype(np.int64),
+        "stratum_size": np.diff(bounds).astype(np.float32),
+    }
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class DriftingUsersModel(UserModel):
+    """Batched dynamics of ``metarec/DriftingUsers-v0`` and its variants (see the module docstring)."""
+
+    def __init__(self, config: SimulatorConfig, backend: Backend) -> None:
+        self.config = config
+        self.population = config.population
+        self.backend = backend
+        self.num_candidates = config.num_candidates
+        self.slate_size = config.slate_size
+        self.history_length = config.history_length
+        self.world_numpy = make_world(config)
+        self.world = {k: backend.asarray(v) for k, v in self.world_numpy.items()}
+        p = self.population
+        self.position_weight = backend.asarray(np.exp(-p.position_bias * np.arange(self.slate_size)), np.float32)
+        self.no_click_weight = backend.asarray(math.exp(p.no_click_utility / p.choice_temperature), np.float32)
+        self.topics = backend.asarray(np.arange(config.catalog.num_topics))
+        # E[sigmoid(u + N(0, s^2))] ~ sigmoid(u / sqrt(1 + pi s^2 / 8)) (probit approximation).
+        self.revenue_scale = 1.0 / math.sqrt(1.0 + math.pi * p.engagement_noise**2 / 8.0)
+
+    # -- users ------------------------------------------------------------------------------
+    def _draw_users(self, rng: Random, num_users: int) -> tuple[Array, Array]:
+        """Clusters ``[B]`` and anchor interests ``[B, d]`` of new users."""
+        cluster = rng.integers(self.population.num_clusters, (num_users,))
+        noise = rng.normal((num_users, self.config.catalog.embedding_dim))
+        anchor = self.backend.take_rows(self.world["cluster_centre"], cluster) + self.population.cluster_spread * noise
+        return cluster, anchor
+
+    def _draw_candidates(self, rng: Random, num_users: int) -> Array:
+        """``[B, N]`` distinct catalog items, one uniformly from each stratum."""
+        xp, w = self.xp, self.world
+        u = rng.uniform((num_users, self.num_candidates))
+        offset = xp.astype(xp.floor(u * w["stratum_size"][None, :]), xp.int64)
+        offset = xp.clip(offset, max=xp.astype(w["stratum_size"], xp.int64)[None, :] - 1)
+        return self.backend.take_rows(w["item_order"], w["stratum_start"][None, :] + offset)
+
+    def initial_state(self, rng: Random, num_users: int) -> State:
+        xp, b, h = self.xp, num_users, self.history_length
+        cluster, anchor = self._draw_users(rng, b)
+        zeros_b = xp.zeros((b,), dtype=xp.float32, device=self.backend.device)
+        counts_b = xp.zeros((b,), dtype=xp.int64, device=self.backend.device)
+        return {
+            "interest": anchor,
+            "anchor": anchor,
+            "cluster": cluster,
+            "fatigue": xp.zeros((b, self.config.catalog.num_topics), dtype=xp.float32, device=self.backend.device),
+            "budget": zeros_b + self.population.session_budget,
+            "session": counts_b,
+            "session_step": counts_b,
+            "step": counts_b,
+            "session_satisfaction": zeros_b,
+            "session_clicks": zeros_b,
+            "candidates": self._draw_candidates(rng, b),
+            "history_item": xp.full((b, h), EMPTY, dtype=xp.int64, device=self.backend.device),
+            "history_engagement": xp.zeros((b, h), dtype=xp.float32, device=self.backend.device),
+        }
+
+    # -- choice -----------------------------------------------------------------------------
+    def choice_model(self, state: State) -> ChoiceModel:
+        xp, be, w, p = self.xp, self.backend, self.world, self.population
+        items = state["candidates"]  # [B, N]
+        affinity = xp.sum(be.take_rows(w["item_embedding"], items) * state["interest"][:, None, :], axis=2)
+        fatigue = be.take_along(state["fatigue"], be.take_rows(w["item_topic"], items))
+        utility = affinity + p.quality_weight * be.take_rows(w["item_quality"], items) - p.fatigue_weight * fatigue
+        weights = xp.exp(xp.clip(utility / p.choice_temperature, max=60.0))  # [B, N]
+        revenue = be.take_rows(w["item_length"], items) / (1.0 + xp.exp(-utility * self.revenue_scale))
+        return ChoiceModel(weights, revenue, self.no_click_weight, self.position_weight, utility)
+
+    # -- response and evolution -------------------------------------------------------------
+    def respond(
+        self, rng: Random, state: State, truth: ChoiceModel, chosen: Array, clicked: Array
+    ) -> tuple[State, Outcome]:
+        xp, be, w, p = self.xp, self.backend, self.world, self.population
+        b = clicked.shape[0]
+        f32 = xp.float32
+        click = xp.astype(clicked, f32)
+        item = be.take_along(state["candidates"], chosen[:, None])[:, 0]  # [B]
+        utility = be.take_along(truth.utilities, chosen[:, None])[:, 0]
+
+        # 3. response: satisfaction and engagement; the budget pays for browsing and watching.
+        satisfaction = 1.0 / (1.0 + xp.exp(-(utility + p.engagement_noise * rng.normal((b,)))))
+        engagement = click * satisfaction * be.take_rows(w["item_length"], item)
+        budget = state["budget"] - p.step_cost - engagement * (1.0 - p.budget_bonus * (2.0 * satisfaction - 1.0))
+
+        # 4. state evolution: fatigue, then the drift of interests.
+        topic_onehot = xp.astype(be.take_rows(w["item_topic"], item)[:, None] == self.topics[None, :], f32)
+        fatigue = state["fatigue"] * (1.0 - p.fatigue_recovery) + p.fatigue_rate * click[:, None] * topic_onehot
+        interest, anchor = state["interest"], state["anchor"]
+        target = p.interest_scale * be.take_rows(w["item_embedding"], item)
+        pull = p.consumption_pull * click * (2.0 * satisfaction - 1.0)
+        interest = interest + pull[:, None] * (target - interest)
+        interest = interest + p.ou_reversion * (anchor - interest) + p.ou_noise * rng.normal(interest.shape)
+        drift_per_step = p.trend_rate / p.steps_per_day
+        trend = drift_per_step * be.take_rows(w["trend_direction"], state["cluster"])
+        anchor = anchor + trend
+        interest = interest + trend
+        shifted = rng.uniform((b,)) < p.shift_hazard
+        new_cluster, new_anchor = self._draw_users(rng, b)
+        cluster = xp.where(shifted, new_cluster, state["cluster"])
+        anchor = xp.where(shifted[:, None], new_anchor, anchor)
+        interest = xp.where(shifted[:, None], new_anchor, interest)
+
+        # Session end, and in multi-session mode whether the user comes back.
+        session_step = state["session_step"] + 1
+        satisfaction_sum = state["session_satisfaction"] + click * satisfaction
+        clicks = state["session_clicks"] + click
+        out_of_budget = budget <= 0.0
+        hit_limit = session_step >= p.max_session_steps
+        session_over = out_of_budget | hit_limit
+        if p.num_sessions == 1:
+            returned = xp.zeros_like(session_over)
+            terminated = out_of_budget
+            truncated = hit_limit & ~out_of_budget
+        else:
+            last = state["session"] >= p.num_sessions - 1
+            mean_satisfaction = satisfaction_sum / xp.clip(clicks, min=1.0)
+            logit = p.return_bias + p.return_sensitivity * (mean_satisfaction - 0.5)
+            comes_back = rng.uniform((b,)) < 1.0 / (1.0 + xp.exp(-logit))
+            returned = session_over & ~last & comes_back
+            terminated = session_over & ~last & ~comes_back
+            truncated = session_over & last
+        budget = xp.where(returned, p.session_budget, budget)
+        fatigue = xp.where(returned[:, None], 0.0, fatigue)  # topics are fresh again the next day
+
+        history_item = push_history(xp, state["history_item"], xp.where(clicked, item, NO_CLICK))
+        new_state = {
+            "interest": interest,
+            "anchor": anchor,
+            "cluster": cluster,
+            "fatigue": fatigue,
+            "budget": budget,
+            "session": state["session"] + xp.astype(returned, xp.int64),
+            "session_step": xp.where(returned, 0, session_step),
+            "step": state["step"] + 1,
+            "session_satisfaction": xp.where(returned, 0.0, satisfaction_sum),
+            "session_clicks": xp.where(returned, 0.0, clicks),
+            # 5. the next candidates.
+            "candidates": self._draw_candidates(rng, b),
+            "history_item": history_item,
+            "history_engagement": push_history(xp, state["history_engagement"], engagement),
+        }
+        info = {
+            "engagement": engagement,
+            "satisfaction": xp.where(clicked, satisfaction, 0.0),
+            "regime_shift": shifted,
+            "session_ended": session_over,
+            "returned": returned,
+        }
+        return new_state, Outcome(engagement, terminated, truncated, info)
+
+    # -- what the agent sees ----------------------------------------------------------------
+    def observe(self, state: State) -> dict[str, Array]:
+        xp, be, w = self.xp, self.backend, self.world
+        items = state["candidates"]
+        candidates = xp.concat(
+            [be.take_rows(w["item_embedding"], items), be.take_rows(w["item_length"], items)[..., None]], axis=2
+        )
+        past = state["history_item"]
+        consumed = xp.astype(past >= 0, xp.float32)[..., None]
+        valid = xp.astype(past >= NO_CLICK, xp.float32)[..., None]
+        past_embedding = be.take_rows(w["item_embedding"], xp.clip(past, min=0)) * consumed
+        history = xp.concat([past_embedding, state["history_engagement"][..., None], consumed, valid], axis=2)
+        return {"candidates": candidates, "candidate_ids": items, "history": history}
+
+    def observation_space(self) -> spaces.Dict:
+        n, h, d = self.num_candidates, self.history_length, self.config.catalog.embedding_dim
+        return spaces.Dict(
+            {
+                "candidates": spaces.Box(-np.inf, np.inf, (n, d + 1), np.float32),
+                "candidate_ids": spaces.Box(0, self.config.catalog.num_items - 1, (n,), np.int64),
+                "history": spaces.Box(-np.inf, np.inf, (h, d + 3), np.float32),
+            }
+        )
+
+
+def describe_observation(embedding_dim: int) -> dict[str, Any]:
+    """Column layout of the observation, for documentation and feature extractors."""
+    d = embedding_dim
+    return {
+        "candidates": {"embedding": (0, d), "length": d},
+        "history": {"embedding": (0, d), "engagement": d, "clicked": d + 1, "valid": d + 2},
+    }

@@ -1,0 +1,73 @@
+"""Every environment id of metarec, registered in one place (``import metarec`` runs this)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+
+
+@dataclass(frozen=True)
+class EnvEntry:
+    """One registered id: where its classes live, its defaults and a one-line description."""
+
+    id: str
+    module: str
+    single: str
+    vector: str
+    description: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+ENVIRONMENTS: tuple[EnvEntry, ...] = (
+    EnvEntry(
+        "metarec/DriftingUsers-v0", "metarec.envs.drifting_users", "DriftingUsersEnv", "DriftingUsersVectorEnv",
+        "Flagship: slate of 5 from 20 candidates; consumption, random-walk, shift, trend drift and fatigue on.",
+    ),
+    EnvEntry(
+        "metarec/DriftingUsersSingle-v0", "metarec.envs.drifting_users", "DriftingUsersEnv", "DriftingUsersVectorEnv",
+        "DriftingUsers with one item per step (Discrete actions), for DQN-style agents.",
+        {"single_item": True},
+    ),
+    EnvEntry(
+        "metarec/DriftingUsersMultiSession-v0", "metarec.envs.drifting_users", "DriftingUsersEnv",
+        "DriftingUsersVectorEnv",
+        "DriftingUsers over up to 5 sessions per user; returning depends on satisfaction (retention).",
+        {"population": {"num_sessions": 5}},
+    ),
+    EnvEntry(
+        "metarec/RecSimInterestEvolution-v0", "metarec.envs.recsim_interest_evolution",
+        "RecSimInterestEvolutionEnv", "RecSimInterestEvolutionVectorEnv",
+        "Port of RecSim's interest_evolution: 10 candidates, slate 2, reward = watch time.",
+    ),
+    EnvEntry(
+        "metarec/RecSimLongTermSatisfaction-v0", "metarec.envs.recsim_long_term_satisfaction",
+        "RecSimLongTermSatisfactionEnv", "RecSimLongTermSatisfactionVectorEnv",
+        "Port of RecSim's long_term_satisfaction (choc/kale): 10 candidates, slate 2, reward = engagement.",
+    ),
+    EnvEntry(
+        "metarec/RecSimInterestExploration-v0", "metarec.envs.recsim_interest_exploration",
+        "RecSimInterestExplorationEnv", "RecSimInterestExplorationVectorEnv",
+        "Port of RecSim's interest_exploration: 10 candidates, slate 2, reward = clicks.",
+    ),
+    EnvEntry(
+        "metarec/RecSimNGInterestEvolution-v0", "metarec.envs.recsim_ng_interest_evolution",
+        "RecSimNGInterestEvolutionEnv", "RecSimNGInterestEvolutionVectorEnv",
+        "Port of RecSim NG's interest-evolution model: 2 topics, 100 documents, slate 2.",
+    ),
+)
+
+
+def register_envs() -> None:
+    """Registers every id in :data:`ENVIRONMENTS` with Gymnasium (idempotent)."""
+    for entry in ENVIRONMENTS:
+        if entry.id in gym.registry:
+            continue
+        gym.register(
+            id=entry.id,
+            entry_point=f"{entry.module}:{entry.single}",
+            vector_entry_point=f"{entry.module}:{entry.vector}",
+            kwargs=dict(entry.kwargs),
+            disable_env_checker=False,
+        )
