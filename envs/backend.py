@@ -59,20 +59,33 @@ class TorchRandom:
     """:class:`Random` over a ``torch.Generator``; arrays land on the generator's device."""
 
     def __init__(self, generator: Any) -> None:
-        import torch
-
-        self._torch = torch
         self.generator = generator
         self.device = generator.device
 
     def uniform(self, shape: tuple[int, ...]) -> Any:
-        return self._torch.rand(shape, generator=self.generator, device=self.device)
+        import torch
+
+        return torch.rand(shape, generator=self.generator, device=self.device)
 
     def normal(self, shape: tuple[int, ...]) -> Any:
-        return self._torch.randn(shape, generator=self.generator, device=self.device)
+        import torch
+
+        return torch.randn(shape, generator=self.generator, device=self.device)
 
     def integers(self, high: int, shape: tuple[int, ...]) -> Any:
-        return self._torch.randint(high, shape, generator=self.generator, device=self.device)
+        import torch
+
+        return torch.randint(high, shape, generator=self.generator, device=self.device)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"device": str(self.device), "state": self.generator.get_state()}
+
+    def __setstate__(self, saved: dict[str, Any]) -> None:
+        import torch
+
+        self.generator = torch.Generator(device=saved["device"])
+        self.generator.set_state(saved["state"])
+        self.device = self.generator.device
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,10 @@ class Backend:
     name: str
     xp: ModuleType
     device: Any
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Modules do not pickle; a backend is rebuilt from its name and device.
+        return (backend_by_name, (self.name, str(self.device)))
 
     def asarray(self, value: Any, dtype: Any = None) -> Array:
         """Converts numpy data or Python scalars (``dtype``: a numpy dtype) to an array of this backend."""
@@ -161,6 +178,15 @@ def torch_backend(device: Any = "cpu") -> Backend:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {str(device)!r} was asked for but torch sees no CUDA device")
     return Backend("torch", xp_torch, device)
+
+
+def backend_by_name(name: str, device: Any = "cpu") -> Backend:
+    """``"numpy"`` or ``"torch"`` (on ``device``)."""
+    if name == "numpy":
+        return numpy_backend()
+    if name == "torch":
+        return torch_backend(device)
+    raise ValueError(f"backend: expected 'numpy' or 'torch', got {name!r}")
 
 
 class ReplayRandom:

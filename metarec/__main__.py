@@ -1,0 +1,5 @@
+import sys
+
+from metarec.cli import main
+
+sys.exit(main())
