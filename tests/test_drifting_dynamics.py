@@ -1,0 +1,244 @@
+"""The DriftingUsers dynamics do what the model says: choice, engagement, budgets and each drift."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from metarec.envs.backend import ReplayRandom, numpy_backend, torch_backend
+from metarec.envs.choice import choice_probabilities, revenue_ordered_slate, shown_mask, slate_value
+from metarec.envs.drifting import DriftingUsersModel
+from metarec.envs.population import SimulatorConfig, UserPopulation
+from metarec.evaluation import evaluate
+
+STILL = UserPopulation().without_drift().model_copy(update={"fatigue_rate": 0.0})
+
+
+def model(population=STILL, **config):
+    return DriftingUsersModel(SimulatorConfig(population=population, **config), torch_backend())
+
+
+def batch_of_one_user(m, state, users):
+    """``users`` copies of user 0 of ``state``."""
+    return {k: v[:1].expand(users, *v.shape[1:]).clone() for k, v in state.items()}
+
+
+def test_choice_frequencies_match_the_logit_probabilities():
+    m = model()
+    rng = m.backend.make_random(0)
+    state = batch_of_one_user(m, m.initial_state(rng, 1), 200_000)
+    slate = torch.tensor([[3, 7, 1, 12, 5]]).expand(200_000, 5)
+    truth = m.choice_model(state)
+    weights = truth.weights[0, slate[0]] * truth.position_weight
+    expected = choice_probabilities(m.xp, weights[None], truth.no_click_weight)[0].double().numpy()
+    expected /= expected.sum()
+    _, outcome = m.step(rng, state, slate)
+    position = outcome.info["chosen_position"].numpy()
+    observed = np.bincount(np.where(position < 0, 5, position), minlength=6)
+    _, p = stats.chisquare(observed, expected * observed.sum())
+    assert p > 1e-3, (observed / observed.sum(), expected)
+
+
+def test_position_bias_favours_earlier_positions():
+    m = model(population=STILL.model_copy(update={"position_bias": 1.0}))
+    state = m.initial_state(m.backend.make_random(0), 1)
+    truth = m.choice_model(state)
+    a = slate_value(m.backend, truth.weights, truth.revenue, truth.no_click_weight, truth.position_weight,
+                    torch.tensor([[0, 1, 2, 3, 4]]))
+    order = torch.argsort(truth.revenue[0, :5], descending=True)
+    best_first = slate_value(m.backend, truth.weights, truth.revenue, truth.no_click_weight,
+                             truth.position_weight, order[None])
+    assert float(best_first) >= float(a)
+
+
+def test_repeated_candidates_are_shown_once():
+    slate = torch.tensor([[4, 4, 2, 4, 2], [0, 1, 2, 3, 4]])
+    assert shown_mask(torch_backend().xp, slate).tolist() == [
+        [True, False, True, False, False], [True] * 5]
+
+
+def test_oracle_matches_exhaustive_search_without_position_bias():
+    """Revenue-ordered assortments are optimal for the MNL when the slate size does not bind."""
+    be = numpy_backend()
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        w = rng.gamma(1.0, 1.0, (1, 6)).astype(np.float32)
+        r = rng.uniform(0, 5, (1, 6)).astype(np.float32)
+        slate, value = revenue_ordered_slate(be, w, r, np.float32(1.0), np.ones(6, np.float32), 6)
+        best = 0.0
+        for mask in range(1, 64):
+            chosen = [i for i in range(6) if mask >> i & 1]
+            best = max(best, float((w[0, chosen] * r[0, chosen]).sum() / (1 + w[0, chosen].sum())))
+        assert value[0] == pytest.approx(best, rel=1e-5)
+
+
+def test_engagement_and_reward_are_the_watched_minutes():
+    m = model()
+    rng = m.backend.make_random(1)
+    state = m.initial_state(rng, 4096)
+    _, outcome = m.step(rng, state, torch.arange(5).expand(4096, 5))
+    clicked = outcome.info["clicked"]
+    assert torch.equal(outcome.reward, outcome.info["engagement"])
+    assert (outcome.reward[~clicked] == 0).all()
+    assert (outcome.reward[clicked] > 0).all() and (outcome.reward <= m.config.catalog.max_length).all()
+
+
+def test_budgets_end_sessions():
+    pop = STILL.model_copy(update={"session_budget": 10.0, "step_cost": 1.0, "budget_bonus": 0.0})
+    m = model(population=pop)
+    rng = m.backend.make_random(2)
+    state = m.initial_state(rng, 512)
+    ended_at = torch.full((512,), -1)
+    for t in range(12):
+        state, outcome = m.step(rng, state, torch.arange(5).expand(512, 5))
+        newly = outcome.terminated & (ended_at < 0)
+        ended_at[newly] = t + 1
+        assert torch.equal(outcome.terminated, state["budget"] <= 0)
+    # Browsing alone costs 1 per step, so every session of budget 10 ends within 10 steps.
+    assert (ended_at > 0).all() and (ended_at <= 10).all()
+
+
+def test_step_limit_truncates():
+    pop = STILL.model_copy(update={"max_session_steps": 3, "session_budget": 1000.0})
+    m = model(population=pop)
+    rng = m.backend.make_random(0)
+    state = m.initial_state(rng, 64)
+    for t in range(3):
+        state, outcome = m.step(rng, state, torch.arange(5).expand(64, 5))
+    assert outcome.truncated.all() and not outcome.terminated.any()
+
+
+def interest_after(population, steps=20, users=2048, slate=None, seed=0):
+    m = model(population=population)
+    rng = m.backend.make_random(seed)
+    state = m.initial_state(rng, users)
+    start = state["interest"].clone()
+    slate = torch.arange(5).expand(users, 5) if slate is None else slate
+    shifts = torch.zeros(users, dtype=torch.bool)
+    for _ in range(steps):
+        state, outcome = m.step(rng, state, slate)
+        shifts |= outcome.info["regime_shift"]
+    return start, state, shifts, m
+
+
+def test_every_drift_mechanism_is_inert_at_zero():
+    start, state, shifts, _ = interest_after(STILL)
+    assert torch.equal(start, state["interest"]) and not shifts.any()
+
+
+def test_consumption_pulls_interest_toward_satisfying_items():
+    pop = STILL.model_copy(update={"consumption_pull": 0.2})
+    m = model(population=pop)
+    rng = m.backend.make_random(3)
+    state = m.initial_state(rng, 4096)
+    before = state["interest"].clone()
+    new, outcome = m.step(rng, state, torch.arange(5).expand(4096, 5))
+    clicked = outcome.info["clicked"]
+    assert torch.equal(new["interest"][~clicked], before[~clicked])
+    item = state["candidates"].gather(1, outcome.info["chosen_candidate"].clamp(min=0)[:, None])[:, 0]
+    target = pop.interest_scale * m.world["item_embedding"][item]
+    s = outcome.info["satisfaction"]
+    expected = before + (0.2 * (2 * s - 1))[:, None] * (target - before)
+    torch.testing.assert_close(new["interest"][clicked], expected[clicked])
+
+
+def test_ou_random_walk_reverts_to_the_anchor_with_the_stationary_spread():
+    theta, sigma = 0.1, 0.05
+    pop = STILL.model_copy(update={"ou_reversion": theta, "ou_noise": sigma})
+    start, state, _, _ = interest_after(pop, steps=150, users=4096)
+    deviation = (state["interest"] - state["anchor"]).flatten()
+    stationary_std = sigma / np.sqrt(1 - (1 - theta) ** 2)
+    assert float(deviation.mean()) == pytest.approx(0.0, abs=0.01)
+    assert float(deviation.std()) == pytest.approx(stationary_std, rel=0.05)
+
+
+def test_regime_shifts_happen_at_the_hazard_rate():
+    hazard, steps, users = 0.02, 20, 8192
+    _, _, shifts, _ = interest_after(STILL.model_copy(update={"shift_hazard": hazard}), steps, users)
+    expected = 1 - (1 - hazard) ** steps
+    assert abs(float(shifts.float().mean()) - expected) < 4 * np.sqrt(expected * (1 - expected) / users)
+
+
+def test_population_trend_moves_anchors_along_the_cluster_direction():
+    pop = STILL.model_copy(update={"trend_rate": 0.5, "steps_per_day": 10})
+    start, state, _, m = interest_after(pop, steps=20)
+    moved = state["anchor"] - start
+    direction = m.world["trend_direction"][state["cluster"]]
+    torch.testing.assert_close(moved, direction * 0.5 * 20 / 10, atol=1e-5, rtol=1e-4)
+
+
+def test_fatigue_builds_on_consumed_topics_and_recovers():
+    pop = STILL.model_copy(update={"fatigue_rate": 0.5, "fatigue_recovery": 0.2})
+    m = model(population=pop)
+    rng = m.backend.make_random(4)
+    state = m.initial_state(rng, 1024)
+    state, outcome = m.step(rng, state, torch.arange(5).expand(1024, 5))
+    clicked = outcome.info["clicked"]
+    assert torch.allclose(state["fatigue"].sum(1), 0.5 * clicked.float())
+    before = state["fatigue"].clone()
+    state["budget"][:] = 1e6
+    pop_never = pop.model_copy(update={"no_click_utility": 25.0})  # users who never click: pure recovery
+    m2 = model(population=pop_never)
+    state2, out2 = m2.step(rng, state, torch.arange(5).expand(1024, 5))
+    assert not out2.info["clicked"].any()
+    torch.testing.assert_close(state2["fatigue"], before * 0.8)
+
+
+def test_multi_session_users_return_more_when_satisfied():
+    pop = UserPopulation(num_sessions=3, session_budget=8.0, return_bias=0.0, return_sensitivity=10.0)
+    m = model(population=pop)
+    rng = m.backend.make_random(5)
+    state = m.initial_state(rng, 8192)
+    returned, satisfaction = [], []
+    for _ in range(30):
+        mean_s = state["session_satisfaction"] / state["session_clicks"].clamp(min=1)
+        state, outcome = m.step(rng, state, torch.arange(5).expand(8192, 5))
+        ended = outcome.info["session_ended"] & (state["session"] < 3)
+        returned.append(outcome.info["returned"][ended]); satisfaction.append(mean_s[ended])
+    returned = torch.cat(returned).float()
+    assert returned.numel() > 1000
+    assert 0.05 < float(returned.mean()) < 0.95
+    # Users who return are kept, with their drifted interests; their session counter moves on.
+    assert int(state["session"].max()) >= 1
+
+
+def test_numpy_and_torch_backends_agree_given_the_same_draws():
+    results = []
+    for backend in (numpy_backend(), torch_backend()):
+        m = DriftingUsersModel(SimulatorConfig(), backend)
+        rng = ReplayRandom(backend, seed=9)
+        state = m.initial_state(rng, 8)
+        slate = backend.asarray(np.tile(np.array([4, 2, 9, 0, 11]), (8, 1)))
+        rewards = []
+        for _ in range(40):
+            state, outcome = m.step(rng, state, slate)
+            rewards.append(backend.to_numpy(outcome.reward))
+        results.append((np.stack(rewards), backend.to_numpy(state["interest"])))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-5)
+
+
+def test_oracle_beats_random_with_non_overlapping_intervals():
+    random = evaluate("metarec/DriftingUsers-v0", "random", 1000, seed=0)
+    oracle = evaluate("metarec/DriftingUsers-v0", "oracle", 1000, seed=0)
+    assert oracle["mean_return"] - oracle["ci95"] > random["mean_return"] + random["ci95"]
+
+
+def test_population_parameters_are_validated_with_the_field_named():
+    from metarec.envs.population import validate_config
+
+    with pytest.raises(ValueError, match=r"population.choice_temperature: Input should be greater than 0"):
+        validate_config(SimulatorConfig, {"population": {"choice_temperature": 0}})
+    with pytest.raises(ValueError, match=r"population.shfit_hazard: unknown field \(known: .*shift_hazard"):
+        validate_config(SimulatorConfig, {"population": {"shfit_hazard": 0.1}})
+    with pytest.raises(ValueError, match=r"slate_size: expected <= num_candidates \(20\), got 30"):
+        validate_config(SimulatorConfig, {"slate_size": 30})
+    import gymnasium as gym
+
+    with pytest.raises(ValueError, match=r"population.budget_bonus: Input should be less than or equal to 1"):
+        gym.make("metarec/DriftingUsers-v0", population={"budget_bonus": 2})
+    with pytest.raises(ValueError, match=r"num_envs: expected a positive integer, got 0"):
+        gym.make_vec("metarec/DriftingUsers-v0", num_envs=0, vectorization_mode="vector_entry_point")
+    with pytest.raises(ValueError, match=r"device: expected a torch device"):
+        gym.make_vec("metarec/DriftingUsers-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                     device="gpu-please")
