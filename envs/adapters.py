@@ -31,7 +31,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from .backend import Backend, Random, numpy_backend, torch_backend
-from .core import State, UserModel
+from .core import ChoiceModel, State, UserModel
 
 
 def action_space_of(model: UserModel, single_item: bool) -> spaces.Space:
@@ -95,6 +95,7 @@ class UserSimEnv(gym.Env):
         self.action_space = action_space_of(self.model, single_item)
         self._rng: Random | None = None
         self._state: State | None = None
+        self._next_truth: ChoiceModel | None = None  # choice_model(state), when already computed
         self._oracle_value = 0.0
 
     @abstractmethod
@@ -110,6 +111,7 @@ class UserSimEnv(gym.Env):
         elif seed is not None or self._rng is None:
             self._rng = self.backend.make_random(seed if seed is not None else int(self.np_random.integers(2**62)))
         self._state = self.model.initial_state(self._rng, 1)
+        self._next_truth = None
         return self._observation(), self._truth({})
 
     def step(self, action: Any) -> tuple[dict, float, bool, bool, dict]:
@@ -117,7 +119,8 @@ class UserSimEnv(gym.Env):
             raise RuntimeError("step() called before reset()")
         slate = check_slates(action, self.model.num_candidates, self.model.slate_size, None, self.single_item)
         slate = self.backend.asarray(slate) if self.backend.name == "torch" else slate
-        self._state, outcome = self.model.step(self._rng, self._state, slate)
+        self._state, outcome = self.model.step(self._rng, self._state, slate, self._next_truth)
+        self._next_truth = None
         info = {key: self._scalar(value) for key, value in outcome.info.items()}
         if self.ground_truth:
             info["regret"] = self._oracle_value - info["expected_reward"]
@@ -138,6 +141,7 @@ class UserSimEnv(gym.Env):
         if self.ground_truth:
             assert self._state is not None
             slate, value, truth = self.model.oracle(self._state)
+            self._next_truth = truth
             to_np = self.backend.to_numpy
             info["oracle_slate"] = to_np(slate)[0]
             info["oracle_value"] = self._oracle_value = float(to_np(value)[0])
@@ -184,6 +188,7 @@ class UserSimVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self._rng: Random | None = None
         self._state: State | None = None
+        self._next_truth: ChoiceModel | None = None
         self._oracle_value: Any = None
 
     @abstractmethod
@@ -202,6 +207,7 @@ class UserSimVectorEnv(VectorEnv):
             self._state = self.model.reset_users(self._rng, self._state, mask.to(self.device, bool))
         else:
             self._state = self.model.initial_state(self._rng, self.num_envs)
+        self._next_truth = None
         return self.model.observe(self._state), self._truth({})
 
     def step(self, actions: Any) -> tuple[dict, Any, Any, Any, dict]:
@@ -211,7 +217,8 @@ class UserSimVectorEnv(VectorEnv):
 
         slate = check_slates(actions, self.model.num_candidates, self.model.slate_size, self.num_envs, self.single_item)
         slate = slate.to(self.device) if isinstance(slate, torch.Tensor) else self.backend.asarray(slate)
-        self._state, outcome = self.model.step(self._rng, self._state, slate)
+        self._state, outcome = self.model.step(self._rng, self._state, slate, self._next_truth)
+        self._next_truth = None
         infos = dict(outcome.info)
         if self.ground_truth:
             infos["regret"] = self._oracle_value - infos["expected_reward"]
@@ -231,6 +238,7 @@ class UserSimVectorEnv(VectorEnv):
         if self.ground_truth:
             assert self._state is not None
             slate, value, truth = self.model.oracle(self._state)
+            self._next_truth = truth
             infos["oracle_slate"] = slate
             infos["oracle_value"] = self._oracle_value = value
             infos["candidate_utilities"] = truth.utilities

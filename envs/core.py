@@ -99,10 +99,16 @@ class UserModel(ABC):
         """The observation space of one user."""
 
     # -- shared -----------------------------------------------------------------------------
-    def step(self, rng: Random, state: State, slate: Array) -> tuple[State, Outcome]:
-        """Advances every user one step with the given slates (``[B, K]`` int64, already validated)."""
+    def step(
+        self, rng: Random, state: State, slate: Array, truth: ChoiceModel | None = None
+    ) -> tuple[State, Outcome]:
+        """Advances every user one step with the given slates (``[B, K]`` int64, already validated).
+
+        ``truth`` may pass in ``choice_model(state)`` when the caller already has it (the adapters
+        computed it for the oracle), so it is not computed twice.
+        """
         xp, be = self.xp, self.backend
-        truth = self.choice_model(state)
+        truth = self.choice_model(state) if truth is None else truth
         shown = xp.astype(shown_mask(xp, slate), truth.weights.dtype)  # [B, K]
         weights = be.take_along(truth.weights, slate) * truth.position_weight[None, :] * shown
         probs = choice_probabilities(xp, weights, truth.no_click_weight)  # [B, K + 1]
