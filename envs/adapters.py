@@ -21,7 +21,6 @@ shown once (see :mod:`metarec.envs.choice`). Malformed actions raise ``ValueErro
 
 from __future__ import annotations
 
-from abc import abstractmethod
 from typing import Any
 
 import numpy as np
@@ -29,9 +28,38 @@ import gymnasium as gym
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
+from pydantic import BaseModel
 
 from .backend import Backend, Random, numpy_backend, torch_backend
 from .core import ChoiceModel, State, UserModel
+from .population import validate_config
+
+
+def build_config(
+    config_class: type[BaseModel], config: Any, overrides: dict[str, Any], single_item: bool = False
+) -> Any:
+    """A validated ``config_class`` from a config object or dict plus keyword overrides (nested
+    dicts merge into the defaults). Errors name the field."""
+    if isinstance(config, config_class):
+        base = config.model_dump()
+    elif config is None:
+        base = {}
+    elif isinstance(config, dict):
+        base = dict(config)
+    else:
+        raise ValueError(f"config: expected a {config_class.__name__}, a dict or None, got {type(config).__name__}")
+    for key, value in overrides.items():
+        if hasattr(value, "model_dump"):
+            value = value.model_dump()
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    if single_item:
+        if base.get("slate_size", 1) != 1:
+            raise ValueError(f"slate_size: single_item environments show one item, got {base['slate_size']}")
+        base["slate_size"] = 1
+    return validate_config(config_class, base)
 
 
 def action_space_of(model: UserModel, single_item: bool) -> spaces.Space:
@@ -79,12 +107,34 @@ def check_slates(action: Any, num_candidates: int, slate_size: int, batch: int |
 class UserSimEnv(gym.Env):
     """A Gymnasium environment of one simulated user over a :class:`UserModel`.
 
-    Subclasses implement :meth:`build_model`; everything else is shared.
+    Subclasses set ``config_class`` (a pydantic model of the environment's parameters) and
+    ``model_class`` (built as ``model_class(config, backend)``); everything else is shared.
+
+    Args:
+        config: a ``config_class`` instance or dict; keyword ``overrides`` of its fields merge in.
+        single_item: ``Discrete`` actions of one item instead of slates.
+        ground_truth: put the oracle's slate, its value, true utilities and regret in ``info``.
+        backend: ``"numpy"`` (fast for one user) or ``"torch"`` (step-for-step equal to a vector
+            env of one user with the same seed).
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
+    config_class: type[BaseModel]
+    model_class: type[UserModel]
 
-    def __init__(self, *, single_item: bool = False, ground_truth: bool = True, backend: str = "numpy") -> None:
+    def __init__(
+        self,
+        config: Any = None,
+        *,
+        single_item: bool = False,
+        ground_truth: bool = True,
+        backend: str = "numpy",
+        render_mode: str | None = None,
+        **overrides: Any,
+    ) -> None:
+        if render_mode is not None:
+            raise ValueError(f"render_mode: this environment does not render, got {render_mode!r}")
+        self.config = build_config(self.config_class, config, overrides, single_item)
         if backend not in ("numpy", "torch"):
             raise ValueError(f"backend: expected 'numpy' or 'torch', got {backend!r}")
         self.backend: Backend = numpy_backend() if backend == "numpy" else torch_backend("cpu")
@@ -98,9 +148,9 @@ class UserSimEnv(gym.Env):
         self._next_truth: ChoiceModel | None = None  # choice_model(state), when already computed
         self._oracle_value = 0.0
 
-    @abstractmethod
     def build_model(self, backend: Backend) -> UserModel:
         """The user model this environment adapts, on ``backend``."""
+        return self.model_class(self.config, backend)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
@@ -155,20 +205,29 @@ class UserSimEnv(gym.Env):
 class UserSimVectorEnv(VectorEnv):
     """``num_envs`` simulated users stepping as one batch of torch tensors on ``device``.
 
-    Subclasses implement :meth:`build_model`; everything else is shared.
+    Subclasses set ``config_class`` and ``model_class`` as for :class:`UserSimEnv`, whose arguments
+    this takes too (less ``backend``), plus ``num_envs``, ``device`` and ``autoreset``.
     """
 
     metadata: dict[str, Any] = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}
+    config_class: type[BaseModel]
+    model_class: type[UserModel]
 
     def __init__(
         self,
         num_envs: int,
+        config: Any = None,
         *,
         device: Any = "cpu",
         single_item: bool = False,
         ground_truth: bool = True,
         autoreset: bool = True,
+        render_mode: str | None = None,
+        **overrides: Any,
     ) -> None:
+        if render_mode is not None:
+            raise ValueError(f"render_mode: this environment does not render, got {render_mode!r}")
+        self.config = build_config(self.config_class, config, overrides, single_item)
         if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer) or num_envs < 1:
             raise ValueError(f"num_envs: expected a positive integer, got {num_envs!r}")
         self.num_envs = int(num_envs)
@@ -191,9 +250,9 @@ class UserSimVectorEnv(VectorEnv):
         self._next_truth: ChoiceModel | None = None
         self._oracle_value: Any = None
 
-    @abstractmethod
     def build_model(self, backend: Backend) -> UserModel:
         """The user model this environment adapts, on ``backend``."""
+        return self.model_class(self.config, backend)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)

@@ -72,7 +72,10 @@ def revenue_ordered_slate(
         ``(slate [B, K] int64, value [B])``: the oracle's slate and its expected reward.
     """
     xp = be.xp
-    order = xp.argsort(-revenue, axis=1)[:, :slate_size]  # [B, K], best first
+    # Revenue order, ties broken by choice weight (with equal revenues the heavier item is better).
+    by_weight = xp.argsort(-weights, axis=1, stable=True)
+    by_revenue = xp.argsort(-be.take_along(revenue, by_weight), axis=1, stable=True)
+    order = be.take_along(by_weight, by_revenue)[:, :slate_size]  # [B, K], best first
     w = be.take_along(weights, order) * position_weight[None, :]
     r = be.take_along(revenue, order)
     numerator = xp.cumulative_sum(w * r, axis=1)

@@ -49,6 +49,23 @@ class ChoiceModel:
 
 
 @dataclass(frozen=True)
+class Choice:
+    """What the user did with the slate (step 2).
+
+    Attributes:
+        slate: ``[B, K]`` the candidate indices shown.
+        position: ``[B]`` slate position of the chosen item (meaningful where ``clicked``).
+        candidate: ``[B]`` candidate index of the chosen item (meaningful where ``clicked``).
+        clicked: ``[B]`` bool, False where the user chose nothing.
+    """
+
+    slate: Array
+    position: Array
+    candidate: Array
+    clicked: Array
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What :meth:`UserModel.respond` returns besides the new state."""
 
@@ -83,12 +100,9 @@ class UserModel(ABC):
         """Choice weights and expected rewards of the current candidates."""
 
     @abstractmethod
-    def respond(
-        self, rng: Random, state: State, truth: ChoiceModel, chosen: Array, clicked: Array
-    ) -> tuple[State, Outcome]:
-        """Steps 3-5: the response to the chosen candidate (``[B]`` candidate index, meaningful where
-        ``clicked``) and the state that follows, with the next candidates drawn. ``truth`` is the
-        choice model the choice was drawn from."""
+    def respond(self, rng: Random, state: State, truth: ChoiceModel, choice: Choice) -> tuple[State, Outcome]:
+        """Steps 3-5: the response to the user's choice and the state that follows, with the next
+        candidates drawn. ``truth`` is the choice model the choice was drawn from."""
 
     @abstractmethod
     def observe(self, state: State) -> dict[str, Array]:
@@ -118,7 +132,7 @@ class UserModel(ABC):
         chosen = be.take_along(slate, position[:, None])[:, 0]  # candidate index
         slate_revenue = be.take_along(truth.revenue, slate)
         expected = xp.sum(probs[:, : self.slate_size] * slate_revenue, axis=1)
-        state, outcome = self.respond(rng, state, truth, chosen, clicked)
+        state, outcome = self.respond(rng, state, truth, Choice(slate, position, chosen, clicked))
         info = {
             "clicked": clicked,
             "chosen_position": xp.where(clicked, position, -1),

@@ -34,7 +34,7 @@ import numpy as np
 from gymnasium import spaces
 
 from .backend import Array, Backend, Random
-from .core import ChoiceModel, Outcome, State, UserModel, push_history
+from .core import Choice, ChoiceModel, Outcome, State, UserModel, push_history
 from .population import SimulatorConfig
 
 NO_CLICK = -1  # history entry of a step without a click
@@ -145,10 +145,9 @@ class DriftingUsersModel(UserModel):
         return ChoiceModel(weights, revenue, self.no_click_weight, self.position_weight, utility)
 
     # -- response and evolution -------------------------------------------------------------
-    def respond(
-        self, rng: Random, state: State, truth: ChoiceModel, chosen: Array, clicked: Array
-    ) -> tuple[State, Outcome]:
+    def respond(self, rng: Random, state: State, truth: ChoiceModel, choice: Choice) -> tuple[State, Outcome]:
         xp, be, w, p = self.xp, self.backend, self.world, self.population
+        chosen, clicked = choice.candidate, choice.clicked
         b = clicked.shape[0]
         f32 = xp.float32
         click = xp.astype(clicked, f32)

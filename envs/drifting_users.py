@@ -2,39 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from .adapters import UserSimEnv, UserSimVectorEnv
-from .backend import Backend
 from .drifting import DriftingUsersModel
-from .population import SimulatorConfig, validate_config
-
-
-def simulator_config(
-    config: SimulatorConfig | dict[str, Any] | None, overrides: dict[str, Any], single_item: bool = False
-) -> SimulatorConfig:
-    """A validated :class:`SimulatorConfig` from a config object or dict plus keyword overrides
-    (``catalog=...``, ``population=...``, ``slate_size=...``; nested dicts merge into the defaults)."""
-    if isinstance(config, SimulatorConfig):
-        base = config.model_dump()
-    elif config is None:
-        base = {}
-    elif isinstance(config, dict):
-        base = dict(config)
-    else:
-        raise ValueError(f"config: expected a SimulatorConfig, a dict or None, got {type(config).__name__}")
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = {**base[key], **value}
-        elif hasattr(value, "model_dump"):
-            base[key] = value.model_dump()
-        else:
-            base[key] = value
-    if single_item:
-        if base.get("slate_size", 1) != 1:
-            raise ValueError(f"slate_size: single_item environments show one item, got {base['slate_size']}")
-        base["slate_size"] = 1
-    return validate_config(SimulatorConfig, base)
+from .population import SimulatorConfig
 
 
 class DriftingUsersEnv(UserSimEnv):
@@ -87,23 +57,8 @@ class DriftingUsersEnv(UserSimEnv):
     * v0: initial version.
     """
 
-    def __init__(
-        self,
-        config: SimulatorConfig | dict[str, Any] | None = None,
-        *,
-        single_item: bool = False,
-        ground_truth: bool = True,
-        backend: str = "numpy",
-        render_mode: str | None = None,
-        **overrides: Any,
-    ) -> None:
-        if render_mode is not None:
-            raise ValueError(f"render_mode: this environment does not render, got {render_mode!r}")
-        self.config = simulator_config(config, overrides, single_item)
-        super().__init__(single_item=single_item, ground_truth=ground_truth, backend=backend)
-
-    def build_model(self, backend: Backend) -> DriftingUsersModel:
-        return DriftingUsersModel(self.config, backend)
+    config_class = SimulatorConfig
+    model_class = DriftingUsersModel
 
 
 class DriftingUsersVectorEnv(UserSimVectorEnv):
@@ -113,24 +68,5 @@ class DriftingUsersVectorEnv(UserSimVectorEnv):
     ``autoreset``; see :mod:`metarec.envs.adapters` for the autoreset mode.
     """
 
-    def __init__(
-        self,
-        num_envs: int,
-        config: SimulatorConfig | dict[str, Any] | None = None,
-        *,
-        device: Any = "cpu",
-        single_item: bool = False,
-        ground_truth: bool = True,
-        autoreset: bool = True,
-        render_mode: str | None = None,
-        **overrides: Any,
-    ) -> None:
-        if render_mode is not None:
-            raise ValueError(f"render_mode: this environment does not render, got {render_mode!r}")
-        self.config = simulator_config(config, overrides, single_item)
-        super().__init__(
-            num_envs, device=device, single_item=single_item, ground_truth=ground_truth, autoreset=autoreset
-        )
-
-    def build_model(self, backend: Backend) -> DriftingUsersModel:
-        return DriftingUsersModel(self.config, backend)
+    config_class = SimulatorConfig
+    model_class = DriftingUsersModel
