@@ -184,7 +184,8 @@ class UserSimEnv(gym.Env):
 
     def _observation(self) -> dict[str, np.ndarray]:
         assert self._state is not None
-        return {key: self.backend.to_numpy(value)[0] for key, value in self.model.observe(self._state).items()}
+        # A copy: observations may be views of shared data (a frozen corpus), and users keep them.
+        return {key: np.array(self.backend.to_numpy(value)[0]) for key, value in self.model.observe(self._state).items()}
 
     def _truth(self, info: dict[str, Any]) -> dict[str, Any]:
         """Adds the ground truth of the next decision: true utilities, the oracle's slate and value."""
