@@ -71,6 +71,15 @@ def action_space_of(model: UserModel, single_item: bool) -> spaces.Space:
 def check_slates(action: Any, num_candidates: int, slate_size: int, batch: int | None, single_item: bool) -> Any:
     """Validates an action and returns it as an int64 slate array (``[B, K]``; ``[1, K]`` when
     ``batch`` is None). Raises ``ValueError`` naming the problem."""
+    if type(action) is np.ndarray and action.dtype.kind in "iu" and action.ndim == (0 if single_item else 1) + (
+        batch is not None
+    ):
+        # Fast path for what the single-user env is usually given: an integer numpy array.
+        expected_shape = ((batch,) if batch is not None else ()) + (() if single_item else (slate_size,))
+        if action.shape == expected_shape and action.size and 0 <= action.min() and action.max() < num_candidates:
+            return action.astype(np.int64, copy=False).reshape(
+                1 if batch is None else batch, 1 if single_item else slate_size
+            )
     import torch
 
     is_tensor = isinstance(action, torch.Tensor)

@@ -31,7 +31,7 @@ def sample_categorical(xp: Any, rng: Random, probs: Array) -> Array:
     cdf = xp.cumulative_sum(probs, axis=1)
     u = rng.uniform((probs.shape[0], 1)) * cdf[:, -1:]
     index = xp.sum(xp.astype(cdf <= u, xp.int64), axis=1)
-    return xp.clip(index, max=probs.shape[1] - 1)
+    return xp.minimum(index, probs.shape[1] - 1)
 
 
 def choice_probabilities(xp: Any, weights: Array, no_click_weight: Array) -> Array:

@@ -96,13 +96,16 @@ class UserModel(ABC):
         """Fresh users with their first candidates."""
 
     @abstractmethod
-    def choice_model(self, state: State) -> ChoiceModel:
-        """Choice weights and expected rewards of the current candidates."""
+    def choice_model(self, state: State, columns: Array | None = None) -> ChoiceModel:
+        """Choice weights and expected rewards of the current candidates (``[B, N]``), or only of the
+        candidates ``columns`` (``[B, J]`` candidate indices) — what a step needs when no one asked
+        for the whole ground truth."""
 
     @abstractmethod
-    def respond(self, rng: Random, state: State, truth: ChoiceModel, choice: Choice) -> tuple[State, Outcome]:
+    def respond(self, rng: Random, state: State, on_slate: ChoiceModel, choice: Choice) -> tuple[State, Outcome]:
         """Steps 3-5: the response to the user's choice and the state that follows, with the next
-        candidates drawn. ``truth`` is the choice model the choice was drawn from."""
+        candidates drawn. ``on_slate`` is the choice model of the slate's positions (``[B, K]``) that
+        the choice was drawn from."""
 
     @abstractmethod
     def observe(self, state: State) -> dict[str, Array]:
@@ -122,17 +125,20 @@ class UserModel(ABC):
         computed it for the oracle), so it is not computed twice.
         """
         xp, be = self.xp, self.backend
-        truth = self.choice_model(state) if truth is None else truth
-        shown = xp.astype(shown_mask(xp, slate), truth.weights.dtype)  # [B, K]
-        weights = be.take_along(truth.weights, slate) * truth.position_weight[None, :] * shown
-        probs = choice_probabilities(xp, weights, truth.no_click_weight)  # [B, K + 1]
+        if truth is None:
+            on_slate = self.choice_model(state, slate)  # only the K shown candidates
+        else:
+            on_slate = ChoiceModel(*(be.take_along(v, slate) for v in (truth.weights, truth.revenue)),
+                                   truth.no_click_weight, truth.position_weight, be.take_along(truth.utilities, slate))
+        shown = xp.astype(shown_mask(xp, slate), on_slate.weights.dtype)  # [B, K]
+        weights = on_slate.weights * on_slate.position_weight[None, :] * shown
+        probs = choice_probabilities(xp, weights, on_slate.no_click_weight)  # [B, K + 1]
         choice = sample_categorical(xp, rng, probs)  # [B], K means no click
         clicked = choice < self.slate_size
-        position = xp.clip(choice, max=self.slate_size - 1)
+        position = xp.minimum(choice, self.slate_size - 1)
         chosen = be.take_along(slate, position[:, None])[:, 0]  # candidate index
-        slate_revenue = be.take_along(truth.revenue, slate)
-        expected = xp.sum(probs[:, : self.slate_size] * slate_revenue, axis=1)
-        state, outcome = self.respond(rng, state, truth, Choice(slate, position, chosen, clicked))
+        expected = xp.sum(probs[:, : self.slate_size] * on_slate.revenue, axis=1)
+        state, outcome = self.respond(rng, state, on_slate, Choice(slate, position, chosen, clicked))
         info = {
             "clicked": clicked,
             "chosen_position": xp.where(clicked, position, -1),

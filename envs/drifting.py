@@ -109,7 +109,7 @@ class DriftingUsersModel(UserModel):
         xp, w = self.xp, self.world
         u = rng.uniform((num_users, self.num_candidates))
         offset = xp.astype(xp.floor(u * w["stratum_size"][None, :]), xp.int64)
-        offset = xp.clip(offset, max=xp.astype(w["stratum_size"], xp.int64)[None, :] - 1)
+        offset = xp.minimum(offset, xp.astype(w["stratum_size"], xp.int64)[None, :] - 1)
         return self.backend.take_rows(w["item_order"], w["stratum_start"][None, :] + offset)
 
     def initial_state(self, rng: Random, num_users: int) -> State:
@@ -134,25 +134,25 @@ class DriftingUsersModel(UserModel):
         }
 
     # -- choice -----------------------------------------------------------------------------
-    def choice_model(self, state: State) -> ChoiceModel:
+    def choice_model(self, state: State, columns: Array | None = None) -> ChoiceModel:
         xp, be, w, p = self.xp, self.backend, self.world, self.population
-        items = state["candidates"]  # [B, N]
+        items = state["candidates"] if columns is None else be.take_along(state["candidates"], columns)  # [B, J]
         affinity = xp.sum(be.take_rows(w["item_embedding"], items) * state["interest"][:, None, :], axis=2)
         fatigue = be.take_along(state["fatigue"], be.take_rows(w["item_topic"], items))
         utility = affinity + p.quality_weight * be.take_rows(w["item_quality"], items) - p.fatigue_weight * fatigue
-        weights = xp.exp(xp.clip(utility / p.choice_temperature, max=60.0))  # [B, N]
+        weights = xp.exp(xp.minimum(utility / p.choice_temperature, 60.0))  # [B, N]
         revenue = be.take_rows(w["item_length"], items) / (1.0 + xp.exp(-utility * self.revenue_scale))
         return ChoiceModel(weights, revenue, self.no_click_weight, self.position_weight, utility)
 
     # -- response and evolution -------------------------------------------------------------
-    def respond(self, rng: Random, state: State, truth: ChoiceModel, choice: Choice) -> tuple[State, Outcome]:
+    def respond(self, rng: Random, state: State, on_slate: ChoiceModel, choice: Choice) -> tuple[State, Outcome]:
         xp, be, w, p = self.xp, self.backend, self.world, self.population
         chosen, clicked = choice.candidate, choice.clicked
         b = clicked.shape[0]
         f32 = xp.float32
         click = xp.astype(clicked, f32)
         item = be.take_along(state["candidates"], chosen[:, None])[:, 0]  # [B]
-        utility = be.take_along(truth.utilities, chosen[:, None])[:, 0]
+        utility = be.take_along(on_slate.utilities, choice.position[:, None])[:, 0]
 
         # 3. response: satisfaction and engagement; the budget pays for browsing and watching.
         satisfaction = 1.0 / (1.0 + xp.exp(-(utility + p.engagement_noise * rng.normal((b,)))))
@@ -190,7 +190,7 @@ class DriftingUsersModel(UserModel):
             truncated = hit_limit & ~out_of_budget
         else:
             last = state["session"] >= p.num_sessions - 1
-            mean_satisfaction = satisfaction_sum / xp.clip(clicks, min=1.0)
+            mean_satisfaction = satisfaction_sum / xp.maximum(clicks, 1.0)
             logit = p.return_bias + p.return_sensitivity * (mean_satisfaction - 0.5)
             comes_back = rng.uniform((b,)) < 1.0 / (1.0 + xp.exp(-logit))
             returned = session_over & ~last & comes_back
@@ -235,7 +235,7 @@ class DriftingUsersModel(UserModel):
         past = state["history_item"]
         consumed = xp.astype(past >= 0, xp.float32)[..., None]
         valid = xp.astype(past >= NO_CLICK, xp.float32)[..., None]
-        past_embedding = be.take_rows(w["item_embedding"], xp.clip(past, min=0)) * consumed
+        past_embedding = be.take_rows(w["item_embedding"], xp.maximum(past, 0)) * consumed
         history = xp.concat([past_embedding, state["history_engagement"][..., None], consumed, valid], axis=2)
         return {"candidates": candidates, "candidate_ids": items, "history": history}
 

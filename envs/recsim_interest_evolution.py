@@ -88,22 +88,23 @@ class InterestEvolutionModel(UserModel):
             "response": xp.zeros((num_users, self.slate_size, 4), dtype=xp.float32, device=self.backend.device),
         }
 
-    def choice_model(self, state: State) -> ChoiceModel:
-        xp = self.xp
-        score = self.backend.take_along(state["interest"], state["doc_cluster"])  # [B, N]
-        watch = xp.clip(state["budget"], max=self.config.video_length)
+    def choice_model(self, state: State, columns: Array | None = None) -> ChoiceModel:
+        xp, be = self.xp, self.backend
+        cluster = state["doc_cluster"] if columns is None else be.take_along(state["doc_cluster"], columns)
+        score = be.take_along(state["interest"], cluster)  # [B, J]
+        watch = xp.minimum(state["budget"], self.config.video_length)
         revenue = watch[:, None] + xp.zeros_like(score)
         return ChoiceModel(score - self.config.min_normalizer, revenue, self.no_click_weight,
                            self.position_weight, score)
 
-    def respond(self, rng: Random, state: State, truth: ChoiceModel, choice: Choice) -> tuple[State, Outcome]:
+    def respond(self, rng: Random, state: State, on_slate: ChoiceModel, choice: Choice) -> tuple[State, Outcome]:
         xp, be, cfg = self.xp, self.backend, self.config
         clicked = choice.clicked
         b = clicked.shape[0]
         cluster = be.take_along(state["doc_cluster"], choice.candidate[:, None])[:, 0]
         quality = be.take_along(state["doc_quality"], choice.candidate[:, None])[:, 0]
         budget = state["budget"]
-        watch = xp.where(clicked, xp.clip(budget, max=cfg.video_length), 0.0)
+        watch = xp.where(clicked, xp.minimum(budget, cfg.video_length), 0.0)
 
         # Interest evolution of the clicked cluster (IEvUserModel.update_state).
         x = be.take_along(state["interest"], cluster[:, None])[:, 0]

@@ -108,13 +108,16 @@ class InterestExplorationModel(UserModel):
             "response": xp.zeros((num_users, self.slate_size, 3), dtype=xp.float32, device=be.device),
         }
 
-    def choice_model(self, state: State) -> ChoiceModel:
-        xp = self.xp
-        score = self.backend.take_along(state["affinity"], state["doc_topic"]) + state["doc_quality"]
+    def choice_model(self, state: State, columns: Array | None = None) -> ChoiceModel:
+        xp, be = self.xp, self.backend
+        topic, quality = state["doc_topic"], state["doc_quality"]
+        if columns is not None:
+            topic, quality = be.take_along(topic, columns), be.take_along(quality, columns)
+        score = be.take_along(state["affinity"], topic) + quality
         weights = xp.exp(score)
         return ChoiceModel(weights, xp.ones_like(weights), self.no_click_weight, self.position_weight, score)
 
-    def respond(self, rng: Random, state: State, truth: ChoiceModel, choice: Choice) -> tuple[State, Outcome]:
+    def respond(self, rng: Random, state: State, on_slate: ChoiceModel, choice: Choice) -> tuple[State, Outcome]:
         xp, be = self.xp, self.backend
         b = choice.clicked.shape[0]
         clicks = xp.astype(choice.clicked, xp.float32)

@@ -74,14 +74,15 @@ class LongTermSatisfactionModel(UserModel):
         scale = clickbait * cfg.choc_stddev + (1.0 - clickbait) * cfg.kale_stddev
         return loc, scale
 
-    def choice_model(self, state: State) -> ChoiceModel:
+    def choice_model(self, state: State, columns: Array | None = None) -> ChoiceModel:
         xp = self.xp
-        loc, scale = self._engagement_params(state["clickbait"], state["satisfaction"][:, None])
+        clickbait = state["clickbait"] if columns is None else self.backend.take_along(state["clickbait"], columns)
+        loc, scale = self._engagement_params(clickbait, state["satisfaction"][:, None])
         revenue = xp.exp(loc + 0.5 * scale * scale)  # mean of the log-normal engagement
         ones = xp.ones_like(revenue)
         return ChoiceModel(ones, revenue, self.no_click_weight, self.position_weight, revenue)
 
-    def respond(self, rng: Random, state: State, truth: ChoiceModel, choice: Choice) -> tuple[State, Outcome]:
+    def respond(self, rng: Random, state: State, on_slate: ChoiceModel, choice: Choice) -> tuple[State, Outcome]:
         xp, be, cfg = self.xp, self.backend, self.config
         b = choice.clicked.shape[0]
         click = xp.astype(choice.clicked, xp.float32)
@@ -93,7 +94,7 @@ class LongTermSatisfactionModel(UserModel):
         budget = state["budget"] - click
         positions = xp.arange(self.slate_size, device=self.backend.device)
         at_choice = xp.astype((positions[None, :] == choice.position[:, None]) & choice.clicked[:, None], xp.float32)
-        response = xp.stack([at_choice, at_choice * xp.clip(engagement, max=100.0)[:, None]], axis=2)
+        response = xp.stack([at_choice, at_choice * xp.minimum(engagement, 100.0)[:, None]], axis=2)
         new_state = {
             "npe": npe,
             "satisfaction": self._sigmoid(cfg.sensitivity * npe),

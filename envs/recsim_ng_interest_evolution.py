@@ -97,21 +97,26 @@ class NGInterestEvolutionModel(UserModel):
             "response": xp.zeros((num_users, self.slate_size, 2), dtype=xp.float32, device=device),
         }
 
-    def choice_model(self, state: State) -> ChoiceModel:
-        xp = self.xp
+    def choice_model(self, state: State, columns: Array | None = None) -> ChoiceModel:
+        xp, be = self.xp, self.backend
         interest = state["interest"]  # [B, T]
-        # ||u - f||² = |u|² - 2 u·f + |f|², without materialising [B, N, T].
-        squared = (
-            xp.sum(interest * interest, axis=1)[:, None]
-            - 2.0 * (interest @ xp.permute_dims(self.doc_features, (1, 0)))
-            + xp.sum(self.doc_features * self.doc_features, axis=1)[None, :]
-        )
-        affinity = -xp.sqrt(xp.clip(squared, min=0.0))  # [B, N]
+        if columns is None:
+            # ||u - f||² = |u|² - 2 u·f + |f|² over the whole corpus, without materialising [B, N, T].
+            squared = (
+                xp.sum(interest * interest, axis=1)[:, None]
+                - 2.0 * (interest @ xp.permute_dims(self.doc_features, (1, 0)))
+                + xp.sum(self.doc_features * self.doc_features, axis=1)[None, :]
+            )
+            revenue = self.consumed_if_chosen[None, :] + xp.zeros_like(squared)
+        else:
+            difference = interest[:, None, :] - be.take_rows(self.doc_features, columns)  # [B, J, T]
+            squared = xp.sum(difference * difference, axis=2)
+            revenue = be.take_rows(self.consumed_if_chosen, columns)
+        affinity = -xp.sqrt(xp.maximum(squared, 0.0))  # [B, J]
         weights = xp.exp(affinity + self.config.logit_offset)
-        revenue = self.consumed_if_chosen[None, :] + xp.zeros_like(weights)
         return ChoiceModel(weights, revenue, self.no_click_weight, self.position_weight, affinity)
 
-    def respond(self, rng: Random, state: State, truth: ChoiceModel, choice: Choice) -> tuple[State, Outcome]:
+    def respond(self, rng: Random, state: State, on_slate: ChoiceModel, choice: Choice) -> tuple[State, Outcome]:
         xp, be, cfg = self.xp, self.backend, self.config
         click = xp.astype(choice.clicked, xp.float32)
         consumed = be.take_rows(self.consumed_if_chosen, choice.candidate) * click
