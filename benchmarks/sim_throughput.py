@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 
@@ -28,8 +29,9 @@ import metarec  # noqa: F401
 
 
 def bench_vector(env_id: str, users: int, steps: int, device: str, ground_truth: bool, runs: int) -> dict:
-    env = gym.make_vec(env_id, num_envs=users, vectorization_mode="vector_entry_point", device=device,
-                       ground_truth=ground_truth)
+    env = gym.make_vec(
+        env_id, num_envs=users, vectorization_mode="vector_entry_point", device=device, ground_truth=ground_truth
+    )
     env.reset(seed=0)
     n = env.single_action_space.nvec.max() if hasattr(env.single_action_space, "nvec") else env.single_action_space.n
     shape = env.action_space.shape
@@ -53,8 +55,11 @@ def bench_vector(env_id: str, users: int, steps: int, device: str, ground_truth:
     if env.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     state_bytes = env.unwrapped.state_nbytes() if hasattr(env, "unwrapped") else env.state_nbytes()
-    return {"seconds": statistics.median(times), "runs_seconds": [round(t, 4) for t in times],
-            "state_bytes_per_user": state_bytes / users}
+    return {
+        "seconds": statistics.median(times),
+        "runs_seconds": [round(t, 4) for t in times],
+        "state_bytes_per_user": state_bytes / users,
+    }
 
 
 def bench_single(env_id: str, steps: int, runs: int) -> dict:
@@ -80,8 +85,11 @@ def bench_single(env_id: str, steps: int, runs: int) -> dict:
     run()
     results = [run() for _ in range(runs)]
     times = [r[0] for r in results]
-    return {"seconds": statistics.median(times), "runs_seconds": [round(t, 4) for t in times],
-            "episodes_per_run": results[0][1]}
+    return {
+        "seconds": statistics.median(times),
+        "runs_seconds": [round(t, 4) for t in times],
+        "episodes_per_run": results[0][1],
+    }
 
 
 def main() -> None:
@@ -92,22 +100,39 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--api", choices=("vector", "single"), default="vector")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--no-ground-truth", action="store_true",
-                        help="vector api: skip the oracle and true utilities in info (simulation only)")
+    parser.add_argument(
+        "--no-ground-truth",
+        action="store_true",
+        help="vector api: skip the oracle and true utilities in info (simulation only)",
+    )
     args = parser.parse_args()
     if args.api == "single":
         users, result = 1, bench_single(args.env, args.steps, args.runs)
     else:
         users = args.users
         result = bench_vector(args.env, users, args.steps, args.device, not args.no_ground_truth, args.runs)
-    print(json.dumps({
-        "env": args.env, "users": users, "steps": args.steps, "seconds": round(result.pop("seconds"), 5),
-        "user_steps_per_s": round(users * args.steps / statistics.median(result["runs_seconds"]), 1),
-        "device": args.device if args.api == "vector" else "cpu", "api": args.api,
-        "ground_truth": not args.no_ground_truth, **result,
-        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
-        "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "env": args.env,
+                "users": users,
+                "steps": args.steps,
+                "seconds": round(result.pop("seconds"), 5),
+                "user_steps_per_s": round(users * args.steps / statistics.median(result["runs_seconds"]), 1),
+                "device": args.device if args.api == "vector" else "cpu",
+                "api": args.api,
+                "ground_truth": not args.no_ground_truth,
+                **result,
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "torch_threads": torch.get_num_threads(),
+                "cpu_count": os.cpu_count(),
+                "machine": platform.machine(),
+                "torch": torch.__version__,
+                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import gymnasium as gym
+import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
@@ -71,12 +71,14 @@ def action_space_of(model: UserModel, single_item: bool) -> spaces.Space:
 def check_slates(action: Any, num_candidates: int, slate_size: int, batch: int | None, single_item: bool) -> Any:
     """Validates an action and returns it as an int64 slate array (``[B, K]``; ``[1, K]`` when
     ``batch`` is None). Raises ``ValueError`` naming the problem."""
-    if type(action) is np.ndarray and action.dtype.kind in "iu" and action.ndim == (0 if single_item else 1) + (
-        batch is not None
+    if (
+        type(action) is np.ndarray
+        and action.dtype.kind in "iu"
+        and action.ndim == (0 if single_item else 1) + (batch is not None)
     ):
         # Fast path for what the single-user env is usually given: an integer numpy array.
         expected_shape = ((batch,) if batch is not None else ()) + (() if single_item else (slate_size,))
-        if action.shape == expected_shape and action.size and 0 <= action.min() and action.max() < num_candidates:
+        if action.shape == expected_shape and action.size and action.min() >= 0 and action.max() < num_candidates:
             return action.astype(np.int64, copy=False).reshape(
                 1 if batch is None else batch, 1 if single_item else slate_size
             )
@@ -106,10 +108,7 @@ def check_slates(action: Any, num_candidates: int, slate_size: int, batch: int |
         if bool(bad.any()):
             value = action[bad].reshape(-1)[0]
             raise ValueError(f"action: candidate indices must lie in [0, {num_candidates}), got {int(value)}")
-    if is_tensor:
-        slate = action.to(torch.int64)
-    else:
-        slate = action.astype(np.int64, copy=False)
+    slate = action.to(torch.int64) if is_tensor else action.astype(np.int64, copy=False)
     return slate.reshape(1 if batch is None else batch, 1 if single_item else slate_size)
 
 
@@ -194,7 +193,9 @@ class UserSimEnv(gym.Env):
     def _observation(self) -> dict[str, np.ndarray]:
         assert self._state is not None
         # A copy: observations may be views of shared data (a frozen corpus), and users keep them.
-        return {key: np.array(self.backend.to_numpy(value)[0]) for key, value in self.model.observe(self._state).items()}
+        return {
+            key: np.array(self.backend.to_numpy(value)[0]) for key, value in self.model.observe(self._state).items()
+        }
 
     def _truth(self, info: dict[str, Any]) -> dict[str, Any]:
         """Adds the ground truth of the next decision: true utilities, the oracle's slate and value."""
@@ -323,4 +324,3 @@ class UserSimVectorEnv(VectorEnv):
     def state_nbytes(self) -> int:
         """Bytes of simulator state held for all users."""
         return self.model.state_nbytes(self.state)
-

@@ -136,6 +136,12 @@ class Backend:
             return values[_row_index(index.shape[0]), index]
         return values.gather(1, index)
 
+    def top_k(self, key: Array, k: int) -> Array:
+        """Indices ``[B, k]`` of the ``k`` largest entries of each row of ``key``, largest first."""
+        if self.name == "numpy":
+            return np.argsort(-key, axis=1, kind="stable")[:, :k]
+        return key.topk(k, dim=1).indices
+
     @property
     def float32(self) -> Any:
         return self.xp.float32

@@ -72,10 +72,13 @@ def revenue_ordered_slate(
         ``(slate [B, K] int64, value [B])``: the oracle's slate and its expected reward.
     """
     xp = be.xp
-    # Revenue order, ties broken by choice weight (with equal revenues the heavier item is better).
-    by_weight = xp.argsort(-weights, axis=1, stable=True)
-    by_revenue = xp.argsort(-be.take_along(revenue, by_weight), axis=1, stable=True)
-    order = be.take_along(by_weight, by_revenue)[:, :slate_size]  # [B, K], best first
+    # Revenue order, ties broken by choice weight (with equal revenues the heavier item is better):
+    # a float64 key whose weight term, at most 1e-9 of the largest revenue, only separates equal
+    # float32 revenues. A top-k, not a full sort: N can be large and K is small.
+    r64, w64 = xp.astype(revenue, xp.float64), xp.astype(weights, xp.float64)
+    scale = 1e-9 * (xp.max(xp.abs(r64), axis=1, keepdims=True) + 1e-30)
+    key = r64 + scale * w64 / (xp.max(w64, axis=1, keepdims=True) + 1e-30)
+    order = be.top_k(key, slate_size)  # [B, K], best first
     w = be.take_along(weights, order) * position_weight[None, :]
     r = be.take_along(revenue, order)
     numerator = xp.cumulative_sum(w * r, axis=1)

@@ -116,9 +116,7 @@ class UserModel(ABC):
         """The observation space of one user."""
 
     # -- shared -----------------------------------------------------------------------------
-    def step(
-        self, rng: Random, state: State, slate: Array, truth: ChoiceModel | None = None
-    ) -> tuple[State, Outcome]:
+    def step(self, rng: Random, state: State, slate: Array, truth: ChoiceModel | None = None) -> tuple[State, Outcome]:
         """Advances every user one step with the given slates (``[B, K]`` int64, already validated).
 
         ``truth`` may pass in ``choice_model(state)`` when the caller already has it (the adapters
@@ -128,8 +126,12 @@ class UserModel(ABC):
         if truth is None:
             on_slate = self.choice_model(state, slate)  # only the K shown candidates
         else:
-            on_slate = ChoiceModel(*(be.take_along(v, slate) for v in (truth.weights, truth.revenue)),
-                                   truth.no_click_weight, truth.position_weight, be.take_along(truth.utilities, slate))
+            on_slate = ChoiceModel(
+                *(be.take_along(v, slate) for v in (truth.weights, truth.revenue)),
+                truth.no_click_weight,
+                truth.position_weight,
+                be.take_along(truth.utilities, slate),
+            )
         shown = xp.astype(shown_mask(xp, slate), on_slate.weights.dtype)  # [B, K]
         weights = on_slate.weights * on_slate.position_weight[None, :] * shown
         probs = choice_probabilities(xp, weights, on_slate.no_click_weight)  # [B, K + 1]

@@ -91,7 +91,9 @@ class DriftingUsersModel(UserModel):
         self.world = {k: backend.asarray(v) for k, v in self.world_numpy.items()}
         p = self.population
         self.position_weight = backend.asarray(np.exp(-p.position_bias * np.arange(self.slate_size)), np.float32)
-        self.no_click_weight = backend.asarray(math.exp(min(p.no_click_utility / p.choice_temperature, 60.0)), np.float32)
+        self.no_click_weight = backend.asarray(
+            math.exp(min(p.no_click_utility / p.choice_temperature, 60.0)), np.float32
+        )
         self.topics = backend.asarray(np.arange(config.catalog.num_topics))
         # E[sigmoid(u + N(0, s^2))] ~ sigmoid(u / sqrt(1 + pi s^2 / 8)) (probit approximation).
         self.revenue_scale = 1.0 / math.sqrt(1.0 + math.pi * p.engagement_noise**2 / 8.0)

@@ -89,13 +89,10 @@ class SimulatorConfig(_Frozen):
     @model_validator(mode="after")
     def _sizes_fit(self) -> SimulatorConfig:
         if self.slate_size > self.num_candidates:
-            raise ValueError(
-                f"slate_size: expected <= num_candidates ({self.num_candidates}), got {self.slate_size}"
-            )
+            raise ValueError(f"slate_size: expected <= num_candidates ({self.num_candidates}), got {self.slate_size}")
         if self.num_candidates > self.catalog.num_items:
             raise ValueError(
-                f"num_candidates: expected <= catalog.num_items ({self.catalog.num_items}), "
-                f"got {self.num_candidates}"
+                f"num_candidates: expected <= catalog.num_items ({self.catalog.num_items}), got {self.num_candidates}"
             )
         if self.population.topics_per_cluster > self.catalog.num_topics:
             raise ValueError(

@@ -94,8 +94,9 @@ class InterestEvolutionModel(UserModel):
         score = be.take_along(state["interest"], cluster)  # [B, J]
         watch = xp.minimum(state["budget"], self.config.video_length)
         revenue = watch[:, None] + xp.zeros_like(score)
-        return ChoiceModel(score - self.config.min_normalizer, revenue, self.no_click_weight,
-                           self.position_weight, score)
+        return ChoiceModel(
+            score - self.config.min_normalizer, revenue, self.no_click_weight, self.position_weight, score
+        )
 
     def respond(self, rng: Random, state: State, on_slate: ChoiceModel, choice: Choice) -> tuple[State, Outcome]:
         xp, be, cfg = self.xp, self.backend, self.config
@@ -126,16 +127,25 @@ class InterestEvolutionModel(UserModel):
         positions = xp.arange(self.slate_size, device=self.backend.device)
         at_choice = (positions[None, :] == choice.position[:, None]) & clicked[:, None]
         response = xp.stack(
-            [xp.astype(at_choice, xp.float32), xp.where(at_choice, watch[:, None], 0.0), slate_quality,
-             xp.astype(slate_cluster, xp.float32)],
+            [
+                xp.astype(at_choice, xp.float32),
+                xp.where(at_choice, watch[:, None], 0.0),
+                slate_quality,
+                xp.astype(slate_cluster, xp.float32),
+            ],
             axis=2,
         )
         if cfg.resample_documents:
             doc_cluster, doc_quality = self._draw_documents(rng, b)
         else:
             doc_cluster, doc_quality = state["doc_cluster"], state["doc_quality"]
-        new_state = {"interest": interest, "budget": budget, "doc_cluster": doc_cluster,
-                     "doc_quality": doc_quality, "response": response}
+        new_state = {
+            "interest": interest,
+            "budget": budget,
+            "doc_cluster": doc_cluster,
+            "doc_quality": doc_quality,
+            "response": response,
+        }
         terminated = budget <= 0.0
         return new_state, Outcome(watch, terminated, xp.zeros_like(terminated), {"watch_time": watch})
 

@@ -124,8 +124,11 @@ class InterestExplorationModel(UserModel):
         positions = xp.arange(self.slate_size, device=be.device)
         at_choice = xp.astype((positions[None, :] == choice.position[:, None]) & choice.clicked[:, None], xp.float32)
         response = xp.stack(
-            [at_choice, be.take_along(state["doc_quality"], choice.slate),
-             xp.astype(be.take_along(state["doc_topic"], choice.slate), xp.float32)],
+            [
+                at_choice,
+                be.take_along(state["doc_quality"], choice.slate),
+                xp.astype(be.take_along(state["doc_topic"], choice.slate), xp.float32),
+            ],
             axis=2,
         )
         if self.config.resample_documents:
@@ -133,8 +136,13 @@ class InterestExplorationModel(UserModel):
         else:
             topic, quality = state["doc_topic"], state["doc_quality"]
         step = state["step"] + 1
-        new_state = {"affinity": state["affinity"], "step": step, "doc_topic": topic, "doc_quality": quality,
-                     "response": response}
+        new_state = {
+            "affinity": state["affinity"],
+            "step": step,
+            "doc_topic": topic,
+            "doc_quality": quality,
+            "response": response,
+        }
         truncated = step >= self.config.max_steps
         return new_state, Outcome(clicks, xp.zeros_like(truncated), truncated, {})
 

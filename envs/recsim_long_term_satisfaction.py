@@ -166,4 +166,3 @@ class RecSimLongTermSatisfactionVectorEnv(UserSimVectorEnv):
 
     config_class = LongTermSatisfactionConfig
     model_class = LongTermSatisfactionModel
-

@@ -143,7 +143,9 @@ class NGInterestEvolutionModel(UserModel):
     def observation_space(self) -> spaces.Dict:
         return spaces.Dict(
             {
-                "candidates": spaces.Box(-np.inf, np.inf, (self.num_candidates, self.config.num_topics + 2), np.float32),
+                "candidates": spaces.Box(
+                    -np.inf, np.inf, (self.num_candidates, self.config.num_topics + 2), np.float32
+                ),
                 "response": spaces.Box(0.0, np.inf, (self.slate_size, 2), np.float32),
             }
         )

@@ -31,8 +31,13 @@ def run_demo(out: str = "runs/demo", users: int = 4000, seed: int = 0, device: s
             f"{o['mean_return']:>11.2f} ±{o['ci95']:>5.2f}{ratio:>15.3f}"
         )
         rows.append({"env": entry.id, "random": r, "oracle": o})
-    summary = {"users": users, "seed": seed, "device": device, "results": rows,
-               "seconds": round(time.perf_counter() - started, 2)}
+    summary = {
+        "users": users,
+        "seed": seed,
+        "device": device,
+        "results": rows,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
     path = out_dir / "results.json"
     path.write_text(json.dumps(summary, indent=2))
     print(f"Wrote {path} in {summary['seconds']} s")

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from scipy import stats
-
 from metarec.envs.backend import ReplayRandom, numpy_backend, torch_backend
 from metarec.envs.choice import choice_probabilities, revenue_ordered_slate, shown_mask, slate_value
 from metarec.envs.drifting import DriftingUsersModel
 from metarec.envs.population import SimulatorConfig, UserPopulation
+from scipy import stats
+
 from metarec.evaluation import evaluate
 
 STILL = UserPopulation().without_drift().model_copy(update={"fatigue_rate": 0.0})
@@ -43,18 +43,24 @@ def test_position_bias_favours_earlier_positions():
     m = model(population=STILL.model_copy(update={"position_bias": 1.0}))
     state = m.initial_state(m.backend.make_random(0), 1)
     truth = m.choice_model(state)
-    a = slate_value(m.backend, truth.weights, truth.revenue, truth.no_click_weight, truth.position_weight,
-                    torch.tensor([[0, 1, 2, 3, 4]]))
+    a = slate_value(
+        m.backend,
+        truth.weights,
+        truth.revenue,
+        truth.no_click_weight,
+        truth.position_weight,
+        torch.tensor([[0, 1, 2, 3, 4]]),
+    )
     order = torch.argsort(truth.revenue[0, :5], descending=True)
-    best_first = slate_value(m.backend, truth.weights, truth.revenue, truth.no_click_weight,
-                             truth.position_weight, order[None])
+    best_first = slate_value(
+        m.backend, truth.weights, truth.revenue, truth.no_click_weight, truth.position_weight, order[None]
+    )
     assert float(best_first) >= float(a)
 
 
 def test_repeated_candidates_are_shown_once():
     slate = torch.tensor([[4, 4, 2, 4, 2], [0, 1, 2, 3, 4]])
-    assert shown_mask(torch_backend().xp, slate).tolist() == [
-        [True, False, True, False, False], [True] * 5]
+    assert shown_mask(torch_backend().xp, slate).tolist() == [[True, False, True, False, False], [True] * 5]
 
 
 def test_oracle_matches_exhaustive_search_without_position_bias():
@@ -64,7 +70,7 @@ def test_oracle_matches_exhaustive_search_without_position_bias():
     for _ in range(200):
         w = rng.gamma(1.0, 1.0, (1, 6)).astype(np.float32)
         r = rng.uniform(0, 5, (1, 6)).astype(np.float32)
-        slate, value = revenue_ordered_slate(be, w, r, np.float32(1.0), np.ones(6, np.float32), 6)
+        _slate, value = revenue_ordered_slate(be, w, r, np.float32(1.0), np.ones(6, np.float32), 6)
         best = 0.0
         for mask in range(1, 64):
             chosen = [i for i in range(6) if mask >> i & 1]
@@ -103,7 +109,7 @@ def test_step_limit_truncates():
     m = model(population=pop)
     rng = m.backend.make_random(0)
     state = m.initial_state(rng, 64)
-    for t in range(3):
+    for _t in range(3):
         state, outcome = m.step(rng, state, torch.arange(5).expand(64, 5))
     assert outcome.truncated.all() and not outcome.terminated.any()
 
@@ -145,7 +151,7 @@ def test_consumption_pulls_interest_toward_satisfying_items():
 def test_ou_random_walk_reverts_to_the_anchor_with_the_stationary_spread():
     theta, sigma = 0.1, 0.05
     pop = STILL.model_copy(update={"ou_reversion": theta, "ou_noise": sigma})
-    start, state, _, _ = interest_after(pop, steps=150, users=4096)
+    _start, state, _, _ = interest_after(pop, steps=150, users=4096)
     deviation = (state["interest"] - state["anchor"]).flatten()
     stationary_std = sigma / np.sqrt(1 - (1 - theta) ** 2)
     assert float(deviation.mean()) == pytest.approx(0.0, abs=0.01)
@@ -194,7 +200,8 @@ def test_multi_session_users_return_more_when_satisfied():
         mean_s = state["session_satisfaction"] / state["session_clicks"].clamp(min=1)
         state, outcome = m.step(rng, state, torch.arange(5).expand(8192, 5))
         ended = outcome.info["session_ended"] & (state["session"] < 3)
-        returned.append(outcome.info["returned"][ended]); satisfaction.append(mean_s[ended])
+        returned.append(outcome.info["returned"][ended])
+        satisfaction.append(mean_s[ended])
     returned = torch.cat(returned).float()
     assert returned.numel() > 1000
     assert 0.05 < float(returned.mean()) < 0.95
@@ -240,5 +247,6 @@ def test_population_parameters_are_validated_with_the_field_named():
     with pytest.raises(ValueError, match=r"num_envs: expected a positive integer, got 0"):
         gym.make_vec("metarec/DriftingUsers-v0", num_envs=0, vectorization_mode="vector_entry_point")
     with pytest.raises(ValueError, match=r"device: expected a torch device"):
-        gym.make_vec("metarec/DriftingUsers-v0", num_envs=2, vectorization_mode="vector_entry_point",
-                     device="gpu-please")
+        gym.make_vec(
+            "metarec/DriftingUsers-v0", num_envs=2, vectorization_mode="vector_entry_point", device="gpu-please"
+        )

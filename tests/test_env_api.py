@@ -23,10 +23,10 @@ def test_check_env(env_id):
 @pytest.mark.parametrize("env_id", IDS)
 def test_make_vec_native_steps_a_batch(env_id):
     env = gym.make_vec(env_id, num_envs=16, vectorization_mode="vector_entry_point", device="cpu")
-    obs, info = env.reset(seed=3)
+    obs, _ = env.reset(seed=3)
     assert env.observation_space.contains({k: v.numpy() for k, v in obs.items()})
     for _ in range(5):
-        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        obs, reward, terminated, truncated, _info = env.step(env.action_space.sample())
         assert reward.shape == (16,) and reward.dtype == torch.float32
         assert terminated.dtype == torch.bool and truncated.shape == (16,)
         assert torch.isfinite(reward).all()
@@ -57,11 +57,11 @@ def test_single_env_seeded_rollouts_repeat_exactly(env_id):
 def test_vector_env_seeded_rollouts_repeat_exactly(env_id):
     def rollout(seed):
         env = gym.make_vec(env_id, num_envs=32, vectorization_mode="vector_entry_point")
-        obs, _ = env.reset(seed=seed)
+        env.reset(seed=seed)
         env.action_space.seed(seed)
         rewards = []
         for _ in range(40):
-            obs, reward, *_ = env.step(env.action_space.sample())
+            _obs, reward, *_ = env.step(env.action_space.sample())
             rewards.append(reward)
         return torch.stack(rewards)
 
@@ -109,7 +109,7 @@ def test_every_element_of_the_action_space_is_legal(env_id):
     env = gym.make(env_id).unwrapped
     env.reset(seed=0)
     repeated = np.zeros(env.action_space.shape, dtype=np.int64)  # the same candidate everywhere
-    _, reward, *_ , info = env.step(repeated)
+    _, reward, *_, info = env.step(repeated)
     assert np.isfinite(reward)
     assert info["chosen_position"] in (-1, 0), "a repeated candidate is shown once, at its first position"
 
@@ -138,7 +138,7 @@ def test_bad_vector_actions_name_the_problem():
     env.reset(seed=0)
     with pytest.raises(ValueError, match=r"shape \(4, 5\), got shape \(3, 5\)"):
         env.step(torch.zeros((3, 5), dtype=torch.int64))
-    with pytest.raises(ValueError, match="integer candidate indices, got dtype torch.float32"):
+    with pytest.raises(ValueError, match=r"integer candidate indices, got dtype torch\.float32"):
         env.step(torch.zeros((4, 5)))
     with pytest.raises(ValueError, match=r"\[0, 20\), got 25"):
         env.step(torch.full((4, 5), 25))

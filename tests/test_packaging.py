@@ -1,7 +1,8 @@
 """The installed package maps the top-level folders, and only them, under ``metarec``."""
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,6 +28,10 @@ def test_import_paths_resolve_to_the_top_level_folders():
     import metarec.envs
     import metarec.meta
 
-    for module, folder in [(metarec.envs, "envs"), (metarec.agents, "agents"), (metarec.meta, "meta"),
-                           (metarec.abtest, "abtest")]:
+    for module, folder in [
+        (metarec.envs, "envs"),
+        (metarec.agents, "agents"),
+        (metarec.meta, "meta"),
+        (metarec.abtest, "abtest"),
+    ]:
         assert Path(module.__file__).resolve().parent == ROOT / folder

@@ -22,9 +22,7 @@ with warnings.catch_warnings():
 
 def recsim_returns(module, episodes, seed=0, max_steps=None):
     np.random.seed(seed)  # RecSim's choice models draw from the global numpy state
-    env = module.create_environment(
-        {"num_candidates": 10, "slate_size": 2, "resample_documents": True, "seed": seed}
-    )
+    env = module.create_environment({"num_candidates": 10, "slate_size": 2, "resample_documents": True, "seed": seed})
     agent = random_agent.RandomAgent(env.action_space, random_seed=seed)
     returns = []
     for _ in range(episodes):
@@ -38,9 +36,9 @@ def recsim_returns(module, episodes, seed=0, max_steps=None):
 
 
 def port_returns(env_id, users, **env_kwargs):
-    from metarec.agents import RandomRecommender
     import gymnasium as gym
     import torch
+    from metarec.agents import RandomRecommender
 
     env = gym.make_vec(env_id, num_envs=users, vectorization_mode="vector_entry_point", **env_kwargs)
     agent = RandomRecommender(2, torch.Generator().manual_seed(1))
@@ -64,8 +62,11 @@ def port_returns(env_id, users, **env_kwargs):
     ],
 )
 def test_random_agent_returns_match_recsim(module, env_id, episodes, env_kwargs, max_steps):
-    modules = {"interest_evolution": recsim, "long_term_satisfaction": long_term_satisfaction,
-               "interest_exploration": interest_exploration}
+    modules = {
+        "interest_evolution": recsim,
+        "long_term_satisfaction": long_term_satisfaction,
+        "interest_exploration": interest_exploration,
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference = recsim_returns(modules[module], episodes, max_steps=max_steps)
