@@ -124,7 +124,7 @@ def main() -> None:
                 "ground_truth": not args.no_ground_truth,
                 **result,
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "torch_threads": torch.get_num_threads(),
+                "torch_threads": torch.get_num_threads(),
                 "cpu_count": os.cpu_count(),
                 "machine": platform.machine(),
                 "torch": torch.__version__,

@@ -14,6 +14,9 @@ from pathlib import Path
 from metarec.evaluation import evaluate
 from metarec.registration import ENVIRONMENTS
 
+# RecSim's interest-exploration users never leave (27,000-step horizon); the demo looks at 200 steps.
+DEMO_ENV_KWARGS = {"metarec/RecSimInterestExploration-v0": {"max_steps": 200}}
+
 
 def run_demo(out: str = "runs/demo", users: int = 4000, seed: int = 0, device: str = "cpu") -> dict:
     out_dir = Path(out)
@@ -23,7 +26,10 @@ def run_demo(out: str = "runs/demo", users: int = 4000, seed: int = 0, device: s
     print(f"Evaluating random and oracle recommenders on {users} fresh users per environment ({device})")
     print(f"{'environment':<40}{'random':>18}{'oracle':>18}{'oracle/random':>15}")
     for entry in ENVIRONMENTS:
-        results = {a: evaluate(entry.id, a, users, seed=seed, device=device) for a in ("random", "oracle")}
+        kwargs = DEMO_ENV_KWARGS.get(entry.id)
+        results = {
+            a: evaluate(entry.id, a, users, seed=seed, device=device, env_kwargs=kwargs) for a in ("random", "oracle")
+        }
         r, o = results["random"], results["oracle"]
         ratio = o["mean_return"] / r["mean_return"] if r["mean_return"] else float("nan")
         print(
