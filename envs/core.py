@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+from array_api_compat import device as device_of
 from gymnasium import spaces
 
 from .backend import Array, Backend, Random
@@ -63,6 +64,11 @@ class Choice:
     position: Array
     candidate: Array
     clicked: Array
+
+    def clicked_mask(self, xp: Any) -> Array:
+        """``[B, K]`` float32: 1 at the slate position the user chose, 0 elsewhere (and for no click)."""
+        positions = xp.arange(self.slate.shape[1], device=device_of(self.slate))
+        return xp.astype((positions[None, :] == self.position[:, None]) & self.clicked[:, None], xp.float32)
 
 
 @dataclass(frozen=True)

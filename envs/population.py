@@ -11,11 +11,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
-class _Frozen(BaseModel):
+class FrozenConfig(BaseModel):
+    """Base of every parameter model: immutable, and an unknown field is an error."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class CatalogConfig(_Frozen):
+class CatalogConfig(FrozenConfig):
     """Items with a topic, a topic embedding, a quality and a length."""
 
     num_items: int = Field(1000, ge=1, description="Items in the catalog.")
@@ -34,7 +36,7 @@ class CatalogConfig(_Frozen):
         return self
 
 
-class UserPopulation(_Frozen):
+class UserPopulation(FrozenConfig):
     """The distribution users are drawn from, their choice model and every drift mechanism.
 
     Each drift mechanism is off when its rate is zero.
@@ -77,7 +79,7 @@ class UserPopulation(_Frozen):
         )
 
 
-class SimulatorConfig(_Frozen):
+class SimulatorConfig(FrozenConfig):
     """Everything that defines a DriftingUsers environment besides the number of users."""
 
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 from gymnasium import spaces
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from .adapters import UserSimEnv, UserSimVectorEnv
 from .backend import Array, Backend, Random
 from .core import Choice, ChoiceModel, Outcome, State, UserModel
+from .population import FrozenConfig
 
 
-class InterestEvolutionConfig(BaseModel):
+class InterestEvolutionConfig(FrozenConfig):
     """RecSim interest_evolution's parameters, with its defaults."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     num_candidates: int = Field(10, ge=1, description="Documents offered per step.")
     slate_size: int = Field(2, ge=1, description="Documents per slate.")
@@ -124,12 +123,11 @@ class InterestEvolutionModel(UserModel):
         # RecSim's response observation for every slate position: click, watch_time, quality, cluster_id.
         slate_cluster = be.take_along(state["doc_cluster"], choice.slate)
         slate_quality = be.take_along(state["doc_quality"], choice.slate)
-        positions = xp.arange(self.slate_size, device=self.backend.device)
-        at_choice = (positions[None, :] == choice.position[:, None]) & clicked[:, None]
+        at_choice = choice.clicked_mask(xp)
         response = xp.stack(
             [
-                xp.astype(at_choice, xp.float32),
-                xp.where(at_choice, watch[:, None], 0.0),
+                at_choice,
+                at_choice * watch[:, None],
                 slate_quality,
                 xp.astype(slate_cluster, xp.float32),
             ],

@@ -11,17 +11,16 @@ import math
 
 import numpy as np
 from gymnasium import spaces
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from .adapters import UserSimEnv, UserSimVectorEnv
 from .backend import Array, Backend, Random
 from .core import Choice, ChoiceModel, Outcome, State, UserModel
+from .population import FrozenConfig
 
 
-class InterestExplorationConfig(BaseModel):
+class InterestExplorationConfig(FrozenConfig):
     """RecSim interest_exploration's parameters, with its defaults."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     num_candidates: int = Field(10, ge=1, description="Documents offered per step.")
     slate_size: int = Field(2, ge=1, description="Documents per slate.")
@@ -121,8 +120,7 @@ class InterestExplorationModel(UserModel):
         xp, be = self.xp, self.backend
         b = choice.clicked.shape[0]
         clicks = xp.astype(choice.clicked, xp.float32)
-        positions = xp.arange(self.slate_size, device=be.device)
-        at_choice = xp.astype((positions[None, :] == choice.position[:, None]) & choice.clicked[:, None], xp.float32)
+        at_choice = choice.clicked_mask(xp)
         response = xp.stack(
             [
                 at_choice,

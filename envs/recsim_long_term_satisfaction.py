@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 from gymnasium import spaces
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from .adapters import UserSimEnv, UserSimVectorEnv
 from .backend import Array, Backend, Random
 from .core import Choice, ChoiceModel, Outcome, State, UserModel
+from .population import FrozenConfig
 
 
-class LongTermSatisfactionConfig(BaseModel):
+class LongTermSatisfactionConfig(FrozenConfig):
     """RecSim long_term_satisfaction's parameters, with its defaults."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     num_candidates: int = Field(10, ge=1, description="Documents offered per step.")
     slate_size: int = Field(2, ge=1, description="Documents per slate (the user consumes the first).")
@@ -92,8 +91,7 @@ class LongTermSatisfactionModel(UserModel):
         npe = cfg.memory_discount * state["npe"] - 2.0 * (cb - 0.5) + cfg.innovation_stddev * rng.normal((b,))
         npe = xp.where(choice.clicked, npe, state["npe"])
         budget = state["budget"] - click
-        positions = xp.arange(self.slate_size, device=self.backend.device)
-        at_choice = xp.astype((positions[None, :] == choice.position[:, None]) & choice.clicked[:, None], xp.float32)
+        at_choice = choice.clicked_mask(xp)
         response = xp.stack([at_choice, at_choice * xp.minimum(engagement, 100.0)[:, None]], axis=2)
         new_state = {
             "npe": npe,

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import numpy as np
 from gymnasium import spaces
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from .adapters import UserSimEnv, UserSimVectorEnv
 from .backend import Array, Backend, Random
 from .core import Choice, ChoiceModel, Outcome, State, UserModel
+from .population import FrozenConfig
 
 
-class NGInterestEvolutionConfig(BaseModel):
+class NGInterestEvolutionConfig(FrozenConfig):
     """RecSim NG interest-evolution parameters, with its defaults."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     num_topics: int = Field(2, ge=1, description="Topics (and the dimension of features and interests).")
     num_docs: int = Field(100, ge=1, description="Documents in the frozen corpus; all are candidates.")
@@ -126,8 +125,7 @@ class NGInterestEvolutionModel(UserModel):
         linear = interest + cfg.interest_step_size * quality[:, None] * (features - interest)
         m = cfg.max_user_affinity
         interest = 4.0 * m * (1.0 / (1.0 + xp.exp(-linear / m)) - 0.5)
-        positions = xp.arange(self.slate_size, device=be.device)
-        at_choice = xp.astype((positions[None, :] == choice.position[:, None]) & choice.clicked[:, None], xp.float32)
+        at_choice = choice.clicked_mask(xp)
         response = xp.stack([at_choice, at_choice * consumed[:, None]], axis=2)
         step = state["step"] + 1
         truncated = step >= cfg.max_steps
