@@ -26,7 +26,7 @@ class Recommender(ABC):
         """Feedback on the last slates (learning agents override this; ``done`` marks new users)."""
 
 
-def slate_shape(info: dict[str, Any], observation: dict[str, torch.Tensor]) -> tuple[int, int]:
+def slate_shape(observation: dict[str, torch.Tensor]) -> tuple[int, int]:
     """``(B, N)``: users and candidates in a batch."""
     candidates = observation["candidates"]
     return int(candidates.shape[0]), int(candidates.shape[1])

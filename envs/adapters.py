@@ -71,45 +71,39 @@ def action_space_of(model: UserModel, single_item: bool) -> spaces.Space:
 def check_slates(action: Any, num_candidates: int, slate_size: int, batch: int | None, single_item: bool) -> Any:
     """Validates an action and returns it as an int64 slate array (``[B, K]``; ``[1, K]`` when
     ``batch`` is None). Raises ``ValueError`` naming the problem."""
-    if (
-        type(action) is np.ndarray
-        and action.dtype.kind in "iu"
-        and action.ndim == (0 if single_item else 1) + (batch is not None)
-    ):
-        # Fast path for what the single-user env is usually given: an integer numpy array.
-        expected_shape = ((batch,) if batch is not None else ()) + (() if single_item else (slate_size,))
-        if action.shape == expected_shape and action.size and action.min() >= 0 and action.max() < num_candidates:
-            return action.astype(np.int64, copy=False).reshape(
-                1 if batch is None else batch, 1 if single_item else slate_size
-            )
     import torch
+
+    expected = (() if batch is None else (batch,)) + (() if single_item else (slate_size,))
+    out_shape = (1 if batch is None else batch, 1 if single_item else slate_size)
+    in_range = f"candidate indices must lie in [0, {num_candidates})"
+    # Fast path for what the single-user env is usually given: a well-formed integer numpy array.
+    if type(action) is np.ndarray and action.dtype.kind in "iu" and action.shape == expected:
+        if action.size and (action.min() < 0 or action.max() >= num_candidates):
+            bad = action[(action < 0) | (action >= num_candidates)]
+            raise ValueError(f"action: {in_range}, got {int(bad.reshape(-1)[0])}")
+        return action.astype(np.int64, copy=False).reshape(out_shape)
 
     is_tensor = isinstance(action, torch.Tensor)
     if not is_tensor:
         if isinstance(action, bool | np.bool_):
             raise ValueError(f"action: expected integer candidate indices, got a bool ({action!r})")
         action = np.asarray(action)
-    if action.dtype in (torch.bool, np.bool_) or not (
-        action.dtype.is_floating_point is False and not action.dtype.is_complex
-        if is_tensor
-        else np.issubdtype(action.dtype, np.integer)
-    ):
-        raise ValueError(f"action: expected integer candidate indices, got dtype {action.dtype}")
-    if single_item:
-        expected: tuple[int, ...] = () if batch is None else (batch,)
-        form = "one candidate index" if batch is None else f"one candidate index per user, shape ({batch},)"
+    if is_tensor:
+        integer = not (action.dtype.is_floating_point or action.dtype.is_complex or action.dtype == torch.bool)
     else:
-        expected = (slate_size,) if batch is None else (batch, slate_size)
-        form = f"a slate of {slate_size} candidate indices" + ("" if batch is None else f" per user, shape {expected}")
+        integer = np.issubdtype(action.dtype, np.integer)
+    if not integer:
+        raise ValueError(f"action: expected integer candidate indices, got dtype {action.dtype}")
     if tuple(action.shape) != expected:
+        form = "one candidate index" if single_item else f"a slate of {slate_size} candidate indices"
+        if batch is not None:
+            form += f" per user, shape {expected}"
         raise ValueError(f"action: expected {form}, got shape {tuple(action.shape)}")
-    if action.numel() if is_tensor else action.size:
-        bad = (action < 0) | (action >= num_candidates)
-        if bool(bad.any()):
-            value = action[bad].reshape(-1)[0]
-            raise ValueError(f"action: candidate indices must lie in [0, {num_candidates}), got {int(value)}")
+    bad = (action < 0) | (action >= num_candidates)
+    if bool(bad.any()):
+        raise ValueError(f"action: {in_range}, got {int(action[bad].reshape(-1)[0])}")
     slate = action.to(torch.int64) if is_tensor else action.astype(np.int64, copy=False)
-    return slate.reshape(1 if batch is None else batch, 1 if single_item else slate_size)
+    return slate.reshape(out_shape)
 
 
 class UserSimEnv(gym.Env):

@@ -142,14 +142,6 @@ class Backend:
             return np.argsort(-key, axis=1, kind="stable")[:, :k]
         return key.topk(k, dim=1).indices
 
-    @property
-    def float32(self) -> Any:
-        return self.xp.float32
-
-    @property
-    def int64(self) -> Any:
-        return self.xp.int64
-
     def make_random(self, seed: int | None) -> Random:
         """A :class:`Random` on this backend, seeded (or from OS entropy when ``seed`` is None)."""
         if self.name == "numpy":

@@ -90,14 +90,3 @@ def revenue_ordered_slate(
     slate = xp.where(keep, order, order[:, :1])
     value = xp.max(values, axis=1)
     return slate, value
-
-
-def slate_value(
-    be: Backend, weights: Array, revenue: Array, no_click_weight: Array, position_weight: Array, slate: Array
-) -> Array:
-    """Expected reward of showing ``slate`` (``[B, K]``) under the same choice model: ``[B]``."""
-    xp = be.xp
-    shown = xp.astype(shown_mask(xp, slate), weights.dtype)
-    w = be.take_along(weights, slate) * position_weight[None, :] * shown
-    r = be.take_along(revenue, slate)
-    return xp.sum(w * r, axis=1) / (no_click_weight + xp.sum(w, axis=1))

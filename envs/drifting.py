@@ -28,7 +28,6 @@ distinct and every item is equally likely to be offered, at O(N) cost per user.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 from gymnasium import spaces
@@ -250,12 +249,3 @@ class DriftingUsersModel(UserModel):
                 "history": spaces.Box(-np.inf, np.inf, (h, d + 3), np.float32),
             }
         )
-
-
-def describe_observation(embedding_dim: int) -> dict[str, Any]:
-    """Column layout of the observation, for documentation and feature extractors."""
-    d = embedding_dim
-    return {
-        "candidates": {"embedding": (0, d), "length": d},
-        "history": {"embedding": (0, d), "engagement": d, "clicked": d + 1, "valid": d + 2},
-    }

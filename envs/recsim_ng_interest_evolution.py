@@ -58,7 +58,6 @@ class NGInterestEvolutionModel(UserModel):
         self.num_candidates = config.num_docs
         self.slate_size = config.slate_size
         corpus = self._make_corpus(config)
-        self.corpus_numpy = corpus
         self.doc_features = backend.asarray(corpus["features"])  # [N, T]
         self.doc_quality = backend.asarray(corpus["quality"])  # [N]
         self.doc_length = backend.asarray(corpus["length"])  # [N]
