@@ -14,6 +14,14 @@ class Recommender(ABC):
     Observations and infos are what a :class:`~metarec.envs.adapters.UserSimVectorEnv` returns
     (dicts of tensors with a leading batch dimension ``B``). Slates are ``[B, K]`` int64 candidate
     indices (``[B]`` for single-item environments).
+
+    The protocol, as :func:`metarec.evaluation.run_episodes` drives it::
+
+        recommender.reset()
+        slate = recommender.act(observation, info)
+        observation, reward, terminated, truncated, info = env.step(slate)
+        recommender.observe(reward, terminated | truncated, info)
+        recommender.reset(terminated | truncated)   # when any user finished
     """
 
     name: str = "recommender"
@@ -23,7 +31,14 @@ class Recommender(ABC):
         """The slates to show now."""
 
     def observe(self, reward: torch.Tensor, done: torch.Tensor, info: dict[str, Any]) -> None:  # noqa: B027
-        """Feedback on the last slates (learning agents override this; ``done`` marks new users)."""
+        """Feedback on the last slates: ``info`` holds ``clicked``, ``chosen_position`` and the rest of
+        the environment's step info. ``done`` marks users whose episode ended with this step."""
+
+    def reset(self, mask: torch.Tensor | None = None) -> None:  # noqa: B027
+        """Forgets per-user state: of every user (``None``) or where ``mask`` is True (the vector
+        env's autoreset put a fresh user there). Called before the first :meth:`act` and after each
+        :meth:`observe` whose ``done`` has a True entry; state shared across users (a popularity
+        table, learned weights) is kept."""
 
 
 def slate_shape(observation: dict[str, torch.Tensor]) -> tuple[int, int]:

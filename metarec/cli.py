@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="run N fresh users for one episode each under an agent")
     ev.add_argument("--env", required=True, choices=[e.id for e in ENVIRONMENTS], metavar="ID")
-    ev.add_argument("--agent", required=True, help="random | oracle")
+    ev.add_argument("--agent", required=True, help="recommender name or training run directory")
     ev.add_argument("--users", type=_positive_int, default=1000)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")

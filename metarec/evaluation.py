@@ -10,20 +10,24 @@ import numpy as np
 import torch
 from scipy import stats
 
-from metarec.agents import OracleRecommender, RandomRecommender, Recommender
+from metarec.agents import Recommender
+from metarec.agents.registry import RECOMMENDERS, make_recommender
 
-AGENTS = ("random", "oracle")
+
+def agent_names() -> tuple[str, ...]:
+    """Every name ``--agent`` accepts (besides a training run directory)."""
+    return tuple(sorted(RECOMMENDERS))
 
 
 def make_agent(name: str, env: Any, seed: int) -> Recommender:
-    """A recommender by name for a vector environment; its generator is seeded apart from the env's."""
-    single_item = bool(getattr(env, "single_item", False))
-    if name == "random":
-        generator = torch.Generator(device=env.device).manual_seed(seed + 1_000_003)
-        return RandomRecommender(None if single_item else env.model.slate_size, generator)
-    if name == "oracle":
-        return OracleRecommender(single_item=single_item)
-    raise ValueError(f"agent: expected one of {', '.join(AGENTS)}, got {name!r}")
+    """A recommender by name or training run directory, for the vector environment ``env``."""
+    from pathlib import Path
+
+    if name not in RECOMMENDERS and Path(name).is_dir():
+        from metarec.training import load_recommender
+
+        return load_recommender(name, env)
+    return make_recommender(name, env, seed)
 
 
 def mean_ci95(values: np.ndarray) -> tuple[float, float]:
@@ -60,6 +64,7 @@ def evaluate(
     base = env.unwrapped if hasattr(env, "unwrapped") else env
     recommender = make_agent(agent, base, seed) if isinstance(agent, str) else agent
     observation, info = env.reset(seed=seed)
+    recommender.reset()
     dev = base.device
     returns = torch.zeros(users, dtype=torch.float64, device=dev)
     lengths = torch.zeros(users, dtype=torch.int64, device=dev)
@@ -69,14 +74,17 @@ def evaluate(
     for _ in range(max_steps):
         action = recommender.act(observation, info)
         observation, reward, terminated, truncated, info = env.step(action)
-        recommender.observe(reward, terminated | truncated, info)
+        done = terminated | truncated
+        recommender.observe(reward, done, info)
         active = running.to(torch.float64)
         returns += reward.to(torch.float64) * active
         lengths += running.to(torch.int64)
         clicks += info["clicked"].to(torch.float64) * active
         if "regret" in info:
             regret += info["regret"].to(torch.float64) * active
-        running &= ~(terminated | truncated)
+        running &= ~done
+        if bool(done.any()):
+            recommender.reset(done)
         if not bool(running.any()):
             break
     else:

@@ -42,7 +42,7 @@ def test_evaluate_is_reproducible_for_a_seed(capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["evaluate", "--env", "metarec/DriftingUsers-v0", "--agent", "greedy"], "agent: expected one of"),
+        (["evaluate", "--env", "metarec/DriftingUsers-v0", "--agent", "no-such-agent"], "agent: expected one of"),
         (["evaluate", "--env", "metarec/DriftingUsers-v0", "--agent", "random", "--device", "tpu"], "device"),
     ],
 )

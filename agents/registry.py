@@ -1,0 +1,37 @@
+"""Recommenders by name, for the CLI, evaluations and A/B tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .base import Recommender
+from .reference import OracleRecommender, RandomRecommender
+
+# name -> factory(env, generator) building the recommender for a vector environment.
+Factory = Callable[[Any, torch.Generator], Recommender]
+RECOMMENDERS: dict[str, Factory] = {}
+
+
+def register_recommender(name: str, factory: Factory) -> None:
+    """Makes ``name`` usable as ``--agent name`` (``factory(env, generator)``; env is unwrapped)."""
+    RECOMMENDERS[name] = factory
+
+
+def slate_size_of(env: Any) -> int | None:
+    """``K`` of a vector environment, ``None`` when it takes one item per step."""
+    return None if getattr(env, "single_item", False) else int(env.model.slate_size)
+
+
+def make_recommender(name: str, env: Any, seed: int) -> Recommender:
+    """The recommender called ``name`` for vector env ``env``; its generator is seeded apart from the env's."""
+    if name not in RECOMMENDERS:
+        raise ValueError(f"agent: expected one of {', '.join(sorted(RECOMMENDERS))} or a run directory, got {name!r}")
+    generator = torch.Generator(device=env.device).manual_seed(seed + 1_000_003)
+    return RECOMMENDERS[name](env, generator)
+
+
+register_recommender("random", lambda env, generator: RandomRecommender(slate_size_of(env), generator))
+register_recommender("oracle", lambda env, generator: OracleRecommender(single_item=getattr(env, "single_item", False)))
