@@ -7,6 +7,14 @@ from typing import Any
 
 import torch
 
+from .bandits import (
+    EpsilonGreedyRecommender,
+    GreedyRecommender,
+    LinUCBRecommender,
+    PopularRecommender,
+    ThompsonRecommender,
+    num_items_of,
+)
 from .base import Recommender
 from .reference import OracleRecommender, RandomRecommender
 
@@ -35,3 +43,15 @@ def make_recommender(name: str, env: Any, seed: int) -> Recommender:
 
 register_recommender("random", lambda env, generator: RandomRecommender(slate_size_of(env), generator))
 register_recommender("oracle", lambda env, generator: OracleRecommender(single_item=getattr(env, "single_item", False)))
+register_recommender(
+    "popular", lambda env, generator: PopularRecommender(slate_size_of(env), num_items_of(env, "popular"), generator)
+)
+register_recommender(
+    "greedy", lambda env, generator: GreedyRecommender(slate_size_of(env), num_items_of(env, "greedy"), generator)
+)
+register_recommender(
+    "epsilon-greedy",
+    lambda env, generator: EpsilonGreedyRecommender(slate_size_of(env), num_items_of(env, "epsilon-greedy"), generator),
+)
+register_recommender("linucb", lambda env, generator: LinUCBRecommender(slate_size_of(env), generator))
+register_recommender("thompson", lambda env, generator: ThompsonRecommender(slate_size_of(env), generator))
