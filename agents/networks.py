@@ -1,9 +1,9 @@
 """Neural policy/value modules for slate recommendation.
 
 :class:`SlatePolicy` reads any metarec observation (a dict with ``candidates`` ``[B, N, F]``) and
-returns one logit per candidate and a value. It is permutation-equivariant over candidates (each
-candidate is scored by the same network from its own features and a shared user context), so it
-works for any candidate count ``N``.
+returns one logit per candidate and a value. Each candidate is embedded by the same network from its
+own features and scored by a dot product with a query computed from the user context, so the policy
+is permutation-equivariant over candidates and works for any candidate count ``N``.
 
 The user context comes from the rest of the observation:
 
@@ -34,7 +34,7 @@ def symlog(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.log1p(torch.abs(x))
 
 
-def mlp(sizes: list[int], activation: type[nn.Module] = nn.Tanh, last_activation: bool = False) -> nn.Sequential:
+def mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU, last_activation: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))
@@ -110,7 +110,7 @@ class SlatePolicy(nn.Module):
             self.history = HistoryEncoder(steps, features, hidden, history_encoder)
         self.context_mlp = mlp([flat, hidden], last_activation=True) if flat else None
         self.candidate_mlp = mlp([candidates[1], hidden, hidden], last_activation=True)
-        self.score = mlp([3 * hidden, hidden, 1])
+        self.query = nn.Linear(hidden, hidden)
         self.value = mlp([2 * hidden, hidden, 1])
 
     def context(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -128,8 +128,9 @@ class SlatePolicy(nn.Module):
         """``(logits [B, N], value [B])``."""
         context = self.context(observation)
         items = self.candidate_mlp(symlog(observation["candidates"].float()))  # [B, N, h]
-        user = context.unsqueeze(1).expand_as(items)
-        logits = self.score(torch.cat([items, user, items * user], dim=-1)).squeeze(-1)
+        # One logit per candidate: its embedding against the user's query (a bias in the query
+        # scores items independently of the user, e.g. by quality).
+        logits = torch.einsum("bnh,bh->bn", items, self.query(context)) / math.sqrt(self.hidden)
         value = self.value(torch.cat([context, items.mean(dim=1)], dim=-1)).squeeze(-1)
         return logits, value
 

@@ -318,3 +318,25 @@ class UserSimVectorEnv(VectorEnv):
     def state_nbytes(self) -> int:
         """Bytes of simulator state held for all users."""
         return self.model.state_nbytes(self.state)
+
+    def get_checkpoint(self) -> dict[str, Any]:
+        """Everything needed to continue exactly from here: every user's state and the generator."""
+        if self._state is None or self._rng is None:
+            raise RuntimeError("the environment has not been reset")
+        return {
+            "num_envs": self.num_envs,
+            "state": {key: value.clone() for key, value in self._state.items()},
+            "rng": self._rng.__getstate__(),
+        }
+
+    def load_checkpoint(self, checkpoint: dict[str, Any]) -> tuple[dict, dict]:
+        """Restores :meth:`get_checkpoint`'s output; returns the observation and ground-truth info
+        of the restored users (as ``reset`` would)."""
+        if checkpoint.get("num_envs") != self.num_envs:
+            raise ValueError(f"checkpoint: saved for {checkpoint.get('num_envs')} users, this env has {self.num_envs}")
+        rng = self.backend.make_random(0)
+        rng.__setstate__({**checkpoint["rng"], "device": str(self.device)})
+        self._rng = rng
+        self._state = {key: value.to(self.device) for key, value in checkpoint["state"].items()}
+        self._next_truth = None
+        return self.model.observe(self._state), self._truth({})

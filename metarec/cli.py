@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from metarec.registration import ENVIRONMENTS
 
@@ -35,6 +36,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from metarec.training import load_config, train
+
+    config = load_config(args.config, args.set or [])
+    out = args.out or f"runs/{Path(args.config).stem}"
+    results = train(config, out, resume=args.resume, progress=not args.quiet)
+    summary = {k: results[k] for k in ("algo", "env", "env_steps", "mean_return", "ci95") if k in results}
+    if "normalised_return" in results:
+        summary["normalised_return"] = results["normalised_return"]
+    print(json.dumps({**summary, "out": str(out)}))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from metarec.demo import run_demo
 
@@ -58,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     ev.add_argument("--json", action="store_true", help="print one JSON line")
     ev.set_defaults(func=_cmd_evaluate)
+
+    tr = sub.add_parser("train", help="train a recommender from a YAML config (batched PPO or stable-baselines3)")
+    tr.add_argument("config", help="a YAML file, e.g. configs/ppo_recsim_ie.yaml")
+    tr.add_argument("--out", help="run directory (default runs/CONFIG_NAME)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(func=_cmd_train)
 
     demo = sub.add_parser("demo", help="the main job: what metarec simulates, measured end to end")
     demo.add_argument("--out", default="runs/demo")

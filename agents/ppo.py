@@ -1,0 +1,337 @@
+"""Batched PPO on the native vector environment: rollouts, GAE and updates all as torch tensors.
+
+The whole batch of users steps at once, on the device the environment and policy share, so training
+runs at simulator speed. The algorithm is PPO with a clipped objective (Schulman et al., 2017):
+rollouts of ``rollout_steps`` steps from ``num_envs`` users, generalised advantage estimation,
+``update_epochs`` passes over shuffled minibatches, optional value clipping and an optional KL stop.
+Slates come from a Plackett–Luce policy (:class:`~metarec.agents.networks.SlatePolicy`).
+
+Truncated episodes (a time limit) are bootstrapped with the value of their last observation;
+terminated ones are not. Everything random (environment, slate sampling, minibatch order) comes from
+explicit generators saved in :meth:`BatchedPPO.state_dict`, so a run resumed from a checkpoint
+continues exactly as if it had never stopped (on CPU; GPU kernels may not be bitwise deterministic).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from metarec.envs.population import FrozenConfig
+from pydantic import Field
+
+from .base import Recommender
+from .networks import SlatePolicy
+
+
+class PPOConfig(FrozenConfig):
+    """Hyper-parameters of :class:`BatchedPPO` (CleanRL's names where they exist)."""
+
+    num_envs: int = Field(1024, ge=1, description="Users stepping in parallel.")
+    rollout_steps: int = Field(32, ge=1, description="Steps per user in each rollout.")
+    learning_rate: float = Field(3e-4, gt=0, description="Adam step size.")
+    anneal_lr: bool = Field(True, description="Decay the learning rate linearly to 0 over training.")
+    gamma: float = Field(0.99, ge=0, le=1, description="Discount factor.")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    num_minibatches: int = Field(4, ge=1, description="Minibatches per epoch.")
+    update_epochs: int = Field(4, ge=1, description="Passes over each rollout.")
+    clip_coef: float = Field(0.2, gt=0, description="PPO ratio clip.")
+    clip_value: bool = Field(False, description="Clip the value loss like the policy ratio.")
+    ent_coef: float = Field(0.01, ge=0, description="Entropy bonus weight.")
+    vf_coef: float = Field(0.5, ge=0, description="Value loss weight.")
+    max_grad_norm: float = Field(0.5, gt=0, description="Global gradient norm clip.")
+    target_kl: float | None = Field(None, gt=0, description="Stop an update's epochs once approx KL exceeds this.")
+    normalize_advantages: bool = Field(True, description="Standardise advantages per minibatch.")
+    normalize_rewards: bool = Field(
+        True, description="Divide rewards by a running std of the discounted return (as Gymnasium's NormalizeReward)."
+    )
+    hidden: int = Field(64, ge=1, description="Width of the policy/value network.")
+    history_encoder: Literal["gru", "transformer", "mlp"] = Field("gru", description="Encoder of `history`.")
+
+
+class RunningMeanStd:
+    """Running mean and variance of a stream of batches (Chan et al.'s parallel update), float64."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.mean = torch.zeros((), dtype=torch.float64, device=device)
+        self.var = torch.ones((), dtype=torch.float64, device=device)
+        self.count = torch.full((), 1e-4, dtype=torch.float64, device=device)
+
+    def update(self, batch: torch.Tensor) -> None:
+        batch = batch.to(torch.float64)
+        n = batch.numel()
+        mean, var = batch.mean(), batch.var(unbiased=False)
+        delta = mean - self.mean
+        total = self.count + n
+        self.mean = self.mean + delta * n / total
+        self.var = (self.var * self.count + var * n + delta**2 * self.count * n / total) / total
+        self.count = total
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"mean": self.mean.clone(), "var": self.var.clone(), "count": self.count.clone()}
+
+    def load_state_dict(self, saved: dict[str, torch.Tensor]) -> None:
+        self.mean, self.var, self.count = (saved[k].to(self.mean.device) for k in ("mean", "var", "count"))
+
+
+class BatchedPPO:
+    """PPO over a :class:`~metarec.envs.adapters.UserSimVectorEnv` (autoreset on).
+
+    Args:
+        env: the vector environment (its device is the training device).
+        config: hyper-parameters.
+        seed: seeds the policy's initial weights, slate sampling and minibatch order; the
+            environment is reset with it too.
+        total_steps: environment steps (over all users) the learning-rate schedule spans.
+    """
+
+    def __init__(self, env: Any, config: PPOConfig, seed: int, total_steps: int) -> None:
+        if not getattr(env, "autoreset", False):
+            raise ValueError("env: BatchedPPO needs a vector environment with autoreset=True")
+        if config.num_envs != env.num_envs:
+            raise ValueError(f"num_envs: config says {config.num_envs}, the environment has {env.num_envs}")
+        batch = config.num_envs * config.rollout_steps
+        if batch % config.num_minibatches:
+            raise ValueError(
+                f"num_minibatches: must divide num_envs x rollout_steps = {batch}, got {config.num_minibatches}"
+            )
+        self.env = env
+        self.config = config
+        self.device = env.device
+        self.single_item = bool(getattr(env, "single_item", False))
+        self.total_steps = total_steps
+        torch.manual_seed(seed)  # initial weights only; everything after uses the generators below
+        slate_size = 1 if self.single_item else env.model.slate_size
+        self.policy = SlatePolicy(env.single_observation_space, slate_size, config.hidden, config.history_encoder).to(
+            self.device
+        )
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed + 7919)
+        self.global_step = 0
+        self.update = 0
+        self.observation, _ = env.reset(seed=seed)
+        self.episode_return = torch.zeros(env.num_envs, dtype=torch.float64, device=self.device)
+        self.episode_length = torch.zeros(env.num_envs, dtype=torch.int64, device=self.device)
+        # Discounted return so far of each user's episode, whose spread scales the rewards.
+        self.discounted_return = torch.zeros(env.num_envs, dtype=torch.float64, device=self.device)
+        self.return_stats = RunningMeanStd(self.device)
+
+    # ------------------------------------------------------------------ rollouts and updates
+    def _act(self, observation: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, value = self.policy(observation)
+        dist = self.policy.distribution(logits)
+        slate = dist.sample(self.generator)
+        return slate, dist.log_prob(slate), value
+
+    def collect(self) -> dict[str, Any]:
+        """One rollout of ``rollout_steps`` steps from every user; returns tensors ``[T, B, ...]``."""
+        c, env = self.config, self.env
+        steps, users = c.rollout_steps, env.num_envs
+        zeros = lambda dtype=torch.float32: torch.zeros((steps, users), dtype=dtype, device=self.device)  # noqa: E731
+        observations = {key: torch.empty((steps, *v.shape), dtype=v.dtype, device=self.device)
+                        for key, v in self.observation.items()}  # fmt: skip
+        slate_size = self.policy.slate_size
+        slates = torch.empty((steps, users, slate_size), dtype=torch.int64, device=self.device)
+        log_probs, values, rewards, dones = zeros(), zeros(), zeros(), zeros()
+        finished_returns: list[torch.Tensor] = []
+        finished_lengths: list[torch.Tensor] = []
+        clicks = engagement = 0.0
+        with torch.no_grad():
+            for t in range(steps):
+                for key, value in self.observation.items():
+                    observations[key][t] = value
+                slate, log_prob, value = self._act(self.observation)
+                action = slate[:, 0] if self.single_item else slate
+                observation, reward, terminated, truncated, info = env.step(action)
+                reward = reward.to(torch.float32)
+                self.episode_return += reward
+                self.episode_length += 1
+                if c.normalize_rewards:
+                    self.discounted_return = self.discounted_return * c.gamma + reward
+                    self.return_stats.update(self.discounted_return)
+                    learn_reward = reward / float(torch.sqrt(self.return_stats.var + 1e-8))
+                else:
+                    learn_reward = reward
+                if bool(truncated.any()):
+                    # A time limit is not the end of the user's story: bootstrap with V(last obs).
+                    index = torch.nonzero(truncated & ~terminated)[:, 0]
+                    if len(index):
+                        final = {key: v[index] for key, v in info["final_obs"].items()}
+                        _, final_value = self.policy(final)
+                        learn_reward = learn_reward.index_add(0, index, c.gamma * final_value)
+                done = terminated | truncated
+                if bool(done.any()):
+                    finished_returns.append(self.episode_return[done].clone())
+                    finished_lengths.append(self.episode_length[done].clone())
+                    self.episode_return[done] = 0
+                    self.episode_length[done] = 0
+                    self.discounted_return[done] = 0
+                slates[t], log_probs[t], values[t] = slate, log_prob, value
+                rewards[t], dones[t] = learn_reward, done.to(torch.float32)
+                clicks += float(info["clicked"].float().mean())
+                engagement += float(reward.mean())
+                self.observation = observation
+            _, next_value = self.policy(self.observation)
+        advantages = torch.zeros_like(rewards)
+        last = torch.zeros(users, device=self.device)
+        for t in reversed(range(steps)):
+            following = next_value if t == steps - 1 else values[t + 1]
+            not_done = 1.0 - dones[t]
+            delta = rewards[t] + c.gamma * following * not_done - values[t]
+            last = delta + c.gamma * c.gae_lambda * not_done * last
+            advantages[t] = last
+        self.global_step += steps * users
+        returns = torch.cat(finished_returns) if finished_returns else torch.zeros(0, device=self.device)
+        lengths = torch.cat(finished_lengths) if finished_lengths else torch.zeros(0, device=self.device)
+        return {
+            "observations": observations,
+            "slates": slates,
+            "log_probs": log_probs,
+            "values": values,
+            "advantages": advantages,
+            "returns": advantages + values,
+            "episode_returns": returns,
+            "episode_lengths": lengths,
+            "ctr": clicks / steps,
+            "engagement": engagement / steps,
+        }
+
+    def learn(self, rollout: dict[str, Any]) -> dict[str, float]:
+        """PPO epochs over one rollout; returns the losses and diagnostics of the last epoch."""
+        c = self.config
+        if c.anneal_lr:
+            frac = max(0.0, 1.0 - self.global_step / max(self.total_steps, 1))
+            for group in self.optimizer.param_groups:
+                group["lr"] = frac * c.learning_rate
+        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+        observations = {key: flat(v) for key, v in rollout["observations"].items()}
+        slates, old_log_probs = flat(rollout["slates"]), flat(rollout["log_probs"])
+        old_values, advantages, returns = flat(rollout["values"]), flat(rollout["advantages"]), flat(rollout["returns"])
+        size = len(old_values)
+        minibatch = size // c.num_minibatches
+        stats: dict[str, float] = {}
+        clipfracs: list[float] = []
+        for _epoch in range(c.update_epochs):
+            order = torch.randperm(size, generator=self.generator, device=self.device)
+            approx_kl = torch.zeros((), device=self.device)
+            for start in range(0, size, minibatch):
+                index = order[start : start + minibatch]
+                logits, value = self.policy({key: v[index] for key, v in observations.items()})
+                dist = self.policy.distribution(logits)
+                log_prob = dist.log_prob(slates[index])
+                entropy = dist.entropy(slates[index]).mean()
+                log_ratio = log_prob - old_log_probs[index]
+                ratio = log_ratio.exp()
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - log_ratio).mean()
+                    clipfracs.append(float(((ratio - 1).abs() > c.clip_coef).float().mean()))
+                adv = advantages[index]
+                if c.normalize_advantages and len(adv) > 1:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - c.clip_coef, 1 + c.clip_coef)).mean()
+                if c.clip_value:
+                    clipped = old_values[index] + (value - old_values[index]).clamp(-c.clip_coef, c.clip_coef)
+                    value_loss = 0.5 * torch.max((value - returns[index]) ** 2, (clipped - returns[index]) ** 2).mean()
+                else:
+                    value_loss = 0.5 * ((value - returns[index]) ** 2).mean()
+                loss = policy_loss - c.ent_coef * entropy + c.vf_coef * value_loss
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
+                self.optimizer.step()
+            if c.target_kl is not None and float(approx_kl) > c.target_kl:
+                break
+        variance = float(returns.var())
+        explained = float("nan") if variance == 0 else 1 - float((returns - old_values).var()) / variance
+        stats.update(
+            policy_loss=float(policy_loss.detach()),
+            value_loss=float(value_loss.detach()),
+            entropy=float(entropy.detach()),
+            approx_kl=float(approx_kl),
+            clipfrac=float(np.mean(clipfracs)),
+            explained_variance=explained,
+            learning_rate=float(self.optimizer.param_groups[0]["lr"]),
+        )
+        self.update += 1
+        return stats
+
+    def train(
+        self,
+        total_steps: int,
+        on_update: Callable[[dict[str, Any], dict[str, float], float], bool | None] | None = None,
+    ) -> None:
+        """Alternates rollouts and updates until ``global_step >= total_steps``.
+
+        ``on_update(rollout, stats, steps_per_second)`` runs after each update (logging,
+        checkpoints, evaluation); returning True stops training early.
+        """
+        while self.global_step < total_steps:
+            start = time.perf_counter()
+            rollout = self.collect()
+            stats = self.learn(rollout)
+            rate = self.config.num_envs * self.config.rollout_steps / (time.perf_counter() - start)
+            if on_update is not None and on_update(rollout, stats, rate):
+                break
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly: weights, optimizer, generators,
+        counters, the environment's users and the open episodes' running sums."""
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "global_step": self.global_step,
+            "update": self.update,
+            "env": self.env.get_checkpoint(),
+            "episode_return": self.episode_return.clone(),
+            "episode_length": self.episode_length.clone(),
+            "discounted_return": self.discounted_return.clone(),
+            "return_stats": self.return_stats.state_dict(),
+        }
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.policy.load_state_dict(saved["policy"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.generator.set_state(saved["generator"])
+        self.global_step = int(saved["global_step"])
+        self.update = int(saved["update"])
+        self.observation, _ = self.env.load_checkpoint(saved["env"])
+        self.episode_return = saved["episode_return"].to(self.device)
+        self.episode_length = saved["episode_length"].to(self.device)
+        self.discounted_return = saved["discounted_return"].to(self.device)
+        self.return_stats.load_state_dict(saved["return_stats"])
+
+    def recommender(self, deterministic: bool = True) -> PolicyRecommender:
+        return PolicyRecommender(self.policy, single_item=self.single_item, deterministic=deterministic)
+
+
+class PolicyRecommender(Recommender):
+    """A :class:`SlatePolicy` as a :class:`Recommender`: the most probable slate (``deterministic``)
+    or a Plackett–Luce draw from ``generator``."""
+
+    name = "ppo"
+
+    def __init__(
+        self,
+        policy: SlatePolicy,
+        single_item: bool = False,
+        deterministic: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if not deterministic and generator is None:
+            raise ValueError("generator: a stochastic PolicyRecommender needs an explicit torch.Generator")
+        self.policy = policy
+        self.single_item = single_item
+        self.deterministic = deterministic
+        self.generator = generator
+
+    def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
+        with torch.no_grad():
+            logits, _ = self.policy(observation)
+            dist = self.policy.distribution(logits)
+            slate = dist.mode() if self.deterministic else dist.sample(self.generator)
+        return slate[:, 0] if self.single_item else slate

@@ -1,0 +1,301 @@
+"""``metarec train CONFIG``: one YAML file runs metarec's batched PPO or a stable-baselines3 algorithm.
+
+A run directory holds::
+
+    config.yaml          the resolved configuration (after --set overrides)
+    checkpoints/last.pt  written atomically every ``checkpoint_every`` steps (batched PPO: weights,
+                         optimizer, generators, the simulated users; SB3: last.zip)
+    tb/                  TensorBoard events: charts/, losses/, eval/, hyper-parameters as text
+    model.pt | model.zip the final policy (what ``--agent RUN_DIR`` loads)
+    results.json         final evaluation on fresh users, with random and oracle on the same users
+
+``--resume`` continues from ``checkpoints/last.pt``: a batched-PPO run killed at any point and resumed
+ends with exactly the weights it would have had without the interruption (on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import gymnasium as gym
+import torch
+import yaml
+from pydantic import Field, field_validator
+
+from metarec.agents.base import Recommender
+from metarec.agents.ppo import BatchedPPO, PolicyRecommender, PPOConfig
+from metarec.envs.population import FrozenConfig, validate_config
+
+Algorithm = Literal["ppo", "sb3-ppo", "sb3-a2c", "sb3-recurrent-ppo", "sb3-dqn"]
+
+
+class EvalConfig(FrozenConfig):
+    """Evaluation on fresh users (one episode each), during and after training."""
+
+    users: int = Field(2000, ge=2, description="Users per evaluation.")
+    seed: int = Field(12345, ge=0, description="Seed of the evaluation users (apart from training's).")
+    every_steps: int = Field(0, ge=0, description="Evaluate every this many env steps (0: only at the end).")
+
+
+class SB3Config(FrozenConfig):
+    """A stable-baselines3 run: users stepping through the SB3 VecEnv adapter, keyword arguments of
+    the algorithm's constructor and of the slate policy."""
+
+    num_envs: int = Field(8, ge=1, description="Users in SB3's VecEnv.")
+    algo_kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. n_steps, batch_size.")
+    policy_kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. hidden, history_encoder.")
+
+
+class TrainConfig(FrozenConfig):
+    """One training run (a YAML file in ``configs/``)."""
+
+    algo: Algorithm = Field(description="ppo (metarec's batched PPO) or sb3-ppo|sb3-a2c|sb3-recurrent-ppo|sb3-dqn.")
+    env: str = Field(description="A registered metarec environment id.")
+    env_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the environment.")
+    total_steps: int = Field(gt=0, description="Environment steps over all users.")
+    seed: int = Field(0, ge=0, description="Seeds weights, sampling and the training users.")
+    device: str = Field("cpu", description="Torch device.")
+    torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads (None: torch's default).")
+    checkpoint_every: int = Field(200_000, ge=1, description="Env steps between checkpoints.")
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    sb3: SB3Config = Field(default_factory=SB3Config)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("env")
+    @classmethod
+    def _known_env(cls, value: str) -> str:
+        from metarec.registration import ENVIRONMENTS
+
+        ids = [e.id for e in ENVIRONMENTS]
+        if value not in ids:
+            raise ValueError(f"expected one of {', '.join(ids)}")
+        return value
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"ppo.learning_rate=1e-3"`` -> (``["ppo", "learning_rate"]``, ``0.001``) (value parsed as YAML)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set: expected KEY=VALUE (e.g. ppo.learning_rate=1e-3), got {text!r}")
+    return key.split("."), yaml.safe_load(value)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """Reads a YAML config, applies ``--set`` overrides and validates it (errors name the key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config: no such file {str(path)!r}")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config: expected a mapping at the top of {path}, got {type(values).__name__}")
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = values
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {text}: {key} is not a mapping")
+        node[keys[-1]] = value
+    return validate_config(TrainConfig, values)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """Writes to a temporary file in the same folder and renames it: a kill leaves the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def make_vector_env(config: TrainConfig, num_envs: int, **extra: Any) -> Any:
+    env = gym.make_vec(
+        config.env,
+        num_envs=num_envs,
+        vectorization_mode="vector_entry_point",
+        device=config.device,
+        **{**config.env_kwargs, **extra},
+    )
+    return env
+
+
+def hyperparameter_table(config: TrainConfig) -> str:
+    """The configuration as a Markdown table (TensorBoard's text tab renders it)."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, sub)
+        else:
+            flat[prefix] = value
+
+    walk("", config.model_dump())
+    return "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in flat.items())
+
+
+def reference_returns(config: TrainConfig) -> dict[str, dict[str, Any]]:
+    """Random and oracle evaluated on the evaluation users (the ends of the normalised scale)."""
+    from metarec.evaluation import evaluate
+
+    return {
+        name: evaluate(
+            config.env,
+            name,
+            config.eval.users,
+            seed=config.eval.seed,
+            device=config.device,
+            env_kwargs=config.env_kwargs,
+        )
+        for name in ("random", "oracle")
+    }
+
+
+def normalised(value: float, references: dict[str, dict[str, Any]]) -> float:
+    low, high = references["random"]["mean_return"], references["oracle"]["mean_return"]
+    return (value - low) / (high - low) if high != low else float("nan")
+
+
+def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Runs ``config`` into the run directory ``out`` and returns its results (also in results.json)."""
+    out = Path(out)
+    checkpoint = out / "checkpoints" / "last.pt"
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise ValueError(f"out: {out} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and (out / "config.yaml").is_file():
+        saved = yaml.safe_load((out / "config.yaml").read_text())
+        if saved != json.loads(config.model_dump_json()):
+            raise ValueError(f"config: differs from the one {out} was started with; resume with the same config")
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False), out / "config.yaml")
+    if config.torch_threads is not None:
+        torch.set_num_threads(config.torch_threads)
+    if config.algo == "ppo":
+        return _train_batched_ppo(config, out, checkpoint if resume else None, progress)
+    from metarec.agents.sb3_training import train_sb3
+
+    return train_sb3(config, out, resume, progress)
+
+
+def _train_batched_ppo(config: TrainConfig, out: Path, resume_from: Path | None, progress: bool) -> dict[str, Any]:
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    from metarec.evaluation import evaluate
+
+    env = make_vector_env(config, config.ppo.num_envs, ground_truth=False)
+    ppo = BatchedPPO(env, config.ppo, seed=config.seed, total_steps=config.total_steps)
+    if resume_from is not None and resume_from.is_file():
+        ppo.load_state_dict(torch.load(resume_from, map_location=config.device, weights_only=False))
+    # Events logged after the checkpoint (by the interrupted process) are dropped on resume.
+    writer = SummaryWriter(str(out / "tb"), purge_step=ppo.global_step if ppo.global_step else None)
+    if ppo.global_step == 0:
+        writer.add_text("hyperparameters", hyperparameter_table(config))
+    references = reference_returns(config) if config.eval.users else None
+    started = time.perf_counter()
+    start_step = ppo.global_step
+    last_checkpoint = ppo.global_step
+    last_eval = ppo.global_step
+    bar = tqdm(total=config.total_steps, initial=ppo.global_step, unit="step", disable=not progress, smoothing=0.1)
+
+    def evaluate_now() -> dict[str, Any]:
+        result = evaluate(
+            config.env,
+            ppo.recommender(),
+            config.eval.users,
+            seed=config.eval.seed,
+            device=config.device,
+            env_kwargs=config.env_kwargs,
+        )
+        writer.add_scalar("eval/mean_return", result["mean_return"], ppo.global_step)
+        writer.add_scalar("eval/ci95", result["ci95"], ppo.global_step)
+        writer.add_scalar("eval/click_rate", result["click_rate"], ppo.global_step)
+        if references is not None:
+            writer.add_scalar("eval/normalised_return", normalised(result["mean_return"], references), ppo.global_step)
+        return result
+
+    def on_update(rollout: dict[str, Any], stats: dict[str, float], rate: float) -> None:
+        nonlocal last_checkpoint, last_eval
+        step = ppo.global_step
+        returns = rollout["episode_returns"]
+        if len(returns):
+            writer.add_scalar("charts/episode_return", float(returns.mean()), step)
+            writer.add_scalar("charts/episode_length", float(rollout["episode_lengths"].float().mean()), step)
+        writer.add_scalar("charts/ctr", rollout["ctr"], step)
+        writer.add_scalar("charts/engagement", rollout["engagement"], step)
+        writer.add_scalar("charts/steps_per_second", rate, step)
+        writer.add_scalar("charts/learning_rate", stats.pop("learning_rate"), step)
+        for key, value in stats.items():
+            writer.add_scalar(f"losses/{key}", value, step)
+        bar.update(config.ppo.num_envs * config.ppo.rollout_steps)
+        if len(returns):
+            bar.set_postfix(ret=f"{float(returns.mean()):.2f}", refresh=False)
+        if config.eval.every_steps and step - last_eval >= config.eval.every_steps:
+            evaluate_now()
+            last_eval = step
+        if step - last_checkpoint >= config.checkpoint_every or step >= config.total_steps:
+            _atomic_save(ppo.state_dict(), out / "checkpoints" / "last.pt")
+            writer.flush()
+            last_checkpoint = step
+
+    ppo.train(config.total_steps, on_update)
+    bar.close()
+    seconds = time.perf_counter() - started
+    _atomic_save({"config": json.loads(config.model_dump_json()), "policy": ppo.policy.state_dict()}, out / "model.pt")
+    final = evaluate_now()
+    writer.close()
+    results = {
+        "algo": config.algo,
+        "env": config.env,
+        "seed": config.seed,
+        "env_steps": ppo.global_step,
+        "train_seconds_this_process": seconds,
+        "env_steps_per_s": (ppo.global_step - start_step) / seconds if seconds > 0 else None,
+        "eval": final,
+        "mean_return": final["mean_return"],
+        "ci95": final["ci95"],
+    }
+    if references is not None:
+        results["references"] = {k: {"mean_return": v["mean_return"], "ci95": v["ci95"]} for k, v in references.items()}
+        results["normalised_return"] = normalised(final["mean_return"], references)
+    _atomic_write_text(json.dumps(results, indent=2), out / "results.json")
+    return results
+
+
+def load_recommender(run_dir: str | Path, env: Any) -> Recommender:
+    """The trained policy of a run directory, as a recommender for the vector env ``env``."""
+    run_dir = Path(run_dir)
+    if (run_dir / "model.pt").is_file():
+        saved = torch.load(run_dir / "model.pt", map_location=env.device, weights_only=False)
+        config = validate_config(TrainConfig, saved["config"])
+        spec_id = getattr(getattr(env, "spec", None), "id", None)
+        if spec_id is not None and spec_id != config.env:
+            raise ValueError(f"agent: {run_dir} was trained on {config.env}, not {spec_id}")
+        from metarec.agents.networks import SlatePolicy
+
+        single_item = bool(getattr(env, "single_item", False))
+        policy = SlatePolicy(
+            env.single_observation_space,
+            1 if single_item else env.model.slate_size,
+            config.ppo.hidden,
+            config.ppo.history_encoder,
+        ).to(env.device)
+        policy.load_state_dict(saved["policy"])
+        policy.eval()
+        recommender = PolicyRecommender(policy, single_item=single_item)
+        recommender.name = f"ppo:{run_dir.name}"
+        return recommender
+    if (run_dir / "model.zip").is_file():
+        from metarec.agents.sb3_training import load_sb3_recommender
+
+        return load_sb3_recommender(run_dir, env)
+    raise ValueError(f"agent: {run_dir} holds no trained model (model.pt or model.zip); is the run finished?")

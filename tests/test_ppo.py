@@ -1,0 +1,179 @@
+"""metarec's batched PPO and the ``metarec train`` driver: learning, determinism, exact resume,
+TensorBoard tags, config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+import torch
+import yaml
+from metarec.agents.ppo import BatchedPPO, PPOConfig
+
+import metarec  # noqa: F401
+from metarec.cli import main
+from metarec.evaluation import evaluate
+from metarec.training import load_config, train
+
+LTS = "metarec/RecSimLongTermSatisfaction-v0"
+
+
+def make_ppo(num_envs: int = 64, seed: int = 0, env_id: str = LTS, **overrides: object) -> BatchedPPO:
+    env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", ground_truth=False)
+    config = PPOConfig(num_envs=num_envs, rollout_steps=16, hidden=32, history_encoder="mlp", **overrides)
+    return BatchedPPO(env, config, seed=seed, total_steps=100_000)
+
+
+def flat_params(ppo: BatchedPPO) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in ppo.policy.parameters()])
+
+
+def test_ppo_learns_long_term_satisfaction() -> None:
+    torch.set_num_threads(1)
+    ppo = make_ppo(num_envs=256, learning_rate=1e-3, ent_coef=0.0)
+    ppo.train(60_000)
+    trained = evaluate(LTS, ppo.recommender(), users=400, seed=99)
+    random = evaluate(LTS, "random", users=400, seed=99)
+    assert trained["mean_return"] - trained["ci95"] > random["mean_return"] + random["ci95"] + 30
+
+
+def test_same_seed_same_weights_and_other_seed_differs() -> None:
+    runs = []
+    for seed in (0, 0, 1):
+        ppo = make_ppo(seed=seed)
+        ppo.train(3 * 64 * 16)
+        runs.append(flat_params(ppo))
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
+def test_resume_from_state_dict_continues_exactly(tmp_path: Path) -> None:
+    straight = make_ppo(env_id="metarec/DriftingUsers-v0")
+    straight.train(4 * 64 * 16)
+
+    first = make_ppo(env_id="metarec/DriftingUsers-v0")
+    first.train(2 * 64 * 16)
+    torch.save(first.state_dict(), tmp_path / "ckpt.pt")
+    del first
+    resumed = make_ppo(env_id="metarec/DriftingUsers-v0", seed=123)  # a different seed: all state comes from disk
+    resumed.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=False))
+    resumed.train(4 * 64 * 16)
+    assert resumed.global_step == straight.global_step
+    assert torch.equal(flat_params(resumed), flat_params(straight))
+    for key, value in straight.observation.items():
+        assert torch.equal(resumed.observation[key], value)
+
+
+def test_config_mismatches_are_named() -> None:
+    env = gym.make_vec(LTS, num_envs=8, vectorization_mode="vector_entry_point")
+    with pytest.raises(ValueError, match="num_envs"):
+        BatchedPPO(env, PPOConfig(num_envs=16), seed=0, total_steps=10)
+    with pytest.raises(ValueError, match="num_minibatches"):
+        BatchedPPO(env, PPOConfig(num_envs=8, rollout_steps=3, num_minibatches=5), seed=0, total_steps=10)
+    no_reset = gym.make_vec(LTS, num_envs=8, vectorization_mode="vector_entry_point", autoreset=False)
+    with pytest.raises(ValueError, match="autoreset"):
+        BatchedPPO(no_reset, PPOConfig(num_envs=8), seed=0, total_steps=10)
+
+
+def write_config(path: Path, **overrides: object) -> Path:
+    config = {
+        "algo": "ppo",
+        "env": "metarec/DriftingUsers-v0",
+        "total_steps": 4 * 32 * 8,
+        "seed": 3,
+        "checkpoint_every": 32 * 8,
+        "ppo": {"num_envs": 32, "rollout_steps": 8, "hidden": 16, "history_encoder": "gru"},
+        "eval": {"users": 16, "every_steps": 2 * 32 * 8},
+    }
+    for key, value in overrides.items():
+        config[key] = value
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_train_writes_results_tensorboard_and_a_loadable_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = write_config(tmp_path / "tiny.yaml")
+    out = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(out), "--quiet"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    results = json.loads((out / "results.json").read_text())
+    assert printed["mean_return"] == results["mean_return"] and results["env_steps"] == 4 * 32 * 8
+    assert set(results["references"]) == {"random", "oracle"} and "normalised_return" in results
+    events = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    expected = {"charts/episode_return", "charts/ctr", "charts/steps_per_second", "losses/policy_loss"}
+    expected |= {
+        "losses/value_loss",
+        "losses/entropy",
+        "losses/approx_kl",
+        "eval/mean_return",
+        "eval/normalised_return",
+    }
+    assert expected <= scalars
+    assert any("hyperparameters" in tag for tag in events.Tags()["tensors"])
+    assert (out / "checkpoints" / "last.pt").is_file() and (out / "model.pt").is_file()
+    # The run directory is an agent.
+    assert main(["evaluate", "--env", "metarec/DriftingUsers-v0", "--agent", str(out), "--users", "20", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["agent"] == "ppo:run" and evaluated["users"] == 20
+    with pytest.raises(ValueError, match="trained on metarec/DriftingUsers-v0"):
+        evaluate("metarec/DriftingUsersMultiSession-v0", str(out), users=4)
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(write_config(tmp_path / "tiny.yaml", eval={"users": 4}))
+    train(config, tmp_path / "straight", progress=False)
+
+    calls = {"n": 0}
+    original = BatchedPPO.learn
+
+    def dying_learn(self: BatchedPPO, rollout: dict) -> dict:
+        calls["n"] += 1
+        if calls["n"] == 3:  # killed in the middle of the third update (after 2 checkpoints)
+            raise KeyboardInterrupt
+        return original(self, rollout)
+
+    monkeypatch.setattr(BatchedPPO, "learn", dying_learn)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "killed", progress=False)
+    monkeypatch.setattr(BatchedPPO, "learn", original)
+    assert not (tmp_path / "killed" / "model.pt").exists()
+    with pytest.raises(ValueError, match="--resume"):
+        train(config, tmp_path / "killed", progress=False)
+    train(config, tmp_path / "killed", resume=True, progress=False)
+    straight = torch.load(tmp_path / "straight" / "model.pt", weights_only=False)["policy"]
+    resumed = torch.load(tmp_path / "killed" / "model.pt", weights_only=False)["policy"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    other = load_config(write_config(tmp_path / "other.yaml", seed=4, eval={"users": 4}))
+    with pytest.raises(ValueError, match="differs"):
+        train(other, tmp_path / "killed", resume=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["ppo.learning_rat=0.1"], "ppo.learning_rat: unknown field"),
+        (["ppo.learning_rate=-1"], "ppo.learning_rate: Input should be greater than 0"),
+        (["ppo.num_envs=many"], "ppo.num_envs: Input should be a valid integer"),
+        (["algo=dqn"], "algo: Input should be"),
+        (["env=CartPole-v1"], "env: Value error, expected one of"),
+        (["total_steps"], "--set: expected KEY=VALUE"),
+    ],
+)
+def test_bad_config_stops_before_any_work_naming_the_key(tmp_path: Path, overrides: list[str], message: str) -> None:
+    config = write_config(tmp_path / "c.yaml")
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        load_config(config, overrides)
+    code = main(["train", str(config), "--out", str(tmp_path / "never"), *[f"--set={o}" for o in overrides]])
+    assert code == 2 and not (tmp_path / "never").exists()
+
+
+def test_shipped_configs_validate() -> None:
+    configs = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
+    assert {c.name for c in configs} >= {"ppo_recsim_ie.yaml", "ppo_recsim_lts.yaml", "ppo_drifting.yaml"}
+    for path in configs:
+        load_config(path)
