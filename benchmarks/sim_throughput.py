@@ -62,8 +62,8 @@ def bench_vector(env_id: str, users: int, steps: int, device: str, ground_truth:
     }
 
 
-def bench_single(env_id: str, steps: int, runs: int) -> dict:
-    env = gym.make(env_id)
+def bench_single(env_id: str, steps: int, runs: int, ground_truth: bool) -> dict:
+    env = gym.make(env_id, ground_truth=ground_truth)
     env.reset(seed=0)
     space = env.action_space
     rng = np.random.default_rng(0)
@@ -103,11 +103,11 @@ def main() -> None:
     parser.add_argument(
         "--no-ground-truth",
         action="store_true",
-        help="vector api: skip the oracle and true utilities in info (simulation only)",
+        help="skip the oracle and true utilities in info (simulation only; RecSim computes none)",
     )
     args = parser.parse_args()
     if args.api == "single":
-        users, result = 1, bench_single(args.env, args.steps, args.runs)
+        users, result = 1, bench_single(args.env, args.steps, args.runs, not args.no_ground_truth)
     else:
         users = args.users
         result = bench_vector(args.env, users, args.steps, args.device, not args.no_ground_truth, args.runs)

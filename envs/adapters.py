@@ -71,17 +71,19 @@ def action_space_of(model: UserModel, single_item: bool) -> spaces.Space:
 def check_slates(action: Any, num_candidates: int, slate_size: int, batch: int | None, single_item: bool) -> Any:
     """Validates an action and returns it as an int64 slate array (``[B, K]``; ``[1, K]`` when
     ``batch`` is None). Raises ``ValueError`` naming the problem."""
-    import torch
-
     expected = (() if batch is None else (batch,)) + (() if single_item else (slate_size,))
     out_shape = (1 if batch is None else batch, 1 if single_item else slate_size)
-    in_range = f"candidate indices must lie in [0, {num_candidates})"
-    # Fast path for what the single-user env is usually given: a well-formed integer numpy array.
-    if type(action) is np.ndarray and action.dtype.kind in "iu" and action.shape == expected:
-        if action.size and (action.min() < 0 or action.max() >= num_candidates):
-            bad = action[(action < 0) | (action >= num_candidates)]
-            raise ValueError(f"action: {in_range}, got {int(bad.reshape(-1)[0])}")
+    # Fast path for what the single-user env is usually given: a well-formed integer numpy array
+    # (small: its range is checked in Python, cheaper than two numpy reductions).
+    if type(action) is np.ndarray and action.dtype.kind in "iu" and action.shape == expected and action.size <= 64:
+        flat = action.reshape(-1).tolist()
+        if flat and (min(flat) < 0 or max(flat) >= num_candidates):
+            bad = next(a for a in flat if a < 0 or a >= num_candidates)
+            raise ValueError(f"action: candidate indices must lie in [0, {num_candidates}), got {bad}")
         return action.astype(np.int64, copy=False).reshape(out_shape)
+    import torch
+
+    in_range = f"candidate indices must lie in [0, {num_candidates})"
 
     is_tensor = isinstance(action, torch.Tensor)
     if not is_tensor:
@@ -170,26 +172,28 @@ class UserSimEnv(gym.Env):
         if self._state is None or self._rng is None:
             raise RuntimeError("step() called before reset()")
         slate = check_slates(action, self.model.num_candidates, self.model.slate_size, None, self.single_item)
-        slate = self.backend.asarray(slate) if self.backend.name == "torch" else slate
+        on_numpy = self.backend.name == "numpy"
+        if not on_numpy:
+            slate = self.backend.asarray(slate)
         self._state, outcome = self.model.step(self._rng, self._state, slate, self._next_truth)
         self._next_truth = None
-        info = {key: self._scalar(value) for key, value in outcome.info.items()}
+        if on_numpy:  # every array is [1] (one user): .item() is its Python scalar
+            info = {key: value.item() for key, value in outcome.info.items()}
+            reward, terminated, truncated = outcome.reward.item(), outcome.terminated.item(), outcome.truncated.item()
+        else:
+            info = {key: self._scalar(value) for key, value in outcome.info.items()}
+            reward, terminated, truncated = outcome.reward[0], outcome.terminated[0], outcome.truncated[0]
         if self.ground_truth:
             info["regret"] = self._oracle_value - info["expected_reward"]
-        return (
-            self._observation(),
-            float(outcome.reward[0]),
-            bool(outcome.terminated[0]),
-            bool(outcome.truncated[0]),
-            self._truth(info),
-        )
+        return self._observation(), float(reward), bool(terminated), bool(truncated), self._truth(info)
 
     def _observation(self) -> dict[str, np.ndarray]:
         assert self._state is not None
         # A copy: observations may be views of shared data (a frozen corpus), and users keep them.
-        return {
-            key: np.array(self.backend.to_numpy(value)[0]) for key, value in self.model.observe(self._state).items()
-        }
+        observation = self.model.observe(self._state)
+        if self.backend.name == "numpy":
+            return {key: value[0].copy() for key, value in observation.items()}
+        return {key: np.array(self.backend.to_numpy(value)[0]) for key, value in observation.items()}
 
     def _truth(self, info: dict[str, Any]) -> dict[str, Any]:
         """Adds the ground truth of the next decision: true utilities, the oracle's slate and value."""
@@ -199,7 +203,7 @@ class UserSimEnv(gym.Env):
             self._next_truth = truth
             to_np = self.backend.to_numpy
             info["oracle_slate"] = to_np(slate)[0]
-            info["oracle_value"] = self._oracle_value = float(to_np(value)[0])
+            info["oracle_value"] = self._oracle_value = to_np(value)[0].item()
             info["candidate_utilities"] = to_np(truth.utilities)[0]
         return info
 

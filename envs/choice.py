@@ -10,6 +10,7 @@ repeat it stay empty. An agent can therefore show fewer than ``K`` items by repe
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from array_api_compat import device as device_of
@@ -17,12 +18,32 @@ from array_api_compat import device as device_of
 from .backend import Array, Backend, Random
 
 
+def positions_like(xp: Any, k: int, like: Array) -> Array:
+    """``arange(k)`` on the device of ``like``: slate positions (cached; never write to it)."""
+    return _positions(xp, k, like.device if hasattr(like, "device") else device_of(like))
+
+
+@lru_cache(maxsize=64)
+def _positions(xp: Any, k: int, device: Any) -> Array:
+    positions = xp.arange(k, device=device)
+    if hasattr(positions, "flags"):
+        positions.flags.writeable = False  # numpy: shared by every caller
+    return positions
+
+
+@lru_cache(maxsize=64)
+def _earlier(xp: Any, k: int, device: Any) -> Array:
+    positions = _positions(xp, k, device)
+    earlier = positions[:, None] > positions[None, :]  # [K, K]: position j < position i
+    if hasattr(earlier, "flags"):
+        earlier.flags.writeable = False
+    return earlier
+
+
 def shown_mask(xp: Any, slate: Array) -> Array:
     """Which slate positions show an item: ``[B, K]`` bool, False where a position repeats an earlier one."""
-    k = slate.shape[1]
     same = slate[:, :, None] == slate[:, None, :]  # [B, K, K]
-    positions = xp.arange(k, device=device_of(slate))
-    earlier = positions[:, None] > positions[None, :]  # position j < position i
+    earlier = _earlier(xp, slate.shape[1], slate.device if hasattr(slate, "device") else device_of(slate))
     return ~xp.any(same & earlier, axis=2)
 
 
@@ -85,8 +106,7 @@ def revenue_ordered_slate(
     denominator = no_click_weight + xp.zeros_like(w[:, :1]) + xp.cumulative_sum(w, axis=1)
     values = numerator / denominator  # [B, K]: value of showing the top r = 1..K
     best = xp.argmax(values, axis=1)  # [B]
-    positions = xp.arange(slate_size, device=device_of(order))
-    keep = positions[None, :] <= best[:, None]
+    keep = positions_like(xp, slate_size, order)[None, :] <= best[:, None]
     slate = xp.where(keep, order, order[:, :1])
     value = xp.max(values, axis=1)
     return slate, value

@@ -21,11 +21,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
-from array_api_compat import device as device_of
 from gymnasium import spaces
 
 from .backend import Array, Backend, Random
-from .choice import choice_probabilities, revenue_ordered_slate, sample_categorical, shown_mask
+from .choice import choice_probabilities, positions_like, revenue_ordered_slate, sample_categorical, shown_mask
 
 State = dict[str, Array]
 
@@ -67,7 +66,7 @@ class Choice:
 
     def clicked_mask(self, xp: Any) -> Array:
         """``[B, K]`` float32: 1 at the slate position the user chose, 0 elsewhere (and for no click)."""
-        positions = xp.arange(self.slate.shape[1], device=device_of(self.slate))
+        positions = positions_like(xp, self.slate.shape[1], self.slate)
         return xp.astype((positions[None, :] == self.position[:, None]) & self.clicked[:, None], xp.float32)
 
 
