@@ -130,7 +130,7 @@ class SlatePolicy(nn.Module):
         items = self.candidate_mlp(symlog(observation["candidates"].float()))  # [B, N, h]
         # One logit per candidate: its embedding against the user's query (a bias in the query
         # scores items independently of the user, e.g. by quality).
-        logits = torch.einsum("bnh,bh->bn", items, self.query(context)) / math.sqrt(self.hidden)
+        logits = torch.einsum("bnh,bh->bn", items, self.query(context))
         value = self.value(torch.cat([context, items.mean(dim=1)], dim=-1)).squeeze(-1)
         return logits, value
 

@@ -1,0 +1,68 @@
+"""``metarec train`` with stable-baselines3 algorithms: run directories, resume, evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import metarec  # noqa: F401
+from metarec.evaluation import evaluate
+from metarec.training import load_config, train
+
+pytest.importorskip("stable_baselines3")
+
+
+def config_file(path: Path, algo: str, env: str, **algo_kwargs: object) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "algo": algo,
+                "env": env,
+                "total_steps": 1024,
+                "seed": 0,
+                "checkpoint_every": 256,
+                "sb3": {
+                    "num_envs": 4,
+                    "algo_kwargs": algo_kwargs,
+                    "policy_kwargs": {"hidden": 8, "history_encoder": "mlp"},
+                },
+                "eval": {"users": 8},
+            }
+        )
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("algo", "env", "algo_kwargs"),
+    [
+        ("sb3-ppo", "metarec/DriftingUsers-v0", {"n_steps": 64, "batch_size": 128, "n_epochs": 1}),
+        ("sb3-a2c", "metarec/RecSimLongTermSatisfaction-v0", {"n_steps": 8}),
+        ("sb3-dqn", "metarec/DriftingUsersSingle-v0", {"learning_starts": 128, "buffer_size": 2000}),
+    ],
+)
+def test_sb3_run_directory_is_an_agent(tmp_path: Path, algo: str, env: str, algo_kwargs: dict) -> None:
+    config = load_config(config_file(tmp_path / "c.yaml", algo, env, **algo_kwargs))
+    results = train(config, tmp_path / "run", progress=False)
+    assert results["env_steps"] >= 1024 and results["algo"] == algo
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["mean_return"] == results["mean_return"]
+    assert (tmp_path / "run" / "checkpoints" / "last.zip").is_file()
+    evaluated = evaluate(env, str(tmp_path / "run"), users=6, seed=1)
+    assert evaluated["agent"] == f"{algo}:run" and evaluated["users"] == 6
+
+
+def test_sb3_resume_continues_from_the_checkpoint_step(tmp_path: Path) -> None:
+    path = config_file(
+        tmp_path / "c.yaml", "sb3-dqn", "metarec/DriftingUsersSingle-v0", learning_starts=64, buffer_size=4000
+    )
+    train(load_config(path), tmp_path / "run", progress=False)
+    longer = load_config(path, ["total_steps=2048"])
+    with pytest.raises(ValueError, match="differs"):
+        train(longer, tmp_path / "run", resume=True, progress=False)
+    (tmp_path / "run" / "config.yaml").unlink()  # a run whose config was changed on purpose
+    results = train(longer, tmp_path / "run", resume=True, progress=False)
+    assert results["env_steps"] >= 2048
+    assert (tmp_path / "run" / "checkpoints" / "replay.pkl").is_file()
