@@ -15,9 +15,10 @@ import math
 
 import torch
 
-# Exact entropy enumerates ordered slate prefixes; above this many per user it switches to the
-# chain-rule estimate along a given prefix (see :meth:`PlackettLuce.entropy`).
-EXACT_ENTROPY_LIMIT = 4096
+# Exact entropy enumerates ordered slate prefixes, holding prefixes x candidates values per user;
+# above this many it switches to the chain-rule estimate along a given prefix (see
+# :meth:`PlackettLuce.entropy`). N = 10, K = 2 (RecSim) needs 110; N = 20, K = 5 would need 2.3M.
+EXACT_ENTROPY_LIMIT = 8192
 
 
 def _masked_log_softmax(logits: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
@@ -80,13 +81,14 @@ class PlackettLuce:
     def entropy(self, slate: torch.Tensor | None = None) -> torch.Tensor:
         """``[...]`` entropy of the slate law.
 
-        Exact (enumerating ordered prefixes) when there are at most :data:`EXACT_ENTROPY_LIMIT`
-        of them, which covers ``K = 1`` and RecSim's ``N = 10, K = 2``. Above that the chain rule
+        Exact (enumerating ordered prefixes) when prefixes x candidates is at most
+        :data:`EXACT_ENTROPY_LIMIT`, which covers ``K = 1`` up to 8,192 candidates and RecSim's
+        ``N = 10, K = 2``. Above that the chain rule
         ``H = Σ_k E[H(position k | positions < k)]`` is evaluated along the prefix of ``slate``
         (an unbiased one-sample estimate when ``slate`` is drawn from this law, as in PPO's batch).
         """
         n = self.logits.shape[-1]
-        if num_prefixes(n, self.slate_size) <= EXACT_ENTROPY_LIMIT:
+        if num_prefixes(n, self.slate_size) * n <= EXACT_ENTROPY_LIMIT:
             return self._exact_entropy()
         if slate is None:
             raise ValueError(
@@ -117,6 +119,8 @@ class PlackettLuce:
             log_prefix = (log_prefix.unsqueeze(-1) + log_p).reshape(*batch, -1)
             eye = torch.eye(n, dtype=torch.bool, device=self.logits.device)
             taken = (taken.unsqueeze(-2) | eye).reshape(*batch, -1, n)
-            keep = torch.isfinite(log_prefix).all(dim=tuple(range(len(batch))))
+            # Drop prefixes impossible for every law (a repeated candidate); a prefix possible in
+            # some rows only stays, with probability 0 where it is impossible.
+            keep = torch.isfinite(log_prefix).any(dim=tuple(range(len(batch)))) if batch else torch.isfinite(log_prefix)
             log_prefix, taken = log_prefix[..., keep], taken[..., keep, :]
         return total

@@ -47,7 +47,8 @@ class HistoryEncoder(nn.Module):
     """Encodes ``[B, H, G]`` interaction histories (oldest first) into ``[B, hidden]``.
 
     ``kind``: ``"gru"`` (last hidden state), ``"transformer"`` (one encoder layer with learned
-    positions; mean over valid steps) or ``"mlp"`` (the flattened window).
+    positions; mean over all ``H`` steps, padding included: the valid flag is a feature) or
+    ``"mlp"`` (the flattened window).
     """
 
     def __init__(self, steps: int, features: int, hidden: int, kind: HistoryKind = "gru", heads: int = 4) -> None:

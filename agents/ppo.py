@@ -200,10 +200,13 @@ class BatchedPPO:
         }
 
     def learn(self, rollout: dict[str, Any]) -> dict[str, float]:
-        """PPO epochs over one rollout; returns the losses and diagnostics of the last epoch."""
+        """PPO epochs over one rollout; returns the losses of the last minibatch and the diagnostics
+        of the update (clip fraction over all minibatches, explained variance of the rollout)."""
         c = self.config
         if c.anneal_lr:
-            frac = max(0.0, 1.0 - self.global_step / max(self.total_steps, 1))
+            # The schedule's position at the start of this rollout (collect has already counted it).
+            done_before = self.global_step - c.num_envs * c.rollout_steps
+            frac = max(0.0, 1.0 - done_before / max(self.total_steps, 1))
             for group in self.optimizer.param_groups:
                 group["lr"] = frac * c.learning_rate
         flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 class FrozenConfig(BaseModel):
     """Base of every parameter model: immutable, and an unknown field is an error."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # inf/nan serialise as JSON constants, so a saved config (e.g. max_grad_norm=inf) loads back.
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
 
 
 class CatalogConfig(FrozenConfig):

@@ -38,7 +38,9 @@ class EvalConfig(FrozenConfig):
 
     users: int = Field(2000, ge=2, description="Users per evaluation.")
     seed: int = Field(12345, ge=0, description="Seed of the evaluation users (apart from training's).")
-    every_steps: int = Field(0, ge=0, description="Evaluate every this many env steps (0: only at the end).")
+    every_steps: int = Field(
+        0, ge=0, description="Evaluate every this many env steps (0: only at the end; batched PPO only)."
+    )
 
 
 class SB3Config(FrozenConfig):
@@ -76,8 +78,13 @@ class TrainConfig(FrozenConfig):
         return value
 
 
+# Keys a resumed run may change: they do not shape what is learned.
+RESUMABLE_CHANGES = frozenset({"device", "torch_threads", "eval", "checkpoint_every"})
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"ppo.learning_rate=1e-3"`` -> (``["ppo", "learning_rate"]``, ``0.001``) (value parsed as YAML)."""
+    """``"ppo.learning_rate=0.001"`` -> (``["ppo", "learning_rate"]``, ``0.001``): the value is parsed as
+    YAML (so ``1e-3`` without a dot is a string until the typed field converts it)."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ValueError(f"--set: expected KEY=VALUE (e.g. ppo.learning_rate=1e-3), got {text!r}")
@@ -173,8 +180,12 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: 
         raise ValueError(f"out: {out} already holds a run; pass --resume to continue it or choose another --out")
     if resume and (out / "config.yaml").is_file():
         saved = yaml.safe_load((out / "config.yaml").read_text())
-        if saved != json.loads(config.model_dump_json()):
-            raise ValueError(f"config: differs from the one {out} was started with; resume with the same config")
+        now = json.loads(config.model_dump_json())
+        changed = sorted(k for k in now.keys() - RESUMABLE_CHANGES if saved.get(k) != now[k])
+        if changed:
+            raise ValueError(
+                f"config: {', '.join(changed)} differs from the run {out} was started with; resume with the same values"
+            )
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False), out / "config.yaml")
     if config.torch_threads is not None:
@@ -193,16 +204,16 @@ def _train_batched_ppo(config: TrainConfig, out: Path, resume_from: Path | None,
     env = make_vector_env(config, config.ppo.num_envs, ground_truth=False)
     ppo = BatchedPPO(env, config.ppo, seed=config.seed, total_steps=config.total_steps)
     if resume_from is not None and resume_from.is_file():
-        ppo.load_state_dict(torch.load(resume_from, map_location=config.device, weights_only=False))
-    # Events logged after the checkpoint (by the interrupted process) are dropped on resume.
-    writer = SummaryWriter(str(out / "tb"), purge_step=ppo.global_step if ppo.global_step else None)
+        ppo.load_state_dict(torch.load(resume_from, map_location="cpu", weights_only=False))  # RNG states stay on CPU
+    # Events the interrupted process logged after its checkpoint (steps > the checkpoint's) are dropped.
+    resuming = resume_from is not None
+    writer = SummaryWriter(str(out / "tb"), purge_step=ppo.global_step + 1 if resuming else None)
     if ppo.global_step == 0:
         writer.add_text("hyperparameters", hyperparameter_table(config))
     references = reference_returns(config) if config.eval.users else None
     started = time.perf_counter()
     start_step = ppo.global_step
     last_checkpoint = ppo.global_step
-    last_eval = ppo.global_step
     bar = tqdm(total=config.total_steps, initial=ppo.global_step, unit="step", disable=not progress, smoothing=0.1)
 
     def evaluate_now() -> dict[str, Any]:
@@ -222,8 +233,9 @@ def _train_batched_ppo(config: TrainConfig, out: Path, resume_from: Path | None,
         return result
 
     def on_update(rollout: dict[str, Any], stats: dict[str, float], rate: float) -> None:
-        nonlocal last_checkpoint, last_eval
+        nonlocal last_checkpoint
         step = ppo.global_step
+        previous = step - config.ppo.num_envs * config.ppo.rollout_steps
         returns = rollout["episode_returns"]
         if len(returns):
             writer.add_scalar("charts/episode_return", float(returns.mean()), step)
@@ -237,9 +249,9 @@ def _train_batched_ppo(config: TrainConfig, out: Path, resume_from: Path | None,
         bar.update(config.ppo.num_envs * config.ppo.rollout_steps)
         if len(returns):
             bar.set_postfix(ret=f"{float(returns.mean()):.2f}", refresh=False)
-        if config.eval.every_steps and step - last_eval >= config.eval.every_steps:
+        # Evaluate when the step count crosses a multiple of every_steps (the same steps after a resume).
+        if config.eval.every_steps and step // config.eval.every_steps > previous // config.eval.every_steps:
             evaluate_now()
-            last_eval = step
         if step - last_checkpoint >= config.checkpoint_every or step >= config.total_steps:
             _atomic_save(ppo.state_dict(), out / "checkpoints" / "last.pt")
             writer.flush()

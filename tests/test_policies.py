@@ -64,7 +64,7 @@ def test_samples_follow_the_law() -> None:
 
 def test_chain_rule_entropy_estimate_is_unbiased_above_the_enumeration_limit() -> None:
     n, k = 12, 5  # too many prefixes to enumerate
-    assert num_prefixes(n, k) > EXACT_ENTROPY_LIMIT
+    assert num_prefixes(n, k) * n > EXACT_ENTROPY_LIMIT
     logits = torch.randn(1, n, generator=torch.Generator().manual_seed(3))
     dist = PlackettLuce(logits.expand(40_000, n), k)
     estimate = dist.entropy(dist.sample(torch.Generator().manual_seed(4)))
@@ -109,3 +109,12 @@ def test_policy_rejects_an_observation_space_without_candidates() -> None:
     with pytest.raises(ValueError, match="history_encoder"):
         env = gym.make("metarec/DriftingUsers-v0")
         SlatePolicy(env.observation_space, 5, history_encoder="lstm")  # type: ignore[arg-type]
+
+
+def test_exact_entropy_with_a_candidate_masked_in_one_row_only() -> None:
+    logits = torch.randn(3, 5, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    logits[0, 2] = -math.inf  # row 0 can never show candidate 2; rows 1 and 2 can
+    _, log_p = enumerate_log_probs(logits, 3)
+    p = log_p.exp()
+    expected = -(p * torch.where(p > 0, log_p, torch.zeros_like(log_p))).sum(1)
+    torch.testing.assert_close(PlackettLuce(logits, 3).entropy(), expected)
