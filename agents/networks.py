@@ -132,17 +132,26 @@ class SlatePolicy(nn.Module):
     def forward(self, observation: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits [B, N], value [B])``."""
         context = self.context(observation)
-        hidden = torch.relu(self.candidate_in(symlog(observation["candidates"].float())))  # [B, N, h]
-        # One logit per candidate: its embedding e = W h + c against the user's query q (a bias in
-        # the query scores items independently of the user, e.g. by quality), computed as
-        # h · (Wᵀ q) + c · q.
+        items = self.candidate_features(observation)
+        return self.logits(items, context), self.state_value(items, context)
+
+    def candidate_features(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, N, hidden]``: each candidate's hidden layer (its embedding is ``candidate_out`` of it)."""
+        return torch.relu(self.candidate_in(symlog(observation["candidates"].float())))
+
+    def logits(self, items: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """``[B, N]``: each candidate's embedding e = W h + c against the user's query q (a bias in the
+        query scores items independently of the user, e.g. by quality), computed as h · (Wᵀ q) + c · q
+        so the embeddings of all candidates are never built."""
         query = self.query(context)
         folded = query @ self.candidate_out.weight  # [B, h]
         offset = (query * self.candidate_out.bias).sum(-1, keepdim=True)
-        logits = torch.bmm(hidden, folded.unsqueeze(-1)).squeeze(-1) + offset
-        pooled = self.candidate_out(hidden.mean(dim=1))  # mean embedding (the map is affine)
-        value = self.value(torch.cat([context, pooled], dim=-1)).squeeze(-1)
-        return logits, value
+        return torch.bmm(items, folded.unsqueeze(-1)).squeeze(-1) + offset
+
+    def state_value(self, items: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """``[B]``: the value of the user's state given the candidates on offer."""
+        pooled = self.candidate_out(items.mean(dim=1))  # the mean embedding (the map is affine)
+        return self.value(torch.cat([context, pooled], dim=-1)).squeeze(-1)
 
     def distribution(self, logits: torch.Tensor) -> PlackettLuce:
         return PlackettLuce(logits, self.slate_size)

@@ -264,7 +264,49 @@ class ObservationDict(BaseFeaturesExtractor):
         return observations
 
 
-class SlateActorCriticPolicy(ActorCriticPolicy):
+def _slate_arguments(
+    policy: BasePolicy,
+    observation_space: spaces.Dict,
+    action_space: spaces.Space,
+    hidden: int,
+    history_encoder: HistoryKind,
+    use_sde: bool = False,
+) -> None:
+    """Checks and stores what every metarec SB3 policy is built from (before SB3's constructor runs)."""
+    if use_sde:
+        raise ValueError("use_sde: state-dependent exploration is for continuous actions; slates are discrete")
+    policy.slate_size, policy.single_item = slate_of(action_space, observation_space)
+    policy.hidden, policy.history_encoder = hidden, history_encoder
+
+
+def _constructor_parameters(policy: BasePolicy) -> dict[str, Any]:
+    """What SB3 saves to rebuild a metarec policy (each policy adds its own extras)."""
+    return dict(
+        observation_space=policy.observation_space,
+        action_space=policy.action_space,
+        lr_schedule=policy._dummy_schedule,
+        hidden=policy.hidden,
+        history_encoder=policy.history_encoder,
+        optimizer_class=policy.optimizer_class,
+        optimizer_kwargs=policy.optimizer_kwargs,
+    )
+
+
+class _SlateActorCritic:
+    """The part of the PPO/A2C and RecurrentPPO policies that is the same: SlatePolicy, the slate law, the
+    optimizer over both, and what SB3 saves to rebuild them."""
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        # For RecurrentPPO, the LSTMs and the final optimizer come after this, in its __init__.
+        self.slate_net = SlatePolicy(self.observation_space, self.slate_size, self.hidden, self.history_encoder)
+        self.action_dist = SlateDistribution(self.slate_size, self.single_item)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return _constructor_parameters(self)
+
+
+class SlateActorCriticPolicy(_SlateActorCritic, ActorCriticPolicy):
     """PPO / A2C policy: :class:`SlatePolicy` scores every candidate, slates are Plackett–Luce draws from the scores.
 
     Slates are drawn without replacement with exact log-probabilities; the entropy term uses
@@ -289,10 +331,7 @@ class SlateActorCriticPolicy(ActorCriticPolicy):
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        if use_sde:
-            raise ValueError("use_sde: state-dependent exploration is for continuous actions; slates are discrete")
-        self.slate_size, self.single_item = slate_of(action_space, observation_space)
-        self.hidden, self.history_encoder = hidden, history_encoder
+        _slate_arguments(self, observation_space, action_space, hidden, history_encoder, use_sde)
         super().__init__(
             observation_space,
             action_space,
@@ -303,22 +342,6 @@ class SlateActorCriticPolicy(ActorCriticPolicy):
             normalize_images=False,
             optimizer_class=optimizer_class,
             optimizer_kwargs=optimizer_kwargs,
-        )
-
-    def _build(self, lr_schedule: Schedule) -> None:
-        self.slate_net = SlatePolicy(self.observation_space, self.slate_size, self.hidden, self.history_encoder)
-        self.action_dist = SlateDistribution(self.slate_size, self.single_item)
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        return dict(
-            observation_space=self.observation_space,
-            action_space=self.action_space,
-            lr_schedule=self._dummy_schedule,
-            hidden=self.hidden,
-            history_encoder=self.history_encoder,
-            optimizer_class=self.optimizer_class,
-            optimizer_kwargs=self.optimizer_kwargs,
         )
 
     def forward(
@@ -347,24 +370,7 @@ class SlateActorCriticPolicy(ActorCriticPolicy):
         return distribution, value.unsqueeze(-1)
 
 
-# The recurrent policy hands SlatePolicy the LSTM's output as the user context under this observation key.
-LSTM_CONTEXT = "lstm_context"
-
-
-class LSTMContextSlatePolicy(SlatePolicy):
-    """SlatePolicy whose user context, when the observation carries :data:`LSTM_CONTEXT`, is that tensor.
-
-    Without it, :meth:`context` is SlatePolicy's own (what the LSTM reads); with it, ``forward`` scores the
-    candidates and values the state against the LSTM's memory of the user, through SlatePolicy's own heads.
-    """
-
-    def context(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
-        if LSTM_CONTEXT in observation:
-            return observation[LSTM_CONTEXT]
-        return super().context(observation)
-
-
-class RecurrentSlatePolicy(RecurrentActorCriticPolicy):
+class RecurrentSlatePolicy(_SlateActorCritic, RecurrentActorCriticPolicy):
     """RecurrentPPO policy: an LSTM over SlatePolicy's user context, candidates scored against its output.
 
     Per step, SlatePolicy's context encoder (history encoder and context MLP) reads the observation; an actor
@@ -394,10 +400,7 @@ class RecurrentSlatePolicy(RecurrentActorCriticPolicy):
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        if use_sde:
-            raise ValueError("use_sde: state-dependent exploration is for continuous actions; slates are discrete")
-        self.slate_size, self.single_item = slate_of(action_space, observation_space)
-        self.hidden, self.history_encoder = hidden, history_encoder
+        _slate_arguments(self, observation_space, action_space, hidden, history_encoder, use_sde)
         super().__init__(
             observation_space,
             action_space,
@@ -414,26 +417,12 @@ class RecurrentSlatePolicy(RecurrentActorCriticPolicy):
             lstm_kwargs=lstm_kwargs,
         )
 
-    def _build(self, lr_schedule: Schedule) -> None:
-        # The LSTMs and the final optimizer come after this, in RecurrentActorCriticPolicy.__init__.
-        self.slate_net = LSTMContextSlatePolicy(
-            self.observation_space, self.slate_size, self.hidden, self.history_encoder
-        )
-        self.action_dist = SlateDistribution(self.slate_size, self.single_item)
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
-
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        return dict(
-            observation_space=self.observation_space,
-            action_space=self.action_space,
-            lr_schedule=self._dummy_schedule,
-            hidden=self.hidden,
-            history_encoder=self.history_encoder,
-            n_lstm_layers=self.lstm_actor.num_layers,
-            lstm_kwargs=self.lstm_kwargs,
-            optimizer_class=self.optimizer_class,
-            optimizer_kwargs=self.optimizer_kwargs,
-        )
+        return {
+            **_constructor_parameters(self),
+            "n_lstm_layers": self.lstm_actor.num_layers,
+            "lstm_kwargs": self.lstm_kwargs,
+        }
 
     def forward(
         self,
@@ -442,49 +431,48 @@ class RecurrentSlatePolicy(RecurrentActorCriticPolicy):
         episode_starts: torch.Tensor,
         deterministic: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RNNStates]:
-        observation, context = self._context(obs)
+        items, context = self._encode(obs)
         latent_pi, states_pi = self._process_sequence(context, lstm_states.pi, episode_starts, self.lstm_actor)
         latent_vf, states_vf = self._process_sequence(context, lstm_states.vf, episode_starts, self.lstm_critic)
-        distribution = self._distribution(observation, latent_pi)
+        distribution = self._distribution(items, latent_pi)
         actions = distribution.get_actions(deterministic=deterministic)
-        values = self._values(observation, latent_vf)
+        values = self.slate_net.state_value(items, latent_vf).unsqueeze(-1)
         return actions, values, distribution.log_prob(actions), RNNStates(states_pi, states_vf)
 
     def get_distribution(
         self, obs: dict[str, torch.Tensor], lstm_states: tuple[torch.Tensor, torch.Tensor], episode_starts: torch.Tensor
     ) -> tuple[SlateDistribution, tuple[torch.Tensor, ...]]:
-        observation, context = self._context(obs)
+        items, context = self._encode(obs)
         latent_pi, states_pi = self._process_sequence(context, lstm_states, episode_starts, self.lstm_actor)
-        return self._distribution(observation, latent_pi), states_pi
+        return self._distribution(items, latent_pi), states_pi
 
     def predict_values(
         self, obs: dict[str, torch.Tensor], lstm_states: tuple[torch.Tensor, torch.Tensor], episode_starts: torch.Tensor
     ) -> torch.Tensor:
-        observation, context = self._context(obs)
+        items, context = self._encode(obs)
         latent_vf, _ = self._process_sequence(context, lstm_states, episode_starts, self.lstm_critic)
-        return self._values(observation, latent_vf)
+        return self.slate_net.state_value(items, latent_vf).unsqueeze(-1)
 
     def evaluate_actions(  # type: ignore[override]
         self, obs: dict[str, torch.Tensor], actions: torch.Tensor, lstm_states: RNNStates, episode_starts: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        observation, context = self._context(obs)
+        items, context = self._encode(obs)
         latent_pi, _ = self._process_sequence(context, lstm_states.pi, episode_starts, self.lstm_actor)
         latent_vf, _ = self._process_sequence(context, lstm_states.vf, episode_starts, self.lstm_critic)
-        distribution = self._distribution(observation, latent_pi)
-        return self._values(observation, latent_vf), distribution.log_prob(actions), distribution.entropy(actions)
+        distribution = self._distribution(items, latent_pi)
+        values = self.slate_net.state_value(items, latent_vf).unsqueeze(-1)
+        return values, distribution.log_prob(actions), distribution.entropy(actions)
 
-    def _context(self, obs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """The preprocessed observation and SlatePolicy's per-step user context ``[B, hidden]`` (the LSTM input)."""
+    def _encode(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The candidates' hidden features ``[B, N, hidden]`` (computed once) and SlatePolicy's per-step user
+        context ``[B, hidden]`` (the LSTMs' input)."""
         observation = self.extract_features(obs)
-        return observation, self.slate_net.context(observation)
+        return self.slate_net.candidate_features(observation), self.slate_net.context(observation)
 
-    def _distribution(self, observation: dict[str, torch.Tensor], latent_pi: torch.Tensor) -> SlateDistribution:
-        logits, _ = self.slate_net({**observation, LSTM_CONTEXT: latent_pi})
-        return SlateDistribution(self.slate_size, self.single_item).proba_distribution(logits)
-
-    def _values(self, observation: dict[str, torch.Tensor], latent_vf: torch.Tensor) -> torch.Tensor:
-        _, value = self.slate_net({**observation, LSTM_CONTEXT: latent_vf})
-        return value.unsqueeze(-1)
+    def _distribution(self, items: torch.Tensor, latent_pi: torch.Tensor) -> SlateDistribution:
+        return SlateDistribution(self.slate_size, self.single_item).proba_distribution(
+            self.slate_net.logits(items, latent_pi)
+        )
 
 
 class SlateQNetwork(BasePolicy):
@@ -546,10 +534,9 @@ class SlateDQNPolicy(DQNPolicy):
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        _, single_item = slate_of(action_space, observation_space)
-        if not single_item:
+        _slate_arguments(self, observation_space, action_space, hidden, history_encoder)
+        if not self.single_item:
             raise ValueError(f"action_space: DQN scores one item per step; expected Discrete(N), got {action_space}")
-        self.hidden, self.history_encoder = hidden, history_encoder
         super().__init__(
             observation_space,
             action_space,
@@ -566,15 +553,7 @@ class SlateDQNPolicy(DQNPolicy):
         return q_net.to(self.device)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        return dict(
-            observation_space=self.observation_space,
-            action_space=self.action_space,
-            lr_schedule=self._dummy_schedule,
-            hidden=self.hidden,
-            history_encoder=self.history_encoder,
-            optimizer_class=self.optimizer_class,
-            optimizer_kwargs=self.optimizer_kwargs,
-        )
+        return _constructor_parameters(self)
 
 
 # -- metrics, construction, evaluation ---------------------------------------------------------------------------

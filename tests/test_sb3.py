@@ -182,7 +182,8 @@ def test_recurrent_policy_scores_candidates_against_the_lstm_output():
         # By hand: SlatePolicy's context through the actor LSTM, then SlatePolicy's scorer.
         context = policy.slate_net.context(policy.extract_features(obs))
         latent, _ = policy.lstm_actor(context.unsqueeze(0), (states.pi[0] * 0, states.pi[1] * 0))
-        logits, _ = policy.slate_net({**policy.extract_features(obs), "lstm_context": latent[0]})
+        items = policy.slate_net.candidate_features(policy.extract_features(obs))
+        logits = policy.slate_net.logits(items, latent[0])
     law = PlackettLuce(logits, 5)
     assert torch.allclose(log_prob, law.log_prob(actions))
     assert torch.allclose(distribution.log_prob(actions), law.log_prob(actions))
