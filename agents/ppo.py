@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from metarec.envs.population import FrozenConfig
 from pydantic import Field
@@ -136,9 +135,11 @@ class BatchedPPO:
         slate_size = self.policy.slate_size
         slates = torch.empty((steps, users, slate_size), dtype=torch.int64, device=self.device)
         log_probs, values, rewards, dones = zeros(), zeros(), zeros(), zeros()
-        finished_returns: list[torch.Tensor] = []
-        finished_lengths: list[torch.Tensor] = []
-        clicks = engagement = 0.0
+        # Return and length of each episode that ended at (t, b); read where dones[t, b] is 1. Kept on the
+        # device, like the click and engagement sums, so a step waits for the device only where it must.
+        ended_returns, ended_lengths = zeros(torch.float64), zeros(torch.int64)
+        clicks = torch.zeros((), dtype=torch.float64, device=self.device)
+        engagement = torch.zeros((), dtype=torch.float64, device=self.device)
         with torch.no_grad():
             for t in range(steps):
                 for key, value in self.observation.items():
@@ -152,27 +153,24 @@ class BatchedPPO:
                 if c.normalize_rewards:
                     self.discounted_return = self.discounted_return * c.gamma + reward
                     self.return_stats.update(self.discounted_return)
-                    learn_reward = reward / float(torch.sqrt(self.return_stats.var + 1e-8))
+                    learn_reward = reward / torch.sqrt(self.return_stats.var + 1e-8).to(torch.float32)
                 else:
                     learn_reward = reward
-                if bool(truncated.any()):
-                    # A time limit is not the end of the user's story: bootstrap with V(last obs).
-                    index = torch.nonzero(truncated & ~terminated)[:, 0]
-                    if len(index):
-                        final = {key: v[index] for key, v in info["final_obs"].items()}
-                        _, final_value = self.policy(final)
-                        learn_reward = learn_reward.index_add(0, index, c.gamma * final_value)
+                # A time limit is not the end of the user's story: bootstrap with V(last obs).
+                index = torch.nonzero(truncated & ~terminated)[:, 0]
+                if len(index):
+                    final = {key: v[index] for key, v in info["final_obs"].items()}
+                    _, final_value = self.policy(final)
+                    learn_reward = learn_reward.index_add(0, index, c.gamma * final_value)
                 done = terminated | truncated
-                if bool(done.any()):
-                    finished_returns.append(self.episode_return[done].clone())
-                    finished_lengths.append(self.episode_length[done].clone())
-                    self.episode_return[done] = 0
-                    self.episode_length[done] = 0
-                    self.discounted_return[done] = 0
+                ended_returns[t], ended_lengths[t] = self.episode_return, self.episode_length
+                self.episode_return.masked_fill_(done, 0)
+                self.episode_length.masked_fill_(done, 0)
+                self.discounted_return.masked_fill_(done, 0)
                 slates[t], log_probs[t], values[t] = slate, log_prob, value
                 rewards[t], dones[t] = learn_reward, done.to(torch.float32)
-                clicks += float(info["clicked"].float().mean())
-                engagement += float(reward.mean())
+                clicks += info["clicked"].float().mean().double()
+                engagement += reward.mean().double()
                 self.observation = observation
             _, next_value = self.policy(self.observation)
         advantages = torch.zeros_like(rewards)
@@ -184,8 +182,7 @@ class BatchedPPO:
             last = delta + c.gamma * c.gae_lambda * not_done * last
             advantages[t] = last
         self.global_step += steps * users
-        returns = torch.cat(finished_returns) if finished_returns else torch.zeros(0, device=self.device)
-        lengths = torch.cat(finished_lengths) if finished_lengths else torch.zeros(0, device=self.device)
+        ended = dones.bool()
         return {
             "observations": observations,
             "slates": slates,
@@ -193,10 +190,10 @@ class BatchedPPO:
             "values": values,
             "advantages": advantages,
             "returns": advantages + values,
-            "episode_returns": returns,
-            "episode_lengths": lengths,
-            "ctr": clicks / steps,
-            "engagement": engagement / steps,
+            "episode_returns": ended_returns[ended],
+            "episode_lengths": ended_lengths[ended],
+            "ctr": float(clicks) / steps,
+            "engagement": float(engagement) / steps,
         }
 
     def learn(self, rollout: dict[str, Any]) -> dict[str, float]:
@@ -216,7 +213,7 @@ class BatchedPPO:
         size = len(old_values)
         minibatch = size // c.num_minibatches
         stats: dict[str, float] = {}
-        clipfracs: list[float] = []
+        clipfracs: list[torch.Tensor] = []
         for _epoch in range(c.update_epochs):
             order = torch.randperm(size, generator=self.generator, device=self.device)
             approx_kl = torch.zeros((), device=self.device)
@@ -230,7 +227,7 @@ class BatchedPPO:
                 ratio = log_ratio.exp()
                 with torch.no_grad():
                     approx_kl = ((ratio - 1) - log_ratio).mean()
-                    clipfracs.append(float(((ratio - 1).abs() > c.clip_coef).float().mean()))
+                    clipfracs.append(((ratio - 1).abs() > c.clip_coef).float().mean())
                 adv = advantages[index]
                 if c.normalize_advantages and len(adv) > 1:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
@@ -254,7 +251,7 @@ class BatchedPPO:
             value_loss=float(value_loss.detach()),
             entropy=float(entropy.detach()),
             approx_kl=float(approx_kl),
-            clipfrac=float(np.mean(clipfracs)),
+            clipfrac=float(torch.stack(clipfracs).mean()),
             explained_variance=explained,
             learning_rate=float(self.optimizer.param_groups[0]["lr"]),
         )

@@ -30,20 +30,26 @@ import metarec  # noqa: F401
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def make_env(args: argparse.Namespace, num_envs: int) -> gym.vector.VectorEnv:
+    """The native vector env both algorithms train on (no ground truth: neither reads it)."""
+    return gym.make_vec(
+        args.env, num_envs=num_envs, vectorization_mode="vector_entry_point", device=args.device, ground_truth=False
+    )
+
+
+def ppo_section(args: argparse.Namespace) -> dict:
+    """The ``ppo`` section of ``--config``: batched PPO's hyper-parameters and the network both use."""
+    return yaml.safe_load(Path(args.config).read_text()).get("ppo", {})
+
+
 def batched_ppo(args: argparse.Namespace) -> dict:
     from metarec.agents.ppo import BatchedPPO, PPOConfig
 
-    section = yaml.safe_load(Path(args.config).read_text()).get("ppo", {})
+    section = ppo_section(args)
     if args.num_envs:
         section["num_envs"] = args.num_envs
     config = PPOConfig(**section)
-    env = gym.make_vec(
-        args.env,
-        num_envs=config.num_envs,
-        vectorization_mode="vector_entry_point",
-        device=args.device,
-        ground_truth=False,
-    )
+    env = make_env(args, config.num_envs)
     ppo = BatchedPPO(env, config, seed=0, total_steps=args.steps)
     ppo.learn(ppo.collect())  # warm-up
     if args.device.startswith("cuda"):
@@ -71,15 +77,9 @@ def batched_ppo(args: argparse.Namespace) -> dict:
 def sb3_ppo(args: argparse.Namespace) -> dict:
     from metarec.agents.sb3 import make_sb3_model
 
-    section = yaml.safe_load(Path(args.config).read_text()).get("ppo", {})
+    section = ppo_section(args)
     policy_kwargs = {"hidden": section.get("hidden", 64), "history_encoder": section.get("history_encoder", "gru")}
-    env = gym.make_vec(
-        args.env,
-        num_envs=args.sb3_envs,
-        vectorization_mode="vector_entry_point",
-        device=args.device,
-        ground_truth=False,
-    )
+    env = make_env(args, args.sb3_envs)
     algo_kwargs = {"n_steps": args.sb3_n_steps, "batch_size": args.sb3_batch, "n_epochs": args.sb3_epochs}
     model = make_sb3_model("ppo", env, seed=0, policy_kwargs=policy_kwargs, algo_kwargs=algo_kwargs, device=args.device)
     per_update = args.sb3_envs * args.sb3_n_steps
