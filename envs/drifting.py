@@ -88,6 +88,20 @@ class DriftingUsersModel(UserModel):
         self.history_length = config.history_length
         self.world_numpy = make_world(config)
         self.world = {k: backend.asarray(v) for k, v in self.world_numpy.items()}
+        # Observation lookup tables, so that observing is one gather per key (the hot path at large B):
+        # a candidate's row [embedding, length]; a history entry's row [embedding or 0, engagement
+        # (filled in per user), consumed, valid], indexed by history_item + 2 (EMPTY -> 0, NO_CLICK -> 1).
+        emb, length = self.world_numpy["item_embedding"], self.world_numpy["item_length"]
+        d = emb.shape[1]
+        past = np.zeros((emb.shape[0] + 2, d + 3), dtype=np.float32)
+        past[1:, d + 2] = 1.0  # valid: a step was taken
+        past[2:, d + 1] = 1.0  # consumed: an item was clicked
+        past[2:, :d] = emb
+        quality = self.world_numpy["item_quality"]
+        self.candidate_table = backend.asarray(np.concatenate([emb, length[:, None]], axis=1))
+        # what the choice model reads of each candidate, in one gather: [embedding, length, quality]
+        self.item_table = backend.asarray(np.concatenate([emb, length[:, None], quality[:, None]], axis=1))
+        self.history_table = backend.asarray(past)
         p = self.population
         self.position_weight = backend.asarray(np.exp(-p.position_bias * np.arange(self.slate_size)), np.float32)
         self.no_click_weight = backend.asarray(
@@ -138,11 +152,13 @@ class DriftingUsersModel(UserModel):
     def choice_model(self, state: State, columns: Array | None = None) -> ChoiceModel:
         xp, be, w, p = self.xp, self.backend, self.world, self.population
         items = state["candidates"] if columns is None else be.take_along(state["candidates"], columns)  # [B, J]
-        affinity = xp.sum(be.take_rows(w["item_embedding"], items) * state["interest"][:, None, :], axis=2)
+        rows = be.take_rows(self.item_table, items)  # [B, J, d + 2]: embedding, length, quality
+        d = self.config.catalog.embedding_dim
+        affinity = xp.sum(rows[..., :d] * state["interest"][:, None, :], axis=2)
         fatigue = be.take_along(state["fatigue"], be.take_rows(w["item_topic"], items))
-        utility = affinity + p.quality_weight * be.take_rows(w["item_quality"], items) - p.fatigue_weight * fatigue
+        utility = affinity + p.quality_weight * rows[..., d + 1] - p.fatigue_weight * fatigue
         weights = xp.exp(xp.minimum(utility / p.choice_temperature, 60.0))  # [B, N]
-        revenue = be.take_rows(w["item_length"], items) / (1.0 + xp.exp(-utility * self.revenue_scale))
+        revenue = rows[..., d] / (1.0 + xp.exp(-utility * self.revenue_scale))
         return ChoiceModel(weights, revenue, self.no_click_weight, self.position_weight, utility)
 
     # -- response and evolution -------------------------------------------------------------
@@ -228,17 +244,11 @@ class DriftingUsersModel(UserModel):
 
     # -- what the agent sees ----------------------------------------------------------------
     def observe(self, state: State) -> dict[str, Array]:
-        xp, be, w = self.xp, self.backend, self.world
+        be, d = self.backend, self.config.catalog.embedding_dim
         items = state["candidates"]
-        candidates = xp.concat(
-            [be.take_rows(w["item_embedding"], items), be.take_rows(w["item_length"], items)[..., None]], axis=2
-        )
-        past = state["history_item"]
-        consumed = xp.astype(past >= 0, xp.float32)[..., None]
-        valid = xp.astype(past >= NO_CLICK, xp.float32)[..., None]
-        past_embedding = be.take_rows(w["item_embedding"], xp.maximum(past, 0)) * consumed
-        history = xp.concat([past_embedding, state["history_engagement"][..., None], consumed, valid], axis=2)
-        return {"candidates": candidates, "candidate_ids": items, "history": history}
+        history = be.take_rows(self.history_table, state["history_item"] - EMPTY)  # a fresh [B, H, d + 3]
+        history[..., d] = state["history_engagement"]
+        return {"candidates": be.take_rows(self.candidate_table, items), "candidate_ids": items, "history": history}
 
     def observation_space(self) -> spaces.Dict:
         n, h, d = self.num_candidates, self.history_length, self.config.catalog.embedding_dim
