@@ -89,6 +89,33 @@ class TorchRandom:
         self.device = self.generator.device
 
 
+class RowSubsetRandom:
+    """:class:`Random` for a subset of a batch's rows that draws exactly what the whole batch would.
+
+    Each draw of leading size ``len(rows)`` is made at the full ``batch`` size and its ``rows`` are
+    returned, so a user meets the same random numbers whichever other users are still being
+    simulated: stepping only the users who remain gives, row for row, the trajectories of stepping
+    everyone (common random numbers across the arms of an A/B test, at the cost of drawing for all).
+    """
+
+    def __init__(self, base: Random, batch: int, rows: Array) -> None:
+        self.base, self.batch, self.rows = base, int(batch), rows
+
+    def _take(self, draw: Any, shape: tuple[int, ...]) -> Array:
+        if shape[0] != self.rows.shape[0]:
+            raise ValueError(f"shape: expected a leading size of {self.rows.shape[0]} rows, got {shape}")
+        return draw((self.batch, *shape[1:]))[self.rows]
+
+    def uniform(self, shape: tuple[int, ...]) -> Array:
+        return self._take(self.base.uniform, shape)
+
+    def normal(self, shape: tuple[int, ...]) -> Array:
+        return self._take(self.base.normal, shape)
+
+    def integers(self, high: int, shape: tuple[int, ...]) -> Array:
+        return self._take(lambda full: self.base.integers(high, full), shape)
+
+
 @dataclass(frozen=True)
 class Backend:
     """An array namespace and the device arrays live on.

@@ -6,7 +6,9 @@ in the catalog's embedding space. The utility of item j to user i is
     u_ij = <interest_i, e_j> + quality_weight * q_j - fatigue_weight * fatigue_i[topic_j]
 
 and the user picks one shown item, or nothing, by a multinomial logit with position bias:
-P(position k) ∝ exp(u / T) * exp(-position_bias * k), P(nothing) ∝ exp(no_click_utility / T).
+P(position k) ∝ exp((u + a_j) / T) * exp(-position_bias * k), P(nothing) ∝ exp(no_click_utility / T),
+where a_j is the item's appeal ("clickbait", off unless ``catalog.appeal_std`` > 0): it draws clicks
+but adds nothing to satisfaction.
 Consuming item j gives satisfaction s = sigmoid(u_ij + noise) and engagement (the reward)
 s * length_j minutes; the session budget pays the browsing cost and the engagement, less a refund
 for satisfying items, so good recommendations keep users longer (after RecSim's interest evolution).
@@ -59,6 +61,9 @@ def make_world(config: SimulatorConfig) -> dict[str, np.ndarray]:
 
     # Stratified candidate sampling: stratum s holds item_order[start[s] : start[s] + size[s]].
     bounds = (np.arange(config.num_candidates + 1) * m) // config.num_candidates
+    item_order = rng.permutation(m)
+    # drawn last, so that the rest of the world does not depend on whether appeal is on
+    item_appeal = cat.appeal_std * rng.standard_normal(m) if cat.appeal_std > 0 else np.zeros(m)
     return {
         "item_embedding": item_embedding.astype(np.float32),
         "item_topic": item_topic.astype(np.int64),
@@ -66,7 +71,8 @@ def make_world(config: SimulatorConfig) -> dict[str, np.ndarray]:
         "item_length": item_length.astype(np.float32),
         "cluster_centre": cluster_centre.astype(np.float32),
         "trend_direction": trend_direction.astype(np.float32),
-        "item_order": rng.permutation(m).astype(np.int64),
+        "item_order": item_order.astype(np.int64),
+        "item_appeal": item_appeal.astype(np.float32),
         "stratum_start": bounds[:-1].astype(np.int64),
         "stratum_size": np.diff(bounds).astype(np.float32),
     }
@@ -97,10 +103,13 @@ class DriftingUsersModel(UserModel):
         past[1:, d + 2] = 1.0  # valid: a step was taken
         past[2:, d + 1] = 1.0  # consumed: an item was clicked
         past[2:, :d] = emb
-        quality = self.world_numpy["item_quality"]
+        quality, appeal = self.world_numpy["item_quality"], self.world_numpy["item_appeal"]
         self.candidate_table = backend.asarray(np.concatenate([emb, length[:, None]], axis=1))
-        # what the choice model reads of each candidate, in one gather: [embedding, length, quality]
-        self.item_table = backend.asarray(np.concatenate([emb, length[:, None], quality[:, None]], axis=1))
+        # what the choice model reads of each candidate, in one gather: [embedding, length, quality, appeal]
+        self.item_table = backend.asarray(
+            np.concatenate([emb, length[:, None], quality[:, None], appeal[:, None]], axis=1)
+        )
+        self.has_appeal = config.catalog.appeal_std > 0
         self.history_table = backend.asarray(past)
         p = self.population
         self.position_weight = backend.asarray(np.exp(-p.position_bias * np.arange(self.slate_size)), np.float32)
@@ -152,12 +161,14 @@ class DriftingUsersModel(UserModel):
     def choice_model(self, state: State, columns: Array | None = None) -> ChoiceModel:
         xp, be, w, p = self.xp, self.backend, self.world, self.population
         items = state["candidates"] if columns is None else be.take_along(state["candidates"], columns)  # [B, J]
-        rows = be.take_rows(self.item_table, items)  # [B, J, d + 2]: embedding, length, quality
+        rows = be.take_rows(self.item_table, items)  # [B, J, d + 3]: embedding, length, quality, appeal
         d = self.config.catalog.embedding_dim
         affinity = xp.sum(rows[..., :d] * state["interest"][:, None, :], axis=2)
         fatigue = be.take_along(state["fatigue"], be.take_rows(w["item_topic"], items))
         utility = affinity + p.quality_weight * rows[..., d + 1] - p.fatigue_weight * fatigue
-        weights = xp.exp(xp.minimum(utility / p.choice_temperature, 60.0))  # [B, N]
+        # appeal draws the click but is not what the user gets from the item (satisfaction uses utility)
+        attraction = utility + rows[..., d + 2] if self.has_appeal else utility
+        weights = xp.exp(xp.minimum(attraction / p.choice_temperature, 60.0))  # [B, N]
         revenue = rows[..., d] / (1.0 + xp.exp(-utility * self.revenue_scale))
         return ChoiceModel(weights, revenue, self.no_click_weight, self.position_weight, utility)
 

@@ -26,6 +26,9 @@ class CatalogConfig(FrozenConfig):
     embedding_dim: int = Field(16, ge=1, description="Dimension d of item embeddings and user interests.")
     topic_spread: float = Field(0.35, ge=0, description="Std of an item's embedding around its topic centre.")
     quality_std: float = Field(0.5, ge=0, description="Std of item quality (a utility offset, mean 0).")
+    appeal_std: float = Field(
+        0.0, ge=0, description="Std of item appeal ('clickbait'): raises the chance of a click, not satisfaction."
+    )
     min_length: float = Field(1.0, gt=0, description="Shortest item length (minutes).")
     max_length: float = Field(6.0, gt=0, description="Longest item length (minutes).")
     seed: int = Field(0, ge=0, description="Seed of the catalog and population geometry (the 'world').")

@@ -246,3 +246,35 @@ def test_population_parameters_are_validated_with_the_field_named():
         gym.make_vec(
             "metarec/DriftingUsers-v0", num_envs=2, vectorization_mode="vector_entry_point", device="gpu-please"
         )
+
+
+def test_appeal_draws_clicks_but_not_satisfaction():
+    """Item appeal multiplies an item's choice weight by exp(appeal / T) and leaves its true utility and
+    expected engagement alone; the rest of the world is the same with appeal on or off."""
+    from metarec.envs.population import CatalogConfig
+
+    plain = model()
+    bait = model(catalog=CatalogConfig(appeal_std=1.5))
+    for key, value in plain.world_numpy.items():
+        if key != "item_appeal":
+            np.testing.assert_array_equal(value, bait.world_numpy[key], err_msg=key)
+    assert not plain.world_numpy["item_appeal"].any() and bait.world_numpy["item_appeal"].std() > 1.0
+    state = plain.initial_state(plain.backend.make_random(0), 64)
+    truth, tempted = plain.choice_model(state), bait.choice_model(state)
+    torch.testing.assert_close(tempted.utilities, truth.utilities)
+    torch.testing.assert_close(tempted.revenue, truth.revenue)
+    appeal = torch.as_tensor(bait.world_numpy["item_appeal"])[state["candidates"]]
+    temperature = SimulatorConfig().population.choice_temperature
+    torch.testing.assert_close(tempted.weights, truth.weights * torch.exp(appeal / temperature), rtol=1e-4, atol=0)
+
+
+def test_row_subset_random_gives_each_row_the_full_batch_draw():
+    from metarec.envs.backend import RowSubsetRandom
+
+    full = torch_backend().make_random(5)
+    subset = RowSubsetRandom(torch_backend().make_random(5), 6, torch.tensor([1, 4]))
+    expected = full.normal((6, 3))
+    torch.testing.assert_close(subset.normal((2, 3)), expected[[1, 4]])
+    torch.testing.assert_close(subset.integers(9, (2,)), full.integers(9, (6,))[[1, 4]])
+    with pytest.raises(ValueError, match="leading size of 2 rows"):
+        subset.uniform((3,))
