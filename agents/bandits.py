@@ -106,8 +106,15 @@ class OnlineBandit(Recommender):
         self.target = target
         self.batch: int | None = None  # users whose per-user state is allocated
         self._acted = False
+        self._active: torch.Tensor | None = None  # users whose last feedback counts
+        self._serving: torch.Tensor | None = None  # users who see the slate being chosen
+        # the users shown the last slate (None: all) and what a subclass keeps of it ([B or A, K, ...])
+        self._shown: tuple[torch.Tensor | None, torch.Tensor] | None = None
 
     def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
+        # ``info["active"]`` ([B] bool), when given, marks the users who will see the slate; the others
+        # may get any legal slate, so per-user work can skip them (see LinearBandit)
+        self._serving = info.get("active")
         slate = self.choose(observation)  # [B, K]
         self._acted = True
         return slate[:, 0] if self.slate_size is None else slate
@@ -116,6 +123,9 @@ class OnlineBandit(Recommender):
         if not self._acted:
             raise RuntimeError("observe() called before act()")
         self._acted = False
+        # ``info["active"]`` ([B] bool), when given, marks the users whose feedback counts (an A/B test
+        # passes it: users who left, or are served by another arm, must not teach a shared table)
+        self._active = info.get("active")
         self.learn(slate_targets(reward, info, self.k, self.target))
 
     @abstractmethod
@@ -125,6 +135,28 @@ class OnlineBandit(Recommender):
     @abstractmethod
     def learn(self, targets: torch.Tensor) -> None:
         """Update from the ``[B, K]`` targets of the slate last chosen."""
+
+    def serving_rows(self, batch: int) -> torch.Tensor | None:
+        """Indices of the users who will see the slate being chosen (``info["active"]`` of :meth:`act`)
+        when they are a strict subset of an allocated batch, else None (all users)."""
+        if self._serving is None or self.batch != batch:
+            return None
+        rows = torch.nonzero(self._serving.to(self.device))[:, 0]
+        return None if rows.shape[0] == batch else rows
+
+    def learning_rows(
+        self, rows: torch.Tensor | None, shown: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Of the users shown the last slate (``rows``, None for all, with per-user data ``shown``), those
+        whose feedback counts (``info["active"]`` of :meth:`observe`), with their rows of ``shown``."""
+        if self._active is None:
+            return rows, shown
+        active = self._active.to(self.device)
+        keep = active if rows is None else active[rows]
+        if bool(keep.all()):
+            return rows, shown
+        index = torch.nonzero(keep)[:, 0]
+        return (index if rows is None else rows[index]), shown[index]
 
     def _check_batch(self, batch: int) -> bool:
         """Whether per-user state must be allocated for ``batch`` users (it is not yet)."""
@@ -209,8 +241,11 @@ class PopularRecommender(ItemBandit):
     def learn(self, targets: torch.Tensor) -> None:
         assert self._shown_ids is not None
         ids = self._shown_ids.reshape(-1)
-        self.successes.index_add_(0, ids, targets.reshape(-1).to(torch.float64))
-        self.impressions.index_add_(0, ids, torch.ones_like(ids, dtype=torch.float64))
+        weight = torch.ones_like(targets, dtype=torch.float64)
+        if self._active is not None:
+            weight = weight * self._active.to(torch.float64)[:, None]
+        self.successes.index_add_(0, ids, (targets.to(torch.float64) * weight).reshape(-1))
+        self.impressions.index_add_(0, ids, weight.reshape(-1))
 
 
 class GreedyRecommender(ItemBandit):
@@ -228,26 +263,44 @@ class GreedyRecommender(ItemBandit):
         self.successes: torch.Tensor | None = None  # [B, M]
         self.impressions: torch.Tensor | None = None  # [B, M]
 
-    def user_scores(self, observation: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The candidates' catalog ids and scores for each user (``[B, N]`` each)."""
+    def user_scores(
+        self, observation: dict[str, torch.Tensor], rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The candidates' catalog ids and scores for each user (``[B, N]`` each), or for the users
+        ``rows`` only (``[A, N]``)."""
         ids = _candidate_ids(observation, self.name, self.num_items)
         if self._check_batch(ids.shape[0]):
             self.successes = torch.zeros((ids.shape[0], self.num_items), dtype=torch.float32, device=self.device)
             self.impressions = torch.zeros_like(self.successes)
         assert self.successes is not None and self.impressions is not None
-        return ids, self.score(self.successes.gather(1, ids), self.impressions.gather(1, ids))
+        if rows is None:
+            return ids, self.score(self.successes.gather(1, ids), self.impressions.gather(1, ids))
+        ids = ids[rows]
+        return ids, self.score(self.successes[rows[:, None], ids], self.impressions[rows[:, None], ids])
 
     def choose(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
-        ids, scores = self.user_scores(observation)
-        slate = top_slate(scores, self.k, self.generator)
-        self._shown_ids = ids.gather(1, slate)
+        batch = observation["candidates"].shape[0]
+        rows = self.serving_rows(batch)
+        ids, scores = self.user_scores(observation, rows)
+        picked = top_slate(scores, self.k, self.generator)
+        self._shown = (rows, ids.gather(1, picked))
+        if rows is None:
+            return picked
+        slate = torch.arange(self.k, device=self.device).expand(batch, self.k).clone()
+        slate[rows] = picked  # the users who see no slate get the first K candidates
         return slate
 
     def learn(self, targets: torch.Tensor) -> None:
-        assert self._shown_ids is not None and self.successes is not None and self.impressions is not None
+        assert self._shown is not None and self.successes is not None and self.impressions is not None
+        rows, shown_ids = self.learning_rows(*self._shown)
         # A slate's candidates are distinct items of the catalog, so no id repeats within a row.
-        self.successes.scatter_add_(1, self._shown_ids, targets)
-        self.impressions.scatter_add_(1, self._shown_ids, torch.ones_like(targets))
+        if rows is None:
+            self.successes.scatter_add_(1, shown_ids, targets)
+            self.impressions.scatter_add_(1, shown_ids, torch.ones_like(targets))
+        else:
+            where = (rows[:, None].expand_as(shown_ids), shown_ids)
+            self.successes.index_put_(where, targets[rows], accumulate=True)
+            self.impressions.index_put_(where, torch.ones_like(targets[rows]), accumulate=True)
 
     def reset(self, mask: torch.Tensor | None = None) -> None:
         if mask is None:
@@ -293,8 +346,13 @@ class EpsilonGreedyRecommender(GreedyRecommender):
             used.scatter_(1, pick[:, None], True)
             picks.append(pick)
         slate = torch.stack(picks, dim=1)
-        self._shown_ids = ids.gather(1, slate)
+        self._shown = (None, ids.gather(1, slate))
         return slate
+
+
+def ridge_estimate(inverse: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
+    """``[B, F]`` the ridge estimates ``θ = A⁻¹ b`` of a batch of users."""
+    return (inverse @ response[:, :, None])[:, :, 0]
 
 
 class LinearBandit(OnlineBandit):
@@ -319,13 +377,12 @@ class LinearBandit(OnlineBandit):
         self.ridge = _check_positive("ridge", ridge)
         self.inverse: torch.Tensor | None = None  # [B, F, F] A⁻¹
         self.response: torch.Tensor | None = None  # [B, F] b
-        self._shown_features: torch.Tensor | None = None  # [B, K, F] of the last slate
 
-    def features(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``[B, N, F + 1]``: the candidates' features and a constant 1, allocating state on first use."""
-        x = observation["candidates"].to(device=self.device, dtype=torch.float32)
-        x = torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
-        batch, dim = x.shape[0], x.shape[-1]
+    def features(self, observation: dict[str, torch.Tensor], rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, N, F + 1]``: the candidates' features and a constant 1 (of the users ``rows`` only,
+        when given), allocating state on first use."""
+        candidates = observation["candidates"]
+        batch, dim = candidates.shape[0], candidates.shape[-1] + 1
         if self._check_batch(batch):
             eye = torch.eye(dim, dtype=torch.float32, device=self.device)
             self.inverse = (eye / self.ridge).expand(batch, dim, dim).clone()
@@ -334,39 +391,60 @@ class LinearBandit(OnlineBandit):
         if dim != self.inverse.shape[-1]:
             expected = self.inverse.shape[-1] - 1
             raise ValueError(f"observation['candidates']: expected {expected} features per candidate, got {dim - 1}")
-        return x
+        x = candidates if rows is None else candidates[rows]
+        x = x.to(device=self.device, dtype=torch.float32)
+        return torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
 
     @property
     def theta(self) -> torch.Tensor:
         """``[B, F + 1]`` the ridge estimate ``A⁻¹ b`` of each user."""
         assert self.inverse is not None and self.response is not None, "no state before the first act()"
-        return (self.inverse @ self.response[:, :, None])[:, :, 0]
+        return ridge_estimate(self.inverse, self.response)
 
-    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Adds one observation per user: features ``x`` (``[B, F + 1]``, constant included) with
-        target ``y`` (``[B]``); ``A⁻¹ ← A⁻¹ - (A⁻¹x)(A⁻¹x)ᵀ / (1 + xᵀA⁻¹x)`` (Sherman–Morrison)."""
-        assert self.inverse is not None and self.response is not None
-        u = (self.inverse @ x[:, :, None])[:, :, 0]  # [B, F] A⁻¹x
-        denominator = 1.0 + (x * u).sum(dim=1)
-        self.inverse -= u[:, :, None] * (u / denominator[:, None])[:, None, :]
-        self.response += y[:, None] * x
+    @staticmethod
+    def update(inverse: torch.Tensor, response: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Adds K observations per user: features ``x`` (``[B, K, F + 1]``, constant included) with
+        targets ``y`` (``[B, K]``). Returns the new ``A⁻¹``, one Sherman–Morrison update per shown item
+        (``A⁻¹ ← A⁻¹ - (A⁻¹x)(A⁻¹x)ᵀ / (1 + xᵀA⁻¹x)``; cheaper here than one batched K x K solve), made
+        exactly symmetric; adds ``Xᵀy`` to ``response`` in place. ``inverse`` is updated in place too."""
+        for k in range(x.shape[1]):
+            xk = x[:, k]
+            u = (inverse @ xk[:, :, None])[:, :, 0]  # [B, F] A⁻¹x
+            denominator = 1.0 + (xk * u).sum(dim=1)
+            inverse -= u[:, :, None] * (u / denominator[:, None])[:, None, :]
+        response += (y[:, :, None] * x).sum(dim=1)
+        # Rounding makes the float32 inverse drift from symmetric; keep it exactly so.
+        return 0.5 * (inverse + inverse.transpose(1, 2))
 
     def choose(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = self.features(observation)  # [B, N, F]
-        slate = top_slate(self.scores(x), self.k, self.generator)
-        self._shown_features = x.gather(1, slate[:, :, None].expand(-1, -1, x.shape[-1]))
+        batch = observation["candidates"].shape[0]
+        rows = self.serving_rows(batch)
+        x = self.features(observation, rows)  # [B or A, N, F]
+        assert self.inverse is not None and self.response is not None
+        if rows is None:
+            slate = top_slate(self.scores(x, self.inverse, self.response), self.k, self.generator)
+            self._shown = (None, x.gather(1, slate[:, :, None].expand(-1, -1, x.shape[-1])))
+            return slate
+        # score only the users who will see a slate; the others get the first K candidates
+        picked = top_slate(self.scores(x, self.inverse[rows], self.response[rows]), self.k, self.generator)
+        self._shown = (rows, x.gather(1, picked[:, :, None].expand(-1, -1, x.shape[-1])))
+        slate = torch.arange(self.k, device=self.device).expand(batch, self.k).clone()
+        slate[rows] = picked
         return slate
 
     @abstractmethod
-    def scores(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, N]`` score of each candidate (``x``: ``[B, N, F + 1]``)."""
+    def scores(self, x: torch.Tensor, inverse: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` score of each candidate (``x``: ``[B, N, F + 1]``) from the users' ``A⁻¹`` and ``b``."""
 
     def learn(self, targets: torch.Tensor) -> None:
-        assert self._shown_features is not None and self.inverse is not None
-        for k in range(self.k):
-            self.update(self._shown_features[:, k], targets[:, k])
-        # Rounding makes the float32 inverse drift from symmetric; keep it exactly so.
-        self.inverse = 0.5 * (self.inverse + self.inverse.transpose(1, 2))
+        assert self._shown is not None and self.inverse is not None and self.response is not None
+        rows, shown = self.learning_rows(*self._shown)  # users shown a slate who count, and its features
+        if rows is None:
+            self.inverse = self.update(self.inverse, self.response, shown, targets)
+        else:  # gathered copies, written back
+            response = self.response[rows]
+            self.inverse[rows] = self.update(self.inverse[rows], response, shown, targets[rows])
+            self.response[rows] = response
 
     def reset(self, mask: torch.Tensor | None = None) -> None:
         if mask is None:
@@ -402,10 +480,9 @@ class LinUCBRecommender(LinearBandit):
         super().__init__(slate_size, generator, target, ridge)
         self.alpha = _check_positive("alpha", alpha, allow_zero=True)
 
-    def scores(self, x: torch.Tensor) -> torch.Tensor:
-        assert self.inverse is not None
-        mean = (x @ self.theta[:, :, None])[:, :, 0]  # [B, N]
-        variance = ((x @ self.inverse) * x).sum(dim=2).clamp_min(0.0)  # [B, N] xᵀA⁻¹x
+    def scores(self, x: torch.Tensor, inverse: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
+        mean = (x @ ridge_estimate(inverse, response)[:, :, None])[:, :, 0]  # [B, N]
+        variance = ((x @ inverse) * x).sum(dim=2).clamp_min(0.0)  # [B, N] xᵀA⁻¹x
         return mean + self.alpha * variance.sqrt()
 
 
@@ -436,12 +513,11 @@ class ThompsonRecommender(LinearBandit):
         super().__init__(slate_size, generator, target, ridge)
         self.scale = _check_positive("scale", scale)
 
-    def scores(self, x: torch.Tensor) -> torch.Tensor:
-        assert self.inverse is not None
-        factor, failed = torch.linalg.cholesky_ex(self.inverse)  # [B, F, F] lower, A⁻¹ = L Lᵀ
+    def scores(self, x: torch.Tensor, inverse: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
+        factor, failed = torch.linalg.cholesky_ex(inverse)  # [B, F, F] lower, A⁻¹ = L Lᵀ
         # A float32 inverse that rounding made indefinite samples its mean for that step.
         factor = factor.masked_fill((failed != 0)[:, None, None], 0.0)
-        mean = self.theta  # [B, F]
+        mean = ridge_estimate(inverse, response)  # [B, F]
         noise = torch.randn(mean.shape, generator=self.generator, device=self.device)
         theta = mean + self.scale * (factor @ noise[:, :, None])[:, :, 0]
         return (x @ theta[:, :, None])[:, :, 0]

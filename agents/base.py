@@ -28,11 +28,15 @@ class Recommender(ABC):
 
     @abstractmethod
     def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
-        """The slates to show now."""
+        """The slates to show now. ``info["active"]`` ([B] bool), when present, marks the users who
+        will see their slate; the others may get any legal slate (so per-user work can skip them)."""
 
     def observe(self, reward: torch.Tensor, done: torch.Tensor, info: dict[str, Any]) -> None:  # noqa: B027
         """Feedback on the last slates: ``info`` holds ``clicked``, ``chosen_position`` and the rest of
-        the environment's step info. ``done`` marks users whose episode ended with this step."""
+        the environment's step info. ``done`` marks users whose episode ended with this step.
+        ``info["active"]`` ([B] bool), when present, marks the users whose feedback may be learned
+        from (an A/B test sets it: users who left, or whom another arm serves, must not teach state
+        shared across users)."""
 
     def reset(self, mask: torch.Tensor | None = None) -> None:  # noqa: B027
         """Forgets per-user state: of every user (``None``) or where ``mask`` is True (the vector

@@ -46,6 +46,16 @@ register_recommender("oracle", lambda env, generator: OracleRecommender(single_i
 register_recommender(
     "popular", lambda env, generator: PopularRecommender(slate_size_of(env), num_items_of(env, "popular"), generator)
 )
+
+
+def _popular_ctr(env: Any, generator: torch.Generator) -> Recommender:
+    """``popular`` ranking items by click-through rate instead of reward per impression."""
+    agent = PopularRecommender(slate_size_of(env), num_items_of(env, "popular-ctr"), generator, target="click")
+    agent.name = "popular-ctr"
+    return agent
+
+
+register_recommender("popular-ctr", _popular_ctr)
 register_recommender(
     "greedy", lambda env, generator: GreedyRecommender(slate_size_of(env), num_items_of(env, "greedy"), generator)
 )
