@@ -49,6 +49,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_abtest(args: argparse.Namespace) -> int:
+    from metarec.abtest.config import ABTestConfig
+    from metarec.abtest.report import summary_table
+    from metarec.abtest.runner import run_abtest
+    from metarec.training import load_yaml_config
+
+    config = load_yaml_config(ABTestConfig, args.config, args.set or [])
+    out = Path(args.out or f"runs/{Path(args.config).stem}")
+    results = run_abtest(config, out, quiet=args.quiet)
+    if args.json:
+        primary = config.primary_metric
+        print(json.dumps({
+            "out": str(out),
+            "srm_flagged": results["srm"]["flagged"],
+            "primary_metric": primary,
+            "effects": {arm: {k: effects[primary][k] for k in ("absolute", "ci", "relative", "p_adjusted")}
+                        for arm, effects in results["effects"].items()},
+            "wall_seconds": results["wall_seconds"],
+        }))
+    else:
+        print(summary_table(results))
+        print(f"report: {out / 'report.html'}  ({results['wall_seconds']:.0f} s)")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from metarec.demo import run_demo
 
@@ -81,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=_cmd_train)
 
+    ab = sub.add_parser("abtest", help="run a simulated A/B test from a YAML config and write its report")
+    ab.add_argument("config", help="a YAML file, e.g. configs/abtest_demo.yaml")
+    ab.add_argument("--out", help="output directory (default runs/CONFIG_NAME)")
+    ab.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    ab.add_argument("--quiet", action="store_true", help="no progress bars")
+    ab.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
+    ab.set_defaults(func=_cmd_abtest)
+
     demo = sub.add_parser("demo", help="the main job: what metarec simulates, measured end to end")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--users", type=_positive_int, default=4000)
@@ -102,7 +135,9 @@ def _positive_int(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     import metarec  # noqa: F401  (registers the environments)
+    from metarec.allocator import tune_allocator
 
+    tune_allocator()  # big batches reuse freed memory instead of faulting in fresh pages each step
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
