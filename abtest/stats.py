@@ -26,9 +26,11 @@ __all__ = [
     "adjust_p_values",
     "cuped",
     "cuped_theta",
+    "group_sequential_bounds",
     "minimum_detectable_effect",
     "msprt",
     "msprt_sequence",
+    "obrien_fleming_spending",
     "power",
     "ratio_effect",
     "required_sample_size",
@@ -552,3 +554,80 @@ def msprt_sequence(
         np.maximum.accumulate(low, axis=-1),
         np.minimum.accumulate(high, axis=-1),
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# sequential testing: group-sequential boundaries for a planned set of looks
+
+
+def obrien_fleming_spending(fraction: np.ndarray | float, alpha: float = 0.05) -> np.ndarray:
+    """Lan-DeMets O'Brien-Fleming-type alpha spending: 2 - 2 Phi(z_{1-alpha/2} / sqrt(t)) of the type-I error
+    spent by fraction ``t`` of the test (0 at t = 0, ``alpha`` at t = 1); little is spent early."""
+    t = np.asarray(fraction, dtype=float)
+    if np.any(t < 0) or np.any(t > 1):
+        raise ValueError(f"fraction: expected values in [0, 1], got {t.tolist()}")
+    with np.errstate(divide="ignore"):
+        return np.where(t > 0, 2.0 * stats.norm.sf(_z(alpha) / np.sqrt(np.maximum(t, 1e-300))), 0.0)
+
+
+def group_sequential_bounds(
+    correlation: np.ndarray,
+    alpha: float = 0.05,
+    fractions: Sequence[float] | np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+    draws: int = 200_000,
+) -> np.ndarray:
+    """Two-sided critical values of |z| at each of D planned looks, spending ``alpha`` over the looks.
+
+    At look d the test rejects "no difference" when |Z_d| >= b_d. The bounds are chosen one look at a time so
+    that, under the null hypothesis with (Z_1, ..., Z_D) ~ N(0, correlation), the chance of first crossing at
+    look d equals alpha(t_d) - alpha(t_{d-1}) of the O'Brien-Fleming-type spending function
+    (:func:`obrien_fleming_spending`); the chance of ever crossing is then ``alpha`` (Lan and DeMets 1983).
+    Bound d depends only on the correlations among looks 1..d, which are known at look d, so peeking at every
+    look keeps the false-positive rate at ``alpha``. The correlation of the looks comes from the data (for a
+    cumulative metric it is not the independent-increments sqrt(n_i/n_j)), and the crossing probabilities are
+    estimated from ``draws`` multivariate normal draws (Monte Carlo error of the total level about
+    sqrt(alpha / draws)). ``mean_d +- b_d * se_d`` are repeated confidence intervals, valid simultaneously.
+
+    Args:
+        correlation: ``[D, D]`` correlation matrix of the looks' z statistics (positive semi-definite).
+        alpha: Two-sided level over all looks.
+        fractions: Spending scale t_d in (0, 1], increasing, last 1; default d / D (calendar time).
+        rng: Generator of the Monte Carlo draws; default ``np.random.default_rng(0)`` (reproducible).
+        draws: Monte Carlo draws.
+
+    Returns:
+        ``[D]`` bounds (``inf`` at a look that spends nothing).
+    """
+    alpha = _probability(alpha, "alpha")
+    corr = np.asarray(correlation, dtype=float)
+    if corr.ndim != 2 or corr.shape[0] != corr.shape[1] or corr.shape[0] == 0:
+        raise ValueError(f"correlation: expected a square [D, D] matrix, got shape {corr.shape}")
+    if not np.all(np.isfinite(corr)):
+        raise ValueError("correlation: expected finite values, got nan or inf")
+    looks = corr.shape[0]
+    t = np.arange(1, looks + 1) / looks if fractions is None else np.asarray(fractions, dtype=float)
+    if t.shape != (looks,) or np.any(np.diff(t) <= 0) or t[0] <= 0 or not math.isclose(t[-1], 1.0):
+        raise ValueError(f"fractions: expected {looks} increasing values in (0, 1] ending at 1, got {t.tolist()}")
+    if int(draws) != draws or draws < 1000:
+        raise ValueError(f"draws: expected an integer >= 1000, got {draws}")
+    rng = np.random.default_rng(0) if rng is None else rng
+    # a symmetric square root that tolerates rank deficiency (e.g. two identical looks)
+    values, vectors = np.linalg.eigh((corr + corr.T) / 2.0)
+    if values.min() < -1e-6 * max(values.max(), 1.0):
+        raise ValueError("correlation: expected a positive semi-definite matrix")
+    root = vectors * np.sqrt(np.clip(values, 0.0, None))
+    z = np.abs(rng.standard_normal((int(draws), looks)) @ root.T)
+    spend = np.diff(obrien_fleming_spending(t, alpha), prepend=0.0)
+    bounds = np.full(looks, np.inf)
+    alive = np.ones(int(draws), dtype=bool)
+    # the first look needs no simulation: P(|Z_1| >= b) = spend_1
+    bounds[0] = float(stats.norm.isf(spend[0] / 2.0)) if spend[0] > 0 else np.inf
+    alive &= z[:, 0] < bounds[0]
+    for d in range(1, looks):
+        crossings = round(float(spend[d]) * draws)
+        candidates = np.sort(z[alive, d])[::-1]
+        if 0 < crossings <= candidates.size:
+            bounds[d] = candidates[crossings - 1]
+            alive &= z[:, d] < bounds[d]
+    return bounds

@@ -92,7 +92,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
-    """Reads a YAML config, applies ``--set`` overrides and validates it (errors name the key)."""
+    """Reads a training config, applies ``--set`` overrides and validates it (errors name the key)."""
+    return load_yaml_config(TrainConfig, path, overrides)
+
+
+def load_yaml_config(model: type[Any], path: str | Path, overrides: list[str] = ()) -> Any:
+    """Reads a YAML file with the safe loader, applies ``--set KEY=VALUE`` overrides and validates it
+    as ``model`` (a pydantic model; errors name the key)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config: no such file {str(path)!r}")
@@ -107,7 +113,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
             if not isinstance(node, dict):
                 raise ValueError(f"--set {text}: {key} is not a mapping")
         node[keys[-1]] = value
-    return validate_config(TrainConfig, values)
+    return validate_config(model, values)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

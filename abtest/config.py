@@ -1,0 +1,132 @@
+"""The configuration of a simulated A/B test (a YAML file in ``configs/``), validated before any work.
+
+An unknown key, a wrong type or an out-of-range value is an error that names the key; so is an arm,
+metric or allocation that does not fit the rest of the config.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from metarec.envs.population import FrozenConfig
+from pydantic import Field, field_validator, model_validator
+
+from .metrics import METRICS
+
+
+class ArmConfig(FrozenConfig):
+    """One arm: a recommender by registry name (``metarec evaluate --agent`` names) or training run directory."""
+
+    agent: str = Field(description="Recommender name (random, popular, linucb, ...) or a `metarec train` run dir.")
+
+
+class GuardrailConfig(FrozenConfig):
+    """A metric a treatment must not make worse by more than ``max_drop`` (relative)."""
+
+    metric: str = Field(description="A metric name (see metarec.abtest.metrics.METRICS).")
+    max_drop: float = Field(0.01, ge=0, description="Largest tolerated relative loss, e.g. 0.01 = 1%.")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        return _check_metric(value)
+
+
+def _check_metric(value: str) -> str:
+    if value not in METRICS:
+        raise ValueError(f"expected one of {', '.join(METRICS)}")
+    return value
+
+
+class ABTestConfig(FrozenConfig):
+    """One simulated A/B test.
+
+    Designs: ``paired`` (default) runs every arm on the same ``users`` simulated users with the same
+    environment random streams (common random numbers), so differences between arms are differences
+    of policy only; ``independent`` randomises ``users`` users to the arms by ``allocation`` (each arm
+    its own users, as in a live test). A "day" is one session of a user (the multi-session mode of
+    the DriftingUsers environments); a user who does not come back after a session has left.
+    """
+
+    name: str = Field("abtest", min_length=1, description="Name shown in the report.")
+    env: str = Field("metarec/DriftingUsers-v0", description="A registered metarec environment id.")
+    env_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the environment.")
+    arms: dict[str, ArmConfig] = Field(description="Arm name -> recommender; at least two arms.")
+    control: str | None = Field(None, description="The control arm (default: the first arm).")
+    users: int = Field(ge=2, description="Paired: users in every arm. Independent: users split across arms.")
+    days: int = Field(ge=1, description="Simulated days (sessions per user) of the experiment.")
+    pre_period_days: int = Field(
+        0, ge=0, description="Days before the experiment, every user under the control arm (CUPED covariates)."
+    )
+    design: Literal["paired", "independent"] = Field("paired", description="See the class docstring.")
+    allocation: dict[str, float] | None = Field(None, description="Independent design: share per arm (default equal).")
+    primary_metric: str = Field("engagement", description="The metric the decision rests on.")
+    guardrails: list[GuardrailConfig] = Field(default_factory=list, description="Metrics that must not get worse.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Two-sided level of every test and interval.")
+    correction: Literal["holm", "bh", "none"] = Field("holm", description="Across treatments x metrics.")
+    cuped: bool = Field(True, description="CUPED-adjust mean metrics with the pre-period (when there is one).")
+    bootstrap: int = Field(0, ge=0, description="Percentile-bootstrap resamples for mean metrics (0: t intervals).")
+    sequential: bool = Field(True, description="Group-sequential monitoring of the primary metric at every day.")
+    aa: bool = Field(False, description="A/A mode: every arm runs the control's recommender.")
+    seed: int = Field(0, ge=0, description="Seeds the users, the assignment and every recommender.")
+    device: str = Field("cpu", description="Torch device of the simulation.")
+    torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads (None: torch's default).")
+    max_steps: int = Field(1_000_000, ge=1, description="Safety limit of simulation steps per arm.")
+
+    @field_validator("env")
+    @classmethod
+    def _known_env(cls, value: str) -> str:
+        from metarec.registration import ENVIRONMENTS
+
+        ids = [e.id for e in ENVIRONMENTS]
+        if value not in ids:
+            raise ValueError(f"expected one of {', '.join(ids)}")
+        return value
+
+    @field_validator("arms", mode="before")
+    @classmethod
+    def _arm_shorthand(cls, value: Any) -> Any:
+        # ``arms: {control: popular}`` is short for ``arms: {control: {agent: popular}}``
+        if isinstance(value, dict):
+            return {name: {"agent": spec} if isinstance(spec, str) else spec for name, spec in value.items()}
+        return value
+
+    @field_validator("primary_metric")
+    @classmethod
+    def _known_primary(cls, value: str) -> str:
+        return _check_metric(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ABTestConfig:
+        if len(self.arms) < 2:
+            raise ValueError(f"arms: expected at least two arms, got {len(self.arms)}")
+        if self.control is not None and self.control not in self.arms:
+            raise ValueError(f"control: expected one of the arms ({', '.join(self.arms)}), got {self.control!r}")
+        if self.allocation is not None:
+            if self.design != "independent":
+                raise ValueError(
+                    "allocation: only the independent design allocates users (paired runs all in every arm)"
+                )
+            if set(self.allocation) != set(self.arms):
+                raise ValueError(f"allocation: expected a share for each arm ({', '.join(self.arms)}), "
+                                 f"got {', '.join(self.allocation)}")
+            bad = {k: v for k, v in self.allocation.items() if not v > 0}
+            if bad:
+                raise ValueError(f"allocation: expected positive shares, got {bad}")
+        if self.design == "independent" and self.users < 2 * len(self.arms):
+            raise ValueError(f"users: expected at least 2 per arm ({2 * len(self.arms)}), got {self.users}")
+        return self
+
+    @property
+    def control_arm(self) -> str:
+        return self.control if self.control is not None else next(iter(self.arms))
+
+    @property
+    def treatments(self) -> list[str]:
+        return [name for name in self.arms if name != self.control_arm]
+
+    def shares(self) -> dict[str, float]:
+        """Intended share of users per arm (normalised)."""
+        raw = self.allocation or {name: 1.0 for name in self.arms}
+        total = sum(raw.values())
+        return {name: raw[name] / total for name in self.arms}

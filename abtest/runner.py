@@ -1,0 +1,134 @@
+"""``metarec abtest CONFIG``: simulate every arm, analyse, write ``results.json`` and the report.
+
+``results.json`` holds, besides the statistics of :func:`metarec.abtest.analysis.analyse`, the
+design, the config and its SHA-256 hash, the seeds of every arm's users and recommender, the users
+per arm and the wall time. Non-finite numbers are written as ``null``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .analysis import analyse
+from .config import ABTestConfig
+from .simulate import ArmRun, simulate_arm
+
+
+def config_hash(config: ABTestConfig) -> str:
+    """SHA-256 of the config's canonical JSON (sorted keys)."""
+    text = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def seeds_of(config: ABTestConfig) -> dict[str, Any]:
+    """Seeds of the assignment, of every arm's users (common to all arms in the paired design) and of
+    every arm's recommender, derived from ``config.seed`` with ``numpy.random.SeedSequence``."""
+    names = list(config.arms)
+    children = np.random.SeedSequence(config.seed).spawn(2 + 2 * len(names))
+
+    def draw(seq: np.random.SeedSequence) -> int:
+        return int(seq.generate_state(1, np.uint32)[0])
+
+    if config.design == "paired":
+        env = {name: draw(children[1]) for name in names}
+    else:
+        env = {name: draw(children[2 + i]) for i, name in enumerate(names)}
+    agents = {name: draw(children[2 + len(names) + i]) for i, name in enumerate(names)}
+    return {"assignment": draw(children[0]), "env": env, "agents": agents}
+
+
+def users_per_arm(config: ABTestConfig, assignment_seed: int) -> dict[str, int]:
+    """Paired: every user in every arm. Independent: users randomised to arms (a multinomial draw)."""
+    if config.design == "paired":
+        return {name: config.users for name in config.arms}
+    shares = config.shares()
+    counts = np.random.default_rng(assignment_seed).multinomial(config.users, [shares[n] for n in config.arms])
+    for name, count in zip(config.arms, counts, strict=True):
+        if count < 2:
+            raise ValueError(f"users: arm {name!r} drew {count} users; expected at least 2 (raise users)")
+    return {name: int(count) for name, count in zip(config.arms, counts, strict=True)}
+
+
+def simulate(config: ABTestConfig, quiet: bool = False) -> tuple[dict[str, ArmRun], dict[str, Any]]:
+    """Runs every arm; returns the runs and the seeds used."""
+    if config.torch_threads is not None:
+        torch.set_num_threads(config.torch_threads)
+    seeds = seeds_of(config)
+    users = users_per_arm(config, seeds["assignment"])
+    control = config.control_arm
+    runs = {}
+    for name in config.arms:
+        spec = config.arms[control] if config.aa else config.arms[name]
+        start = time.perf_counter()
+        runs[name] = simulate_arm(
+            config.env, config.env_kwargs, spec.agent, config.arms[control].agent, users[name], config.days,
+            config.pre_period_days, seeds["env"][name], seeds["agents"][name], seeds["agents"][control],
+            device=config.device, max_steps=config.max_steps, progress=None if quiet else f"arm {name}",
+        )
+        runs[name].seconds = time.perf_counter() - start
+    return runs, seeds
+
+
+def run_abtest(config: ABTestConfig, out: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Simulates and analyses the test; with ``out``, writes ``results.json`` and the report there."""
+    start = time.perf_counter()
+    runs, seeds = simulate(config, quiet)
+    results: dict[str, Any] = {
+        "name": config.name,
+        "design": config.design,
+        "config": config.model_dump(mode="json"),
+        "config_hash": config_hash(config),
+        "seed": config.seed,
+        "seeds": seeds,
+        "env": config.env,
+        "days": config.days,
+        "pre_period_days": config.pre_period_days,
+        "control": config.control_arm,
+        "primary_metric": config.primary_metric,
+        "alpha": config.alpha,
+        "correction": config.correction,
+        "aa": config.aa,
+        "steps": {name: run.steps for name, run in runs.items()},
+    }
+    simulated = time.perf_counter()
+    results.update(analyse(config, runs))
+    results["seconds"] = {"simulation": {name: run.seconds for name, run in runs.items()},
+                          "analysis": time.perf_counter() - simulated}
+    results["wall_seconds"] = time.perf_counter() - start
+    if out is not None:
+        write_results(results, Path(out))
+    return results
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no nan or inf)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    if isinstance(value, np.generic):
+        return finite(value.item())
+    return value
+
+
+def write_results(results: dict[str, Any], out: Path) -> dict[str, Path]:
+    """``results.json`` (atomically) and the report files in ``out``."""
+    from .report import write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(finite(results), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, out / "results.json")
+    files = write_report(results, out)
+    return {"results.json": out / "results.json", **files}
