@@ -141,7 +141,7 @@ class DriftingUsersModel(UserModel):
         cluster, anchor = self._draw_users(rng, b)
         zeros_b = xp.zeros((b,), dtype=xp.float32, device=self.backend.device)
         counts_b = xp.zeros((b,), dtype=xp.int64, device=self.backend.device)
-        return {
+        state = {
             "interest": anchor,
             "anchor": anchor,
             "cluster": cluster,
@@ -156,6 +156,11 @@ class DriftingUsersModel(UserModel):
             "history_item": xp.full((b, h), EMPTY, dtype=xp.int64, device=self.backend.device),
             "history_engagement": xp.zeros((b, h), dtype=xp.float32, device=self.backend.device),
         }
+        if self.population.num_sessions > 1:
+            # whether the user comes back after session s is decided by draw s, fixed when the user is
+            # drawn: the same user meets the same luck under every policy (common random numbers)
+            state["return_draw"] = rng.uniform((b, self.population.num_sessions))
+        return state
 
     # -- choice -----------------------------------------------------------------------------
     def choice_model(self, state: State, columns: Array | None = None) -> ChoiceModel:
@@ -220,7 +225,8 @@ class DriftingUsersModel(UserModel):
             last = state["session"] >= p.num_sessions - 1
             mean_satisfaction = satisfaction_sum / xp.maximum(clicks, 1.0)
             logit = p.return_bias + p.return_sensitivity * (mean_satisfaction - 0.5)
-            comes_back = rng.uniform((b,)) < 1.0 / (1.0 + xp.exp(-logit))
+            draw = be.take_along(state["return_draw"], state["session"][:, None])[:, 0]
+            comes_back = draw < 1.0 / (1.0 + xp.exp(-logit))
             returned = session_over & ~last & comes_back
             terminated = session_over & ~last & ~comes_back
             truncated = session_over & last
@@ -229,6 +235,7 @@ class DriftingUsersModel(UserModel):
 
         history_item = push_history(xp, state["history_item"], xp.where(clicked, item, NO_CLICK))
         new_state = {
+            **({"return_draw": state["return_draw"]} if "return_draw" in state else {}),
             "interest": interest,
             "anchor": anchor,
             "cluster": cluster,

@@ -278,3 +278,25 @@ def test_row_subset_random_gives_each_row_the_full_batch_draw():
     torch.testing.assert_close(subset.integers(9, (2,)), full.integers(9, (6,))[[1, 4]])
     with pytest.raises(ValueError, match="leading size of 2 rows"):
         subset.uniform((3,))
+
+
+def test_return_luck_is_drawn_once_per_user_and_session():
+    """Multi-session users carry one uniform draw per session that decides whether they come back, so the
+    same user has the same luck under any policy; single-session users carry none."""
+    m = model(population=UserPopulation(num_sessions=4, session_budget=3.0))
+    rng = m.backend.make_random(0)
+    state = m.initial_state(rng, 500)
+    draws = state["return_draw"].clone()
+    assert draws.shape == (500, 4)
+    for _ in range(20):
+        session = state["session"].clone()
+        slate = torch.arange(m.slate_size).expand(500, -1)
+        state, outcome = m.step(rng, state, slate)
+        torch.testing.assert_close(state["return_draw"], draws)
+        ended = outcome.info["session_ended"] & (session < 3)
+        luck = draws.gather(1, session[:, None])[:, 0]
+        # the return probability lies in [0.12, 0.983] here: a draw below 0.1 always brings the user
+        # back, one above 0.99 never does
+        assert bool(outcome.info["returned"][ended & (luck < 0.1)].all())
+        assert not bool(outcome.info["returned"][ended & (luck > 0.99)].any())
+    assert "return_draw" not in model().initial_state(rng, 3)
