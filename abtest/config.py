@@ -76,12 +76,9 @@ class ABTestConfig(FrozenConfig):
     @field_validator("env")
     @classmethod
     def _known_env(cls, value: str) -> str:
-        from metarec.registration import ENVIRONMENTS
+        from metarec.registration import check_env_id
 
-        ids = [e.id for e in ENVIRONMENTS]
-        if value not in ids:
-            raise ValueError(f"expected one of {', '.join(ids)}")
-        return value
+        return check_env_id(value)
 
     @field_validator("arms", mode="before")
     @classmethod

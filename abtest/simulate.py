@@ -108,7 +108,7 @@ def simulate_arm(
             raise ValueError("control_agent: a pre-period needs the control recommender")
         control = make_agent(control_agent, env, control_seed)
         control.reset()
-    metrics = StepMetrics(env, env_seed)
+    metrics = StepMetrics(env, seed=0)  # the novelty reference: the same users for every arm and seed
     f = len(COUNTERS)
     counters = torch.zeros((users * sessions, f), dtype=torch.float64, device=dev)
     num_items = metrics.num_items

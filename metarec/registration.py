@@ -75,6 +75,14 @@ ENVIRONMENTS: tuple[EnvEntry, ...] = (
 )
 
 
+def check_env_id(value: str) -> str:
+    """``value`` if it is a metarec environment id, else a ValueError listing the ids (for config validators)."""
+    ids = [e.id for e in ENVIRONMENTS]
+    if value not in ids:
+        raise ValueError(f"expected one of {', '.join(ids)}")
+    return value
+
+
 def register_envs() -> None:
     """Registers every id in :data:`ENVIRONMENTS` with Gymnasium (idempotent)."""
     for entry in ENVIRONMENTS:
