@@ -207,7 +207,7 @@ def _train_batched_ppo(config: TrainConfig, out: Path, resume_from: Path | None,
     env = make_vector_env(config, config.ppo.num_envs, ground_truth=False)
     ppo = BatchedPPO(env, config.ppo, seed=config.seed, total_steps=config.total_steps)
     if resume_from is not None and resume_from.is_file():
-        ppo.load_state_dict(torch.load(resume_from, map_location="cpu", weights_only=False))  # RNG states stay on CPU
+        ppo.load_state_dict(torch.load(resume_from, map_location="cpu", weights_only=True))  # RNG states stay on CPU
     # Events the interrupted process logged after its checkpoint (steps > the checkpoint's) are dropped.
     resuming = resume_from is not None
     writer = SummaryWriter(str(out / "tb"), purge_step=ppo.global_step + 1 if resuming else None)
@@ -288,7 +288,7 @@ def load_recommender(run_dir: str | Path, env: Any) -> Recommender:
     """The trained policy of a run directory, as a recommender for the vector env ``env``."""
     run_dir = Path(run_dir)
     if (run_dir / "model.pt").is_file():
-        saved = torch.load(run_dir / "model.pt", map_location=env.device, weights_only=False)
+        saved = torch.load(run_dir / "model.pt", map_location=env.device, weights_only=True)
         config = validate_config(TrainConfig, saved["config"])
         spec_id = getattr(getattr(env, "spec", None), "id", None)
         if spec_id is not None and spec_id != config.env:

@@ -58,7 +58,7 @@ def test_resume_from_state_dict_continues_exactly(tmp_path: Path) -> None:
     torch.save(first.state_dict(), tmp_path / "ckpt.pt")
     del first
     resumed = make_ppo(env_id="metarec/DriftingUsers-v0", seed=123)  # a different seed: all state comes from disk
-    resumed.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=False))
+    resumed.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))  # plain tensors and containers
     resumed.train(4 * 64 * 16)
     assert resumed.global_step == straight.global_step
     assert torch.equal(flat_params(resumed), flat_params(straight))
@@ -145,8 +145,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(ValueError, match="--resume"):
         train(config, tmp_path / "killed", progress=False)
     train(config, tmp_path / "killed", resume=True, progress=False)
-    straight = torch.load(tmp_path / "straight" / "model.pt", weights_only=False)["policy"]
-    resumed = torch.load(tmp_path / "killed" / "model.pt", weights_only=False)["policy"]
+    straight = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["policy"]
+    resumed = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)["policy"]
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     other = load_config(write_config(tmp_path / "other.yaml", seed=4, eval={"users": 4}))
     with pytest.raises(ValueError, match="differs"):
