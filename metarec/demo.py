@@ -1,8 +1,9 @@
-"""``metarec demo``: what the simulator does, measured on every registered environment.
+"""``metarec demo``: what the simulator does, measured on every registered environment, and an A/B test.
 
 It evaluates the two reference agents (random, the myopic oracle) on fresh users of every
-environment, shows how much of the gap a drift mechanism opens, and writes ``results.json``. Later
-parts of metarec (meta-training, A/B tests, the report) extend this job.
+environment, then runs a simulated A/B test (``configs/abtest_demo.yaml``'s three arms on fewer
+users and days) with its report in ``OUT/abtest/``, and writes ``results.json``. Meta-training
+(issue 4) will extend this job.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+from metarec.abtest.runner import finite
 from metarec.evaluation import evaluate
 from metarec.registration import ENVIRONMENTS
 
@@ -37,14 +39,44 @@ def run_demo(out: str = "runs/demo", users: int = 4000, seed: int = 0, device: s
             f"{o['mean_return']:>11.2f} ±{o['ci95']:>5.2f}{ratio:>15.3f}"
         )
         rows.append({"env": entry.id, "random": r, "oracle": o})
+    abtest = _demo_abtest(out_dir / "abtest", users, seed, device)
     summary = {
         "users": users,
         "seed": seed,
         "device": device,
         "results": rows,
+        "abtest": abtest,
         "seconds": round(time.perf_counter() - started, 2),
     }
     path = out_dir / "results.json"
-    path.write_text(json.dumps(summary, indent=2))
+    path.write_text(json.dumps(finite(summary), indent=2, allow_nan=False))
     print(f"Wrote {path} in {summary['seconds']} s")
     return summary
+
+
+def _demo_abtest(out: Path, users: int, seed: int, device: str) -> dict:
+    """A paired A/B test of popularity (control) against LinUCB and a per-user greedy bandit, 14 days."""
+    from metarec.abtest.config import ABTestConfig
+    from metarec.abtest.runner import run_abtest
+    from metarec.envs.population import validate_config
+
+    config = validate_config(ABTestConfig, {
+        "name": "demo A/B test",
+        "env_kwargs": {"population": {"session_budget": 20.0, "steps_per_day": 10}},
+        "arms": {"control": "popular", "linucb": "linucb", "greedy": "greedy"},
+        "users": users,
+        "days": 14,
+        "guardrails": [{"metric": "retention", "max_drop": 0.01}],
+        "seed": seed,
+        "device": device,
+    })
+    print(f"\nA/B test: popular (control) vs linucb vs greedy, {users} users x {config.days} days, paired")
+    results = run_abtest(config, out, quiet=True)
+    primary = config.primary_metric
+    for arm, effects in results["effects"].items():
+        e = effects[primary]
+        print(f"  {arm:<8} {primary} {100 * e['relative']:+.2f}% "
+              f"(95% CI {100 * e['relative_ci'][0]:+.2f}% to {100 * e['relative_ci'][1]:+.2f}%, "
+              f"adjusted p {e['p_adjusted']:.2g})")
+    print(f"  report: {out / 'report.html'}")
+    return {arm: effects[primary] for arm, effects in results["effects"].items()} | {"report": str(out / "report.html")}

@@ -77,3 +77,13 @@ def test_readme_python_snippets_run():
     assert blocks
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+
+
+def test_demo_runs_end_to_end_with_an_ab_test(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--users", "200"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {row["env"] for row in results["results"]} >= {"metarec/DriftingUsers-v0"}
+    assert set(results["abtest"]) == {"linucb", "greedy", "report"}
+    report = (tmp_path / "abtest" / "report.html").read_text()
+    assert "linucb" in report and "data:image/png;base64," in report
+    assert "A/B test: popular (control) vs linucb vs greedy" in capsys.readouterr().out
