@@ -37,11 +37,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from metarec.training import load_config, train
+    from metarec.training import TrainingInterrupted, load_config, train
 
     config = load_config(args.config, args.set or [])
     out = args.out or f"runs/{Path(args.config).stem}"
-    results = train(config, out, resume=args.resume, progress=not args.quiet)
+    try:
+        results = train(config, out, resume=args.resume, progress=not args.quiet)
+    except TrainingInterrupted as stop:
+        print(f"metarec train: stopped by {stop}", file=sys.stderr)
+        return 143 if str(stop).startswith("SIGTERM") else 130
     summary = {k: results[k] for k in ("algo", "env", "env_steps", "mean_return", "ci95") if k in results}
     if "normalised_return" in results:
         summary["normalised_return"] = results["normalised_return"]

@@ -15,9 +15,13 @@ ends with exactly the weights it would have had without the interruption (on CPU
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,6 +115,38 @@ def load_yaml_config(model: type[Any], path: str | Path, overrides: list[str] = 
                 raise ValueError(f"--set {text}: {key} is not a mapping")
         node[keys[-1]] = value
     return validate_config(model, values)
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or SIGINT stopped a run; a checkpoint of the last completed update was written first."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Path) -> None:
+        super().__init__(f"{signal_name} at env step {step}: checkpoint {checkpoint} written; continue with --resume")
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[dict[str, str | None]]:
+    """While active, SIGTERM and SIGINT only record that a stop was asked (``["signal"]``), so the
+    trainer can finish the update in progress, checkpoint and stop; the previous handlers come back
+    after. Outside the main thread (where Python cannot set handlers) nothing changes."""
+    request: dict[str, str | None] = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def ask(signum: int, _frame: Any) -> None:
+        if request["signal"] is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        request["signal"] = signal.Signals(signum).name
+
+    previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield request
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -255,12 +291,18 @@ def _train_batched_ppo(config: TrainConfig, out: Path, resume_from: Path | None,
         # Evaluate when the step count crosses a multiple of every_steps (the same steps after a resume).
         if config.eval.every_steps and step // config.eval.every_steps > previous // config.eval.every_steps:
             evaluate_now()
-        if step - last_checkpoint >= config.checkpoint_every or step >= config.total_steps:
+        stopping = request["signal"] is not None
+        if step - last_checkpoint >= config.checkpoint_every or step >= config.total_steps or stopping:
             _atomic_save(ppo.state_dict(), out / "checkpoints" / "last.pt")
             writer.flush()
             last_checkpoint = step
+        if stopping:
+            bar.close()
+            writer.close()
+            raise TrainingInterrupted(str(request["signal"]), step, out / "checkpoints" / "last.pt")
 
-    ppo.train(config.total_steps, on_update)
+    with stop_requests() as request:
+        ppo.train(config.total_steps, on_update)
     bar.close()
     seconds = time.perf_counter() - started
     _atomic_save({"config": json.loads(config.model_dump_json()), "policy": ppo.policy.state_dict()}, out / "model.pt")
@@ -361,23 +403,27 @@ def _train_sb3(config: TrainConfig, out: Path, resume: bool, progress: bool) -> 
             self.last = model.num_timesteps
 
         def _on_step(self) -> bool:
-            if self.num_timesteps - self.last >= config.checkpoint_every:
+            stopping = request["signal"] is not None
+            if self.num_timesteps - self.last >= config.checkpoint_every or stopping:
                 self.last = self.num_timesteps
                 save_sb3(self.model, checkpoint)
                 if algo == "dqn":
                     tmp = replay.with_suffix(".tmp.pkl")
                     self.model.save_replay_buffer(tmp)
                     os.replace(tmp, replay)
+            if stopping:
+                raise TrainingInterrupted(str(request["signal"]), self.num_timesteps, checkpoint)
             return True
 
     started, start_step = time.perf_counter(), model.num_timesteps
-    model.learn(
-        max(config.total_steps - model.num_timesteps, 0),
-        callback=CallbackList([RecommenderMetricsCallback(reference), Checkpoint()]),
-        reset_num_timesteps=not resumed,
-        tb_log_name="sb3",
-        progress_bar=progress,
-    )
+    with stop_requests() as request:
+        model.learn(
+            max(config.total_steps - model.num_timesteps, 0),
+            callback=CallbackList([RecommenderMetricsCallback(reference), Checkpoint()]),
+            reset_num_timesteps=not resumed,
+            tb_log_name="sb3",
+            progress_bar=progress,
+        )
     seconds = time.perf_counter() - started
     save_sb3(model, checkpoint)
     save_sb3(model, out / "model.zip")

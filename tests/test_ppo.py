@@ -178,3 +178,40 @@ def test_shipped_configs_validate() -> None:
     for path in configs:
         if not path.name.startswith("abtest_"):  # A/B test configs: tests/test_abtest_runner.py
             load_config(path)
+
+
+def test_sigterm_checkpoints_the_last_update_and_resume_ends_where_a_straight_run_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+    import threading
+
+    from metarec.training import TrainingInterrupted
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    config = load_config(write_config(tmp_path / "tiny.yaml", eval={"users": 4}, checkpoint_every=10**9))
+    train(config, tmp_path / "straight", progress=False)
+
+    calls = {"n": 0}
+    original = BatchedPPO.learn
+
+    def signalled_learn(self: BatchedPPO, rollout: dict) -> dict:
+        calls["n"] += 1
+        if calls["n"] == 2:  # a SIGTERM arrives in the middle of the second update
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, rollout)
+
+    monkeypatch.setattr(BatchedPPO, "learn", signalled_learn)
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted, match="SIGTERM at env step"):
+        train(config, tmp_path / "stopped", progress=False)
+    monkeypatch.setattr(BatchedPPO, "learn", original)
+    saved = torch.load(tmp_path / "stopped" / "checkpoints" / "last.pt", weights_only=True)
+    assert calls["n"] == 2 and saved["global_step"] == 2 * config.ppo.num_envs * config.ppo.rollout_steps
+    assert signal.getsignal(signal.SIGTERM) is handler  # the previous handler is back
+    train(config, tmp_path / "stopped", resume=True, progress=False)
+    straight = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["policy"]
+    resumed = torch.load(tmp_path / "stopped" / "model.pt", weights_only=True)["policy"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
