@@ -12,10 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 
 class FrozenConfig(BaseModel):
-    """Base of every parameter model: immutable, and an unknown field is an error."""
+    """Base of every parameter model: immutable, an unknown field is an error, and so is a float that
+    is NaN or infinite (it would turn into NaN rewards and observations, not into an error)."""
 
-    # inf/nan serialise as JSON constants, so a saved config (e.g. max_grad_norm=inf) loads back.
-    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class CatalogConfig(FrozenConfig):
