@@ -210,8 +210,11 @@ class BatchedPPO:
         observations = {key: flat(v) for key, v in rollout["observations"].items()}
         slates, old_log_probs = flat(rollout["slates"]), flat(rollout["log_probs"])
         old_values, advantages, returns = flat(rollout["values"]), flat(rollout["advantages"]), flat(rollout["returns"])
+        # NaN guard: what the simulator handed over, before any weight changes
+        self._check_finite("the rollout's", advantages=advantages, returns=returns, values=old_values)
         size = len(old_values)
         minibatch = size // c.num_minibatches
+        losses_finite = torch.ones((), dtype=torch.bool, device=self.device)
         stats: dict[str, float] = {}
         clipfracs: list[torch.Tensor] = []
         for _epoch in range(c.update_epochs):
@@ -238,12 +241,17 @@ class BatchedPPO:
                 else:
                     value_loss = 0.5 * ((value - returns[index]) ** 2).mean()
                 loss = policy_loss - c.ent_coef * entropy + c.vf_coef * value_loss
+                losses_finite &= torch.isfinite(loss.detach())  # checked once per update (no sync here)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
                 self.optimizer.step()
             if c.target_kl is not None and float(approx_kl) > c.target_kl:
                 break
+        if not bool(losses_finite):
+            self._check_finite("a minibatch's", policy_loss=policy_loss.detach(), value_loss=value_loss.detach(),
+                               entropy=entropy.detach())
+            raise FloatingPointError(self._non_finite_message("a minibatch's loss"))
         variance = float(returns.var())
         explained = float("nan") if variance == 0 else 1 - float((returns - old_values).var()) / variance
         stats.update(
@@ -257,6 +265,18 @@ class BatchedPPO:
         )
         self.update += 1
         return stats
+
+    def _non_finite_message(self, what: str) -> str:
+        return (
+            f"ppo: {what} is NaN or infinite at update {self.update + 1} (env step {self.global_step}); "
+            "the weights may be damaged: resume from the last checkpoint, written before this update"
+        )
+
+    def _check_finite(self, where: str, **tensors: torch.Tensor) -> None:
+        """Raises FloatingPointError naming the first of ``tensors`` holding NaN or inf."""
+        for name, tensor in tensors.items():
+            if not bool(torch.isfinite(tensor).all()):
+                raise FloatingPointError(self._non_finite_message(f"{where} {name}"))
 
     def train(
         self,

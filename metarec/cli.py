@@ -149,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"metarec {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:  # a NaN guard tripped: say where, keep the last checkpoint
+        print(f"metarec {args.command}: error: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

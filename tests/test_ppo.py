@@ -215,3 +215,17 @@ def test_sigterm_checkpoints_the_last_update_and_resume_ends_where_a_straight_ru
     straight = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["policy"]
     resumed = torch.load(tmp_path / "stopped" / "model.pt", weights_only=True)["policy"]
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_nan_guard_names_where_it_arose() -> None:
+    ppo = make_ppo(num_envs=8, env_id="metarec/DriftingUsers-v0")
+    rollout = ppo.collect()
+    rollout["returns"][3, 2] = float("nan")  # as a broken simulator would hand over
+    with pytest.raises(FloatingPointError, match=r"the rollout's returns is NaN or infinite at update 1"):
+        ppo.learn(rollout)
+
+    rollout = ppo.collect()
+    with torch.no_grad():
+        next(ppo.policy.parameters()).fill_(float("inf"))  # weights gone bad mid-run
+    with pytest.raises(FloatingPointError, match=r"a minibatch's \w+ is NaN or infinite"):
+        ppo.learn(rollout)
