@@ -16,7 +16,7 @@ from scipy import stats as scipy_stats
 
 from . import stats
 from .config import ABTestConfig
-from .metrics import METRICS, per_user
+from .metrics import METRICS, C, per_user
 from .simulate import ArmRun
 
 
@@ -174,6 +174,8 @@ def _defined(metric: str, runs: dict[str, ArmRun]) -> bool:
     spec = METRICS[metric]
     if spec.kind == "mean":
         return True
+    if spec.numerator == "diversity" and not any(run.counters[..., C["diversity"]].any() for run in runs.values()):
+        return False  # one item per slate: no pairs to be diverse
     return all(np.any(per_user(metric, run.counters)[1] > 0) for run in runs.values()) and (
         spec.numerator not in ("novelty",) or all(run.impressions is not None for run in runs.values())
     )
@@ -297,18 +299,21 @@ def look_statistics(
 
 def sequential(config: ABTestConfig, runs: dict[str, ArmRun], rng: np.random.Generator) -> dict[str, Any]:
     """Daily looks at the primary metric with group-sequential bounds (Lan-DeMets O'Brien-Fleming spending
-    in calendar time) and the repeated confidence intervals estimate +- bound * se."""
+    in calendar time) and the repeated confidence intervals estimate +- bound * se. Each treatment spends
+    alpha / treatments (Bonferroni), so the chance that any arm crosses under the null stays at alpha."""
     out = {}
     control = runs[config.control_arm]
+    alpha = config.alpha / len(config.treatments)
     for arm in config.treatments:
         estimate, se, correlation = look_statistics(
             config.primary_metric, runs[arm].counters, control.counters, config.design == "paired")
-        bounds = stats.group_sequential_bounds(correlation, config.alpha, rng=rng)
+        bounds = stats.group_sequential_bounds(correlation, alpha, rng=rng)
         z = np.where(se > 0, estimate / np.where(se > 0, se, 1.0), 0.0)
         crossed = np.nonzero(np.abs(z) >= bounds)[0]
         out[arm] = {
             "metric": config.primary_metric,
             "method": "group-sequential, Lan-DeMets O'Brien-Fleming spending over days",
+            "alpha": alpha,
             "z": z.tolist(),
             "bounds": bounds.tolist(),
             "ci_low": (estimate - bounds * se).tolist(),

@@ -6,6 +6,7 @@ metric or allocation that does not fit the rest of the config.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from metarec.envs.population import FrozenConfig
@@ -65,8 +66,13 @@ class ABTestConfig(FrozenConfig):
     alpha: float = Field(0.05, gt=0, lt=1, description="Two-sided level of every test and interval.")
     correction: Literal["holm", "bh", "none"] = Field("holm", description="Across treatments x metrics.")
     cuped: bool = Field(True, description="CUPED-adjust mean metrics with the pre-period (when there is one).")
-    bootstrap: int = Field(0, ge=0, description="Percentile-bootstrap resamples for mean metrics (0: t intervals).")
-    sequential: bool = Field(True, description="Group-sequential monitoring of the primary metric at every day.")
+    bootstrap: int = Field(
+        0, ge=0, description="Percentile-bootstrap resamples for the absolute interval of mean metrics (0: t "
+        "intervals); p-values, relative intervals and significance still come from the t-test."
+    )
+    sequential: bool = Field(
+        True, description="Group-sequential daily monitoring of the primary metric (alpha split over treatments)."
+    )
     aa: bool = Field(False, description="A/A mode: every arm runs the control's recommender.")
     seed: int = Field(0, ge=0, description="Seeds the users, the assignment and every recommender.")
     device: str = Field("cpu", description="Torch device of the simulation.")
@@ -76,9 +82,16 @@ class ABTestConfig(FrozenConfig):
     @field_validator("env")
     @classmethod
     def _known_env(cls, value: str) -> str:
-        from metarec.registration import check_env_id
+        from metarec.registration import ENVIRONMENTS, check_env_id
 
-        return check_env_id(value)
+        check_env_id(value)
+        days_envs = [e.id for e in ENVIRONMENTS if e.module == "metarec.envs.drifting_users"]
+        if value not in days_envs:
+            raise ValueError(
+                f"expected an environment whose users come back day after day ({', '.join(days_envs)}); "
+                "the RecSim ports have no sessions"
+            )
+        return value
 
     @field_validator("arms", mode="before")
     @classmethod
@@ -110,8 +123,14 @@ class ABTestConfig(FrozenConfig):
             bad = {k: v for k, v in self.allocation.items() if not v > 0}
             if bad:
                 raise ValueError(f"allocation: expected positive shares, got {bad}")
-        if self.design == "independent" and self.users < 2 * len(self.arms):
-            raise ValueError(f"users: expected at least 2 per arm ({2 * len(self.arms)}), got {self.users}")
+        if self.design == "independent":
+            # users are assigned by a multinomial draw: expect at least 20 in the smallest arm, so that
+            # none ends up with fewer than 2 (a chance below 1e-6)
+            smallest = min(self.shares().values())
+            if self.users * smallest < 20:
+                needed = math.ceil(20 / smallest)
+                raise ValueError(f"users: expected at least {needed} for this allocation (20 in the smallest arm), "
+                                 f"got {self.users}")
         return self
 
     @property

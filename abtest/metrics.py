@@ -177,5 +177,7 @@ def natural_self_information(model: Any, seed: int, users: int = 4096) -> torch.
     interest = model.initial_state(rng, users)["interest"]  # [U, d]
     p = model.population
     utility = interest @ world["item_embedding"].T + p.quality_weight * world["item_quality"][None, :]
+    if "item_appeal" in world:  # choices follow utility + appeal
+        utility = utility + world["item_appeal"][None, :]
     share = torch.softmax(utility / p.choice_temperature, dim=1).mean(0)
     return -torch.log2(share.clamp_min(math.ldexp(1.0, -60)))

@@ -48,10 +48,9 @@ def make_env(env_id: str, env_kwargs: dict[str, Any], users: int, sessions: int,
     """The batched env of an arm: ``users`` users over ``sessions`` sessions, no autoreset (a user who
     leaves stays gone), ground truth on."""
     kwargs = dict(env_kwargs)
-    if sessions > 1:
-        population = dict(kwargs.get("population") or {})
-        population["num_sessions"] = sessions
-        kwargs["population"] = population
+    population = dict(kwargs.get("population") or {})
+    population["num_sessions"] = sessions  # also 1: a multi-session env's own setting must not leak in
+    kwargs["population"] = population
     env = gym.make_vec(
         env_id, num_envs=users, vectorization_mode="vector_entry_point", device=device, autoreset=False,
         ground_truth=True, **kwargs,

@@ -41,6 +41,9 @@ def config(**overrides) -> ABTestConfig:
         ({"primary_metric": "clicks"}, "primary_metric"),
         ({"arms": {"only": "random"}}, "arms: expected at least two arms"),
         ({"env": "CartPole-v1"}, "env"),
+        ({"env": "metarec/RecSimInterestEvolution-v0"}, "env: Value error, expected an environment whose users"),
+        ({"design": "independent", "users": 30, "allocation": {"control": 1, "treatment": 3}},
+         "users: expected at least 80 for this allocation"),
         ({"days": 0}, "days"),
     ],
 )
@@ -195,3 +198,15 @@ def test_shipped_abtest_configs_validate():
         cfg = load_yaml_config(ABTestConfig, path)
         assert len(cfg.arms) >= 2
     assert len(load_yaml_config(ABTestConfig, configs[0].parent / "abtest_demo.yaml").arms) >= 3
+
+
+def test_one_day_on_a_multi_session_env_counts_one_session_per_user():
+    """days=1 overrides the env's own num_sessions: no user comes back into another user's row."""
+    run = simulate_arm("metarec/DriftingUsersMultiSession-v0", SHORT, "random", None, 50, 1, 0, 3, 1, 2)
+    assert run.counters.shape[:2] == (50, 1)
+    assert np.all(run.counters[..., COUNTERS.index("impressions")] >= 1)
+
+
+def test_sequential_monitoring_splits_alpha_over_treatments():
+    results = run_abtest(config(arms={"control": "random", "a": "oracle", "b": "popular"}), quiet=True)
+    assert {arm: seq["alpha"] for arm, seq in results["sequential"].items()} == {"a": 0.025, "b": 0.025}
