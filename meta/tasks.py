@@ -1,0 +1,165 @@
+"""Task distributions for meta-RL: a prior over user populations, and named disjoint splits of it.
+
+A *task* is one simulated world: a catalogue and a user population (a
+:class:`~metarec.envs.population.SimulatorConfig`). A :class:`PopulationPrior` generates tasks:
+
+* **interest-cluster structure**: the world seed (catalogue items and cluster centres), the number of
+  clusters and their spread;
+* **behaviour**: every other population parameter may be given a range (uniform, or log-uniform);
+* **drift regime**: a named set of drift rates (e.g. ``static``, ``consumption``, ``shifting``), each
+  a partial :class:`~metarec.envs.population.UserPopulation` applied over the sampled parameters;
+* **domain**: a named catalogue (e.g. short clips vs long videos), a partial
+  :class:`~metarec.envs.population.CatalogConfig`.
+
+A :class:`TaskDistribution` names splits of the prior (``meta-train``, ``meta-test-regimes``, ...),
+each a choice of regimes and domains with its own band of world seeds, so no two splits ever share an
+interest-cluster structure. A split that holds out regimes or domains shares none of them with any
+training split (the config is rejected otherwise). Sampling is reproducible from a seed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+from metarec.envs.population import (
+    CatalogConfig,
+    FrozenConfig,
+    SimulatorConfig,
+    UserPopulation,
+    validate_config,
+)
+from pydantic import Field, model_validator
+
+WORLD_SEED_BAND = 1_000_000  # split k draws world seeds from [k * band, (k + 1) * band)
+
+
+class Range(FrozenConfig):
+    """A closed interval to draw a number from: uniform, or uniform in log space (``log: true``)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.high < self.low:
+            raise ValueError(f"high: expected >= low ({self.low}), got {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"low: a log range needs low > 0, got {self.low}")
+        return self
+
+    def draw_int(self, rng: np.random.Generator) -> int:
+        """An integer uniform over those in the range (for integer fields such as ``num_clusters``)."""
+        low, high = math.ceil(self.low), math.floor(self.high)
+        if high < low:
+            raise ValueError(f"range [{self.low}, {self.high}] holds no integer")
+        return int(rng.integers(low, high + 1))
+
+    def draw(self, rng: np.random.Generator) -> float:
+        if self.log:
+            return float(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
+        return float(rng.uniform(self.low, self.high))
+
+
+_FLOAT_FIELDS = {name for name, f in UserPopulation.model_fields.items() if f.annotation is float}
+_INT_FIELDS = {name for name, f in UserPopulation.model_fields.items() if f.annotation is int}
+
+
+class PopulationPrior(FrozenConfig):
+    """How tasks differ: ranges of population parameters, drift regimes and catalogue domains."""
+
+    base: SimulatorConfig = Field(default_factory=SimulatorConfig, description="What every task starts from.")
+    ranges: dict[str, Range] = Field(default_factory=dict, description="Population field -> range to draw from.")
+    regimes: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: {"default": {}}, description="Drift regime name -> population fields it sets."
+    )
+    domains: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"default": {}}, description="Domain name -> catalogue fields it sets."
+    )
+
+    @model_validator(mode="after")
+    def _known_fields(self) -> PopulationPrior:
+        for name in self.ranges:
+            if name not in _FLOAT_FIELDS | _INT_FIELDS:
+                known = ", ".join(sorted(_FLOAT_FIELDS | _INT_FIELDS))
+                raise ValueError(f"ranges.{name}: expected a population field ({known})")
+        if not self.regimes:
+            raise ValueError("regimes: expected at least one drift regime")
+        if not self.domains:
+            raise ValueError("domains: expected at least one domain")
+        population = self.base.population.model_dump()
+        for regime, values in self.regimes.items():
+            validate_config(UserPopulation, {**population, **values}, where=f"regimes.{regime}")
+        catalog = self.base.catalog.model_dump()
+        for domain, values in self.domains.items():
+            validate_config(CatalogConfig, {**catalog, **values}, where=f"domains.{domain}")
+        return self
+
+
+class TaskSplit(FrozenConfig):
+    """One split of the prior: the regimes and domains its tasks use, and what it holds out.
+
+    World seeds (so interest-cluster structures and catalogues) come from the split's own band and never
+    repeat in another split. A split that ``holds_out`` ``regimes`` (or ``domains``) must share none of
+    them with any training split (one that holds nothing out).
+    """
+
+    regimes: list[str] = Field(min_length=1, description="Drift regimes of this split's tasks.")
+    domains: list[str] = Field(min_length=1, description="Catalogue domains of this split's tasks.")
+    holds_out: list[Literal["clusters", "regimes", "domains"]] = Field(
+        default_factory=list, description="What this split's tasks have that no training split has."
+    )
+
+
+class TaskDistribution(FrozenConfig):
+    """A prior and its named splits (e.g. ``meta-train``, ``meta-test-regimes``, ``meta-test-domain``)."""
+
+    prior: PopulationPrior = Field(default_factory=PopulationPrior)
+    splits: dict[str, TaskSplit] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskDistribution:
+        for name, split in self.splits.items():
+            for kind, known in (("regimes", self.prior.regimes), ("domains", self.prior.domains)):
+                for value in getattr(split, kind):
+                    if value not in known:
+                        raise ValueError(f"splits.{name}.{kind}: {value!r} is not one of the prior's "
+                                         f"({', '.join(known)})")
+        training = {name: split for name, split in self.splits.items() if not split.holds_out}
+        for name, split in self.splits.items():
+            for kind in split.holds_out:
+                if kind == "clusters":  # guaranteed by the seed bands
+                    continue
+                for other, train in training.items():
+                    shared = sorted(set(getattr(split, kind)) & set(getattr(train, kind)))
+                    if shared:
+                        raise ValueError(f"splits.{name}.{kind}: holds out {', '.join(shared)}, "
+                                         f"which training split {other!r} uses")
+        return self
+
+    def sample(self, split: str, n: int, seed: int) -> list[SimulatorConfig]:
+        """``n`` tasks of ``split``, reproducibly from ``seed`` (independent of the other splits' draws)."""
+        if split not in self.splits:
+            raise ValueError(f"split: expected one of {', '.join(self.splits)}, got {split!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n: expected a positive integer, got {n!r}")
+        index = list(self.splits).index(split)
+        rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+        chosen = self.splits[split]
+        return [self._task(rng, chosen, index) for _ in range(n)]
+
+    def _task(self, rng: np.random.Generator, split: TaskSplit, index: int) -> SimulatorConfig:
+        prior = self.prior
+        regime = split.regimes[int(rng.integers(len(split.regimes)))]
+        domain = split.domains[int(rng.integers(len(split.domains)))]
+        population = prior.base.population.model_dump()
+        for name, value_range in prior.ranges.items():
+            population[name] = value_range.draw_int(rng) if name in _INT_FIELDS else value_range.draw(rng)
+        population.update(prior.regimes[regime])
+        catalog = {**prior.base.catalog.model_dump(), **prior.domains[domain]}
+        catalog["seed"] = index * WORLD_SEED_BAND + int(rng.integers(WORLD_SEED_BAND))
+        values = {**prior.base.model_dump(), "population": population, "catalog": catalog}
+        return validate_config(SimulatorConfig, values, where="task")
+
