@@ -176,7 +176,7 @@ def test_shipped_configs_validate() -> None:
     configs = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
     assert {c.name for c in configs} >= {"ppo_recsim_ie.yaml", "ppo_recsim_lts.yaml", "ppo_drifting.yaml"}
     for path in configs:
-        if not path.name.startswith("abtest_"):  # A/B test configs: tests/test_abtest_runner.py
+        if not path.name.startswith(("abtest_", "meta_")):  # tested in test_abtest_runner / test_meta_tasks
             load_config(path)
 
 

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from metarec.abtest.config import ABTestConfig
 from metarec.envs.population import UserPopulation, validate_config
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same examples on every run, so CI cannot pass one day and fail the next
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 numbers = st.one_of(
     st.floats(min_value=-1e4, max_value=1e4, allow_nan=False),
