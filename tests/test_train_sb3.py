@@ -66,3 +66,37 @@ def test_sb3_resume_continues_from_the_checkpoint_step(tmp_path: Path) -> None:
     results = train(longer, tmp_path / "run", resume=True, progress=False)
     assert results["env_steps"] >= 2048
     assert (tmp_path / "run" / "checkpoints" / "replay.pkl").is_file()
+
+
+def test_sb3_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+    import threading
+    import zipfile
+
+    from metarec.agents.sb3 import RecommenderMetricsCallback
+
+    from metarec.training import TrainingInterrupted
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    path = config_file(tmp_path / "c.yaml", "sb3-dqn", "metarec/DriftingUsersSingle-v0", learning_starts=64,
+                       buffer_size=2000)
+    calls = {"n": 0}
+    original = RecommenderMetricsCallback._on_step
+
+    def signalled(self: RecommenderMetricsCallback) -> bool:
+        calls["n"] += 1
+        if calls["n"] == 40:  # 40 vector steps of 4 users: 160 env steps, before the first scheduled checkpoint
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self)
+
+    monkeypatch.setattr(RecommenderMetricsCallback, "_on_step", signalled)
+    with pytest.raises(TrainingInterrupted, match="SIGTERM at env step 160"):
+        train(load_config(path), tmp_path / "run", progress=False)
+    monkeypatch.setattr(RecommenderMetricsCallback, "_on_step", original)
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.zip"
+    assert zipfile.is_zipfile(checkpoint) and (tmp_path / "run" / "checkpoints" / "replay.pkl").is_file()
+    assert not (tmp_path / "run" / "model.zip").exists()
+    results = train(load_config(path), tmp_path / "run", resume=True, progress=False)
+    assert results["env_steps"] >= 1024 and (tmp_path / "run" / "model.zip").is_file()
