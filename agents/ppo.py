@@ -350,8 +350,20 @@ class PolicyRecommender(Recommender):
         self.generator = generator
 
     def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
+        active = info.get("active")
+        rows = None
+        if active is not None and not bool(active.all()):  # run the network only for users who see a slate
+            rows = torch.nonzero(active)[:, 0]
+            observation = {key: value[rows] for key, value in observation.items()}
         with torch.no_grad():
             logits, _ = self.policy(observation)
             dist = self.policy.distribution(logits)
-            slate = dist.mode() if self.deterministic else dist.sample(self.generator)
+            picked = dist.mode() if self.deterministic else dist.sample(self.generator)
+        if rows is None:
+            slate = picked
+        else:  # the others get the first K candidates
+            assert active is not None
+            k = picked.shape[1]
+            slate = torch.arange(k, device=picked.device).expand(active.shape[0], k).clone()
+            slate[rows] = picked
         return slate[:, 0] if self.single_item else slate

@@ -210,3 +210,19 @@ def test_one_day_on_a_multi_session_env_counts_one_session_per_user():
 def test_sequential_monitoring_splits_alpha_over_treatments():
     results = run_abtest(config(arms={"control": "random", "a": "oracle", "b": "popular"}), quiet=True)
     assert {arm: seq["alpha"] for arm, seq in results["sequential"].items()} == {"a": 0.025, "b": 0.025}
+
+
+def test_policy_recommender_runs_only_for_active_users():
+    from metarec.agents.networks import SlatePolicy
+    from metarec.agents.ppo import PolicyRecommender
+
+    env = gym.make_vec("metarec/DriftingUsers-v0", num_envs=6, vectorization_mode="vector_entry_point").unwrapped
+    observation, info = env.reset(seed=0)
+    torch.manual_seed(0)
+    policy = SlatePolicy(env.single_observation_space, slate_size=5, hidden=16, history_encoder="gru")
+    agent = PolicyRecommender(policy)
+    full = agent.act(observation, info)
+    active = torch.tensor([False, True, True, False, True, False])
+    partial = agent.act(observation, {**info, "active": active})
+    assert torch.equal(partial[active], full[active])  # the same slate for a user whoever else is there
+    assert torch.equal(partial[~active], torch.arange(5).expand(3, 5))
