@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Recommender
+from .base import Recommender, active_rows, fill_slates
 
 TARGETS = ("reward", "click")
 
@@ -141,8 +141,7 @@ class OnlineBandit(Recommender):
         when they are a strict subset of an allocated batch, else None (all users)."""
         if self._serving is None or self.batch != batch:
             return None
-        rows = torch.nonzero(self._serving.to(self.device))[:, 0]
-        return None if rows.shape[0] == batch else rows
+        return active_rows(self._serving.to(self.device), batch)
 
     def learning_rows(
         self, rows: torch.Tensor | None, shown: torch.Tensor
@@ -208,7 +207,6 @@ class ItemBandit(OnlineBandit):
         self.num_items = int(num_items)
         self.prior_successes = _check_positive("prior_successes", prior_successes)
         self.prior_failures = _check_positive("prior_failures", prior_failures)
-        self._shown_ids: torch.Tensor | None = None  # [B, K] catalog ids of the last slate
 
     def score(self, successes: torch.Tensor, impressions: torch.Tensor) -> torch.Tensor:
         """The Beta-prior mean of each item's target."""
@@ -217,7 +215,8 @@ class ItemBandit(OnlineBandit):
 
 
 class PopularRecommender(ItemBandit):
-    """Shows the candidates with the highest click-through rate over all users so far.
+    """Shows the candidates with the highest mean target per impression over all users so far (reward
+    per impression by default; click-through rate with ``target="click"``).
 
     One table of summed targets and impressions per catalog id (float64: counts over millions of
     users stay exact), learned online from every user's feedback and never reset. Arguments as
@@ -235,17 +234,17 @@ class PopularRecommender(ItemBandit):
         ids = _candidate_ids(observation, self.name, self.num_items)  # [B, N]
         scores = self.score(self.successes[ids], self.impressions[ids])
         slate = top_slate(scores, self.k, self.generator)
-        self._shown_ids = ids.gather(1, slate)
+        self._shown = (None, ids.gather(1, slate))
         return slate
 
     def learn(self, targets: torch.Tensor) -> None:
-        assert self._shown_ids is not None
-        ids = self._shown_ids.reshape(-1)
-        weight = torch.ones_like(targets, dtype=torch.float64)
-        if self._active is not None:
-            weight = weight * self._active.to(torch.float64)[:, None]
-        self.successes.index_add_(0, ids, (targets.to(torch.float64) * weight).reshape(-1))
-        self.impressions.index_add_(0, ids, weight.reshape(-1))
+        assert self._shown is not None
+        rows, shown_ids = self.learning_rows(*self._shown)  # only the users whose feedback counts
+        if rows is not None:
+            targets = targets[rows]
+        ids = shown_ids.reshape(-1)
+        self.successes.index_add_(0, ids, targets.reshape(-1).to(torch.float64))
+        self.impressions.index_add_(0, ids, torch.ones_like(ids, dtype=torch.float64))
 
 
 class GreedyRecommender(ItemBandit):
@@ -284,11 +283,7 @@ class GreedyRecommender(ItemBandit):
         ids, scores = self.user_scores(observation, rows)
         picked = top_slate(scores, self.k, self.generator)
         self._shown = (rows, ids.gather(1, picked))
-        if rows is None:
-            return picked
-        slate = torch.arange(self.k, device=self.device).expand(batch, self.k).clone()
-        slate[rows] = picked  # the users who see no slate get the first K candidates
-        return slate
+        return fill_slates(picked, rows, batch)
 
     def learn(self, targets: torch.Tensor) -> None:
         assert self._shown is not None and self.successes is not None and self.impressions is not None
@@ -425,12 +420,10 @@ class LinearBandit(OnlineBandit):
             slate = top_slate(self.scores(x, self.inverse, self.response), self.k, self.generator)
             self._shown = (None, x.gather(1, slate[:, :, None].expand(-1, -1, x.shape[-1])))
             return slate
-        # score only the users who will see a slate; the others get the first K candidates
+        # score only the users who will see a slate
         picked = top_slate(self.scores(x, self.inverse[rows], self.response[rows]), self.k, self.generator)
         self._shown = (rows, x.gather(1, picked[:, :, None].expand(-1, -1, x.shape[-1])))
-        slate = torch.arange(self.k, device=self.device).expand(batch, self.k).clone()
-        slate[rows] = picked
-        return slate
+        return fill_slates(picked, rows, batch)
 
     @abstractmethod
     def scores(self, x: torch.Tensor, inverse: torch.Tensor, response: torch.Tensor) -> torch.Tensor:

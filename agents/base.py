@@ -49,3 +49,23 @@ def slate_shape(observation: dict[str, torch.Tensor]) -> tuple[int, int]:
     """``(B, N)``: users and candidates in a batch."""
     candidates = observation["candidates"]
     return int(candidates.shape[0]), int(candidates.shape[1])
+
+
+def active_rows(active: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    """Indices of the users marked in ``info["active"]`` when they are a strict subset of the ``batch``
+    users; None when every user is (or no mask was given): compute for the whole batch."""
+    if active is None:
+        return None
+    rows = torch.nonzero(active)[:, 0]
+    return None if rows.shape[0] == batch else rows
+
+
+def fill_slates(picked: torch.Tensor, rows: torch.Tensor | None, batch: int) -> torch.Tensor:
+    """``[batch, K]`` slates with the ``rows``' slates from ``picked`` (``[A, K]``) and the first K
+    candidates for the users who see no slate (any legal slate would do); ``picked`` when rows is None."""
+    if rows is None:
+        return picked
+    k = picked.shape[1]
+    slate = torch.arange(k, device=picked.device).expand(batch, k).clone()
+    slate[rows] = picked
+    return slate

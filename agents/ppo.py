@@ -22,7 +22,7 @@ import torch
 from metarec.envs.population import FrozenConfig
 from pydantic import Field
 
-from .base import Recommender
+from .base import Recommender, active_rows, fill_slates
 from .networks import SlatePolicy
 
 
@@ -350,20 +350,13 @@ class PolicyRecommender(Recommender):
         self.generator = generator
 
     def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
-        active = info.get("active")
-        rows = None
-        if active is not None and not bool(active.all()):  # run the network only for users who see a slate
-            rows = torch.nonzero(active)[:, 0]
+        batch = next(iter(observation.values())).shape[0]
+        rows = active_rows(info.get("active"), batch)  # run the network only for users who see a slate
+        if rows is not None:
             observation = {key: value[rows] for key, value in observation.items()}
         with torch.no_grad():
             logits, _ = self.policy(observation)
             dist = self.policy.distribution(logits)
             picked = dist.mode() if self.deterministic else dist.sample(self.generator)
-        if rows is None:
-            slate = picked
-        else:  # the others get the first K candidates
-            assert active is not None
-            k = picked.shape[1]
-            slate = torch.arange(k, device=picked.device).expand(active.shape[0], k).clone()
-            slate[rows] = picked
+        slate = fill_slates(picked, rows, batch)
         return slate[:, 0] if self.single_item else slate

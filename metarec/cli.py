@@ -45,7 +45,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         results = train(config, out, resume=args.resume, progress=not args.quiet)
     except TrainingInterrupted as stop:
         print(f"metarec train: stopped by {stop}", file=sys.stderr)
-        return 143 if str(stop).startswith("SIGTERM") else 130
+        return 143 if stop.signal_name == "SIGTERM" else 130  # 128 + the signal number, as a shell reports
     summary = {k: results[k] for k in ("algo", "env", "env_steps", "mean_return", "ci95") if k in results}
     if "normalised_return" in results:
         summary["normalised_return"] = results["normalised_return"]

@@ -122,6 +122,7 @@ class TrainingInterrupted(Exception):
 
     def __init__(self, signal_name: str, step: int, checkpoint: Path) -> None:
         super().__init__(f"{signal_name} at env step {step}: checkpoint {checkpoint} written; continue with --resume")
+        self.signal_name = signal_name
         self.step = step
         self.checkpoint = checkpoint
 
