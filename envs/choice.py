@@ -47,6 +47,16 @@ def shown_mask(xp: Any, slate: Array) -> Array:
     return ~xp.any(same & earlier, axis=2)
 
 
+def per_user_column(value: Any) -> Any:
+    """A ``[B]`` per-user value as ``[B, 1]``; a scalar (or 0-d array) as it is."""
+    return value[:, None] if getattr(value, "ndim", 0) == 1 else value
+
+
+def per_user_rows(value: Array) -> Array:
+    """A ``[K]`` value shared by every user as ``[1, K]``; a per-user ``[B, K]`` one as it is."""
+    return value[None, :] if value.ndim == 1 else value
+
+
 def sample_categorical(xp: Any, rng: Random, probs: Array) -> Array:
     """One draw per row of ``probs`` (``[B, C]``, rows summing to 1) by inverting the CDF: ``[B]`` int64."""
     cdf = xp.cumulative_sum(probs, axis=1)
@@ -66,8 +76,8 @@ def choice_probabilities(xp: Any, weights: Array, no_click_weight: Array) -> Arr
     Returns:
         ``[B, K + 1]`` probabilities; the last column is "no click".
     """
-    w0 = no_click_weight + xp.zeros_like(weights[:, 0])
-    full = xp.concat([weights, w0[:, None]], axis=1)
+    w0 = per_user_column(no_click_weight) + xp.zeros_like(weights[:, :1])
+    full = xp.concat([weights, w0], axis=1)
     return full / xp.sum(full, axis=1, keepdims=True)
 
 
@@ -86,7 +96,7 @@ def revenue_ordered_slate(
         weights: ``[B, N]`` choice weight of every candidate at an unbiased position.
         revenue: ``[B, N]`` expected reward if the candidate is chosen.
         no_click_weight: ``[B]`` or scalar.
-        position_weight: ``[K]`` multiplicative position bias (all ones when there is none).
+        position_weight: ``[K]`` (or ``[B, K]``) multiplicative position bias (ones when there is none).
         slate_size: K.
 
     Returns:
@@ -100,10 +110,10 @@ def revenue_ordered_slate(
     scale = 1e-9 * (xp.max(xp.abs(r64), axis=1, keepdims=True) + 1e-30)
     key = r64 + scale * w64 / (xp.max(w64, axis=1, keepdims=True) + 1e-30)
     order = be.top_k(key, slate_size)  # [B, K], best first
-    w = be.take_along(weights, order) * position_weight[None, :]
+    w = be.take_along(weights, order) * per_user_rows(position_weight)
     r = be.take_along(revenue, order)
     numerator = xp.cumulative_sum(w * r, axis=1)
-    denominator = no_click_weight + xp.zeros_like(w[:, :1]) + xp.cumulative_sum(w, axis=1)
+    denominator = per_user_column(no_click_weight) + xp.zeros_like(w[:, :1]) + xp.cumulative_sum(w, axis=1)
     values = numerator / denominator  # [B, K]: value of showing the top r = 1..K
     best = xp.argmax(values, axis=1)  # [B]
     keep = positions_like(xp, slate_size, order)[None, :] <= best[:, None]

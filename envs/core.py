@@ -24,7 +24,14 @@ from typing import Any
 from gymnasium import spaces
 
 from .backend import Array, Backend, Random
-from .choice import choice_probabilities, positions_like, revenue_ordered_slate, sample_categorical, shown_mask
+from .choice import (
+    choice_probabilities,
+    per_user_rows,
+    positions_like,
+    revenue_ordered_slate,
+    sample_categorical,
+    shown_mask,
+)
 
 State = dict[str, Array]
 
@@ -37,7 +44,7 @@ class ChoiceModel:
         weights: ``[B, N]`` choice weight of each candidate at an unbiased position.
         revenue: ``[B, N]`` expected reward if the candidate is chosen.
         no_click_weight: ``[B]`` (or scalar) weight of choosing nothing.
-        position_weight: ``[K]`` multiplicative position bias.
+        position_weight: ``[K]`` (or per user ``[B, K]``) multiplicative position bias.
         utilities: ``[B, N]`` the user's true utility of each candidate (reported in ``info``).
     """
 
@@ -138,7 +145,7 @@ class UserModel(ABC):
                 be.take_along(truth.utilities, slate),
             )
         shown = xp.astype(shown_mask(xp, slate), on_slate.weights.dtype)  # [B, K]
-        weights = on_slate.weights * on_slate.position_weight[None, :] * shown
+        weights = on_slate.weights * per_user_rows(on_slate.position_weight) * shown
         probs = choice_probabilities(xp, weights, on_slate.no_click_weight)  # [B, K + 1]
         choice = sample_categorical(xp, rng, probs)  # [B], K means no click
         clicked = choice < self.slate_size
@@ -169,13 +176,18 @@ class UserModel(ABC):
         index = self.xp.nonzero(done)[0]
         if index.shape[0] == 0:
             return state
-        fresh = self.initial_state(rng, int(index.shape[0]))
+        fresh = self.fresh_users(rng, state, index)
         merged = {}
         for key, value in state.items():
             value = value.copy() if self.backend.name == "numpy" else value.clone()
             value[index] = fresh[key]
             merged[key] = value
         return merged
+
+    def fresh_users(self, rng: Random, state: State, index: Array) -> State:
+        """New users for rows ``index`` of ``state`` (a model whose rows differ, e.g. by task, draws
+        each new user like the one it replaces)."""
+        return self.initial_state(rng, int(index.shape[0]))
 
     def state_nbytes(self, state: State) -> int:
         """Bytes held by the state of all users (divide by B for bytes per user)."""

@@ -30,13 +30,15 @@ distinct and every item is equally likely to be offered, at O(N) cost per user.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 
 from .backend import Array, Backend, Random
 from .core import Choice, ChoiceModel, Outcome, State, UserModel, push_history
-from .population import SimulatorConfig
+from .population import SimulatorConfig, UserPopulation
 
 NO_CLICK = -1  # history entry of a step without a click
 EMPTY = -2  # history entry before the first step
@@ -82,17 +84,37 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def population_parameters(population: UserPopulation, slate_size: int, backend: Backend) -> SimpleNamespace:
+    """What the dynamics read of a population: its fields as Python floats, plus what is derived from
+    them once: ``no_click_weight`` (scalar array), ``position_weight`` (``[K]``), ``revenue_scale``
+    and ``drift_per_step``."""
+    p = population
+    return SimpleNamespace(
+        **p.model_dump(),
+        no_click_weight=backend.asarray(math.exp(min(p.no_click_utility / p.choice_temperature, 60.0)), np.float32),
+        position_weight=backend.asarray(np.exp(-p.position_bias * np.arange(slate_size)), np.float32),
+        # E[sigmoid(u + N(0, s^2))] ~ sigmoid(u / sqrt(1 + pi s^2 / 8)) (probit approximation).
+        revenue_scale=1.0 / math.sqrt(1.0 + math.pi * p.engagement_noise**2 / 8.0),
+        drift_per_step=p.trend_rate / p.steps_per_day,
+    )
+
+
+def _col(x: Any) -> Any:
+    """A per-user ``[B]`` parameter as ``[B, 1]``, to broadcast over a user's row; a float as it is."""
+    return x[:, None] if getattr(x, "ndim", 0) == 1 else x
+
+
 class DriftingUsersModel(UserModel):
     """Batched dynamics of ``metarec/DriftingUsers-v0`` and its variants (see the module docstring)."""
 
-    def __init__(self, config: SimulatorConfig, backend: Backend) -> None:
+    def __init__(self, config: SimulatorConfig, backend: Backend, world: dict[str, np.ndarray] | None = None) -> None:
         self.config = config
         self.population = config.population
         self.backend = backend
         self.num_candidates = config.num_candidates
         self.slate_size = config.slate_size
         self.history_length = config.history_length
-        self.world_numpy = make_world(config)
+        self.world_numpy = make_world(config) if world is None else world
         self.world = {k: backend.asarray(v) for k, v in self.world_numpy.items()}
         # Observation lookup tables, so that observing is one gather per key (the hot path at large B):
         # a candidate's row [embedding, length]; a history entry's row [embedding or 0, engagement
@@ -109,26 +131,32 @@ class DriftingUsersModel(UserModel):
         self.item_table = backend.asarray(
             np.concatenate([emb, length[:, None], quality[:, None], appeal[:, None]], axis=1)
         )
-        self.has_appeal = config.catalog.appeal_std > 0
+        self.has_appeal = bool(np.any(appeal != 0))
         self.history_table = backend.asarray(past)
-        p = self.population
-        self.position_weight = backend.asarray(np.exp(-p.position_bias * np.arange(self.slate_size)), np.float32)
-        self.no_click_weight = backend.asarray(
-            math.exp(min(p.no_click_utility / p.choice_temperature, 60.0)), np.float32
-        )
-        self.topics = backend.asarray(np.arange(config.catalog.num_topics))
-        # E[sigmoid(u + N(0, s^2))] ~ sigmoid(u / sqrt(1 + pi s^2 / 8)) (probit approximation).
-        self.revenue_scale = 1.0 / math.sqrt(1.0 + math.pi * p.engagement_noise**2 / 8.0)
+        self.num_items = emb.shape[0]
+        self.num_topics = int(max(config.catalog.num_topics, self.world_numpy["item_topic"].max() + 1))
+        self.topics = backend.asarray(np.arange(self.num_topics))
+        self.scalars = population_parameters(config.population, self.slate_size, backend)
+
+    def params(self, state: State) -> Any:
+        """The population parameters that apply to each user (see :func:`population_parameters`)."""
+        return self._params_of(state.get("task"))
+
+    def _params_of(self, task: Array | None) -> Any:
+        """Parameters of users of tasks ``task``: here the one population's, as Python floats; a batch
+        of several populations gives ``[B]`` arrays instead (see :mod:`metarec.envs.task_batch`)."""
+        return self.scalars
 
     # -- users ------------------------------------------------------------------------------
-    def _draw_users(self, rng: Random, num_users: int) -> tuple[Array, Array]:
-        """Clusters ``[B]`` and anchor interests ``[B, d]`` of new users."""
+    def _draw_users(self, rng: Random, num_users: int, task: Array | None = None) -> tuple[Array, Array]:
+        """Clusters ``[B]`` and anchor interests ``[B, d]`` of new users (of tasks ``task``, where the
+        model holds several)."""
         cluster = rng.integers(self.population.num_clusters, (num_users,))
         noise = rng.normal((num_users, self.config.catalog.embedding_dim))
         anchor = self.backend.take_rows(self.world["cluster_centre"], cluster) + self.population.cluster_spread * noise
         return cluster, anchor
 
-    def _draw_candidates(self, rng: Random, num_users: int) -> Array:
+    def _draw_candidates(self, rng: Random, num_users: int, task: Array | None = None) -> Array:
         """``[B, N]`` distinct catalog items, one uniformly from each stratum."""
         xp, w = self.xp, self.world
         u = rng.uniform((num_users, self.num_candidates))
@@ -136,23 +164,24 @@ class DriftingUsersModel(UserModel):
         offset = xp.minimum(offset, xp.astype(w["stratum_size"], xp.int64)[None, :] - 1)
         return self.backend.take_rows(w["item_order"], w["stratum_start"][None, :] + offset)
 
-    def initial_state(self, rng: Random, num_users: int) -> State:
+    def initial_state(self, rng: Random, num_users: int, task: Array | None = None) -> State:
         xp, b, h = self.xp, num_users, self.history_length
-        cluster, anchor = self._draw_users(rng, b)
+        cluster, anchor = self._draw_users(rng, b, task)
         zeros_b = xp.zeros((b,), dtype=xp.float32, device=self.backend.device)
         counts_b = xp.zeros((b,), dtype=xp.int64, device=self.backend.device)
+        budget = self._params_of(task).session_budget
         state = {
             "interest": anchor,
             "anchor": anchor,
             "cluster": cluster,
-            "fatigue": xp.zeros((b, self.config.catalog.num_topics), dtype=xp.float32, device=self.backend.device),
-            "budget": zeros_b + self.population.session_budget,
+            "fatigue": xp.zeros((b, self.num_topics), dtype=xp.float32, device=self.backend.device),
+            "budget": zeros_b + budget,
             "session": counts_b,
             "session_step": counts_b,
             "step": counts_b,
             "session_satisfaction": zeros_b,
             "session_clicks": zeros_b,
-            "candidates": self._draw_candidates(rng, b),
+            "candidates": self._draw_candidates(rng, b, task),
             "history_item": xp.full((b, h), EMPTY, dtype=xp.int64, device=self.backend.device),
             "history_engagement": xp.zeros((b, h), dtype=xp.float32, device=self.backend.device),
         }
@@ -164,22 +193,23 @@ class DriftingUsersModel(UserModel):
 
     # -- choice -----------------------------------------------------------------------------
     def choice_model(self, state: State, columns: Array | None = None) -> ChoiceModel:
-        xp, be, w, p = self.xp, self.backend, self.world, self.population
+        xp, be, w, p = self.xp, self.backend, self.world, self.params(state)
         items = state["candidates"] if columns is None else be.take_along(state["candidates"], columns)  # [B, J]
         rows = be.take_rows(self.item_table, items)  # [B, J, d + 3]: embedding, length, quality, appeal
         d = self.config.catalog.embedding_dim
         affinity = xp.sum(rows[..., :d] * state["interest"][:, None, :], axis=2)
         fatigue = be.take_along(state["fatigue"], be.take_rows(w["item_topic"], items))
-        utility = affinity + p.quality_weight * rows[..., d + 1] - p.fatigue_weight * fatigue
+        utility = affinity + _col(p.quality_weight) * rows[..., d + 1] - _col(p.fatigue_weight) * fatigue
         # appeal draws the click but is not what the user gets from the item (satisfaction uses utility)
         attraction = utility + rows[..., d + 2] if self.has_appeal else utility
-        weights = xp.exp(xp.minimum(attraction / p.choice_temperature, 60.0))  # [B, N]
-        revenue = rows[..., d] / (1.0 + xp.exp(-utility * self.revenue_scale))
-        return ChoiceModel(weights, revenue, self.no_click_weight, self.position_weight, utility)
+        weights = xp.exp(xp.minimum(attraction / _col(p.choice_temperature), 60.0))  # [B, N]
+        revenue = rows[..., d] / (1.0 + xp.exp(-utility * _col(p.revenue_scale)))
+        return ChoiceModel(weights, revenue, p.no_click_weight, p.position_weight, utility)
 
     # -- response and evolution -------------------------------------------------------------
     def respond(self, rng: Random, state: State, on_slate: ChoiceModel, choice: Choice) -> tuple[State, Outcome]:
-        xp, be, w, p = self.xp, self.backend, self.world, self.population
+        xp, be, w, p = self.xp, self.backend, self.world, self.params(state)
+        task = state.get("task")
         chosen, clicked = choice.candidate, choice.clicked
         b = clicked.shape[0]
         f32 = xp.float32
@@ -194,18 +224,18 @@ class DriftingUsersModel(UserModel):
 
         # 4. state evolution: fatigue, then the drift of interests.
         topic_onehot = xp.astype(be.take_rows(w["item_topic"], item)[:, None] == self.topics[None, :], f32)
-        fatigue = state["fatigue"] * (1.0 - p.fatigue_recovery) + p.fatigue_rate * click[:, None] * topic_onehot
+        recovered = state["fatigue"] * (1.0 - _col(p.fatigue_recovery))
+        fatigue = recovered + _col(p.fatigue_rate) * click[:, None] * topic_onehot
         interest, anchor = state["interest"], state["anchor"]
-        target = p.interest_scale * be.take_rows(w["item_embedding"], item)
+        target = _col(p.interest_scale) * be.take_rows(w["item_embedding"], item)
         pull = p.consumption_pull * click * (2.0 * satisfaction - 1.0)
         interest = interest + pull[:, None] * (target - interest)
-        interest = interest + p.ou_reversion * (anchor - interest) + p.ou_noise * rng.normal(interest.shape)
-        drift_per_step = p.trend_rate / p.steps_per_day
-        trend = drift_per_step * be.take_rows(w["trend_direction"], state["cluster"])
+        interest = interest + _col(p.ou_reversion) * (anchor - interest) + _col(p.ou_noise) * rng.normal(interest.shape)
+        trend = _col(p.drift_per_step) * be.take_rows(w["trend_direction"], state["cluster"])
         anchor = anchor + trend
         interest = interest + trend
         shifted = rng.uniform((b,)) < p.shift_hazard
-        new_cluster, new_anchor = self._draw_users(rng, b)
+        new_cluster, new_anchor = self._draw_users(rng, b, task)
         cluster = xp.where(shifted, new_cluster, state["cluster"])
         anchor = xp.where(shifted[:, None], new_anchor, anchor)
         interest = xp.where(shifted[:, None], new_anchor, interest)
@@ -217,12 +247,12 @@ class DriftingUsersModel(UserModel):
         out_of_budget = budget <= 0.0
         hit_limit = session_step >= p.max_session_steps
         session_over = out_of_budget | hit_limit
-        if p.num_sessions == 1:
+        if self.population.num_sessions == 1:
             returned = xp.zeros_like(session_over)
             terminated = out_of_budget
             truncated = hit_limit & ~out_of_budget
         else:
-            last = state["session"] >= p.num_sessions - 1
+            last = state["session"] >= self.population.num_sessions - 1
             mean_satisfaction = satisfaction_sum / xp.maximum(clicks, 1.0)
             logit = p.return_bias + p.return_sensitivity * (mean_satisfaction - 0.5)
             draw = be.take_along(state["return_draw"], state["session"][:, None])[:, 0]
@@ -235,7 +265,7 @@ class DriftingUsersModel(UserModel):
 
         history_item = push_history(xp, state["history_item"], xp.where(clicked, item, NO_CLICK))
         new_state = {
-            **({"return_draw": state["return_draw"]} if "return_draw" in state else {}),
+            **{key: state[key] for key in ("return_draw", "task") if key in state},  # fixed per user
             "interest": interest,
             "anchor": anchor,
             "cluster": cluster,
@@ -247,7 +277,7 @@ class DriftingUsersModel(UserModel):
             "session_satisfaction": xp.where(returned, 0.0, satisfaction_sum),
             "session_clicks": xp.where(returned, 0.0, clicks),
             # 5. the next candidates.
-            "candidates": self._draw_candidates(rng, b),
+            "candidates": self._draw_candidates(rng, b, task),
             "history_item": history_item,
             "history_engagement": push_history(xp, state["history_engagement"], engagement),
         }
@@ -273,7 +303,7 @@ class DriftingUsersModel(UserModel):
         return spaces.Dict(
             {
                 "candidates": spaces.Box(-np.inf, np.inf, (n, d + 1), np.float32),
-                "candidate_ids": spaces.Box(0, self.config.catalog.num_items - 1, (n,), np.int64),
+                "candidate_ids": spaces.Box(0, self.num_items - 1, (n,), np.int64),
                 "history": spaces.Box(-np.inf, np.inf, (h, d + 3), np.float32),
             }
         )

@@ -1,0 +1,254 @@
+"""Many user populations (meta-RL tasks) stepping as one batch: :class:`TaskBatchVectorEnv`.
+
+A meta-batch of ``T`` tasks (each a :class:`~metarec.envs.population.SimulatorConfig`: its own
+catalogue, interest clusters, choice model and drift) with ``U`` users each is one batch of
+``B = T * U`` users. Rows are task-major: user ``b`` belongs to task ``b // U`` for the whole run
+(a finished user is replaced by a new user of the same task), so ``tensor.reshape(T, U, ...)``
+splits any batched quantity by task.
+
+How it works: the tasks' worlds are concatenated, items and clusters renumbered by offsets, so
+``candidate_ids`` are distinct across tasks, and every population parameter becomes a ``[T]`` table
+gathered by each user's ``state["task"]``; the dynamics are those of
+:class:`~metarec.envs.drifting.DriftingUsersModel` with ``[B]`` parameters in place of floats. There is
+no Python loop over tasks in a step.
+
+Tasks must agree on what shapes the spaces: ``num_candidates``, ``slate_size``, ``history_length``,
+``catalog.embedding_dim`` and ``population.num_sessions``. Catalogues may differ in size and in their
+number of topics (fatigue is kept over the largest number; a task never touches the topics it lacks).
+The task a user belongs to is hidden from the policy, which must infer it from behaviour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from .adapters import UserSimVectorEnv
+from .backend import Array, Backend, Random
+from .core import State
+from .drifting import DriftingUsersModel, make_world
+from .population import SimulatorConfig, validate_config
+
+SHARED_FIELDS = ("num_candidates", "slate_size", "history_length", "catalog.embedding_dim", "population.num_sessions")
+
+
+def _field(config: SimulatorConfig, path: str) -> Any:
+    value: Any = config
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def check_tasks(tasks: Sequence[Any]) -> list[SimulatorConfig]:
+    """Validated task configs (``SimulatorConfig`` or dicts) that can share a batch; errors name the
+    task and the field."""
+    if isinstance(tasks, SimulatorConfig | dict) or not isinstance(tasks, Sequence) or len(tasks) == 0:
+        raise ValueError(f"tasks: expected a non-empty list of simulator configs, got {type(tasks).__name__}")
+    configs = [
+        t if isinstance(t, SimulatorConfig) else validate_config(SimulatorConfig, t, where=f"tasks[{i}]")
+        for i, t in enumerate(tasks)
+    ]
+    for path in SHARED_FIELDS:
+        first = _field(configs[0], path)
+        for i, config in enumerate(configs[1:], start=1):
+            if _field(config, path) != first:
+                raise ValueError(
+                    f"tasks[{i}].{path}: every task of a batch must have the same value (tasks[0] has {first}), "
+                    f"got {_field(config, path)}"
+                )
+    return configs
+
+
+class TaskBatchModel(DriftingUsersModel):
+    """:class:`DriftingUsersModel` over ``T`` tasks at once, ``users_per_task`` rows each (task-major)."""
+
+    def __init__(self, tasks: Sequence[SimulatorConfig], backend: Backend, users_per_task: int) -> None:
+        self.tasks = check_tasks(tasks)
+        self.num_tasks = len(self.tasks)
+        self.users_per_task = users_per_task
+        worlds = [make_world(t) for t in self.tasks]
+        items = np.array([w["item_embedding"].shape[0] for w in worlds])
+        clusters = np.array([w["cluster_centre"].shape[0] for w in worlds])
+        item_offset = np.concatenate([[0], np.cumsum(items)[:-1]])
+        cluster_offset = np.concatenate([[0], np.cumsum(clusters)[:-1]])
+        world = {
+            key: np.concatenate([w[key] for w in worlds])
+            for key in (
+                "item_embedding",
+                "item_topic",
+                "item_quality",
+                "item_length",
+                "item_appeal",
+                "cluster_centre",
+                "trend_direction",
+            )
+        }
+        world["item_order"] = np.concatenate(
+            [w["item_order"] + off for w, off in zip(worlds, item_offset, strict=True)]
+        )
+        # per task [T, N]: where each stratum starts in the shared item_order, and its size
+        world["stratum_start"] = np.stack(
+            [w["stratum_start"] + off for w, off in zip(worlds, item_offset, strict=True)]
+        )
+        world["stratum_size"] = np.stack([w["stratum_size"] for w in worlds])
+        world["cluster_offset"] = cluster_offset.astype(np.int64)
+        world["num_clusters"] = clusters.astype(np.float32)
+        super().__init__(self.tasks[0], backend, world=world)
+        self.num_topics = max(t.catalog.num_topics for t in self.tasks)
+        self.topics = backend.asarray(np.arange(self.num_topics))
+        self.task_params = self._parameter_tables(backend)
+        self.row_task = backend.asarray(np.repeat(np.arange(self.num_tasks), users_per_task))
+
+    def _parameter_tables(self, backend: Backend) -> SimpleNamespace:
+        """Every population parameter as a ``[T]`` float32 table (position weights ``[T, K]``)."""
+        pops = [t.population for t in self.tasks]
+        columns: dict[str, Any] = {}
+        for name in (
+            "interest_scale",
+            "cluster_spread",
+            "choice_temperature",
+            "quality_weight",
+            "engagement_noise",
+            "session_budget",
+            "step_cost",
+            "budget_bonus",
+            "max_session_steps",
+            "return_bias",
+            "return_sensitivity",
+            "consumption_pull",
+            "ou_reversion",
+            "ou_noise",
+            "shift_hazard",
+            "fatigue_rate",
+            "fatigue_recovery",
+            "fatigue_weight",
+        ):
+            columns[name] = np.array([getattr(p, name) for p in pops], dtype=np.float32)
+        columns["no_click_weight"] = np.exp(
+            np.minimum([p.no_click_utility / p.choice_temperature for p in pops], 60.0)
+        ).astype(np.float32)
+        columns["revenue_scale"] = np.array(
+            [1.0 / np.sqrt(1.0 + np.pi * p.engagement_noise**2 / 8.0) for p in pops], dtype=np.float32
+        )
+        columns["drift_per_step"] = np.array([p.trend_rate / p.steps_per_day for p in pops], dtype=np.float32)
+        columns["position_weight"] = np.stack(
+            [np.exp(-p.position_bias * np.arange(self.slate_size)) for p in pops]
+        ).astype(np.float32)
+        return SimpleNamespace(**{k: backend.asarray(v) for k, v in columns.items()})
+
+    def _params_of(self, task: Array | None) -> Any:
+        if task is None:
+            raise ValueError("state: a task batch needs each user's 'task'")
+        be = self.backend
+        return SimpleNamespace(**{k: be.take_rows(v, task) for k, v in vars(self.task_params).items()})
+
+    # -- users of given tasks -----------------------------------------------------------------
+    def _draw_users(self, rng: Random, num_users: int, task: Array | None = None) -> tuple[Array, Array]:
+        xp, be, w = self.xp, self.backend, self.world
+        task = self._tasks_or_rows(task, num_users)
+        count = be.take_rows(w["num_clusters"], task)
+        local = xp.minimum(
+            xp.astype(xp.floor(rng.uniform((num_users,)) * count), xp.int64), xp.astype(count, xp.int64) - 1
+        )
+        cluster = be.take_rows(w["cluster_offset"], task) + local
+        noise = rng.normal((num_users, self.config.catalog.embedding_dim))
+        spread = be.take_rows(self.task_params.cluster_spread, task)
+        return cluster, be.take_rows(w["cluster_centre"], cluster) + spread[:, None] * noise
+
+    def _draw_candidates(self, rng: Random, num_users: int, task: Array | None = None) -> Array:
+        xp, be, w = self.xp, self.backend, self.world
+        task = self._tasks_or_rows(task, num_users)
+        size = be.take_rows(w["stratum_size"], task)  # [B, N]
+        offset = xp.astype(xp.floor(rng.uniform((num_users, self.num_candidates)) * size), xp.int64)
+        offset = xp.minimum(offset, xp.astype(size, xp.int64) - 1)
+        return be.take_rows(w["item_order"], be.take_rows(w["stratum_start"], task) + offset)
+
+    def _tasks_or_rows(self, task: Array | None, num_users: int) -> Array:
+        if task is not None:
+            return task
+        if num_users != self.num_tasks * self.users_per_task:
+            raise ValueError(
+                f"num_users: a batch of {self.num_tasks} tasks x {self.users_per_task} users has "
+                f"{self.num_tasks * self.users_per_task} rows, got {num_users} without their tasks"
+            )
+        return self.row_task
+
+    def initial_state(self, rng: Random, num_users: int, task: Array | None = None) -> State:
+        task = self._tasks_or_rows(task, num_users)
+        state = super().initial_state(rng, num_users, task)
+        state["task"] = task
+        return state
+
+    def fresh_users(self, rng: Random, state: State, index: Array) -> State:
+        return self.initial_state(rng, int(index.shape[0]), state["task"][index])
+
+
+class TaskBatchVectorEnv(UserSimVectorEnv):
+    """``users_per_task`` users of each of ``tasks`` as one native Gymnasium vector env on ``device``.
+
+    Args:
+        tasks: the populations (``SimulatorConfig`` or dicts), e.g. from
+            :meth:`metarec.meta.tasks.TaskDistribution.sample`.
+        users_per_task: rows per task; ``num_envs = len(tasks) * users_per_task``, task-major.
+        device, single_item, ground_truth, autoreset: as for ``metarec/DriftingUsers-v0``'s vector env.
+
+    ``info`` carries what DriftingUsers' does. :meth:`set_tasks` swaps in a new meta-batch (same
+    ``T``, ``U``) without rebuilding the env; call ``reset`` after it.
+    """
+
+    config_class = SimulatorConfig
+    model_class = TaskBatchModel
+
+    def __init__(
+        self,
+        tasks: Sequence[Any],
+        users_per_task: int,
+        *,
+        device: Any = "cpu",
+        single_item: bool = False,
+        ground_truth: bool = True,
+        autoreset: bool = True,
+        render_mode: str | None = None,
+    ) -> None:
+        if isinstance(users_per_task, bool) or not isinstance(users_per_task, int | np.integer) or users_per_task < 1:
+            raise ValueError(f"users_per_task: expected a positive integer, got {users_per_task!r}")
+        self.tasks = check_tasks(tasks)
+        self.users_per_task = int(users_per_task)
+        self.num_tasks = len(self.tasks)
+        super().__init__(
+            self.num_tasks * self.users_per_task,
+            self.tasks[0],
+            device=device,
+            single_item=single_item,
+            ground_truth=ground_truth,
+            autoreset=autoreset,
+            render_mode=render_mode,
+        )
+
+    def build_model(self, backend: Backend) -> TaskBatchModel:
+        return TaskBatchModel(self.tasks, backend, self.users_per_task)
+
+    def set_tasks(self, tasks: Sequence[Any]) -> None:
+        """Replaces the meta-batch by ``tasks`` (as many as before; shapes as before). Every user is
+        new after the next ``reset``."""
+        configs = check_tasks(tasks)
+        if len(configs) != self.num_tasks:
+            raise ValueError(f"tasks: this env holds {self.num_tasks} tasks, got {len(configs)}")
+        check_tasks([self.tasks[0], *configs])
+        self.tasks = configs
+        self.model = self.build_model(self.backend)
+        space = self.model.observation_space()
+        if space != self.single_observation_space:  # candidate_ids' range follows the catalogues' size
+            from gymnasium.vector.utils import batch_space
+
+            self.single_observation_space = space
+            self.observation_space = batch_space(space, self.num_envs)
+        self._state = None
+        self._next_truth = None
+
+    def task_of_rows(self) -> Array:
+        """``[B]`` the task index of every row (task-major)."""
+        return self.model.row_task
