@@ -1,0 +1,481 @@
+"""Gradient-based meta-learning on ``torch.func``: MAML, first-order MAML and Reptile, vectorised over tasks.
+
+The meta-parameters θ are the trainable ``nn.Parameter`` s of an ordinary ``nn.Module``. A meta-iteration over
+``T`` tasks looks like this::
+
+    learner = GradientMetaLearner(policy, method="maml", inner_lr=0.1, outer_lr=1e-3)
+    task_params = learner.clone(T)                              # θ broadcast to [T, ...]
+    policy_fn = learner.functional()                            # f(params_one_task, *args) -> module output
+    actions = torch.vmap(policy_fn)(task_params.params, obs_T)  # per-task rollouts
+    adapted = learner.adapt(task_params, inner_loss, support_batch, steps=1)
+    query_loss = torch.vmap(outer_loss)(adapted.params, query_batch).mean()
+    learner.meta_step(adapted, query_loss)                      # Reptile: learner.meta_step(adapted)
+
+``inner_loss(params_one_task, batch_one_task)`` is the loss of *one* task, written as if there were no task dimension;
+:meth:`GradientMetaLearner.adapt` vectorises it with ``torch.func.vmap(torch.func.grad(...))``. Every leaf of a batch
+pytree (a ``dict``, ``tuple``/``list`` or ``namedtuple`` of tensors) carries a leading task dimension ``T``.
+
+Methods
+-------
+* ``"maml"``: the inner gradient stays in the autograd graph, so ``query_loss.backward()`` differentiates through it
+  (the second-order meta-gradient, with Hessian-vector products of the inner loss). ``torch.func.grad`` composes with
+  ordinary autograd: the gradient it returns is itself differentiable with respect to tensors that require grad
+  outside the transform, also under ``vmap``.
+* ``"fomaml"``: the inner gradient is evaluated at detached parameters, so ``dθ'/dθ = I`` and the meta-gradient is
+  the query gradient at the adapted parameters (the first-order approximation).
+* ``"reptile"``: no autograd graph is built. The meta-step moves θ toward the mean adapted parameters,
+  ``θ ← θ + ε·(mean_t θ'_t − θ)``. With ``optimizer="sgd"`` this is done exactly as written, with
+  ``ε = learner.optimizer.param_groups[0]["lr"]`` (``outer_lr`` unless a scheduler changed it); the SGD optimizer
+  itself is never stepped. With ``optimizer="adam"`` the pseudo-gradient ``θ − mean_t θ'_t`` (that is,
+  ``−(mean_t θ'_t − θ)``) is written to ``.grad`` and Adam takes the step, so ``outer_lr`` is then Adam's step size
+  rather than an interpolation factor.
+
+Requirements and caveats
+------------------------
+* The module must be vmap-compatible: its forward, and the losses, may use only operators with ``vmap`` batching
+  rules and must not branch on tensor values (no ``.item()``, ``if x > 0``). Linear layers and MLPs are fine;
+  recurrent modules such as ``nn.GRU`` may lack batching rules. Random operators (dropout, sampling) inside a
+  vmapped loss are refused by ``vmap`` (its default ``randomness="error"``): sample actions outside the loss.
+* Buffers (e.g. BatchNorm running statistics) are not meta-parameters: ``functional_call`` reads them from the module.
+* Parameters with ``requires_grad=False`` are not meta-learned either; they are read from the module as well.
+* :meth:`GradientMetaLearner.adapt` checks that the inner losses are finite, which reads them back to the host once
+  per inner step (a device synchronisation on GPU).
+* Task parameters are tied to the θ they were cloned from: after a meta-step (or ``load_state_dict``) they are stale,
+  and passing them to ``adapt`` or ``meta_step`` raises ``RuntimeError`` (clone again each meta-iteration).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+__all__ = [
+    "GradientMetaLearner",
+    "LossFn",
+    "Method",
+    "Params",
+    "TaskParams",
+    "adapt_step",
+    "reptile_update",
+]
+
+Params = dict[str, torch.Tensor]
+"""Parameters by name, as in ``module.named_parameters()``."""
+
+LossFn = Callable[[Params, Any], torch.Tensor]
+"""``loss_fn(params_one_task, batch_one_task) -> scalar tensor``: the loss of a single task."""
+
+Method = Literal["maml", "fomaml", "reptile"]
+_METHODS: tuple[str, ...] = ("maml", "fomaml", "reptile")
+_OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+
+_learner_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class TaskParams:
+    """Per-task copies of the meta-parameters, as produced by :meth:`GradientMetaLearner.clone` and ``adapt``.
+
+    Attributes:
+        params: every meta-parameter with a leading task dimension, ``[num_tasks, *param.shape]``.
+        num_tasks: the task dimension ``T``.
+        learner_id: identifies the learner (and the θ lineage) these parameters were cloned from.
+        generation: the number of meta-steps the learner had taken when these parameters were cloned.
+        inner_steps: the number of inner adaptation steps applied since cloning.
+    """
+
+    params: Params
+    num_tasks: int
+    learner_id: int
+    generation: int
+    inner_steps: int = 0
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{name}: {tuple(p.shape)}" for name, p in self.params.items())
+        return (
+            f"TaskParams(num_tasks={self.num_tasks}, learner_id={self.learner_id}, generation={self.generation}, "
+            f"inner_steps={self.inner_steps}, params={{{shapes}}})"
+        )
+
+
+def _check_positive_finite(name: str, value: float) -> float:
+    """Return ``value`` as a float, or raise ``ValueError`` unless it is a positive finite real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r} of type {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _check_scalar_loss(loss: Any, what: str) -> torch.Tensor:
+    """Raise ``ValueError`` unless ``loss`` is a 0-dim floating-point tensor (shape only: safe under ``vmap``)."""
+    if not isinstance(loss, torch.Tensor):
+        raise ValueError(f"{what} must return a scalar tensor, got {type(loss).__name__}")
+    if loss.dim() != 0:
+        raise ValueError(
+            f"{what} must return a scalar (0-dim) tensor for one task, got shape {tuple(loss.shape)}; "
+            "reduce it (e.g. .mean()) inside the loss"
+        )
+    if not loss.is_floating_point():
+        raise ValueError(f"{what} must return a floating-point tensor, got dtype {loss.dtype}")
+    return loss
+
+
+def _adapt_step_with_loss(
+    f_loss: LossFn, params: Params, batch: Any, lr: float, first_order: bool
+) -> tuple[Params, torch.Tensor]:
+    """One inner SGD step for one task; returns the adapted parameters and the (detached) loss before the step."""
+
+    def checked_loss(p: Params, b: Any) -> torch.Tensor:
+        return _check_scalar_loss(f_loss(p, b), "loss_fn")
+
+    # First order: the gradient is taken at detached parameters, so it is a constant for the outer autograd graph.
+    at = {name: p.detach() for name, p in params.items()} if first_order else params
+    grads, loss = grad_and_value(checked_loss)(at, batch)
+    adapted = {name: p - lr * grads[name] for name, p in params.items()}
+    return adapted, loss.detach()
+
+
+def adapt_step(f_loss: LossFn, params: Params, batch: Any, lr: float, first_order: bool) -> Params:
+    """One inner SGD step for ONE task: ``θ' = θ − lr · ∇_θ f_loss(θ, batch)``.
+
+    Args:
+        f_loss: ``f_loss(params, batch) -> scalar tensor``, the task's loss.
+        params: the task's parameters (no task dimension).
+        batch: the task's data, any pytree ``f_loss`` accepts.
+        lr: the inner learning rate.
+        first_order: if ``True`` the gradient is computed at detached parameters, so the result depends on
+            ``params`` only through the identity term (first-order MAML). If ``False`` the gradient stays
+            differentiable with respect to ``params`` (second-order MAML).
+
+    Returns:
+        The adapted parameters, one tensor per name.
+
+    The function uses ``torch.func.grad`` and works unchanged inside ``torch.func.vmap``.
+    """
+    return _adapt_step_with_loss(f_loss, params, batch, lr, first_order)[0]
+
+
+def reptile_update(theta: Params, adapted: Params, epsilon: float) -> Params:
+    """The Reptile meta-update ``θ + ε · (mean_t θ'_t − θ)``.
+
+    Args:
+        theta: the meta-parameters, each of shape ``[*shape]``.
+        adapted: the adapted task parameters, each of shape ``[T, *shape]``.
+        epsilon: the step size ε (``1`` jumps to the mean of the adapted parameters).
+
+    Returns:
+        The new meta-parameters (new tensors; the inputs are not modified).
+    """
+    epsilon = _check_positive_finite("epsilon", epsilon)
+    if set(theta) != set(adapted):
+        raise ValueError(
+            f"adapted parameters must have the same names as theta: missing {sorted(set(theta) - set(adapted))}, "
+            f"unexpected {sorted(set(adapted) - set(theta))}"
+        )
+    new: Params = {}
+    for name, p in theta.items():
+        q = adapted[name]
+        if q.dim() != p.dim() + 1 or q.shape[1:] != p.shape:
+            raise ValueError(f"adapted[{name!r}] must have shape [T, *{tuple(p.shape)}], got {tuple(q.shape)}")
+        new[name] = p + epsilon * (q.mean(dim=0) - p)
+    return new
+
+
+def _leaves_with_paths(tree: Any, path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(path, tensor)`` for every leaf of a batch pytree; reject leaves ``vmap`` cannot batch."""
+    if isinstance(tree, torch.Tensor):
+        yield path, tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _leaves_with_paths(value, f"{path}[{key!r}]")
+    elif isinstance(tree, tuple) and hasattr(tree, "_fields"):  # namedtuple
+        for field, value in zip(tree._fields, tree, strict=True):
+            yield from _leaves_with_paths(value, f"{path}.{field}")
+    elif isinstance(tree, (tuple, list)):
+        for index, value in enumerate(tree):
+            yield from _leaves_with_paths(value, f"{path}[{index}]")
+    else:
+        raise ValueError(
+            f"{path}: batch leaves must be tensors with a leading task dimension (in dicts, tuples, lists or "
+            f"namedtuples), got {type(tree).__name__}"
+        )
+
+
+class GradientMetaLearner:
+    """MAML, first-order MAML or Reptile over the parameters of ``module``, vectorised over tasks.
+
+    Args:
+        module: the model; its trainable ``nn.Parameter`` s are the meta-parameters θ. It must be vmap-compatible.
+        method: ``"maml"`` (second order), ``"fomaml"`` (first order) or ``"reptile"``.
+        inner_lr: the inner SGD step size α.
+        outer_lr: the optimizer's learning rate; for Reptile with ``optimizer="sgd"`` the interpolation factor ε.
+        optimizer: ``"adam"`` or ``"sgd"`` (plain, no momentum) over ``module.parameters()``.
+
+    See the module docstring for how Reptile uses the optimizer.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        method: Method,
+        inner_lr: float,
+        outer_lr: float,
+        optimizer: Literal["adam", "sgd"] = "adam",
+    ) -> None:
+        if method not in _METHODS:
+            raise ValueError(f"method must be one of {list(_METHODS)}, got {method!r}")
+        if optimizer not in _OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {list(_OPTIMIZERS)}, got {optimizer!r}")
+        if not isinstance(module, nn.Module):
+            raise ValueError(f"module must be an nn.Module, got {type(module).__name__}")
+        self.module = module
+        self.method: Method = method
+        self.inner_lr = _check_positive_finite("inner_lr", inner_lr)
+        self.outer_lr = _check_positive_finite("outer_lr", outer_lr)
+        self.optimizer_name = optimizer
+        self._names = [name for name, p in module.named_parameters() if p.requires_grad]
+        if not self._names:
+            raise ValueError("module has no trainable parameters (requires_grad=True) to meta-learn")
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        self.optimizer: torch.optim.Optimizer
+        if optimizer == "adam":
+            self.optimizer = torch.optim.Adam(trainable, lr=self.outer_lr)
+        else:
+            self.optimizer = torch.optim.SGD(trainable, lr=self.outer_lr)
+        self._id = next(_learner_ids)
+        self._generation = 0
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def generation(self) -> int:
+        """The number of meta-steps taken so far (restored by :meth:`load_state_dict`)."""
+        return self._generation
+
+    @property
+    def meta_params(self) -> Params:
+        """The meta-parameters θ by name (the module's own ``nn.Parameter`` objects)."""
+        named = dict(self.module.named_parameters())
+        return {name: named[name] for name in self._names}
+
+    def _check_task_params(self, params: TaskParams, action: str) -> None:
+        if not isinstance(params, TaskParams):
+            raise ValueError(f"{action} expects TaskParams from clone()/adapt(), got {type(params).__name__}")
+        if params.learner_id != self._id:
+            raise ValueError(
+                f"cannot {action}: these TaskParams come from a different learner (id {params.learner_id}, this is "
+                f"{self._id}) or were cloned before this learner's load_state_dict(); call clone() on this learner"
+            )
+        if params.generation != self._generation:
+            raise RuntimeError(
+                f"cannot {action}: these TaskParams are stale: they were cloned at generation {params.generation}, "
+                f"before meta-step {params.generation + 1} (the learner has now taken {self._generation}); "
+                "call clone() again after every meta_step()"
+            )
+        theta = self.meta_params
+        if set(params.params) != set(theta):
+            raise ValueError(
+                f"TaskParams.params must hold exactly the meta-parameters {sorted(theta)}, got {sorted(params.params)}"
+            )
+        for name, p in theta.items():
+            q = params.params[name]
+            if tuple(q.shape) != (params.num_tasks, *p.shape):
+                raise ValueError(
+                    f"TaskParams.params[{name!r}] must have shape {(params.num_tasks, *p.shape)}, got {tuple(q.shape)}"
+                )
+
+    # ------------------------------------------------------------------ API
+
+    def clone(self, num_tasks: int) -> TaskParams:
+        """θ broadcast to ``[num_tasks, *shape]`` for every meta-parameter.
+
+        For MAML and FOMAML the copies are ``expand`` views of θ, so a loss computed from them backpropagates into θ
+        (summed over tasks). For Reptile they are detached, independent copies.
+        """
+        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+            raise ValueError(f"num_tasks must be an integer >= 1, got {num_tasks!r}")
+        if self.method == "reptile":
+            params = {
+                name: p.detach().unsqueeze(0).repeat(num_tasks, *([1] * p.dim()))
+                for name, p in self.meta_params.items()
+            }
+        else:
+            params = {name: p.unsqueeze(0).expand(num_tasks, *p.shape) for name, p in self.meta_params.items()}
+        return TaskParams(params=params, num_tasks=num_tasks, learner_id=self._id, generation=self._generation)
+
+    def adapt(self, params: TaskParams, loss_fn: LossFn, batch: Any, steps: int = 1) -> TaskParams:
+        """Take ``steps`` inner SGD steps per task: ``θ'_t = θ_t − inner_lr · ∇ loss_fn(θ_t, batch_t)``.
+
+        Args:
+            params: task parameters from :meth:`clone` (or an earlier ``adapt``) of this learner, this generation.
+            loss_fn: ``loss_fn(params_one_task, batch_one_task) -> scalar tensor``, the loss of one task.
+            batch: a pytree of tensors whose leaves all have leading dimension ``params.num_tasks``. The same batch
+                is used for every step.
+            steps: the number of inner steps (>= 1).
+
+        Returns:
+            New :class:`TaskParams` with the adapted parameters. For MAML they stay differentiable with respect to θ
+            through the inner gradients; for FOMAML only through the identity term; for Reptile not at all.
+
+        Raises:
+            ValueError: on a bad ``steps``, a batch leaf whose leading dimension is not ``num_tasks``, or a loss that
+                is not a finite scalar (the message names the offending tasks).
+            RuntimeError: on stale task parameters (cloned before a meta-step).
+        """
+        self._check_task_params(params, "adapt")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        for path, leaf in _leaves_with_paths(batch, "batch"):
+            if leaf.dim() == 0 or leaf.shape[0] != params.num_tasks:
+                got = "a 0-dim tensor" if leaf.dim() == 0 else f"leading dimension {leaf.shape[0]}"
+                raise ValueError(
+                    f"{path} has {got} but the task parameters have num_tasks={params.num_tasks}; every batch leaf "
+                    "needs a leading task dimension of that size"
+                )
+
+        first_order = self.method != "maml"
+        lr = self.inner_lr
+
+        def one_task(p: Params, b: Any) -> tuple[Params, torch.Tensor]:
+            return _adapt_step_with_loss(loss_fn, p, b, lr, first_order)
+
+        step_all = vmap(one_task)
+        current = params.params
+        with torch.no_grad() if self.method == "reptile" else contextlib.nullcontext():
+            for step in range(steps):
+                current, losses = step_all(current, batch)
+                bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
+                if bad:
+                    raise ValueError(
+                        f"loss_fn returned a non-finite loss at inner step {step + 1} for task(s) {bad} "
+                        f"(values {[losses[i].item() for i in bad[:5]]})"
+                    )
+        return TaskParams(
+            params=current,
+            num_tasks=params.num_tasks,
+            learner_id=self._id,
+            generation=self._generation,
+            inner_steps=params.inner_steps + steps,
+        )
+
+    def functional(self) -> Callable[..., Any]:
+        """``f(params_one_task, *args, **kwargs)``: the module's forward with the given parameters.
+
+        Use it with ``vmap`` to evaluate every task's parameters at once:
+        ``torch.func.vmap(learner.functional())(task_params.params, obs_T)``.
+        """
+        module = self.module
+
+        def f(params: Params, *args: Any, **kwargs: Any) -> Any:
+            return functional_call(module, params, args, kwargs)
+
+        return f
+
+    def meta_step(self, params: TaskParams, query_loss: torch.Tensor | None = None) -> dict[str, float]:
+        """Update θ from the adapted task parameters.
+
+        Args:
+            params: the adapted task parameters (this learner, this generation).
+            query_loss: MAML / FOMAML: the mean over tasks of the post-adaptation loss, computed from ``params``;
+                it is backpropagated to θ and the optimizer steps. Reptile: must be ``None``.
+
+        Returns:
+            MAML / FOMAML: ``{"meta_loss", "meta_grad_norm"}``; Reptile: ``{"reptile_step_norm"}`` (the norm of the
+            change of θ).
+
+        Raises:
+            ValueError: ``query_loss`` missing (MAML / FOMAML) or given (Reptile), not a scalar, or not finite.
+            RuntimeError: stale ``params``, a ``query_loss`` that does not depend on θ, or a non-finite
+                meta-gradient. θ is left unchanged when anything is raised.
+        """
+        self._check_task_params(params, "meta_step")
+        if self.method == "reptile":
+            if query_loss is not None:
+                raise ValueError(
+                    "reptile's meta_step takes no query_loss (it moves θ toward the adapted parameters); pass None"
+                )
+            return self._reptile_step(params)
+
+        if query_loss is None:
+            raise ValueError(f"{self.method} meta_step needs a query_loss (the mean post-adaptation loss over tasks)")
+        _check_scalar_loss(query_loss, "query_loss")
+        if not bool(torch.isfinite(query_loss)):
+            raise ValueError(f"query_loss is not finite ({query_loss.item()})")
+        if not query_loss.requires_grad:
+            raise RuntimeError(
+                "query_loss does not depend on θ (it does not require grad): compute it from the adapted "
+                "TaskParams, with autograd enabled"
+            )
+        theta = self.meta_params
+        self.optimizer.zero_grad(set_to_none=True)
+        query_loss.backward()
+        grads = [p.grad for p in theta.values() if p.grad is not None]
+        if not grads:
+            raise RuntimeError(
+                "no gradient reached the module's parameters: query_loss does not depend on θ; compute it from "
+                "TaskParams cloned from this learner"
+            )
+        grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        if not bool(torch.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise RuntimeError("the meta-gradient is not finite; θ was not updated")
+        self.optimizer.step()
+        self._generation += 1
+        return {"meta_loss": float(query_loss.detach().item()), "meta_grad_norm": float(grad_norm.item())}
+
+    def _reptile_step(self, params: TaskParams) -> dict[str, float]:
+        theta = self.meta_params
+        adapted = {name: q.detach() for name, q in params.params.items()}
+        with torch.no_grad():
+            before = {name: p.detach().clone() for name, p in theta.items()}
+            if self.optimizer_name == "sgd":
+                epsilon = float(self.optimizer.param_groups[0]["lr"])
+                new = reptile_update(before, adapted, epsilon)
+                for name, p in theta.items():
+                    p.copy_(new[name])
+            else:
+                for name, p in theta.items():
+                    # The pseudo-gradient -(mean_t θ'_t - θ): a descent step on it moves θ toward the adapted mean.
+                    p.grad = before[name] - adapted[name].mean(dim=0)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            step_norm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(p - before[name]) for name, p in theta.items()])
+            )
+        self._generation += 1
+        return {"reptile_step_norm": float(step_norm.item())}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Module and optimizer state, plus the method, learning rates and generation, for checkpoints."""
+        return {
+            "module": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "method": self.method,
+            "optimizer_name": self.optimizer_name,
+            "inner_lr": self.inner_lr,
+            "outer_lr": self.outer_lr,
+            "generation": self._generation,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`. Outstanding TaskParams of this learner become invalid."""
+        for key in ("method", "optimizer_name"):
+            mine = getattr(self, key)
+            if state.get(key, mine) != mine:
+                raise ValueError(f"checkpoint {key} is {state[key]!r} but this learner uses {mine!r}")
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.inner_lr = _check_positive_finite("inner_lr", state.get("inner_lr", self.inner_lr))
+        self.outer_lr = _check_positive_finite("outer_lr", state.get("outer_lr", self.outer_lr))
+        self._generation = int(state.get("generation", 0))
+        # θ changed under any TaskParams cloned before: give the learner a fresh identity so they are refused.
+        self._id = next(_learner_ids)
