@@ -76,6 +76,22 @@ class RunningMeanStd:
         self.mean, self.var, self.count = (saved[k].to(self.mean.device) for k in ("mean", "var", "count"))
 
 
+def generalized_advantages(
+    rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_value: torch.Tensor, gamma: float, lam: float
+) -> torch.Tensor:
+    """GAE(gamma, lambda) advantages ``[T, B]`` of a rollout: ``dones[t]`` (float) marks an episode
+    that ended with step ``t``; ``next_value`` ``[B]`` is V of the observation after the last step."""
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(next_value)
+    for t in reversed(range(rewards.shape[0])):
+        following = next_value if t == rewards.shape[0] - 1 else values[t + 1]
+        not_done = 1.0 - dones[t]
+        delta = rewards[t] + gamma * following * not_done - values[t]
+        last = delta + gamma * lam * not_done * last
+        advantages[t] = last
+    return advantages
+
+
 class BatchedPPO:
     """PPO over a :class:`~metarec.envs.adapters.UserSimVectorEnv` (autoreset on).
 
@@ -173,14 +189,7 @@ class BatchedPPO:
                 engagement += reward.mean().double()
                 self.observation = observation
             _, next_value = self.policy(self.observation)
-        advantages = torch.zeros_like(rewards)
-        last = torch.zeros(users, device=self.device)
-        for t in reversed(range(steps)):
-            following = next_value if t == steps - 1 else values[t + 1]
-            not_done = 1.0 - dones[t]
-            delta = rewards[t] + c.gamma * following * not_done - values[t]
-            last = delta + c.gamma * c.gae_lambda * not_done * last
-            advantages[t] = last
+        advantages = generalized_advantages(rewards, values, dones, next_value, c.gamma, c.gae_lambda)
         self.global_step += steps * users
         ended = dones.bool()
         return {
