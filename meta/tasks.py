@@ -125,8 +125,9 @@ class TaskDistribution(FrozenConfig):
             for kind, known in (("regimes", self.prior.regimes), ("domains", self.prior.domains)):
                 for value in getattr(split, kind):
                     if value not in known:
-                        raise ValueError(f"splits.{name}.{kind}: {value!r} is not one of the prior's "
-                                         f"({', '.join(known)})")
+                        raise ValueError(
+                            f"splits.{name}.{kind}: {value!r} is not one of the prior's ({', '.join(known)})"
+                        )
         training = {name: split for name, split in self.splits.items() if not split.holds_out}
         for name, split in self.splits.items():
             for kind in split.holds_out:
@@ -135,8 +136,9 @@ class TaskDistribution(FrozenConfig):
                 for other, train in training.items():
                     shared = sorted(set(getattr(split, kind)) & set(getattr(train, kind)))
                     if shared:
-                        raise ValueError(f"splits.{name}.{kind}: holds out {', '.join(shared)}, "
-                                         f"which training split {other!r} uses")
+                        raise ValueError(
+                            f"splits.{name}.{kind}: holds out {', '.join(shared)}, which training split {other!r} uses"
+                        )
         return self
 
     def sample(self, split: str, n: int, seed: int) -> list[SimulatorConfig]:
@@ -163,3 +165,26 @@ class TaskDistribution(FrozenConfig):
         values = {**prior.base.model_dump(), "population": population, "catalog": catalog}
         return validate_config(SimulatorConfig, values, where="task")
 
+
+def with_sessions(tasks: list[SimulatorConfig], sessions: int) -> list[SimulatorConfig]:
+    """The tasks with ``population.num_sessions`` set to ``sessions`` (meta-RL episodes are a user's
+    lifetime of sessions, the same number in every task of a batch)."""
+    out = []
+    for i, task in enumerate(tasks):
+        values = task.model_dump()
+        values["population"]["num_sessions"] = sessions
+        out.append(validate_config(SimulatorConfig, values, where=f"tasks[{i}]"))
+    return out
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of the ``index``-th meta-batch of a run seeded ``seed`` (independent streams)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def task_batch(
+    distribution: TaskDistribution, split: str, size: int, seed: int, index: int, sessions: int
+) -> list[SimulatorConfig]:
+    """Meta-batch ``index`` of a run: ``size`` tasks of ``split`` with ``sessions`` sessions per user,
+    the same every time it is asked for (a resumed run sees the tasks it would have seen)."""
+    return with_sessions(distribution.sample(split, size, batch_seed(seed, index)), sessions)

@@ -64,17 +64,61 @@ def _cmd_abtest(args: argparse.Namespace) -> int:
     results = run_abtest(config, out, quiet=args.quiet)
     if args.json:
         primary = config.primary_metric
-        print(json.dumps({
-            "out": str(out),
-            "srm_flagged": results["srm"]["flagged"],
-            "primary_metric": primary,
-            "effects": {arm: {k: effects[primary][k] for k in ("absolute", "ci", "relative", "p_adjusted")}
-                        for arm, effects in results["effects"].items()},
-            "wall_seconds": results["wall_seconds"],
-        }))
+        print(
+            json.dumps(
+                {
+                    "out": str(out),
+                    "srm_flagged": results["srm"]["flagged"],
+                    "primary_metric": primary,
+                    "effects": {
+                        arm: {k: effects[primary][k] for k in ("absolute", "ci", "relative", "p_adjusted")}
+                        for arm, effects in results["effects"].items()
+                    },
+                    "wall_seconds": results["wall_seconds"],
+                }
+            )
+        )
     else:
         print(summary_table(results))
         print(f"report: {out / 'report.html'}  ({results['wall_seconds']:.0f} s)")
+    return 0
+
+
+def _cmd_meta_train(args: argparse.Namespace) -> int:
+    from metarec.meta.runner import load_meta_config, meta_train
+    from metarec.training import TrainingInterrupted
+
+    overrides = list(args.set or [])
+    if args.device:
+        overrides.append(f"device={args.device}")
+    config = load_meta_config(args.config, overrides)
+    out = args.out or f"runs/{Path(args.config).stem}"
+    try:
+        results = meta_train(config, out, resume=args.resume, progress=not args.quiet)
+    except TrainingInterrupted as stop:
+        print(f"metarec meta-train: stopped by {stop}", file=sys.stderr)
+        return 143 if stop.signal_name == "SIGTERM" else 130
+    print(json.dumps({"out": str(out), "params_sha256": results["params_sha256"],
+                      "wall_seconds": round(results["wall_seconds"], 1),
+                      "methods": {k: v["updates"] for k, v in results["methods"].items()}}))  # fmt: skip
+    return 0
+
+
+def _cmd_meta_eval(args: argparse.Namespace) -> int:
+    from metarec.meta.runner import meta_eval
+
+    result = meta_eval(args.run, split=args.split, progress=not args.json, seeds=args.seeds)
+    if args.json:
+        keys = ("split", "sessions", "methods", "best_meta_method")
+        methods = {name: {"normalized_return": m["normalized_return"], "ci95": m["ci95"], "shift": m["shift"]}
+                   for name, m in result["methods"].items()}  # fmt: skip
+        print(json.dumps({**{k: result[k] for k in keys}, "methods": methods}))
+    else:
+        for name, m in result["methods"].items():
+            curve = " ".join("  nan" if v is None else f"{v:5.2f}" for v in m["normalized_return"][:10])
+            print(f"{name:>9}: {curve}")
+        written = Path(args.run) / f"eval_{args.split}.json"
+        print(f"best meta method: {result['best_meta_method']}; written to {written}")
     return 0
 
 
@@ -117,6 +161,22 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--quiet", action="store_true", help="no progress bars")
     ab.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     ab.set_defaults(func=_cmd_abtest)
+
+    mt = sub.add_parser("meta-train", help="meta-train RL2, MAML, FOMAML, Reptile and baselines across populations")
+    mt.add_argument("config", help="a YAML file, e.g. configs/meta_demo.yaml")
+    mt.add_argument("--out", help="run directory (default runs/CONFIG_NAME)")
+    mt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    mt.add_argument("--device", help="torch device (overrides the config's)")
+    mt.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    mt.add_argument("--quiet", action="store_true", help="no progress bars")
+    mt.set_defaults(func=_cmd_meta_train)
+
+    me = sub.add_parser("meta-eval", help="adaptation curves of a meta-train run on held-out populations")
+    me.add_argument("run", help="a meta-train run directory")
+    me.add_argument("--split", choices=["test", "train"], default="test")
+    me.add_argument("--seeds", type=_positive_int, help="evaluation seeds (default: the config's)")
+    me.add_argument("--json", action="store_true", help="print one JSON line")
+    me.set_defaults(func=_cmd_meta_eval)
 
     demo = sub.add_parser("demo", help="the main job: what metarec simulates, measured end to end")
     demo.add_argument("--out", default="runs/demo")

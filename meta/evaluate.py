@@ -1,0 +1,206 @@
+"""The adaptation protocol: how fast does a method learn new users of populations it never saw?
+
+For each evaluation seed, ``tasks`` populations of a held-out split are drawn (with ``sessions``
+sessions per user) and ``users_per_task`` new users of each step as one
+:class:`~metarec.envs.task_batch.TaskBatchVectorEnv`; every method meets the same users (same
+seed). A user's return in session ``k`` is the engagement of that session, 0 once they have left
+(intention to treat). The curve is normalised per session and seed so that the random recommender
+is 0 and the oracle (who sees the true user state) is 1; the report gives its mean and a 95% t
+interval over seeds.
+
+Preference shift: in the same runs, every user still present at interaction ``shift_at`` has their
+interests re-drawn (a new cluster, as the model's abrupt shifts do). Reported per method: the
+pre-shift level (mean expected reward of the ``window`` interactions before), the regret over the
+``window`` interactions after (oracle value minus the expected reward of the slates shown, summed),
+and the interactions until a 3-step moving average of expected reward is back at 90% of the
+pre-shift level (None if not within the run).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from metarec.agents.base import Recommender
+from metarec.agents.registry import make_recommender
+from metarec.envs.population import FrozenConfig
+from metarec.envs.task_batch import TaskBatchVectorEnv
+from pydantic import Field
+from scipy import stats
+
+from .policy import Memory, RecurrentSlatePolicy
+from .tasks import TaskDistribution, task_batch
+
+EVAL_SEED_OFFSET = 10_000  # evaluation seeds never coincide with meta-batch indices of training
+
+
+class EvalConfig(FrozenConfig):
+    """How methods are evaluated (the adaptation protocol)."""
+
+    tasks: int = Field(8, ge=1, description="Held-out populations per seed.")
+    users_per_task: int = Field(64, ge=1, description="New users per population.")
+    seeds: int = Field(5, ge=2, description="Evaluation seeds (independent draws of populations and users).")
+    shift_at: int = Field(30, ge=2, description="Interaction at which every user's interests shift.")
+    window: int = Field(10, ge=1, description="Interactions before/after the shift that are measured.")
+    max_steps: int = Field(400, ge=1, description="Longest run (interactions per user).")
+
+
+class RL2Recommender(Recommender):
+    """An RL² policy as a :class:`Recommender`: the memory reads every response, persists across a
+    user's sessions and is cleared for a new user."""
+
+    name = "rl2"
+
+    def __init__(self, policy: RecurrentSlatePolicy, generator: torch.Generator, deterministic: bool = False) -> None:
+        self.policy, self.generator, self.deterministic = policy, generator, deterministic
+        self.memory: Memory | None = None
+
+    def reset(self, mask: torch.Tensor | None = None) -> None:
+        if mask is None or self.memory is None:
+            self.memory = None
+            return
+        self.memory = RecurrentSlatePolicy.reset_memory(self.memory, mask)
+        self.last_reward = self.last_reward.masked_fill(mask, 0.0)
+
+    def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
+        batch = observation["candidates"].shape[0]
+        if self.memory is None:
+            self.memory = self.policy.initial_memory(batch, observation["candidates"].device)
+            self.last_reward = torch.zeros(batch, device=observation["candidates"].device)
+        with torch.no_grad():
+            hidden = self.policy.read(self.memory, observation, self.last_reward)
+            logits, _ = self.policy.act_from(observation, hidden)
+            dist = self.policy.distribution(logits)
+            slate = dist.mode() if self.deterministic else dist.sample(self.generator)
+            self.memory = Memory(hidden, self.policy.slate_features(observation, slate))
+        return slate
+
+    def observe(self, reward: torch.Tensor, done: torch.Tensor, info: dict[str, Any]) -> None:
+        self.last_reward = reward.float()
+
+
+def shift_interests(env: TaskBatchVectorEnv, rows: torch.Tensor, seed: int) -> dict[str, Any]:
+    """Re-draws the interests of the users in ``rows`` (``[B]`` bool) as an abrupt shift does, and
+    returns the ground-truth info of the next decision under the new interests."""
+    model, state = env.model, dict(env.state)
+    cluster, anchor = model._draw_users(model.backend.make_random(seed), env.num_envs, state["task"])
+    state["cluster"] = torch.where(rows, cluster, state["cluster"])
+    state["anchor"] = torch.where(rows[:, None], anchor, state["anchor"])
+    state["interest"] = torch.where(rows[:, None], anchor, state["interest"])
+    env._state = state
+    return env._truth({})
+
+
+def run_protocol(
+    recommender: Recommender, env: TaskBatchVectorEnv, sessions: int, config: EvalConfig, seed: int
+) -> dict[str, Any]:
+    """One method on the env's users (reset with ``seed``): per-session returns, and the per-step
+    expected reward and regret around the shift (means over users still present)."""
+    observation, info = env.reset(seed=seed)
+    recommender.reset()
+    users = env.num_envs
+    session_return = torch.zeros(users, sessions, dtype=torch.float64)
+    alive = torch.ones(users, dtype=torch.bool)
+    expected = np.full(config.max_steps, np.nan)
+    regret = np.full(config.max_steps, np.nan)
+    for t in range(config.max_steps):
+        if t == config.shift_at:
+            info = {**info, **shift_interests(env, alive, seed + 1)}
+        session = env.state["session"].clone()
+        info = {**info, "active": alive}
+        slate = recommender.act(observation, info)
+        observation, reward, terminated, truncated, info = env.step(slate)
+        live = alive.clone()
+        session_return[live, session[live]] += reward[live].double()
+        if bool(live.any()):
+            expected[t] = float(info["expected_reward"][live].mean())
+            regret[t] = float(info["regret"][live].mean())
+        done = terminated | truncated
+        recommender.observe(reward, done, {**info, "active": live})
+        alive = live & ~done
+        if not bool(alive.any()):
+            break
+    return {"session_return": session_return.mean(dim=0).numpy(), "expected": expected, "regret": regret}
+
+
+def shift_summary(run: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
+    """Pre-shift level, regret over the window after the shift, and interactions to recover 90%."""
+    s, w = config.shift_at, config.window
+    level = float(np.nanmean(run["expected"][max(0, s - w) : s]))
+    after = run["expected"][s:]
+    smooth = np.convolve(np.nan_to_num(after, nan=0.0), np.ones(3) / 3, mode="valid")
+    recovered = np.nonzero(smooth >= 0.9 * level)[0]
+    return {
+        "pre_shift_level": level,
+        "regret_after_shift": float(np.nansum(run["regret"][s : s + w])),
+        "interactions_to_recover_90": int(recovered[0] + 3) if len(recovered) else None,
+    }
+
+
+Factory = Callable[[TaskBatchVectorEnv, int], Recommender]
+
+
+def evaluate(
+    methods: dict[str, Factory],
+    distribution: TaskDistribution,
+    split: str,
+    sessions: int,
+    config: EvalConfig,
+    seed: int,
+    device: str | torch.device = "cpu",
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Runs the protocol for every method (plus ``random`` and ``oracle``, the normalisers) over
+    ``config.seeds`` seeds; returns the ``meta-eval`` result (JSON-ready)."""
+    everything: dict[str, Factory] = {
+        "random": lambda env, s: make_recommender("random", env, s),
+        "oracle": lambda env, s: make_recommender("oracle", env, s),
+        **methods,
+    }
+    curves: dict[str, list[np.ndarray]] = {name: [] for name in everything}
+    shifts: dict[str, list[dict[str, Any]]] = {name: [] for name in everything}
+    for k in range(config.seeds):
+        eval_seed = seed + EVAL_SEED_OFFSET + k
+        tasks = task_batch(distribution, split, config.tasks, seed, EVAL_SEED_OFFSET + k, sessions)
+        env = TaskBatchVectorEnv(tasks, config.users_per_task, device=device, autoreset=False)
+        for name, factory in everything.items():
+            run = run_protocol(factory(env, eval_seed), env, sessions, config, eval_seed)
+            curves[name].append(run["session_return"])
+            shifts[name].append(shift_summary(run, config))
+            if progress is not None:
+                progress(f"seed {k + 1}/{config.seeds} {name}: session 1 return {run['session_return'][0]:.3f}")
+    low, high = np.stack(curves["random"]), np.stack(curves["oracle"])  # [seeds, sessions]
+    result: dict[str, Any] = {"split": split, "sessions": list(range(1, sessions + 1)), "methods": {}}
+    for name in everything:
+        raw = np.stack(curves[name])
+        normalised = (raw - low) / np.where(high - low > 0, high - low, np.nan)
+        mean, ci = mean_ci(normalised)
+        recover = [s["interactions_to_recover_90"] for s in shifts[name]]
+        result["methods"][name] = {
+            "normalized_return": mean,
+            "ci95": ci,
+            "raw_return": raw.mean(axis=0).tolist(),
+            "shift": {
+                "pre_shift_level": float(np.mean([s["pre_shift_level"] for s in shifts[name]])),
+                "regret_after_shift": float(np.mean([s["regret_after_shift"] for s in shifts[name]])),
+                "interactions_to_recover_90": recover,
+                "recovered_within_10": int(sum(r is not None and r <= 10 for r in recover)),
+            },
+        }
+    meta = [m for m in result["methods"] if m in ("rl2", "maml", "fomaml", "reptile")]
+    result["best_meta_method"] = (
+        max(meta, key=lambda m: np.nanmean(result["methods"][m]["normalized_return"][:10])) if meta else None
+    )
+    result["seeds"] = config.seeds
+    return result
+
+
+def mean_ci(values: np.ndarray) -> tuple[list[float], list[list[float]]]:
+    """Mean over the first axis and its 95% t interval, per column."""
+    n = values.shape[0]
+    mean = np.nanmean(values, axis=0)
+    half = stats.t.ppf(0.975, n - 1) * np.nanstd(values, axis=0, ddof=1) / math.sqrt(n)
+    return mean.tolist(), [[float(m - h), float(m + h)] for m, h in zip(mean, half, strict=True)]

@@ -1,0 +1,260 @@
+"""RL²: a recurrent policy trained with PPO over meta-batches of tasks (Duan et al., 2016).
+
+The "fast" learner is the GRU memory of :class:`~metarec.meta.policy.RecurrentSlatePolicy`, which
+reads each response of a user and persists across that user's sessions; the "slow" learner is PPO
+over many tasks at once (a :class:`~metarec.envs.task_batch.TaskBatchVectorEnv`). An episode is
+one user's lifetime in one task, so what the memory learns to do is to find out, within a few
+interactions, what this user of this population wants.
+
+PPO here is recurrent: a rollout stores each user's memory at its start, and every minibatch (a set
+of users) replays its users' steps through the GRU (truncated back-propagation through the
+rollout), zeroing the memory where a user was replaced. Rewards are scaled by a running standard
+deviation of the discounted return, as :class:`~metarec.agents.ppo.BatchedPPO` does. Every
+``resample_every`` updates, a new meta-batch of tasks replaces the old one (every user new).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from metarec.agents.ppo import RunningMeanStd, generalized_advantages
+from metarec.envs.population import FrozenConfig
+from metarec.envs.task_batch import TaskBatchVectorEnv
+from pydantic import Field
+
+from .policy import Memory, RecurrentSlatePolicy
+from .tasks import TaskDistribution, task_batch
+
+
+class RL2Config(FrozenConfig):
+    """Hyper-parameters of :class:`RL2Trainer`."""
+
+    tasks_per_batch: int = Field(16, ge=1, description="Tasks (populations) stepping at once.")
+    users_per_task: int = Field(64, ge=1, description="Users of each task stepping at once.")
+    rollout_steps: int = Field(32, ge=1, description="Steps per user per rollout (the BPTT window).")
+    updates: int = Field(200, ge=1, description="PPO updates of a full run.")
+    resample_every: int = Field(4, ge=1, description="Updates between new meta-batches of tasks.")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam step size.")
+    gamma: float = Field(0.99, ge=0, le=1, description="Discount factor.")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    update_epochs: int = Field(4, ge=1, description="Passes over each rollout.")
+    num_minibatches: int = Field(4, ge=1, description="Minibatches (sets of users) per epoch.")
+    clip_coef: float = Field(0.2, gt=0, description="PPO ratio clip.")
+    ent_coef: float = Field(0.003, ge=0, description="Entropy bonus weight.")
+    vf_coef: float = Field(0.5, ge=0, description="Value loss weight.")
+    max_grad_norm: float = Field(0.5, gt=0, description="Global gradient norm clip.")
+    hidden: int = Field(64, ge=1, description="Width of the policy and of its memory.")
+
+
+class RL2Trainer:
+    """Trains a :class:`RecurrentSlatePolicy` on tasks of ``split``.
+
+    Args:
+        distribution: the task distribution; ``split`` names the training split.
+        config: hyper-parameters.
+        sessions: sessions per user (every task's ``population.num_sessions``).
+        seed: seeds weights, slate sampling, minibatch order, the task stream and the users.
+        device: where the env and the policy live.
+    """
+
+    name = "rl2"
+
+    def __init__(
+        self,
+        distribution: TaskDistribution,
+        split: str,
+        config: RL2Config,
+        sessions: int,
+        seed: int,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if config.tasks_per_batch * config.users_per_task % config.num_minibatches:
+            raise ValueError(
+                f"num_minibatches: must divide tasks_per_batch x users_per_task = "
+                f"{config.tasks_per_batch * config.users_per_task}, got {config.num_minibatches}"
+            )
+        self.distribution, self.split, self.config = distribution, split, config
+        self.sessions, self.seed = sessions, seed
+        self.batch_index = 0
+        self.env = TaskBatchVectorEnv(self._tasks(0), config.users_per_task, device=device, ground_truth=False)
+        self.device = self.env.device
+        torch.manual_seed(seed)  # initial weights only
+        self.policy = RecurrentSlatePolicy(self.env.single_observation_space, self.env.model.slate_size,
+                                           config.hidden).to(self.device)  # fmt: skip
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed + 7919)
+        self.update = 0
+        self.global_step = 0
+        self.return_stats = RunningMeanStd(self.device)
+        self._start_users(self._env_seed(0))
+
+    # ------------------------------------------------------------------ tasks and users
+    def _tasks(self, index: int) -> list[Any]:
+        c = self.config
+        return task_batch(self.distribution, self.split, c.tasks_per_batch, self.seed, index, self.sessions)
+
+    def _env_seed(self, index: int) -> int:
+        return self.seed * 1_000_003 + index
+
+    def _start_users(self, seed: int) -> None:
+        users = self.env.num_envs
+        self.observation, _ = self.env.reset(seed=seed)
+        self.memory = self.policy.initial_memory(users, self.device)
+        self.last_reward = torch.zeros(users, device=self.device)
+        self.discounted_return = torch.zeros(users, dtype=torch.float64, device=self.device)
+
+    def _next_task_batch(self) -> None:
+        self.batch_index += 1
+        self.env.set_tasks(self._tasks(self.batch_index))
+        self._start_users(self._env_seed(self.batch_index))
+
+    # ------------------------------------------------------------------ rollouts and updates
+    def collect(self) -> dict[str, Any]:
+        """One rollout of ``rollout_steps`` steps from every user; tensors ``[L, B, ...]``."""
+        c, users, steps = self.config, self.env.num_envs, self.config.rollout_steps
+        start_memory = self.memory.clone()
+        observations: dict[str, list[torch.Tensor]] = {key: [] for key in self.observation}
+        keys = ("slates", "log_probs", "values", "rewards", "dones", "last_slate", "last_reward", "raw_rewards")
+        out: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
+        with torch.no_grad():
+            for _ in range(steps):
+                for key, value in self.observation.items():
+                    observations[key].append(value)
+                out["last_slate"].append(self.memory.last_slate)
+                out["last_reward"].append(self.last_reward)
+                hidden = self.policy.read(self.memory, self.observation, self.last_reward)
+                logits, value = self.policy.act_from(self.observation, hidden)
+                dist = self.policy.distribution(logits)
+                slate = dist.sample(self.generator)
+                shown = self.policy.slate_features(self.observation, slate)
+                observation, reward, terminated, truncated, _ = self.env.step(slate)
+                reward = reward.float()
+                done = terminated | truncated
+                self.discounted_return = self.discounted_return * c.gamma + reward
+                self.return_stats.update(self.discounted_return)
+                self.discounted_return.masked_fill_(done, 0)
+                out["slates"].append(slate)
+                out["log_probs"].append(dist.log_prob(slate))
+                out["values"].append(value)
+                out["raw_rewards"].append(reward)
+                out["rewards"].append(reward / torch.sqrt(self.return_stats.var + 1e-8).float())
+                out["dones"].append(done.float())
+                # a new user in a finished row starts with an empty memory
+                self.memory = RecurrentSlatePolicy.reset_memory(Memory(hidden, shown), done)
+                self.last_reward = reward.masked_fill(done, 0.0)
+                self.observation = observation
+            hidden = self.policy.read(self.memory, self.observation, self.last_reward)
+            _, next_value = self.policy.act_from(self.observation, hidden)
+        rollout = {key: torch.stack(v) for key, v in out.items()}
+        rollout["observations"] = {key: torch.stack(v) for key, v in observations.items()}
+        rollout["advantages"] = generalized_advantages(
+            rollout["rewards"], rollout["values"], rollout["dones"], next_value, c.gamma, c.gae_lambda
+        )
+        rollout["returns"] = rollout["advantages"] + rollout["values"]
+        rollout["start_memory"] = start_memory
+        self.global_step += steps * users
+        return rollout
+
+    def replay(self, rollout: dict[str, Any], users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-probs, entropies and values ``[L, U]`` of the rollout's slates for the ``users``,
+        recomputed through the memory (gradients flow through the whole window). Only the GRU cell
+        runs step by step; everything else runs over the ``L x U`` steps at once."""
+        steps = rollout["slates"].shape[0]
+        observation = {key: v[:, users] for key, v in rollout["observations"].items()}
+        inputs = self.policy.memory_inputs(
+            rollout["last_slate"][:, users], observation["history"][:, :, -1], rollout["last_reward"][:, users]
+        )  # [L, U, in]
+        keep = 1.0 - rollout["dones"][:, users]
+        hidden = rollout["start_memory"].hidden[users]
+        hiddens = []
+        for t in range(steps):
+            if t > 0:  # the user in a row that finished at t - 1 is new
+                hidden = hidden * keep[t - 1, :, None]
+            hidden = self.policy.cell(inputs[t], hidden)
+            hiddens.append(hidden)
+        flat = {key: v.reshape(-1, *v.shape[2:]) for key, v in observation.items()}
+        logits, value = self.policy.act_from(flat, torch.stack(hiddens).reshape(-1, hidden.shape[-1]))
+        dist = self.policy.distribution(logits)
+        slate = rollout["slates"][:, users].reshape(-1, rollout["slates"].shape[2])
+        shape = (steps, len(users))
+        return dist.log_prob(slate).reshape(shape), dist.entropy(slate).reshape(shape), value.reshape(shape)
+
+    def learn(self, rollout: dict[str, Any]) -> dict[str, float]:
+        c = self.config
+        for name in ("advantages", "returns", "values"):
+            if not bool(torch.isfinite(rollout[name]).all()):
+                raise FloatingPointError(
+                    f"rl2: the rollout's {name} is NaN or infinite at update {self.update + 1} "
+                    f"(env step {self.global_step}); resume from the last checkpoint"
+                )
+        users = rollout["slates"].shape[1]
+        size = users // c.num_minibatches
+        stats: dict[str, float] = {}
+        for _ in range(c.update_epochs):
+            order = torch.randperm(users, generator=self.generator, device=self.device)
+            for start in range(0, users, size):
+                rows = order[start : start + size]
+                log_prob, entropy, value = self.replay(rollout, rows)
+                adv = rollout["advantages"][:, rows]
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                ratio = (log_prob - rollout["log_probs"][:, rows]).exp()
+                policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - c.clip_coef, 1 + c.clip_coef)).mean()
+                value_loss = 0.5 * ((value - rollout["returns"][:, rows]) ** 2).mean()
+                loss = policy_loss - c.ent_coef * entropy.mean() + c.vf_coef * value_loss
+                if not bool(torch.isfinite(loss)):
+                    raise FloatingPointError(
+                        f"rl2: a minibatch's loss is NaN or infinite at update {self.update + 1}; "
+                        "resume from the last checkpoint"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
+                self.optimizer.step()
+        stats.update(
+            policy_loss=float(policy_loss.detach()),
+            value_loss=float(value_loss.detach()),
+            entropy=float(entropy.mean().detach()),
+            reward=float(rollout["raw_rewards"].mean()),
+        )
+        self.update += 1
+        if self.update % c.resample_every == 0:
+            self._next_task_batch()
+        return stats
+
+    def step(self) -> dict[str, float]:
+        """One rollout and one update."""
+        return self.learn(self.collect())
+
+    @property
+    def done(self) -> bool:
+        return self.update >= self.config.updates
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "update": self.update,
+            "global_step": self.global_step,
+            "batch_index": self.batch_index,
+            "env": self.env.get_checkpoint(),
+            "memory": {"hidden": self.memory.hidden.clone(), "last_slate": self.memory.last_slate.clone()},
+            "last_reward": self.last_reward.clone(),
+            "discounted_return": self.discounted_return.clone(),
+            "return_stats": self.return_stats.state_dict(),
+        }
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.policy.load_state_dict(saved["policy"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.generator.set_state(saved["generator"])
+        self.update, self.global_step = int(saved["update"]), int(saved["global_step"])
+        self.batch_index = int(saved["batch_index"])
+        self.env.set_tasks(self._tasks(self.batch_index))
+        self.observation, _ = self.env.load_checkpoint(saved["env"])
+        self.memory = Memory(saved["memory"]["hidden"].to(self.device), saved["memory"]["last_slate"].to(self.device))
+        self.last_reward = saved["last_reward"].to(self.device)
+        self.discounted_return = saved["discounted_return"].to(self.device)
+        self.return_stats.load_state_dict(saved["return_stats"])

@@ -1,0 +1,181 @@
+"""Meta-RL end to end: RL² memory semantics, the gradient trainers, the adaptation protocol, and
+``metarec meta-train`` / ``meta-eval`` on ``configs/meta_tiny.yaml`` (determinism, SIGKILL resume)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from metarec.meta.evaluate import EvalConfig, RL2Recommender, evaluate, mean_ci
+from metarec.meta.gradient_rl import GradientConfig, GradientMetaTrainer, window_advantages
+from metarec.meta.policy import RecurrentSlatePolicy
+from metarec.meta.rl2 import RL2Config, RL2Trainer
+from metarec.meta.runner import load_meta_config, meta_eval, meta_train
+from metarec.meta.tasks import TaskDistribution, task_batch
+
+from metarec.training import load_yaml_config
+
+ROOT = Path(__file__).parents[1]
+TINY = ROOT / "configs" / "meta_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def distribution() -> TaskDistribution:
+    return load_yaml_config(TaskDistribution, ROOT / "configs" / "meta_tasks.yaml")
+
+
+def test_rl2_memory_is_kept_across_sessions_and_cleared_for_new_users(distribution) -> None:
+    config = RL2Config(tasks_per_batch=2, users_per_task=32, rollout_steps=4, hidden=8, num_minibatches=2)
+    trainer = RL2Trainer(distribution, "meta-train", config, sessions=6, seed=1)
+    kept = cleared = 0
+    for _ in range(40):
+        before = trainer.memory.hidden.clone()
+        hidden = trainer.policy.read(trainer.memory, trainer.observation, trainer.last_reward)
+        slate = trainer.policy.distribution(trainer.policy.act_from(trainer.observation, hidden)[0]).mode()
+        observation, reward, terminated, truncated, info = trainer.env.step(slate)
+        done = terminated | truncated
+        memory = RecurrentSlatePolicy.reset_memory(
+            type(trainer.memory)(hidden, trainer.policy.slate_features(trainer.observation, slate)), done
+        )
+        returned = info["returned"]
+        # a user who comes back for another session keeps what the memory learned
+        assert torch.all(memory.hidden[returned].abs().sum(dim=1) > 0)
+        assert torch.all(memory.hidden[done] == 0) and torch.all(memory.last_slate[done] == 0)
+        kept += int(returned.sum())
+        cleared += int(done.sum())
+        assert not torch.equal(before, memory.hidden)
+        trainer.memory, trainer.last_reward, trainer.observation = memory, reward.masked_fill(done, 0), observation
+    assert kept > 0 and cleared > 0
+    # a new meta-batch of tasks starts every user with an empty memory
+    trainer._next_task_batch()
+    assert torch.all(trainer.memory.hidden == 0)
+    assert trainer.env.tasks != task_batch(distribution, "meta-train", 2, 1, 0, 6)
+
+
+def test_rl2_recommender_clears_memory_only_where_told(distribution) -> None:
+    tasks = task_batch(distribution, "meta-test", 2, seed=0, index=0, sessions=3)
+    from metarec.envs.task_batch import TaskBatchVectorEnv
+
+    env = TaskBatchVectorEnv(tasks, 4)
+    observation, info = env.reset(seed=0)
+    torch.manual_seed(0)
+    policy = RecurrentSlatePolicy(env.single_observation_space, 5, 8)
+    agent = RL2Recommender(policy, torch.Generator().manual_seed(0))
+    agent.reset()
+    for _ in range(3):
+        slate = agent.act(observation, info)
+        observation, reward, _, _, info = env.step(slate)
+        agent.observe(reward, torch.zeros(8, dtype=torch.bool), info)
+    mask = torch.tensor([True, False] * 4)
+    agent.reset(mask)
+    assert torch.all(agent.memory.hidden[mask] == 0) and torch.all(agent.memory.hidden[~mask].abs().sum(1) > 0)
+    assert torch.all(agent.last_reward[mask] == 0)
+
+
+def test_window_advantages_centre_per_task_and_step_and_ignore_inactive() -> None:
+    rewards = torch.tensor([[[1.0, 3.0, 100.0], [0.0, 0.0, 0.0]], [[5.0, 5.0, 5.0], [1.0, 1.0, 1.0]]])  # [T2, L2, U3]
+    active = torch.tensor([[[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]], [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]])
+    adv = window_advantages(rewards, active, gamma=0.5)
+    assert torch.all(adv[0, :, 2] == 0)  # an inactive user teaches nothing
+    assert adv[0, 0, 0] < 0 < adv[0, 0, 1]  # the better user of task 0 at step 0
+    assert torch.allclose(adv[1], torch.zeros(2, 3), atol=1e-5)  # equal users: no signal
+    assert torch.allclose((adv[0] * active[0]).sum(dim=1), torch.zeros(2), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["maml", "fomaml", "reptile", "finetune"])
+def test_gradient_trainers_move_the_parameters_deterministically(distribution, method) -> None:
+    config = GradientConfig(tasks_per_batch=2, users_per_task=8, rollout_steps=4, meta_steps=2, inner_steps=2, hidden=8)
+
+    def run() -> list[torch.Tensor]:
+        trainer = GradientMetaTrainer(method, distribution, "meta-train", config, sessions=2, seed=3)
+        start = [p.detach().clone() for p in trainer.policy.parameters()]
+        while not trainer.done:
+            stats = trainer.step()
+            assert all(np.isfinite(v) for v in stats.values())
+        end = [p.detach().clone() for p in trainer.policy.parameters()]
+        assert any(not torch.equal(a, b) for a, b in zip(start, end, strict=True))
+        return end
+
+    first, second = run(), run()
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_protocol_normalises_random_to_zero_and_oracle_to_one(distribution) -> None:
+    config = EvalConfig(tasks=2, users_per_task=8, seeds=2, shift_at=5, window=3, max_steps=30)
+    result = evaluate({}, distribution, "meta-test", 3, config, seed=0)
+    assert result["sessions"] == [1, 2, 3]
+    assert np.allclose(result["methods"]["random"]["normalized_return"], 0.0)
+    assert np.allclose(result["methods"]["oracle"]["normalized_return"], 1.0)
+    assert result["methods"]["oracle"]["shift"]["regret_after_shift"] == pytest.approx(0.0, abs=1e-4)
+    assert result["methods"]["random"]["shift"]["regret_after_shift"] > 0.1
+    assert result["best_meta_method"] is None
+
+
+def test_mean_ci_is_a_t_interval() -> None:
+    values = np.array([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])
+    mean, ci = mean_ci(values)
+    assert mean == [2.0, 0.0]
+    half = 4.302652729911275 * 1.0 / np.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    assert ci[0] == pytest.approx([2.0 - half, 2.0 + half]) and ci[1] == [0.0, 0.0]
+
+
+def test_meta_config_errors_name_the_key(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"tasks: {ROOT / 'configs' / 'meta_tasks.yaml'}\nmethods: [rl2, dqn]\n")
+    with pytest.raises(ValueError, match=r"methods\.1"):
+        load_meta_config(bad)
+    bad.write_text(f"tasks: {ROOT / 'configs' / 'meta_tasks.yaml'}\ntest_split: nowhere\n")
+    with pytest.raises(ValueError, match="test_split: 'nowhere' is not a split"):
+        load_meta_config(bad)
+    bad.write_text("tasks: missing.yaml\n")
+    with pytest.raises(ValueError, match="no such file"):
+        load_meta_config(bad)
+    with pytest.raises(ValueError, match=r"rl2\.updates"):
+        load_meta_config(TINY, ["rl2.updates=0"])
+
+
+def test_meta_tiny_trains_deterministically_and_evaluates(tmp_path) -> None:
+    config = load_meta_config(TINY)
+    first = meta_train(config, tmp_path / "a", progress=False)
+    second = meta_train(config, tmp_path / "b", progress=False)
+    assert first["params_sha256"] == second["params_sha256"]
+    assert set(first["methods"]) == {"rl2", "maml", "fomaml", "reptile", "finetune", "scratch"}
+    with pytest.raises(ValueError, match="not empty; pass --resume"):
+        meta_train(config, tmp_path / "a", progress=False)
+    result = meta_eval(tmp_path / "a", "test")
+    assert result["split"] == "meta-test" and result["sessions"] == [1, 2, 3, 4]
+    assert set(result["methods"]) >= {"rl2", "maml", "fomaml", "reptile", "finetune", "scratch", "linucb"}
+    for curve in result["methods"].values():
+        assert len(curve["normalized_return"]) == 4 and len(curve["ci95"]) == 4
+    assert result["best_meta_method"] in ("rl2", "maml", "fomaml", "reptile")
+    assert (tmp_path / "a" / "adaptation_test.png").stat().st_size > 1000
+    on_disk = json.loads((tmp_path / "a" / "eval_test.json").read_text())
+    assert on_disk["methods"]["rl2"]["normalized_return"] == result["methods"]["rl2"]["normalized_return"]
+
+
+def test_meta_train_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path) -> None:
+    reference = meta_train(load_meta_config(TINY), tmp_path / "whole", progress=False)["params_sha256"]
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "metarec", "meta-train", str(TINY), "--out", str(out), "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    checkpoint = out / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if checkpoint.is_file():  # the first checkpoint: RL² part-way through its updates
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "results.json").exists()
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["params_sha256"] == reference
