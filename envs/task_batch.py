@@ -28,6 +28,7 @@ import numpy as np
 
 from .adapters import UserSimVectorEnv
 from .backend import Array, Backend, Random
+from .choice import shown_mask
 from .core import State
 from .drifting import DriftingUsersModel, make_world
 from .population import SimulatorConfig, validate_config
@@ -65,7 +66,9 @@ def check_tasks(tasks: Sequence[Any]) -> list[SimulatorConfig]:
 class TaskBatchModel(DriftingUsersModel):
     """:class:`DriftingUsersModel` over ``T`` tasks at once, ``users_per_task`` rows each (task-major)."""
 
-    def __init__(self, tasks: Sequence[SimulatorConfig], backend: Backend, users_per_task: int) -> None:
+    def __init__(
+        self, tasks: Sequence[SimulatorConfig], backend: Backend, users_per_task: int, item_stats: bool = False
+    ) -> None:
         self.tasks = check_tasks(tasks)
         self.num_tasks = len(self.tasks)
         self.users_per_task = users_per_task
@@ -101,6 +104,52 @@ class TaskBatchModel(DriftingUsersModel):
         self.topics = backend.asarray(np.arange(self.num_topics))
         self.task_params = self._parameter_tables(backend)
         self.row_task = backend.asarray(np.repeat(np.arange(self.num_tasks), users_per_task))
+        # What the recommender's own logs say of each item in its population (impressions, clicks,
+        # engagement), when ``item_stats``: a feature a real system has, which the user state is not.
+        self.item_stats = (
+            backend.xp.zeros((self.num_items, 3), dtype=backend.xp.float32, device=backend.device)
+            if item_stats
+            else None
+        )
+
+    def step(self, rng: Random, state: State, slate: Array, truth: Any = None) -> tuple[State, Any]:
+        new_state, outcome = super().step(rng, state, slate, truth)
+        if self.item_stats is not None:  # logged before the next observation is made
+            self.record(state["candidates"], slate, outcome.info["chosen_candidate"], outcome.reward)
+        return new_state, outcome
+
+    def record(self, candidates: Array, slate: Array, chosen: Array, reward: Array) -> None:
+        """Adds a step to the item statistics: ``candidates`` ``[B, N]`` ids offered, ``slate`` ``[B, K]``
+        (a repeated candidate counts once), ``chosen`` ``[B]`` candidate index or -1, ``reward`` ``[B]``."""
+        if self.item_stats is None:
+            return
+        be = self.backend
+        shown_ids = be.take_along(candidates, slate)[shown_mask(be.xp, slate)]
+        self.item_stats[:, 0].index_add_(0, shown_ids, be.xp.ones_like(shown_ids, dtype=be.xp.float32))
+        clicked = chosen >= 0
+        ids = be.take_along(candidates, be.xp.clip(chosen, 0, None)[:, None])[:, 0][clicked]
+        self.item_stats[:, 1].index_add_(0, ids, be.xp.ones_like(ids, dtype=be.xp.float32))
+        self.item_stats[:, 2].index_add_(0, ids, reward[clicked].float())
+
+    def observe(self, state: State) -> dict[str, Array]:
+        observation = super().observe(state)
+        if self.item_stats is not None:
+            stats = self.backend.take_rows(self.item_stats, state["candidates"])  # [B, N, 3]
+            impressions = stats[..., 0]
+            ctr = (stats[..., 1] + 1.0) / (impressions + 10.0)  # a weak prior of 10% CTR
+            engagement = (stats[..., 2] + 1.0) / (impressions + 10.0)
+            extra = self.backend.xp.stack([ctr, engagement, self.backend.xp.log1p(impressions)], axis=-1)
+            observation["candidates"] = self.backend.xp.concat([observation["candidates"], extra], axis=-1)
+        return observation
+
+    def observation_space(self) -> Any:
+        space = super().observation_space()
+        if self.item_stats is not None:
+            from gymnasium import spaces
+
+            n, f = space["candidates"].shape
+            space = spaces.Dict({**space.spaces, "candidates": spaces.Box(-np.inf, np.inf, (n, f + 3), np.float32)})
+        return space
 
     def _parameter_tables(self, backend: Backend) -> SimpleNamespace:
         """Every population parameter as a ``[T]`` float32 table (position weights ``[T, K]``)."""
@@ -194,6 +243,10 @@ class TaskBatchVectorEnv(UserSimVectorEnv):
             :meth:`metarec.meta.tasks.TaskDistribution.sample`.
         users_per_task: rows per task; ``num_envs = len(tasks) * users_per_task``, task-major.
         device, single_item, ground_truth, autoreset: as for ``metarec/DriftingUsers-v0``'s vector env.
+        item_stats: append to each candidate's features what the recommender has logged of the item
+            in this population so far (smoothed CTR and engagement per impression, log impressions),
+            counted over all users of its task since the last full ``reset``. A population-level
+            signal a production recommender has; the users' state stays hidden.
 
     ``info`` carries what DriftingUsers' does. :meth:`set_tasks` swaps in a new meta-batch (same
     ``T``, ``U``) without rebuilding the env; call ``reset`` after it.
@@ -211,8 +264,10 @@ class TaskBatchVectorEnv(UserSimVectorEnv):
         single_item: bool = False,
         ground_truth: bool = True,
         autoreset: bool = True,
+        item_stats: bool = False,
         render_mode: str | None = None,
     ) -> None:
+        self.item_stats = item_stats
         if isinstance(users_per_task, bool) or not isinstance(users_per_task, int | np.integer) or users_per_task < 1:
             raise ValueError(f"users_per_task: expected a positive integer, got {users_per_task!r}")
         self.tasks = check_tasks(tasks)
@@ -229,7 +284,23 @@ class TaskBatchVectorEnv(UserSimVectorEnv):
         )
 
     def build_model(self, backend: Backend) -> TaskBatchModel:
-        return TaskBatchModel(self.tasks, backend, self.users_per_task)
+        return TaskBatchModel(self.tasks, backend, self.users_per_task, self.item_stats)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        if (options or {}).get("reset_mask") is None and self.model.item_stats is not None:
+            self.model.item_stats.zero_()  # a full reset starts a new population: nothing logged yet
+        return super().reset(seed=seed, options=options)
+
+    def get_checkpoint(self) -> dict[str, Any]:
+        checkpoint = super().get_checkpoint()
+        if self.model.item_stats is not None:
+            checkpoint["item_stats"] = self.model.item_stats.clone()
+        return checkpoint
+
+    def load_checkpoint(self, checkpoint: dict[str, Any]) -> tuple[dict, dict]:
+        if self.model.item_stats is not None:
+            self.model.item_stats.copy_(checkpoint["item_stats"])
+        return super().load_checkpoint(checkpoint)
 
     def set_tasks(self, tasks: Sequence[Any]) -> None:
         """Replaces the meta-batch by ``tasks`` (as many as before; shapes as before). Every user is

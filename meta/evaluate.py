@@ -46,6 +46,11 @@ class EvalConfig(FrozenConfig):
     shift_at: int = Field(30, ge=2, description="Interaction at which every user's interests shift.")
     window: int = Field(10, ge=1, description="Interactions before/after the shift that are measured.")
     max_steps: int = Field(400, ge=1, description="Longest run (interactions per user).")
+    rl2_greedy: bool = Field(
+        True,
+        description="RL² shows its most probable slate (its memory adapts without sampling noise); the "
+        "gradient methods always sample, since their policy-gradient step needs on-policy draws.",
+    )
 
 
 class RL2Recommender(Recommender):
@@ -152,6 +157,7 @@ def evaluate(
     seed: int,
     device: str | torch.device = "cpu",
     progress: Callable[[str], None] | None = None,
+    item_stats: bool = False,
 ) -> dict[str, Any]:
     """Runs the protocol for every method (plus ``random`` and ``oracle``, the normalisers) over
     ``config.seeds`` seeds; returns the ``meta-eval`` result (JSON-ready)."""
@@ -165,7 +171,7 @@ def evaluate(
     for k in range(config.seeds):
         eval_seed = seed + EVAL_SEED_OFFSET + k
         tasks = task_batch(distribution, split, config.tasks, seed, EVAL_SEED_OFFSET + k, sessions)
-        env = TaskBatchVectorEnv(tasks, config.users_per_task, device=device, autoreset=False)
+        env = TaskBatchVectorEnv(tasks, config.users_per_task, device=device, autoreset=False, item_stats=item_stats)
         for name, factory in everything.items():
             run = run_protocol(factory(env, eval_seed), env, sessions, config, eval_seed)
             curves[name].append(run["session_return"])

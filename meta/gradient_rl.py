@@ -160,6 +160,7 @@ class GradientMetaTrainer:
         sessions: int,
         seed: int,
         device: str | torch.device = "cpu",
+        item_stats: bool = False,
     ) -> None:
         if method not in ("maml", "fomaml", "reptile", "finetune", "scratch"):
             raise ValueError(f"method: expected maml, fomaml, reptile, finetune or scratch, got {method!r}")
@@ -167,7 +168,9 @@ class GradientMetaTrainer:
         self.distribution, self.split, self.config = distribution, split, config
         self.sessions, self.seed = sessions, seed
         c = config
-        self.env = TaskBatchVectorEnv(self._tasks(0), c.users_per_task, device=device, ground_truth=False)
+        self.env = TaskBatchVectorEnv(
+            self._tasks(0), c.users_per_task, device=device, ground_truth=False, item_stats=item_stats
+        )
         self.device = self.env.device
         self.slate_size = self.env.model.slate_size
         torch.manual_seed(seed)  # initial weights only

@@ -1,8 +1,9 @@
 """Policies for meta-RL over DriftingUsers task batches.
 
-* :func:`feedforward_policy` — a :class:`~metarec.agents.networks.SlatePolicy` whose history encoder
-  is an MLP over the observed window: plain ``nn.Linear`` layers, so ``torch.func.vmap`` can evaluate
-  it with a different parameter set per task (what MAML, FOMAML and Reptile need).
+* :class:`AffinityPolicy` (:func:`feedforward_policy`) — a :class:`~metarec.agents.networks.SlatePolicy`
+  whose history encoder is an MLP over the observed window, plus target attention from each candidate
+  to the consumed items: plain tensor ops and ``nn.Linear`` layers, so ``torch.func.vmap`` can
+  evaluate it with a different parameter set per task (what MAML, FOMAML and Reptile need).
 * :class:`RecurrentSlatePolicy` — RL²: the same candidate scorer, plus a GRU memory of the user's
   whole stream of interactions. Each step, the memory reads what the last slate was (its mean
   candidate features), how the user responded (the newest history row: the consumed item's
@@ -21,9 +22,52 @@ from metarec.agents.networks import SlatePolicy, symlog
 from torch import nn
 
 
-def feedforward_policy(observation_space: spaces.Dict, slate_size: int, hidden: int = 64) -> SlatePolicy:
+class AffinityPolicy(SlatePolicy):
+    """:class:`SlatePolicy` (MLP history window) plus target attention over the history (as in Deep
+    Interest Network): each candidate's logit gets a learned function of its embedding's similarity
+    to the items the user consumed in the window (weighted by engagement, by click, the best match and
+    the latest). Plain tensor ops and ``nn.Linear``: vmap-compatible, so every gradient-based
+    method adapts this network.
+
+    Needs a DriftingUsers observation: ``candidates`` ``(N, d + 1 + extra)`` (embedding, length, then
+    e.g. the population's item statistics) and ``history`` ``(H, d + 3)`` (embedding, engagement,
+    consumed, valid).
+    """
+
+    def __init__(self, observation_space: spaces.Dict, slate_size: int, hidden: int = 64) -> None:
+        super().__init__(observation_space, slate_size, hidden, history_encoder="mlp")
+        if "history" not in observation_space.spaces:
+            raise ValueError("observation_space: needs a 'history' entry (DriftingUsers observations)")
+        features, history = observation_space["candidates"].shape[1], observation_space["history"].shape[1]
+        if history < 4 or features < history - 2:
+            raise ValueError(
+                f"observation_space: expected history rows (d + 3) and candidates with at least d + 1 features "
+                f"(a DriftingUsers observation), got history {history} and candidates {features}"
+            )
+        self.embedding_dim = history - 3
+        self.affinity = nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def affinity_bonus(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, N]``: the target-attention term of each candidate's logit."""
+        d = self.embedding_dim
+        items = observation["candidates"][..., :d].float()  # [B, N, d]
+        history = observation["history"].float()  # [B, H, d + 3]
+        similarity = items @ history[..., :d].transpose(-1, -2)  # [B, N, H]
+        engagement, consumed = history[..., d], history[..., d + 1]  # [B, H]
+        by_engagement = (similarity * engagement[:, None]).sum(-1) / (engagement.sum(-1, keepdim=True) + 1.0)
+        by_click = (similarity * consumed[:, None]).sum(-1) / (consumed.sum(-1, keepdim=True) + 1.0)
+        best = (similarity * consumed[:, None] - 4.0 * (1.0 - consumed[:, None])).amax(-1)
+        latest = similarity[..., -1] * consumed[:, -1:]
+        return self.affinity(torch.stack([by_engagement, by_click, best, latest], dim=-1)).squeeze(-1)
+
+    def forward(self, observation: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, value = super().forward(observation)
+        return logits + self.affinity_bonus(observation), value
+
+
+def feedforward_policy(observation_space: spaces.Dict, slate_size: int, hidden: int = 64) -> AffinityPolicy:
     """The candidate scorer every gradient-based method adapts (vmap-compatible)."""
-    return SlatePolicy(observation_space, slate_size, hidden, history_encoder="mlp")
+    return AffinityPolicy(observation_space, slate_size, hidden)
 
 
 @dataclass
@@ -38,7 +82,7 @@ class Memory:
         return Memory(self.hidden.clone(), self.last_slate.clone())
 
 
-class RecurrentSlatePolicy(SlatePolicy):
+class RecurrentSlatePolicy(AffinityPolicy):
     """RL² policy: :class:`SlatePolicy` (MLP history window) with a recurrent memory over the user's
     lifetime added to its user context.
 
@@ -49,13 +93,12 @@ class RecurrentSlatePolicy(SlatePolicy):
     """
 
     def __init__(self, observation_space: spaces.Dict, slate_size: int, hidden: int = 64) -> None:
-        super().__init__(observation_space, slate_size, hidden, history_encoder="mlp")
-        if "history" not in observation_space.spaces:
-            raise ValueError("observation_space: RL² needs a 'history' entry (the user's last responses)")
+        super().__init__(observation_space, slate_size, hidden)
         self.candidate_dim = observation_space["candidates"].shape[1]
         self.response_dim = observation_space["history"].shape[1]
         self.cell = nn.GRUCell(self.candidate_dim + self.response_dim + 1, hidden)
         self.memory_out = nn.Linear(hidden, hidden)
+        self.memory_interest = nn.Linear(hidden, self.embedding_dim)  # what the memory says the user likes
 
     def initial_memory(self, batch: int, device: torch.device | str = "cpu") -> Memory:
         return Memory(
@@ -84,7 +127,10 @@ class RecurrentSlatePolicy(SlatePolicy):
         """``(logits [B, N], value [B])`` given the memory already updated by :meth:`read`."""
         context = self.context(observation) + torch.relu(self.memory_out(hidden))
         items = self.candidate_features(observation)
-        return self.logits(items, context), self.state_value(items, context)
+        embeddings = observation["candidates"][..., : self.embedding_dim].float()
+        remembered = (embeddings @ self.memory_interest(hidden)[:, :, None]).squeeze(-1)
+        logits = self.logits(items, context) + self.affinity_bonus(observation) + remembered
+        return logits, self.state_value(items, context)
 
     @staticmethod
     def slate_features(observation: dict[str, torch.Tensor], slate: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,8 @@ class RL2Trainer:
         sessions: sessions per user (every task's ``population.num_sessions``).
         seed: seeds weights, slate sampling, minibatch order, the task stream and the users.
         device: where the env and the policy live.
+        item_stats: candidates carry the population's logged item statistics (see
+            :class:`~metarec.envs.task_batch.TaskBatchVectorEnv`).
     """
 
     name = "rl2"
@@ -68,6 +70,7 @@ class RL2Trainer:
         sessions: int,
         seed: int,
         device: str | torch.device = "cpu",
+        item_stats: bool = False,
     ) -> None:
         if config.tasks_per_batch * config.users_per_task % config.num_minibatches:
             raise ValueError(
@@ -77,7 +80,9 @@ class RL2Trainer:
         self.distribution, self.split, self.config = distribution, split, config
         self.sessions, self.seed = sessions, seed
         self.batch_index = 0
-        self.env = TaskBatchVectorEnv(self._tasks(0), config.users_per_task, device=device, ground_truth=False)
+        self.env = TaskBatchVectorEnv(
+            self._tasks(0), config.users_per_task, device=device, ground_truth=False, item_stats=item_stats
+        )
         self.device = self.env.device
         torch.manual_seed(seed)  # initial weights only
         self.policy = RecurrentSlatePolicy(self.env.single_observation_space, self.env.model.slate_size,

@@ -58,6 +58,11 @@ class MetaTrainConfig(FrozenConfig):
     device: str = Field("cpu", description="Torch device.")
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads (None: torch's default).")
     checkpoint_every: int = Field(10, ge=1, description="Updates between checkpoints.")
+    item_stats: bool = Field(
+        True,
+        description="Candidates carry the population's logged item statistics (CTR, engagement per "
+        "impression, impressions) at training and evaluation, for every method and LinUCB alike.",
+    )
     rl2: RL2Config = Field(default_factory=RL2Config)
     gradient: GradientConfig = Field(default_factory=GradientConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -108,9 +113,10 @@ def params_sha256(state_dicts: list[dict[str, torch.Tensor]]) -> str:
 def _trainer(name: str, config: MetaTrainConfig) -> RL2Trainer | GradientMetaTrainer:
     assert isinstance(config.tasks, TaskDistribution)
     if name == "rl2":
-        return RL2Trainer(config.tasks, config.train_split, config.rl2, config.sessions, config.seed, config.device)
+        return RL2Trainer(config.tasks, config.train_split, config.rl2, config.sessions, config.seed, config.device,
+                          config.item_stats)  # fmt: skip
     return GradientMetaTrainer(name, config.tasks, config.train_split, config.gradient, config.sessions,  # type: ignore[arg-type]
-                               config.seed, config.device)  # fmt: skip
+                               config.seed, config.device, config.item_stats)  # fmt: skip
 
 
 def _policy_of(trainer: RL2Trainer | GradientMetaTrainer) -> torch.nn.Module:
@@ -233,7 +239,7 @@ def meta_eval(run: str | Path, split: Literal["test", "train"] = "test", progres
             if name == "rl2":
                 policy = RecurrentSlatePolicy(env.single_observation_space, slate_size, config.rl2.hidden).to(device)
                 policy.load_state_dict(weights[name])
-                return RL2Recommender(policy, generator)
+                return RL2Recommender(policy, generator, deterministic=eval_config.rl2_greedy)
             policy = feedforward_policy(env.single_observation_space, slate_size, config.gradient.hidden).to(device)
             policy.load_state_dict(weights[name])
             return AdaptingRecommender(name, policy, config.gradient, env.num_tasks, env.users_per_task, slate_size,
@@ -245,7 +251,7 @@ def meta_eval(run: str | Path, split: Literal["test", "train"] = "test", progres
     split_name = config.test_split if split == "test" else config.train_split
     started = time.perf_counter()
     result = evaluate(methods, config.tasks, split_name, config.sessions, eval_config, config.seed, device,
-                      progress=print if progress else None)  # fmt: skip
+                      progress=print if progress else None, item_stats=config.item_stats)  # fmt: skip
     result["wall_seconds"] = time.perf_counter() - started
     result = _finite(result)
     (run / f"eval_{split}.json").write_text(json.dumps(result, indent=2))

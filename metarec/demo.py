@@ -60,23 +60,28 @@ def _demo_abtest(out: Path, users: int, seed: int, device: str) -> dict:
     from metarec.abtest.runner import run_abtest
     from metarec.envs.population import validate_config
 
-    config = validate_config(ABTestConfig, {
-        "name": "demo A/B test",
-        "env_kwargs": {"population": {"session_budget": 20.0, "steps_per_day": 10}},
-        "arms": {"control": "popular", "linucb": "linucb", "greedy": "greedy"},
-        "users": users,
-        "days": 14,
-        "guardrails": [{"metric": "retention", "max_drop": 0.01}],
-        "seed": seed,
-        "device": device,
-    })
+    config = validate_config(
+        ABTestConfig,
+        {
+            "name": "demo A/B test",
+            "env_kwargs": {"population": {"session_budget": 20.0, "steps_per_day": 10}},
+            "arms": {"control": "popular", "linucb": "linucb", "greedy": "greedy"},
+            "users": users,
+            "days": 14,
+            "guardrails": [{"metric": "retention", "max_drop": 0.01}],
+            "seed": seed,
+            "device": device,
+        },
+    )
     print(f"\nA/B test: popular (control) vs linucb vs greedy, {users} users x {config.days} days, paired")
     results = run_abtest(config, out, quiet=True)
     primary = config.primary_metric
     for arm, effects in results["effects"].items():
         e = effects[primary]
-        print(f"  {arm:<8} {primary} {100 * e['relative']:+.2f}% "
-              f"(95% CI {100 * e['relative_ci'][0]:+.2f}% to {100 * e['relative_ci'][1]:+.2f}%, "
-              f"adjusted p {e['p_adjusted']:.2g})")
+        print(
+            f"  {arm:<8} {primary} {100 * e['relative']:+.2f}% "
+            f"(95% CI {100 * e['relative_ci'][0]:+.2f}% to {100 * e['relative_ci'][1]:+.2f}%, "
+            f"adjusted p {e['p_adjusted']:.2g})"
+        )
     print(f"  report: {out / 'report.html'}")
     return {arm: effects[primary] for arm, effects in results["effects"].items()} | {"report": str(out / "report.html")}

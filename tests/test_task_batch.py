@@ -144,3 +144,35 @@ def test_task_batch_is_deterministic_for_a_seed() -> None:
     a = episode_stats(TaskBatchVectorEnv([TASK_A, TASK_B], 30), 40, seed=5)
     b = episode_stats(TaskBatchVectorEnv([TASK_A, TASK_B], 30), 40, seed=5)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_item_stats_count_what_was_shown_clicked_and_watched() -> None:
+    env = TaskBatchVectorEnv([TASK_A, TASK_B], users_per_task=40, item_stats=True)
+    obs, _ = env.reset(seed=6)
+    assert obs["candidates"].shape == (80, 20, 17 + 3)
+    assert env.single_observation_space["candidates"].shape == (20, 20)
+    generator = torch.Generator().manual_seed(6)
+    shown = clicks = 0
+    watched = 0.0
+    for _ in range(25):
+        slate = random_slates(generator, env.num_envs)
+        slate[:, 4] = slate[:, 0]  # a repeat is shown (and counted) once
+        obs, reward, _, _, info = env.step(slate)
+        shown += 4 * env.num_envs
+        clicks += int(info["clicked"].sum())
+        watched += float(reward.sum())
+    stats = env.model.item_stats
+    assert int(stats[:, 0].sum()) == shown and int(stats[:, 1].sum()) == clicks
+    assert float(stats[:, 2].sum()) == pytest.approx(watched, rel=1e-5)
+    assert torch.all(stats[:, 1] <= stats[:, 0])
+    # the observation carries each candidate's smoothed CTR and engagement per impression
+    seen = stats[obs["candidate_ids"]]
+    torch.testing.assert_close(obs["candidates"][..., 17], (seen[..., 1] + 1) / (seen[..., 0] + 10))
+    torch.testing.assert_close(obs["candidates"][..., 19], torch.log1p(seen[..., 0]))
+    checkpoint = env.get_checkpoint()
+    env.reset(seed=7)  # a full reset: a new population, nothing logged
+    assert float(env.model.item_stats.abs().sum()) == 0
+    env.load_checkpoint(checkpoint)
+    torch.testing.assert_close(env.model.item_stats, stats)
+    env.reset(options={"reset_mask": torch.ones(80, dtype=torch.bool)})  # new users, same population
+    torch.testing.assert_close(env.model.item_stats, stats)
