@@ -70,8 +70,18 @@ def main() -> None:
     s1, s2, a1, a2 = (int(x) for x in seeds)
 
     def pool(env_seed: int, agent_seed: int) -> np.ndarray:
-        run = simulate_arm("metarec/DriftingUsers-v0", DEFAULT_ENV_KWARGS, args.agent, None, r * n, days, 0,
-                           env_seed, agent_seed, agent_seed)
+        run = simulate_arm(
+            "metarec/DriftingUsers-v0",
+            DEFAULT_ENV_KWARGS,
+            args.agent,
+            None,
+            r * n,
+            days,
+            0,
+            env_seed,
+            agent_seed,
+            agent_seed,
+        )
         return run.counters.reshape(r, n, days, -1)
 
     a, b_independent, b_paired = pool(s1, a1), pool(s2, a2), pool(s1, a2)
@@ -101,26 +111,30 @@ def main() -> None:
         rejections["planted"] += stats.welch_effect(treated, control, alpha=alpha).p_value < alpha
 
     ratio = config_ci_ratio(args.config, args.ratio_users)
-    print(json.dumps({
-        "benchmark": "ab_calibration",
-        "replicates": r,
-        "users_per_arm": n,
-        "days": days,
-        "agent": args.agent,
-        "metric": args.metric,
-        "alpha": alpha,
-        "fpr_fixed": rejections["paired"] / r,
-        "fpr_fixed_independent": rejections["independent"] / r,
-        "fpr_sequential": rejections["sequential"] / r,
-        "planted_effect": delta,
-        "power_observed": rejections["planted"] / r,
-        "power_predicted": power_predicted,
-        "paired_ci_ratio": ratio,
-        "paired_ci_ratio_aa": float(np.mean(widths["paired"]) / np.mean(widths["independent"])),
-        "ratio_config": args.config,
-        "ratio_users_per_arm": args.ratio_users,
-        "wall_seconds": round(time.perf_counter() - start, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "ab_calibration",
+                "replicates": r,
+                "users_per_arm": n,
+                "days": days,
+                "agent": args.agent,
+                "metric": args.metric,
+                "alpha": alpha,
+                "fpr_fixed": rejections["paired"] / r,
+                "fpr_fixed_independent": rejections["independent"] / r,
+                "fpr_sequential": rejections["sequential"] / r,
+                "planted_effect": delta,
+                "power_observed": rejections["planted"] / r,
+                "power_predicted": power_predicted,
+                "paired_ci_ratio": ratio,
+                "paired_ci_ratio_aa": float(np.mean(widths["paired"]) / np.mean(widths["independent"])),
+                "ratio_config": args.config,
+                "ratio_users_per_arm": args.ratio_users,
+                "wall_seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+    )
 
 
 def config_ci_ratio(path: str, users: int) -> float:
@@ -133,8 +147,9 @@ def config_ci_ratio(path: str, users: int) -> float:
             {**config.model_dump(), "design": design, "users": total, "sequential": False, "allocation": None}
         )
         effects = run_abtest(variant, quiet=True)["effects"]
-        widths[design] = {arm: e[config.primary_metric]["ci"][1] - e[config.primary_metric]["ci"][0]
-                          for arm, e in effects.items()}
+        widths[design] = {
+            arm: e[config.primary_metric]["ci"][1] - e[config.primary_metric]["ci"][0] for arm, e in effects.items()
+        }
     return float(np.mean([widths["paired"][arm] / widths["independent"][arm] for arm in widths["paired"]]))
 
 

@@ -57,24 +57,28 @@ def main() -> None:
             samples.append((step, rss_mb()))
     seconds = time.perf_counter() - start
     after_warmup = [mb for s, mb in samples if s >= warmup]
-    print(json.dumps({
-        "benchmark": "soak",
-        "env": args.env,
-        "users": args.users,
-        "user_steps": steps * args.users,
-        "device": args.device,
-        "allocator_tuned": tuned,
-        "user_steps_per_s": steps * args.users / seconds,
-        "rss_mb_after_warmup": after_warmup[0],
-        "rss_mb_end": after_warmup[-1],
-        "rss_mb_max_after_warmup": max(after_warmup),
-        "growth_mb": after_warmup[-1] - after_warmup[0],
-        "growth_second_half_mb": after_warmup[-1] - after_warmup[len(after_warmup) // 2],
-        "rss_mb_samples": [round(mb) for mb in after_warmup],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3,
-        "rewards_finite": finite,
-        "seconds": round(seconds, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "soak",
+                "env": args.env,
+                "users": args.users,
+                "user_steps": steps * args.users,
+                "device": args.device,
+                "allocator_tuned": tuned,
+                "user_steps_per_s": steps * args.users / seconds,
+                "rss_mb_after_warmup": after_warmup[0],
+                "rss_mb_end": after_warmup[-1],
+                "rss_mb_max_after_warmup": max(after_warmup),
+                "growth_mb": after_warmup[-1] - after_warmup[0],
+                "growth_second_half_mb": after_warmup[-1] - after_warmup[len(after_warmup) // 2],
+                "rss_mb_samples": [round(mb) for mb in after_warmup],
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3,
+                "rewards_finite": finite,
+                "seconds": round(seconds, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -156,6 +156,10 @@ class UserSimEnv(gym.Env):
         """The user model this environment adapts, on ``backend``."""
         return self.model_class(self.config, backend)
 
+    def make_random(self, seed: int | None) -> Random:
+        """The generator ``reset(seed=...)`` installs."""
+        return self.backend.make_random(seed)
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
         if self.backend.name == "numpy":
@@ -263,10 +267,14 @@ class UserSimVectorEnv(VectorEnv):
         """The user model this environment adapts, on ``backend``."""
         return self.model_class(self.config, backend)
 
+    def make_random(self, seed: int | None) -> Random:
+        """The generator ``reset(seed=...)`` installs."""
+        return self.backend.make_random(seed)
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
         if seed is not None or self._rng is None:
-            self._rng = self.backend.make_random(seed)
+            self._rng = self.make_random(seed)
         mask = (options or {}).get("reset_mask")
         if mask is not None and self._state is not None:
             mask = self.backend.asarray(np.asarray(mask, dtype=bool)) if not hasattr(mask, "device") else mask

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .adapters import UserSimVectorEnv
-from .backend import Array, Backend, Random
+from .backend import Array, Backend, Random, RowSubsetRandom
 from .choice import shown_mask
 from .core import State
 from .drifting import DriftingUsersModel, make_world
@@ -247,6 +247,9 @@ class TaskBatchVectorEnv(UserSimVectorEnv):
             in this population so far (smoothed CTR and engagement per impression, log impressions),
             counted over all users of its task since the last full ``reset``. A population-level
             signal a production recommender has; the users' state stays hidden.
+        shard: ``(full_batch, rows)``: these users are rows ``rows`` of a batch of ``full_batch`` users
+            (another process steps the others); every random draw is made at the full size and these
+            rows taken, so each user's trajectory is the one it has in the unsharded batch.
 
     ``info`` carries what DriftingUsers' does. :meth:`set_tasks` swaps in a new meta-batch (same
     ``T``, ``U``) without rebuilding the env; call ``reset`` after it.
@@ -265,9 +268,11 @@ class TaskBatchVectorEnv(UserSimVectorEnv):
         ground_truth: bool = True,
         autoreset: bool = True,
         item_stats: bool = False,
+        shard: tuple[int, Any] | None = None,
         render_mode: str | None = None,
     ) -> None:
         self.item_stats = item_stats
+        self.shard = shard
         if isinstance(users_per_task, bool) or not isinstance(users_per_task, int | np.integer) or users_per_task < 1:
             raise ValueError(f"users_per_task: expected a positive integer, got {users_per_task!r}")
         self.tasks = check_tasks(tasks)
@@ -285,6 +290,13 @@ class TaskBatchVectorEnv(UserSimVectorEnv):
 
     def build_model(self, backend: Backend) -> TaskBatchModel:
         return TaskBatchModel(self.tasks, backend, self.users_per_task, self.item_stats)
+
+    def make_random(self, seed: int | None) -> Random:
+        base = super().make_random(seed)
+        if self.shard is None:
+            return base
+        full, rows = self.shard
+        return RowSubsetRandom(base, full, self.backend.asarray(np.asarray(rows, dtype=np.int64)))
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         if (options or {}).get("reset_mask") is None and self.model.item_stats is not None:

@@ -190,6 +190,22 @@ def reptile_update(theta: Params, adapted: Params, epsilon: float) -> Params:
     return new
 
 
+def average_across_processes(tensors: list[torch.Tensor]) -> None:
+    """Averages ``tensors`` in place over the processes of the default ``torch.distributed`` group
+    (one flat all-reduce); nothing when no group is initialised or it has one process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
 def _leaves_with_paths(tree: Any, path: str) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(path, tensor)`` for every leaf of a batch pytree; reject leaves ``vmap`` cannot batch."""
     if isinstance(tree, torch.Tensor):
@@ -248,7 +264,8 @@ class GradientMetaLearner:
         trainable = [p for p in module.parameters() if p.requires_grad]
         self.optimizer: torch.optim.Optimizer
         if optimizer == "adam":
-            self.optimizer = torch.optim.Adam(trainable, lr=self.outer_lr)
+            # eps as in CleanRL: a near-zero gradient takes a small step (with 1e-8, float noise in it takes ~lr)
+            self.optimizer = torch.optim.Adam(trainable, lr=self.outer_lr, eps=1e-5)
         else:
             self.optimizer = torch.optim.SGD(trainable, lr=self.outer_lr)
         self._id = next(_learner_ids)
@@ -419,6 +436,7 @@ class GradientMetaLearner:
         self.optimizer.zero_grad(set_to_none=True)
         query_loss.backward()
         grads = [p.grad for p in theta.values() if p.grad is not None]
+        average_across_processes(grads)  # data-parallel over tasks: each process held a share of them
         if not grads:
             raise RuntimeError(
                 "no gradient reached the module's parameters: query_loss does not depend on θ; compute it from "
@@ -437,15 +455,18 @@ class GradientMetaLearner:
         adapted = {name: q.detach() for name, q in params.params.items()}
         with torch.no_grad():
             before = {name: p.detach().clone() for name, p in theta.items()}
+            # the mean over tasks, over every process's share of them
+            mean = {name: q.mean(dim=0) for name, q in adapted.items()}
+            average_across_processes(list(mean.values()))
             if self.optimizer_name == "sgd":
                 epsilon = float(self.optimizer.param_groups[0]["lr"])
-                new = reptile_update(before, adapted, epsilon)
+                new = reptile_update(before, {name: m[None] for name, m in mean.items()}, epsilon)
                 for name, p in theta.items():
                     p.copy_(new[name])
             else:
                 for name, p in theta.items():
                     # The pseudo-gradient -(mean_t θ'_t - θ): a descent step on it moves θ toward the adapted mean.
-                    p.grad = before[name] - adapted[name].mean(dim=0)
+                    p.grad = before[name] - mean[name]
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             step_norm = torch.linalg.vector_norm(

@@ -144,8 +144,32 @@ class TaskPolicy:
             logits, _ = self.forward(params.params, split)
         return logits.reshape(self.num_tasks * self.users, -1)
 
-    def sample(self, params: TaskParams, observation: dict[str, torch.Tensor], generator: torch.Generator):
-        return PlackettLuce(self.logits(params, observation), self.slate_size).sample(generator)
+    def sample(
+        self,
+        params: TaskParams,
+        observation: dict[str, torch.Tensor],
+        generator: torch.Generator,
+        shard: tuple[int, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Plackett–Luce slates; with ``shard`` ``(full_batch, rows)`` the Gumbel noise is drawn for the
+        full batch and these rows taken (each user's draw as in the unsharded batch)."""
+        logits = self.logits(params, observation)
+        if shard is None:
+            return PlackettLuce(logits, self.slate_size).sample(generator)
+        full, rows = shard
+        u = torch.rand((full, logits.shape[1]), generator=generator, device=logits.device, dtype=logits.dtype)[rows]
+        gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
+        return torch.topk(logits + gumbel, self.slate_size, dim=-1).indices
+
+
+def process_share() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process in the default ``torch.distributed`` group; ``(0, 1)``
+    when none is initialised."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 class GradientMetaTrainer:
@@ -168,9 +192,23 @@ class GradientMetaTrainer:
         self.distribution, self.split, self.config = distribution, split, config
         self.sessions, self.seed = sessions, seed
         c = config
-        self.env = TaskBatchVectorEnv(
-            self._tasks(0), c.users_per_task, device=device, ground_truth=False, item_stats=item_stats
+        # Data-parallel over tasks when torch.distributed is initialised: this process steps its share
+        # of every meta-batch's tasks, and the meta-gradients are averaged (GradientMetaLearner).
+        self.rank, self.world = process_share()
+        if c.tasks_per_batch % self.world:
+            raise ValueError(
+                f"gradient.tasks_per_batch: must divide among {self.world} processes, got {c.tasks_per_batch}"
+            )
+        self.local_tasks = c.tasks_per_batch // self.world
+        full = c.tasks_per_batch * c.users_per_task
+        rows = torch.arange(
+            self.rank * self.local_tasks * c.users_per_task, (self.rank + 1) * self.local_tasks * c.users_per_task
         )
+        self.shard = None if self.world == 1 else (full, rows)
+        self.env = TaskBatchVectorEnv(
+            self._local(self._tasks(0)), c.users_per_task, device=device, ground_truth=False,
+            item_stats=item_stats, shard=self.shard, autoreset=False,  # a finished user stays out of the window
+        )  # fmt: skip
         self.device = self.env.device
         self.slate_size = self.env.model.slate_size
         torch.manual_seed(seed)  # initial weights only
@@ -178,14 +216,19 @@ class GradientMetaTrainer:
         learner_method = {"maml": "maml", "fomaml": "fomaml", "reptile": "reptile"}.get(method, "fomaml")
         self.learner = GradientMetaLearner(self.policy, learner_method, c.inner_lr, c.outer_lr)
         self.loss = policy_gradient_loss(self.policy, self.slate_size)
-        self.acting = TaskPolicy(self.learner, c.tasks_per_batch, c.users_per_task, self.slate_size)
+        self.acting = TaskPolicy(self.learner, self.local_tasks, c.users_per_task, self.slate_size)
         self.generator = torch.Generator(device=self.device).manual_seed(seed + 7919)
+        if self.shard is not None:
+            self.shard = (self.shard[0], self.shard[1].to(self.device))
         self.update = 0
         self.global_step = 0
 
     def _tasks(self, index: int) -> list[Any]:
         c = self.config
         return task_batch(self.distribution, self.split, c.tasks_per_batch, self.seed, index, self.sessions)
+
+    def _local(self, tasks: list[Any]) -> list[Any]:
+        return tasks[self.rank * self.local_tasks : (self.rank + 1) * self.local_tasks]
 
     @property
     def done(self) -> bool:
@@ -194,15 +237,15 @@ class GradientMetaTrainer:
     def rollout(self, params: TaskParams) -> dict[str, Any]:
         """One window of every user of the meta-batch under per-task ``params``."""
         c = self.config
-        window = TaskWindow(c.tasks_per_batch, c.users_per_task)
+        window = TaskWindow(self.local_tasks, c.users_per_task)
         alive = torch.ones(self.env.num_envs, dtype=torch.bool, device=self.device)
         for _ in range(c.rollout_steps):
-            slate = self.acting.sample(params, self.observation, self.generator)
+            slate = self.acting.sample(params, self.observation, self.generator, self.shard)
             observation, reward, terminated, truncated, _ = self.env.step(slate)
             window.add(self.observation, slate, reward, alive)
             alive = alive & ~(terminated | truncated)
             self.observation = observation
-        self.global_step += c.rollout_steps * self.env.num_envs
+        self.global_step += c.rollout_steps * self.env.num_envs * self.world
         return window.batch(c.gamma)
 
     def step(self) -> dict[str, float]:
@@ -210,9 +253,9 @@ class GradientMetaTrainer:
         from torch.func import vmap
 
         c = self.config
-        self.env.set_tasks(self._tasks(self.update))
+        self.env.set_tasks(self._local(self._tasks(self.update)))
         self.observation, _ = self.env.reset(seed=self.seed * 1_000_003 + self.update)
-        params = self.learner.clone(c.tasks_per_batch)
+        params = self.learner.clone(self.local_tasks)
         support = self.rollout(params)
         if self.method == "finetune":  # plain multi-task policy gradient at θ
             loss = vmap(self.loss)(params.params, support).mean()

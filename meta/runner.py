@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -123,20 +124,94 @@ def _policy_of(trainer: RL2Trainer | GradientMetaTrainer) -> torch.nn.Module:
     return trainer.policy
 
 
-def meta_train(config: MetaTrainConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Trains every method of ``config`` into ``out`` (see the module docstring)."""
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
+def meta_train(
+    config: MetaTrainConfig, out: str | Path, resume: bool = False, progress: bool = True, nproc: int = 1
+) -> dict[str, Any]:
+    """Trains every method of ``config`` into ``out`` (see the module docstring).
 
-    from metarec.training import TrainingInterrupted, _atomic_save, _atomic_write_text, stop_requests
-
+    ``nproc > 1`` spawns that many processes on this machine (``torch.distributed``: gloo on CPU,
+    NCCL on GPUs) that share each meta-batch's tasks and average the meta-gradients; the parameters
+    equal a one-process run's up to floating-point summation order. Under ``torchrun`` (``WORLD_SIZE``
+    set), the processes torchrun started join one group the same way. RL² trains in one process.
+    """
     out = Path(out)
     checkpoint_path = out / "checkpoints" / "last.pt"
     if out.exists() and any(out.iterdir()) and not resume:
         raise ValueError(f"out: {out} is not empty; pass --resume to continue the run there, or another --out")
     if resume and not checkpoint_path.is_file():
         raise ValueError(f"--resume: no checkpoint at {checkpoint_path}")
-    if config.torch_threads:
+    world = nproc if nproc > 1 else int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and "rl2" in config.methods:
+        raise ValueError(f"methods: rl2 trains in one process; drop it from methods to train with {world} processes")
+    if world > 1 and config.gradient.tasks_per_batch % world:
+        raise ValueError(f"gradient.tasks_per_batch: must divide among {world} processes, got "
+                         f"{config.gradient.tasks_per_batch}")  # fmt: skip
+    if nproc > 1:
+        import torch.multiprocessing as mp
+
+        port = _free_port()
+        mp.spawn(_worker, args=(config.model_dump_json(), str(out), resume, nproc, port), nprocs=nproc, join=True)
+        return json.loads((out / "results.json").read_text())
+    if world > 1:  # started by torchrun
+        _join_group(config, int(os.environ["RANK"]), world, "env://")
+    return _meta_train(config, out, resume, progress)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _join_group(config: MetaTrainConfig, rank: int, world: int, init_method: str) -> None:
+    import torch.distributed as dist
+
+    backend = "nccl" if torch.device(config.device).type == "cuda" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
+    threads = config.torch_threads or torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // world))  # the processes share the machine's cores
+
+
+def _worker(rank: int, config_json: str, out: str, resume: bool, world: int, port: int) -> None:
+    import torch.distributed as dist
+
+    config = MetaTrainConfig.model_validate_json(config_json)
+    _join_group(config, rank, world, f"tcp://127.0.0.1:{port}")
+    try:
+        _meta_train(config, Path(out), resume, progress=False)
+    finally:
+        dist.destroy_process_group()
+
+
+class _NoWriter:
+    """Stands in for TensorBoard's SummaryWriter in processes other than the first."""
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _meta_train(config: MetaTrainConfig, out: Path, resume: bool, progress: bool) -> dict[str, Any]:
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    from metarec.training import TrainingInterrupted, _atomic_save, _atomic_write_text, stop_requests
+
+    from .gradient_rl import process_share
+
+    rank, world = process_share()
+    primary = rank == 0  # the one process that writes files
+    checkpoint_path = out / "checkpoints" / "last.pt"
+    if config.torch_threads and world == 1:
         torch.set_num_threads(config.torch_threads)
     out.mkdir(parents=True, exist_ok=True)
     saved: dict[str, Any] = {"finished": {}, "current": None}
@@ -144,7 +219,7 @@ def meta_train(config: MetaTrainConfig, out: str | Path, resume: bool = False, p
         saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         if saved.get("config") != json.loads(config.model_dump_json()):
             raise ValueError(f"--resume: {out} was started with a different config; use another --out")
-    else:
+    elif primary:
         _atomic_write_text(yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False), out / "config.yaml")
     finished: dict[str, dict[str, Any]] = saved["finished"]
     started = time.perf_counter()
@@ -156,7 +231,11 @@ def meta_train(config: MetaTrainConfig, out: str | Path, resume: bool = False, p
             current = saved.get("current")
             if current is not None and current["name"] == name:
                 trainer.load_state_dict(current["state"])
-            writer = SummaryWriter(str(out / "tb" / name), purge_step=trainer.update + 1 if trainer.update else None)
+            writer: Any = (
+                SummaryWriter(str(out / "tb" / name), purge_step=trainer.update + 1 if trainer.update else None)
+                if primary
+                else _NoWriter()
+            )
             total = config.rl2.updates if name == "rl2" else (0 if name == "scratch" else config.gradient.meta_steps)
             bar = tqdm(total=total, initial=trainer.update, desc=name, unit="update", disable=not progress)
             method_start, steps_before = time.perf_counter(), trainer.global_step
@@ -167,7 +246,8 @@ def meta_train(config: MetaTrainConfig, out: str | Path, resume: bool = False, p
                 entry = None if state is None else {"name": name, "state": state,
                                                     "seconds": before + time.perf_counter() - start}  # fmt: skip
                 payload = {"config": json.loads(config.model_dump_json()), "finished": finished, "current": entry}
-                _atomic_save(payload, checkpoint_path)
+                if primary:
+                    _atomic_save(payload, checkpoint_path)
 
             while not trainer.done:
                 stats = trainer.step()
@@ -185,7 +265,8 @@ def meta_train(config: MetaTrainConfig, out: str | Path, resume: bool = False, p
             writer.close()
             seconds = seconds_before + time.perf_counter() - method_start
             policy = _policy_of(trainer)
-            _atomic_save({"name": name, "policy": policy.state_dict()}, out / "methods" / f"{name}.pt")
+            if primary:
+                _atomic_save({"name": name, "policy": policy.state_dict()}, out / "methods" / f"{name}.pt")
             this_process = time.perf_counter() - method_start
             finished[name] = {
                 "updates": trainer.update,
@@ -202,8 +283,10 @@ def meta_train(config: MetaTrainConfig, out: str | Path, resume: bool = False, p
         "wall_seconds_this_process": time.perf_counter() - started,
         "seed": config.seed,
         "device": config.device,
+        "processes": world,
     }
-    _atomic_write_text(json.dumps(results, indent=2), out / "results.json")
+    if primary:
+        _atomic_write_text(json.dumps(results, indent=2), out / "results.json")
     return results
 
 

@@ -94,7 +94,7 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
     config = load_meta_config(args.config, overrides)
     out = args.out or f"runs/{Path(args.config).stem}"
     try:
-        results = meta_train(config, out, resume=args.resume, progress=not args.quiet)
+        results = meta_train(config, out, resume=args.resume, progress=not args.quiet, nproc=args.nproc)
     except TrainingInterrupted as stop:
         print(f"metarec meta-train: stopped by {stop}", file=sys.stderr)
         return 143 if stop.signal_name == "SIGTERM" else 130
@@ -167,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--out", help="run directory (default runs/CONFIG_NAME)")
     mt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     mt.add_argument("--device", help="torch device (overrides the config's)")
+    mt.add_argument(
+        "--nproc",
+        type=_positive_int,
+        default=1,
+        help="processes sharing each meta-batch's tasks (torch.distributed: gloo on CPU, NCCL on GPUs)",
+    )
     mt.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     mt.add_argument("--quiet", action="store_true", help="no progress bars")
     mt.set_defaults(func=_cmd_meta_train)

@@ -42,8 +42,10 @@ def config(**overrides) -> ABTestConfig:
         ({"arms": {"only": "random"}}, "arms: expected at least two arms"),
         ({"env": "CartPole-v1"}, "env"),
         ({"env": "metarec/RecSimInterestEvolution-v0"}, "env: Value error, expected an environment whose users"),
-        ({"design": "independent", "users": 30, "allocation": {"control": 1, "treatment": 3}},
-         "users: expected at least 80 for this allocation"),
+        (
+            {"design": "independent", "users": 30, "allocation": {"control": 1, "treatment": 3}},
+            "users: expected at least 80 for this allocation",
+        ),
         ({"days": 0}, "days"),
     ],
 )
@@ -57,9 +59,14 @@ def test_compacted_simulation_equals_stepping_everyone():
     loop over the vector env that keeps stepping everyone (common random numbers by row)."""
     users, days, seed = 300, 3, 11
     run = simulate_arm("metarec/DriftingUsers-v0", SHORT, "oracle", None, users, days, 0, seed, 1, 2)
-    env = gym.make_vec("metarec/DriftingUsers-v0", num_envs=users, vectorization_mode="vector_entry_point",
-                       autoreset=False, population={"session_budget": 8.0, "num_sessions": days},
-                       catalog={"num_items": 200})
+    env = gym.make_vec(
+        "metarec/DriftingUsers-v0",
+        num_envs=users,
+        vectorization_mode="vector_entry_point",
+        autoreset=False,
+        population={"session_budget": 8.0, "num_sessions": days},
+        catalog={"num_items": 200},
+    )
     _, info = env.reset(seed=seed)
     engagement = np.zeros((users, days))
     steps = np.zeros((users, days))
@@ -122,8 +129,13 @@ def test_pre_period_is_shared_in_paired_design_and_cuped_narrows_independent_int
 
     widths = {}
     for cuped in (False, True):
-        cfg = config(design="independent", users=1200, pre_period_days=2, cuped=cuped,
-                     arms={"control": "random", "treatment": "random"})
+        cfg = config(
+            design="independent",
+            users=1200,
+            pre_period_days=2,
+            cuped=cuped,
+            arms={"control": "random", "treatment": "random"},
+        )
         effect = run_abtest(cfg, quiet=True)["effects"]["treatment"]["engagement"]
         assert effect["cuped"] is cuped
         widths[cuped] = effect["ci"][1] - effect["ci"][0]
@@ -142,9 +154,18 @@ def test_popular_learns_only_from_active_users():
 
 def test_cli_writes_results_and_a_report_with_its_numbers(tmp_path: Path, capsys):
     path = tmp_path / "ab.yaml"
-    path.write_text(yaml.safe_dump({"name": "tiny", "arms": {"control": "random", "treatment": "oracle"},
-                                    "users": 300, "days": 2, "env_kwargs": SHORT,
-                                    "guardrails": [{"metric": "retention"}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "arms": {"control": "random", "treatment": "oracle"},
+                "users": 300,
+                "days": 2,
+                "env_kwargs": SHORT,
+                "guardrails": [{"metric": "retention"}],
+            }
+        )
+    )
     out = tmp_path / "out"
     assert main(["abtest", str(path), "--out", str(out), "--quiet", "--json"]) == 0
     line = json.loads(capsys.readouterr().out)
@@ -180,8 +201,11 @@ def test_per_user_bandits_skip_users_who_see_no_slate(name):
     slate = agent.act(observation, {**info, "active": active})
     assert torch.equal(slate[~active], torch.arange(5).expand(4, 5))  # the placeholder slate
     _, reward, terminated, truncated, step_info = env.step(slate)
-    step_info = {**step_info, "clicked": torch.ones(6, dtype=torch.bool),
-                 "chosen_position": torch.zeros(6, dtype=torch.int64)}  # a click for everyone
+    step_info = {
+        **step_info,
+        "clicked": torch.ones(6, dtype=torch.bool),
+        "chosen_position": torch.zeros(6, dtype=torch.int64),
+    }  # a click for everyone
     agent.observe(torch.ones(6), terminated | truncated, {**step_info, "active": active})
     for key, value in before.items():
         after = getattr(agent, key)

@@ -209,10 +209,13 @@ def test_reptile_with_adam_steps_toward_the_adapted_mean() -> None:
     for k, p in learner.meta_params.items():
         direction = adapted.params[k].mean(dim=0) - theta[k]
         step = p.detach() - theta[k]
-        # Adam's first step is lr * sign(pseudo-gradient) (up to eps): toward the mean, not away.
+        # Adam's first step is lr * g / (|g| + eps) (eps 1e-5): toward the mean, never away; about lr
+        # wherever the pseudo-gradient is well above eps.
         mask = direction.abs() > 1e-6
         assert torch.all(torch.sign(step[mask]) == torch.sign(direction[mask])), k
-        torch.testing.assert_close(step[mask].abs(), torch.full_like(step[mask], 0.01), rtol=1e-3, atol=0)
+        large = direction.abs() > 1e-2
+        assert int(large.sum()) > 0
+        torch.testing.assert_close(step[large].abs(), torch.full_like(step[large], 0.01), rtol=1e-3, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------------- 4. vmap vs loop

@@ -179,3 +179,23 @@ def test_meta_train_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path)
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["params_sha256"] == reference
+
+
+def test_two_gloo_processes_give_the_parameters_of_one(tmp_path) -> None:
+    config = load_meta_config(TINY, ["methods=[maml,reptile,finetune]", "gradient.meta_steps=4"])
+    one = meta_train(config, tmp_path / "one", progress=False)
+    two = meta_train(config, tmp_path / "two", progress=False, nproc=2)
+    assert two["processes"] == 2 and one["processes"] == 1
+    for name in ("maml", "reptile", "finetune"):
+        a = torch.load(tmp_path / "one" / "methods" / f"{name}.pt", weights_only=True)["policy"]
+        b = torch.load(tmp_path / "two" / "methods" / f"{name}.pt", weights_only=True)["policy"]
+        moved = max(float((a[k] - b[k]).abs().max()) for k in a)
+        assert moved < 1e-5, (name, moved)
+
+
+def test_processes_refuse_what_they_cannot_share(tmp_path) -> None:
+    with pytest.raises(ValueError, match="methods: rl2 trains in one process"):
+        meta_train(load_meta_config(TINY), tmp_path / "a", progress=False, nproc=2)
+    config = load_meta_config(TINY, ["methods=[maml]", "gradient.tasks_per_batch=3"])
+    with pytest.raises(ValueError, match=r"gradient\.tasks_per_batch: must divide among 2 processes, got 3"):
+        meta_train(config, tmp_path / "b", progress=False, nproc=2)

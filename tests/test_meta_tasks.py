@@ -42,8 +42,9 @@ def test_sampling_is_reproducible_and_splits_never_share_a_world(tasks: TaskDist
 def test_every_sampled_task_is_an_environment(tasks: TaskDistribution) -> None:
     for name in tasks.splits:
         for task in tasks.sample(name, 2, seed=3):
-            env = gym.make_vec("metarec/DriftingUsers-v0", num_envs=16, vectorization_mode="vector_entry_point",
-                               config=task)
+            env = gym.make_vec(
+                "metarec/DriftingUsers-v0", num_envs=16, vectorization_mode="vector_entry_point", config=task
+            )
             _, info = env.reset(seed=0)
             _, reward, *_ = env.step(info["oracle_slate"])
             assert bool(torch.isfinite(reward).all())
@@ -65,15 +66,21 @@ def test_ranges_draw_the_stated_distributions() -> None:
     [
         ({"prior": {"ranges": {"happiness": {"low": 0, "high": 1}}}}, "ranges.happiness: expected a population field"),
         ({"prior": {"ranges": {"choice_temperature": {"low": 2, "high": 1}}}}, "high: expected >= low"),
-        ({"prior": {"ranges": {"choice_temperature": {"low": 0, "high": 1, "log": True}}}},
-         "a log range needs low > 0"),
+        (
+            {"prior": {"ranges": {"choice_temperature": {"low": 0, "high": 1, "log": True}}}},
+            "a log range needs low > 0",
+        ),
         ({"prior": {"regimes": {"wild": {"consumption_pull": 2.0}}}}, "regimes.wild.consumption_pull"),
         ({"prior": {"domains": {"odd": {"num_itemz": 5}}}}, "domains.odd.num_itemz: unknown field"),
         ({"splits": {"test": {"regimes": ["default"], "domains": ["nowhere"]}}}, "splits.test.domains: 'nowhere'"),
         (
-            {"prior": {"regimes": {"a": {}, "b": {}}},
-             "splits": {"train": {"regimes": ["a", "b"], "domains": ["default"]},
-                        "test": {"regimes": ["b"], "domains": ["default"], "holds_out": ["regimes"]}}},
+            {
+                "prior": {"regimes": {"a": {}, "b": {}}},
+                "splits": {
+                    "train": {"regimes": ["a", "b"], "domains": ["default"]},
+                    "test": {"regimes": ["b"], "domains": ["default"], "holds_out": ["regimes"]},
+                },
+            },
             "splits.test.regimes: holds out b, which training split 'train' uses",
         ),
     ],

@@ -38,8 +38,9 @@ def _finite(tree: object) -> bool:
 @given(values=populations)
 def test_any_population_steps_finitely_or_names_the_field(values: dict) -> None:
     try:
-        env = gym.make_vec("metarec/DriftingUsers-v0", num_envs=16, vectorization_mode="vector_entry_point",
-                           population=values)
+        env = gym.make_vec(
+            "metarec/DriftingUsers-v0", num_envs=16, vectorization_mode="vector_entry_point", population=values
+        )
     except ValueError as err:
         assert any(f"population.{key}" in str(err) for key in values), str(err)
         return
@@ -71,9 +72,7 @@ def test_any_action_is_a_legal_slate_or_an_error_about_the_action(action: object
     env.reset(seed=0)
     array = np.asarray(action)
     legal = (
-        array.shape == (4, 5)
-        and np.issubdtype(array.dtype, np.integer)
-        and bool(np.all((array >= 0) & (array < 20)))
+        array.shape == (4, 5) and np.issubdtype(array.dtype, np.integer) and bool(np.all((array >= 0) & (array < 20)))
     )
     if legal:
         _, reward, *_ = env.step(action)

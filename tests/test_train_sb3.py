@@ -80,8 +80,9 @@ def test_sb3_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path: Path, mon
 
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers need the main thread")
-    path = config_file(tmp_path / "c.yaml", "sb3-dqn", "metarec/DriftingUsersSingle-v0", learning_starts=64,
-                       buffer_size=2000)
+    path = config_file(
+        tmp_path / "c.yaml", "sb3-dqn", "metarec/DriftingUsersSingle-v0", learning_starts=64, buffer_size=2000
+    )
     calls = {"n": 0}
     original = RecommenderMetricsCallback._on_step
 
