@@ -111,6 +111,7 @@ class TaskBatchModel(DriftingUsersModel):
             if item_stats
             else None
         )
+        self.record_rows: Array | None = None  # [B] bool: whose steps are logged (None: everyone's)
 
     def step(self, rng: Random, state: State, slate: Array, truth: Any = None) -> tuple[State, Any]:
         new_state, outcome = super().step(rng, state, slate, truth)
@@ -124,7 +125,11 @@ class TaskBatchModel(DriftingUsersModel):
         if self.item_stats is None:
             return
         be = self.backend
-        shown_ids = be.take_along(candidates, slate)[shown_mask(be.xp, slate)]
+        shown = shown_mask(be.xp, slate)
+        if self.record_rows is not None:  # users who left are not served, so nothing of theirs is logged
+            shown = shown & self.record_rows[:, None]
+            chosen = be.xp.where(self.record_rows, chosen, -1)
+        shown_ids = be.take_along(candidates, slate)[shown]
         self.item_stats[:, 0].index_add_(0, shown_ids, be.xp.ones_like(shown_ids, dtype=be.xp.float32))
         clicked = chosen >= 0
         ids = be.take_along(candidates, be.xp.clip(chosen, 0, None)[:, None])[:, 0][clicked]
@@ -272,6 +277,8 @@ class TaskBatchVectorEnv(UserSimVectorEnv):
         render_mode: str | None = None,
     ) -> None:
         self.item_stats = item_stats
+        if shard is not None and autoreset:
+            raise ValueError("shard: a sharded env needs autoreset=False (fresh users would draw at the shard's size)")
         self.shard = shard
         if isinstance(users_per_task, bool) or not isinstance(users_per_task, int | np.integer) or users_per_task < 1:
             raise ValueError(f"users_per_task: expected a positive integer, got {users_per_task!r}")
@@ -291,6 +298,23 @@ class TaskBatchVectorEnv(UserSimVectorEnv):
     def build_model(self, backend: Backend) -> TaskBatchModel:
         return TaskBatchModel(self.tasks, backend, self.users_per_task, self.item_stats)
 
+    def step(self, actions: Any) -> tuple[dict, Any, Any, Any, dict]:
+        if self.autoreset or self.model.item_stats is None or self._state is None:
+            return super().step(actions)
+        self.model.record_rows = ~self._finished
+        result = super().step(actions)
+        self._finished = self._finished | result[2] | result[3]
+        return result
+
+    def get_checkpoint(self) -> dict[str, Any]:
+        if self.shard is not None:
+            raise ValueError("shard: a sharded env's random stream is not checkpointed; checkpoint the unsharded run")
+        checkpoint = super().get_checkpoint()
+        if self.model.item_stats is not None:
+            checkpoint["item_stats"] = self.model.item_stats.clone()
+        checkpoint["finished"] = self._finished.clone()
+        return checkpoint
+
     def make_random(self, seed: int | None) -> Random:
         base = super().make_random(seed)
         if self.shard is None:
@@ -299,19 +323,24 @@ class TaskBatchVectorEnv(UserSimVectorEnv):
         return RowSubsetRandom(base, full, self.backend.asarray(np.asarray(rows, dtype=np.int64)))
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
-        if (options or {}).get("reset_mask") is None and self.model.item_stats is not None:
+        mask = (options or {}).get("reset_mask")
+        full = mask is None or self._state is None
+        if full and self.model.item_stats is not None:
             self.model.item_stats.zero_()  # a full reset starts a new population: nothing logged yet
-        return super().reset(seed=seed, options=options)
-
-    def get_checkpoint(self) -> dict[str, Any]:
-        checkpoint = super().get_checkpoint()
-        if self.model.item_stats is not None:
-            checkpoint["item_stats"] = self.model.item_stats.clone()
-        return checkpoint
+        result = super().reset(seed=seed, options=options)
+        if full:
+            self._finished = self.backend.xp.zeros((self.num_envs,), dtype=self.backend.xp.bool, device=self.device)
+        else:  # the users in the mask are new
+            fresh = (
+                mask.to(self.device, bool) if hasattr(mask, "device") else self.backend.asarray(np.asarray(mask, bool))
+            )
+            self._finished = self._finished & ~fresh
+        return result
 
     def load_checkpoint(self, checkpoint: dict[str, Any]) -> tuple[dict, dict]:
         if self.model.item_stats is not None:
             self.model.item_stats.copy_(checkpoint["item_stats"])
+        self._finished = checkpoint["finished"].to(self.device)
         return super().load_checkpoint(checkpoint)
 
     def set_tasks(self, tasks: Sequence[Any]) -> None:

@@ -18,7 +18,6 @@ pre-shift level (None if not within the run).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +31,7 @@ from pydantic import Field
 from scipy import stats
 
 from .policy import Memory, RecurrentSlatePolicy
-from .tasks import TaskDistribution, task_batch
+from .tasks import TaskDistribution, batch_seed, task_batch
 
 EVAL_SEED_OFFSET = 10_000  # evaluation seeds never coincide with meta-batch indices of training
 
@@ -107,13 +106,13 @@ def run_protocol(
     observation, info = env.reset(seed=seed)
     recommender.reset()
     users = env.num_envs
-    session_return = torch.zeros(users, sessions, dtype=torch.float64)
-    alive = torch.ones(users, dtype=torch.bool)
+    session_return = torch.zeros(users, sessions, dtype=torch.float64, device=env.device)
+    alive = torch.ones(users, dtype=torch.bool, device=env.device)
     expected = np.full(config.max_steps, np.nan)
     regret = np.full(config.max_steps, np.nan)
     for t in range(config.max_steps):
         if t == config.shift_at:
-            info = {**info, **shift_interests(env, alive, seed + 1)}
+            info = {**info, **shift_interests(env, alive, batch_seed(seed, 1))}  # its own random stream
         session = env.state["session"].clone()
         info = {**info, "active": alive}
         slate = recommender.act(observation, info)
@@ -128,7 +127,7 @@ def run_protocol(
         alive = live & ~done
         if not bool(alive.any()):
             break
-    return {"session_return": session_return.mean(dim=0).numpy(), "expected": expected, "regret": regret}
+    return {"session_return": session_return.mean(dim=0).cpu().numpy(), "expected": expected, "regret": regret}
 
 
 def shift_summary(run: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
@@ -206,7 +205,8 @@ def evaluate(
 
 def mean_ci(values: np.ndarray) -> tuple[list[float], list[list[float]]]:
     """Mean over the first axis and its 95% t interval, per column."""
-    n = values.shape[0]
+    n = np.sum(np.isfinite(values), axis=0)  # a seed whose oracle did no better than random has no value
     mean = np.nanmean(values, axis=0)
-    half = stats.t.ppf(0.975, n - 1) * np.nanstd(values, axis=0, ddof=1) / math.sqrt(n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = stats.t.ppf(0.975, n - 1) * np.nanstd(values, axis=0, ddof=1) / np.sqrt(n)
     return mean.tolist(), [[float(m - h), float(m + h)] for m, h in zip(mean, half, strict=True)]

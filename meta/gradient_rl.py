@@ -61,7 +61,7 @@ def window_advantages(rewards: torch.Tensor, active: torch.Tensor, gamma: float)
     togo = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[:, 0])
     for t in reversed(range(rewards.shape[1])):
-        running = rewards[:, t] + gamma * running * active[:, t]
+        running = active[:, t] * (rewards[:, t] + gamma * running)  # nothing from after a user left
         togo[:, t] = running
     weight = active.float()
     count = weight.sum(dim=2, keepdim=True).clamp(min=1.0)
@@ -238,12 +238,11 @@ class GradientMetaTrainer:
         """One window of every user of the meta-batch under per-task ``params``."""
         c = self.config
         window = TaskWindow(self.local_tasks, c.users_per_task)
-        alive = torch.ones(self.env.num_envs, dtype=torch.bool, device=self.device)
         for _ in range(c.rollout_steps):
             slate = self.acting.sample(params, self.observation, self.generator, self.shard)
             observation, reward, terminated, truncated, _ = self.env.step(slate)
-            window.add(self.observation, slate, reward, alive)
-            alive = alive & ~(terminated | truncated)
+            window.add(self.observation, slate, reward, self.alive)
+            self.alive = self.alive & ~(terminated | truncated)  # a user who left stays out of later windows
             self.observation = observation
         self.global_step += c.rollout_steps * self.env.num_envs * self.world
         return window.batch(c.gamma)
@@ -255,6 +254,7 @@ class GradientMetaTrainer:
         c = self.config
         self.env.set_tasks(self._local(self._tasks(self.update)))
         self.observation, _ = self.env.reset(seed=self.seed * 1_000_003 + self.update)
+        self.alive = torch.ones(self.env.num_envs, dtype=torch.bool, device=self.device)
         params = self.learner.clone(self.local_tasks)
         support = self.rollout(params)
         if self.method == "finetune":  # plain multi-task policy gradient at θ

@@ -147,14 +147,60 @@ def meta_train(
         raise ValueError(f"gradient.tasks_per_batch: must divide among {world} processes, got "
                          f"{config.gradient.tasks_per_batch}")  # fmt: skip
     if nproc > 1:
-        import torch.multiprocessing as mp
-
-        port = _free_port()
-        mp.spawn(_worker, args=(config.model_dump_json(), str(out), resume, nproc, port), nprocs=nproc, join=True)
+        _spawn(config, out, resume, nproc)
         return json.loads((out / "results.json").read_text())
     if world > 1:  # started by torchrun
         _join_group(config, int(os.environ["RANK"]), world, "env://")
     return _meta_train(config, out, resume, progress)
+
+
+def _any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is set in any process of the group (every process calls this each update)."""
+    import torch.distributed as dist
+
+    value = torch.tensor([1 if flag else 0])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _spawn(config: MetaTrainConfig, out: Path, resume: bool, nproc: int) -> None:
+    """Runs ``nproc`` worker processes; SIGTERM/SIGINT to this process is passed on to them, so they
+    checkpoint and stop together, and then raises :class:`TrainingInterrupted` here."""
+    import signal
+
+    import torch.multiprocessing as mp
+
+    from metarec.training import TrainingInterrupted, stop_requests
+
+    context = mp.start_processes(
+        _worker, args=(config.model_dump_json(), str(out), resume, nproc, _free_port()), nprocs=nproc, join=False
+    )
+    with stop_requests() as request:
+        forwarded = False
+        while True:
+            if request["signal"] is not None and not forwarded:
+                for process in context.processes:
+                    if process.is_alive() and process.pid is not None:
+                        os.kill(process.pid, getattr(signal, str(request["signal"])))
+                forwarded = True
+            try:
+                if context.join(timeout=0.2):
+                    break
+            except mp.ProcessExitedException:
+                if request["signal"] is None:
+                    raise
+                break
+            except mp.ProcessRaisedException as err:
+                if request["signal"] is None or "TrainingInterrupted" not in str(err):
+                    raise
+                break
+    if request["signal"] is not None:
+        for process in context.processes:
+            process.join()
+        checkpoint = out / "checkpoints" / "last.pt"
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True) if checkpoint.is_file() else {}
+        step = int(((saved.get("current") or {}).get("state") or {}).get("global_step", 0))
+        raise TrainingInterrupted(str(request["signal"]), step, checkpoint)
 
 
 def _free_port() -> int:
@@ -231,8 +277,9 @@ def _meta_train(config: MetaTrainConfig, out: Path, resume: bool, progress: bool
             current = saved.get("current")
             if current is not None and current["name"] == name:
                 trainer.load_state_dict(current["state"])
+            # on resume, events logged after the checkpoint (by the interrupted process) are dropped
             writer: Any = (
-                SummaryWriter(str(out / "tb" / name), purge_step=trainer.update + 1 if trainer.update else None)
+                SummaryWriter(str(out / "tb" / name), purge_step=trainer.update + 1 if resume else None)
                 if primary
                 else _NoWriter()
             )
@@ -254,6 +301,8 @@ def _meta_train(config: MetaTrainConfig, out: Path, resume: bool, progress: bool
                 for key, value in stats.items():
                     writer.add_scalar(f"{name}/{key}", value, trainer.update)
                 bar.update(1)
+                if world > 1 and _any_rank(request["signal"] is not None) and request["signal"] is None:
+                    request["signal"] = "SIGTERM"  # another process was asked to stop: stop at the same update
                 if request["signal"] is not None or trainer.update % config.checkpoint_every == 0:
                     checkpoint(trainer.state_dict())
                     writer.flush()

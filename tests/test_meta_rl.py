@@ -88,6 +88,9 @@ def test_window_advantages_centre_per_task_and_step_and_ignore_inactive() -> Non
     assert adv[0, 0, 0] < 0 < adv[0, 0, 1]  # the better user of task 0 at step 0
     assert torch.allclose(adv[1], torch.zeros(2, 3), atol=1e-5)  # equal users: no signal
     assert torch.allclose((adv[0] * active[0]).sum(dim=1), torch.zeros(2), atol=1e-5)
+    # nothing from after a user left flows back into their return-to-go
+    left = window_advantages(torch.tensor([[[1.0, 1.0], [0.0, 50.0]]]), torch.tensor([[[1.0, 1.0], [1.0, 0.0]]]), 1.0)
+    assert left[0, 0, 0] == left[0, 0, 1]  # both earned 1 while present
 
 
 @pytest.mark.parametrize("method", ["maml", "fomaml", "reptile", "finetune"])
@@ -199,3 +202,30 @@ def test_processes_refuse_what_they_cannot_share(tmp_path) -> None:
     config = load_meta_config(TINY, ["methods=[maml]", "gradient.tasks_per_batch=3"])
     with pytest.raises(ValueError, match=r"gradient\.tasks_per_batch: must divide among 2 processes, got 3"):
         meta_train(config, tmp_path / "b", progress=False, nproc=2)
+
+
+@pytest.mark.parametrize("name", ["meta_tiny.yaml", "meta_demo.yaml", "meta_gpu.yaml"])
+def test_shipped_meta_configs_validate(name) -> None:
+    config = load_meta_config(ROOT / "configs" / name)
+    assert isinstance(config.tasks, TaskDistribution)
+    assert config.train_split in config.tasks.splits and config.test_split in config.tasks.splits
+    assert config.gradient.tasks_per_batch * config.gradient.users_per_task >= 64
+
+
+def test_sigterm_to_a_two_process_run_checkpoints_both_and_resumes(tmp_path) -> None:
+    sets = ["--set", "methods=[maml]", "--set", "gradient.meta_steps=60", "--set", "checkpoint_every=1"]
+    base = [sys.executable, "-m", "metarec", "meta-train", str(TINY), "--nproc", "2", "--quiet", *sets]
+    whole = subprocess.run([*base, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "stopped"
+    process = subprocess.Popen([*base, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "checkpoints" / "last.pt").is_file():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "stopped by SIGTERM" in stderr and not (out / "results.json").exists()
+    resumed = subprocess.run([*base, "--out", str(out), "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["params_sha256"] == json.loads(whole.stdout)["params_sha256"]

@@ -176,7 +176,9 @@ def test_shipped_configs_validate() -> None:
     configs = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
     assert {c.name for c in configs} >= {"ppo_recsim_ie.yaml", "ppo_recsim_lts.yaml", "ppo_drifting.yaml"}
     for path in configs:
-        if not path.name.startswith(("abtest_", "meta_")):  # tested in test_abtest_runner / test_meta_tasks
+        if not path.name.startswith(
+            ("abtest_", "meta_")
+        ):  # tested in test_abtest_runner / test_meta_tasks / test_meta_rl
             load_config(path)
 
 

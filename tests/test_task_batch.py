@@ -176,3 +176,20 @@ def test_item_stats_count_what_was_shown_clicked_and_watched() -> None:
     torch.testing.assert_close(env.model.item_stats, stats)
     env.reset(options={"reset_mask": torch.ones(80, dtype=torch.bool)})  # new users, same population
     torch.testing.assert_close(env.model.item_stats, stats)
+
+
+def test_without_autoreset_users_who_left_are_not_logged() -> None:
+    env = TaskBatchVectorEnv([TASK_A], users_per_task=60, item_stats=True, autoreset=False)
+    env.reset(seed=8)
+    generator = torch.Generator().manual_seed(8)
+    finished = torch.zeros(60, dtype=torch.bool)
+    shown = clicks = 0
+    for _ in range(60):
+        slate = random_slates(generator, 60)
+        _, _, terminated, truncated, info = env.step(slate)
+        shown += 5 * int((~finished).sum())
+        clicks += int((info["clicked"] & ~finished).sum())
+        finished |= terminated | truncated
+    assert bool(finished.any())  # some left, and were still stepped
+    assert int(env.model.item_stats[:, 0].sum()) == shown
+    assert int(env.model.item_stats[:, 1].sum()) == clicks
