@@ -262,6 +262,7 @@ class UserSimVectorEnv(VectorEnv):
         self._state: State | None = None
         self._next_truth: ChoiceModel | None = None
         self._oracle_value: Any = None
+        self._steps = 0  # steps since the last full reset (for the NaN guard's report)
 
     def build_model(self, backend: Backend) -> UserModel:
         """The user model this environment adapts, on ``backend``."""
@@ -284,6 +285,8 @@ class UserSimVectorEnv(VectorEnv):
         else:
             self._state = self.model.initial_state(self._rng, self.num_envs)
         self._next_truth = None
+        if mask is None:
+            self._steps = 0
         return self.model.observe(self._state), self._truth({})
 
     def step(self, actions: Any) -> tuple[dict, Any, Any, Any, dict]:
@@ -300,7 +303,15 @@ class UserSimVectorEnv(VectorEnv):
             infos["regret"] = self._oracle_value - infos["expected_reward"]
         observation = self.model.observe(self._state)
         done = outcome.terminated | outcome.truncated
-        if self.autoreset and bool(done.any()):
+        self._steps += 1
+        # one device sync for both questions: did anyone finish, and is everything finite (the NaN guard)
+        finite = torch.isfinite(outcome.reward).all()
+        for key in self.model.guarded_keys:
+            finite = finite & torch.isfinite(self._state[key]).all()
+        any_done, all_finite = torch.stack([done.any(), finite]).tolist()
+        if not all_finite:
+            raise FloatingPointError(self._non_finite_report(outcome.reward))
+        if self.autoreset and any_done:
             infos["final_obs"] = observation
             infos["_final_obs"] = done
             self._state = self.model.reset_users(self._rng, self._state, done)
@@ -309,6 +320,22 @@ class UserSimVectorEnv(VectorEnv):
             fresh = self.model.observe({key: value[index] for key, value in self._state.items()})
             observation = {key: value.index_copy(0, index, fresh[key]) for key, value in observation.items()}
         return observation, outcome.reward, outcome.terminated, outcome.truncated, self._truth(infos)
+
+    def _non_finite_report(self, reward: Any) -> str:
+        """Where a NaN or inf arose: the quantity, the env step and the first users it hit."""
+        import torch
+
+        where = [("reward", reward)] + [(f"state['{k}']", self._state[k]) for k in self.model.guarded_keys]
+        parts = []
+        for name, value in where:
+            bad = ~torch.isfinite(value.reshape(value.shape[0], -1)).all(dim=1)
+            if bool(bad.any()):
+                users = torch.nonzero(bad)[:8, 0].tolist()
+                parts.append(f"{name} of {int(bad.sum())} users (first: {users})")
+        return (
+            f"simulator: NaN or inf at env step {self._steps} in {'; '.join(parts)}; the users' population "
+            "parameters or the actions that reached them are the place to look"
+        )
 
     def _truth(self, infos: dict[str, Any]) -> dict[str, Any]:
         if self.ground_truth:

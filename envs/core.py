@@ -97,6 +97,7 @@ class UserModel(ABC):
     backend: Backend
     num_candidates: int
     slate_size: int
+    guarded_keys: tuple[str, ...] = ()  # float state the vector env checks for NaN/inf each step
 
     @property
     def xp(self) -> Any:

@@ -107,6 +107,8 @@ def _col(x: Any) -> Any:
 class DriftingUsersModel(UserModel):
     """Batched dynamics of ``metarec/DriftingUsers-v0`` and its variants (see the module docstring)."""
 
+    guarded_keys = ("interest", "budget")
+
     def __init__(self, config: SimulatorConfig, backend: Backend, world: dict[str, np.ndarray] | None = None) -> None:
         self.config = config
         self.population = config.population

@@ -193,3 +193,18 @@ def test_without_autoreset_users_who_left_are_not_logged() -> None:
     assert bool(finished.any())  # some left, and were still stepped
     assert int(env.model.item_stats[:, 0].sum()) == shown
     assert int(env.model.item_stats[:, 1].sum()) == clicks
+
+
+def test_nan_guard_names_the_quantity_the_step_and_the_users() -> None:
+    env = DriftingUsersVectorEnv(16, TASK_A)
+    env.reset(seed=9)
+    generator = torch.Generator().manual_seed(9)
+    env.step(random_slates(generator, 16))
+    state = dict(env.state)
+    state["interest"] = state["interest"].clone()
+    state["interest"][[3, 11]] = float("nan")  # what a broken population would do
+    env._state = state
+    with pytest.raises(
+        FloatingPointError, match=r"env step 2 in .*state\['interest'\] of 2 users \(first: \[3, 11\]\)"
+    ):
+        env.step(random_slates(generator, 16))
