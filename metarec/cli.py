@@ -125,7 +125,10 @@ def _cmd_meta_eval(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from metarec.demo import run_demo
 
-    run_demo(out=args.out, users=args.users, seed=args.seed, device=args.device)
+    kwargs = {}
+    if args.meta_config is not None:
+        kwargs["meta_config"] = None if args.meta_config == "none" else args.meta_config
+    run_demo(out=args.out, users=args.users, seed=args.seed, device=args.device, **kwargs)
     return 0
 
 
@@ -189,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--users", type=_positive_int, default=4000)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu")
+    demo.add_argument("--meta-config", help="meta-train config (default configs/meta_demo.yaml; 'none' skips it)")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

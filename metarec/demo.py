@@ -2,8 +2,9 @@
 
 It evaluates the two reference agents (random, the myopic oracle) on fresh users of every
 environment, then runs a simulated A/B test (``configs/abtest_demo.yaml``'s three arms on fewer
-users and days) with its report in ``OUT/abtest/``, and writes ``results.json``. Meta-training
-(issue 4) will extend this job.
+users and days) with its report in ``OUT/abtest/``; then meta-trains RL², MAML, FOMAML, Reptile and
+the baselines (``configs/meta_demo.yaml``) into ``OUT/meta/`` and measures how they adapt to new
+users of held-out populations; and writes ``results.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ from metarec.registration import ENVIRONMENTS
 DEMO_ENV_KWARGS = {"metarec/RecSimInterestExploration-v0": {"max_steps": 200}}
 
 
-def run_demo(out: str = "runs/demo", users: int = 4000, seed: int = 0, device: str = "cpu") -> dict:
+META_CONFIG = Path(__file__).parents[1] / "configs" / "meta_demo.yaml"
+
+
+def run_demo(
+    out: str = "runs/demo",
+    users: int = 4000,
+    seed: int = 0,
+    device: str = "cpu",
+    meta_config: str | Path | None = META_CONFIG,
+) -> dict:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -40,12 +50,14 @@ def run_demo(out: str = "runs/demo", users: int = 4000, seed: int = 0, device: s
         )
         rows.append({"env": entry.id, "random": r, "oracle": o})
     abtest = _demo_abtest(out_dir / "abtest", users, seed, device)
+    meta = _demo_meta(out_dir / "meta", Path(meta_config), seed, device) if meta_config is not None else None
     summary = {
         "users": users,
         "seed": seed,
         "device": device,
         "results": rows,
         "abtest": abtest,
+        "meta": meta,
         "seconds": round(time.perf_counter() - started, 2),
     }
     path = out_dir / "results.json"
@@ -85,3 +97,29 @@ def _demo_abtest(out: Path, users: int, seed: int, device: str) -> dict:
         )
     print(f"  report: {out / 'report.html'}")
     return {arm: effects[primary] for arm, effects in results["effects"].items()} | {"report": str(out / "report.html")}
+
+
+def _demo_meta(out: Path, config_path: Path, seed: int, device: str) -> dict:
+    """Meta-trains every method of ``config_path`` and measures adaptation on held-out populations."""
+    import shutil
+
+    from metarec.meta.runner import load_meta_config, meta_eval, meta_train
+
+    if not config_path.is_file():
+        raise ValueError(f"meta config: no such file {str(config_path)!r} (run the demo from a checkout)")
+    config = load_meta_config(config_path, [f"seed={seed}", f"device={device}"])
+    if out.exists():
+        shutil.rmtree(out)  # the demo starts over each time
+    print(f"Meta-training {', '.join(config.methods)} on {config.train_split} populations ({config_path.name})")
+    trained = meta_train(config, out, progress=True)
+    print(f"Adaptation on held-out populations ({config.test_split}, {config.eval.seeds} seeds)")
+    result = meta_eval(out, "test", progress=False)
+    sessions = [k for k in (1, 2, 5, 10, 20) if k <= len(result["sessions"])]
+    print(f"{'method':<10}" + "".join(f"{'session ' + str(k):>12}" for k in sessions))
+    for name, curve in result["methods"].items():
+        values = [curve["normalized_return"][k - 1] for k in sessions]
+        print(f"{name:<10}" + "".join(f"{'n/a' if v is None else f'{v:.2f}':>12}" for v in values))
+    print(
+        f"Best meta-learner: {result['best_meta_method']} (random = 0, oracle = 1); plot: {out / 'adaptation_test.png'}"
+    )
+    return {"train": trained, "adaptation": result}
