@@ -10,10 +10,11 @@ interval over seeds.
 
 Preference shift: in the same runs, every user still present at interaction ``shift_at`` has their
 interests re-drawn (a new cluster, as the model's abrupt shifts do). Reported per method: the
-pre-shift level (mean expected reward of the ``window`` interactions before), the regret over the
-``window`` interactions after (oracle value minus the expected reward of the slates shown, summed),
-and the interactions until a 3-step moving average of expected reward is back at 90% of the
-pre-shift level (None if not within the run).
+pre-shift level (mean expected reward over users present, the ``window`` interactions before), the
+regret summed over the ``window`` interactions before and after (oracle value minus the expected
+reward of the slates shown), the dip (lowest expected reward after the shift over the level), and the
+interactions until expected reward is back at 90% of the level (0 if it never fell below; None if
+not within the run).
 """
 
 from __future__ import annotations
@@ -131,16 +132,19 @@ def run_protocol(
 
 
 def shift_summary(run: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
-    """Pre-shift level, regret over the window after the shift, and interactions to recover 90%."""
+    """Around the shift: the pre-shift level and the regret over the ``window`` interactions before and
+    after it, the dip (lowest expected reward after the shift over the level) and the interactions
+    until expected reward is back at 90% of the level (0: it never fell below; None: not in the run)."""
     s, w = config.shift_at, config.window
     level = float(np.nanmean(run["expected"][max(0, s - w) : s]))
     after = run["expected"][s:]
-    smooth = np.convolve(np.nan_to_num(after, nan=0.0), np.ones(3) / 3, mode="valid")
-    recovered = np.nonzero(smooth >= 0.9 * level)[0]
+    back = np.nonzero(np.nan_to_num(after, nan=-np.inf) >= 0.9 * level)[0]
     return {
         "pre_shift_level": level,
+        "regret_before_shift": float(np.nansum(run["regret"][max(0, s - w) : s])),
         "regret_after_shift": float(np.nansum(run["regret"][s : s + w])),
-        "interactions_to_recover_90": int(recovered[0] + 3) if len(recovered) else None,
+        "dip": float(np.nanmin(after[:w]) / level) if level > 0 else None,
+        "interactions_to_recover_90": int(back[0]) if len(back) else None,
     }
 
 
@@ -189,8 +193,11 @@ def evaluate(
             "ci95": ci,
             "raw_return": raw.mean(axis=0).tolist(),
             "shift": {
-                "pre_shift_level": float(np.mean([s["pre_shift_level"] for s in shifts[name]])),
-                "regret_after_shift": float(np.mean([s["regret_after_shift"] for s in shifts[name]])),
+                **{
+                    key: float(np.mean([s[key] for s in shifts[name]]))
+                    for key in ("pre_shift_level", "regret_before_shift", "regret_after_shift")
+                },
+                "dip": float(np.mean([s["dip"] for s in shifts[name] if s["dip"] is not None] or [np.nan])),
                 "interactions_to_recover_90": recover,
                 "recovered_within_10": int(sum(r is not None and r <= 10 for r in recover)),
             },
