@@ -420,6 +420,9 @@ def plot_adaptation(result: dict[str, Any], path: Path) -> None:
         ax.fill_between(sessions, ci[:, 0], ci[:, 1], color=line.get_color(), alpha=0.15)
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="oracle")
     ax.axhline(0.0, color="grey", linewidth=0.8, linestyle=":", label="random")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("session k (new users of held-out populations)")
     ax.set_ylabel("normalised return (random 0, oracle 1)")
     ax.set_title(f"Adaptation on {result['split']} ({result.get('seeds', '?')} seeds, 95% intervals)")
