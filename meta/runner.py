@@ -381,9 +381,18 @@ def meta_eval(run: str | Path, split: Literal["test", "train"] = "test", progres
 
     methods = {name: make(name) for name in (*config.methods, "linucb")}
     split_name = config.test_split if split == "test" else config.train_split
+    from tqdm import tqdm
+
     started = time.perf_counter()
-    result = evaluate(methods, config.tasks, split_name, config.sessions, eval_config, config.seed, device,
-                      progress=print if progress else None, item_stats=config.item_stats)  # fmt: skip
+    runs = eval_config.seeds * (len(methods) + 2)  # + random and oracle
+    with tqdm(total=runs, desc=f"meta-eval {split_name}", unit="run", disable=not progress) as bar:
+
+        def tick(message: str) -> None:
+            bar.set_postfix_str(message.split(": ")[0], refresh=False)
+            bar.update(1)
+
+        result = evaluate(methods, config.tasks, split_name, config.sessions, eval_config, config.seed, device,
+                          progress=tick, item_stats=config.item_stats)  # fmt: skip
     result["wall_seconds"] = time.perf_counter() - started
     result = _finite(result)
     (run / f"eval_{split}.json").write_text(json.dumps(result, indent=2))

@@ -113,7 +113,7 @@ def _demo_meta(out: Path, config_path: Path, seed: int, device: str) -> dict:
     print(f"Meta-training {', '.join(config.methods)} on {config.train_split} populations ({config_path.name})")
     trained = meta_train(config, out, progress=True)
     print(f"Adaptation on held-out populations ({config.test_split}, {config.eval.seeds} seeds)")
-    result = meta_eval(out, "test", progress=False)
+    result = meta_eval(out, "test", progress=True)
     sessions = [k for k in (1, 2, 5, 10, 20) if k <= len(result["sessions"])]
     print(f"{'method':<10}" + "".join(f"{'session ' + str(k):>12}" for k in sessions))
     for name, curve in result["methods"].items():
