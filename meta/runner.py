@@ -339,6 +339,17 @@ def _meta_train(config: MetaTrainConfig, out: Path, resume: bool, progress: bool
     return results
 
 
+def _load_into(policy: torch.nn.Module, weights: dict[str, torch.Tensor], run: Path, name: str) -> None:
+    try:
+        policy.load_state_dict(weights)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise ValueError(
+            f"run: {run}'s {name} weights do not fit the network this config builds ({first}); "
+            "was it trained by another version of metarec? Train it again"
+        ) from None
+
+
 def _load_method(run: Path, name: str) -> dict[str, torch.Tensor]:
     path = run / "methods" / f"{name}.pt"
     if not path.is_file():
@@ -370,10 +381,10 @@ def meta_eval(run: str | Path, split: Literal["test", "train"] = "test", progres
                 return make_recommender("linucb", env, seed)
             if name == "rl2":
                 policy = RecurrentSlatePolicy(env.single_observation_space, slate_size, config.rl2.hidden).to(device)
-                policy.load_state_dict(weights[name])
+                _load_into(policy, weights[name], run, name)
                 return RL2Recommender(policy, generator, deterministic=eval_config.rl2_greedy)
             policy = feedforward_policy(env.single_observation_space, slate_size, config.gradient.hidden).to(device)
-            policy.load_state_dict(weights[name])
+            _load_into(policy, weights[name], run, name)
             return AdaptingRecommender(name, policy, config.gradient, env.num_tasks, env.users_per_task, slate_size,
                                        generator)  # fmt: skip
 

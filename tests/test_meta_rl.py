@@ -162,6 +162,12 @@ def test_meta_tiny_trains_deterministically_and_evaluates(tmp_path) -> None:
     assert (tmp_path / "a" / "adaptation_test.png").stat().st_size > 1000
     on_disk = json.loads((tmp_path / "a" / "eval_test.json").read_text())
     assert on_disk["methods"]["rl2"]["normalized_return"] == result["methods"]["rl2"]["normalized_return"]
+    # weights that do not fit the network (another version, a hand-edited file) are refused by name
+    saved = torch.load(tmp_path / "a" / "methods" / "maml.pt", weights_only=True)
+    saved["policy"].pop(next(iter(saved["policy"])))
+    torch.save(saved, tmp_path / "a" / "methods" / "maml.pt")
+    with pytest.raises(ValueError, match="maml weights do not fit the network"):
+        meta_eval(tmp_path / "a", "test")
 
 
 def test_meta_train_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path) -> None:
