@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,6 +99,8 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as stop:
         print(f"metarec meta-train: stopped by {stop}", file=sys.stderr)
         return 143 if stop.signal_name == "SIGTERM" else 130
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, one process speaks for the run
+        return 0
     print(json.dumps({"out": str(out), "params_sha256": results["params_sha256"],
                       "wall_seconds": round(results["wall_seconds"], 1),
                       "methods": {k: v["updates"] for k, v in results["methods"].items()}}))  # fmt: skip
