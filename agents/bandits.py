@@ -143,9 +143,7 @@ class OnlineBandit(Recommender):
             return None
         return active_rows(self._serving.to(self.device), batch)
 
-    def learning_rows(
-        self, rows: torch.Tensor | None, shown: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def learning_rows(self, rows: torch.Tensor | None, shown: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Of the users shown the last slate (``rows``, None for all, with per-user data ``shown``), those
         whose feedback counts (``info["active"]`` of :meth:`observe`), with their rows of ``shown``."""
         if self._active is None:

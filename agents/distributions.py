@@ -54,10 +54,19 @@ class PlackettLuce:
         self.logits = logits
         self.slate_size = slate_size
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``[..., K]`` int64 slates, one exact draw per law (Gumbel top-k; no gradient)."""
+    def sample(
+        self, generator: torch.Generator | None = None, rows_of: tuple[int, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """``[..., K]`` int64 slates, one exact draw per law (Gumbel top-k; no gradient).
+
+        ``rows_of=(full, rows)``: these laws are rows ``rows`` of a ``[full, N]`` batch; the noise is
+        drawn for the whole batch and these rows taken, so each row gets the draw it would get there.
+        """
         with torch.no_grad():
-            u = torch.rand(self.logits.shape, generator=generator, device=self.logits.device, dtype=self.logits.dtype)
+            shape = self.logits.shape if rows_of is None else (rows_of[0], *self.logits.shape[1:])
+            u = torch.rand(shape, generator=generator, device=self.logits.device, dtype=self.logits.dtype)
+            if rows_of is not None:
+                u = u[rows_of[1]]
             gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
             return torch.topk(self.logits + gumbel, self.slate_size, dim=-1).indices
 

@@ -258,8 +258,12 @@ class BatchedPPO:
             if c.target_kl is not None and float(approx_kl) > c.target_kl:
                 break
         if not bool(losses_finite):
-            self._check_finite("a minibatch's", policy_loss=policy_loss.detach(), value_loss=value_loss.detach(),
-                               entropy=entropy.detach())
+            self._check_finite(
+                "a minibatch's",
+                policy_loss=policy_loss.detach(),
+                value_loss=value_loss.detach(),
+                entropy=entropy.detach(),
+            )
             raise FloatingPointError(self._non_finite_message("a minibatch's loss"))
         variance = float(returns.var())
         explained = float("nan") if variance == 0 else 1 - float((returns - old_values).var()) / variance

@@ -156,10 +156,6 @@ class UserSimEnv(gym.Env):
         """The user model this environment adapts, on ``backend``."""
         return self.model_class(self.config, backend)
 
-    def make_random(self, seed: int | None) -> Random:
-        """The generator ``reset(seed=...)`` installs."""
-        return self.backend.make_random(seed)
-
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
         if self.backend.name == "numpy":

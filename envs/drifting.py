@@ -37,6 +37,7 @@ import numpy as np
 from gymnasium import spaces
 
 from .backend import Array, Backend, Random
+from .choice import per_user_column
 from .core import Choice, ChoiceModel, Outcome, State, UserModel, push_history
 from .population import SimulatorConfig, UserPopulation
 
@@ -97,11 +98,6 @@ def population_parameters(population: UserPopulation, slate_size: int, backend: 
         revenue_scale=1.0 / math.sqrt(1.0 + math.pi * p.engagement_noise**2 / 8.0),
         drift_per_step=p.trend_rate / p.steps_per_day,
     )
-
-
-def _col(x: Any) -> Any:
-    """A per-user ``[B]`` parameter as ``[B, 1]``, to broadcast over a user's row; a float as it is."""
-    return x[:, None] if getattr(x, "ndim", 0) == 1 else x
 
 
 class DriftingUsersModel(UserModel):
@@ -201,11 +197,15 @@ class DriftingUsersModel(UserModel):
         d = self.config.catalog.embedding_dim
         affinity = xp.sum(rows[..., :d] * state["interest"][:, None, :], axis=2)
         fatigue = be.take_along(state["fatigue"], be.take_rows(w["item_topic"], items))
-        utility = affinity + _col(p.quality_weight) * rows[..., d + 1] - _col(p.fatigue_weight) * fatigue
+        utility = (
+            affinity
+            + per_user_column(p.quality_weight) * rows[..., d + 1]
+            - per_user_column(p.fatigue_weight) * fatigue
+        )
         # appeal draws the click but is not what the user gets from the item (satisfaction uses utility)
         attraction = utility + rows[..., d + 2] if self.has_appeal else utility
-        weights = xp.exp(xp.minimum(attraction / _col(p.choice_temperature), 60.0))  # [B, N]
-        revenue = rows[..., d] / (1.0 + xp.exp(-utility * _col(p.revenue_scale)))
+        weights = xp.exp(xp.minimum(attraction / per_user_column(p.choice_temperature), 60.0))  # [B, N]
+        revenue = rows[..., d] / (1.0 + xp.exp(-utility * per_user_column(p.revenue_scale)))
         return ChoiceModel(weights, revenue, p.no_click_weight, p.position_weight, utility)
 
     # -- response and evolution -------------------------------------------------------------
@@ -226,14 +226,18 @@ class DriftingUsersModel(UserModel):
 
         # 4. state evolution: fatigue, then the drift of interests.
         topic_onehot = xp.astype(be.take_rows(w["item_topic"], item)[:, None] == self.topics[None, :], f32)
-        recovered = state["fatigue"] * (1.0 - _col(p.fatigue_recovery))
-        fatigue = recovered + _col(p.fatigue_rate) * click[:, None] * topic_onehot
+        recovered = state["fatigue"] * (1.0 - per_user_column(p.fatigue_recovery))
+        fatigue = recovered + per_user_column(p.fatigue_rate) * click[:, None] * topic_onehot
         interest, anchor = state["interest"], state["anchor"]
-        target = _col(p.interest_scale) * be.take_rows(w["item_embedding"], item)
+        target = per_user_column(p.interest_scale) * be.take_rows(w["item_embedding"], item)
         pull = p.consumption_pull * click * (2.0 * satisfaction - 1.0)
         interest = interest + pull[:, None] * (target - interest)
-        interest = interest + _col(p.ou_reversion) * (anchor - interest) + _col(p.ou_noise) * rng.normal(interest.shape)
-        trend = _col(p.drift_per_step) * be.take_rows(w["trend_direction"], state["cluster"])
+        interest = (
+            interest
+            + per_user_column(p.ou_reversion) * (anchor - interest)
+            + per_user_column(p.ou_noise) * rng.normal(interest.shape)
+        )
+        trend = per_user_column(p.drift_per_step) * be.take_rows(w["trend_direction"], state["cluster"])
         anchor = anchor + trend
         interest = interest + trend
         shifted = rng.uniform((b,)) < p.shift_hazard

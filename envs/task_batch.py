@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from .adapters import UserSimVectorEnv
-from .backend import Array, Backend, Random, RowSubsetRandom
+from .backend import Array, Backend, Random, RowSubsetRandom, numpy_backend
 from .choice import shown_mask
 from .core import State
-from .drifting import DriftingUsersModel, make_world
+from .drifting import DriftingUsersModel, make_world, population_parameters
 from .population import SimulatorConfig, validate_config
 
 SHARED_FIELDS = ("num_candidates", "slate_size", "history_length", "catalog.embedding_dim", "population.num_sessions")
@@ -157,41 +157,17 @@ class TaskBatchModel(DriftingUsersModel):
         return space
 
     def _parameter_tables(self, backend: Backend) -> SimpleNamespace:
-        """Every population parameter as a ``[T]`` float32 table (position weights ``[T, K]``)."""
-        pops = [t.population for t in self.tasks]
-        columns: dict[str, Any] = {}
-        for name in (
-            "interest_scale",
-            "cluster_spread",
-            "choice_temperature",
-            "quality_weight",
-            "engagement_noise",
-            "session_budget",
-            "step_cost",
-            "budget_bonus",
-            "max_session_steps",
-            "return_bias",
-            "return_sensitivity",
-            "consumption_pull",
-            "ou_reversion",
-            "ou_noise",
-            "shift_hazard",
-            "fatigue_rate",
-            "fatigue_recovery",
-            "fatigue_weight",
-        ):
-            columns[name] = np.array([getattr(p, name) for p in pops], dtype=np.float32)
-        columns["no_click_weight"] = np.exp(
-            np.minimum([p.no_click_utility / p.choice_temperature for p in pops], 60.0)
-        ).astype(np.float32)
-        columns["revenue_scale"] = np.array(
-            [1.0 / np.sqrt(1.0 + np.pi * p.engagement_noise**2 / 8.0) for p in pops], dtype=np.float32
+        """Every population parameter, and what the dynamics derive from it, as a ``[T]`` float32 table
+        (position weights ``[T, K]``): :func:`~metarec.envs.drifting.population_parameters` of each task,
+        stacked, so the derivations are written once."""
+        host = numpy_backend()
+        per_task = [vars(population_parameters(t.population, self.slate_size, host)) for t in self.tasks]
+        return SimpleNamespace(
+            **{
+                key: backend.asarray(np.stack([np.asarray(p[key], dtype=np.float32) for p in per_task]))
+                for key in per_task[0]
+            }
         )
-        columns["drift_per_step"] = np.array([p.trend_rate / p.steps_per_day for p in pops], dtype=np.float32)
-        columns["position_weight"] = np.stack(
-            [np.exp(-p.position_bias * np.arange(self.slate_size)) for p in pops]
-        ).astype(np.float32)
-        return SimpleNamespace(**{k: backend.asarray(v) for k, v in columns.items()})
 
     def _params_of(self, task: Array | None) -> Any:
         if task is None:

@@ -153,13 +153,7 @@ class TaskPolicy:
     ) -> torch.Tensor:
         """Plackett–Luce slates; with ``shard`` ``(full_batch, rows)`` the Gumbel noise is drawn for the
         full batch and these rows taken (each user's draw as in the unsharded batch)."""
-        logits = self.logits(params, observation)
-        if shard is None:
-            return PlackettLuce(logits, self.slate_size).sample(generator)
-        full, rows = shard
-        u = torch.rand((full, logits.shape[1]), generator=generator, device=logits.device, dtype=logits.dtype)[rows]
-        gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
-        return torch.topk(logits + gumbel, self.slate_size, dim=-1).indices
+        return PlackettLuce(self.logits(params, observation), self.slate_size).sample(generator, rows_of=shard)
 
 
 def process_share() -> tuple[int, int]:

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import yaml
+from metarec.abtest.runner import finite
 from metarec.envs.population import FrozenConfig, validate_config
 from pydantic import Field, field_validator, model_validator
 
@@ -118,10 +119,6 @@ def _trainer(name: str, config: MetaTrainConfig) -> RL2Trainer | GradientMetaTra
                           config.item_stats)  # fmt: skip
     return GradientMetaTrainer(name, config.tasks, config.train_split, config.gradient, config.sessions,  # type: ignore[arg-type]
                                config.seed, config.device, config.item_stats)  # fmt: skip
-
-
-def _policy_of(trainer: RL2Trainer | GradientMetaTrainer) -> torch.nn.Module:
-    return trainer.policy
 
 
 def meta_train(
@@ -313,7 +310,7 @@ def _meta_train(config: MetaTrainConfig, out: Path, resume: bool, progress: bool
             bar.close()
             writer.close()
             seconds = seconds_before + time.perf_counter() - method_start
-            policy = _policy_of(trainer)
+            policy = trainer.policy
             if primary:
                 _atomic_save({"name": name, "policy": policy.state_dict()}, out / "methods" / f"{name}.pt")
             this_process = time.perf_counter() - method_start
@@ -405,21 +402,10 @@ def meta_eval(run: str | Path, split: Literal["test", "train"] = "test", progres
         result = evaluate(methods, config.tasks, split_name, config.sessions, eval_config, config.seed, device,
                           progress=tick, item_stats=config.item_stats)  # fmt: skip
     result["wall_seconds"] = time.perf_counter() - started
-    result = _finite(result)
+    result = finite(result)  # NaN and inf become None: JSON has no such numbers
     (run / f"eval_{split}.json").write_text(json.dumps(result, indent=2))
     plot_adaptation(result, run / f"adaptation_{split}.png")
     return result
-
-
-def _finite(value: Any) -> Any:
-    """NaN and inf become None (JSON has no such numbers)."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    if isinstance(value, float | np.floating) and not np.isfinite(value):
-        return None
-    return value
 
 
 def plot_adaptation(result: dict[str, Any], path: Path) -> None:
