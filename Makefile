@@ -1,12 +1,18 @@
 # make demo — set up .venv and run the main job; make test — set up .venv and run the tests.
+# make test-recsim-ng — set up .venv-recsim-ng (the recsim-ng extra: TensorFlow 2.15, NumPy < 2) and run
+# the tests marked recsim_ng.
 PYTHON ?= python3
 VENV ?= .venv
+# RecSim NG installs only on Python 3.11 with its pins; it gets its own venv.
+RECSIM_PYTHON ?= python3.11
+RECSIM_VENV ?= .venv-recsim-ng
 PY := $(VENV)/bin/python
 # The tested torch build (CPU wheel). The library itself asks only torch>=2.3.
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.metarec-installed
+RECSIM_STAMP := $(RECSIM_VENV)/.metarec-installed
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-all test-recsim-ng lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +20,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q "$(TORCH_PIN)"
 	$(PY) -m pip install -q -e ".[test,sb3]"
 	touch $(STAMP)
+
+$(RECSIM_STAMP): pyproject.toml Makefile
+	test -x $(RECSIM_VENV)/bin/python || $(RECSIM_PYTHON) -m venv $(RECSIM_VENV)
+	$(RECSIM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(RECSIM_VENV)/bin/python -m pip install -q "$(TORCH_PIN)"
+	$(RECSIM_VENV)/bin/python -m pip install -q -e ".[recsim-ng,sb3]" "pytest>=8"
+	touch $(RECSIM_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/metarec demo
@@ -24,8 +37,11 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "not recsim_ng" -n 2
 
+test-recsim-ng: $(RECSIM_STAMP)
+	$(RECSIM_VENV)/bin/python -m pytest -q -m recsim_ng tests/test_recsim_ng.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(RECSIM_VENV) runs .pytest_cache

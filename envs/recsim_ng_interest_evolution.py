@@ -57,7 +57,7 @@ class NGInterestEvolutionModel(UserModel):
         self.backend = backend
         self.num_candidates = config.num_docs
         self.slate_size = config.slate_size
-        corpus = self._make_corpus(config)
+        corpus = self.make_corpus(config)
         self.doc_features = backend.asarray(corpus["features"])  # [N, T]
         self.doc_quality = backend.asarray(corpus["quality"])  # [N]
         self.doc_length = backend.asarray(corpus["length"])  # [N]
@@ -71,7 +71,8 @@ class NGInterestEvolutionModel(UserModel):
         self.no_click_weight = backend.asarray(np.exp(config.no_click_mass), np.float32)
 
     @staticmethod
-    def _make_corpus(config: NGInterestEvolutionConfig) -> dict[str, np.ndarray]:
+    def make_corpus(config: NGInterestEvolutionConfig) -> dict[str, np.ndarray]:
+        """The frozen corpus for ``config.corpus_seed``: topic, quality, features and length per document."""
         rng = np.random.default_rng(config.corpus_seed)
         t = config.num_topics
         trashy = np.linspace(config.topic_min_utility, 0.0, int(t * 0.7))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from metarec.abtest.runner import finite
 from metarec.evaluation import evaluate
-from metarec.registration import ENVIRONMENTS
+from metarec.registration import CORE_ENVIRONMENTS
 
 # RecSim's interest-exploration users never leave (27,000-step horizon); the demo looks at 200 steps.
 DEMO_ENV_KWARGS = {"metarec/RecSimInterestExploration-v0": {"max_steps": 200}}
@@ -37,7 +37,7 @@ def run_demo(
     rows = []
     print(f"Evaluating random and oracle recommenders on {users} fresh users per environment ({device})")
     print(f"{'environment':<40}{'random':>18}{'oracle':>18}{'oracle/random':>15}")
-    for entry in ENVIRONMENTS:
+    for entry in CORE_ENVIRONMENTS:
         kwargs = DEMO_ENV_KWARGS.get(entry.id)
         results = {
             a: evaluate(entry.id, a, users, seed=seed, device=device, env_kwargs=kwargs) for a in ("random", "oracle")

@@ -18,6 +18,7 @@ class EnvEntry:
     vector: str
     description: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    extra: str | None = None  # the optional extra it needs (``pip install "metarec[EXTRA]"``), if any
 
 
 ENVIRONMENTS: tuple[EnvEntry, ...] = (
@@ -72,7 +73,18 @@ ENVIRONMENTS: tuple[EnvEntry, ...] = (
         "RecSimNGInterestEvolutionVectorEnv",
         "Port of RecSim NG's interest-evolution model: 2 topics, 100 documents, slate 2.",
     ),
+    EnvEntry(
+        "metarec/RecSimNG-v0",
+        "metarec.envs.recsim_ng",
+        "RecSimNGEnv",
+        "RecSimNGVectorEnv",
+        "RecSim NG's own simulations (interest_evolution, ecosystem) run by RecSim NG; needs metarec[recsim-ng].",
+        extra="recsim-ng",
+    ),
 )
+
+CORE_ENVIRONMENTS: tuple[EnvEntry, ...] = tuple(e for e in ENVIRONMENTS if e.extra is None)
+"""The ids that run on the core install."""
 
 
 def check_env_id(value: str) -> str:

@@ -327,6 +327,23 @@ def _train_batched_ppo(config: TrainConfig, out: Path, resume_from: Path | None,
     return results
 
 
+def _check_same_spaces(run_dir: Path, config: TrainConfig, env: Any, spec_id: str) -> None:
+    """A policy trained on another environment runs here only if it sees the same spaces (say, one
+    trained on RecSim NG's port and evaluated on RecSim NG itself); else a ValueError naming both."""
+    import gymnasium as gym
+
+    trained = gym.make_vec(config.env, num_envs=1, vectorization_mode="vector_entry_point", **config.env_kwargs)
+    same = (
+        trained.single_observation_space == env.single_observation_space
+        and trained.single_action_space == env.single_action_space
+    )
+    trained.close()
+    if not same:
+        raise ValueError(
+            f"agent: {run_dir} was trained on {config.env}, whose observation or action space differs from {spec_id}'s"
+        )
+
+
 def load_recommender(run_dir: str | Path, env: Any) -> Recommender:
     """The trained policy of a run directory, as a recommender for the vector env ``env``."""
     run_dir = Path(run_dir)
@@ -335,13 +352,13 @@ def load_recommender(run_dir: str | Path, env: Any) -> Recommender:
         config = validate_config(TrainConfig, saved["config"])
         spec_id = getattr(getattr(env, "spec", None), "id", None)
         if spec_id is not None and spec_id != config.env:
-            raise ValueError(f"agent: {run_dir} was trained on {config.env}, not {spec_id}")
+            _check_same_spaces(run_dir, config, env, spec_id)
         from metarec.agents.networks import SlatePolicy
 
         single_item = bool(getattr(env, "single_item", False))
         policy = SlatePolicy(
             env.single_observation_space,
-            1 if single_item else env.model.slate_size,
+            1 if single_item else int(env.single_action_space.shape[0]),
             config.ppo.hidden,
             config.ppo.history_encoder,
         ).to(env.device)

@@ -20,7 +20,7 @@ from metarec.agents.registry import RECOMMENDERS, make_recommender
 from metarec.envs.population import UserPopulation
 
 from metarec.evaluation import evaluate
-from metarec.registration import ENVIRONMENTS
+from metarec.registration import CORE_ENVIRONMENTS as ENVIRONMENTS
 
 BANDITS = ("popular", "greedy", "epsilon-greedy", "linucb", "thompson")
 STEPS = 150

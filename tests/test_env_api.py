@@ -8,7 +8,7 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from metarec.registration import ENVIRONMENTS
+from metarec.registration import CORE_ENVIRONMENTS as ENVIRONMENTS
 
 IDS = [entry.id for entry in ENVIRONMENTS]
 

@@ -120,8 +120,10 @@ def test_train_writes_results_tensorboard_and_a_loadable_model(tmp_path: Path, c
     assert main(["evaluate", "--env", "metarec/DriftingUsers-v0", "--agent", str(out), "--users", "20", "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["agent"] == "ppo:run" and evaluated["users"] == 20
-    with pytest.raises(ValueError, match="trained on metarec/DriftingUsers-v0"):
-        evaluate("metarec/DriftingUsersMultiSession-v0", str(out), users=4)
+    # Another environment takes it only if its spaces are the same.
+    assert evaluate("metarec/DriftingUsersMultiSession-v0", str(out), users=4)["agent"] == "ppo:run"
+    with pytest.raises(ValueError, match="trained on metarec/DriftingUsers-v0, whose observation or action space"):
+        evaluate("metarec/RecSimInterestEvolution-v0", str(out), users=4)
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
