@@ -69,3 +69,11 @@ def fill_slates(picked: torch.Tensor, rows: torch.Tensor | None, batch: int) -> 
     slate = torch.arange(k, device=picked.device).expand(batch, k).clone()
     slate[rows] = picked
     return slate
+
+
+def slate_size_of(env: Any) -> int | None:
+    """``K`` of a vector environment (the length of its ``MultiDiscrete`` slate), ``None`` when it takes
+    one item per step."""
+    if getattr(env, "single_item", False) or not hasattr(env.single_action_space, "nvec"):
+        return None
+    return int(env.single_action_space.shape[0])

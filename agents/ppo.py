@@ -22,7 +22,7 @@ import torch
 from metarec.envs.population import FrozenConfig
 from pydantic import Field
 
-from .base import Recommender, active_rows, fill_slates
+from .base import Recommender, active_rows, fill_slates, slate_size_of
 from .networks import SlatePolicy
 
 
@@ -119,7 +119,7 @@ class BatchedPPO:
         self.single_item = bool(getattr(env, "single_item", False))
         self.total_steps = total_steps
         torch.manual_seed(seed)  # initial weights only; everything after uses the generators below
-        slate_size = 1 if self.single_item else env.model.slate_size
+        slate_size = slate_size_of(env) or 1
         self.policy = SlatePolicy(env.single_observation_space, slate_size, config.hidden, config.history_encoder).to(
             self.device
         )

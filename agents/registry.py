@@ -15,7 +15,7 @@ from .bandits import (
     ThompsonRecommender,
     num_items_of,
 )
-from .base import Recommender
+from .base import Recommender, slate_size_of
 from .reference import OracleRecommender, RandomRecommender
 
 # name -> factory(env, generator) building the recommender for a vector environment.
@@ -26,11 +26,6 @@ RECOMMENDERS: dict[str, Factory] = {}
 def register_recommender(name: str, factory: Factory) -> None:
     """Makes ``name`` usable as ``--agent name`` (``factory(env, generator)``; env is unwrapped)."""
     RECOMMENDERS[name] = factory
-
-
-def slate_size_of(env: Any) -> int | None:
-    """``K`` of a vector environment, ``None`` when it takes one item per step."""
-    return None if getattr(env, "single_item", False) else int(env.model.slate_size)
 
 
 def make_recommender(name: str, env: Any, seed: int) -> Recommender:

@@ -138,6 +138,10 @@ class RecSimNGVectorEnv(VectorEnv):
     ``UtilityAsRewardMetrics`` (the user's utility of the chosen document, drawn by the user entity
     from this step's choice; RecSim NG's metrics report it two steps later).
 
+    ``info`` (as metarec's environments): ``clicked``, ``chosen_position`` and ``chosen_candidate`` (-1
+    when nothing was chosen), ``consumed_time`` (interest_evolution), ``user_interest`` (with
+    ``ground_truth``). There is no oracle: RecSim NG's models have no myopic optimum to hand over.
+
     ## Starting State
     RecSim NG's: interests ~ N(0, I) (interest_evolution); a Gaussian mixture around the providers
     (ecosystem).
@@ -245,6 +249,7 @@ class RecSimNGVectorEnv(VectorEnv):
         slate = check_slates(actions, self.num_candidates, self.slate_size, self.num_envs, False)
         slate = slate.cpu().numpy() if isinstance(slate, torch.Tensor) else slate
         self._slate.assign(slate.astype(np.int32))
+        slate_rows = torch.from_numpy(slate.astype(np.int64)).to(self.device)
         full = self._stepper.finish(self._previous, self._current)
         choice = _torch(full["user response"]["choice"], self.device).to(torch.int64)  # [B]; K = nothing chosen
         if self._utility is not None:
@@ -262,7 +267,9 @@ class RecSimNGVectorEnv(VectorEnv):
         truncated = torch.full((self.num_envs,), self._t >= self.config.max_steps, device=self.device)
         if not bool(torch.isfinite(reward).all()):
             raise FloatingPointError(f"RecSim NG ({self.config.simulation}): NaN or inf reward at step {self._t}")
-        infos: dict[str, Any] = {"clicked": clicked, "choice": choice}
+        position = torch.where(clicked, choice, -1)
+        candidate = torch.where(clicked, slate_rows.gather(1, choice.clamp(max=self.slate_size - 1)[:, None])[:, 0], -1)
+        infos: dict[str, Any] = {"clicked": clicked, "chosen_position": position, "chosen_candidate": candidate}
         if self.config.simulation == "interest_evolution":
             infos["consumed_time"] = reward
         if self.autoreset and self._t >= self.config.max_steps:
