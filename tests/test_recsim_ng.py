@@ -246,3 +246,15 @@ def test_metarec_agents_run_unchanged_on_recsim_ng(simulation):
     if simulation == "interest_evolution":  # a linear bandit on the documents' features learns who watches what
         linucb, random = scores["linucb"], scores["random"]
         assert linucb["mean_return"] - linucb["ci95"] > random["mean_return"] + random["ci95"], scores
+
+
+@recsim_ng_test
+def test_readme_command_evaluates_on_recsim_ng(capsys):
+    import json
+
+    from metarec.cli import main
+
+    assert main(["evaluate", "--env", "metarec/RecSimNG-v0", "--agent", "linucb", "--users", "50", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["env"] == "metarec/RecSimNG-v0" and result["users"] == 50 and result["mean_length"] == 100
+
