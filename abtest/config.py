@@ -67,8 +67,10 @@ class ABTestConfig(FrozenConfig):
     correction: Literal["holm", "bh", "none"] = Field("holm", description="Across treatments x metrics.")
     cuped: bool = Field(True, description="CUPED-adjust mean metrics with the pre-period (when there is one).")
     bootstrap: int = Field(
-        0, ge=0, description="Percentile-bootstrap resamples for the absolute interval of mean metrics (0: t "
-        "intervals); p-values, relative intervals and significance still come from the t-test."
+        0,
+        ge=0,
+        description="Percentile-bootstrap resamples for the absolute interval of mean metrics (0: t "
+        "intervals); p-values, relative intervals and significance still come from the t-test.",
     )
     sequential: bool = Field(
         True, description="Group-sequential daily monitoring of the primary metric (alpha split over treatments)."
@@ -85,7 +87,9 @@ class ABTestConfig(FrozenConfig):
         from metarec.registration import ENVIRONMENTS, check_env_id
 
         check_env_id(value)
-        days_envs = [e.id for e in ENVIRONMENTS if e.module == "metarec.envs.drifting_users"]
+        days_envs = [
+            e.id for e in ENVIRONMENTS if e.module in ("metarec.envs.drifting_users", "metarec.envs.calibrated")
+        ]
         if value not in days_envs:
             raise ValueError(
                 f"expected an environment whose users come back day after day ({', '.join(days_envs)}); "
@@ -118,8 +122,10 @@ class ABTestConfig(FrozenConfig):
                     "allocation: only the independent design allocates users (paired runs all in every arm)"
                 )
             if set(self.allocation) != set(self.arms):
-                raise ValueError(f"allocation: expected a share for each arm ({', '.join(self.arms)}), "
-                                 f"got {', '.join(self.allocation)}")
+                raise ValueError(
+                    f"allocation: expected a share for each arm ({', '.join(self.arms)}), "
+                    f"got {', '.join(self.allocation)}"
+                )
             bad = {k: v for k, v in self.allocation.items() if not v > 0}
             if bad:
                 raise ValueError(f"allocation: expected positive shares, got {bad}")
@@ -129,8 +135,9 @@ class ABTestConfig(FrozenConfig):
             smallest = min(self.shares().values())
             if self.users * smallest < 20:
                 needed = math.ceil(20 / smallest)
-                raise ValueError(f"users: expected at least {needed} for this allocation (20 in the smallest arm), "
-                                 f"got {self.users}")
+                raise ValueError(
+                    f"users: expected at least {needed} for this allocation (20 in the smallest arm), got {self.users}"
+                )
         return self
 
     @property

@@ -135,6 +135,8 @@ class DriftingUsersModel(UserModel):
         self.num_topics = int(max(config.catalog.num_topics, self.world_numpy["item_topic"].max() + 1))
         self.topics = backend.asarray(np.arange(self.num_topics))
         self.scalars = population_parameters(config.population, self.slate_size, backend)
+        weight = self.world_numpy.get("cluster_weight")
+        self.cluster_cdf = None if weight is None else backend.asarray(np.cumsum(weight).astype(np.float32))
 
     def params(self, state: State) -> Any:
         """The population parameters that apply to each user (see :func:`population_parameters`)."""
@@ -149,7 +151,11 @@ class DriftingUsersModel(UserModel):
     def _draw_users(self, rng: Random, num_users: int, task: Array | None = None) -> tuple[Array, Array]:
         """Clusters ``[B]`` and anchor interests ``[B, d]`` of new users (of tasks ``task``, where the
         model holds several)."""
-        cluster = rng.integers(self.population.num_clusters, (num_users,))
+        if self.cluster_cdf is None:
+            cluster = rng.integers(self.population.num_clusters, (num_users,))
+        else:  # a calibrated population: clusters in their fitted shares
+            drawn = self.xp.searchsorted(self.cluster_cdf, rng.uniform((num_users,)), side="right")
+            cluster = self.xp.astype(self.xp.clip(drawn, 0, self.population.num_clusters - 1), self.xp.int64)
         noise = rng.normal((num_users, self.config.catalog.embedding_dim))
         anchor = self.backend.take_rows(self.world["cluster_centre"], cluster) + self.population.cluster_spread * noise
         return cluster, anchor

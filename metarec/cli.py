@@ -135,6 +135,44 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from metarec.calibration.fit import FitConfig
+    from metarec.calibration.run import run_calibration
+    from metarec.envs.population import validate_config
+
+    values = {}
+    for item in args.set or []:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
+        values[key.strip()] = yaml.safe_load(text)
+    fit_config = validate_config(FitConfig, values, where="--set")
+    result = run_calibration(
+        args.logs, args.format, args.out, items=args.items, holdout_frac=args.holdout_frac, fit_config=fit_config
+    )
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    f = result["fidelity"]
+    print(f"population: {result['population']}  (gym.make('metarec/Calibrated-v0', population=...))")
+    for key in ("rating_ks", "popularity_gini_real", "popularity_gini_sim", "recall@10_sim", "recall@10_popularity"):
+        if f.get(key) is not None:
+            print(f"  {key:<24}{f[key]:.4f}")
+    print(f"report: {Path(args.out) / 'fidelity.html'}")
+    return 0
+
+
+def _cmd_simulate_logs(args: argparse.Namespace) -> int:
+    from metarec.calibration.simulate import simulate_logs, write_simulated_logs
+
+    columns = simulate_logs(args.env, args.users, args.days, seed=args.seed, agent=args.agent, device=args.device)
+    path = write_simulated_logs(columns, args.out)
+    print(json.dumps({"out": str(path), "events": len(columns["user"]), "users": args.users, "days": args.days}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metarec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +227,28 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("--seeds", type=_positive_int, help="evaluation seeds (default: the config's)")
     me.add_argument("--json", action="store_true", help="print one JSON line")
     me.set_defaults(func=_cmd_meta_eval)
+
+    from metarec.calibration.logs import FORMATS
+
+    ca = sub.add_parser("calibrate", help="fit a user population to interaction logs and report its fidelity")
+    ca.add_argument("logs", help="a log file or directory (MovieLens or the generic CSV/Parquet schema)")
+    ca.add_argument("--format", required=True, choices=FORMATS)
+    ca.add_argument("--items", help="item file (titles, features); MovieLens directories bring their own")
+    ca.add_argument("--holdout-frac", type=float, default=0.2, help="latest share of events held out (default 0.2)")
+    ca.add_argument("--out", required=True, help="output directory (population/, fidelity.json, fidelity.html)")
+    ca.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fitting option (repeatable)")
+    ca.add_argument("--json", action="store_true", help="print one JSON line")
+    ca.set_defaults(func=_cmd_calibrate)
+
+    sl = sub.add_parser("simulate-logs", help="write simulated interaction logs in the generic schema")
+    sl.add_argument("--env", default="metarec/DriftingUsers-v0", choices=[e.id for e in ENVIRONMENTS], metavar="ID")
+    sl.add_argument("--users", type=_positive_int, required=True)
+    sl.add_argument("--days", type=_positive_int, required=True, help="sessions per user, one a day")
+    sl.add_argument("--out", required=True, help="a .csv or .parquet file")
+    sl.add_argument("--agent", default="random", help="the logging recommender (default random)")
+    sl.add_argument("--seed", type=int, default=0)
+    sl.add_argument("--device", default="cpu")
+    sl.set_defaults(func=_cmd_simulate_logs)
 
     demo = sub.add_parser("demo", help="the main job: what metarec simulates, measured end to end")
     demo.add_argument("--out", default="runs/demo")

@@ -19,6 +19,7 @@ class EnvEntry:
     description: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     extra: str | None = None  # the optional extra it needs (``pip install "metarec[EXTRA]"``), if any
+    requires: tuple[str, ...] = ()  # keyword arguments that have no default (e.g. a population directory)
 
 
 ENVIRONMENTS: tuple[EnvEntry, ...] = (
@@ -74,6 +75,14 @@ ENVIRONMENTS: tuple[EnvEntry, ...] = (
         "Port of RecSim NG's interest-evolution model: 2 topics, 100 documents, slate 2.",
     ),
     EnvEntry(
+        "metarec/Calibrated-v0",
+        "metarec.envs.calibrated",
+        "CalibratedEnv",
+        "CalibratedVectorEnv",
+        "DriftingUsers over a population fitted to logs: population=DIR from metarec calibrate.",
+        requires=("population",),
+    ),
+    EnvEntry(
         "metarec/RecSimNG-v0",
         "metarec.envs.recsim_ng",
         "RecSimNGEnv",
@@ -83,8 +92,8 @@ ENVIRONMENTS: tuple[EnvEntry, ...] = (
     ),
 )
 
-CORE_ENVIRONMENTS: tuple[EnvEntry, ...] = tuple(e for e in ENVIRONMENTS if e.extra is None)
-"""The ids that run on the core install."""
+CORE_ENVIRONMENTS: tuple[EnvEntry, ...] = tuple(e for e in ENVIRONMENTS if e.extra is None and not e.requires)
+"""The ids that run on the core install with no required arguments."""
 
 
 def check_env_id(value: str) -> str:

@@ -1,0 +1,1 @@
+"""Calibrate user populations from logged interactions."""

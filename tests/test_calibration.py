@@ -1,0 +1,123 @@
+"""Calibration from logs: the population file, metarec/Calibrated-v0, simulate-logs, calibrate, recovery."""
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+from metarec.envs.calibrated import load_population, save_population
+from metarec.envs.drifting import make_world
+from metarec.envs.population import SimulatorConfig
+from scipy import stats
+from scipy.linalg import subspace_angles
+
+import metarec  # noqa: F401
+from metarec.calibration.fit import FitConfig, calibrate
+from metarec.calibration.logs import load_logs
+from metarec.calibration.simulate import simulate_logs, write_simulated_logs
+from metarec.cli import main
+
+pytest.importorskip("sklearn")
+pytest.importorskip("pandas")
+
+KNOWN = {
+    "catalog": {"num_items": 200, "embedding_dim": 8, "num_topics": 6, "seed": 5},  # clusters 2.9-3.6 apart
+    "population": {
+        "num_clusters": 3,
+        "interest_scale": 3.0,
+        "cluster_spread": 0.6,
+        "consumption_pull": 0.0,
+        "ou_reversion": 0.0,
+        "ou_noise": 0.05,
+        "shift_hazard": 0.0,
+        "trend_rate": 0.0,
+        "fatigue_rate": 0.0,
+    },
+}
+
+
+def known_population(tmp_path: Path, weights=(0.6, 0.3, 0.1)) -> Path:
+    config = SimulatorConfig.model_validate(KNOWN)
+    world = {**make_world(config), "cluster_weight": np.array(weights, dtype=np.float32)}
+    return save_population(tmp_path / "known", config, world, {"note": "drawn, not fitted"})
+
+
+def test_population_files_round_trip_and_name_what_is_wrong(tmp_path):
+    path = known_population(tmp_path)
+    config, world, fit = load_population(path)
+    assert config == SimulatorConfig.model_validate(KNOWN) and fit == {"note": "drawn, not fitted"}
+    assert world["item_embedding"].shape == (200, 8) and world["cluster_weight"].sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="not a calibrated population"):
+        load_population(tmp_path / "nowhere")
+    bad = dict(world, cluster_centre=world["cluster_centre"][:, :4])
+    with pytest.raises(ValueError, match=r"\['cluster_centre'\]: expected shape \(3, 8\)"):
+        save_population(tmp_path / "bad", config, bad)
+    with pytest.raises(ValueError, match=r"\['cluster_weight'\]: expected non-negative shares summing to 1"):
+        save_population(tmp_path / "bad", config, dict(world, cluster_weight=np.array([0.5, 0.2, 0.1])))
+    (path / "population.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="format 'something-else'"):
+        load_population(path)
+
+
+def test_calibrated_env_passes_check_env_and_draws_clusters_in_their_shares(tmp_path):
+    path = known_population(tmp_path)
+    check_env(gym.make("metarec/Calibrated-v0", population=str(path)).unwrapped, skip_render_check=True)
+    env = gym.make_vec(
+        "metarec/Calibrated-v0", num_envs=20_000, vectorization_mode="vector_entry_point", population=path
+    )
+    env.reset(seed=0)
+    counts = torch.bincount(env.unwrapped.state["cluster"], minlength=3).numpy()
+    assert stats.chisquare(counts, 20_000 * np.array([0.6, 0.3, 0.1])).pvalue > 1e-3
+    _, reward, *_ = env.step(env.action_space.sample())
+    assert torch.isfinite(reward).all()
+    # overrides merge into the fitted config; what the fit fixes cannot be overridden
+    multi = gym.make_vec(
+        "metarec/Calibrated-v0",
+        num_envs=4,
+        vectorization_mode="vector_entry_point",
+        population=path,
+    )
+    assert multi.unwrapped.config.population.num_sessions == 1
+    with pytest.raises(ValueError, match=r"catalog\.num_items: fixed by the calibrated population"):
+        gym.make("metarec/Calibrated-v0", population=path, catalog={"num_items": 50})
+    with pytest.raises(ValueError, match="population: expected the directory of a calibrated population"):
+        gym.make("metarec/Calibrated-v0")
+
+
+def test_simulate_logs_and_calibrate_from_the_command_line(tmp_path, capsys):
+    logs = tmp_path / "logs.csv"
+    assert main(["simulate-logs", "--users", "300", "--days", "3", "--out", str(logs)]) == 0
+    written = json.loads(capsys.readouterr().out)
+    assert written["events"] > 300 and load_logs(logs, "csv").num_events == written["events"]
+    out = tmp_path / "calibrated"
+    args = ["calibrate", str(logs), "--format", "csv", "--holdout-frac", "0.25", "--out", str(out), "--json"]
+    assert main([*args, "--set", "epochs=3", "--set", "max_clusters=3"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    expected = {"rating_ks", "popularity_gini_real", "popularity_gini_sim", "recall@10_sim", "recall@10_popularity"}
+    assert expected <= set(result["fidelity"])
+    assert all(v is None or np.isfinite(v) for v in result["fidelity"].values() if isinstance(v, float))
+    assert (out / "fidelity.json").is_file() and (out / "fidelity.html").is_file()
+    env = gym.make("metarec/Calibrated-v0", population=result["population"])
+    env.reset(seed=0)
+    assert env.observation_space["candidates"].shape == (20, 17)  # 16 fitted dimensions + length
+    assert main(["calibrate", str(logs), "--format", "csv", "--out", str(out), "--set", "epochs=0"]) == 2
+    assert "epochs" in capsys.readouterr().err
+
+
+def test_calibration_recovers_a_known_population(tmp_path):
+    """Logs simulated from a known population (3 clusters in 8 dimensions, a random-walk drift):
+    the fit finds the 3 clusters, and the item embeddings' subspace."""
+    columns = simulate_logs("metarec/DriftingUsers-v0", 1000, 5, seed=0, env_kwargs=KNOWN)
+    env = columns.pop("env")
+    columns.pop("user_steps")
+    write_simulated_logs(columns, tmp_path / "logs.csv")
+    logs = load_logs(tmp_path / "logs.csv", "csv")
+    fitted = calibrate(logs, FitConfig(embedding_dim=8))
+    assert fitted.fit["num_clusters"] == 3
+    true = env.model.world_numpy["item_embedding"][logs.item_ids.astype(np.int64)]
+    angles = np.degrees(subspace_angles(true, fitted.item_factors))
+    assert np.median(angles) < 30.0, angles
+    assert fitted.fit["drift"]["ou_noise"] > 0.0
