@@ -18,7 +18,10 @@ from .metrics import METRICS
 class ArmConfig(FrozenConfig):
     """One arm: a recommender by registry name (``metarec evaluate --agent`` names) or training run directory."""
 
-    agent: str = Field(description="Recommender name (random, popular, linucb, ...) or a `metarec train` run dir.")
+    agent: str = Field(
+        description="Recommender name (random, popular, linucb, ...), a `metarec train` run dir, or a "
+        "meta-trained RL² policy file (RUN/methods/rl2.pt of a `metarec meta-train` run)."
+    )
 
 
 class GuardrailConfig(FrozenConfig):

@@ -63,6 +63,41 @@ def check_tasks(tasks: Sequence[Any]) -> list[SimulatorConfig]:
     return configs
 
 
+def record_item_stats(
+    backend: Backend,
+    table: Array,
+    candidates: Array,
+    slate: Array,
+    chosen: Array,
+    reward: Array,
+    rows: Array | None = None,
+) -> None:
+    """Adds one step to an item statistics ``table`` ``[num_items, 3]`` (impressions, clicks,
+    engagement): ``candidates`` ``[B, N]`` ids offered, ``slate`` ``[B, K]`` (a repeated candidate
+    counts once), ``chosen`` ``[B]`` candidate index or -1, ``reward`` ``[B]``; only the users where
+    ``rows`` (``[B]`` bool) is True, when given."""
+    xp = backend.xp
+    shown = shown_mask(xp, slate)
+    if rows is not None:
+        shown = shown & rows[:, None]
+        chosen = xp.where(rows, chosen, -1)
+    shown_ids = backend.take_along(candidates, slate)[shown]
+    table[:, 0].index_add_(0, shown_ids, xp.ones_like(shown_ids, dtype=xp.float32))
+    clicked = chosen >= 0
+    ids = backend.take_along(candidates, xp.clip(chosen, 0, None)[:, None])[:, 0][clicked]
+    table[:, 1].index_add_(0, ids, xp.ones_like(ids, dtype=xp.float32))
+    table[:, 2].index_add_(0, ids, reward[clicked].float())
+
+
+def item_stat_features(xp: Any, stats: Array) -> Array:
+    """``[..., 3]`` candidate features from logged statistics ``[..., 3]``: smoothed CTR and engagement
+    per impression (a weak prior of 10% CTR), and log1p of the impressions."""
+    impressions = stats[..., 0]
+    ctr = (stats[..., 1] + 1.0) / (impressions + 10.0)
+    engagement = (stats[..., 2] + 1.0) / (impressions + 10.0)
+    return xp.stack([ctr, engagement, xp.log1p(impressions)], axis=-1)
+
+
 class TaskBatchModel(DriftingUsersModel):
     """:class:`DriftingUsersModel` over ``T`` tasks at once, ``users_per_task`` rows each (task-major)."""
 
@@ -122,28 +157,14 @@ class TaskBatchModel(DriftingUsersModel):
     def record(self, candidates: Array, slate: Array, chosen: Array, reward: Array) -> None:
         """Adds a step to the item statistics: ``candidates`` ``[B, N]`` ids offered, ``slate`` ``[B, K]``
         (a repeated candidate counts once), ``chosen`` ``[B]`` candidate index or -1, ``reward`` ``[B]``."""
-        if self.item_stats is None:
-            return
-        be = self.backend
-        shown = shown_mask(be.xp, slate)
-        if self.record_rows is not None:  # users who left are not served, so nothing of theirs is logged
-            shown = shown & self.record_rows[:, None]
-            chosen = be.xp.where(self.record_rows, chosen, -1)
-        shown_ids = be.take_along(candidates, slate)[shown]
-        self.item_stats[:, 0].index_add_(0, shown_ids, be.xp.ones_like(shown_ids, dtype=be.xp.float32))
-        clicked = chosen >= 0
-        ids = be.take_along(candidates, be.xp.clip(chosen, 0, None)[:, None])[:, 0][clicked]
-        self.item_stats[:, 1].index_add_(0, ids, be.xp.ones_like(ids, dtype=be.xp.float32))
-        self.item_stats[:, 2].index_add_(0, ids, reward[clicked].float())
+        if self.item_stats is not None:  # users who left are not served, so nothing of theirs is logged
+            record_item_stats(self.backend, self.item_stats, candidates, slate, chosen, reward, self.record_rows)
 
     def observe(self, state: State) -> dict[str, Array]:
         observation = super().observe(state)
         if self.item_stats is not None:
             stats = self.backend.take_rows(self.item_stats, state["candidates"])  # [B, N, 3]
-            impressions = stats[..., 0]
-            ctr = (stats[..., 1] + 1.0) / (impressions + 10.0)  # a weak prior of 10% CTR
-            engagement = (stats[..., 2] + 1.0) / (impressions + 10.0)
-            extra = self.backend.xp.stack([ctr, engagement, self.backend.xp.log1p(impressions)], axis=-1)
+            extra = item_stat_features(self.backend.xp, stats)
             observation["candidates"] = self.backend.xp.concat([observation["candidates"], extra], axis=-1)
         return observation
 

@@ -87,6 +87,46 @@ class RL2Recommender(Recommender):
         self.last_reward = reward.float()
 
 
+class LoggedItemStats(Recommender):
+    """Serves ``inner`` (a policy trained with ``item_stats``) on an environment without them: it logs
+    the impressions, clicks and engagement of the slates it serves itself, pooled over its users, and
+    appends the same three candidate features the task-batch environment would. What a production
+    system does, so a meta-learned recommender can serve in an A/B test of one population.
+
+    Only users marked in ``info["active"]`` (when given) are logged: the ones this recommender served.
+    """
+
+    def __init__(self, inner: Recommender, num_items: int, device: Any) -> None:
+        from metarec.envs.backend import torch_backend
+
+        self.inner, self.name = inner, inner.name
+        self.backend = torch_backend(device)
+        self.table = torch.zeros(num_items, 3, device=device)
+        self._shown: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+
+    def reset(self, mask: torch.Tensor | None = None) -> None:
+        self.inner.reset(mask)  # the statistics are the population's, not a user's: kept
+
+    def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
+        from metarec.envs.task_batch import item_stat_features
+
+        ids = observation["candidate_ids"].to(torch.int64)
+        extra = item_stat_features(torch, self.table[ids])
+        slate = self.inner.act({**observation, "candidates": torch.cat([observation["candidates"], extra], -1)}, info)
+        self._shown = (ids, slate, info.get("active"))
+        return slate
+
+    def observe(self, reward: torch.Tensor, done: torch.Tensor, info: dict[str, Any]) -> None:
+        from metarec.envs.task_batch import record_item_stats
+
+        if self._shown is None:
+            raise RuntimeError("observe() before act()")
+        ids, slate, active = self._shown
+        rows = info.get("active", active)
+        record_item_stats(self.backend, self.table, ids, slate, info["chosen_candidate"], reward, rows)
+        self.inner.observe(reward, done, info)
+
+
 def shift_interests(env: TaskBatchVectorEnv, rows: torch.Tensor, seed: int) -> dict[str, Any]:
     """Re-draws the interests of the users in ``rows`` (``[B]`` bool) as an abrupt shift does, and
     returns the ground-truth info of the next decision under the new interests."""

@@ -36,7 +36,7 @@ from metarec.abtest.runner import finite
 from metarec.envs.population import FrozenConfig, validate_config
 from pydantic import Field, field_validator, model_validator
 
-from .evaluate import EvalConfig, RL2Recommender, evaluate
+from .evaluate import EvalConfig, LoggedItemStats, RL2Recommender, evaluate
 from .gradient_rl import AdaptingRecommender, GradientConfig, GradientMetaTrainer
 from .policy import RecurrentSlatePolicy, feedforward_policy
 from .rl2 import RL2Config, RL2Trainer
@@ -352,6 +352,35 @@ def _load_method(run: Path, name: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ValueError(f"run: {run} has no trained {name!r} ({path} is missing); finish meta-train first")
     return torch.load(path, map_location="cpu", weights_only=True)["policy"]
+
+
+def load_meta_recommender(weights: str | Path, env: Any, seed: int) -> Any:
+    """The RL² recommender saved at ``RUN/methods/rl2.pt`` of a meta-train run, for the vector env ``env``
+    (one population, as in an A/B test): its memory adapts to each user from their responses and, when
+    the run trained with item statistics, it logs its own (:class:`~metarec.meta.evaluate.LoggedItemStats`).
+    The gradient methods adapt per population by policy-gradient steps and serve only in meta-eval."""
+    weights = Path(weights)
+    run, name = weights.parent.parent, weights.stem
+    if not (run / "config.yaml").is_file() or weights.parent.name != "methods":
+        raise ValueError(f"agent: {weights} is not RUN/methods/METHOD.pt of a meta-train run")
+    if name != "rl2":
+        raise ValueError(f"agent: {weights} is a {name!r} policy; only rl2 serves outside meta-eval so far")
+    config = validate_config(MetaTrainConfig, yaml.safe_load((run / "config.yaml").read_text()))
+    space = env.single_observation_space
+    if config.item_stats:
+        from gymnasium import spaces
+
+        n, f = space["candidates"].shape
+        space = spaces.Dict({**space.spaces, "candidates": spaces.Box(-np.inf, np.inf, (n, f + 3), np.float32)})
+    slate_size = int(env.single_action_space.shape[0])
+    policy = RecurrentSlatePolicy(space, slate_size, config.rl2.hidden).to(env.device)
+    _load_into(policy, _load_method(run, name), run, name)
+    generator = torch.Generator(device=env.device).manual_seed(seed)
+    recommender = RL2Recommender(policy, generator, deterministic=config.eval.rl2_greedy)
+    recommender.name = f"rl2:{run.name}"
+    if config.item_stats:
+        recommender = LoggedItemStats(recommender, int(env.model.num_items), env.device)
+    return recommender
 
 
 def meta_eval(run: str | Path, split: Literal["test", "train"] = "test", progress: bool = False,

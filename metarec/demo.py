@@ -1,10 +1,11 @@
 """``metarec demo``: what the simulator does, measured on every registered environment, and an A/B test.
 
 It evaluates the two reference agents (random, the myopic oracle) on fresh users of every
-environment, then runs a simulated A/B test (``configs/abtest_demo.yaml``'s three arms on fewer
-users and days) with its report in ``OUT/abtest/``; then meta-trains RL², MAML, FOMAML, Reptile and
-the baselines (``configs/meta_demo.yaml``) into ``OUT/meta/`` and measures how they adapt to new
-users of held-out populations; and writes ``results.json``.
+environment; meta-trains RL², MAML, FOMAML, Reptile and the baselines (``configs/meta_demo.yaml``)
+into ``OUT/meta/`` and measures how they adapt to new users of held-out populations; then runs a
+simulated A/B test of the meta-learned RL² recommender against LinUCB (the best baseline) and
+popularity (control) on users of a held-out population, with its report in ``OUT/abtest/``; and
+writes ``results.json``. Without a meta config the A/B test is popularity vs LinUCB vs greedy.
 """
 
 from __future__ import annotations
@@ -49,8 +50,12 @@ def run_demo(
             f"{o['mean_return']:>11.2f} ±{o['ci95']:>5.2f}{ratio:>15.3f}"
         )
         rows.append({"env": entry.id, "random": r, "oracle": o})
-    abtest = _demo_abtest(out_dir / "abtest", users, seed, device)
-    meta = _demo_meta(out_dir / "meta", Path(meta_config), seed, device) if meta_config is not None else None
+    if meta_config is None:
+        abtest = _demo_abtest(out_dir / "abtest", users, seed, device)
+        meta = None
+    else:
+        meta = _demo_meta(out_dir / "meta", Path(meta_config), seed, device)
+        abtest = _demo_meta_abtest(out_dir / "abtest", out_dir / "meta", min(users, 2000), seed, device)
     summary = {
         "users": users,
         "seed": seed,
@@ -66,26 +71,38 @@ def run_demo(
     return summary
 
 
-def _demo_abtest(out: Path, users: int, seed: int, device: str) -> dict:
-    """A paired A/B test of popularity (control) against LinUCB and a per-user greedy bandit, 14 days."""
+def _demo_abtest(
+    out: Path,
+    users: int,
+    seed: int,
+    device: str,
+    arms: dict[str, str] | None = None,
+    env_kwargs: dict | None = None,
+    days: int = 14,
+    name: str = "demo A/B test",
+) -> dict:
+    """A paired A/B test of popularity (control) against ``arms`` (default LinUCB and a per-user
+    greedy bandit), ``days`` days."""
     from metarec.abtest.config import ABTestConfig
     from metarec.abtest.runner import run_abtest
     from metarec.envs.population import validate_config
 
+    arms = {"control": "popular", **(arms or {"linucb": "linucb", "greedy": "greedy"})}
     config = validate_config(
         ABTestConfig,
         {
-            "name": "demo A/B test",
-            "env_kwargs": {"population": {"session_budget": 20.0, "steps_per_day": 10}},
-            "arms": {"control": "popular", "linucb": "linucb", "greedy": "greedy"},
+            "name": name,
+            "env_kwargs": env_kwargs or {"population": {"session_budget": 20.0, "steps_per_day": 10}},
+            "arms": arms,
             "users": users,
-            "days": 14,
+            "days": days,
             "guardrails": [{"metric": "retention", "max_drop": 0.01}],
             "seed": seed,
             "device": device,
         },
     )
-    print(f"\nA/B test: popular (control) vs linucb vs greedy, {users} users x {config.days} days, paired")
+    names = " vs ".join(["popular (control)", *[a for a in arms if a != "control"]])
+    print(f"\nA/B test: {names}, {users} users x {config.days} days, paired")
     results = run_abtest(config, out, quiet=True)
     primary = config.primary_metric
     for arm, effects in results["effects"].items():
@@ -97,6 +114,25 @@ def _demo_abtest(out: Path, users: int, seed: int, device: str) -> dict:
         )
     print(f"  report: {out / 'report.html'}")
     return {arm: effects[primary] for arm, effects in results["effects"].items()} | {"report": str(out / "report.html")}
+
+
+def _demo_meta_abtest(out: Path, meta_run: Path, users: int, seed: int, device: str) -> dict:
+    """The meta-learned RL² recommender in a paired A/B test against the best baseline of the
+    adaptation protocol (LinUCB) and popularity (control), on users of a held-out population."""
+    import yaml
+
+    from metarec.envs.population import validate_config
+    from metarec.meta.runner import MetaTrainConfig
+
+    config = validate_config(MetaTrainConfig, yaml.safe_load((meta_run / "config.yaml").read_text()))
+    if "rl2" not in config.methods:
+        return _demo_abtest(out, users, seed, device)
+    population = config.tasks.sample(config.test_split, 1, seed + 777)[0]  # a held-out population
+    days = min(config.sessions, 10)
+    arms = {"linucb": "linucb", "rl2": str(meta_run / "methods" / "rl2.pt")}
+    return _demo_abtest(
+        out, users, seed, device, arms, population.model_dump(), days, f"meta-learned RL² on {config.test_split}"
+    )
 
 
 def _demo_meta(out: Path, config_path: Path, seed: int, device: str) -> dict:

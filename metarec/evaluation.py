@@ -20,9 +20,14 @@ def agent_names() -> tuple[str, ...]:
 
 
 def make_agent(name: str, env: Any, seed: int) -> Recommender:
-    """A recommender by name or training run directory, for the vector environment ``env``."""
+    """A recommender by name, training run directory or meta-trained policy (``RUN/methods/rl2.pt`` of a
+    meta-train run), for the vector environment ``env``."""
     from pathlib import Path
 
+    if name not in RECOMMENDERS and Path(name).suffix == ".pt" and Path(name).is_file():
+        from metarec.meta.runner import load_meta_recommender
+
+        return load_meta_recommender(name, env, seed)
     if name not in RECOMMENDERS and Path(name).is_dir():
         from metarec.training import load_recommender
 

@@ -84,11 +84,12 @@ def test_demo_runs_end_to_end_with_an_ab_test(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--users", "200", "--meta-config", str(tiny)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert {row["env"] for row in results["results"]} >= {"metarec/DriftingUsers-v0"}
-    assert set(results["abtest"]) == {"linucb", "greedy", "report"}
+    # the A/B test serves the meta-learned RL² recommender to users of a held-out population
+    assert set(results["abtest"]) == {"linucb", "rl2", "report"}
     report = (tmp_path / "abtest" / "report.html").read_text()
-    assert "linucb" in report and "data:image/png;base64," in report
+    assert "rl2" in report and "meta-test" in report and "data:image/png;base64," in report
     printed = capsys.readouterr().out
-    assert "A/B test: popular (control) vs linucb vs greedy" in printed
+    assert "A/B test: popular (control) vs linucb vs rl2" in printed
     meta = results["meta"]["adaptation"]
     assert meta["split"] == "meta-test" and meta["best_meta_method"] in ("rl2", "maml", "fomaml", "reptile")
     assert (tmp_path / "meta" / "adaptation_test.png").is_file()

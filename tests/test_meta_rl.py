@@ -170,6 +170,44 @@ def test_meta_tiny_trains_deterministically_and_evaluates(tmp_path) -> None:
         meta_eval(tmp_path / "a", "test")
 
 
+def test_logged_item_stats_match_what_the_task_batch_env_appends(distribution) -> None:
+    """A meta policy trained with item statistics serves on a plain env by logging its own: the
+    features it appends are the ones the task-batch env would have appended for the same steps."""
+    from metarec.envs.task_batch import TaskBatchVectorEnv
+    from metarec.meta.evaluate import LoggedItemStats
+
+    class Recording:
+        name = "recording"
+
+        def __init__(self) -> None:
+            self.seen: list[torch.Tensor] = []
+            self.generator = torch.Generator().manual_seed(0)
+
+        def reset(self, mask=None) -> None:
+            pass
+
+        def act(self, observation, info):
+            self.seen.append(observation["candidates"][..., -3:].clone())
+            return torch.rand(observation["candidates"].shape[:2], generator=self.generator).argsort(1)[:, :5]
+
+        def observe(self, reward, done, info) -> None:
+            pass
+
+    task = distribution.sample("meta-train", 1, seed=3)[0]
+    env = TaskBatchVectorEnv([task], users_per_task=32, item_stats=True)
+    assert env.model.slate_size == 5
+    inner = Recording()
+    served = LoggedItemStats(inner, env.model.num_items, "cpu")
+    observation, info = env.reset(seed=1)
+    for _ in range(25):
+        plain = {**observation, "candidates": observation["candidates"][..., :-3]}
+        slate = served.act(plain, info)
+        torch.testing.assert_close(inner.seen[-1], observation["candidates"][..., -3:])
+        observation, reward, terminated, truncated, info = env.step(slate)
+        served.observe(reward, terminated | truncated, info)
+    assert float(served.table[:, 0].sum()) > 0 and torch.equal(served.table, env.model.item_stats)
+
+
 def test_meta_train_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path) -> None:
     reference = meta_train(load_meta_config(TINY), tmp_path / "whole", progress=False)["params_sha256"]
     out = tmp_path / "killed"

@@ -16,6 +16,7 @@ def test_every_subpackage_is_listed_and_mapped():
         for folder in ("envs", "agents", "meta", "abtest")
         for p in (ROOT / folder).rglob("__init__.py")
     }
+    on_disk |= {f"metarec.{p.parent.name}" for p in (ROOT / "metarec").glob("*/__init__.py")}
     assert on_disk <= listed, f"packages missing from pyproject: {sorted(on_disk - listed)}"
     assert listed <= set(mapping), f"packages without a package-dir entry: {sorted(listed - set(mapping))}"
     for name, folder in mapping.items():

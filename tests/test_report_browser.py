@@ -1,0 +1,212 @@
+"""The HTML reports as a reader sees them: rendered by headless Chromium, driven by Selenium.
+
+Runs a small A/B test and a small calibration, opens ``report.html`` and ``fidelity.html`` as ``file://`` URLs and
+checks that every plot has loaded, that the page has no script, that the key numbers of ``results.json`` and
+``fidelity.json`` are in the rendered text, and that a screenshot is not blank.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (``/usr/bin/chromium``, ``/usr/bin/chromedriver``). Where they
+are missing and the tests run as root with apt-get, the ``chrome_driver`` fixture installs them; otherwise the tests
+are skipped. Selenium is pointed at both binaries, so it never tries to download a driver or a browser.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from matplotlib import image as mpimg
+from metarec.abtest.report import fmt, fmt_ci, fmt_p, fmt_pct
+
+from metarec.cli import main
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+APT_PACKAGES = ["chromium", "chromium-driver"]
+HOW_TO_INSTALL = "install them with `sudo apt-get install chromium chromium-driver` (Debian) to run these tests"
+APT_TIMEOUT_S = 600
+# The network is closed: no sandbox (root in a container), no GPU, nothing that phones home.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,1600",
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Chromium and ChromeDriver
+
+
+def _apt_get(*args: str) -> subprocess.CompletedProcess[str]:
+    """``apt-get ARGS``; waits for the dpkg lock, so two test workers installing at once take turns."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    command = ["apt-get", "-o", f"DPkg::Lock::Timeout={APT_TIMEOUT_S}", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_S)
+
+
+def _install_chromium() -> str | None:
+    """Installs Chromium and ChromeDriver with apt-get; returns why it could not, or None."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return "not root with apt-get, so they cannot be installed here"
+    try:
+        done = _apt_get("install", "-y", *APT_PACKAGES)
+        if done.returncode != 0:  # a fresh machine has no package lists yet
+            _apt_get("update")
+            done = _apt_get("install", "-y", *APT_PACKAGES)
+    except subprocess.TimeoutExpired:
+        return f"apt-get did not finish in {APT_TIMEOUT_S} s"
+    if done.returncode != 0:
+        return f"`apt-get install -y {' '.join(APT_PACKAGES)}` failed: {done.stderr.strip()[-500:]}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def chrome_driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A headless Chromium session of Selenium, with a new empty profile."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium: pip install selenium")
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        why = _install_chromium()
+        if why is not None or not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+            pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER}; {why or 'not there after apt-get'}; {HOW_TO_INSTALL}")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in [*CHROMIUM_ARGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
+        options.add_argument(arg)
+    # With the driver's path given, Selenium Manager (which would download one) is not asked; offline anyway.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SE_OFFLINE", "true")
+        driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)), options=options)
+        driver.set_page_load_timeout(30)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The runs that write the reports
+
+
+@pytest.fixture(scope="module")
+def abtest_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``metarec abtest configs/abtest_demo.yaml`` with 300 users for 3 days: ``results.json`` and ``report.html``."""
+    out = tmp_path_factory.mktemp("abtest")
+    overrides = ["users=300", "days=3", "torch_threads=1"]
+    argv = ["abtest", str(ROOT / "configs" / "abtest_demo.yaml"), "--out", str(out), "--quiet", "--json"]
+    assert main([*argv, *(arg for item in overrides for arg in ("--set", item))]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def calibration_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``metarec simulate-logs`` (300 users, 3 days), then a short ``metarec calibrate``: ``fidelity.json`` and
+    ``fidelity.html``."""
+    out = tmp_path_factory.mktemp("calibration")
+    logs = out / "logs.csv"
+    assert main(["simulate-logs", "--users", "300", "--days", "3", "--out", str(logs)]) == 0
+    overrides = ["epochs=3", "max_clusters=3", "refit_steps=20", "embedding_dim=8"]
+    argv = ["calibrate", str(logs), "--format", "csv", "--out", str(out / "calibrated"), "--json"]
+    assert main([*argv, *(arg for item in overrides for arg in ("--set", item))]) == 0
+    return out / "calibrated"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What the browser shows
+
+IMAGES_JS = """
+return Array.from(document.images).map(img => ({
+    complete: img.complete, width: img.naturalWidth, height: img.naturalHeight, src: img.src.slice(0, 22),
+}));
+"""
+TABLE_ROWS_JS = "return Array.from(document.querySelectorAll('tr')).map(tr => Array.from(tr.cells, c => c.innerText));"
+
+
+def open_report(driver: Any, path: Path) -> str:
+    """Opens ``path`` and waits until every image has loaded or failed; returns the page's rendered text."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(path.resolve().as_uri())
+    WebDriverWait(driver, 20).until(
+        lambda d: d.execute_script("return Array.from(document.images).every(i => i.complete)")
+    )
+    return driver.execute_script("return document.body.innerText")
+
+
+def check_self_contained_page(driver: Any, screenshot: Path) -> None:
+    """At least one image, every one loaded from a ``data:image/png`` URI, no script, a screenshot that is not blank."""
+    images = driver.execute_script(IMAGES_JS)
+    assert images, "the report shows no plot"
+    broken = [image for image in images if not (image["complete"] and image["width"] > 0 and image["height"] > 0)]
+    assert not broken, f"images that did not load: {broken}"
+    assert {image["src"] for image in images} == {"data:image/png;base64,"}
+    assert driver.execute_script("return document.scripts.length") == 0
+    assert driver.save_screenshot(str(screenshot))
+    pixels = mpimg.imread(screenshot)  # [H, W, channels]
+    assert pixels.shape[0] > 100 and pixels.shape[1] > 100
+    assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 1, f"{screenshot} is blank"
+
+
+def table_row(driver: Any, *first_cells: str) -> list[str]:
+    """The cells of the one table row that begins with ``first_cells``."""
+    rows = [row for row in driver.execute_script(TABLE_ROWS_JS) if tuple(row[: len(first_cells)]) == first_cells]
+    assert len(rows) == 1, f"expected one table row starting with {first_cells}, found {rows}"
+    return rows[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tests
+
+
+def test_abtest_report_renders_its_plots_and_primary_effects(abtest_run, chrome_driver, tmp_path):
+    results = json.loads((abtest_run / "results.json").read_text())
+    text = open_report(chrome_driver, abtest_run / "report.html")
+    check_self_contained_page(chrome_driver, tmp_path / "report.png")
+
+    assert f"A/B test report: {results['name']}" in text
+    primary = results["primary_metric"]
+    treatments = [arm for arm in results["arms"] if arm != results["control"]]
+    assert treatments
+    for arm in treatments:
+        effect = results["effects"][arm][primary]
+        expected = [
+            fmt(effect["absolute"]),
+            fmt_ci(effect["ci"]),
+            fmt_pct(effect["relative"]),
+            fmt_p(effect["p_adjusted"]),
+        ]
+        for shown in expected:
+            assert shown in text, f"{arm}: {shown!r} is not on the page"
+        # the results table: metric, arm, control, treatment, abs. effect, CI, lift, p (adj.), sig.
+        assert table_row(chrome_driver, primary, arm)[4:8] == expected
+
+
+def test_fidelity_report_renders_its_plots_and_targets(calibration_run, chrome_driver, tmp_path):
+    fidelity = json.loads((calibration_run / "fidelity.json").read_text())
+    text = open_report(chrome_driver, calibration_run / "fidelity.html")
+    check_self_contained_page(chrome_driver, tmp_path / "fidelity.png")
+
+    assert "Calibration fidelity: logs.csv" in text
+    ks, gini_real, gini_sim = (
+        fmt(fidelity[key]) for key in ("rating_ks", "popularity_gini_real", "popularity_gini_sim")
+    )
+    assert f"KS distance between the real and simulated ratings {ks}" in text
+    assert f"simulated {gini_sim} vs real {gini_real}" in text
+    # the Numbers tables: real and simulated side by side, then the other numbers
+    assert table_row(chrome_driver, "popularity_gini") == ["popularity_gini", gini_real, gini_sim]
+    assert table_row(chrome_driver, "rating_ks") == ["rating_ks", ks]
