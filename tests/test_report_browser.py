@@ -148,18 +148,31 @@ def open_report(driver: Any, path: Path) -> str:
     return driver.execute_script("return document.body.innerText")
 
 
-def check_self_contained_page(driver: Any, screenshot: Path) -> None:
-    """At least one image, every one loaded from a ``data:image/png`` URI, no script, a screenshot that is not blank."""
+def distinct_colours(png: Path) -> int:
+    """The number of distinct RGB colours of an image file."""
+    rgb = np.round(mpimg.imread(png)[..., :3] * 255).astype(np.uint32)  # [H, W, 3]
+    return int(np.unique(rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2]).size)
+
+
+def check_self_contained_page(driver: Any, screenshots: Path) -> None:
+    """At least one image, every one loaded from a ``data:image/png`` URI, no script, screenshots that are not blank:
+    of the window (``screenshots/page.png``) and of the first plot as drawn on the page (``screenshots/plot.png``)."""
+    from selenium.webdriver.common.by import By
+
     images = driver.execute_script(IMAGES_JS)
     assert images, "the report shows no plot"
     broken = [image for image in images if not (image["complete"] and image["width"] > 0 and image["height"] > 0)]
     assert not broken, f"images that did not load: {broken}"
     assert {image["src"] for image in images} == {"data:image/png;base64,"}
     assert driver.execute_script("return document.scripts.length") == 0
-    assert driver.save_screenshot(str(screenshot))
-    pixels = mpimg.imread(screenshot)  # [H, W, channels]
-    assert pixels.shape[0] > 100 and pixels.shape[1] > 100
-    assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 1, f"{screenshot} is blank"
+    screenshots.mkdir(parents=True, exist_ok=True)
+    page, plot = screenshots / "page.png", screenshots / "plot.png"
+    assert driver.save_screenshot(str(page))
+    assert min(mpimg.imread(page).shape[:2]) >= 400, f"{page} is too small"
+    assert distinct_colours(page) > 1, f"{page} is blank"
+    # a plot has axes, text and coloured lines: far more than a few colours once it is really drawn
+    assert driver.find_element(By.TAG_NAME, "img").screenshot(str(plot))
+    assert distinct_colours(plot) > 16, f"{plot} shows no plot"
 
 
 def table_row(driver: Any, *first_cells: str) -> list[str]:
@@ -176,7 +189,7 @@ def table_row(driver: Any, *first_cells: str) -> list[str]:
 def test_abtest_report_renders_its_plots_and_primary_effects(abtest_run, chrome_driver, tmp_path):
     results = json.loads((abtest_run / "results.json").read_text())
     text = open_report(chrome_driver, abtest_run / "report.html")
-    check_self_contained_page(chrome_driver, tmp_path / "report.png")
+    check_self_contained_page(chrome_driver, tmp_path)
 
     assert f"A/B test report: {results['name']}" in text
     primary = results["primary_metric"]
@@ -199,7 +212,7 @@ def test_abtest_report_renders_its_plots_and_primary_effects(abtest_run, chrome_
 def test_fidelity_report_renders_its_plots_and_targets(calibration_run, chrome_driver, tmp_path):
     fidelity = json.loads((calibration_run / "fidelity.json").read_text())
     text = open_report(chrome_driver, calibration_run / "fidelity.html")
-    check_self_contained_page(chrome_driver, tmp_path / "fidelity.png")
+    check_self_contained_page(chrome_driver, tmp_path)
 
     assert "Calibration fidelity: logs.csv" in text
     ks, gini_real, gini_sim = (

@@ -13,9 +13,10 @@ softmax over the catalog (every logged event is a choice of one item), in torch:
    the mean component std the cluster spread.
 3. **Drift**: users' factors are re-fitted (items fixed) on the first and second half of each active
    user's events. Their squared distance, less the same distance between two random halves (the
-   estimation noise alone), is the interest's random-walk variance over the steps between the two
-   halves' centres; one logged event counts as one simulated step. This gives ``ou_noise``; the
-   other drift mechanisms are left off (their rates are not identifiable from a log of choices alone).
+   estimation noise alone), is the random-walk variance between the two halves' means (n/3 events
+   for n events); one logged event counts as one simulated step. This gives ``ou_noise``; the other
+   drift mechanisms are left off (their rates are not identifiable from a log of choices alone). The
+   random halves also measure the factors' estimation noise, which is taken out of the cluster spread.
 4. **Fatigue**: how much less often a user's next event repeats the topic of the previous one
    than the user's own topic mix predicts (topics are k-means clusters of the item embeddings).
 5. **Ratings**: simulated satisfaction is mapped to the rating scale by the training ratings'
@@ -175,15 +176,21 @@ def _drift(
         fitted[name] = factors.numpy().reshape(len(active), 2, -1)
     moved = np.sum((fitted["time"][:, 1] - fitted["time"][:, 0]) ** 2, axis=1)
     noise = np.sum((fitted["random"][:, 1] - fitted["random"][:, 0]) ** 2, axis=1)
-    lag = counts[active] / 2.0  # events between the two halves' centres
+    # A factor fitted to a window estimates the interest's mean over it. For a random walk with
+    # variance s² per event and dimension, the means of two consecutive windows of m events differ by
+    # variance s² · 2m/3 per dimension (increment j weighs j/m, then (2m - j)/m): n/3 for n = 2m.
+    lag = counts[active] / 3.0
     d = vectors.shape[1]
-    per_step = max(float(np.mean(moved - noise)) / float(np.mean(lag)) / d, 0.0)
+    per_event = max(float(np.sum(moved - noise)) / float(np.sum(lag)) / d, 0.0)
+    # the estimation noise of a factor fitted to a whole history (twice a half's events): per dimension
+    full_history_noise = float(np.mean(noise)) / (2 * d) / 2.0
     return {
         "users": len(active),
         "mean_squared_move": float(np.mean(moved)),
         "mean_squared_estimation_noise": float(np.mean(noise)),
         "mean_lag_events": float(np.mean(lag)),
-        "ou_noise": math.sqrt(per_step),
+        "factor_noise_variance": full_history_noise,
+        "ou_noise": math.sqrt(per_event),
     }
 
 
@@ -229,7 +236,10 @@ def calibrate(logs: Logs, config: FitConfig | None = None) -> Calibration:
     mixture, bics = _mixture(factors[enough], config)
     drift = _drift(logs, vectors, bias, config, generator)
     topic, fatigue = _topics_and_fatigue(logs, vectors.numpy(), config)
-    spread = float(np.sqrt(np.sum(mixture.weights_ * mixture.covariances_)))
+    # the mixture sees users' estimated factors: their spread is the interests' plus estimation noise
+    observed = float(np.sum(mixture.weights_ * mixture.covariances_))
+    noise_variance = drift.get("factor_noise_variance", 0.0)
+    spread = float(np.sqrt(max(observed - noise_variance, 0.25 * observed)))
     centres = mixture.means_.astype(np.float32)
     num_topics = int(topic.max()) + 1
     # item lengths: the logs say nothing of them; every item lasts the same (engagement = satisfaction)
