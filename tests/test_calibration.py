@@ -107,12 +107,18 @@ def test_simulate_logs_and_calibrate_from_the_command_line(tmp_path, capsys):
     assert "epochs" in capsys.readouterr().err
 
 
+def pairwise(points: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(points[:, None] - points[None], axis=2)[np.triu_indices(len(points), 1)]
+
+
 def test_calibration_recovers_a_known_population(tmp_path):
-    """Logs simulated from a known population (3 clusters in 8 dimensions, a random-walk drift):
-    the fit finds the 3 clusters, and the item embeddings' subspace."""
+    """Logs simulated from a known population (3 clusters in 8 dimensions, a random-walk drift): the
+    fit finds the 3 clusters, the item embeddings' subspace, and the drift rate and cluster spread
+    within 20%. Fitted factors live in the fit's own units (the logit's scale times an unknown
+    invertible map), so rates are compared on the scale of the distances between cluster centres."""
     columns = simulate_logs("metarec/DriftingUsers-v0", 1000, 5, seed=0, env_kwargs=KNOWN)
     env = columns.pop("env")
-    columns.pop("user_steps")
+    steps_per_event = columns.pop("user_steps") / len(columns["user"])
     write_simulated_logs(columns, tmp_path / "logs.csv")
     logs = load_logs(tmp_path / "logs.csv", "csv")
     fitted = calibrate(logs, FitConfig(embedding_dim=8))
@@ -120,4 +126,9 @@ def test_calibration_recovers_a_known_population(tmp_path):
     true = env.model.world_numpy["item_embedding"][logs.item_ids.astype(np.int64)]
     angles = np.degrees(subspace_angles(true, fitted.item_factors))
     assert np.median(angles) < 30.0, angles
-    assert fitted.fit["drift"]["ou_noise"] > 0.0
+    truth = env.model.world_numpy["cluster_centre"]
+    scale = pairwise(fitted.world["cluster_centre"]).mean() / pairwise(truth).mean()
+    known = KNOWN["population"]
+    drift_per_event = known["ou_noise"] * np.sqrt(steps_per_event)  # the walk's std per logged event
+    assert fitted.fit["drift"]["ou_noise"] / scale == pytest.approx(drift_per_event, rel=0.2)
+    assert fitted.config.population.cluster_spread / scale == pytest.approx(known["cluster_spread"], rel=0.2)

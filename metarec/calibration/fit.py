@@ -49,7 +49,7 @@ class FitConfig(FrozenConfig):
     batch_size: int = Field(2048, ge=1, description="Events per gradient step.")
     learning_rate: float = Field(0.03, gt=0, description="Adam step size.")
     l2: float = Field(1e-4, ge=0, description="L2 penalty on factors (per event).")
-    refit_steps: int = Field(200, ge=1, description="Gradient steps when re-fitting users' factors (drift).")
+    refit_steps: int = Field(1000, ge=1, description="Gradient steps when re-fitting users' factors (drift).")
     min_events_for_drift: int = Field(20, ge=4, description="Users with fewer events are left out of drift.")
     num_candidates: int = Field(20, ge=1, description="Candidates per step in the simulator.")
     slate_size: int = Field(5, ge=1, description="Items per slate in the simulator.")
@@ -182,14 +182,15 @@ def _drift(
     lag = counts[active] / 3.0
     d = vectors.shape[1]
     per_event = max(float(np.sum(moved - noise)) / float(np.sum(lag)) / d, 0.0)
-    # the estimation noise of a factor fitted to a whole history (twice a half's events): per dimension
-    full_history_noise = float(np.mean(noise)) / (2 * d) / 2.0
+    # the estimation noise of a factor fitted to a whole history, per dimension: a half's error has
+    # variance mean(noise) / 2d, and a whole history has twice the events
+    factor_noise = float(np.mean(noise)) / (2 * d) / 2.0
     return {
         "users": len(active),
         "mean_squared_move": float(np.mean(moved)),
         "mean_squared_estimation_noise": float(np.mean(noise)),
         "mean_lag_events": float(np.mean(lag)),
-        "factor_noise_variance": full_history_noise,
+        "factor_noise_variance": factor_noise,
         "ou_noise": math.sqrt(per_event),
     }
 
@@ -236,10 +237,12 @@ def calibrate(logs: Logs, config: FitConfig | None = None) -> Calibration:
     mixture, bics = _mixture(factors[enough], config)
     drift = _drift(logs, vectors, bias, config, generator)
     topic, fatigue = _topics_and_fatigue(logs, vectors.numpy(), config)
-    # the mixture sees users' estimated factors: their spread is the interests' plus estimation noise
+    # The mixture sees users' estimated factors, each the mean of a drifting interest over a history:
+    # their spread is the anchors' plus the estimation noise plus the walk's mean displacement
+    # (variance s² n / 3 per dimension over n events). Both are taken out.
     observed = float(np.sum(mixture.weights_ * mixture.covariances_))
-    noise_variance = drift.get("factor_noise_variance", 0.0)
-    spread = float(np.sqrt(max(observed - noise_variance, 0.25 * observed)))
+    walk = drift["ou_noise"] ** 2 * float(np.mean(counts[enough])) / 3.0
+    spread = float(np.sqrt(max(observed - drift.get("factor_noise_variance", 0.0) - walk, 0.25 * observed)))
     centres = mixture.means_.astype(np.float32)
     num_topics = int(topic.max()) + 1
     # item lengths: the logs say nothing of them; every item lasts the same (engagement = satisfaction)
