@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[test,sb3,calibrate]"
+	$(PY) -m pip install -q -e ".[test,sb3,calibrate,text]"
 	touch $(STAMP)
 
 $(RECSIM_STAMP): pyproject.toml Makefile

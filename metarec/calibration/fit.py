@@ -21,6 +21,9 @@ softmax over the catalog (every logged event is a choice of one item), in torch:
    than the user's own topic mix predicts (topics are k-means clusters of the item embeddings).
 5. **Ratings**: simulated satisfaction is mapped to the rating scale by the training ratings'
    quantiles (a monotone link), so simulated ratings use the logs' scale.
+6. **No click**: rows with ``click`` 0 (impressions nobody chose) are not choices; where there are
+   any, the no-click utility is set to reproduce the logged click rate on random slates. A log of
+   choices alone cannot identify it.
 """
 
 from __future__ import annotations
@@ -53,6 +56,12 @@ class FitConfig(FrozenConfig):
     min_events_for_drift: int = Field(20, ge=4, description="Users with fewer events are left out of drift.")
     num_candidates: int = Field(20, ge=1, description="Candidates per step in the simulator.")
     slate_size: int = Field(5, ge=1, description="Items per slate in the simulator.")
+    text_features: bool = Field(
+        False,
+        description="Use the items' text (titles) as side information: each item's embedding and quality get a "
+        "learned linear map of its text embedding added, so items with few events borrow from similar titles "
+        "(needs the text extra).",
+    )
     seed: int = Field(0, ge=0, description="Seeds initialisation, minibatches and mixtures.")
 
 
@@ -82,8 +91,11 @@ def _softmax_mf(
     generator: torch.Generator,
     items: tuple[torch.Tensor, torch.Tensor] | None = None,
     steps: int | None = None,
+    side: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float]]:
-    """Fits U (and, unless ``items`` are given and kept fixed, V and b) by full-softmax likelihood."""
+    """Fits U (and, unless ``items`` are given and kept fixed, V and b) by full-softmax likelihood.
+    With ``side`` (``[num_items, F]`` item features), V and b are a free part plus a learned linear map
+    of the features; the returned V and b are the sums."""
     d = config.embedding_dim
     scale = 0.1
     users = torch.nn.Parameter(scale * torch.randn(num_users, d, generator=generator))
@@ -92,9 +104,19 @@ def _softmax_mf(
         counts = torch.bincount(item, minlength=num_items).double() + 1.0
         bias = torch.nn.Parameter((counts / counts.sum()).log().float())
         params = [users, vectors, bias]
+        if side is not None:
+            to_vector = torch.nn.Parameter(torch.zeros(side.shape[1], d))
+            to_bias = torch.nn.Parameter(torch.zeros(side.shape[1]))
+            params += [to_vector, to_bias]
     else:
         vectors, bias = items
         params = [users]
+
+    def item_side() -> tuple[torch.Tensor, torch.Tensor]:
+        if items is None and side is not None:
+            return vectors + side @ to_vector, bias + side @ to_bias
+        return vectors, bias
+
     optimizer = torch.optim.Adam(params, lr=config.learning_rate)
     events = user.shape[0]
     batch = min(config.batch_size, events)
@@ -108,17 +130,19 @@ def _softmax_mf(
             order = torch.randperm(events, generator=generator)
         index = order[position * batch : (position + 1) * batch]
         u, i = users[user[index]], item[index]
-        logits = u @ vectors.T + bias[None, :]
+        item_vectors, item_bias = item_side()
+        logits = u @ item_vectors.T + item_bias[None, :]
         loss = torch.nn.functional.cross_entropy(logits, i)
         penalty = (u * u).sum(1).mean()
         if items is None:
-            penalty = penalty + (vectors[i] * vectors[i]).sum(1).mean()
+            penalty = penalty + (vectors[i] * vectors[i]).sum(1).mean()  # the free part: text explains the rest
         (loss + config.l2 * penalty).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if position == per_epoch - 1:
             losses.append(float(loss.detach()))
-    return users.detach(), vectors.detach(), bias.detach(), losses
+    item_vectors, item_bias = item_side()
+    return users.detach(), item_vectors.detach(), item_bias.detach(), losses
 
 
 def _mixture(factors: np.ndarray, config: FitConfig) -> tuple[Any, list[float]]:
@@ -217,9 +241,35 @@ def _topics_and_fatigue(logs: Logs, vectors: np.ndarray, config: FitConfig) -> t
     return topic, {"repeat_topic_rate": repeats, "expected_repeat_rate": expected, "ratio": ratio, "fatigue_rate": rate}
 
 
+def _no_click_utility(
+    shown: Logs,
+    factors: np.ndarray,
+    vectors: np.ndarray,
+    bias: np.ndarray,
+    config: FitConfig,
+    generator: torch.Generator,
+) -> dict[str, Any]:
+    """The utility of choosing nothing. Identified only where the logs have impressions without a click
+    (``click`` 0): then it is set so that a slate of ``slate_size`` random items is clicked at the logged
+    rate, P(click) = S / (S + e^v) with S the slate's summed exp-utility (averaged over users and
+    slates). Logs of choices alone (ratings) cannot tell it: it stays at the simulator's default, 1."""
+    rate = float(np.mean(shown.click > 0))
+    if rate >= 1.0 or rate <= 0.0:
+        return {"utility": 1.0, "click_rate": rate, "identified": False}
+    users = torch.randint(factors.shape[0], (2048,), generator=generator).numpy()
+    k = min(config.slate_size, vectors.shape[0])
+    slates = torch.rand(2048, vectors.shape[0], generator=generator).argsort(dim=1)[:, :k].numpy()
+    utility = np.einsum("bd,bkd->bk", factors[users], vectors[slates]) + bias[slates]
+    summed = float(np.mean(np.exp(utility).sum(axis=1)))
+    return {"utility": math.log(summed * (1.0 - rate) / rate), "click_rate": rate, "identified": True}
+
+
 def calibrate(logs: Logs, config: FitConfig | None = None) -> Calibration:
     """Fits a population and catalog to ``logs`` (the training part of a time split)."""
     config = config or FitConfig()
+    shown = logs  # every logged row, chosen or not
+    if np.any(logs.click == 0):  # impressions without a click: what was chosen is the choice data
+        logs = logs.subset(logs.click > 0)
     if logs.num_events < 2 or logs.num_items < config.num_candidates:
         raise ValueError(
             f"logs: expected at least {config.num_candidates} items (num_candidates) and 2 events, "
@@ -228,7 +278,21 @@ def calibrate(logs: Logs, config: FitConfig | None = None) -> Calibration:
     generator = torch.Generator().manual_seed(config.seed)
     user = torch.from_numpy(logs.user.astype(np.int64))
     item = torch.from_numpy(logs.item.astype(np.int64))
-    users, vectors, bias, losses = _softmax_mf(user, item, logs.num_users, logs.num_items, config, generator)
+    side, text = None, None
+    if config.text_features:
+        from .text import MODEL_NAME, embed_texts
+
+        if logs.item_text is None:
+            raise ValueError(
+                "text_features: the logs have no item text (a MovieLens item file, or --items with a text column)"
+            )
+        side = torch.from_numpy(embed_texts(logs.item_text))
+        text = {
+            "model": MODEL_NAME,
+            "dim": int(side.shape[1]),
+            "items_with_text": int(sum(1 for t in logs.item_text if t)),
+        }
+    users, vectors, bias, losses = _softmax_mf(user, item, logs.num_users, logs.num_items, config, generator, side=side)
     factors = users.numpy()
     # the prior is fitted to users with enough events that their factors say who they are: the factors
     # of users with a handful of events are mostly the regulariser's pull toward zero
@@ -247,6 +311,7 @@ def calibrate(logs: Logs, config: FitConfig | None = None) -> Calibration:
     num_topics = int(topic.max()) + 1
     # item lengths: the logs say nothing of them; every item lasts the same (engagement = satisfaction)
     lengths = np.ones(logs.num_items, dtype=np.float32)
+    no_click = _no_click_utility(shown, factors, vectors.numpy(), bias.numpy(), config, generator)
     sim = SimulatorConfig.model_validate(
         {
             "catalog": {
@@ -264,6 +329,7 @@ def calibrate(logs: Logs, config: FitConfig | None = None) -> Calibration:
                 "interest_scale": float(np.mean(np.linalg.norm(centres, axis=1))),
                 "cluster_spread": spread,
                 "choice_temperature": 1.0,
+                "no_click_utility": no_click["utility"],
                 "quality_weight": 1.0,
                 "consumption_pull": 0.0,
                 "ou_reversion": 0.0,
@@ -301,6 +367,8 @@ def calibrate(logs: Logs, config: FitConfig | None = None) -> Calibration:
         "drift": drift,
         "fatigue": fatigue,
         "rating_quantiles": None if quantiles is None else quantiles.tolist(),
+        "text_features": text,
+        "no_click": no_click,
     }
     return Calibration(sim, world, factors, vectors.numpy(), bias.numpy(), quantiles, fit)
 
