@@ -211,6 +211,15 @@ class UserSimEnv(gym.Env):
         return self.backend.to_numpy(value)[0].item()
 
 
+def check_vector_arguments(num_envs: Any, render_mode: str | None) -> int:
+    """``num_envs`` as an int, after the checks every metarec vector env makes of its arguments."""
+    if render_mode is not None:
+        raise ValueError(f"render_mode: this environment does not render, got {render_mode!r}")
+    if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer) or num_envs < 1:
+        raise ValueError(f"num_envs: expected a positive integer, got {num_envs!r}")
+    return int(num_envs)
+
+
 class UserSimVectorEnv(VectorEnv):
     """``num_envs`` simulated users stepping as one batch of torch tensors on ``device``.
 
@@ -234,12 +243,8 @@ class UserSimVectorEnv(VectorEnv):
         render_mode: str | None = None,
         **overrides: Any,
     ) -> None:
-        if render_mode is not None:
-            raise ValueError(f"render_mode: this environment does not render, got {render_mode!r}")
+        self.num_envs = check_vector_arguments(num_envs, render_mode)
         self.config = build_config(self.config_class, config, overrides, single_item)
-        if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer) or num_envs < 1:
-            raise ValueError(f"num_envs: expected a positive integer, got {num_envs!r}")
-        self.num_envs = int(num_envs)
         self.backend = torch_backend(device)
         self.device = self.backend.device
         self.model = self.build_model(self.backend)

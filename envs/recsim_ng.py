@@ -20,7 +20,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from pydantic import Field, model_validator
 
-from .adapters import check_slates
+from .adapters import check_slates, check_vector_arguments
 from .population import FrozenConfig, validate_config
 from .recsim_ng_interest_evolution import NGInterestEvolutionConfig, NGInterestEvolutionModel
 
@@ -179,13 +179,9 @@ class RecSimNGVectorEnv(VectorEnv):
         render_mode: str | None = None,
         **overrides: Any,
     ) -> None:
-        if render_mode is not None:
-            raise ValueError(f"render_mode: this environment does not render, got {render_mode!r}")
-        if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer) or num_envs < 1:
-            raise ValueError(f"num_envs: expected a positive integer, got {num_envs!r}")
+        self.num_envs = check_vector_arguments(num_envs, render_mode)
         base = dict(config or {}) if not isinstance(config, RecSimNGConfig) else config.model_dump()
         self.config: RecSimNGConfig = validate_config(RecSimNGConfig, {**base, **overrides})
-        self.num_envs = int(num_envs)
         self.device = torch.device(device)
         self.ground_truth = ground_truth
         self.autoreset = autoreset
