@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from metarec.envs.backend import RowSubsetRandom
+from metarec.envs.calibrated import with_population_fields
 from tqdm.auto import tqdm
 
 from metarec.evaluation import make_agent
@@ -47,10 +48,8 @@ class ArmRun:
 def make_env(env_id: str, env_kwargs: dict[str, Any], users: int, sessions: int, device: str) -> Any:
     """The batched env of an arm: ``users`` users over ``sessions`` sessions, no autoreset (a user who
     leaves stays gone), ground truth on."""
-    kwargs = dict(env_kwargs)
-    population = dict(kwargs.get("population") or {})
-    population["num_sessions"] = sessions  # also 1: a multi-session env's own setting must not leak in
-    kwargs["population"] = population
+    # num_sessions also when 1: a multi-session env's own setting must not leak in
+    kwargs = with_population_fields(env_kwargs, {"num_sessions": sessions})
     env = gym.make_vec(
         env_id, num_envs=users, vectorization_mode="vector_entry_point", device=device, autoreset=False,
         ground_truth=True, **kwargs,

@@ -136,16 +136,35 @@ def load_population(path: str | Path) -> tuple[SimulatorConfig, dict[str, np.nda
     return config, check_world(world, config, where=str(world_path)), document.get("fit", {})
 
 
+def with_population_fields(env_kwargs: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """``env_kwargs`` with population ``fields`` (say ``num_sessions``) merged in, for any DriftingUsers-family
+    id: into ``population`` where it is a dict of fields, into ``population_fields`` where ``population``
+    is a calibrated population's directory (Calibrated-v0)."""
+    kwargs = dict(env_kwargs)
+    population = kwargs.get("population")
+    if isinstance(population, str | Path):
+        kwargs["population_fields"] = {**dict(kwargs.get("population_fields") or {}), **fields}
+    else:
+        kwargs["population"] = {**dict(population or {}), **fields}
+    return kwargs
+
+
 class _Calibrated:
     """Shared by the single-user and vector classes: the population comes from a directory."""
 
     def _load(self, population: str | Path | None, config: Any, overrides: dict[str, Any]) -> Any:
         if config is not None:
             raise ValueError("config: Calibrated-v0 takes its config from population=DIR; pass field overrides instead")
+        if population is not None and not isinstance(population, str | Path):
+            raise ValueError(
+                f"population: expected the directory of a calibrated population, got {type(population).__name__}; "
+                "override the population's fields with population_fields={...}"
+            )
         loaded, world, fit = load_population(population)
         self._world = world
         self.calibration = fit
-        merged = build_config(SimulatorConfig, loaded, overrides)
+        fields = overrides.pop("population_fields", None) or {}
+        merged = build_config(SimulatorConfig, loaded, {**overrides, "population": fields})
         for field in ("num_items", "embedding_dim"):
             if getattr(merged.catalog, field) != getattr(loaded.catalog, field):
                 raise ValueError(f"catalog.{field}: fixed by the calibrated population, cannot be overridden")
@@ -176,9 +195,10 @@ class CalibratedEnv(_Calibrated, DriftingUsersEnv):
     a cluster with the fitted cluster shares.
 
     ## Arguments
-    ``population`` (required: a directory with ``population.json`` and ``world.npz``) and keyword
-    overrides of the config's fields (for instance ``population={"num_sessions": 7}``); the
-    catalog's size, embedding dimension and the number of clusters are fixed by the fit.
+    ``population`` (required: a directory with ``population.json`` and ``world.npz``),
+    ``population_fields`` (overrides of the population's fields, for instance ``{"num_sessions": 7}``)
+    and keyword overrides of the other config fields; the catalog's size, embedding dimension and the
+    number of clusters are fixed by the fit.
 
     ## Version History
     * v0: initial version.

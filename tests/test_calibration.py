@@ -217,3 +217,31 @@ def test_impressions_without_clicks_set_the_no_click_utility():
     assert fitted.fit["events"] == chosen.num_events  # the skipped impressions are not choices
     # half the random slates clicked: e^v equals the mean summed exp-utility of a slate
     assert fitted.config.population.no_click_utility == pytest.approx(fitted.fit["no_click"]["utility"])
+
+
+def test_a_calibrated_population_serves_every_part_of_metarec(tmp_path):
+    from metarec.abtest.config import ABTestConfig
+    from metarec.abtest.runner import run_abtest
+    from metarec.envs.population import validate_config
+    from metarec.evaluation import evaluate
+
+    path = str(known_population(tmp_path))
+    kwargs = {"population": path}
+    assert evaluate("metarec/Calibrated-v0", "linucb", 64, env_kwargs=kwargs)["users"] == 64
+    logs = simulate_logs("metarec/Calibrated-v0", 50, 2, env_kwargs=kwargs)
+    assert logs["env"].config.population.num_sessions == 2 and len(logs["user"]) > 50
+    config = validate_config(
+        ABTestConfig,
+        {
+            "env": "metarec/Calibrated-v0",
+            "env_kwargs": kwargs,
+            "arms": {"control": "popular", "linucb": "linucb"},
+            "users": 100,
+            "days": 2,
+            "seed": 0,
+        },
+    )
+    results = run_abtest(config, tmp_path / "ab", quiet=True)
+    assert set(results["effects"]) == {"linucb"} and results["days"] == 2
+    with pytest.raises(ValueError, match="population: expected the directory of a calibrated population, got dict"):
+        gym.make("metarec/Calibrated-v0", population={"num_sessions": 3})

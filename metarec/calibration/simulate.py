@@ -38,16 +38,11 @@ def simulate_logs(
         raise ValueError(f"users: expected a positive integer, got {users}")
     if days < 1:
         raise ValueError(f"days: expected a positive integer, got {days}")
-    kwargs = dict(env_kwargs or {})
-    population = {**kwargs.pop("population", {}), "num_sessions": days}
+    from metarec.envs.calibrated import with_population_fields
+
+    kwargs = with_population_fields(env_kwargs or {}, {"num_sessions": days})
     env = gym.make_vec(
-        env_id,
-        num_envs=users,
-        vectorization_mode="vector_entry_point",
-        device=device,
-        autoreset=False,
-        population=population,
-        **kwargs,
+        env_id, num_envs=users, vectorization_mode="vector_entry_point", device=device, autoreset=False, **kwargs
     )
     base = env.unwrapped
     if "candidate_ids" not in base.single_observation_space.spaces:
