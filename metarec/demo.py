@@ -67,7 +67,10 @@ def run_demo(
     }
     path = out_dir / "results.json"
     path.write_text(json.dumps(finite(summary), indent=2, allow_nan=False))
-    print(f"Wrote {path} in {summary['seconds']} s")
+    from metarec.demo_report import write_demo_report
+
+    report = write_demo_report(out_dir, finite(summary))
+    print(f"Wrote {path} in {summary['seconds']} s; the report: {report['report.html']}")
     return summary
 
 

@@ -223,6 +223,7 @@ def test_a_calibrated_population_serves_every_part_of_metarec(tmp_path):
     from metarec.abtest.config import ABTestConfig
     from metarec.abtest.runner import run_abtest
     from metarec.envs.population import validate_config
+
     from metarec.evaluation import evaluate
 
     path = str(known_population(tmp_path))
