@@ -223,3 +223,32 @@ def test_fidelity_report_renders_its_plots_and_targets(calibration_run, chrome_d
     # the Numbers tables: real and simulated side by side, then the other numbers
     assert table_row(chrome_driver, "popularity_gini") == ["popularity_gini", gini_real, gini_sim]
     assert table_row(chrome_driver, "rating_ks") == ["rating_ks", ks]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``metarec demo`` on 200 users with ``configs/meta_tiny.yaml``: ``report.html`` of the whole job."""
+    out = tmp_path_factory.mktemp("demo")
+    argv = ["demo", "--out", str(out), "--users", "200", "--meta-config", str(ROOT / "configs" / "meta_tiny.yaml")]
+    assert main(argv) == 0
+    return out
+
+
+def test_demo_report_renders_adaptation_and_the_ab_test(demo_run, chrome_driver, tmp_path):
+    summary = json.loads((demo_run / "results.json").read_text())
+    text = open_report(chrome_driver, demo_run / "report.html")
+    check_self_contained_page(chrome_driver, tmp_path)
+    assert len(chrome_driver.execute_script(IMAGES_JS)) >= 2  # the adaptation curves and the daily effects
+    adaptation = summary["meta"]["adaptation"]
+    best = adaptation["best_meta_method"]
+    first = adaptation["methods"][best]["normalized_return"][0]
+    assert f"The best meta-learner is {best}: {fmt(first)} of the way from random to the oracle" in text
+    assert table_row(chrome_driver, best)[1].startswith(fmt(first))  # the adaptation table, session 1
+    ab = json.loads((demo_run / "abtest" / "results.json").read_text())
+    effect = ab["effects"]["rl2"][ab["primary_metric"]]
+    assert table_row(chrome_driver, ab["primary_metric"], "rl2")[4:8] == [
+        fmt(effect["absolute"]),
+        fmt_ci(effect["ci"]),
+        fmt_pct(effect["relative"]),
+        fmt_p(effect["p_adjusted"]),
+    ]
