@@ -171,7 +171,7 @@ def test_item_text_helps_where_items_have_few_events(monkeypatch):
         seen = np.zeros((200, 100), dtype=bool)
         recall[use_text] = ranking_metrics(fitted.scores(np.arange(200)), seen, future.item, k=10)["recall@10"]
     assert fitted.fit["text_features"]["dim"] == 10
-    # a group likes 50 items, so a top 10 finds the next one 10/50 = 0.2 of the time at best, in expectation (0.1 blind);
+    # a group likes 50 items: a top 10 finds the next one 0.2 of the time at best, in expectation (0.1 blind);
     # with two events per user, the titles pool what little each item has (0.215 against 0.16)
     assert recall[True] > recall[False] + 0.03, recall
 
