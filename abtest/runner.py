@@ -3,6 +3,10 @@
 ``results.json`` holds, besides the statistics of :func:`metarec.abtest.analysis.analyse`, the
 design, the config and its SHA-256 hash, the seeds of every arm's users and recommender, the users
 per arm and the wall time. Non-finite numbers are written as ``null``.
+
+``nproc > 1`` (or ``torchrun``) splits every arm's users across processes
+(:mod:`metarec.abtest.simulate`); the results are exactly those of one process, and the first
+process analyses them and writes the files.
 """
 
 from __future__ import annotations
@@ -17,10 +21,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from metarec.agents.base import Shard
+
+from metarec.distributed import (
+    blocks,
+    group_size,
+    in_group,
+    rank,
+    spawn_for_result,
+    torchrun_group,
+    world_size,
+)
 
 from .analysis import analyse
 from .config import ABTestConfig
-from .simulate import ArmRun, simulate_arm
+from .simulate import ArmRun, merge_runs, simulate_arm
 
 
 def config_hash(config: ABTestConfig) -> str:
@@ -59,27 +74,51 @@ def users_per_arm(config: ABTestConfig, assignment_seed: int) -> dict[str, int]:
 
 
 def simulate(config: ABTestConfig, quiet: bool = False) -> tuple[dict[str, ArmRun], dict[str, Any]]:
-    """Runs every arm; returns the runs and the seeds used."""
-    if config.torch_threads is not None:
+    """Runs every arm; returns the runs and the seeds used. In a process group (see the module
+    docstring) each process simulates its block of every arm's users, and the first gets the whole
+    runs (the others get blocks)."""
+    import torch.distributed as dist
+
+    if config.torch_threads is not None and not dist.is_initialized():
         torch.set_num_threads(config.torch_threads)
+    world, here = group_size(), rank()
     seeds = seeds_of(config)
     users = users_per_arm(config, seeds["assignment"])
     control = config.control_arm
     runs = {}
     for name in config.arms:
         spec = config.arms[control] if config.aa else config.arms[name]
+        shard = None if world == 1 else Shard(users[name], *blocks(users[name], world)[here])
         start = time.perf_counter()
-        runs[name] = simulate_arm(
+        run = simulate_arm(
             config.env, config.env_kwargs, spec.agent, config.arms[control].agent, users[name], config.days,
             config.pre_period_days, seeds["env"][name], seeds["agents"][name], seeds["agents"][control],
-            device=config.device, max_steps=config.max_steps, progress=None if quiet else f"arm {name}",
-        )
-        runs[name].seconds = time.perf_counter() - start
+            device=config.device, max_steps=config.max_steps,
+            progress=None if quiet or here > 0 else f"arm {name}", shard=shard,
+        )  # fmt: skip
+        run.seconds = time.perf_counter() - start
+        runs[name] = merge_runs(run, shard) or run
     return runs, seeds
 
 
-def run_abtest(config: ABTestConfig, out: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Simulates and analyses the test; with ``out``, writes ``results.json`` and the report there."""
+def run_abtest(
+    config: ABTestConfig, out: str | Path | None = None, quiet: bool = False, nproc: int = 1
+) -> dict[str, Any] | None:
+    """Simulates and analyses the test; with ``out``, writes ``results.json`` and the report there.
+
+    ``nproc > 1`` runs it in that many processes on this machine (gloo on CPU, NCCL on GPUs); under
+    ``torchrun`` the processes it started share the work. Only the first process returns the results
+    (the others return None).
+    """
+    world = world_size(nproc)
+    if nproc > 1:
+        out = None if out is None else str(out)
+        return spawn_for_result(_worker, (config.model_dump_json(), out, quiet), nproc, config.device)
+    if world > 1:
+        torchrun_group(config.device, config.torch_threads)
+    if in_group() and rank() > 0:
+        simulate(config, quiet=True)
+        return None
     start = time.perf_counter()
     runs, seeds = simulate(config, quiet)
     results: dict[str, Any] = {
@@ -104,9 +143,15 @@ def run_abtest(config: ABTestConfig, out: str | Path | None = None, quiet: bool 
     results["seconds"] = {"simulation": {name: run.seconds for name, run in runs.items()},
                           "analysis": time.perf_counter() - simulated}
     results["wall_seconds"] = time.perf_counter() - start
+    results["processes"] = group_size()
     if out is not None:
         write_results(results, Path(out))
     return results
+
+
+def _worker(config_json: str, out: str | None, quiet: bool) -> dict[str, Any] | None:
+    results = run_abtest(ABTestConfig.model_validate_json(config_json), out, quiet)
+    return None if results is None else finite(results)
 
 
 def finite(value: Any) -> Any:

@@ -6,6 +6,13 @@ drop out of the batch. With a pre-period, a user's
 first ``pre_period_days`` sessions are served by the control recommender and the arm's recommender
 takes over (forgetting anything it held about that user) from the first experiment session.
 Recommenders only learn from users currently in their care: ``info["active"]`` marks them.
+
+A run may be split across processes (:class:`~metarec.agents.base.Shard`): each steps a contiguous
+block of the users, drawing every random number for all users and keeping its own rows (the
+environment's through :class:`~metarec.envs.backend.RowSubsetRandom`, the recommenders' through
+:class:`~metarec.agents.base.UserDraws`), and what recommenders learn across users is summed exactly
+over the processes each step. The processes step in lockstep until every user of the run is done,
+and :func:`merge_runs` puts the blocks back together: the result equals one process's, bit for bit.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from metarec.agents.base import Shard
 from metarec.envs.backend import RowSubsetRandom
 from metarec.envs.calibrated import with_population_fields
 from tqdm.auto import tqdm
@@ -71,6 +79,7 @@ def simulate_arm(
     device: str = "cpu",
     max_steps: int = 1_000_000,
     progress: str | None = None,
+    shard: Shard | None = None,
 ) -> ArmRun:
     """Simulates one arm (see the module docstring).
 
@@ -92,19 +101,29 @@ def simulate_arm(
         device: Torch device.
         max_steps: Safety limit.
         progress: tqdm description, or None for no bar.
+        shard: This process's block of the ``users`` when the run is split across processes (see the
+            module docstring); the result then holds that block's users only.
     """
     sessions = pre_period_days + days
+    total = users
+    if shard is not None and shard.total != users:
+        raise ValueError(f"shard: expected a block of the {users} users, got {shard}")
+    offset, users = (0, total) if shard is None else (shard.offset, shard.size)
     env = make_env(env_id, env_kwargs, users, sessions, device)
     model, dev = env.model, env.device
     rng = env.backend.make_random(env_seed)
-    state = model.initial_state(rng, users)  # what env.reset(seed=env_seed) draws
+    state = model.initial_state(rng, total)  # what env.reset(seed=env_seed) draws
+    if shard is not None:
+        state = {key: value[offset : offset + users] for key, value in state.items()}
     arm = make_agent(agent, env, agent_seed)
+    arm.place(shard)
     arm.reset()
     control = None
     if pre_period_days > 0:
         if control_agent is None:
             raise ValueError("control_agent: a pre-period needs the control recommender")
         control = make_agent(control_agent, env, control_seed)
+        control.place(shard)
         control.reset()
     metrics = StepMetrics(env, seed=0)  # the novelty reference: the same users for every arm and seed
     f = len(COUNTERS)
@@ -121,45 +140,52 @@ def simulate_arm(
     was_in = torch.zeros(users, dtype=torch.bool, device=dev)
     bar = tqdm(total=users, desc=progress, unit="user", disable=progress is None, leave=False)
     steps = 0
-    while rows.shape[0] > 0:
-        if steps >= max_steps:
-            bar.close()
-            raise RuntimeError(f"max_steps: the arm did not finish within {max_steps} steps")
+    while True:
         session = state["session"]
         present = torch.zeros(users, dtype=torch.bool, device=dev)
         present[rows] = True
         in_experiment = torch.zeros(users, dtype=torch.bool, device=dev)
         in_experiment[rows] = session >= pre_period_days
+        serving_arm = in_experiment
+        serving_control = present & ~in_experiment
+        # one device sync (and, split across processes, one exchange) per step
+        anyone, arm_acts, control_acts = _any_process(
+            torch.stack([present.any(), serving_arm.any(), serving_control.any() & (control is not None)]), shard
+        )
+        if not anyone:
+            break
+        if steps >= max_steps:
+            bar.close()
+            raise RuntimeError(f"max_steps: the arm did not finish within {max_steps} steps")
         if control is not None:
             arm.reset(in_experiment & ~was_in)  # users entering the experiment start fresh with the arm
         was_in |= in_experiment
-        serving_arm = in_experiment
-        serving_control = present & ~in_experiment
-        arm_acts = bool(serving_arm.any())
-        control_acts = control is not None and bool(serving_control.any())
         action = arm.act(full_observation, {**full_info, "active": serving_arm}) if arm_acts else None
         if control_acts:
             assert control is not None
             fallback = control.act(full_observation, {**full_info, "active": serving_control})
             action = fallback if action is None else torch.where(_rows(in_experiment, action), action, fallback)
         assert action is not None
-        slate = metrics.slate(action)[rows]  # [A, K]
-        info = {"candidate_utilities": truth.utilities}
-        values = metrics.before(observation, info, slate)
-        if impressions is not None and arm_acts:
-            day = (session - pre_period_days).clamp_min(0)
-            ids = observation["candidate_ids"].gather(1, slate) + (day * num_items)[:, None]
-            weight = (shown_once(slate) & serving_arm[rows][:, None]).to(torch.float64)
-            impressions.index_add_(0, ids.reshape(-1), weight.reshape(-1))
+        if rows.shape[0] > 0:  # else this process only keeps step with the others
+            slate = metrics.slate(action)[rows]  # [A, K]
+            info = {"candidate_utilities": truth.utilities}
+            values = metrics.before(observation, info, slate)
+            if impressions is not None and arm_acts:
+                day = (session - pre_period_days).clamp_min(0)
+                ids = observation["candidate_ids"].gather(1, slate) + (day * num_items)[:, None]
+                weight = (shown_once(slate) & serving_arm[rows][:, None]).to(torch.float64)
+                impressions.index_add_(0, ids.reshape(-1), weight.reshape(-1))
 
-        state, outcome = model.step(RowSubsetRandom(rng, users, rows), state, slate, truth)
-        step_info = {**outcome.info, "regret": oracle_value - outcome.info["expected_reward"]}
-        done = outcome.terminated | outcome.truncated
-        values = metrics.after(values, outcome.reward, step_info, observation)
-        counters.index_add_(0, rows * sessions + session, values.to(torch.float64))
-
+            state, outcome = model.step(RowSubsetRandom(rng, total, rows + offset), state, slate, truth)
+            step_info = {**outcome.info, "regret": oracle_value - outcome.info["expected_reward"]}
+            step_reward, done = outcome.reward, outcome.terminated | outcome.truncated
+            values = metrics.after(values, step_reward, step_info, observation)
+            counters.index_add_(0, rows * sessions + session, values.to(torch.float64))
+        else:  # this process's users are all gone: no feedback (the last step's, for none of them)
+            step_info = {key: value[:0] for key, value in step_info.items()}
+            step_reward, done = step_reward[:0], done[:0]
         feedback = {key: _spread(value, rows, users) for key, value in step_info.items()}
-        reward, full_done = _spread(outcome.reward, rows, users), _spread(done, rows, users)
+        reward, full_done = _spread(step_reward, rows, users), _spread(done, rows, users)
         if arm_acts:
             arm.observe(reward, full_done, {**full_info, **feedback, "active": serving_arm})
         if control_acts:
@@ -167,13 +193,13 @@ def simulate_arm(
             control.observe(reward, full_done, {**full_info, **feedback, "active": serving_control})
 
         steps += 1
-        if bool(done.any()):
+        if rows.shape[0] > 0 and bool(done.any()):
             bar.update(int(done.sum()))
             keep = ~done
             rows = rows[keep]
             state = {key: value[keep] for key, value in state.items()}
         if rows.shape[0] == 0:
-            break
+            continue
         observation = model.observe(state)
         oracle_slate, oracle_value, truth = model.oracle(state)
         for key, value in observation.items():
@@ -189,6 +215,32 @@ def simulate_arm(
         pre=table[:, :pre_period_days],
         impressions=None if impressions is None else impressions.reshape(days, -1).cpu().numpy(),
         steps=steps,
+    )
+
+
+def _any_process(flags: torch.Tensor, shard: Shard | None) -> list[bool]:
+    """Each of ``flags`` ([F] bool) or-ed over the processes of a split run."""
+    counts = flags.to(torch.int64)
+    if shard is not None:
+        shard.sum_(counts)
+    return [bool(v) for v in counts.tolist()]
+
+
+def merge_runs(run: ArmRun, shard: Shard | None) -> ArmRun | None:
+    """The whole arm from every process's block (on the first process; None on the others): the users'
+    tables in rank order and the impressions summed (counts, exact in float64)."""
+    import torch.distributed as dist
+
+    if shard is None or not dist.is_initialized() or dist.get_world_size() == 1:
+        return run
+    blocks: list[Any] = [None] * dist.get_world_size() if dist.get_rank() == 0 else []
+    dist.gather_object((run.counters, run.pre, run.impressions), blocks if dist.get_rank() == 0 else None, dst=0)
+    if dist.get_rank() != 0:
+        return None
+    impressions = None if run.impressions is None else sum(b[2] for b in blocks)
+    return ArmRun(
+        counters=np.concatenate([b[0] for b in blocks]), pre=np.concatenate([b[1] for b in blocks]),
+        impressions=impressions, steps=run.steps, seconds=run.seconds,
     )
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Recommender, active_rows, fill_slates
+from .base import EXACT_SCALE, Recommender, UserDraws, active_rows, add_exact, fill_slates
 
 TARGETS = ("reward", "click")
 
@@ -50,12 +50,15 @@ def _needs_ids(agent: str) -> str:
     )
 
 
-def top_slate(scores: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+def top_slate(scores: torch.Tensor, k: int, draws: UserDraws | torch.Generator) -> torch.Tensor:
     """``[B, k]`` indices of the ``k`` highest of ``scores`` (``[B, N]``), best first, ties broken
-    uniformly at random (a stable sort of a random permutation of the candidates)."""
+    uniformly at random (a stable sort of a random permutation of the candidates) with ``draws`` (a
+    generator: draws for exactly these ``B`` users)."""
     if k > scores.shape[1]:
         raise ValueError(f"observation: a slate of {k} needs at least {k} candidates, got {scores.shape[1]}")
-    keys = torch.rand(scores.shape, generator=generator, device=scores.device)
+    if isinstance(draws, torch.Generator):
+        draws = UserDraws(draws, scores.shape[0])
+    keys = draws.rand(scores.shape[1]).to(scores.device)
     shuffle = torch.argsort(keys, dim=1)  # [B, N] a random permutation per user
     order = torch.sort(scores.gather(1, shuffle), dim=1, descending=True, stable=True).indices[:, :k]
     return shuffle.gather(1, order)
@@ -216,8 +219,10 @@ class PopularRecommender(ItemBandit):
     """Shows the candidates with the highest mean target per impression over all users so far (reward
     per impression by default; click-through rate with ``target="click"``).
 
-    One table of summed targets and impressions per catalog id (float64: counts over millions of
-    users stay exact), learned online from every user's feedback and never reset. Arguments as
+    One table of summed targets and impressions per catalog id, learned online from every user's
+    feedback and never reset. The sums are int64 fixed point (:func:`~metarec.agents.base.add_exact`):
+    exact over millions of users and the same whatever the order of summation, so a run split across
+    processes (each step's sums added up over them) serves exactly as one process does. Arguments as
     :class:`ItemBandit`.
     """
 
@@ -225,13 +230,22 @@ class PopularRecommender(ItemBandit):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.successes = torch.zeros(self.num_items, dtype=torch.float64, device=self.device)  # [M]
-        self.impressions = torch.zeros(self.num_items, dtype=torch.float64, device=self.device)  # [M]
+        self.table = torch.zeros((2, self.num_items), dtype=torch.int64, device=self.device)  # fixed-point sums
+
+    @property
+    def successes(self) -> torch.Tensor:
+        """``[M]`` float64 summed targets per item."""
+        return self.table[0].to(torch.float64) / EXACT_SCALE
+
+    @property
+    def impressions(self) -> torch.Tensor:
+        """``[M]`` float64 impressions per item."""
+        return self.table[1].to(torch.float64)
 
     def choose(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
         ids = _candidate_ids(observation, self.name, self.num_items)  # [B, N]
         scores = self.score(self.successes[ids], self.impressions[ids])
-        slate = top_slate(scores, self.k, self.generator)
+        slate = top_slate(scores, self.k, self.draws(self.generator, ids.shape[0]))
         self._shown = (None, ids.gather(1, slate))
         return slate
 
@@ -241,8 +255,12 @@ class PopularRecommender(ItemBandit):
         if rows is not None:
             targets = targets[rows]
         ids = shown_ids.reshape(-1)
-        self.successes.index_add_(0, ids, targets.reshape(-1).to(torch.float64))
-        self.impressions.index_add_(0, ids, torch.ones_like(ids, dtype=torch.float64))
+        step = torch.zeros_like(self.table)
+        add_exact(step[0], ids, targets.reshape(-1))
+        step[1].index_add_(0, ids, torch.ones_like(ids))
+        if self.shard is not None:
+            self.shard.sum_(step)  # every process's users, added exactly
+        self.table += step
 
 
 class GreedyRecommender(ItemBandit):
@@ -279,7 +297,7 @@ class GreedyRecommender(ItemBandit):
         batch = observation["candidates"].shape[0]
         rows = self.serving_rows(batch)
         ids, scores = self.user_scores(observation, rows)
-        picked = top_slate(scores, self.k, self.generator)
+        picked = top_slate(scores, self.k, self.draws(self.generator, batch, rows))
         self._shown = (rows, ids.gather(1, picked))
         return fill_slates(picked, rows, batch)
 
@@ -326,15 +344,16 @@ class EpsilonGreedyRecommender(GreedyRecommender):
     def choose(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
         ids, scores = self.user_scores(observation)
         batch, n = scores.shape
-        ranking = top_slate(scores, n, self.generator)  # [B, N] every candidate, best first
+        draws = self.draws(self.generator, batch)
+        ranking = top_slate(scores, n, draws)  # [B, N] every candidate, best first
         positions = torch.arange(n, device=self.device).expand(batch, n)
         rank = torch.empty_like(ranking).scatter_(1, ranking, positions)  # [B, N] rank of each candidate
-        explore = torch.rand((batch, self.k), generator=self.generator, device=self.device) < self.epsilon
+        explore = draws.rand(self.k) < self.epsilon
         used = torch.zeros((batch, n), dtype=torch.bool, device=self.device)
         picks = []
         for k in range(self.k):
             best = rank.masked_fill(used, n).argmin(dim=1)
-            keys = torch.rand((batch, n), generator=self.generator, device=self.device).masked_fill(used, -1.0)
+            keys = draws.rand(n).masked_fill(used, -1.0)
             pick = torch.where(explore[:, k], keys.argmax(dim=1), best)  # [B]
             used.scatter_(1, pick[:, None], True)
             picks.append(pick)
@@ -414,18 +433,20 @@ class LinearBandit(OnlineBandit):
         rows = self.serving_rows(batch)
         x = self.features(observation, rows)  # [B or A, N, F]
         assert self.inverse is not None and self.response is not None
+        draws = self.draws(self.generator, batch, rows)
         if rows is None:
-            slate = top_slate(self.scores(x, self.inverse, self.response), self.k, self.generator)
+            slate = top_slate(self.scores(x, self.inverse, self.response, draws), self.k, draws)
             self._shown = (None, x.gather(1, slate[:, :, None].expand(-1, -1, x.shape[-1])))
             return slate
         # score only the users who will see a slate
-        picked = top_slate(self.scores(x, self.inverse[rows], self.response[rows]), self.k, self.generator)
+        picked = top_slate(self.scores(x, self.inverse[rows], self.response[rows], draws), self.k, draws)
         self._shown = (rows, x.gather(1, picked[:, :, None].expand(-1, -1, x.shape[-1])))
         return fill_slates(picked, rows, batch)
 
     @abstractmethod
-    def scores(self, x: torch.Tensor, inverse: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
-        """``[B, N]`` score of each candidate (``x``: ``[B, N, F + 1]``) from the users' ``A⁻¹`` and ``b``."""
+    def scores(self, x: torch.Tensor, inverse: torch.Tensor, response: torch.Tensor, draws: UserDraws) -> torch.Tensor:
+        """``[B, N]`` score of each candidate (``x``: ``[B, N, F + 1]``) from the users' ``A⁻¹`` and ``b``
+        (``draws``: random draws for these users)."""
 
     def learn(self, targets: torch.Tensor) -> None:
         assert self._shown is not None and self.inverse is not None and self.response is not None
@@ -471,7 +492,7 @@ class LinUCBRecommender(LinearBandit):
         super().__init__(slate_size, generator, target, ridge)
         self.alpha = _check_positive("alpha", alpha, allow_zero=True)
 
-    def scores(self, x: torch.Tensor, inverse: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
+    def scores(self, x: torch.Tensor, inverse: torch.Tensor, response: torch.Tensor, draws: UserDraws) -> torch.Tensor:
         mean = (x @ ridge_estimate(inverse, response)[:, :, None])[:, :, 0]  # [B, N]
         variance = ((x @ inverse) * x).sum(dim=2).clamp_min(0.0)  # [B, N] xᵀA⁻¹x
         return mean + self.alpha * variance.sqrt()
@@ -504,11 +525,11 @@ class ThompsonRecommender(LinearBandit):
         super().__init__(slate_size, generator, target, ridge)
         self.scale = _check_positive("scale", scale)
 
-    def scores(self, x: torch.Tensor, inverse: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
+    def scores(self, x: torch.Tensor, inverse: torch.Tensor, response: torch.Tensor, draws: UserDraws) -> torch.Tensor:
         factor, failed = torch.linalg.cholesky_ex(inverse)  # [B, F, F] lower, A⁻¹ = L Lᵀ
         # A float32 inverse that rounding made indefinite samples its mean for that step.
         factor = factor.masked_fill((failed != 0)[:, None, None], 0.0)
         mean = ridge_estimate(inverse, response)  # [B, F]
-        noise = torch.randn(mean.shape, generator=self.generator, device=self.device)
+        noise = draws.randn(mean.shape[1]).to(mean.device)
         theta = mean + self.scale * (factor @ noise[:, :, None])[:, :, 0]
         return (x @ theta[:, :, None])[:, :, 0]

@@ -3,9 +3,102 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+#: Resolution of the fixed-point sums of statistics shared across users (see :func:`add_exact`).
+EXACT_SCALE = 2.0**24
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Where one process's users sit among the users of a run split across processes: rows
+    ``offset .. offset + size`` of ``total`` (contiguous blocks, in rank order).
+
+    A recommender placed on a shard (:meth:`Recommender.place`) draws its random numbers for all
+    ``total`` users and keeps its own rows (:class:`UserDraws`), and sums what it learns across users
+    over every process (:meth:`sum_`), so each user is served exactly as in one process.
+    """
+
+    total: int
+    offset: int
+    size: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.offset <= self.offset + self.size <= self.total:
+            raise ValueError(f"shard: expected 0 <= offset <= offset + size <= total, got {self}")
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sums ``tensor`` over the processes of the default ``torch.distributed`` group, in place (a
+        no-op when no group is running); gloo gets a CPU copy of a device tensor."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return tensor
+        if dist.get_backend() == "gloo" and tensor.device.type != "cpu":
+            host = tensor.cpu()
+            dist.all_reduce(host)
+            tensor.copy_(host)
+        else:
+            dist.all_reduce(tensor)
+        return tensor
+
+
+class UserDraws:
+    """Random draws for users of a batch, keyed by user: every draw is made for the whole run's users
+    (the batch, or ``shard.total``) and the rows of the users asked for are returned.
+
+    A user therefore meets the same numbers whichever other users are being served this step and
+    however the users are split across processes. Without ``rows`` and ``shard`` it draws exactly
+    what ``torch.rand((batch, ...), generator=generator)`` would.
+
+    Args:
+        generator: the recommender's explicit generator.
+        batch: users of this process's batch.
+        rows: the users drawn for (indices into the batch), or None for all.
+        shard: where the batch sits among all users, or None (one process).
+    """
+
+    def __init__(
+        self, generator: torch.Generator, batch: int, rows: torch.Tensor | None = None, shard: Shard | None = None
+    ) -> None:
+        if shard is not None and shard.size != batch:
+            raise ValueError(f"shard: expected {batch} users in this process's batch, got {shard}")
+        self.generator = generator
+        self.total = batch if shard is None else shard.total
+        offset = 0 if shard is None else shard.offset
+        if rows is None and offset == 0 and self.total == batch:
+            self.rows: torch.Tensor | None = None
+        else:
+            local = torch.arange(batch, device=generator.device) if rows is None else rows.to(generator.device)
+            self.rows = local + offset
+
+    def rows_of(self) -> tuple[int, torch.Tensor] | None:
+        """``(total, rows)`` for :meth:`~metarec.agents.distributions.PlackettLuce.sample`, or None."""
+        return None if self.rows is None else (self.total, self.rows)
+
+    def _take(self, draw: torch.Tensor) -> torch.Tensor:
+        return draw if self.rows is None else draw[self.rows]
+
+    def rand(self, *tail: int) -> torch.Tensor:
+        """U[0, 1) draws, ``[users, *tail]``."""
+        device = self.generator.device
+        return self._take(torch.rand((self.total, *tail), generator=self.generator, device=device))
+
+    def randn(self, *tail: int) -> torch.Tensor:
+        """N(0, 1) draws, ``[users, *tail]``."""
+        device = self.generator.device
+        return self._take(torch.randn((self.total, *tail), generator=self.generator, device=device))
+
+
+def add_exact(table: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+    """``table[index] += values`` for an int64 ``table`` of fixed-point sums (units of
+    1 / :data:`EXACT_SCALE`): integer sums are exact in any order, so a statistic shared across users
+    comes out the same on any device, with any thread count and however users are split across
+    processes (float sums differ in the last bits)."""
+    table.index_add_(0, index, torch.round(values.to(torch.float64) * EXACT_SCALE).to(torch.int64))
 
 
 class Recommender(ABC):
@@ -25,6 +118,16 @@ class Recommender(ABC):
     """
 
     name: str = "recommender"
+    shard: Shard | None = None  # set by place(): this process's users among all users of the run
+
+    def place(self, shard: Shard | None) -> None:
+        """Serves this process's share of a run split across processes (see :class:`Shard`); a
+        recommender that wraps another places it too."""
+        self.shard = shard
+
+    def draws(self, generator: torch.Generator, batch: int, rows: torch.Tensor | None = None) -> UserDraws:
+        """Random draws for ``rows`` (all when None) of a ``batch`` of users, keyed by user."""
+        return UserDraws(generator, batch, rows, self.shard)
 
     @abstractmethod
     def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:

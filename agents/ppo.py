@@ -10,6 +10,14 @@ Truncated episodes (a time limit) are bootstrapped with the value of their last 
 terminated ones are not. Everything random (environment, slate sampling, minibatch order) comes from
 explicit generators saved in :meth:`BatchedPPO.state_dict`, so a run resumed from a checkpoint
 continues exactly as if it had never stopped (on CPU; GPU kernels may not be bitwise deterministic).
+
+In a ``torch.distributed`` group (``metarec train --nproc N``) each process steps a contiguous block
+of the ``num_envs`` users through a sharded env (every random draw made for all users, newcomers
+drawn for every row each step), so each user's trajectory is the one it has in one process.
+Minibatches are drawn over the whole rollout; each process computes its own samples' share of the
+minibatch's loss, and the loss terms, advantage statistics, reward scale, KL and gradients are summed
+over the processes: the parameters follow the one-process run (with ``keyed_resets``) up to
+floating-point summation order. A checkpoint holds every process's users; resume with the same N.
 """
 
 from __future__ import annotations
@@ -59,10 +67,20 @@ class RunningMeanStd:
         self.var = torch.ones((), dtype=torch.float64, device=device)
         self.count = torch.full((), 1e-4, dtype=torch.float64, device=device)
 
-    def update(self, batch: torch.Tensor) -> None:
+    def update(self, batch: torch.Tensor, reduce: Callable[[list[torch.Tensor]], None] | None = None) -> None:
+        """Adds ``batch``; ``reduce`` (e.g. a sum over the processes of a run, in place) makes it the
+        batch of every process's values together."""
         batch = batch.to(torch.float64)
         n = batch.numel()
-        mean, var = batch.mean(), batch.var(unbiased=False)
+        if reduce is None:
+            mean, var = batch.mean(), batch.var(unbiased=False)
+        else:
+            moments = torch.stack([torch.tensor(float(n), dtype=torch.float64, device=batch.device),
+                                   batch.sum(), (batch**2).sum()])  # fmt: skip
+            reduce([moments])
+            n = int(moments[0])
+            mean = moments[1] / n
+            var = (moments[2] / n - mean**2).clamp_min(0)
         delta = mean - self.mean
         total = self.count + n
         self.mean = self.mean + delta * n / total
@@ -106,8 +124,15 @@ class BatchedPPO:
     def __init__(self, env: Any, config: PPOConfig, seed: int, total_steps: int) -> None:
         if not getattr(env, "autoreset", False):
             raise ValueError("env: BatchedPPO needs a vector environment with autoreset=True")
-        if config.num_envs != env.num_envs:
-            raise ValueError(f"num_envs: config says {config.num_envs}, the environment has {env.num_envs}")
+        shard = getattr(env, "shard", None)
+        users = env.num_envs if shard is None else shard[0]
+        if config.num_envs != users:
+            raise ValueError(f"num_envs: config says {config.num_envs}, the environment has {users}")
+        self.rank, self.world = _process_share()
+        if (shard is None) != (self.world == 1):
+            raise ValueError(f"env: {self.world} processes need an env sharded among them (shard=...), got {shard}")
+        self.offset = 0 if shard is None else int(shard[1][0])
+        self.rows_of = None if shard is None else (users, torch.as_tensor(list(shard[1]), device=env.device))
         batch = config.num_envs * config.rollout_steps
         if batch % config.num_minibatches:
             raise ValueError(
@@ -138,7 +163,7 @@ class BatchedPPO:
     def _act(self, observation: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, value = self.policy(observation)
         dist = self.policy.distribution(logits)
-        slate = dist.sample(self.generator)
+        slate = dist.sample(self.generator, rows_of=self.rows_of)
         return slate, dist.log_prob(slate), value
 
     def collect(self) -> dict[str, Any]:
@@ -168,7 +193,7 @@ class BatchedPPO:
                 self.episode_length += 1
                 if c.normalize_rewards:
                     self.discounted_return = self.discounted_return * c.gamma + reward
-                    self.return_stats.update(self.discounted_return)
+                    self.return_stats.update(self.discounted_return, reduce=self._sum)
                     learn_reward = reward / torch.sqrt(self.return_stats.var + 1e-8).to(torch.float32)
                 else:
                     learn_reward = reward
@@ -190,8 +215,12 @@ class BatchedPPO:
                 self.observation = observation
             _, next_value = self.policy(self.observation)
         advantages = generalized_advantages(rewards, values, dones, next_value, c.gamma, c.gae_lambda)
-        self.global_step += steps * users
+        self.global_step += steps * c.num_envs
         ended = dones.bool()
+        if self.world > 1:  # means over every process's users
+            means = torch.stack([clicks, engagement]) / self.world
+            self._sum([means])
+            clicks, engagement = means[0], means[1]
         return {
             "observations": observations,
             "slates": slates,
@@ -221,63 +250,97 @@ class BatchedPPO:
         old_values, advantages, returns = flat(rollout["values"]), flat(rollout["advantages"]), flat(rollout["returns"])
         # NaN guard: what the simulator handed over, before any weight changes
         self._check_finite("the rollout's", advantages=advantages, returns=returns, values=old_values)
-        size = len(old_values)
+        steps, local = rollout["values"].shape
+        size = steps * c.num_envs  # samples of the whole rollout, step-major over every process's users
         minibatch = size // c.num_minibatches
-        losses_finite = torch.ones((), dtype=torch.bool, device=self.device)
-        stats: dict[str, float] = {}
+        parameters = list(self.policy.parameters())
+        for parameter in parameters:  # every process sums every gradient, also one with no samples in a minibatch
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
         clipfracs: list[torch.Tensor] = []
         for _epoch in range(c.update_epochs):
             order = torch.randperm(size, generator=self.generator, device=self.device)
             approx_kl = torch.zeros((), device=self.device)
             for start in range(0, size, minibatch):
-                index = order[start : start + minibatch]
-                logits, value = self.policy({key: v[index] for key, v in observations.items()})
-                dist = self.policy.distribution(logits)
-                log_prob = dist.log_prob(slates[index])
-                entropy = dist.entropy(slates[index]).mean()
-                log_ratio = log_prob - old_log_probs[index]
-                ratio = log_ratio.exp()
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean()
-                    clipfracs.append(((ratio - 1).abs() > c.clip_coef).float().mean())
+                chosen = order[start : start + minibatch]
+                index = self._local_samples(chosen, local)
+                count = len(chosen)
                 adv = advantages[index]
-                if c.normalize_advantages and len(adv) > 1:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - c.clip_coef, 1 + c.clip_coef)).mean()
-                if c.clip_value:
-                    clipped = old_values[index] + (value - old_values[index]).clamp(-c.clip_coef, c.clip_coef)
-                    value_loss = 0.5 * torch.max((value - returns[index]) ** 2, (clipped - returns[index]) ** 2).mean()
-                else:
-                    value_loss = 0.5 * ((value - returns[index]) ** 2).mean()
-                loss = policy_loss - c.ent_coef * entropy + c.vf_coef * value_loss
-                losses_finite &= torch.isfinite(loss.detach())  # checked once per update (no sync here)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
+                if c.normalize_advantages and count > 1:
+                    moments = torch.stack([adv.double().sum(), (adv.double() ** 2).sum()])
+                    self._sum([moments])
+                    mean = moments[0] / count
+                    std = ((moments[1] - count * mean**2).clamp_min(0) / (count - 1)).sqrt()
+                    adv = ((adv - mean) / (std + 1e-8)).float()
+                # this process's share of the minibatch's means: sums over its samples / the minibatch's count
+                terms = torch.zeros(5, device=self.device)  # policy, value, entropy, approx KL, clipped
+                if len(index):
+                    logits, value = self.policy({key: v[index] for key, v in observations.items()})
+                    dist = self.policy.distribution(logits)
+                    log_prob = dist.log_prob(slates[index])
+                    log_ratio = log_prob - old_log_probs[index]
+                    ratio = log_ratio.exp()
+                    clipped = ratio.clamp(1 - c.clip_coef, 1 + c.clip_coef)
+                    if c.clip_value:
+                        value_clipped = old_values[index] + (value - old_values[index]).clamp(-c.clip_coef, c.clip_coef)
+                        value_error = torch.max((value - returns[index]) ** 2, (value_clipped - returns[index]) ** 2)
+                    else:
+                        value_error = (value - returns[index]) ** 2
+                    with torch.no_grad():
+                        kl = ((ratio - 1) - log_ratio).sum()
+                        clipped_count = ((ratio - 1).abs() > c.clip_coef).float().sum()
+                    terms = torch.stack([
+                        torch.max(-adv * ratio, -adv * clipped).sum(), 0.5 * value_error.sum(),
+                        dist.entropy(slates[index]).sum(), kl, clipped_count,
+                    ]) / count  # fmt: skip
+                loss = terms[0] - c.ent_coef * terms[2] + c.vf_coef * terms[1]
+                self.optimizer.zero_grad(set_to_none=False)
+                if loss.requires_grad:
+                    loss.backward()
+                reported = terms.detach().clone()
+                self._sum([*(p.grad for p in parameters), reported])
+                if not bool(torch.isfinite(reported[:3]).all()):
+                    raise FloatingPointError(self._non_finite_message("a minibatch's loss"))
+                approx_kl = reported[3]
+                clipfracs.append(reported[4])
+                torch.nn.utils.clip_grad_norm_(parameters, c.max_grad_norm)
                 self.optimizer.step()
             if c.target_kl is not None and float(approx_kl) > c.target_kl:
                 break
-        if not bool(losses_finite):
-            self._check_finite(
-                "a minibatch's",
-                policy_loss=policy_loss.detach(),
-                value_loss=value_loss.detach(),
-                entropy=entropy.detach(),
-            )
-            raise FloatingPointError(self._non_finite_message("a minibatch's loss"))
-        variance = float(returns.var())
-        explained = float("nan") if variance == 0 else 1 - float((returns - old_values).var()) / variance
-        stats.update(
-            policy_loss=float(policy_loss.detach()),
-            value_loss=float(value_loss.detach()),
-            entropy=float(entropy.detach()),
-            approx_kl=float(approx_kl),
-            clipfrac=float(torch.stack(clipfracs).mean()),
-            explained_variance=explained,
-            learning_rate=float(self.optimizer.param_groups[0]["lr"]),
-        )
+        # explained variance of the rollout's value estimates (over every process's users)
+        moments = torch.stack([returns.double().sum(), (returns.double() ** 2).sum(),
+                               (returns - old_values).double().sum(), ((returns - old_values).double() ** 2).sum()])
+        self._sum([moments])
+        variance = float(moments[1] / size - (moments[0] / size) ** 2)
+        residual = float(moments[3] / size - (moments[2] / size) ** 2)
+        explained = float("nan") if variance <= 0 else 1 - residual / variance
+        stats = {
+            "policy_loss": float(reported[0]),
+            "value_loss": float(reported[1]),
+            "entropy": float(reported[2]),
+            "approx_kl": float(approx_kl),
+            "clipfrac": float(torch.stack(clipfracs).mean()),
+            "explained_variance": explained,
+            "learning_rate": float(self.optimizer.param_groups[0]["lr"]),
+        }
         self.update += 1
         return stats
+
+    def _local_samples(self, chosen: torch.Tensor, local: int) -> torch.Tensor:
+        """Of the rollout's samples ``chosen`` (indices ``t * num_envs + user`` over every process's
+        users), this process's, as indices into its own flattened rollout (``t * local + row``)."""
+        if self.world == 1:
+            return chosen
+        t, user = chosen // self.config.num_envs, chosen % self.config.num_envs
+        mine = (user >= self.offset) & (user < self.offset + local)
+        return t[mine] * local + (user[mine] - self.offset)
+
+    def _sum(self, tensors: list[torch.Tensor]) -> None:
+        """Sums ``tensors`` in place over the processes of the run (nothing in one process)."""
+        if self.world > 1:
+            from metarec.meta.gradient import sum_across_processes
+
+            sum_across_processes(tensors)
 
     def _non_finite_message(self, what: str) -> str:
         return (
@@ -312,34 +375,74 @@ class BatchedPPO:
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue exactly: weights, optimizer, generators,
-        counters, the environment's users and the open episodes' running sums."""
+        counters, and every process's users with their open episodes' running sums (``processes``,
+        one entry per process in rank order)."""
+        users = {
+            "env": self.env.get_checkpoint(),
+            "episode_return": self.episode_return.clone(),
+            "episode_length": self.episode_length.clone(),
+            "discounted_return": self.discounted_return.clone(),
+        }
         return {
             "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "global_step": self.global_step,
             "update": self.update,
-            "env": self.env.get_checkpoint(),
-            "episode_return": self.episode_return.clone(),
-            "episode_length": self.episode_length.clone(),
-            "discounted_return": self.discounted_return.clone(),
+            "processes": gather_from_processes(users, self.world),
             "return_stats": self.return_stats.state_dict(),
         }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
+        if len(saved["processes"]) != self.world:
+            raise ValueError(
+                f"--resume: the checkpoint holds {len(saved['processes'])} processes' users; resume with "
+                f"--nproc {len(saved['processes'])} (this run has {self.world})"
+            )
+        users = saved["processes"][self.rank]
         self.policy.load_state_dict(saved["policy"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.generator.set_state(saved["generator"])
         self.global_step = int(saved["global_step"])
         self.update = int(saved["update"])
-        self.observation, _ = self.env.load_checkpoint(saved["env"])
-        self.episode_return = saved["episode_return"].to(self.device)
-        self.episode_length = saved["episode_length"].to(self.device)
-        self.discounted_return = saved["discounted_return"].to(self.device)
+        self.observation, _ = self.env.load_checkpoint(users["env"])
+        self.episode_return = users["episode_return"].to(self.device)
+        self.episode_length = users["episode_length"].to(self.device)
+        self.discounted_return = users["discounted_return"].to(self.device)
         self.return_stats.load_state_dict(saved["return_stats"])
+
 
     def recommender(self, deterministic: bool = True) -> PolicyRecommender:
         return PolicyRecommender(self.policy, single_item=self.single_item, deterministic=deterministic)
+
+
+def _process_share() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_from_processes(value: Any, world: int) -> list[Any]:
+    """``value`` (its tensors copied to the CPU) from every process of the group, in rank order;
+    ``[value]`` in one process."""
+
+    def to_cpu(tree: Any) -> Any:
+        if isinstance(tree, torch.Tensor):
+            return tree.cpu()
+        if isinstance(tree, dict):
+            return {key: to_cpu(item) for key, item in tree.items()}
+        return tree
+
+    value = to_cpu(value)
+    if world == 1:
+        return [value]
+    import torch.distributed as dist
+
+    values: list[Any] = [None] * world
+    dist.all_gather_object(values, value)
+    return values
 
 
 class PolicyRecommender(Recommender):
@@ -370,6 +473,10 @@ class PolicyRecommender(Recommender):
         with torch.no_grad():
             logits, _ = self.policy(observation)
             dist = self.policy.distribution(logits)
-            picked = dist.mode() if self.deterministic else dist.sample(self.generator)
+            if self.deterministic:
+                picked = dist.mode()
+            else:
+                assert self.generator is not None
+                picked = dist.sample(self.generator, rows_of=self.draws(self.generator, batch, rows).rows_of())
         slate = fill_slates(picked, rows, batch)
         return slate[:, 0] if self.single_item else slate

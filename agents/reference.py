@@ -25,7 +25,7 @@ class RandomRecommender(Recommender):
 
     def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
         batch, candidates = slate_shape(observation)
-        keys = torch.rand((batch, candidates), generator=self.generator, device=self.generator.device)
+        keys = self.draws(self.generator, batch).rand(candidates)
         k = 1 if self.slate_size is None else self.slate_size
         slate = torch.topk(keys, k, dim=1).indices  # the first k of a uniform random permutation
         return slate[:, 0] if self.slate_size is None else slate

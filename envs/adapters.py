@@ -30,7 +30,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from pydantic import BaseModel
 
-from .backend import Backend, Random, numpy_backend, torch_backend
+from .backend import Backend, Random, RowSubsetRandom, numpy_backend, torch_backend
 from .core import ChoiceModel, State, UserModel
 from .population import validate_config
 
@@ -104,7 +104,7 @@ def check_slates(action: Any, num_candidates: int, slate_size: int, batch: int |
     bad = (action < 0) | (action >= num_candidates)
     if bool(bad.any()):
         raise ValueError(f"action: {in_range}, got {int(action[bad].reshape(-1)[0])}")
-    slate = action.to(torch.int64) if is_tensor else action.astype(np.int64, copy=False)
+    slate = action.to(torch.int64).contiguous() if is_tensor else action.astype(np.int64, copy=False)
     return slate.reshape(out_shape)
 
 
@@ -220,11 +220,27 @@ def check_vector_arguments(num_envs: Any, render_mode: str | None) -> int:
     return int(num_envs)
 
 
+def _where_rows(rows: Any, new: State, old: State) -> State:
+    """``new``'s users where ``rows`` (``[B]`` bool), ``old``'s elsewhere."""
+    import torch
+
+    return {
+        key: torch.where(rows.reshape(-1, *([1] * (value.dim() - 1))), new[key], value) for key, value in old.items()
+    }
+
+
 class UserSimVectorEnv(VectorEnv):
     """``num_envs`` simulated users stepping as one batch of torch tensors on ``device``.
 
     Subclasses set ``config_class`` and ``model_class`` as for :class:`UserSimEnv`, whose arguments
-    this takes too (less ``backend``), plus ``num_envs``, ``device`` and ``autoreset``.
+    this takes too (less ``backend``), plus ``num_envs``, ``device``, ``autoreset`` and ``shard``.
+
+    ``shard=(full_batch, rows)`` makes these users rows ``rows`` of a batch of ``full_batch`` users
+    (another process steps the others): every random draw is made at the full size and these rows
+    taken, so each user's trajectory is the one it has in the whole batch. ``keyed_resets=True``
+    (implied by ``shard``) draws, every step, a newcomer for every row and lets autoreset keep those
+    of the rows that finished: the random stream then never depends on who finished (in this process
+    or another), so a newcomer too is the one the whole batch would get.
     """
 
     metadata: dict[str, Any] = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}
@@ -240,10 +256,18 @@ class UserSimVectorEnv(VectorEnv):
         single_item: bool = False,
         ground_truth: bool = True,
         autoreset: bool = True,
+        shard: tuple[int, Any] | None = None,
+        keyed_resets: bool = False,
         render_mode: str | None = None,
         **overrides: Any,
     ) -> None:
         self.num_envs = check_vector_arguments(num_envs, render_mode)
+        if shard is not None:
+            full, rows = shard
+            if len(rows) != self.num_envs or min(rows) < 0 or max(rows) >= full:
+                raise ValueError(f"shard: expected {self.num_envs} rows in [0, {full}), got {len(rows)} rows")
+        self.shard = shard
+        self.keyed_resets = bool(keyed_resets) or shard is not None
         self.config = build_config(self.config_class, config, overrides, single_item)
         self.backend = torch_backend(device)
         self.device = self.backend.device
@@ -270,8 +294,12 @@ class UserSimVectorEnv(VectorEnv):
         return self.model_class(self.config, backend)
 
     def make_random(self, seed: int | None) -> Random:
-        """The generator ``reset(seed=...)`` installs."""
-        return self.backend.make_random(seed)
+        """The generator ``reset(seed=...)`` installs (its draws at the full batch's size when sharded)."""
+        base = self.backend.make_random(seed)
+        if self.shard is None:
+            return base
+        full, rows = self.shard
+        return RowSubsetRandom(base, full, self.backend.asarray(np.asarray(rows, dtype=np.int64)))
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
@@ -282,7 +310,7 @@ class UserSimVectorEnv(VectorEnv):
             mask = self.backend.asarray(np.asarray(mask, dtype=bool)) if not hasattr(mask, "device") else mask
             if tuple(mask.shape) != (self.num_envs,):
                 raise ValueError(f"options['reset_mask']: expected shape ({self.num_envs},), got {tuple(mask.shape)}")
-            self._state = self.model.reset_users(self._rng, self._state, mask.to(self.device, bool))
+            self._state = self._new_users(mask.to(self.device, bool))
         else:
             self._state = self.model.initial_state(self._rng, self.num_envs)
         self._next_truth = None
@@ -312,14 +340,20 @@ class UserSimVectorEnv(VectorEnv):
         any_done, all_finite = torch.stack([done.any(), finite]).tolist()
         if not all_finite:
             raise FloatingPointError(self._non_finite_report(outcome.reward))
-        if self.autoreset and any_done:
+        if self.autoreset and self.keyed_resets:
+            # the draw for newcomers is made every step, so the stream never depends on who finished
+            # (in another process, say)
+            fresh = self._keyed_fresh_users()
+            if any_done:
+                infos["final_obs"] = observation
+                infos["_final_obs"] = done
+                self._state = _where_rows(done, fresh, self._state)
+                observation = self._observe_rows(observation, done)
+        elif self.autoreset and any_done:
             infos["final_obs"] = observation
             infos["_final_obs"] = done
             self._state = self.model.reset_users(self._rng, self._state, done)
-            # Observe only the fresh users and write their rows into a copy of the batch.
-            index = torch.nonzero(done)[:, 0]
-            fresh = self.model.observe({key: value[index] for key, value in self._state.items()})
-            observation = {key: value.index_copy(0, index, fresh[key]) for key, value in observation.items()}
+            observation = self._observe_rows(observation, done)  # only the fresh users are observed
         return observation, outcome.reward, outcome.terminated, outcome.truncated, self._truth(infos)
 
     def _non_finite_report(self, reward: Any) -> str:
@@ -359,14 +393,36 @@ class UserSimVectorEnv(VectorEnv):
         """Bytes of simulator state held for all users."""
         return self.model.state_nbytes(self.state)
 
+    def _new_users(self, done: Any) -> State:
+        """The state with the users where ``done`` replaced by fresh ones (see ``keyed_resets``)."""
+        if not self.keyed_resets:
+            return self.model.reset_users(self._rng, self._state, done)
+        return _where_rows(done, self._keyed_fresh_users(), self._state)
+
+    def _keyed_fresh_users(self) -> State:
+        """A fresh user for every row, each drawn as the whole batch's row would be."""
+        import torch
+
+        return self.model.fresh_users(self._rng, self._state, torch.arange(self.num_envs, device=self.device))
+
+    def _observe_rows(self, observation: dict[str, Any], rows: Any) -> dict[str, Any]:
+        """``observation`` with the users where ``rows`` observed anew (only they are observed)."""
+        import torch
+
+        index = torch.nonzero(rows)[:, 0]
+        fresh = self.model.observe({key: value[index] for key, value in self._state.items()})
+        return {key: value.index_copy(0, index, fresh[key]) for key, value in observation.items()}
+
     def get_checkpoint(self) -> dict[str, Any]:
-        """Everything needed to continue exactly from here: every user's state and the generator."""
+        """Everything needed to continue exactly from here: every user's state and the generator (of a
+        sharded env: the whole batch's generator, which every shard holds alike, and these users)."""
         if self._state is None or self._rng is None:
             raise RuntimeError("the environment has not been reset")
+        rng = self._rng.base if isinstance(self._rng, RowSubsetRandom) else self._rng
         return {
             "num_envs": self.num_envs,
             "state": {key: value.clone() for key, value in self._state.items()},
-            "rng": self._rng.__getstate__(),
+            "rng": rng.__getstate__(),
         }
 
     def load_checkpoint(self, checkpoint: dict[str, Any]) -> tuple[dict, dict]:
@@ -374,8 +430,9 @@ class UserSimVectorEnv(VectorEnv):
         of the restored users (as ``reset`` would)."""
         if checkpoint.get("num_envs") != self.num_envs:
             raise ValueError(f"checkpoint: saved for {checkpoint.get('num_envs')} users, this env has {self.num_envs}")
-        rng = self.backend.make_random(0)
-        rng.__setstate__({**checkpoint["rng"], "device": str(self.device)})
+        rng = self.make_random(0)
+        base = rng.base if isinstance(rng, RowSubsetRandom) else rng
+        base.__setstate__({**checkpoint["rng"], "device": str(self.device)})
         self._rng = rng
         self._state = {key: value.to(self.device) for key, value in checkpoint["state"].items()}
         self._next_truth = None

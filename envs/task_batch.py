@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .adapters import UserSimVectorEnv
-from .backend import Array, Backend, Random, RowSubsetRandom, numpy_backend
+from .backend import Array, Backend, Random, numpy_backend
 from .choice import shown_mask
 from .core import State
 from .drifting import DriftingUsersModel, make_world, population_parameters
@@ -73,20 +73,30 @@ def record_item_stats(
     rows: Array | None = None,
 ) -> None:
     """Adds one step to an item statistics ``table`` ``[num_items, 3]`` (impressions, clicks,
-    engagement): ``candidates`` ``[B, N]`` ids offered, ``slate`` ``[B, K]`` (a repeated candidate
-    counts once), ``chosen`` ``[B]`` candidate index or -1, ``reward`` ``[B]``; only the users where
-    ``rows`` (``[B]`` bool) is True, when given."""
+    engagement); arguments as :func:`logged_events`."""
+    xp = backend.xp
+    shown_ids, ids, engagement = logged_events(backend, candidates, slate, chosen, reward, rows)
+    table[:, 0].index_add_(0, shown_ids, xp.ones_like(shown_ids, dtype=xp.float32))
+    table[:, 1].index_add_(0, ids, xp.ones_like(ids, dtype=xp.float32))
+    table[:, 2].index_add_(0, ids, engagement)
+
+
+def logged_events(
+    backend: Backend, candidates: Array, slate: Array, chosen: Array, reward: Array, rows: Array | None = None
+) -> tuple[Array, Array, Array]:
+    """What one step logs: the catalog ids shown, the ids clicked and their engagement (float32).
+    ``candidates`` ``[B, N]`` ids offered, ``slate`` ``[B, K]`` (a repeated candidate counts once),
+    ``chosen`` ``[B]`` candidate index or -1, ``reward`` ``[B]``; only the users where ``rows``
+    (``[B]`` bool) is True, when given."""
     xp = backend.xp
     shown = shown_mask(xp, slate)
     if rows is not None:
         shown = shown & rows[:, None]
         chosen = xp.where(rows, chosen, -1)
     shown_ids = backend.take_along(candidates, slate)[shown]
-    table[:, 0].index_add_(0, shown_ids, xp.ones_like(shown_ids, dtype=xp.float32))
     clicked = chosen >= 0
     ids = backend.take_along(candidates, xp.clip(chosen, 0, None)[:, None])[:, 0][clicked]
-    table[:, 1].index_add_(0, ids, xp.ones_like(ids, dtype=xp.float32))
-    table[:, 2].index_add_(0, ids, reward[clicked].float())
+    return shown_ids, ids, reward[clicked].float()
 
 
 def item_stat_features(xp: Any, stats: Array) -> Array:
@@ -252,6 +262,8 @@ class TaskBatchVectorEnv(UserSimVectorEnv):
         shard: ``(full_batch, rows)``: these users are rows ``rows`` of a batch of ``full_batch`` users
             (another process steps the others); every random draw is made at the full size and these
             rows taken, so each user's trajectory is the one it has in the unsharded batch.
+        keyed_resets: draw autoreset's new users for every row and keep the finished rows' (implied
+            by ``shard``; a one-process run that a sharded one must equal sets it).
 
     ``info`` carries what DriftingUsers' does. :meth:`set_tasks` swaps in a new meta-batch (same
     ``T``, ``U``) without rebuilding the env; call ``reset`` after it.
@@ -271,12 +283,10 @@ class TaskBatchVectorEnv(UserSimVectorEnv):
         autoreset: bool = True,
         item_stats: bool = False,
         shard: tuple[int, Any] | None = None,
+        keyed_resets: bool = False,
         render_mode: str | None = None,
     ) -> None:
         self.item_stats = item_stats
-        if shard is not None and autoreset:
-            raise ValueError("shard: a sharded env needs autoreset=False (fresh users would draw at the shard's size)")
-        self.shard = shard
         if isinstance(users_per_task, bool) or not isinstance(users_per_task, int | np.integer) or users_per_task < 1:
             raise ValueError(f"users_per_task: expected a positive integer, got {users_per_task!r}")
         self.tasks = check_tasks(tasks)
@@ -289,6 +299,8 @@ class TaskBatchVectorEnv(UserSimVectorEnv):
             single_item=single_item,
             ground_truth=ground_truth,
             autoreset=autoreset,
+            shard=shard,
+            keyed_resets=keyed_resets,
             render_mode=render_mode,
         )
 
@@ -304,20 +316,11 @@ class TaskBatchVectorEnv(UserSimVectorEnv):
         return result
 
     def get_checkpoint(self) -> dict[str, Any]:
-        if self.shard is not None:
-            raise ValueError("shard: a sharded env's random stream is not checkpointed; checkpoint the unsharded run")
         checkpoint = super().get_checkpoint()
         if self.model.item_stats is not None:
             checkpoint["item_stats"] = self.model.item_stats.clone()
         checkpoint["finished"] = self._finished.clone()
         return checkpoint
-
-    def make_random(self, seed: int | None) -> Random:
-        base = super().make_random(seed)
-        if self.shard is None:
-            return base
-        full, rows = self.shard
-        return RowSubsetRandom(base, full, self.backend.asarray(np.asarray(rows, dtype=np.int64)))
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         mask = (options or {}).get("reset_mask")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from metarec.agents.base import Recommender
+from metarec.agents.base import EXACT_SCALE, Recommender, Shard, add_exact
 from metarec.agents.registry import make_recommender
 from metarec.envs.population import FrozenConfig
 from metarec.envs.task_batch import TaskBatchVectorEnv
@@ -79,7 +79,8 @@ class RL2Recommender(Recommender):
             hidden = self.policy.read(self.memory, observation, self.last_reward)
             logits, _ = self.policy.act_from(observation, hidden)
             dist = self.policy.distribution(logits)
-            slate = dist.mode() if self.deterministic else dist.sample(self.generator)
+            rows_of = self.draws(self.generator, batch).rows_of()
+            slate = dist.mode() if self.deterministic else dist.sample(self.generator, rows_of=rows_of)
             self.memory = Memory(hidden, self.policy.slate_features(observation, slate))
         return slate
 
@@ -94,36 +95,69 @@ class LoggedItemStats(Recommender):
     system does, so a meta-learned recommender can serve in an A/B test of one population.
 
     Only users marked in ``info["active"]`` (when given) are logged: the ones this recommender served.
+    The counts and the engagement sums are int64 (engagement in fixed point,
+    :func:`~metarec.agents.base.add_exact`), so they are exact in any order, also summed over the
+    processes of a run split across them.
+
+    ``pool_users``: the policy learned from statistics pooled over this many users (its training
+    ``users_per_task``); served to more users, the statistics are scaled to that many (counts and
+    sums times ``pool_users / users``) before the features are made. Rates are unchanged, and the
+    impression counts, and with them the prior's weight, stay in the range the policy was trained on.
     """
 
-    def __init__(self, inner: Recommender, num_items: int, device: Any) -> None:
+    def __init__(self, inner: Recommender, num_items: int, device: Any, pool_users: int | None = None) -> None:
         from metarec.envs.backend import torch_backend
 
+        if pool_users is not None and (isinstance(pool_users, bool) or not isinstance(pool_users, int)
+                                       or pool_users < 1):  # fmt: skip
+            raise ValueError(f"pool_users: expected a positive integer or None, got {pool_users!r}")
         self.inner, self.name = inner, inner.name
+        self.pool_users = pool_users
         self.backend = torch_backend(device)
-        self.table = torch.zeros(num_items, 3, device=device)
+        self.table = torch.zeros(3, num_items, dtype=torch.int64, device=device)  # impressions, clicks, engagement
         self._shown: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+
+    def place(self, shard: Shard | None) -> None:
+        self.shard = shard
+        self.inner.place(shard)
 
     def reset(self, mask: torch.Tensor | None = None) -> None:
         self.inner.reset(mask)  # the statistics are the population's, not a user's: kept
+
+    def stats(self) -> torch.Tensor:
+        """``[num_items, 3]`` float32 impressions, clicks and summed engagement per item."""
+        counts = self.table[:2].to(torch.float32)
+        engagement = (self.table[2].to(torch.float64) / EXACT_SCALE).to(torch.float32)
+        return torch.cat([counts, engagement[None]]).T
 
     def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
         from metarec.envs.task_batch import item_stat_features
 
         ids = observation["candidate_ids"].to(torch.int64)
-        extra = item_stat_features(torch, self.table[ids])
+        stats = self.stats()
+        users = ids.shape[0] if self.shard is None else self.shard.total
+        if self.pool_users is not None and users > self.pool_users:
+            stats = stats * (self.pool_users / users)
+        extra = item_stat_features(torch, stats[ids])
         slate = self.inner.act({**observation, "candidates": torch.cat([observation["candidates"], extra], -1)}, info)
         self._shown = (ids, slate, info.get("active"))
         return slate
 
     def observe(self, reward: torch.Tensor, done: torch.Tensor, info: dict[str, Any]) -> None:
-        from metarec.envs.task_batch import record_item_stats
+        from metarec.envs.task_batch import logged_events
 
         if self._shown is None:
             raise RuntimeError("observe() before act()")
         ids, slate, active = self._shown
         rows = info.get("active", active)
-        record_item_stats(self.backend, self.table, ids, slate, info["chosen_candidate"], reward, rows)
+        shown, clicked, engagement = logged_events(self.backend, ids, slate, info["chosen_candidate"], reward, rows)
+        step = torch.zeros_like(self.table)
+        step[0].index_add_(0, shown, torch.ones_like(shown))
+        step[1].index_add_(0, clicked, torch.ones_like(clicked))
+        add_exact(step[2], clicked, engagement)
+        if self.shard is not None:
+            self.shard.sum_(step)  # every process's users, added exactly
+        self.table += step
         self.inner.observe(reward, done, info)
 
 

@@ -193,13 +193,20 @@ def reptile_update(theta: Params, adapted: Params, epsilon: float) -> Params:
 def average_across_processes(tensors: list[torch.Tensor]) -> None:
     """Averages ``tensors`` in place over the processes of the default ``torch.distributed`` group
     (one flat all-reduce); nothing when no group is initialised or it has one process."""
+    sum_across_processes(tensors, average=True)
+
+
+def sum_across_processes(tensors: list[torch.Tensor], average: bool = False) -> None:
+    """Sums (or averages) ``tensors`` in place over the processes of the default ``torch.distributed``
+    group, in one flat all-reduce; nothing when no group is initialised or it has one process."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 or not tensors:
         return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
+    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= dist.get_world_size()
+    if average:
+        flat /= dist.get_world_size()
     offset = 0
     for t in tensors:
         t.copy_(flat[offset : offset + t.numel()].view_as(t))

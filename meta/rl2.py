@@ -11,6 +11,13 @@ of users) replays its users' steps through the GRU (truncated back-propagation t
 rollout), zeroing the memory where a user was replaced. Rewards are scaled by a running standard
 deviation of the discounted return, as :class:`~metarec.agents.ppo.BatchedPPO` does. Every
 ``resample_every`` updates, a new meta-batch of tasks replaces the old one (every user new).
+
+In a ``torch.distributed`` group (``meta-train --nproc N``) each process steps its share of the
+meta-batch's tasks (a sharded env: every random draw made for the whole batch, so each user's
+trajectory is the one it has in one process). Minibatches are drawn over all users; each process
+replays its own users of a minibatch, and the loss terms, the advantage statistics, the reward scale
+and the gradients are summed over the processes, so the parameters follow the one-process run up to
+floating-point summation order. A checkpoint holds every process's users; resume with the same N.
 """
 
 from __future__ import annotations
@@ -18,11 +25,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from metarec.agents.ppo import RunningMeanStd, generalized_advantages
+from metarec.agents.ppo import RunningMeanStd, gather_from_processes, generalized_advantages
 from metarec.envs.population import FrozenConfig
 from metarec.envs.task_batch import TaskBatchVectorEnv
 from pydantic import Field
 
+from .gradient import sum_across_processes
 from .policy import Memory, RecurrentSlatePolicy
 from .tasks import TaskDistribution, task_batch
 
@@ -80,10 +88,25 @@ class RL2Trainer:
         self.distribution, self.split, self.config = distribution, split, config
         self.sessions, self.seed = sessions, seed
         self.batch_index = 0
+        from .gradient_rl import process_share
+
+        self.rank, self.world = process_share()
+        if config.tasks_per_batch % self.world:
+            raise ValueError(
+                f"rl2.tasks_per_batch: must divide among {self.world} processes, got {config.tasks_per_batch}"
+            )
+        self.local_tasks = config.tasks_per_batch // self.world
+        self.total_users = config.tasks_per_batch * config.users_per_task
+        local = self.local_tasks * config.users_per_task
+        self.offset = self.rank * local
+        shard = None if self.world == 1 else (self.total_users, list(range(self.offset, self.offset + local)))
+        # keyed resets in one process too, so that N processes step exactly its users
         self.env = TaskBatchVectorEnv(
-            self._tasks(0), config.users_per_task, device=device, ground_truth=False, item_stats=item_stats
-        )
+            self._local(self._tasks(0)), config.users_per_task, device=device, ground_truth=False,
+            item_stats=item_stats, shard=shard, keyed_resets=True,
+        )  # fmt: skip
         self.device = self.env.device
+        self.rows_of = None if shard is None else (self.total_users, torch.tensor(shard[1], device=self.device))
         torch.manual_seed(seed)  # initial weights only
         self.policy = RecurrentSlatePolicy(self.env.single_observation_space, self.env.model.slate_size,
                                            config.hidden).to(self.device)  # fmt: skip
@@ -99,6 +122,9 @@ class RL2Trainer:
         c = self.config
         return task_batch(self.distribution, self.split, c.tasks_per_batch, self.seed, index, self.sessions)
 
+    def _local(self, tasks: list[Any]) -> list[Any]:
+        return tasks[self.rank * self.local_tasks : (self.rank + 1) * self.local_tasks]
+
     def _env_seed(self, index: int) -> int:
         return self.seed * 1_000_003 + index
 
@@ -111,13 +137,13 @@ class RL2Trainer:
 
     def _next_task_batch(self) -> None:
         self.batch_index += 1
-        self.env.set_tasks(self._tasks(self.batch_index))
+        self.env.set_tasks(self._local(self._tasks(self.batch_index)))
         self._start_users(self._env_seed(self.batch_index))
 
     # ------------------------------------------------------------------ rollouts and updates
     def collect(self) -> dict[str, Any]:
         """One rollout of ``rollout_steps`` steps from every user; tensors ``[L, B, ...]``."""
-        c, users, steps = self.config, self.env.num_envs, self.config.rollout_steps
+        c, steps = self.config, self.config.rollout_steps
         start_memory = self.memory.clone()
         observations: dict[str, list[torch.Tensor]] = {key: [] for key in self.observation}
         keys = ("slates", "log_probs", "values", "rewards", "dones", "last_slate", "last_reward", "raw_rewards")
@@ -131,13 +157,13 @@ class RL2Trainer:
                 hidden = self.policy.read(self.memory, self.observation, self.last_reward)
                 logits, value = self.policy.act_from(self.observation, hidden)
                 dist = self.policy.distribution(logits)
-                slate = dist.sample(self.generator)
+                slate = dist.sample(self.generator, rows_of=self.rows_of)
                 shown = self.policy.slate_features(self.observation, slate)
                 observation, reward, terminated, truncated, _ = self.env.step(slate)
                 reward = reward.float()
                 done = terminated | truncated
                 self.discounted_return = self.discounted_return * c.gamma + reward
-                self.return_stats.update(self.discounted_return)
+                self.return_stats.update(self.discounted_return, reduce=sum_across_processes)
                 self.discounted_return.masked_fill_(done, 0)
                 out["slates"].append(slate)
                 out["log_probs"].append(dist.log_prob(slate))
@@ -158,7 +184,7 @@ class RL2Trainer:
         )
         rollout["returns"] = rollout["advantages"] + rollout["values"]
         rollout["start_memory"] = start_memory
-        self.global_step += steps * users
+        self.global_step += steps * self.total_users
         return rollout
 
     def replay(self, rollout: dict[str, Any], users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -193,35 +219,57 @@ class RL2Trainer:
                     f"rl2: the rollout's {name} is NaN or infinite at update {self.update + 1} "
                     f"(env step {self.global_step}); resume from the last checkpoint"
                 )
-        users = rollout["slates"].shape[1]
-        size = users // c.num_minibatches
-        stats: dict[str, float] = {}
+        steps, local = rollout["slates"].shape[:2]
+        size = self.total_users // c.num_minibatches
+        parameters = list(self.policy.parameters())
+        for parameter in parameters:  # every process sums every gradient, also one with no users in a minibatch
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
         for _ in range(c.update_epochs):
-            order = torch.randperm(users, generator=self.generator, device=self.device)
-            for start in range(0, users, size):
-                rows = order[start : start + size]
-                log_prob, entropy, value = self.replay(rollout, rows)
-                adv = rollout["advantages"][:, rows]
-                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                ratio = (log_prob - rollout["log_probs"][:, rows]).exp()
-                policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - c.clip_coef, 1 + c.clip_coef)).mean()
-                value_loss = 0.5 * ((value - rollout["returns"][:, rows]) ** 2).mean()
-                loss = policy_loss - c.ent_coef * entropy.mean() + c.vf_coef * value_loss
-                if not bool(torch.isfinite(loss)):
+            order = torch.randperm(self.total_users, generator=self.generator, device=self.device)
+            for start in range(0, self.total_users, size):
+                chosen = order[start : start + size]  # users of the whole batch
+                rows = chosen[(chosen >= self.offset) & (chosen < self.offset + local)] - self.offset  # ours
+                count = steps * len(chosen)
+                adv = rollout["advantages"][:, rows].double()
+                moments = torch.stack([adv.sum(), (adv**2).sum()])
+                sum_across_processes([moments])
+                mean = moments[0] / count
+                std = ((moments[1] - count * mean**2).clamp_min(0) / (count - 1)).sqrt()
+                adv = ((adv - mean) / (std + 1e-8)).float()
+                # this process's share of the minibatch means (divided by the whole minibatch's count)
+                terms = torch.zeros(3, device=self.device)  # policy loss, value loss, entropy
+                if len(rows):
+                    log_prob, entropy, value = self.replay(rollout, rows)
+                    ratio = (log_prob - rollout["log_probs"][:, rows]).exp()
+                    clipped = ratio.clamp(1 - c.clip_coef, 1 + c.clip_coef)
+                    terms = torch.stack([
+                        torch.max(-adv * ratio, -adv * clipped).sum(),
+                        0.5 * ((value - rollout["returns"][:, rows]) ** 2).sum(),
+                        entropy.sum(),
+                    ]) / count  # fmt: skip
+                policy_loss, value_loss, entropy_mean = terms[0], terms[1], terms[2]
+                loss = policy_loss - c.ent_coef * entropy_mean + c.vf_coef * value_loss
+                self.optimizer.zero_grad(set_to_none=False)
+                if loss.requires_grad:
+                    loss.backward()
+                reported = terms.detach().clone()
+                sum_across_processes([*(p.grad for p in parameters), reported])
+                if not bool(torch.isfinite(reported).all()):
                     raise FloatingPointError(
                         f"rl2: a minibatch's loss is NaN or infinite at update {self.update + 1}; "
                         "resume from the last checkpoint"
                     )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(parameters, c.max_grad_norm)
                 self.optimizer.step()
-        stats.update(
-            policy_loss=float(policy_loss.detach()),
-            value_loss=float(value_loss.detach()),
-            entropy=float(entropy.mean().detach()),
-            reward=float(rollout["raw_rewards"].mean()),
-        )
+        reward = torch.stack([rollout["raw_rewards"].double().sum()])
+        sum_across_processes([reward])
+        stats = {
+            "policy_loss": float(reported[0]),
+            "value_loss": float(reported[1]),
+            "entropy": float(reported[2]),
+            "reward": float(reward[0]) / (steps * self.total_users),
+        }
         self.update += 1
         if self.update % c.resample_every == 0:
             self._next_task_batch()
@@ -237,6 +285,14 @@ class RL2Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
+        """Weights, optimizer, generator and counters, and every process's users (``processes``: one
+        entry per process of the run, gathered in rank order)."""
+        users = {
+            "env": self.env.get_checkpoint(),
+            "memory": {"hidden": self.memory.hidden.clone(), "last_slate": self.memory.last_slate.clone()},
+            "last_reward": self.last_reward.clone(),
+            "discounted_return": self.discounted_return.clone(),
+        }
         return {
             "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -244,22 +300,27 @@ class RL2Trainer:
             "update": self.update,
             "global_step": self.global_step,
             "batch_index": self.batch_index,
-            "env": self.env.get_checkpoint(),
-            "memory": {"hidden": self.memory.hidden.clone(), "last_slate": self.memory.last_slate.clone()},
-            "last_reward": self.last_reward.clone(),
-            "discounted_return": self.discounted_return.clone(),
+            "processes": gather_from_processes(users, self.world),
             "return_stats": self.return_stats.state_dict(),
         }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
+        if len(saved["processes"]) != self.world:
+            raise ValueError(
+                f"--resume: the checkpoint holds {len(saved['processes'])} processes' users; resume with "
+                f"--nproc {len(saved['processes'])} (this run has {self.world})"
+            )
+        users = saved["processes"][self.rank]
         self.policy.load_state_dict(saved["policy"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.generator.set_state(saved["generator"])
         self.update, self.global_step = int(saved["update"]), int(saved["global_step"])
         self.batch_index = int(saved["batch_index"])
-        self.env.set_tasks(self._tasks(self.batch_index))
-        self.observation, _ = self.env.load_checkpoint(saved["env"])
-        self.memory = Memory(saved["memory"]["hidden"].to(self.device), saved["memory"]["last_slate"].to(self.device))
-        self.last_reward = saved["last_reward"].to(self.device)
-        self.discounted_return = saved["discounted_return"].to(self.device)
+        self.env.set_tasks(self._local(self._tasks(self.batch_index)))
+        self.observation, _ = self.env.load_checkpoint(users["env"])
+        memory = users["memory"]
+        self.memory = Memory(memory["hidden"].to(self.device), memory["last_slate"].to(self.device))
+        self.last_reward = users["last_reward"].to(self.device)
+        self.discounted_return = users["discounted_return"].to(self.device)
         self.return_stats.load_state_dict(saved["return_stats"])
+

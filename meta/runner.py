@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +34,8 @@ import yaml
 from metarec.abtest.runner import finite
 from metarec.envs.population import FrozenConfig, validate_config
 from pydantic import Field, field_validator, model_validator
+
+from metarec.distributed import spawn_for_result, torchrun_group, world_size
 
 from .evaluate import EvalConfig, LoggedItemStats, RL2Recommender, evaluate
 from .gradient_rl import AdaptingRecommender, GradientConfig, GradientMetaTrainer
@@ -129,7 +130,8 @@ def meta_train(
     ``nproc > 1`` spawns that many processes on this machine (``torch.distributed``: gloo on CPU,
     NCCL on GPUs) that share each meta-batch's tasks and average the meta-gradients; the parameters
     equal a one-process run's up to floating-point summation order. Under ``torchrun`` (``WORLD_SIZE``
-    set), the processes torchrun started join one group the same way. RL² trains in one process.
+    set), the processes torchrun started join one group the same way. RL² shares its meta-batch's
+    tasks the same way (see :mod:`metarec.meta.rl2`).
     """
     out = Path(out)
     checkpoint_path = out / "checkpoints" / "last.pt"
@@ -137,17 +139,18 @@ def meta_train(
         raise ValueError(f"out: {out} is not empty; pass --resume to continue the run there, or another --out")
     if resume and not checkpoint_path.is_file():
         raise ValueError(f"--resume: no checkpoint at {checkpoint_path}")
-    world = nproc if nproc > 1 else int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and "rl2" in config.methods:
-        raise ValueError(f"methods: rl2 trains in one process; drop it from methods to train with {world} processes")
-    if world > 1 and config.gradient.tasks_per_batch % world:
+    world = world_size(nproc)
+    if world > 1 and "rl2" in config.methods and config.rl2.tasks_per_batch % world:
+        raise ValueError(f"rl2.tasks_per_batch: must divide among {world} processes, got {config.rl2.tasks_per_batch}")
+    gradient_methods = set(config.methods) - {"rl2", "scratch"}
+    if world > 1 and gradient_methods and config.gradient.tasks_per_batch % world:
         raise ValueError(f"gradient.tasks_per_batch: must divide among {world} processes, got "
                          f"{config.gradient.tasks_per_batch}")  # fmt: skip
     if nproc > 1:
         _spawn(config, out, resume, nproc)
         return json.loads((out / "results.json").read_text())
     if world > 1:  # started by torchrun
-        _join_group(config, int(os.environ["RANK"]), world, "env://")
+        torchrun_group(config.device, config.torch_threads)
     return _meta_train(config, out, resume, progress)
 
 
@@ -163,71 +166,20 @@ def _any_rank(flag: bool) -> bool:
 def _spawn(config: MetaTrainConfig, out: Path, resume: bool, nproc: int) -> None:
     """Runs ``nproc`` worker processes; SIGTERM/SIGINT to this process is passed on to them, so they
     checkpoint and stop together, and then raises :class:`TrainingInterrupted` here."""
-    import signal
+    from metarec.training import TrainingInterrupted
 
-    import torch.multiprocessing as mp
-
-    from metarec.training import TrainingInterrupted, stop_requests
-
-    context = mp.start_processes(
-        _worker, args=(config.model_dump_json(), str(out), resume, nproc, _free_port()), nprocs=nproc, join=False
-    )
-    with stop_requests() as request:
-        forwarded = False
-        while True:
-            if request["signal"] is not None and not forwarded:
-                for process in context.processes:
-                    if process.is_alive() and process.pid is not None:
-                        os.kill(process.pid, getattr(signal, str(request["signal"])))
-                forwarded = True
-            try:
-                if context.join(timeout=0.2):
-                    break
-            except mp.ProcessExitedException:
-                if request["signal"] is None:
-                    raise
-                break
-            except mp.ProcessRaisedException as err:
-                if request["signal"] is None or "TrainingInterrupted" not in str(err):
-                    raise
-                break
-    if request["signal"] is not None:
-        for process in context.processes:
-            process.join()
+    def stopped(signal_name: str) -> Exception:
         checkpoint = out / "checkpoints" / "last.pt"
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True) if checkpoint.is_file() else {}
         step = int(((saved.get("current") or {}).get("state") or {}).get("global_step", 0))
-        raise TrainingInterrupted(str(request["signal"]), step, checkpoint)
+        return TrainingInterrupted(signal_name, step, checkpoint)
+
+    spawn_for_result(_worker, (config.model_dump_json(), str(out), resume), nproc, config.device,
+                     config.torch_threads, on_stop=stopped)  # fmt: skip
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _join_group(config: MetaTrainConfig, rank: int, world: int, init_method: str) -> None:
-    import torch.distributed as dist
-
-    backend = "nccl" if torch.device(config.device).type == "cuda" else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(rank % torch.cuda.device_count())
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
-    threads = config.torch_threads or torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // world))  # the processes share the machine's cores
-
-
-def _worker(rank: int, config_json: str, out: str, resume: bool, world: int, port: int) -> None:
-    import torch.distributed as dist
-
-    config = MetaTrainConfig.model_validate_json(config_json)
-    _join_group(config, rank, world, f"tcp://127.0.0.1:{port}")
-    try:
-        _meta_train(config, Path(out), resume, progress=False)
-    finally:
-        dist.destroy_process_group()
+def _worker(config_json: str, out: str, resume: bool) -> None:
+    _meta_train(MetaTrainConfig.model_validate_json(config_json), Path(out), resume, progress=False)
 
 
 class _NoWriter:
@@ -379,7 +331,7 @@ def load_meta_recommender(weights: str | Path, env: Any, seed: int) -> Any:
     recommender = RL2Recommender(policy, generator, deterministic=config.eval.rl2_greedy)
     recommender.name = f"rl2:{run.name}"
     if config.item_stats:
-        recommender = LoggedItemStats(recommender, int(env.model.num_items), env.device)
+        recommender = LoggedItemStats(recommender, int(env.model.num_items), env.device, config.rl2.users_per_task)
     return recommender
 
 

@@ -25,7 +25,9 @@ def _cmd_envs(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from metarec.evaluation import evaluate
 
-    result = evaluate(args.env, args.agent, args.users, seed=args.seed, device=args.device)
+    result = evaluate(args.env, args.agent, args.users, seed=args.seed, device=args.device, nproc=args.nproc)
+    if result is None:  # a process of a torchrun group other than the first: it prints nothing
+        return 0
     if args.json:
         print(json.dumps(result))
     else:
@@ -43,7 +45,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set or [])
     out = args.out or f"runs/{Path(args.config).stem}"
     try:
-        results = train(config, out, resume=args.resume, progress=not args.quiet)
+        results = train(config, out, resume=args.resume, progress=not args.quiet, nproc=args.nproc)
     except TrainingInterrupted as stop:
         print(f"metarec train: stopped by {stop}", file=sys.stderr)
         return 143 if stop.signal_name == "SIGTERM" else 130  # 128 + the signal number, as a shell reports
@@ -62,7 +64,9 @@ def _cmd_abtest(args: argparse.Namespace) -> int:
 
     config = load_yaml_config(ABTestConfig, args.config, args.set or [])
     out = Path(args.out or f"runs/{Path(args.config).stem}")
-    results = run_abtest(config, out, quiet=args.quiet)
+    results = run_abtest(config, out, quiet=args.quiet, nproc=args.nproc)
+    if results is None:  # a process of a torchrun group other than the first: it prints nothing
+        return 0
     if args.json:
         primary = config.primary_metric
         print(
@@ -188,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     ev.add_argument("--json", action="store_true", help="print one JSON line")
+    ev.add_argument(
+        "--nproc", type=_positive_int, default=1,
+        help="split the users across N processes on this machine (same result as one process)",
+    )  # fmt: skip
     ev.set_defaults(func=_cmd_evaluate)
 
     tr = sub.add_parser("train", help="train a recommender from a YAML config (batched PPO or stable-baselines3)")
@@ -196,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.add_argument(
+        "--nproc", type=_positive_int, default=1,
+        help="batched PPO: split the users across N processes on this machine (gloo on CPU, NCCL on GPUs)",
+    )  # fmt: skip
     tr.set_defaults(func=_cmd_train)
 
     ab = sub.add_parser("abtest", help="run a simulated A/B test from a YAML config and write its report")
@@ -204,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     ab.add_argument("--quiet", action="store_true", help="no progress bars")
     ab.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
+    ab.add_argument(
+        "--nproc", type=_positive_int, default=1,
+        help="split the users across N processes on this machine (same results as one process)",
+    )  # fmt: skip
     ab.set_defaults(func=_cmd_abtest)
 
     mt = sub.add_parser("meta-train", help="meta-train RL2, MAML, FOMAML, Reptile and baselines across populations")

@@ -11,6 +11,7 @@ import torch
 from scipy import stats
 
 from metarec.agents import Recommender
+from metarec.agents.base import Shard
 from metarec.agents.registry import RECOMMENDERS, make_recommender
 
 
@@ -53,51 +54,90 @@ def evaluate(
     device: str = "cpu",
     env_kwargs: dict[str, Any] | None = None,
     max_steps: int = 100_000,
-) -> dict[str, Any]:
+    nproc: int = 1,
+) -> dict[str, Any] | None:
     """Runs ``users`` fresh users for one episode each and summarises their returns.
+
+    The users step as one batch with autoreset off: a user who finishes stays finished and the
+    recommender is told (``info["active"]``) to neither serve nor learn from them. ``nproc > 1``
+    splits the users across that many processes on this machine (under ``torchrun``, across the
+    processes it started): each steps a contiguous block, drawing every random number for all users
+    (``shard``), and the per-user sums are gathered, so the result is exactly one process's. Only
+    the first process returns it (the others return None).
 
     Returns:
         ``env``, ``agent``, ``users``, ``seed``, ``device``, ``mean_return``, ``ci95`` (half-width),
         ``std_return``, ``mean_length``, ``click_rate``, ``mean_regret`` (per step, against the myopic
-        oracle).
+        oracle), ``processes``.
     """
-    if users < 1:
-        raise ValueError(f"users: expected a positive integer, got {users}")
-    env = gym.make_vec(
-        env_id, num_envs=users, vectorization_mode="vector_entry_point", device=device, **(env_kwargs or {})
+    from metarec.distributed import (
+        blocks,
+        group_size,
+        in_group,
+        rank,
+        spawn_for_result,
+        torchrun_group,
+        world_size,
     )
+
+    if isinstance(users, bool) or not isinstance(users, int) or users < 1:
+        raise ValueError(f"users: expected a positive integer, got {users}")
+    world = world_size(nproc)
+    if nproc > 1:
+        if not isinstance(agent, str):
+            raise ValueError("agent: a run split across processes takes the recommender's name or run directory")
+        args = (env_id, agent, users, seed, device, env_kwargs, max_steps)
+        return spawn_for_result(_evaluate_worker, args, nproc, device)
+    if world > 1:
+        torchrun_group(device)
+    kwargs = dict(env_kwargs or {})
+    shard = None
+    if in_group() and group_size() > 1:
+        offset, size = blocks(users, group_size())[rank()]
+        shard = Shard(users, offset, size)
+        kwargs["shard"] = (users, list(range(offset, offset + size)))
+    try:
+        env = gym.make_vec(
+            env_id, num_envs=users if shard is None else shard.size, vectorization_mode="vector_entry_point",
+            device=device, autoreset=False, **kwargs,
+        )  # fmt: skip
+    except TypeError as err:
+        if shard is None or "shard" not in str(err):
+            raise
+        raise ValueError(f"nproc: {env_id} cannot be split across processes (it takes no shard)") from err
     base = env.unwrapped if hasattr(env, "unwrapped") else env
     recommender = make_agent(agent, base, seed) if isinstance(agent, str) else agent
+    recommender.place(shard)
     observation, info = env.reset(seed=seed)
     recommender.reset()
     dev = base.device
-    returns = torch.zeros(users, dtype=torch.float64, device=dev)
-    lengths = torch.zeros(users, dtype=torch.int64, device=dev)
-    clicks = torch.zeros(users, dtype=torch.float64, device=dev)
-    regret = torch.zeros(users, dtype=torch.float64, device=dev)
-    running = torch.ones(users, dtype=torch.bool, device=dev)
+    batch = base.num_envs
+    # per user: return, steps, clicks, regret (float64; exact sums of each user's own steps)
+    sums = torch.zeros((batch, 4), dtype=torch.float64, device=dev)
+    running = torch.ones(batch, dtype=torch.bool, device=dev)
     for _ in range(max_steps):
-        action = recommender.act(observation, info)
+        action = recommender.act(observation, {**info, "active": running})
         observation, reward, terminated, truncated, info = env.step(action)
         done = terminated | truncated
-        recommender.observe(reward, done, info)
-        active = running.to(torch.float64)
-        returns += reward.to(torch.float64) * active
-        lengths += running.to(torch.int64)
-        clicks += info["clicked"].to(torch.float64) * active
-        if "regret" in info:
-            regret += info["regret"].to(torch.float64) * active
-        running &= ~done
-        if bool(done.any()):
-            recommender.reset(done)
-        if not bool(running.any()):
+        recommender.observe(reward, done, {**info, "active": running})
+        regret = info["regret"] if "regret" in info else torch.zeros_like(reward)
+        step = torch.stack([reward.to(dev), torch.ones_like(reward, device=dev), info["clicked"].to(dev),
+                            regret.to(dev)], dim=1).to(torch.float64)  # fmt: skip
+        sums += step * running[:, None]
+        running &= ~done.to(dev)
+        left = running.any().to(torch.int64)
+        if shard is not None:
+            shard.sum_(left)
+        if not bool(left):
             break
     else:
         raise RuntimeError(f"evaluation did not finish within max_steps={max_steps}")
     env.close()
-    per_user = returns.cpu().numpy()
+    table = _gather_users(sums.cpu().numpy(), shard)
+    if table is None:
+        return None
+    per_user, total_steps = table[:, 0], float(table[:, 1].sum())
     mean, half = mean_ci95(per_user)
-    total_steps = float(lengths.sum())
     return {
         "env": env_id,
         "agent": recommender.name,
@@ -108,6 +148,22 @@ def evaluate(
         "ci95": half,
         "std_return": float(np.std(per_user, ddof=1)) if users > 1 else 0.0,
         "mean_length": total_steps / users,
-        "click_rate": float(clicks.sum()) / total_steps,
-        "mean_regret": float(regret.sum()) / total_steps,
+        "click_rate": float(table[:, 2].sum()) / total_steps,
+        "mean_regret": float(table[:, 3].sum()) / total_steps,
+        "processes": group_size() if shard is not None else 1,
     }
+
+
+def _gather_users(table: np.ndarray, shard: Shard | None) -> np.ndarray | None:
+    """Every process's per-user rows in rank order, on the first process (None on the others)."""
+    import torch.distributed as dist
+
+    if shard is None:
+        return table
+    parts: list[Any] = [None] * dist.get_world_size() if dist.get_rank() == 0 else []
+    dist.gather_object(table, parts if dist.get_rank() == 0 else None, dst=0)
+    return np.concatenate(parts) if dist.get_rank() == 0 else None
+
+
+def _evaluate_worker(*args: Any) -> dict[str, Any] | None:
+    return evaluate(*args)

@@ -212,10 +212,59 @@ def normalised(value: float, references: dict[str, dict[str, Any]]) -> float:
     return (value - low) / (high - low) if high != low else float("nan")
 
 
-def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Runs ``config`` into the run directory ``out`` and returns its results (also in results.json)."""
+def train(
+    config: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True, nproc: int = 1
+) -> dict[str, Any]:
+    """Runs ``config`` into the run directory ``out`` and returns its results (also in results.json).
+
+    ``nproc > 1`` (``algo: ppo`` only) trains in that many processes on this machine, each stepping
+    a block of the ``ppo.num_envs`` users (see :mod:`metarec.agents.ppo`); under ``torchrun`` the
+    processes it started share the work the same way. SIGTERM to this process reaches them all: they
+    checkpoint at the same update and stop.
+    """
+    from metarec.distributed import rank, spawn_for_result, torchrun_group, world_size
+
+    world = world_size(nproc)
+    if world > 1 and config.algo != "ppo":
+        raise ValueError(f"nproc: only algo ppo (metarec's batched PPO) trains across processes, got {config.algo!r}")
+    if world > 1 and config.ppo.num_envs % world:
+        raise ValueError(f"ppo.num_envs: must divide among {world} processes, got {config.ppo.num_envs}")
     out = Path(out)
     checkpoint = out / "checkpoints" / "last.pt"
+    if world > 1 and nproc == 1:  # started by torchrun: the first process checks and prepares the run
+        torchrun_group(config.device, config.torch_threads)
+        import torch.distributed as dist
+
+        problem = None
+        if rank() == 0:
+            try:
+                _prepare_run(config, out, resume)
+            except ValueError as err:
+                problem = str(err)
+        shared = [problem]
+        dist.broadcast_object_list(shared, src=0)
+        if shared[0] is not None:
+            raise ValueError(shared[0])
+        return _train_batched_ppo(config, out, checkpoint if resume else None, progress)
+    _prepare_run(config, out, resume)
+    if nproc > 1:
+
+        def stopped(signal_name: str) -> Exception:
+            saved = torch.load(checkpoint, map_location="cpu", weights_only=True) if checkpoint.is_file() else {}
+            return TrainingInterrupted(signal_name, int(saved.get("global_step", 0)), checkpoint)
+
+        return spawn_for_result(_train_worker, (config.model_dump_json(), str(out), resume), nproc, config.device,
+                                config.torch_threads, on_stop=stopped)  # fmt: skip
+    if config.torch_threads is not None:
+        torch.set_num_threads(config.torch_threads)
+    if config.algo == "ppo":
+        return _train_batched_ppo(config, out, checkpoint if resume else None, progress)
+    return _train_sb3(config, out, resume, progress)
+
+
+def _prepare_run(config: TrainConfig, out: Path, resume: bool) -> None:
+    """Checks that ``out`` may take the run (a new one, or the one being resumed, same config) and
+    writes ``config.yaml``."""
     if out.exists() and any(out.iterdir()) and not resume:
         raise ValueError(f"out: {out} already holds a run; pass --resume to continue it or choose another --out")
     if resume and (out / "config.yaml").is_file():
@@ -228,35 +277,39 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: 
             )
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False), out / "config.yaml")
-    if config.torch_threads is not None:
-        torch.set_num_threads(config.torch_threads)
-    if config.algo == "ppo":
-        return _train_batched_ppo(config, out, checkpoint if resume else None, progress)
-    return _train_sb3(config, out, resume, progress)
 
 
 def _train_batched_ppo(config: TrainConfig, out: Path, resume_from: Path | None, progress: bool) -> dict[str, Any]:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
+    from metarec.distributed import blocks, group_size, rank
     from metarec.evaluation import evaluate
 
-    env = make_vector_env(config, config.ppo.num_envs, ground_truth=False)
+    world, primary = group_size(), rank() == 0  # the first process writes the files
+    if world == 1:
+        env = make_vector_env(config, config.ppo.num_envs, ground_truth=False)
+    else:
+        offset, size = blocks(config.ppo.num_envs, world)[rank()]
+        env = make_vector_env(config, size, ground_truth=False, shard=(config.ppo.num_envs,
+                                                                      list(range(offset, offset + size))))  # fmt: skip
     ppo = BatchedPPO(env, config.ppo, seed=config.seed, total_steps=config.total_steps)
     if resume_from is not None and resume_from.is_file():
         ppo.load_state_dict(torch.load(resume_from, map_location="cpu", weights_only=True))  # RNG states stay on CPU
     # Events the interrupted process logged after its checkpoint (steps > the checkpoint's) are dropped.
     resuming = resume_from is not None
-    writer = SummaryWriter(str(out / "tb"), purge_step=ppo.global_step + 1 if resuming else None)
+    writer: Any = (
+        SummaryWriter(str(out / "tb"), purge_step=ppo.global_step + 1 if resuming else None) if primary else _NoWriter()
+    )
     if ppo.global_step == 0:
         writer.add_text("hyperparameters", hyperparameter_table(config))
-    references = reference_returns(config) if config.eval.users else None
+    references = reference_returns(config) if config.eval.users else None  # None off the first process
     started = time.perf_counter()
     start_step = ppo.global_step
     last_checkpoint = ppo.global_step
     bar = tqdm(total=config.total_steps, initial=ppo.global_step, unit="step", disable=not progress, smoothing=0.1)
 
-    def evaluate_now() -> dict[str, Any]:
+    def evaluate_now() -> dict[str, Any] | None:
         result = evaluate(
             config.env,
             ppo.recommender(),
@@ -264,7 +317,9 @@ def _train_batched_ppo(config: TrainConfig, out: Path, resume_from: Path | None,
             seed=config.eval.seed,
             device=config.device,
             env_kwargs=config.env_kwargs,
-        )
+        )  # in a group: every process serves its block of the users; the first gets the result
+        if result is None:
+            return None
         writer.add_scalar("eval/mean_return", result["mean_return"], ppo.global_step)
         writer.add_scalar("eval/ci95", result["ci95"], ppo.global_step)
         writer.add_scalar("eval/click_rate", result["click_rate"], ppo.global_step)
@@ -293,8 +348,15 @@ def _train_batched_ppo(config: TrainConfig, out: Path, resume_from: Path | None,
         if config.eval.every_steps and step // config.eval.every_steps > previous // config.eval.every_steps:
             evaluate_now()
         stopping = request["signal"] is not None
+        if world > 1:  # every process stops at the same update
+            from metarec.meta.runner import _any_rank
+
+            stopping = _any_rank(stopping)
+            request["signal"] = request["signal"] or ("SIGTERM" if stopping else None)
         if step - last_checkpoint >= config.checkpoint_every or step >= config.total_steps or stopping:
-            _atomic_save(ppo.state_dict(), out / "checkpoints" / "last.pt")
+            state = ppo.state_dict()  # every process takes part (it gathers their users)
+            if primary:
+                _atomic_save(state, out / "checkpoints" / "last.pt")
             writer.flush()
             last_checkpoint = step
         if stopping:
@@ -306,9 +368,13 @@ def _train_batched_ppo(config: TrainConfig, out: Path, resume_from: Path | None,
         ppo.train(config.total_steps, on_update)
     bar.close()
     seconds = time.perf_counter() - started
-    _atomic_save({"config": json.loads(config.model_dump_json()), "policy": ppo.policy.state_dict()}, out / "model.pt")
+    if primary:
+        _atomic_save({"config": json.loads(config.model_dump_json()), "policy": ppo.policy.state_dict()},
+                     out / "model.pt")  # fmt: skip
     final = evaluate_now()
     writer.close()
+    if final is None:  # not the first process
+        return {}
     results = {
         "algo": config.algo,
         "env": config.env,
@@ -319,12 +385,47 @@ def _train_batched_ppo(config: TrainConfig, out: Path, resume_from: Path | None,
         "eval": final,
         "mean_return": final["mean_return"],
         "ci95": final["ci95"],
+        "processes": world,
+        "params_sha256": _params_sha256(ppo.policy.state_dict()),
     }
     if references is not None:
         results["references"] = {k: {"mean_return": v["mean_return"], "ci95": v["ci95"]} for k, v in references.items()}
         results["normalised_return"] = normalised(final["mean_return"], references)
     _atomic_write_text(json.dumps(results, indent=2), out / "results.json")
     return results
+
+
+def _train_worker(config_json: str, out: str, resume: bool) -> dict[str, Any]:
+    checkpoint = Path(out) / "checkpoints" / "last.pt"
+    config = TrainConfig.model_validate_json(config_json)
+    return _train_batched_ppo(config, Path(out), checkpoint if resume else None, progress=False)
+
+
+def _params_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the parameters in a canonical order (names sorted; float32 bytes on the CPU)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _NoWriter:
+    """Stands in for TensorBoard's SummaryWriter in processes other than the first."""
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def add_text(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _check_same_spaces(run_dir: Path, config: TrainConfig, env: Any, spec_id: str) -> None:

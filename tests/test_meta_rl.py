@@ -205,7 +205,46 @@ def test_logged_item_stats_match_what_the_task_batch_env_appends(distribution) -
         torch.testing.assert_close(inner.seen[-1], observation["candidates"][..., -3:])
         observation, reward, terminated, truncated, info = env.step(slate)
         served.observe(reward, terminated | truncated, info)
-    assert float(served.table[:, 0].sum()) > 0 and torch.equal(served.table, env.model.item_stats)
+    logged = served.stats()
+    assert float(logged[:, 0].sum()) > 0 and torch.equal(logged[:, :2], env.model.item_stats[:, :2])
+    torch.testing.assert_close(logged[:, 2], env.model.item_stats[:, 2])  # fixed point against float32 sums
+
+
+def test_logged_item_stats_are_scaled_to_the_pool_the_policy_learned_from() -> None:
+    """Served to 64 users, a policy trained on pools of 16 sees each item's counts and sums times 16/64
+    (rates unchanged, impressions in its training range); pool_users is checked."""
+    from metarec.envs.task_batch import item_stat_features
+    from metarec.meta.evaluate import LoggedItemStats
+
+    class First:
+        name = "first"
+
+        def __init__(self) -> None:
+            self.seen: list[torch.Tensor] = []
+
+        def reset(self, mask=None) -> None:
+            pass
+
+        def act(self, observation, info):
+            self.seen.append(observation["candidates"][..., -3:].clone())
+            return torch.arange(2).expand(observation["candidates"].shape[0], 2)
+
+        def observe(self, reward, done, info) -> None:
+            pass
+
+    inner = First()
+    served = LoggedItemStats(inner, 10, "cpu", pool_users=16)
+    ids = torch.arange(4).expand(64, 4).contiguous()
+    observation = {"candidates": torch.zeros(64, 4, 2), "candidate_ids": ids}
+    served.act(observation, {})
+    chosen = torch.zeros(64, dtype=torch.int64)  # everyone clicks the first
+    served.observe(torch.full((64,), 2.0), torch.zeros(64, dtype=torch.bool), {"chosen_candidate": chosen})
+    served.act(observation, {})
+    expected = item_stat_features(torch, served.stats()[ids] * (16 / 64))
+    torch.testing.assert_close(inner.seen[-1], expected)
+    assert float(served.stats()[0, 0]) == 64 and float(expected[0, 0, 2]) == pytest.approx(np.log1p(16.0))
+    with pytest.raises(ValueError, match="pool_users: expected a positive integer"):
+        LoggedItemStats(inner, 10, "cpu", pool_users=0)
 
 
 def test_meta_train_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path) -> None:
@@ -229,11 +268,14 @@ def test_meta_train_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path)
 
 
 def test_two_gloo_processes_give_the_parameters_of_one(tmp_path) -> None:
-    config = load_meta_config(TINY, ["methods=[maml,reptile,finetune]", "gradient.meta_steps=4"])
+    # RL² over 6 updates crosses two new task batches (resample_every 2), so autoreset, new users
+    # and the shared reward scale all happen across processes
+    config = load_meta_config(TINY, ["methods=[rl2,maml,reptile,finetune]", "gradient.meta_steps=4"])
     one = meta_train(config, tmp_path / "one", progress=False)
     two = meta_train(config, tmp_path / "two", progress=False, nproc=2)
     assert two["processes"] == 2 and one["processes"] == 1
-    for name in ("maml", "reptile", "finetune"):
+    assert two["methods"]["rl2"]["env_steps"] == one["methods"]["rl2"]["env_steps"]
+    for name in ("rl2", "maml", "reptile", "finetune"):
         a = torch.load(tmp_path / "one" / "methods" / f"{name}.pt", weights_only=True)["policy"]
         b = torch.load(tmp_path / "two" / "methods" / f"{name}.pt", weights_only=True)["policy"]
         moved = max(float((a[k] - b[k]).abs().max()) for k in a)
@@ -241,8 +283,9 @@ def test_two_gloo_processes_give_the_parameters_of_one(tmp_path) -> None:
 
 
 def test_processes_refuse_what_they_cannot_share(tmp_path) -> None:
-    with pytest.raises(ValueError, match="methods: rl2 trains in one process"):
-        meta_train(load_meta_config(TINY), tmp_path / "a", progress=False, nproc=2)
+    config = load_meta_config(TINY, ["methods=[rl2]", "rl2.tasks_per_batch=3"])
+    with pytest.raises(ValueError, match=r"rl2\.tasks_per_batch: must divide among 2 processes, got 3"):
+        meta_train(config, tmp_path / "a", progress=False, nproc=2)
     config = load_meta_config(TINY, ["methods=[maml]", "gradient.tasks_per_batch=3"])
     with pytest.raises(ValueError, match=r"gradient\.tasks_per_batch: must divide among 2 processes, got 3"):
         meta_train(config, tmp_path / "b", progress=False, nproc=2)
@@ -257,7 +300,9 @@ def test_shipped_meta_configs_validate(name) -> None:
 
 
 def test_sigterm_to_a_two_process_run_checkpoints_both_and_resumes(tmp_path) -> None:
-    sets = ["--set", "methods=[maml]", "--set", "gradient.meta_steps=60", "--set", "checkpoint_every=1"]
+    # stopped in RL² (its checkpoint holds both processes' users), then MAML
+    sets = ["--set", "methods=[rl2,maml]", "--set", "rl2.updates=40", "--set", "gradient.meta_steps=10",
+            "--set", "checkpoint_every=1"]  # fmt: skip
     base = [sys.executable, "-m", "metarec", "meta-train", str(TINY), "--nproc", "2", "--quiet", *sets]
     whole = subprocess.run([*base, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr
@@ -270,6 +315,9 @@ def test_sigterm_to_a_two_process_run_checkpoints_both_and_resumes(tmp_path) -> 
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr
     assert "stopped by SIGTERM" in stderr and not (out / "results.json").exists()
+    one = [arg for arg in base if arg not in ("--nproc", "2")]
+    refused = subprocess.run([*one, "--out", str(out), "--resume"], capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "resume with --nproc 2" in refused.stderr, refused.stderr
     resumed = subprocess.run([*base, "--out", str(out), "--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["params_sha256"] == json.loads(whole.stdout)["params_sha256"]

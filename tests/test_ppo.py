@@ -233,3 +233,24 @@ def test_nan_guard_names_where_it_arose() -> None:
         next(ppo.policy.parameters()).fill_(float("inf"))  # weights gone bad mid-run
     with pytest.raises(FloatingPointError, match=r"a minibatch's \w+ is NaN or infinite"):
         ppo.learn(rollout)
+
+
+def test_two_gloo_processes_train_the_parameters_of_one(tmp_path: Path) -> None:
+    """Batched PPO split across two processes (each a block of the users, the gradients summed) ends
+    where one process with the same users, draws and minibatches does (keyed_resets: newcomers are
+    drawn for every row each step, as the split run must); the evaluation is split too."""
+    env_kwargs = {"population": {"session_budget": 6.0}}  # users finish and are replaced within the run
+    config = load_config(write_config(tmp_path / "tiny.yaml", env_kwargs={**env_kwargs, "keyed_resets": True},
+                                      eval={"users": 24, "every_steps": 0}))  # fmt: skip
+    one = train(config, tmp_path / "one", progress=False)
+    two = train(config, tmp_path / "two", progress=False, nproc=2)
+    assert (one["processes"], two["processes"]) == (1, 2)
+    a = torch.load(tmp_path / "one" / "model.pt", weights_only=True)["policy"]
+    b = torch.load(tmp_path / "two" / "model.pt", weights_only=True)["policy"]
+    moved = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert moved < 1e-5, moved
+    assert two["env_steps"] == one["env_steps"] and abs(two["mean_return"] - one["mean_return"]) < 1e-3
+    with pytest.raises(ValueError, match=r"ppo\.num_envs: must divide among 3 processes, got 32"):
+        train(config, tmp_path / "three", progress=False, nproc=3)
+    with pytest.raises(ValueError, match="nproc: only algo ppo"):
+        train(load_config(write_config(tmp_path / "sb3.yaml", algo="sb3-ppo")), tmp_path / "sb3", nproc=2)

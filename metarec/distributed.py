@@ -1,0 +1,148 @@
+"""Process groups for the commands that split their work across processes (``--nproc N`` or torchrun).
+
+``torch.distributed`` does the work: gloo on CPU, NCCL on GPUs. ``--nproc N`` spawns N processes on
+this machine that meet at a free local port; under ``torchrun`` (``WORLD_SIZE`` set) the processes
+torchrun started join through its environment variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def world_size(nproc: int) -> int:
+    """Processes of the run: ``nproc`` when above 1, else torchrun's ``WORLD_SIZE`` (1 without it)."""
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"nproc: expected a positive integer, got {nproc!r}")
+    return nproc if nproc > 1 else int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for the processes of one group to meet at."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def join_group(device: str, rank: int, world: int, init_method: str, threads: int | None = None,
+               backend: str | None = None) -> None:  # fmt: skip
+    """Joins process ``rank`` of ``world`` to the default group (NCCL when ``device`` is CUDA, else
+    gloo; ``backend`` forces one) and gives it its share of the machine's cores."""
+    import torch.distributed as dist
+
+    if backend is None:
+        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
+    torch.set_num_threads(max(1, (threads or torch.get_num_threads()) // world))  # the processes share the cores
+
+
+def rank() -> int:
+    """This process's rank (0 without a group)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def group_size() -> int:
+    """Processes in this process's group (1 without a group)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def blocks(total: int, world: int) -> list[tuple[int, int]]:
+    """``(offset, size)`` of each process's contiguous block of ``total`` rows, in rank order; sizes
+    differ by at most one."""
+    if total < world:
+        raise ValueError(f"users: expected at least one user per process ({world}), got {total}")
+    base, extra = divmod(total, world)
+    sizes = [base + (1 if r < extra else 0) for r in range(world)]
+    offsets = [sum(sizes[:r]) for r in range(world)]
+    return list(zip(offsets, sizes, strict=True))
+
+
+def in_group() -> bool:
+    """Whether this process is in a ``torch.distributed`` group."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def torchrun_group(device: str, threads: int | None = None) -> None:
+    """Joins the group of the processes torchrun started (``RANK``/``WORLD_SIZE`` in the environment),
+    unless this process is in a group already."""
+    if not in_group():
+        join_group(device, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://", threads)
+
+
+def spawn_for_result(
+    function: Callable[..., Any],
+    args: tuple[Any, ...],
+    nproc: int,
+    device: str = "cpu",
+    threads: int | None = None,
+    on_stop: Callable[[str], Exception] | None = None,
+) -> Any:
+    """Runs ``function(*args)`` in ``nproc`` new processes joined in one group and returns what the
+    first returned (a JSON value).
+
+    With ``on_stop``, SIGTERM or SIGINT to this process is passed on to the processes (which are
+    expected to stop together, say after a checkpoint) and ``on_stop(signal_name)`` is raised here
+    once they have ended.
+    """
+    import signal
+
+    import torch.multiprocessing as mp
+
+    from metarec.training import stop_requests
+
+    with tempfile.TemporaryDirectory(prefix="metarec-") as scratch:
+        result = Path(scratch) / "result.json"
+        context = mp.start_processes(
+            _run_in_group, args=(function, args, str(result), nproc, free_port(), device, threads), nprocs=nproc,
+            join=False,
+        )  # fmt: skip
+        with stop_requests() as request:
+            forwarded = False
+            while True:
+                if on_stop is not None and request["signal"] is not None and not forwarded:
+                    for process in context.processes:
+                        if process.is_alive() and process.pid is not None:
+                            os.kill(process.pid, getattr(signal, str(request["signal"])))
+                    forwarded = True
+                try:
+                    if context.join(timeout=0.2):
+                        break
+                except (mp.ProcessExitedException, mp.ProcessRaisedException):
+                    if not forwarded:
+                        raise
+                    break
+        if forwarded:
+            for process in context.processes:
+                process.join()
+            assert on_stop is not None
+            raise on_stop(str(request["signal"]))
+        return json.loads(result.read_text())
+
+
+def _run_in_group(rank_: int, function: Callable[..., Any], args: tuple[Any, ...], result: str, world: int,
+                  port: int, device: str, threads: int | None) -> None:  # fmt: skip
+    import torch.distributed as dist
+
+    join_group(device, rank_, world, f"tcp://127.0.0.1:{port}", threads)
+    try:
+        value = function(*args)
+        if rank_ == 0:
+            Path(result).write_text(json.dumps(value))
+    finally:
+        dist.destroy_process_group()
