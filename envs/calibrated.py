@@ -15,6 +15,7 @@ The files are read with ``json`` and ``numpy.load(allow_pickle=False)``; nothing
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -95,14 +96,32 @@ def check_world(world: dict[str, np.ndarray], config: SimulatorConfig, where: st
     return out
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` (nested dicts, lists, tuples, numbers, numpy scalars and arrays) as plain JSON values,
+    with None for every non-finite number: a fit's statistics may be NaN (say a repeat rate of users
+    with one event each), and the population file is strict JSON."""
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def save_population(
     path: str | Path, config: SimulatorConfig, world: dict[str, np.ndarray], fit: dict[str, Any] | None = None
 ) -> Path:
-    """Writes a calibrated population directory (atomically per file) and returns it."""
+    """Writes a calibrated population directory (atomically per file) and returns it. Non-finite numbers
+    in ``fit`` are written as null."""
     path = Path(path)
     world = check_world(world, config)
     path.mkdir(parents=True, exist_ok=True)
-    document = {"format": FORMAT, "config": config.model_dump(), "fit": fit or {}}
+    document = {"format": FORMAT, "config": config.model_dump(), "fit": json_safe(fit or {})}
     _atomic_write(path / "population.json", json.dumps(document, indent=2, allow_nan=False).encode())
     with tempfile.NamedTemporaryFile(dir=path, suffix=".npz", delete=False) as handle:
         np.savez(handle, **world)

@@ -46,16 +46,30 @@ def adaptation_section(meta: dict[str, Any], meta_dir: Path) -> ab.Section:
 
 
 def adaptation_conclusion(meta: dict[str, Any]) -> list[ab.Paragraph]:
+    """What the adaptation curves say: the best meta-learner's first sessions and the baselines it is ahead
+    of. Nothing to say without a meta-learner (a meta config of baselines only: ``best_meta_method`` is
+    None) or a curve; a missing value (None: the oracle did no better than random) is shown as missing and
+    compared with nothing."""
     adaptation = meta["adaptation"]
-    best = adaptation["best_meta_method"]
-    methods = adaptation["methods"]
+    best = adaptation.get("best_meta_method")
+    methods = adaptation.get("methods") or {}
+    if best is None or best not in methods or not methods[best].get("normalized_return"):
+        return [ab.Paragraph("No meta-learner was evaluated, so there is no best meta-learner to report.")]
     curve = methods[best]["normalized_return"]
     lines = [
         f"The best meta-learner is {best}: {ab.fmt(curve[0])} of the way from random to the oracle in a new "
         f"user's first session, {ab.fmt(curve[min(4, len(curve) - 1)])} by session {min(5, len(curve))}."
     ]
-    first = {name: methods[name]["normalized_return"][0] for name in BASELINES if name in methods}
-    beaten = [f"{name} ({ab.fmt(value)})" for name, value in first.items() if value is not None and value < curve[0]]
+    first = {
+        name: methods[name]["normalized_return"][0]
+        for name in BASELINES
+        if name in methods and methods[name].get("normalized_return")
+    }
+    beaten = (
+        []
+        if curve[0] is None
+        else [f"{name} ({ab.fmt(value)})" for name, value in first.items() if value is not None and value < curve[0]]
+    )
     if beaten:
         lines.append(f"In the first session it is ahead of {', '.join(beaten)}.")
     return [ab.Paragraph(line) for line in lines]

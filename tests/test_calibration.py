@@ -99,6 +99,7 @@ def test_simulate_logs_and_calibrate_from_the_command_line(tmp_path, capsys):
     expected = {"rating_ks", "popularity_gini_real", "popularity_gini_sim", "recall@10_sim", "recall@10_popularity"}
     assert expected <= set(result["fidelity"])
     assert all(v is None or np.isfinite(v) for v in result["fidelity"].values() if isinstance(v, float))
+    assert result["fidelity"]["logged_click_rate_holdout"] is None  # clicks only: no impressions to rate
     assert (out / "fidelity.json").is_file() and (out / "fidelity.html").is_file()
     env = gym.make("metarec/Calibrated-v0", population=result["population"])
     env.reset(seed=0)
@@ -197,26 +198,38 @@ def test_the_packaged_sentence_model_embeds_offline():
 def test_impressions_without_clicks_set_the_no_click_utility():
     import dataclasses
 
+    from scipy.special import expit
+
+    from metarec.calibration.fit import _prior_slates, _slate_weights
+
     chosen = family_logs(6, seed=0)
-    assert calibrate(chosen, FitConfig(num_candidates=20, max_clusters=2, epochs=5)).fit["no_click"] == {
-        "utility": 1.0,
-        "click_rate": 1.0,
-        "identified": False,
-    }
-    skipped = dataclasses.replace(chosen, item=(chosen.item + 5) % 100, click=np.zeros_like(chosen.click))
-    both = dataclasses.replace(
-        chosen,
-        **{
-            f: np.concatenate([getattr(chosen, f), getattr(skipped, f)])
-            for f in ("user", "item", "timestamp", "rating", "click")
-        },
-    )
     config = FitConfig(num_candidates=20, max_clusters=2, epochs=5)
-    fitted = calibrate(both, config)
-    assert fitted.fit["no_click"]["identified"] and fitted.fit["no_click"]["click_rate"] == pytest.approx(0.5)
+    assumed = calibrate(chosen, config).fit["no_click"]
+    assert not assumed["identified"] and assumed["click_rate"] == config.assumed_click_rate
+
+    def with_impressions(shift: float):
+        skipped = dataclasses.replace(
+            chosen, item=(chosen.item + 5) % 100, click=np.zeros_like(chosen.click), timestamp=chosen.timestamp + shift
+        )
+        columns = ("user", "item", "timestamp", "rating", "click")
+        return dataclasses.replace(
+            chosen, **{f: np.concatenate([getattr(chosen, f), getattr(skipped, f)]) for f in columns}
+        )
+
+    # impressions at times of their own are slates of their own: half the slates were clicked
+    fitted = calibrate(with_impressions(0.5), config)
+    no_click = fitted.fit["no_click"]
+    assert no_click["identified"] and no_click["click_rate"] == pytest.approx(0.5)
+    assert no_click["logged"]["slates"] == 2 * chosen.num_events
     assert fitted.fit["events"] == chosen.num_events  # the skipped impressions are not choices
-    # half the random slates clicked: e^v equals the mean summed exp-utility of a slate
-    assert fitted.config.population.no_click_utility == pytest.approx(fitted.fit["no_click"]["utility"])
+    assert fitted.config.population.no_click_utility == pytest.approx(no_click["utility"])
+    # the simulator's random slates for users of the prior, position weights included, click at that rate
+    spread, bias = fitted.config.population.cluster_spread, fitted.config.population.position_bias
+    log_s, _ = _slate_weights(_prior_slates(fitted.world, spread, fitted.config.slate_size, seed=1), bias)
+    assert np.mean(expit(log_s - no_click["utility"])) == pytest.approx(0.5, abs=0.01)
+    # an impression at the time of a click is on the clicked slate: every slate was clicked
+    every = calibrate(with_impressions(0.0), config).fit["no_click"]
+    assert every["click_rate"] == pytest.approx(0.999) and every["logged"]["click_rate"] == 1.0
 
 
 def test_a_calibrated_population_serves_every_part_of_metarec(tmp_path):

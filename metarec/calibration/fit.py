@@ -21,20 +21,49 @@ softmax over the catalog (every logged event is a choice of one item), in torch:
    than the user's own topic mix predicts (topics are k-means clusters of the item embeddings).
 5. **Ratings**: simulated satisfaction is mapped to the rating scale by the training ratings'
    quantiles (a monotone link), so simulated ratings use the logs' scale.
-6. **No click**: rows with ``click`` 0 (impressions nobody chose) are not choices; where there are
-   any, the no-click utility is set to reproduce the logged click rate on random slates. A log of
-   choices alone cannot identify it.
+6. **Where utilities sit, and the no-click utility**: the softmax over the catalog is unchanged by
+   adding a constant to every item's quality, so the fit leaves the utilities' zero point arbitrary
+   (quality near -log M). The simulator reads them as absolute: satisfaction is ``sigmoid(u)``, and a
+   slate is clicked against ``no_click_utility``. Two constants are set after the fit, both against
+   the simulator's own reference: new users drawn from the fitted prior, shown random slates
+   (``slate_size`` distinct candidates from the candidate strata, position weights
+   ``exp(-position_bias k)``), S a slate's position-weighted sum of ``exp(u)``.
+
+   * the **no-click utility** v is the root (``brentq``) of ``mean(S / (S + e^v)) = r``: random slates
+     are clicked at rate r. r is the logged share of slates with a click, a slate being the rows of
+     one user and timestamp (rows with ``click`` 0 are impressions nobody chose; where every row has
+     its own timestamp, every row is a slate); in logs without rows of ``click`` 0 it is
+     ``assumed_click_rate`` (0.5), since choices alone cannot tell it.
+   * the **offset** added to every item's quality (and to v, which leaves the click rate as it is)
+     puts the median satisfaction of those clicks (``sigmoid(u + noise)``, each click weighted by its
+     probability) at the logged clicks' median satisfaction: the median rating where ratings lie in
+     [0, 1] (satisfaction, as ``metarec simulate-logs`` writes it), the median rating rescaled from
+     the ratings' [min, max] to [0, 1] otherwise (4 of 1-5 stars is 0.75), and ``assumed_satisfaction``
+     (0.5) in logs without ratings. Satisfaction drives the session budget's refund and whether users
+     return, so this keeps both in the logs' range. (The fitted utilities of the logged clicks
+     themselves are not the reference: factors fitted to those very clicks rate them too high.)
+
+   Both treat the logs as if gathered under random slates, with users as fresh as new ones: logs of
+   a better-than-random policy show more clicks and more satisfied ones than random slates would
+   give, and the fatigue and drift over a simulated session are not in either constant.
+
+   Rows with ``click`` 0 are not choices: steps 1-5 see the clicked rows only, and users without a
+   clicked training row (in the user table only, say because all their events are held out) are
+   left out of every step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from pydantic import Field
+from scipy.special import expit
 
 from metarec.envs.calibrated import candidate_strata
 from metarec.envs.population import FrozenConfig, SimulatorConfig
@@ -62,6 +91,20 @@ class FitConfig(FrozenConfig):
         "learned linear map of its text embedding added, so items with few events borrow from similar titles "
         "(needs the text extra).",
     )
+    assumed_click_rate: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Share of random slates the simulated users click, where the logs cannot tell (no rows with "
+        "click 0): the no-click utility is set to give it.",
+    )
+    assumed_satisfaction: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Median satisfaction (sigmoid of utility) of a clicked item, where the logs have no ratings: "
+        "sets where the fitted utilities sit.",
+    )
     seed: int = Field(0, ge=0, description="Seeds initialisation, minibatches and mixtures.")
 
 
@@ -71,14 +114,14 @@ class Calibration:
 
     config: SimulatorConfig
     world: dict[str, np.ndarray]
-    user_factors: np.ndarray  # [num_users, d] of the training users
+    user_factors: np.ndarray  # [num_users, d] of the training users (zeros for users without a clicked row)
     item_factors: np.ndarray  # [num_items, d]
-    item_bias: np.ndarray  # [num_items]
+    item_bias: np.ndarray  # [num_items]: the simulator's item quality (the fitted bias plus the offset)
     rating_quantiles: np.ndarray | None  # [101] quantiles of training ratings (None: no ratings)
     fit: dict[str, Any] = field(default_factory=dict)
 
     def scores(self, users: np.ndarray) -> np.ndarray:
-        """``[len(users), num_items]`` utilities of the calibrated choice model."""
+        """``[len(users), num_items]`` utilities of the calibrated choice model (the simulator's, before fatigue)."""
         return self.user_factors[users] @ self.item_factors.T + self.item_bias[None, :]
 
 
@@ -233,7 +276,7 @@ def _topics_and_fatigue(logs: Logs, vectors: np.ndarray, config: FitConfig) -> t
     np.add.at(table, (user, item_topic), 1.0)
     totals = table.sum(1, keepdims=True)
     shares = np.divide(table, totals, out=np.zeros_like(table), where=totals > 0)
-    weights = totals[:, 0] - 1.0
+    weights = np.maximum(totals[:, 0] - 1.0, 0.0)  # pairs of consecutive events; users without events have none
     expected = float(np.sum(weights * np.sum(shares**2, axis=1)) / max(np.sum(weights), 1.0))
     ratio = repeats / expected if expected > 0 else math.nan
     # fewer repeats than the user's mix predicts is satiation: map the shortfall to a fatigue rate
@@ -241,33 +284,113 @@ def _topics_and_fatigue(logs: Logs, vectors: np.ndarray, config: FitConfig) -> t
     return topic, {"repeat_topic_rate": repeats, "expected_repeat_rate": expected, "ratio": ratio, "fatigue_rate": rate}
 
 
-def _no_click_utility(
-    shown: Logs,
-    factors: np.ndarray,
-    vectors: np.ndarray,
-    bias: np.ndarray,
-    config: FitConfig,
-    generator: torch.Generator,
-) -> dict[str, Any]:
-    """The utility of choosing nothing. Identified only where the logs have impressions without a click
-    (``click`` 0): then it is set so that a slate of ``slate_size`` random items is clicked at the logged
-    rate, P(click) = S / (S + e^v) with S the slate's summed exp-utility (averaged over users and
-    slates). Logs of choices alone (ratings) cannot tell it: it stays at the simulator's default, 1."""
-    rate = float(np.mean(shown.click > 0))
-    if rate >= 1.0 or rate <= 0.0:
-        return {"utility": 1.0, "click_rate": rate, "identified": False}
-    users = torch.randint(factors.shape[0], (2048,), generator=generator).numpy()
-    k = min(config.slate_size, vectors.shape[0])
-    slates = torch.rand(2048, vectors.shape[0], generator=generator).argsort(dim=1)[:, :k].numpy()
-    utility = np.einsum("bd,bkd->bk", factors[users], vectors[slates]) + bias[slates]
-    summed = float(np.mean(np.exp(utility).sum(axis=1)))
-    return {"utility": math.log(summed * (1.0 - rate) / rate), "click_rate": rate, "identified": True}
+def slate_click_rate(logs: Logs) -> dict[str, Any] | None:
+    """The logged click rate per slate, or None where the logs have no row with ``click`` 0 (a log of
+    choices: every row was clicked, so the rate is not in it).
+
+    A slate is the rows of one user and timestamp (an impression log writes a row per shown item, all
+    at the time of the slate); where every row has a timestamp of its own, every row is a slate. The
+    rate is the share of slates with at least one clicked row."""
+    if logs.num_events == 0 or not np.any(logs.click == 0):
+        return None
+    order = np.lexsort((logs.timestamp, logs.user))
+    user, stamp, click = logs.user[order], logs.timestamp[order], logs.click[order] > 0
+    starts = np.flatnonzero(np.r_[True, (np.diff(user) != 0) | (np.diff(stamp) != 0)])
+    clicked = np.maximum.reduceat(click.astype(np.int8), starts) > 0
+    return {
+        "click_rate": float(np.mean(clicked)),
+        "slates": len(starts),
+        "rows": int(logs.num_events),
+        "row_click_rate": float(np.mean(click)),
+    }
+
+
+def _satisfaction_target(logs: Logs, config: FitConfig) -> tuple[float, str]:
+    """The median satisfaction of a clicked item (see the module docstring, step 6) and where it comes from."""
+    ratings = logs.rating[np.isfinite(logs.rating)]
+    if len(ratings) == 0:
+        return config.assumed_satisfaction, "assumed_satisfaction (the logs have no ratings)"
+    low, high, median = float(ratings.min()), float(ratings.max()), float(np.median(ratings))
+    if low >= 0.0 and high <= 1.0:
+        target, source = median, "median rating (ratings in [0, 1] are satisfaction)"
+    elif high > low:
+        target, source = (median - low) / (high - low), f"median rating rescaled from [{low:g}, {high:g}] to [0, 1]"
+    else:
+        return config.assumed_satisfaction, f"assumed_satisfaction (every rating is {low:g})"
+    return float(np.clip(target, 0.02, 0.98)), source
+
+
+def _prior_slates(
+    world: dict[str, np.ndarray],
+    spread: float,
+    slate_size: int,
+    seed: int,
+    samples: int = 16_384,
+) -> np.ndarray:
+    """``[samples, k]`` utilities of random slates shown to new users, as the simulator draws both: a
+    cluster by its share, an anchor around its centre, ``slate_size`` distinct candidates of the
+    candidate strata (one item per stratum) in random order."""
+    rng = np.random.default_rng(seed)
+    weight = world["cluster_weight"].astype(np.float64)
+    cluster = rng.choice(len(weight), size=samples, p=weight / weight.sum())
+    centre = world["cluster_centre"].astype(np.float64)
+    interest = centre[cluster] + spread * rng.standard_normal((samples, centre.shape[1]))
+    start, size = world["stratum_start"], world["stratum_size"].astype(np.int64)
+    k = min(slate_size, len(start))
+    strata = np.argsort(rng.random((samples, len(start))), axis=1)[:, :k]  # k distinct candidates, in order
+    offset = np.minimum(np.floor(rng.random((samples, k)) * size[strata]).astype(np.int64), size[strata] - 1)
+    items = world["item_order"][start[strata] + offset]  # [samples, k]
+    utility = np.einsum("bd,bkd->bk", interest, world["item_embedding"].astype(np.float64)[items])
+    return utility + world["item_quality"].astype(np.float64)[items]
+
+
+def _slate_weights(utility: np.ndarray, position_bias: float) -> tuple[np.ndarray, np.ndarray]:
+    """``log S`` ``[B]`` of slates with ``utility`` ``[B, k]`` (the simulator's position-weighted choice
+    weights) and ``[B, k]`` the probability of each position given a click."""
+    log_weight = np.minimum(utility, 60.0) - position_bias * np.arange(utility.shape[1])[None, :]
+    log_s = np.logaddexp.reduce(log_weight, axis=1)
+    return log_s, np.exp(log_weight - log_s[:, None])
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values, axis=None)
+    cumulative = np.cumsum(weights.ravel()[order])
+    return float(values.ravel()[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
+
+
+def _no_click_utility(log_s: np.ndarray, rate: float) -> float:
+    """v with ``mean(S / (S + e^v)) = rate`` (decreasing in v), found by ``brentq``."""
+    from scipy.optimize import brentq
+
+    low, high = float(log_s.min()) - 40.0, float(log_s.max()) + 40.0
+    return float(brentq(lambda v: float(np.mean(expit(log_s - v))) - rate, low, high, xtol=1e-10))
+
+
+@contextlib.contextmanager
+def _deterministic() -> Iterator[None]:
+    """Torch's deterministic algorithms, restored afterwards: the fit's sparse gradient sums (rows of
+    users and items in a minibatch) otherwise add up in a thread-dependent order, so two fits with one
+    seed differed in the last bits."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def calibrate(logs: Logs, config: FitConfig | None = None) -> Calibration:
-    """Fits a population and catalog to ``logs`` (the training part of a time split)."""
+    """Fits a population and catalog to ``logs`` (the training part of a time split; every row, clicked
+    or not: rows with ``click`` 0 give the click rate). The same logs and config give the same arrays,
+    bit for bit (torch's deterministic algorithms are on during the fit)."""
     config = config or FitConfig()
-    shown = logs  # every logged row, chosen or not
+    with _deterministic():
+        return _calibrate(logs, config)
+
+
+def _calibrate(logs: Logs, config: FitConfig) -> Calibration:
+    logged_rate = slate_click_rate(logs)  # from every logged row, chosen or not
     if np.any(logs.click == 0):  # impressions without a click: what was chosen is the choice data
         logs = logs.subset(logs.click > 0)
     if logs.num_events < 2 or logs.num_items < config.num_candidates:
@@ -276,7 +399,12 @@ def calibrate(logs: Logs, config: FitConfig | None = None) -> Calibration:
             f"got {logs.num_items} items and {logs.num_events} events"
         )
     generator = torch.Generator().manual_seed(config.seed)
-    user = torch.from_numpy(logs.user.astype(np.int64))
+    # Only users with a clicked row are fitted: the user table also holds users whose events are all held
+    # out (a time split keeps the whole table) or were impressions, and they have nothing to fit.
+    active = np.unique(logs.user)
+    dense = np.full(logs.num_users, -1, dtype=np.int64)
+    dense[active] = np.arange(len(active))
+    user = torch.from_numpy(dense[logs.user])
     item = torch.from_numpy(logs.item.astype(np.int64))
     side, text = None, None
     if config.text_features:
@@ -292,13 +420,14 @@ def calibrate(logs: Logs, config: FitConfig | None = None) -> Calibration:
             "dim": int(side.shape[1]),
             "items_with_text": int(sum(1 for t in logs.item_text if t)),
         }
-    users, vectors, bias, losses = _softmax_mf(user, item, logs.num_users, logs.num_items, config, generator, side=side)
-    factors = users.numpy()
+    users, vectors, bias, losses = _softmax_mf(user, item, len(active), logs.num_items, config, generator, side=side)
+    factors = np.zeros((logs.num_users, config.embedding_dim), dtype=np.float32)
+    factors[active] = users.numpy()
     # the prior is fitted to users with enough events that their factors say who they are: the factors
     # of users with a handful of events are mostly the regulariser's pull toward zero
-    counts = np.bincount(logs.user, minlength=logs.num_users)
+    counts = np.bincount(logs.user, minlength=logs.num_users)[active]
     enough = counts >= min(config.min_events_for_drift, int(np.median(counts)))
-    mixture, bics = _mixture(factors[enough], config)
+    mixture, bics = _mixture(users.numpy()[enough], config)
     drift = _drift(logs, vectors, bias, config, generator)
     topic, fatigue = _topics_and_fatigue(logs, vectors.numpy(), config)
     # The mixture sees users' estimated factors, each the mean of a drifting interest over a history:
@@ -311,41 +440,39 @@ def calibrate(logs: Logs, config: FitConfig | None = None) -> Calibration:
     num_topics = int(topic.max()) + 1
     # item lengths: the logs say nothing of them; every item lasts the same (engagement = satisfaction)
     lengths = np.ones(logs.num_items, dtype=np.float32)
-    no_click = _no_click_utility(shown, factors, vectors.numpy(), bias.numpy(), config, generator)
-    sim = SimulatorConfig.model_validate(
-        {
-            "catalog": {
-                "num_items": logs.num_items,
-                "num_topics": num_topics,
-                "embedding_dim": config.embedding_dim,
-                "quality_std": float(bias.std()),
-                "min_length": 1.0,
-                "max_length": 1.0,
-                "seed": config.seed,
-            },
-            "population": {
-                "num_clusters": len(centres),
-                "topics_per_cluster": 1,
-                "interest_scale": float(np.mean(np.linalg.norm(centres, axis=1))),
-                "cluster_spread": spread,
-                "choice_temperature": 1.0,
-                "no_click_utility": no_click["utility"],
-                "quality_weight": 1.0,
-                "consumption_pull": 0.0,
-                "ou_reversion": 0.0,
-                "ou_noise": drift["ou_noise"],
-                "shift_hazard": 0.0,
-                "trend_rate": 0.0,
-                "fatigue_rate": fatigue["fatigue_rate"],
-            },
-            "num_candidates": config.num_candidates,
-            "slate_size": min(config.slate_size, config.num_candidates),
-        }
-    )
+    item_vectors, item_bias = vectors.numpy(), bias.numpy()
+    population = {
+        "num_clusters": len(centres),
+        "topics_per_cluster": 1,
+        "interest_scale": float(np.mean(np.linalg.norm(centres, axis=1))),
+        "cluster_spread": spread,
+        "choice_temperature": 1.0,
+        "quality_weight": 1.0,
+        "consumption_pull": 0.0,
+        "ou_reversion": 0.0,
+        "ou_noise": drift["ou_noise"],
+        "shift_hazard": 0.0,
+        "trend_rate": 0.0,
+        "fatigue_rate": fatigue["fatigue_rate"],
+    }
+    sim_fields = {
+        "catalog": {
+            "num_items": logs.num_items,
+            "num_topics": num_topics,
+            "embedding_dim": config.embedding_dim,
+            "quality_std": float(bias.std()),
+            "min_length": 1.0,
+            "max_length": 1.0,
+            "seed": config.seed,
+        },
+        "population": population,
+        "num_candidates": config.num_candidates,
+        "slate_size": min(config.slate_size, config.num_candidates),
+    }
     world = {
-        "item_embedding": vectors.numpy().astype(np.float32),
+        "item_embedding": item_vectors.astype(np.float32),
         "item_topic": topic,
-        "item_quality": bias.numpy().astype(np.float32),
+        "item_quality": item_bias.astype(np.float32),  # the offset is added below
         "item_length": lengths,
         "item_appeal": np.zeros(logs.num_items, dtype=np.float32),
         "cluster_centre": centres,
@@ -353,13 +480,42 @@ def calibrate(logs: Logs, config: FitConfig | None = None) -> Calibration:
         "trend_direction": np.zeros_like(centres),
         **candidate_strata(logs.num_items, config.num_candidates, config.seed),
     }
+    # Where utilities sit (module docstring, step 6): random slates shown to new users of the prior are
+    # clicked at the logged rate, and those clicks satisfy as the logged ones did. The click rate fixes
+    # v - offset, so v is found first with no offset, then both move by the offset.
+    draft = SimulatorConfig.model_validate(sim_fields)
+    rate = config.assumed_click_rate if logged_rate is None else float(np.clip(logged_rate["click_rate"], 1e-3, 0.999))
+    utility = _prior_slates(world, spread, draft.slate_size, config.seed)
+    log_s, position = _slate_weights(utility, draft.population.position_bias)
+    no_click_utility = _no_click_utility(log_s, rate)
+    clicks = position * expit(log_s - no_click_utility)[:, None]  # P(this position is clicked)
+    noise = draft.population.engagement_noise * np.random.default_rng(config.seed).standard_normal(utility.shape)
+    median_utility = _weighted_median(utility + noise, clicks)
+    target, target_source = _satisfaction_target(logs, config)
+    offset = math.log(target / (1.0 - target)) - median_utility
+    world["item_quality"] = (item_bias + offset).astype(np.float32)
+    population["no_click_utility"] = no_click_utility + offset
+    sim = SimulatorConfig.model_validate(sim_fields)
+    logged_utility = np.sum(factors[logs.user] * item_vectors[logs.item], axis=1) + item_bias[logs.item]
+    no_click = {
+        "utility": no_click_utility + offset,
+        "click_rate": rate,
+        "identified": logged_rate is not None,
+        "source": "assumed_click_rate (the logs have no rows with click 0)"
+        if logged_rate is None
+        else "logs: share of slates (rows of one user and timestamp) with a click",
+        "logged": logged_rate,
+        "position_bias": draft.population.position_bias,
+        "slate_size": draft.slate_size,
+    }
     ratings = logs.rating[np.isfinite(logs.rating)]
     quantiles = np.quantile(ratings, np.linspace(0, 1, 101)).astype(np.float32) if len(ratings) else None
     fit = {
         "method": "softmax matrix factorisation + spherical Gaussian mixture (BIC)",
         "config": config.model_dump(),
         "events": int(logs.num_events),
-        "users": int(logs.num_users),
+        "users": len(active),
+        "users_without_events": logs.num_users - len(active),
         "items": int(logs.num_items),
         "train_loss_per_epoch": [round(x, 5) for x in losses],
         "clusters_bic": bics,
@@ -368,9 +524,16 @@ def calibrate(logs: Logs, config: FitConfig | None = None) -> Calibration:
         "fatigue": fatigue,
         "rating_quantiles": None if quantiles is None else quantiles.tolist(),
         "text_features": text,
+        "utility_offset": {
+            "offset": offset,
+            "satisfaction_median": target,
+            "source": target_source,
+            "median_click_utility_random_slates": median_utility,  # before the offset, noise included
+            "median_logged_click_utility": float(np.median(logged_utility)),  # the fit's, before the offset
+        },
         "no_click": no_click,
     }
-    return Calibration(sim, world, factors, vectors.numpy(), bias.numpy(), quantiles, fit)
+    return Calibration(sim, world, factors, item_vectors, world["item_quality"], quantiles, fit)
 
 
 def summary(calibration: Calibration) -> dict[str, Any]:
@@ -384,4 +547,4 @@ def summary(calibration: Calibration) -> dict[str, Any]:
     }
 
 
-__all__ = ["Calibration", "FitConfig", "calibrate", "summary"]
+__all__ = ["Calibration", "FitConfig", "calibrate", "slate_click_rate", "summary"]

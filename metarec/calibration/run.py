@@ -14,7 +14,7 @@ from metarec.abtest.runner import finite
 from metarec.envs.calibrated import save_population
 
 from .fidelity import compare, popularity_scores, ranking_metrics
-from .fit import Calibration, FitConfig, calibrate
+from .fit import Calibration, FitConfig, calibrate, slate_click_rate
 from .logs import Logs, check_holdout_users, load_logs, time_split
 from .report import write_fidelity_report
 
@@ -74,8 +74,22 @@ def simulate_future(calibration: Calibration, train: Logs, future: Logs, seed: i
     return out
 
 
+def clicked(logs: Logs) -> Logs:
+    """The rows of ``logs`` that were clicked (chosen): the events fidelity is measured on."""
+    return logs if np.all(logs.click > 0) else logs.subset(logs.click > 0)
+
+
 def evaluate_fidelity(calibration: Calibration, train: Logs, test: Logs, seed: int = 0) -> tuple[dict, dict]:
-    """Fidelity numbers of ``calibration`` on the held-out ``test`` logs, and the arrays to plot."""
+    """Fidelity numbers of ``calibration`` on the held-out ``test`` logs, and the arrays to plot.
+
+    Events are clicked rows: impressions nobody clicked (``click`` 0) are neither held-out events,
+    next-item targets nor a user's history, nor counted in popularity or repeats. The logged click
+    rate (share of slates, the rows of one user and timestamp, with a click) is reported on its own:
+    ``logged_click_rate_train`` and ``logged_click_rate_holdout`` (None for logs without rows of
+    ``click`` 0), beside ``click_rate_calibrated``, what the simulator was set to give random slates."""
+    rates = {name: slate_click_rate(part) for name, part in (("train", train), ("holdout", test))}
+    unclicked = int(np.sum(test.click <= 0))
+    train, test = clicked(train), clicked(test)
     known = check_holdout_users(train, test)
     future = test.subset(known)
     if future.num_events == 0:
@@ -121,6 +135,10 @@ def evaluate_fidelity(calibration: Calibration, train: Logs, test: Logs, seed: i
             "holdout_events": int(future.num_events),
             "holdout_events_dropped_unknown_users": int(test.num_events - future.num_events),
             "holdout_users": len(users),
+            "holdout_impressions_without_click": unclicked,
+            "logged_click_rate_train": None if rates["train"] is None else rates["train"]["click_rate"],
+            "logged_click_rate_holdout": None if rates["holdout"] is None else rates["holdout"]["click_rate"],
+            "click_rate_calibrated": calibration.fit.get("no_click", {}).get("click_rate"),
         }
     )
     plots = {

@@ -3,8 +3,10 @@
 Users of a DriftingUsers-family environment (its multi-session mode: one session a day) browse under
 a logging recommender; every click becomes a row ``user, item, timestamp, rating, click``, where
 ``item`` is the catalog id, ``timestamp`` counts seconds (a day per session, a minute per step) and
-``rating`` is the user's satisfaction in [0, 1]. With the environment's ground truth these logs are
-what the calibration tests recover a known population from.
+``rating`` is the user's satisfaction in [0, 1]. With ``impressions=True`` every shown item is a row
+instead (``click`` 1 for the clicked one, 0 for the others, no rating), all at the step's timestamp, so
+a slate is the rows of one user and timestamp, as in an impression log. With the environment's ground
+truth these logs are what the calibration tests recover a known population from.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ def simulate_logs(
     agent: str = "random",
     env_kwargs: dict[str, Any] | None = None,
     device: str = "cpu",
+    impressions: bool = False,
 ) -> dict[str, np.ndarray]:
     """Columns ``user``, ``item``, ``timestamp``, ``rating``, ``click`` of every click of ``users``
-    users over ``days`` days (sessions); also returns the environment under ``"env"`` and the number
+    users over ``days`` days (sessions), or with ``impressions`` of every shown item (``click`` 0 and
+    rating NaN where it was not clicked); also returns the environment under ``"env"`` and the number
     of user-steps taken under ``"user_steps"`` (for tests that compare with the ground truth)."""
     from metarec.evaluation import make_agent
 
@@ -51,7 +55,7 @@ def simulate_logs(
     observation, info = env.reset(seed=seed)
     recommender.reset()
     running = torch.ones(users, dtype=torch.bool, device=base.device)
-    columns: dict[str, list[np.ndarray]] = {k: [] for k in ("user", "item", "timestamp", "rating")}
+    columns: dict[str, list[np.ndarray]] = {k: [] for k in ("user", "item", "timestamp", "rating", "click")}
     rows = torch.arange(users, device=base.device)
     limit = days * base.config.population.max_session_steps + days
     steps = 0
@@ -64,7 +68,18 @@ def simulate_logs(
         done = terminated | truncated
         recommender.observe(reward, done, info)
         clicked = info["clicked"] & running
-        if bool(clicked.any()):
+        if impressions and bool(running.any()):
+            slate = action if action.ndim == 2 else action[:, None]  # [B, K] candidate indices
+            hit = (slate == info["chosen_candidate"][:, None]) & clicked[:, None]  # [B, K]
+            shown = running[:, None].expand_as(slate)
+            seconds = day.double() * SECONDS_PER_DAY + step.double() * SECONDS_PER_STEP
+            rating = torch.where(hit, info["satisfaction"][:, None].float(), torch.nan)
+            columns["user"].append(rows[:, None].expand_as(slate)[shown].cpu().numpy())
+            columns["item"].append(ids.gather(1, slate)[shown].cpu().numpy())
+            columns["timestamp"].append(seconds[:, None].expand_as(slate)[shown].cpu().numpy())
+            columns["rating"].append(rating[shown].cpu().numpy())
+            columns["click"].append(hit[shown].float().cpu().numpy())
+        elif bool(clicked.any()):
             who = rows[clicked]
             chosen = info["chosen_candidate"][clicked]
             columns["user"].append(who.cpu().numpy())
@@ -72,6 +87,7 @@ def simulate_logs(
             seconds = day[clicked].double() * SECONDS_PER_DAY + step[clicked].double() * SECONDS_PER_STEP
             columns["timestamp"].append(seconds.cpu().numpy())
             columns["rating"].append(info["satisfaction"][clicked].cpu().numpy())
+            columns["click"].append(np.ones(len(who), dtype=np.float32))
         steps += int(running.sum())
         running &= ~done
         if not bool(running.any()):
@@ -83,7 +99,7 @@ def simulate_logs(
     out["user"] = out["user"].astype(np.int64)
     out["item"] = out["item"].astype(np.int64)
     out["rating"] = out["rating"].astype(np.float32)
-    out["click"] = np.ones(len(out["user"]), dtype=np.float32)
+    out["click"] = out["click"].astype(np.float32)
     return {**out, "env": base, "user_steps": steps}
 
 
@@ -99,6 +115,12 @@ def write_simulated_logs(columns: dict[str, np.ndarray], path: str | Path) -> Pa
         return path
     with open(path, "w") as handle:
         handle.write(",".join(names) + "\n")
-        table = np.column_stack([columns[k].astype(np.float64) for k in names])
-        np.savetxt(handle, table, fmt=["%d", "%d", "%.0f", "%.6f", "%d"], delimiter=",")
+        rating = np.char.mod("%.6f", columns["rating"].astype(np.float64))
+        rating[~np.isfinite(columns["rating"])] = ""  # an impression without a click has no rating
+        table = np.column_stack(
+            [np.char.mod(fmt, columns[k].astype(np.float64)) for k, fmt in (("user", "%d"), ("item", "%d"))]
+            + [np.char.mod("%.0f", columns["timestamp"].astype(np.float64)), rating]
+            + [np.char.mod("%d", columns["click"].astype(np.float64))]
+        )
+        np.savetxt(handle, table, fmt="%s", delimiter=",")
     return path
