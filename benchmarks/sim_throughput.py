@@ -28,10 +28,14 @@ import torch
 import metarec  # noqa: F401
 
 
-def bench_vector(env_id: str, users: int, steps: int, device: str, ground_truth: bool, runs: int) -> dict:
+def bench_vector(
+    env_id: str, users: int, steps: int, device: str, ground_truth: bool, runs: int, keyed_resets: bool = False
+) -> dict:
+    extra = {"keyed_resets": True} if keyed_resets else {}
     env = gym.make_vec(
-        env_id, num_envs=users, vectorization_mode="vector_entry_point", device=device, ground_truth=ground_truth
-    )
+        env_id, num_envs=users, vectorization_mode="vector_entry_point", device=device, ground_truth=ground_truth,
+        **extra,
+    )  # fmt: skip
     env.reset(seed=0)
     n = env.single_action_space.nvec.max() if hasattr(env.single_action_space, "nvec") else env.single_action_space.n
     shape = env.action_space.shape
@@ -105,12 +109,19 @@ def main() -> None:
         action="store_true",
         help="skip the oracle and true utilities in info (simulation only; RecSim computes none)",
     )
+    parser.add_argument(
+        "--keyed-resets",
+        action="store_true",
+        help="vector env: draw newcomers for every row each step (what a run split across processes does)",
+    )
     args = parser.parse_args()
     if args.api == "single":
         users, result = 1, bench_single(args.env, args.steps, args.runs, not args.no_ground_truth)
     else:
         users = args.users
-        result = bench_vector(args.env, users, args.steps, args.device, not args.no_ground_truth, args.runs)
+        result = bench_vector(
+            args.env, users, args.steps, args.device, not args.no_ground_truth, args.runs, args.keyed_resets
+        )
     print(
         json.dumps(
             {
@@ -122,6 +133,7 @@ def main() -> None:
                 "device": args.device if args.api == "vector" else "cpu",
                 "api": args.api,
                 "ground_truth": not args.no_ground_truth,
+                "keyed_resets": bool(args.keyed_resets),
                 **result,
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "torch_threads": torch.get_num_threads(),

@@ -98,21 +98,12 @@ class LoggedItemStats(Recommender):
     The counts and the engagement sums are int64 (engagement in fixed point,
     :func:`~metarec.agents.base.add_exact`), so they are exact in any order, also summed over the
     processes of a run split across them.
-
-    ``pool_users``: the policy learned from statistics pooled over this many users (its training
-    ``users_per_task``); served to more users, the statistics are scaled to that many (counts and
-    sums times ``pool_users / users``) before the features are made. Rates are unchanged, and the
-    impression counts, and with them the prior's weight, stay in the range the policy was trained on.
     """
 
-    def __init__(self, inner: Recommender, num_items: int, device: Any, pool_users: int | None = None) -> None:
+    def __init__(self, inner: Recommender, num_items: int, device: Any) -> None:
         from metarec.envs.backend import torch_backend
 
-        if pool_users is not None and (isinstance(pool_users, bool) or not isinstance(pool_users, int)
-                                       or pool_users < 1):  # fmt: skip
-            raise ValueError(f"pool_users: expected a positive integer or None, got {pool_users!r}")
         self.inner, self.name = inner, inner.name
-        self.pool_users = pool_users
         self.backend = torch_backend(device)
         self.table = torch.zeros(3, num_items, dtype=torch.int64, device=device)  # impressions, clicks, engagement
         self._shown: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
@@ -134,11 +125,7 @@ class LoggedItemStats(Recommender):
         from metarec.envs.task_batch import item_stat_features
 
         ids = observation["candidate_ids"].to(torch.int64)
-        stats = self.stats()
-        users = ids.shape[0] if self.shard is None else self.shard.total
-        if self.pool_users is not None and users > self.pool_users:
-            stats = stats * (self.pool_users / users)
-        extra = item_stat_features(torch, stats[ids])
+        extra = item_stat_features(torch, self.stats()[ids])
         slate = self.inner.act({**observation, "candidates": torch.cat([observation["candidates"], extra], -1)}, info)
         self._shown = (ids, slate, info.get("active"))
         return slate

@@ -331,7 +331,7 @@ def load_meta_recommender(weights: str | Path, env: Any, seed: int) -> Any:
     recommender = RL2Recommender(policy, generator, deterministic=config.eval.rl2_greedy)
     recommender.name = f"rl2:{run.name}"
     if config.item_stats:
-        recommender = LoggedItemStats(recommender, int(env.model.num_items), env.device, config.rl2.users_per_task)
+        recommender = LoggedItemStats(recommender, int(env.model.num_items), env.device)
     return recommender
 
 

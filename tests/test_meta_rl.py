@@ -210,43 +210,6 @@ def test_logged_item_stats_match_what_the_task_batch_env_appends(distribution) -
     torch.testing.assert_close(logged[:, 2], env.model.item_stats[:, 2])  # fixed point against float32 sums
 
 
-def test_logged_item_stats_are_scaled_to_the_pool_the_policy_learned_from() -> None:
-    """Served to 64 users, a policy trained on pools of 16 sees each item's counts and sums times 16/64
-    (rates unchanged, impressions in its training range); pool_users is checked."""
-    from metarec.envs.task_batch import item_stat_features
-    from metarec.meta.evaluate import LoggedItemStats
-
-    class First:
-        name = "first"
-
-        def __init__(self) -> None:
-            self.seen: list[torch.Tensor] = []
-
-        def reset(self, mask=None) -> None:
-            pass
-
-        def act(self, observation, info):
-            self.seen.append(observation["candidates"][..., -3:].clone())
-            return torch.arange(2).expand(observation["candidates"].shape[0], 2)
-
-        def observe(self, reward, done, info) -> None:
-            pass
-
-    inner = First()
-    served = LoggedItemStats(inner, 10, "cpu", pool_users=16)
-    ids = torch.arange(4).expand(64, 4).contiguous()
-    observation = {"candidates": torch.zeros(64, 4, 2), "candidate_ids": ids}
-    served.act(observation, {})
-    chosen = torch.zeros(64, dtype=torch.int64)  # everyone clicks the first
-    served.observe(torch.full((64,), 2.0), torch.zeros(64, dtype=torch.bool), {"chosen_candidate": chosen})
-    served.act(observation, {})
-    expected = item_stat_features(torch, served.stats()[ids] * (16 / 64))
-    torch.testing.assert_close(inner.seen[-1], expected)
-    assert float(served.stats()[0, 0]) == 64 and float(expected[0, 0, 2]) == pytest.approx(np.log1p(16.0))
-    with pytest.raises(ValueError, match="pool_users: expected a positive integer"):
-        LoggedItemStats(inner, 10, "cpu", pool_users=0)
-
-
 def test_meta_train_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path) -> None:
     reference = meta_train(load_meta_config(TINY), tmp_path / "whole", progress=False)["params_sha256"]
     out = tmp_path / "killed"
