@@ -182,24 +182,11 @@ def _worker(config_json: str, out: str, resume: bool) -> None:
     _meta_train(MetaTrainConfig.model_validate_json(config_json), Path(out), resume, progress=False)
 
 
-class _NoWriter:
-    """Stands in for TensorBoard's SummaryWriter in processes other than the first."""
-
-    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _meta_train(config: MetaTrainConfig, out: Path, resume: bool, progress: bool) -> dict[str, Any]:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    from metarec.training import TrainingInterrupted, _atomic_save, _atomic_write_text, stop_requests
+    from metarec.training import NoWriter, TrainingInterrupted, _atomic_save, _atomic_write_text, stop_requests
 
     from .gradient_rl import process_share
 
@@ -230,7 +217,7 @@ def _meta_train(config: MetaTrainConfig, out: Path, resume: bool, progress: bool
             writer: Any = (
                 SummaryWriter(str(out / "tb" / name), purge_step=trainer.update + 1 if resume else None)
                 if primary
-                else _NoWriter()
+                else NoWriter()
             )
             total = config.rl2.updates if name == "rl2" else (0 if name == "scratch" else config.gradient.meta_steps)
             bar = tqdm(total=total, initial=trainer.update, desc=name, unit="update", disable=not progress)

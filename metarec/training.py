@@ -299,7 +299,7 @@ def _train_batched_ppo(config: TrainConfig, out: Path, resume_from: Path | None,
     # Events the interrupted process logged after its checkpoint (steps > the checkpoint's) are dropped.
     resuming = resume_from is not None
     writer: Any = (
-        SummaryWriter(str(out / "tb"), purge_step=ppo.global_step + 1 if resuming else None) if primary else _NoWriter()
+        SummaryWriter(str(out / "tb"), purge_step=ppo.global_step + 1 if resuming else None) if primary else NoWriter()
     )
     if ppo.global_step == 0:
         writer.add_text("hyperparameters", hyperparameter_table(config))
@@ -412,7 +412,7 @@ def _params_sha256(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-class _NoWriter:
+class NoWriter:
     """Stands in for TensorBoard's SummaryWriter in processes other than the first."""
 
     def add_scalar(self, *args: Any, **kwargs: Any) -> None:
