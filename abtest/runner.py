@@ -113,7 +113,8 @@ def run_abtest(
     world = world_size(nproc)
     if nproc > 1:
         out = None if out is None else str(out)
-        return spawn_for_result(_worker, (config.model_dump_json(), out, quiet), nproc, config.device)
+        return spawn_for_result(_worker, (config.model_dump_json(), out, quiet), nproc, config.device,
+                                config.torch_threads)  # fmt: skip
     if world > 1:
         torchrun_group(config.device, config.torch_threads)
     if in_group() and rank() > 0:

@@ -125,7 +125,7 @@ class SlatePolicy(nn.Module):
         if self.history is not None:
             context = context + self.history(symlog(observation["history"].float()))
         if self.context_mlp is not None:
-            flat = torch.cat([observation[k].float().reshape(batch, -1) for k in self.context_keys], dim=1)
+            flat = torch.cat([observation[k].float().flatten(1) for k in self.context_keys], dim=1)
             context = context + self.context_mlp(symlog(flat))
         return context
 

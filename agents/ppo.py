@@ -248,8 +248,13 @@ class BatchedPPO:
         observations = {key: flat(v) for key, v in rollout["observations"].items()}
         slates, old_log_probs = flat(rollout["slates"]), flat(rollout["log_probs"])
         old_values, advantages, returns = flat(rollout["values"]), flat(rollout["advantages"]), flat(rollout["returns"])
-        # NaN guard: what the simulator handed over, before any weight changes
-        self._check_finite("the rollout's", advantages=advantages, returns=returns, values=old_values)
+        # NaN guard: what the simulator handed over, before any weight changes (every process decides
+        # together, so none is left waiting in a collective)
+        bad = torch.stack([~torch.isfinite(t).all() for t in (advantages, returns, old_values)]).to(torch.float64)
+        self._sum([bad])
+        if bool(bad.any()):
+            self._check_finite("the rollout's", advantages=advantages, returns=returns, values=old_values)
+            raise FloatingPointError(self._non_finite_message("another process's rollout"))
         steps, local = rollout["values"].shape
         size = steps * c.num_envs  # samples of the whole rollout, step-major over every process's users
         minibatch = size // c.num_minibatches
@@ -394,6 +399,9 @@ class BatchedPPO:
         }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
+        if "processes" not in saved:
+            raise ValueError("--resume: this checkpoint was written by an older metarec (no 'processes'); "
+                             "start a new run")  # fmt: skip
         if len(saved["processes"]) != self.world:
             raise ValueError(
                 f"--resume: the checkpoint holds {len(saved['processes'])} processes' users; resume with "

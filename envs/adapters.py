@@ -303,6 +303,8 @@ class UserSimVectorEnv(VectorEnv):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
+        if seed is None and self._rng is None and self.shard is not None:
+            raise ValueError("seed: a sharded env needs reset(seed=...) (every process must draw the same stream)")
         if seed is not None or self._rng is None:
             self._rng = self.make_random(seed)
         mask = (options or {}).get("reset_mask")

@@ -305,6 +305,9 @@ class RL2Trainer:
         }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
+        if "processes" not in saved:
+            raise ValueError("--resume: this checkpoint was written by an older metarec (no 'processes'); "
+                             "start a new run")  # fmt: skip
         if len(saved["processes"]) != self.world:
             raise ValueError(
                 f"--resume: the checkpoint holds {len(saved['processes'])} processes' users; resume with "

@@ -158,7 +158,8 @@ def _any_rank(flag: bool) -> bool:
     """Whether ``flag`` is set in any process of the group (every process calls this each update)."""
     import torch.distributed as dist
 
-    value = torch.tensor([1 if flag else 0])
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([1 if flag else 0], device=device)  # NCCL reduces GPU tensors only
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 
@@ -237,15 +238,16 @@ def _meta_train(config: MetaTrainConfig, out: Path, resume: bool, progress: bool
                 for key, value in stats.items():
                     writer.add_scalar(f"{name}/{key}", value, trainer.update)
                 bar.update(1)
-                if world > 1 and _any_rank(request["signal"] is not None) and request["signal"] is None:
-                    request["signal"] = "SIGTERM"  # another process was asked to stop: stop at the same update
-                if request["signal"] is not None or trainer.update % config.checkpoint_every == 0:
+                stop = request["signal"] is not None
+                if world > 1:  # every process stops at the same update (the agreed flag, not this one's)
+                    stop = _any_rank(stop)
+                if stop or trainer.update % config.checkpoint_every == 0:
                     checkpoint(trainer.state_dict())
                     writer.flush()
-                if request["signal"] is not None:
+                if stop:
                     bar.close()
                     writer.close()
-                    raise TrainingInterrupted(str(request["signal"]), trainer.global_step, checkpoint_path)
+                    raise TrainingInterrupted(str(request["signal"] or "SIGTERM"), trainer.global_step, checkpoint_path)
             bar.close()
             writer.close()
             seconds = seconds_before + time.perf_counter() - method_start

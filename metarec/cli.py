@@ -49,6 +49,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as stop:
         print(f"metarec train: stopped by {stop}", file=sys.stderr)
         return 143 if stop.signal_name == "SIGTERM" else 130  # 128 + the signal number, as a shell reports
+    if not results:  # a process of a torchrun group other than the first: it prints nothing
+        return 0
     summary = {k: results[k] for k in ("algo", "env", "env_steps", "mean_return", "ci95") if k in results}
     if "normalised_return" in results:
         summary["normalised_return"] = results["normalised_return"]

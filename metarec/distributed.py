@@ -41,7 +41,14 @@ def join_group(device: str, rank: int, world: int, init_method: str, threads: in
     if backend is None:
         backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
     if torch.device(device).type == "cuda":
-        torch.cuda.set_device(rank % torch.cuda.device_count())
+        local = int(os.environ.get("LOCAL_RANK", rank))  # torchrun's rank on this machine
+        count = torch.cuda.device_count()
+        if backend == "nccl" and (local >= count or torch.device(device).index not in (None, local)):
+            raise ValueError(
+                f"nproc: NCCL needs one GPU per process; process {local} on this machine has "
+                f"{count} GPU(s) and device {device!r} (use device 'cuda' and at most {count} processes per machine)"
+            )
+        torch.cuda.set_device(local % max(count, 1))
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
     torch.set_num_threads(max(1, (threads or torch.get_num_threads()) // world))  # the processes share the cores
 
@@ -112,36 +119,55 @@ def spawn_for_result(
             _run_in_group, args=(function, args, str(result), nproc, free_port(), device, threads), nprocs=nproc,
             join=False,
         )  # fmt: skip
-        with stop_requests() as request:
-            forwarded = False
-            while True:
-                if on_stop is not None and request["signal"] is not None and not forwarded:
-                    for process in context.processes:
-                        if process.is_alive() and process.pid is not None:
-                            os.kill(process.pid, getattr(signal, str(request["signal"])))
-                    forwarded = True
-                try:
-                    if context.join(timeout=0.2):
-                        break
-                except (mp.ProcessExitedException, mp.ProcessRaisedException):
-                    if not forwarded:
-                        raise
-                    break
-        if forwarded:
+        try:
+            with stop_requests() as request:
+                forwarded = False
+                while not context.join(timeout=0.2):  # a process that fails raises here, with its traceback
+                    if request["signal"] is not None and not forwarded:
+                        if on_stop is None:  # nothing to save: stop the processes and go
+                            raise KeyboardInterrupt
+                        for process in context.processes:
+                            if process.is_alive() and process.pid is not None:
+                                os.kill(process.pid, getattr(signal, str(request["signal"])))
+                        forwarded = True
+        except BaseException:
             for process in context.processes:
-                process.join()
-            assert on_stop is not None
-            raise on_stop(str(request["signal"]))
-        return json.loads(result.read_text())
+                if process.is_alive():
+                    process.kill()  # they ignore SIGTERM and SIGINT (see _run_in_group)
+            raise
+        value = json.loads(result.read_text())
+        if isinstance(value, dict) and "_stopped_by" in value:  # every process stopped as asked
+            if on_stop is None:
+                raise KeyboardInterrupt
+            raise on_stop(str(value["_stopped_by"]))
+        return value
 
 
 def _run_in_group(rank_: int, function: Callable[..., Any], args: tuple[Any, ...], result: str, world: int,
                   port: int, device: str, threads: int | None) -> None:  # fmt: skip
+    import signal
+
     import torch.distributed as dist
 
+    # The launching process decides what a signal means: it forwards a stop to runs that checkpoint
+    # (they record it with metarec.training.stop_requests) and kills the processes otherwise. So the
+    # workers leave its session (a Ctrl-C or a batch system's signal to the process group reaches the
+    # launcher only, and the workers get it once, forwarded) and ignore signals outside such a run.
+    os.setsid()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    os.environ["METAREC_WORKER"] = "1"  # see metarec.training.stop_requests
     join_group(device, rank_, world, f"tcp://127.0.0.1:{port}", threads)
     try:
-        value = function(*args)
+        try:
+            value = function(*args)
+        except Exception as err:
+            if type(err).__name__ != "TrainingInterrupted":
+                raise
+            # stopped as asked, at the same update everywhere: wait until the first process has written
+            # its checkpoint, then end cleanly (an early exit would get the others terminated)
+            dist.barrier()
+            value = {"_stopped_by": getattr(err, "signal_name", "SIGTERM")}
         if rank_ == 0:
             Path(result).write_text(json.dumps(value))
     finally:

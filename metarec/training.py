@@ -137,9 +137,15 @@ def stop_requests() -> Iterator[dict[str, str | None]]:
         yield request
         return
 
+    # A worker of a split run may get the same signal twice (from its process group and forwarded by
+    # the launching process): it never escalates, the launcher does (by terminating the workers).
+    escalate = os.environ.get("METAREC_WORKER") != "1"
+
     def ask(signum: int, _frame: Any) -> None:
         if request["signal"] is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
+            if escalate:
+                raise KeyboardInterrupt
+            return
         request["signal"] = signal.Signals(signum).name
 
     previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGTERM, signal.SIGINT)}

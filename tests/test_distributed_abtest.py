@@ -137,8 +137,22 @@ EVALUATIONS = [
 ]
 
 
+def _policy_on_recsim() -> dict | None:
+    """An (untrained) PPO policy sampling its slates on RecSim's interest evolution, whose users finish
+    at different times: a process whose users have all finished still serves an empty batch."""
+    import gymnasium as gym
+    from metarec.agents.networks import SlatePolicy
+    from metarec.agents.ppo import PolicyRecommender
+
+    env = gym.make_vec("metarec/RecSimInterestEvolution-v0", num_envs=1, vectorization_mode="vector_entry_point")
+    torch.manual_seed(0)
+    policy = SlatePolicy(env.single_observation_space, 2, 16, "mlp")
+    agent = PolicyRecommender(policy, deterministic=False, generator=torch.Generator().manual_seed(1))
+    return evaluate("metarec/RecSimInterestEvolution-v0", agent, 9, seed=4)
+
+
 def _evaluations() -> list:
-    return [evaluate(env_id, agent, 201, seed=4) for env_id, agent in EVALUATIONS]
+    return [evaluate(env_id, agent, 201, seed=4) for env_id, agent in EVALUATIONS] + [_policy_on_recsim()]
 
 
 def test_evaluation_split_across_processes_equals_one_process():

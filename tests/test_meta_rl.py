@@ -284,3 +284,21 @@ def test_sigterm_to_a_two_process_run_checkpoints_both_and_resumes(tmp_path) -> 
     resumed = subprocess.run([*base, "--out", str(out), "--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["params_sha256"] == json.loads(whole.stdout)["params_sha256"]
+
+
+def test_ctrl_c_to_the_process_group_of_a_two_process_run_checkpoints_and_resumes(tmp_path) -> None:
+    """A terminal's Ctrl-C (or a batch system's signal) reaches the whole process group: the launcher
+    forwards one stop to its workers, which left its session, so none gets it twice and dies of it."""
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "metarec", "meta-train", str(TINY), "--nproc", "2", "--quiet", "--out", str(out),
+            "--set", "methods=[rl2]", "--set", "rl2.updates=200", "--set", "checkpoint_every=1"]  # fmt: skip
+    process = subprocess.Popen(base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "checkpoints" / "last.pt").is_file():
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "stopped by SIGINT" in stderr, stderr
+    resumed = subprocess.run([*base, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["methods"]["rl2"] == 200
