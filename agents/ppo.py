@@ -399,15 +399,7 @@ class BatchedPPO:
         }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
-        if "processes" not in saved:
-            raise ValueError("--resume: this checkpoint was written by an older metarec (no 'processes'); "
-                             "start a new run")  # fmt: skip
-        if len(saved["processes"]) != self.world:
-            raise ValueError(
-                f"--resume: the checkpoint holds {len(saved['processes'])} processes' users; resume with "
-                f"--nproc {len(saved['processes'])} (this run has {self.world})"
-            )
-        users = saved["processes"][self.rank]
+        users = this_process_users(saved, self.rank, self.world)
         self.policy.load_state_dict(saved["policy"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.generator.set_state(saved["generator"])
@@ -430,6 +422,20 @@ def _process_share() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def this_process_users(saved: dict[str, Any], rank: int, world: int) -> Any:
+    """This process's entry of a checkpoint's ``processes`` (see :func:`gather_from_processes`), after
+    checking that the checkpoint was written by as many processes as this run has."""
+    if "processes" not in saved:
+        raise ValueError("--resume: this checkpoint was written by an older metarec (no 'processes'); start a new run")
+    written = len(saved["processes"])
+    if written != world:
+        raise ValueError(
+            f"--resume: the checkpoint holds {written} processes' users; resume with --nproc {written} "
+            f"(this run has {world})"
+        )
+    return saved["processes"][rank]
 
 
 def gather_from_processes(value: Any, world: int) -> list[Any]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from metarec.agents.ppo import RunningMeanStd, gather_from_processes, generalized_advantages
+from metarec.agents.ppo import RunningMeanStd, gather_from_processes, generalized_advantages, this_process_users
 from metarec.envs.population import FrozenConfig
 from metarec.envs.task_batch import TaskBatchVectorEnv
 from pydantic import Field
@@ -305,15 +305,7 @@ class RL2Trainer:
         }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
-        if "processes" not in saved:
-            raise ValueError("--resume: this checkpoint was written by an older metarec (no 'processes'); "
-                             "start a new run")  # fmt: skip
-        if len(saved["processes"]) != self.world:
-            raise ValueError(
-                f"--resume: the checkpoint holds {len(saved['processes'])} processes' users; resume with "
-                f"--nproc {len(saved['processes'])} (this run has {self.world})"
-            )
-        users = saved["processes"][self.rank]
+        users = this_process_users(saved, self.rank, self.world)
         self.policy.load_state_dict(saved["policy"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.generator.set_state(saved["generator"])
