@@ -24,7 +24,6 @@ import torch
 from metarec.agents.base import Shard
 
 from metarec.distributed import (
-    blocks,
     group_size,
     in_group,
     rank,
@@ -81,14 +80,14 @@ def simulate(config: ABTestConfig, quiet: bool = False) -> tuple[dict[str, ArmRu
 
     if config.torch_threads is not None and not dist.is_initialized():
         torch.set_num_threads(config.torch_threads)
-    world, here = group_size(), rank()
+    here = rank()
     seeds = seeds_of(config)
     users = users_per_arm(config, seeds["assignment"])
     control = config.control_arm
     runs = {}
     for name in config.arms:
         spec = config.arms[control] if config.aa else config.arms[name]
-        shard = None if world == 1 else Shard(users[name], *blocks(users[name], world)[here])
+        shard = Shard.of_this_process(users[name])
         start = time.perf_counter()
         run = simulate_arm(
             config.env, config.env_kwargs, spec.agent, config.arms[control].agent, users[name], config.days,

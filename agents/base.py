@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from metarec.envs.backend import RowSubsetRandom, TorchRandom
+
+from metarec.distributed import all_reduce_, blocks, group_size, rank
 
 #: Resolution of the fixed-point sums of statistics shared across users (see :func:`add_exact`).
 EXACT_SCALE = 2.0**24
@@ -30,19 +33,21 @@ class Shard:
         if not 0 <= self.offset <= self.offset + self.size <= self.total:
             raise ValueError(f"shard: expected 0 <= offset <= offset + size <= total, got {self}")
 
+    @classmethod
+    def of_this_process(cls, total: int) -> Shard | None:
+        """This process's block of ``total`` users in the default ``torch.distributed`` group (blocks
+        in rank order, sizes differing by at most one), or None when the run has one process."""
+        world = group_size()
+        return None if world == 1 else cls(total, *blocks(total, world)[rank()])
+
+    def env_rows(self) -> tuple[int, list[int]]:
+        """The ``shard`` argument of the vector environments: ``(total, this process's rows)``."""
+        return self.total, list(range(self.offset, self.offset + self.size))
+
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sums ``tensor`` over the processes of the default ``torch.distributed`` group, in place (a
-        no-op when no group is running); gloo gets a CPU copy of a device tensor."""
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return tensor
-        if dist.get_backend() == "gloo" and tensor.device.type != "cpu":
-            host = tensor.cpu()
-            dist.all_reduce(host)
-            tensor.copy_(host)
-        else:
-            dist.all_reduce(tensor)
+        no-op when no group is running; an int64 table of fixed-point sums stays exact)."""
+        all_reduce_([tensor])
         return tensor
 
 
@@ -69,28 +74,26 @@ class UserDraws:
         self.generator = generator
         self.total = batch if shard is None else shard.total
         offset = 0 if shard is None else shard.offset
+        whole = TorchRandom(generator)
         if rows is None and offset == 0 and self.total == batch:
             self.rows: torch.Tensor | None = None
-        else:
+            self.users, self.random = batch, whole
+        else:  # the environments' way of drawing for a subset of a batch's rows
             local = torch.arange(batch, device=generator.device) if rows is None else rows.to(generator.device)
             self.rows = local + offset
+            self.users, self.random = len(self.rows), RowSubsetRandom(whole, self.total, self.rows)
 
     def rows_of(self) -> tuple[int, torch.Tensor] | None:
         """``(total, rows)`` for :meth:`~metarec.agents.distributions.PlackettLuce.sample`, or None."""
         return None if self.rows is None else (self.total, self.rows)
 
-    def _take(self, draw: torch.Tensor) -> torch.Tensor:
-        return draw if self.rows is None else draw[self.rows]
-
     def rand(self, *tail: int) -> torch.Tensor:
         """U[0, 1) draws, ``[users, *tail]``."""
-        device = self.generator.device
-        return self._take(torch.rand((self.total, *tail), generator=self.generator, device=device))
+        return self.random.uniform((self.users, *tail))
 
     def randn(self, *tail: int) -> torch.Tensor:
         """N(0, 1) draws, ``[users, *tail]``."""
-        device = self.generator.device
-        return self._take(torch.randn((self.total, *tail), generator=self.generator, device=device))
+        return self.random.normal((self.users, *tail))
 
 
 def add_exact(table: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:

@@ -30,6 +30,8 @@ import torch
 from metarec.envs.population import FrozenConfig
 from pydantic import Field
 
+from metarec.distributed import all_reduce_
+
 from .base import Recommender, active_rows, fill_slates, slate_size_of
 from .networks import SlatePolicy
 
@@ -108,6 +110,20 @@ def generalized_advantages(
         last = delta + gamma * lam * not_done * last
         advantages[t] = last
     return advantages
+
+
+def standardise(
+    values: torch.Tensor, count: int, reduce: Callable[[list[torch.Tensor]], None] = all_reduce_
+) -> torch.Tensor:
+    """``values`` less their mean, over their standard deviation (float32), where the minibatch of
+    ``count`` samples may be spread over processes: ``reduce`` sums this process's moments with the
+    others' (in float64), so every process standardises by the same minibatch statistics."""
+    values = values.double()
+    moments = torch.stack([values.sum(), (values**2).sum()])
+    reduce([moments])
+    mean = moments[0] / count
+    std = ((moments[1] - count * mean**2).clamp_min(0) / (count - 1)).sqrt()
+    return ((values - mean) / (std + 1e-8)).float()
 
 
 class BatchedPPO:
@@ -272,11 +288,7 @@ class BatchedPPO:
                 count = len(chosen)
                 adv = advantages[index]
                 if c.normalize_advantages and count > 1:
-                    moments = torch.stack([adv.double().sum(), (adv.double() ** 2).sum()])
-                    self._sum([moments])
-                    mean = moments[0] / count
-                    std = ((moments[1] - count * mean**2).clamp_min(0) / (count - 1)).sqrt()
-                    adv = ((adv - mean) / (std + 1e-8)).float()
+                    adv = standardise(adv, count, self._sum)
                 # this process's share of the minibatch's means: sums over its samples / the minibatch's count
                 terms = torch.zeros(5, device=self.device)  # policy, value, entropy, approx KL, clipped
                 if len(index):
@@ -343,9 +355,7 @@ class BatchedPPO:
     def _sum(self, tensors: list[torch.Tensor]) -> None:
         """Sums ``tensors`` in place over the processes of the run (nothing in one process)."""
         if self.world > 1:
-            from metarec.meta.gradient import sum_across_processes
-
-            sum_across_processes(tensors)
+            all_reduce_(tensors)
 
     def _non_finite_message(self, what: str) -> str:
         return (

@@ -342,20 +342,15 @@ class UserSimVectorEnv(VectorEnv):
         any_done, all_finite = torch.stack([done.any(), finite]).tolist()
         if not all_finite:
             raise FloatingPointError(self._non_finite_report(outcome.reward))
-        if self.autoreset and self.keyed_resets:
-            # the draw for newcomers is made every step, so the stream never depends on who finished
-            # (in another process, say)
-            fresh = self._keyed_fresh_users()
+        # keyed resets draw newcomers every step, so the stream never depends on who finished (in
+        # another process, say); otherwise they are drawn only when someone finished
+        if self.autoreset and (any_done or self.keyed_resets):
+            replaced = self._new_users(done)
             if any_done:
                 infos["final_obs"] = observation
                 infos["_final_obs"] = done
-                self._state = _where_rows(done, fresh, self._state)
-                observation = self._observe_rows(observation, done)
-        elif self.autoreset and any_done:
-            infos["final_obs"] = observation
-            infos["_final_obs"] = done
-            self._state = self.model.reset_users(self._rng, self._state, done)
-            observation = self._observe_rows(observation, done)  # only the fresh users are observed
+                self._state = replaced
+                observation = self._observe_rows(observation, done)  # only the fresh users are observed
         return observation, outcome.reward, outcome.terminated, outcome.truncated, self._truth(infos)
 
     def _non_finite_report(self, reward: Any) -> str:

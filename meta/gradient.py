@@ -57,6 +57,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from metarec.distributed import all_reduce_
+
 __all__ = [
     "GradientMetaLearner",
     "LossFn",
@@ -188,29 +190,6 @@ def reptile_update(theta: Params, adapted: Params, epsilon: float) -> Params:
             raise ValueError(f"adapted[{name!r}] must have shape [T, *{tuple(p.shape)}], got {tuple(q.shape)}")
         new[name] = p + epsilon * (q.mean(dim=0) - p)
     return new
-
-
-def average_across_processes(tensors: list[torch.Tensor]) -> None:
-    """Averages ``tensors`` in place over the processes of the default ``torch.distributed`` group
-    (one flat all-reduce); nothing when no group is initialised or it has one process."""
-    sum_across_processes(tensors, average=True)
-
-
-def sum_across_processes(tensors: list[torch.Tensor], average: bool = False) -> None:
-    """Sums (or averages) ``tensors`` in place over the processes of the default ``torch.distributed``
-    group, in one flat all-reduce; nothing when no group is initialised or it has one process."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 or not tensors:
-        return
-    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    if average:
-        flat /= dist.get_world_size()
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset : offset + t.numel()].view_as(t))
-        offset += t.numel()
 
 
 def _leaves_with_paths(tree: Any, path: str) -> Iterator[tuple[str, torch.Tensor]]:
@@ -443,7 +422,7 @@ class GradientMetaLearner:
         self.optimizer.zero_grad(set_to_none=True)
         query_loss.backward()
         grads = [p.grad for p in theta.values() if p.grad is not None]
-        average_across_processes(grads)  # data-parallel over tasks: each process held a share of them
+        all_reduce_(grads, average=True)  # data-parallel over tasks: each process held a share of them
         if not grads:
             raise RuntimeError(
                 "no gradient reached the module's parameters: query_loss does not depend on θ; compute it from "
@@ -464,7 +443,7 @@ class GradientMetaLearner:
             before = {name: p.detach().clone() for name, p in theta.items()}
             # the mean over tasks, over every process's share of them
             mean = {name: q.mean(dim=0) for name, q in adapted.items()}
-            average_across_processes(list(mean.values()))
+            all_reduce_(list(mean.values()), average=True)
             if self.optimizer_name == "sgd":
                 epsilon = float(self.optimizer.param_groups[0]["lr"])
                 new = reptile_update(before, {name: m[None] for name, m in mean.items()}, epsilon)

@@ -35,7 +35,7 @@ from torch import nn
 
 from .gradient import GradientMetaLearner, TaskParams
 from .policy import feedforward_policy
-from .tasks import TaskDistribution, task_batch
+from .tasks import TaskDistribution, TaskShare
 
 GradientMethod = Literal["maml", "fomaml", "reptile", "finetune", "scratch"]
 
@@ -156,16 +156,6 @@ class TaskPolicy:
         return PlackettLuce(self.logits(params, observation), self.slate_size).sample(generator, rows_of=shard)
 
 
-def process_share() -> tuple[int, int]:
-    """``(rank, world_size)`` of this process in the default ``torch.distributed`` group; ``(0, 1)``
-    when none is initialised."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class GradientMetaTrainer:
     """Meta-trains θ for ``method`` on tasks of ``split`` (``scratch`` trains nothing)."""
 
@@ -188,20 +178,11 @@ class GradientMetaTrainer:
         c = config
         # Data-parallel over tasks when torch.distributed is initialised: this process steps its share
         # of every meta-batch's tasks, and the meta-gradients are averaged (GradientMetaLearner).
-        self.rank, self.world = process_share()
-        if c.tasks_per_batch % self.world:
-            raise ValueError(
-                f"gradient.tasks_per_batch: must divide among {self.world} processes, got {c.tasks_per_batch}"
-            )
-        self.local_tasks = c.tasks_per_batch // self.world
-        full = c.tasks_per_batch * c.users_per_task
-        rows = torch.arange(
-            self.rank * self.local_tasks * c.users_per_task, (self.rank + 1) * self.local_tasks * c.users_per_task
-        )
-        self.shard = None if self.world == 1 else (full, rows)
+        self.share = TaskShare.of_this_process(c.tasks_per_batch, c.users_per_task, "gradient.tasks_per_batch")
+        self.rank, self.world, self.local_tasks = self.share.rank, self.share.world, self.share.local_tasks
         self.env = TaskBatchVectorEnv(
-            self._local(self._tasks(0)), c.users_per_task, device=device, ground_truth=False,
-            item_stats=item_stats, shard=self.shard, autoreset=False,  # a finished user stays out of the window
+            self._tasks(0), c.users_per_task, device=device, ground_truth=False, item_stats=item_stats,
+            shard=self.share.env_shard(), autoreset=False,  # a finished user stays out of the window
         )  # fmt: skip
         self.device = self.env.device
         self.slate_size = self.env.model.slate_size
@@ -212,17 +193,13 @@ class GradientMetaTrainer:
         self.loss = policy_gradient_loss(self.policy, self.slate_size)
         self.acting = TaskPolicy(self.learner, self.local_tasks, c.users_per_task, self.slate_size)
         self.generator = torch.Generator(device=self.device).manual_seed(seed + 7919)
-        if self.shard is not None:
-            self.shard = (self.shard[0], self.shard[1].to(self.device))
+        self.shard = self.share.rows_of(self.device)
         self.update = 0
         self.global_step = 0
 
     def _tasks(self, index: int) -> list[Any]:
-        c = self.config
-        return task_batch(self.distribution, self.split, c.tasks_per_batch, self.seed, index, self.sessions)
-
-    def _local(self, tasks: list[Any]) -> list[Any]:
-        return tasks[self.rank * self.local_tasks : (self.rank + 1) * self.local_tasks]
+        """This process's tasks of meta-batch ``index``."""
+        return self.share.tasks(self.distribution, self.split, self.seed, index, self.sessions)
 
     @property
     def done(self) -> bool:
@@ -246,7 +223,7 @@ class GradientMetaTrainer:
         from torch.func import vmap
 
         c = self.config
-        self.env.set_tasks(self._local(self._tasks(self.update)))
+        self.env.set_tasks(self._tasks(self.update))
         self.observation, _ = self.env.reset(seed=self.seed * 1_000_003 + self.update)
         self.alive = torch.ones(self.env.num_envs, dtype=torch.bool, device=self.device)
         params = self.learner.clone(self.local_tasks)

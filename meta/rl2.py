@@ -25,14 +25,21 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from metarec.agents.ppo import RunningMeanStd, gather_from_processes, generalized_advantages, this_process_users
+from metarec.agents.ppo import (
+    RunningMeanStd,
+    gather_from_processes,
+    generalized_advantages,
+    standardise,
+    this_process_users,
+)
 from metarec.envs.population import FrozenConfig
 from metarec.envs.task_batch import TaskBatchVectorEnv
 from pydantic import Field
 
-from .gradient import sum_across_processes
+from metarec.distributed import all_reduce_
+
 from .policy import Memory, RecurrentSlatePolicy
-from .tasks import TaskDistribution, task_batch
+from .tasks import TaskDistribution, TaskShare
 
 
 class RL2Config(FrozenConfig):
@@ -88,25 +95,16 @@ class RL2Trainer:
         self.distribution, self.split, self.config = distribution, split, config
         self.sessions, self.seed = sessions, seed
         self.batch_index = 0
-        from .gradient_rl import process_share
-
-        self.rank, self.world = process_share()
-        if config.tasks_per_batch % self.world:
-            raise ValueError(
-                f"rl2.tasks_per_batch: must divide among {self.world} processes, got {config.tasks_per_batch}"
-            )
-        self.local_tasks = config.tasks_per_batch // self.world
-        self.total_users = config.tasks_per_batch * config.users_per_task
-        local = self.local_tasks * config.users_per_task
-        self.offset = self.rank * local
-        shard = None if self.world == 1 else (self.total_users, list(range(self.offset, self.offset + local)))
+        self.share = TaskShare.of_this_process(config.tasks_per_batch, config.users_per_task, "rl2.tasks_per_batch")
+        self.rank, self.world = self.share.rank, self.share.world
+        self.total_users, self.offset = self.share.total_users, self.share.offset
         # keyed resets in one process too, so that N processes step exactly its users
         self.env = TaskBatchVectorEnv(
-            self._local(self._tasks(0)), config.users_per_task, device=device, ground_truth=False,
-            item_stats=item_stats, shard=shard, keyed_resets=True,
+            self._tasks(0), config.users_per_task, device=device, ground_truth=False,
+            item_stats=item_stats, shard=self.share.env_shard(), keyed_resets=True,
         )  # fmt: skip
         self.device = self.env.device
-        self.rows_of = None if shard is None else (self.total_users, torch.tensor(shard[1], device=self.device))
+        self.rows_of = self.share.rows_of(self.device)
         torch.manual_seed(seed)  # initial weights only
         self.policy = RecurrentSlatePolicy(self.env.single_observation_space, self.env.model.slate_size,
                                            config.hidden).to(self.device)  # fmt: skip
@@ -119,11 +117,8 @@ class RL2Trainer:
 
     # ------------------------------------------------------------------ tasks and users
     def _tasks(self, index: int) -> list[Any]:
-        c = self.config
-        return task_batch(self.distribution, self.split, c.tasks_per_batch, self.seed, index, self.sessions)
-
-    def _local(self, tasks: list[Any]) -> list[Any]:
-        return tasks[self.rank * self.local_tasks : (self.rank + 1) * self.local_tasks]
+        """This process's tasks of meta-batch ``index``."""
+        return self.share.tasks(self.distribution, self.split, self.seed, index, self.sessions)
 
     def _env_seed(self, index: int) -> int:
         return self.seed * 1_000_003 + index
@@ -137,7 +132,7 @@ class RL2Trainer:
 
     def _next_task_batch(self) -> None:
         self.batch_index += 1
-        self.env.set_tasks(self._local(self._tasks(self.batch_index)))
+        self.env.set_tasks(self._tasks(self.batch_index))
         self._start_users(self._env_seed(self.batch_index))
 
     # ------------------------------------------------------------------ rollouts and updates
@@ -163,7 +158,7 @@ class RL2Trainer:
                 reward = reward.float()
                 done = terminated | truncated
                 self.discounted_return = self.discounted_return * c.gamma + reward
-                self.return_stats.update(self.discounted_return, reduce=sum_across_processes)
+                self.return_stats.update(self.discounted_return, reduce=all_reduce_)
                 self.discounted_return.masked_fill_(done, 0)
                 out["slates"].append(slate)
                 out["log_probs"].append(dist.log_prob(slate))
@@ -231,12 +226,7 @@ class RL2Trainer:
                 chosen = order[start : start + size]  # users of the whole batch
                 rows = chosen[(chosen >= self.offset) & (chosen < self.offset + local)] - self.offset  # ours
                 count = steps * len(chosen)
-                adv = rollout["advantages"][:, rows].double()
-                moments = torch.stack([adv.sum(), (adv**2).sum()])
-                sum_across_processes([moments])
-                mean = moments[0] / count
-                std = ((moments[1] - count * mean**2).clamp_min(0) / (count - 1)).sqrt()
-                adv = ((adv - mean) / (std + 1e-8)).float()
+                adv = standardise(rollout["advantages"][:, rows], count)
                 # this process's share of the minibatch means (divided by the whole minibatch's count)
                 terms = torch.zeros(3, device=self.device)  # policy loss, value loss, entropy
                 if len(rows):
@@ -254,7 +244,7 @@ class RL2Trainer:
                 if loss.requires_grad:
                     loss.backward()
                 reported = terms.detach().clone()
-                sum_across_processes([*(p.grad for p in parameters), reported])
+                all_reduce_([*(p.grad for p in parameters), reported])
                 if not bool(torch.isfinite(reported).all()):
                     raise FloatingPointError(
                         f"rl2: a minibatch's loss is NaN or infinite at update {self.update + 1}; "
@@ -263,7 +253,7 @@ class RL2Trainer:
                 torch.nn.utils.clip_grad_norm_(parameters, c.max_grad_norm)
                 self.optimizer.step()
         reward = torch.stack([rollout["raw_rewards"].double().sum()])
-        sum_across_processes([reward])
+        all_reduce_([reward])
         stats = {
             "policy_loss": float(reported[0]),
             "value_loss": float(reported[1]),
@@ -311,7 +301,7 @@ class RL2Trainer:
         self.generator.set_state(saved["generator"])
         self.update, self.global_step = int(saved["update"]), int(saved["global_step"])
         self.batch_index = int(saved["batch_index"])
-        self.env.set_tasks(self._local(self._tasks(self.batch_index)))
+        self.env.set_tasks(self._tasks(self.batch_index))
         self.observation, _ = self.env.load_checkpoint(users["env"])
         memory = users["memory"]
         self.memory = Memory(memory["hidden"].to(self.device), memory["last_slate"].to(self.device))

@@ -35,7 +35,8 @@ from metarec.abtest.runner import finite
 from metarec.envs.population import FrozenConfig, validate_config
 from pydantic import Field, field_validator, model_validator
 
-from metarec.distributed import spawn_for_result, torchrun_group, world_size
+from metarec.distributed import all_reduce_, group_size, spawn_for_result, torchrun_group, world_size
+from metarec.distributed import rank as distributed_rank
 
 from .evaluate import EvalConfig, LoggedItemStats, RL2Recommender, evaluate
 from .gradient_rl import AdaptingRecommender, GradientConfig, GradientMetaTrainer
@@ -156,11 +157,8 @@ def meta_train(
 
 def _any_rank(flag: bool) -> bool:
     """Whether ``flag`` is set in any process of the group (every process calls this each update)."""
-    import torch.distributed as dist
-
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    value = torch.tensor([1 if flag else 0], device=device)  # NCCL reduces GPU tensors only
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    value = torch.tensor([flag])
+    all_reduce_([value], op="max")
     return bool(value.item())
 
 
@@ -189,9 +187,7 @@ def _meta_train(config: MetaTrainConfig, out: Path, resume: bool, progress: bool
 
     from metarec.training import NoWriter, TrainingInterrupted, _atomic_save, _atomic_write_text, stop_requests
 
-    from .gradient_rl import process_share
-
-    rank, world = process_share()
+    rank, world = distributed_rank(), group_size()
     primary = rank == 0  # the one process that writes files
     checkpoint_path = out / "checkpoints" / "last.pt"
     if config.torch_threads and world == 1:

@@ -20,9 +20,11 @@ training split (the config is rejected otherwise). Sampling is reproducible from
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from metarec.envs.population import (
     CatalogConfig,
     FrozenConfig,
@@ -31,6 +33,8 @@ from metarec.envs.population import (
     validate_config,
 )
 from pydantic import Field, model_validator
+
+from metarec.distributed import group_size, rank
 
 WORLD_SEED_BAND = 1_000_000  # split k draws world seeds from [k * band, (k + 1) * band)
 
@@ -188,3 +192,57 @@ def task_batch(
     """Meta-batch ``index`` of a run: ``size`` tasks of ``split`` with ``sessions`` sessions per user,
     the same every time it is asked for (a resumed run sees the tasks it would have seen)."""
     return with_sessions(distribution.sample(split, size, batch_seed(seed, index)), sessions)
+
+
+@dataclass(frozen=True)
+class TaskShare:
+    """One process's share of every meta-batch when meta-training is split across processes: tasks
+    ``rank * local_tasks ..`` of the batch's ``tasks_per_batch``, whose users are the rows
+    ``offset .. offset + local_users`` of the batch's ``total_users`` (task-major, as
+    :class:`~metarec.envs.task_batch.TaskBatchVectorEnv` lays them out). One process has them all."""
+
+    rank: int
+    world: int
+    tasks_per_batch: int
+    users_per_task: int
+
+    @classmethod
+    def of_this_process(cls, tasks_per_batch: int, users_per_task: int, field: str) -> TaskShare:
+        """The share of this process in the default ``torch.distributed`` group (all of it without
+        one); ``field`` names the config key in the error when the tasks do not divide evenly."""
+        world = group_size()
+        if tasks_per_batch % world:
+            raise ValueError(f"{field}: must divide among {world} processes, got {tasks_per_batch}")
+        return cls(rank(), world, tasks_per_batch, users_per_task)
+
+    @property
+    def local_tasks(self) -> int:
+        return self.tasks_per_batch // self.world
+
+    @property
+    def total_users(self) -> int:
+        return self.tasks_per_batch * self.users_per_task
+
+    @property
+    def local_users(self) -> int:
+        return self.local_tasks * self.users_per_task
+
+    @property
+    def offset(self) -> int:
+        return self.rank * self.local_users
+
+    def tasks(
+        self, distribution: TaskDistribution, split: str, seed: int, index: int, sessions: int
+    ) -> list[SimulatorConfig]:
+        """This process's tasks of meta-batch ``index`` (:func:`task_batch`)."""
+        batch = task_batch(distribution, split, self.tasks_per_batch, seed, index, sessions)
+        return batch[self.rank * self.local_tasks : (self.rank + 1) * self.local_tasks]
+
+    def env_shard(self) -> tuple[int, list[int]] | None:
+        """The vector env's ``shard`` argument: ``(total_users, this process's rows)``, or None."""
+        return None if self.world == 1 else (self.total_users, list(range(self.offset, self.offset + self.local_users)))
+
+    def rows_of(self, device: str | torch.device) -> tuple[int, torch.Tensor] | None:
+        """``(total_users, rows)`` on ``device`` for draws made for the whole batch, or None."""
+        shard = self.env_shard()
+        return None if shard is None else (shard[0], torch.tensor(shard[1], device=device))

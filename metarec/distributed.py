@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +66,40 @@ def group_size() -> int:
     import torch.distributed as dist
 
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_reduce_(tensors: list[torch.Tensor], op: str = "sum", average: bool = False) -> None:
+    """Reduces ``tensors`` in place over the processes of the default group (nothing without a group
+    or with one process): ``op`` is ``"sum"`` or ``"max"``; ``average`` divides a sum by the processes.
+
+    The tensors travel in one flat all-reduce per kind: floating point ones as float64, the others
+    (integers, flags) as int64, so the fixed-point sums of :func:`~metarec.agents.base.add_exact`
+    stay exact. The flat buffer lives where the backend reduces (a GPU under NCCL, the host under
+    gloo) and the results are copied back to each tensor's own device and dtype. Every process of the
+    group must call it with tensors of the same shapes and dtypes, in the same order."""
+    import torch.distributed as dist
+
+    if op not in ("sum", "max"):
+        raise ValueError(f"op: expected 'sum' or 'max', got {op!r}")
+    if average and (op != "sum" or not all(t.is_floating_point() for t in tensors)):
+        raise ValueError("average: applies to op='sum' over floating-point tensors only")
+    if not in_group() or dist.get_world_size() == 1 or not tensors:
+        return
+    where = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    reduce_op = dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX
+    for floating in (True, False):
+        group = [t for t in tensors if t.is_floating_point() == floating]
+        if not group:
+            continue
+        dtype = torch.float64 if floating else torch.int64
+        flat = torch.cat([t.detach().reshape(-1).to(where, dtype) for t in group])
+        dist.all_reduce(flat, op=reduce_op)
+        if average:
+            flat /= dist.get_world_size()
+        offset = 0
+        for t in group:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
 
 
 def blocks(total: int, world: int) -> list[tuple[int, int]]:
@@ -145,10 +180,12 @@ def spawn_for_result(
 
 def _run_in_group(rank_: int, function: Callable[..., Any], args: tuple[Any, ...], result: str, world: int,
                   port: int, device: str, threads: int | None) -> None:  # fmt: skip
+    import faulthandler
     import signal
 
     import torch.distributed as dist
 
+    faulthandler.enable(all_threads=True)
     # The launching process decides what a signal means: it forwards a stop to runs that checkpoint
     # (they record it with metarec.training.stop_requests) and kills the processes otherwise. So the
     # workers leave its session (a Ctrl-C or a batch system's signal to the process group reaches the
@@ -170,5 +207,12 @@ def _run_in_group(rank_: int, function: Callable[..., Any], args: tuple[Any, ...
             value = {"_stopped_by": getattr(err, "signal_name", "SIGTERM")}
         if rank_ == 0:
             Path(result).write_text(json.dumps(value))
+        dist.barrier()  # no process leaves while another still talks to the group (rank 0 hosts its store)
     finally:
         dist.destroy_process_group()
+    # Done, and the result is written. A gloo process can abort while the interpreter shuts down
+    # ("terminate called without an active exception", SIGABRT, about one run in five here), which would
+    # fail a finished run; so a worker that succeeded ends at once, as a forked process would.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

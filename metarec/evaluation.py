@@ -71,10 +71,7 @@ def evaluate(
         oracle), ``processes``.
     """
     from metarec.distributed import (
-        blocks,
         group_size,
-        in_group,
-        rank,
         spawn_for_result,
         torchrun_group,
         world_size,
@@ -91,11 +88,9 @@ def evaluate(
     if world > 1:
         torchrun_group(device)
     kwargs = dict(env_kwargs or {})
-    shard = None
-    if in_group() and group_size() > 1:
-        offset, size = blocks(users, group_size())[rank()]
-        shard = Shard(users, offset, size)
-        kwargs["shard"] = (users, list(range(offset, offset + size)))
+    shard = Shard.of_this_process(users)
+    if shard is not None:
+        kwargs["shard"] = shard.env_rows()
     try:
         env = gym.make_vec(
             env_id, num_envs=users if shard is None else shard.size, vectorization_mode="vector_entry_point",

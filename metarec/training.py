@@ -289,16 +289,16 @@ def _train_batched_ppo(config: TrainConfig, out: Path, resume_from: Path | None,
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    from metarec.distributed import blocks, group_size, rank
+    from metarec.agents.base import Shard
+    from metarec.distributed import group_size, rank
     from metarec.evaluation import evaluate
 
     world, primary = group_size(), rank() == 0  # the first process writes the files
-    if world == 1:
+    shard = Shard.of_this_process(config.ppo.num_envs)
+    if shard is None:
         env = make_vector_env(config, config.ppo.num_envs, ground_truth=False)
     else:
-        offset, size = blocks(config.ppo.num_envs, world)[rank()]
-        env = make_vector_env(config, size, ground_truth=False, shard=(config.ppo.num_envs,
-                                                                      list(range(offset, offset + size))))  # fmt: skip
+        env = make_vector_env(config, shard.size, ground_truth=False, shard=shard.env_rows())
     ppo = BatchedPPO(env, config.ppo, seed=config.seed, total_steps=config.total_steps)
     if resume_from is not None and resume_from.is_file():
         ppo.load_state_dict(torch.load(resume_from, map_location="cpu", weights_only=True))  # RNG states stay on CPU

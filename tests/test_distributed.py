@@ -1,0 +1,80 @@
+"""The helpers every split run rests on: one all-reduce for sums, averages and flags, and the block of
+users (or tasks) each process holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import metarec.agents.base as agents_base
+import metarec.meta.tasks as meta_tasks
+import pytest
+import torch
+from metarec.agents.base import Shard
+from metarec.meta.tasks import TaskShare, task_batch
+
+from metarec.distributed import all_reduce_, rank, spawn_for_result
+from metarec.training import load_yaml_config
+
+BIG = 2**60 + 3  # float64 cannot hold it (or twice it) exactly
+
+
+def _reduce_in_group() -> dict:
+    here = rank()
+    exact = torch.tensor([BIG + here, -here], dtype=torch.int64)
+    floats = torch.tensor([[0.25 * (here + 1)], [1.0]], dtype=torch.float32)
+    flag = torch.tensor([here == 1])
+    all_reduce_([exact, floats, flag])
+    averaged = torch.tensor([2.0 * here])
+    all_reduce_([averaged], average=True)
+    largest = torch.tensor([3 - here, here], dtype=torch.int32)
+    all_reduce_([largest], op="max")
+    return {
+        "exact": [str(v) for v in exact.tolist()], "floats": floats.flatten().tolist(), "flag": flag.tolist(),
+        "dtypes": [str(t.dtype) for t in (exact, floats, flag, largest)], "averaged": averaged.item(),
+        "largest": largest.tolist(),
+    }  # fmt: skip
+
+
+def test_all_reduce_over_two_processes_keeps_dtypes_and_integer_sums_exact():
+    out = spawn_for_result(_reduce_in_group, (), 2)
+    assert out["exact"] == [str(2 * BIG + 1), "-1"]  # one more than float64 would give
+    assert out["floats"] == [0.75, 2.0]
+    assert out["flag"] == [True]
+    assert out["dtypes"] == ["torch.int64", "torch.float32", "torch.bool", "torch.int32"]
+    assert out["averaged"] == 1.0
+    assert out["largest"] == [3, 1]
+
+
+def test_all_reduce_without_a_group_changes_nothing_and_names_bad_arguments():
+    values = torch.tensor([1.5, 2.5])
+    all_reduce_([values])
+    assert values.tolist() == [1.5, 2.5]
+    with pytest.raises(ValueError, match="op: expected 'sum' or 'max', got 'mean'"):
+        all_reduce_([values], op="mean")
+    with pytest.raises(ValueError, match="average: applies to op='sum' over floating-point tensors only"):
+        all_reduce_([torch.tensor([1])], average=True)
+
+
+def test_the_shard_of_a_process(monkeypatch):
+    assert Shard.of_this_process(10) is None  # one process holds every user
+    monkeypatch.setattr(agents_base, "group_size", lambda: 3)
+    monkeypatch.setattr(agents_base, "rank", lambda: 1)
+    shard = Shard.of_this_process(10)
+    assert shard == Shard(10, 4, 3)  # blocks of 4, 3, 3
+    assert shard.env_rows() == (10, [4, 5, 6])
+
+
+def test_the_task_share_of_a_process(monkeypatch):
+    tasks = load_yaml_config(meta_tasks.TaskDistribution, Path(__file__).parents[1] / "configs" / "meta_tasks.yaml")
+    whole = TaskShare.of_this_process(4, 3, "rl2.tasks_per_batch")
+    assert (whole.rank, whole.world, whole.local_tasks, whole.offset) == (0, 1, 4, 0)
+    assert whole.env_shard() is None and whole.rows_of("cpu") is None
+    second = TaskShare(rank=1, world=2, tasks_per_batch=4, users_per_task=3)
+    assert (second.local_tasks, second.total_users, second.local_users, second.offset) == (2, 12, 6, 6)
+    assert second.env_shard() == (12, [6, 7, 8, 9, 10, 11])
+    total, rows = second.rows_of("cpu")
+    assert total == 12 and rows.tolist() == list(range(6, 12))
+    assert second.tasks(tasks, "meta-train", 5, 2, 3) == task_batch(tasks, "meta-train", 4, 5, 2, 3)[2:]
+    monkeypatch.setattr(meta_tasks, "group_size", lambda: 3)
+    with pytest.raises(ValueError, match=r"rl2\.tasks_per_batch: must divide among 3 processes, got 4"):
+        TaskShare.of_this_process(4, 3, "rl2.tasks_per_batch")
