@@ -342,15 +342,15 @@ class UserSimVectorEnv(VectorEnv):
         any_done, all_finite = torch.stack([done.any(), finite]).tolist()
         if not all_finite:
             raise FloatingPointError(self._non_finite_report(outcome.reward))
-        # keyed resets draw newcomers every step, so the stream never depends on who finished (in
-        # another process, say); otherwise they are drawn only when someone finished
-        if self.autoreset and (any_done or self.keyed_resets):
-            replaced = self._new_users(done)
-            if any_done:
-                infos["final_obs"] = observation
-                infos["_final_obs"] = done
-                self._state = replaced
-                observation = self._observe_rows(observation, done)  # only the fresh users are observed
+        if self.autoreset and any_done:
+            infos["final_obs"] = observation
+            infos["_final_obs"] = done
+            self._state = self._new_users(done)
+            observation = self._observe_rows(observation, done)  # only the fresh users are observed
+        elif self.autoreset and self.keyed_resets:
+            # keyed resets draw newcomers every step, so the stream never depends on who finished (in
+            # another process, say); nobody finished, so the draw is only made, not used
+            self._keyed_fresh_users()
         return observation, outcome.reward, outcome.terminated, outcome.truncated, self._truth(infos)
 
     def _non_finite_report(self, reward: Any) -> str:
