@@ -3,10 +3,11 @@
 The dynamics in :mod:`metarec.envs` are written once, against the Python Array API standard, and run
 on one of two backends:
 
-* ``numpy`` — what the single-user Gymnasium environment uses. A step of one user is a few dozen
+* ``numpy`` — what the single-user Gymnasium environment uses. A step of one user is about 150
   operations on arrays of a handful of elements, where numpy's per-call overhead (about 1 µs) is
-  several times lower than torch's (3-10 µs); that is the difference between beating RecSim's
-  single-user speed and not.
+  several times lower than torch's (3-10 µs). Even so that is slower than RecSim's scalar Python,
+  so a model may add a fused step for one user (``UserModel.one_user``), tested to give the
+  batched step's trajectories bit for bit; RecSim's interest evolution has one.
 * ``torch`` — what the vector environment uses: thousands to millions of users per call, on CPU or GPU.
 
 Every random draw goes through a :class:`Random` bound to an explicit generator

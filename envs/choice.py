@@ -13,6 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 from array_api_compat import device as device_of
 
 from .backend import Array, Backend, Random
@@ -120,3 +121,47 @@ def revenue_ordered_slate(
     slate = xp.where(keep, order, order[:, :1])
     value = xp.max(values, axis=1)
     return slate, value
+
+
+def choose_one(uniform: float, weights: list[Any], no_click_weight: Any) -> tuple[int, list[Any]]:
+    """One user's choice from the float32 weights of a slate's positions (0 where nothing is shown):
+    ``(index, probabilities)``, index K meaning no click. The arithmetic of
+    :func:`choice_probabilities` and :func:`sample_categorical` for a batch of one, in numpy float32
+    scalars (numpy sums up to 7 floats in order, so K <= 6), given the draw ``uniform``."""
+    full = [*weights, no_click_weight]
+    total = full[0]
+    for w in full[1:]:
+        total = total + w
+    probs = [w / total for w in full]
+    cdf, below = probs[0], []
+    for p in probs[1:]:
+        below.append(cdf)
+        cdf = cdf + p
+    below.append(cdf)
+    u = np.float32(uniform) * cdf
+    index = sum(1 for c in below if c <= u)
+    return min(index, len(weights)), probs
+
+
+def revenue_ordered_slate_one(
+    weights: Any, revenue: Any, no_click_weight: Any, position_weight: Any, slate_size: int
+) -> tuple[Any, Any]:
+    """:func:`revenue_ordered_slate` for one user: 1-D ``weights`` and ``revenue`` (float32 numpy),
+    a float32 ``no_click_weight`` and ``position_weight`` ``[K]``; the same arithmetic, so the same
+    ``(slate [K] int64, value)`` bit for bit. The float64 key is computed on Python floats (the same
+    IEEE operations in the same order) and Python's sort is stable, as the batched argsort is."""
+    r64, w64 = revenue.tolist(), weights.tolist()
+    scale = 1e-9 * (max(abs(r) for r in r64) + 1e-30)
+    top = max(w64) + 1e-30
+    key = [r + scale * w / top for r, w in zip(r64, w64, strict=True)]
+    order = sorted(range(len(key)), key=key.__getitem__, reverse=True)[:slate_size]
+    w = [weights[j] * position_weight[k] for k, j in enumerate(order)]
+    numerator, shown = w[0] * revenue[order[0]], w[0]
+    best, value = 0, numerator / (no_click_weight + shown)
+    for k in range(1, slate_size):
+        numerator, shown = numerator + w[k] * revenue[order[k]], shown + w[k]
+        current = numerator / (no_click_weight + shown)
+        if current > value:
+            best, value = k, current
+    slate = order[: best + 1] + [order[0]] * (slate_size - best - 1)
+    return np.array(slate, dtype=np.int64), value

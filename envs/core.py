@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 from gymnasium import spaces
 
 from .backend import Array, Backend, Random
@@ -85,6 +86,30 @@ class Outcome:
     terminated: Array  # [B] bool: the user left (budget spent, churned)
     truncated: Array  # [B] bool: a step limit cut the episode
     info: dict[str, Array]  # extra per-user ground truth, e.g. drift events
+
+
+class OneUserStep(Protocol):
+    """What a model may offer the single-user environment on numpy: its step, observation and oracle
+    for one user, written with scalars instead of ``[1, ...]`` arrays (a batched step of one user is
+    about 150 numpy calls of a microsecond each; this is a few dozen).
+
+    It must give, bit for bit, what the batched methods give for a batch of one user: the same
+    arithmetic in float32, the same random draws in the same order, the same state dict (``[1, ...]``
+    arrays, so reset and the batched methods apply to it unchanged). A test checks that for every
+    model that has one. ``truth`` is whatever :meth:`oracle` returned last for this state, or None.
+    """
+
+    def step(
+        self, generator: np.random.Generator, state: State, slate: list[int], truth: Any
+    ) -> tuple[State, float, bool, bool, dict[str, Any]]:
+        """``(state, reward, terminated, truncated, info)`` after showing ``slate`` (validated
+        candidate indices); ``info`` holds Python scalars, as :meth:`UserModel.step`'s ``.item()``."""
+
+    def observe(self, state: State) -> dict[str, np.ndarray]:
+        """The observation of the user, as fresh arrays without the batch dimension."""
+
+    def oracle(self, state: State) -> tuple[np.ndarray, float, np.ndarray, Any]:
+        """``(slate [K], value, candidate utilities [N], truth)``, as :meth:`UserModel.oracle`."""
 
 
 class UserModel(ABC):
@@ -184,6 +209,10 @@ class UserModel(ABC):
             value[index] = fresh[key]
             merged[key] = value
         return merged
+
+    def one_user(self) -> OneUserStep | None:
+        """A fused step for one user on numpy, or None (the default): see :class:`OneUserStep`."""
+        return None
 
     def fresh_users(self, rng: Random, state: State, index: Array) -> State:
         """New users for rows ``index`` of ``state`` (a model whose rows differ, e.g. by task, draws

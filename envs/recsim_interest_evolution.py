@@ -8,12 +8,15 @@ Source: ``recsim/environments/interest_evolution.py`` (RecSim 0.2.4; the same fi
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from gymnasium import spaces
 from pydantic import Field
 
 from .adapters import UserSimEnv, UserSimVectorEnv
 from .backend import Array, Backend, Random
+from .choice import choose_one, revenue_ordered_slate_one
 from .core import Choice, ChoiceModel, Outcome, State, UserModel
 from .population import FrozenConfig
 
@@ -152,6 +155,12 @@ class InterestEvolutionModel(UserModel):
         features = xp.astype(state["doc_cluster"][:, :, None] == self.clusters[None, None, :], xp.float32)
         return {"user": state["interest"], "candidates": features, "response": state["response"]}
 
+    def one_user(self) -> InterestEvolutionOneUser | None:
+        # numpy sums up to 7 floats in order (more pairwise), which is what the fused choice assumes
+        if self.backend.name != "numpy" or self.slate_size > 6:
+            return None
+        return InterestEvolutionOneUser(self)
+
     def observation_space(self) -> spaces.Dict:
         c, n, k = self.config.num_clusters, self.num_candidates, self.slate_size
         return spaces.Dict(
@@ -161,6 +170,107 @@ class InterestEvolutionModel(UserModel):
                 "response": spaces.Box(-np.inf, np.inf, (k, 4), np.float32),
             }
         )
+
+
+class InterestEvolutionOneUser:
+    """:class:`InterestEvolutionModel`'s step, observation and oracle for one user, fused (see
+    :class:`~metarec.envs.core.OneUserStep`): float32 scalars and a handful of small numpy calls in
+    place of the batched step's ~150, with the same draws in the same order, so every trajectory is
+    the batched one bit for bit (``tests/test_one_user_step.py``)."""
+
+    def __init__(self, model: InterestEvolutionModel) -> None:
+        cfg = self.config = model.config
+        self.model = model
+        self.slate_size, self.num_candidates = model.slate_size, model.num_candidates
+        self.cluster_mean = model.cluster_mean
+        self.one_hot = np.eye(cfg.num_clusters, dtype=np.float32)
+        self.position_weight = model.position_weight
+        self.no_click_weight = model.no_click_weight + np.float32(0.0)  # a float32 scalar
+        self.video_length = np.float32(cfg.video_length)
+        self.slope = -cfg.alpha_y_intercept / cfg.alpha_x_intercept
+
+    def _truth(self, state: State) -> tuple[np.ndarray, np.ndarray, np.float32]:
+        """``(weights [N], utilities [N], watch)``: the choice model of every candidate."""
+        utilities = state["interest"][0].take(state["doc_cluster"][0])
+        watch = min(state["budget"][0], self.video_length)
+        return utilities - self.config.min_normalizer, utilities, watch
+
+    def oracle(self, state: State) -> tuple[np.ndarray, float, np.ndarray, tuple]:
+        truth = weights, utilities, watch = self._truth(state)
+        revenue = np.full(self.num_candidates, watch, dtype=np.float32)
+        slate, value = revenue_ordered_slate_one(
+            weights, revenue, self.no_click_weight, self.position_weight, self.slate_size
+        )
+        return slate, float(value), utilities, truth
+
+    def step(
+        self, generator: np.random.Generator, state: State, slate: list[int], truth: tuple | None
+    ) -> tuple[State, float, bool, bool, dict[str, Any]]:
+        cfg, k = self.config, self.slate_size
+        interest, clusters, quality = state["interest"][0], state["doc_cluster"][0], state["doc_quality"][0]
+        budget = state["budget"][0]
+        if truth is None:
+            weights = [interest[clusters[j]] - cfg.min_normalizer for j in slate]
+            watch_if_clicked = min(budget, self.video_length)
+        else:
+            weights = [truth[0][j] for j in slate]
+            watch_if_clicked = truth[2]
+        shown = [np.float32(j not in slate[:i]) for i, j in enumerate(slate)]
+        weights = [w * self.position_weight[i] * shown[i] for i, w in enumerate(weights)]
+        index, probs = choose_one(generator.random(dtype=np.float32), weights, self.no_click_weight)
+        clicked = index < k
+        position = min(index, k - 1)
+        chosen = slate[position]
+        expected = probs[0] * watch_if_clicked
+        for p in probs[1:k]:
+            expected = expected + p * watch_if_clicked
+
+        # the response and the new state, as InterestEvolutionModel.respond
+        cluster, chosen_quality = clusters[chosen], quality[chosen]
+        watch = watch_if_clicked if clicked else np.float32(0.0)
+        x = interest[cluster]
+        update = (self.slope * abs(x) + cfg.alpha_y_intercept) * (1.0 - x)
+        upward = np.float32(generator.random(dtype=np.float32)) < (x + 1.0) / 2.0
+        if clicked:
+            interest = interest.copy()
+            interest[cluster] = min(max(x + (update if upward else -update), -1.0), 1.0)
+            received = cfg.user_quality_factor * (x - cfg.min_normalizer) + cfg.document_quality_factor * chosen_quality
+            budget = budget - watch + cfg.user_update_alpha * watch * received
+        else:
+            budget = budget - cfg.step_penalty
+        response = np.zeros((1, k, 4), dtype=np.float32)
+        response[0, :, 2] = quality.take(slate)
+        response[0, :, 3] = clusters.take(slate)
+        if clicked:
+            response[0, position, :2] = (1.0, watch)
+        if cfg.resample_documents:
+            doc_cluster = generator.integers(0, cfg.num_clusters, (1, self.num_candidates), dtype=np.int64)
+            noise = generator.standard_normal((1, self.num_candidates), dtype=np.float32)
+            doc_quality = self.cluster_mean.take(doc_cluster) + cfg.quality_std * noise
+        else:
+            doc_cluster, doc_quality = state["doc_cluster"], state["doc_quality"]
+        new_state = {
+            "interest": interest[None, :] if clicked else state["interest"],
+            "budget": np.array([budget], dtype=np.float32),
+            "doc_cluster": doc_cluster,
+            "doc_quality": doc_quality,
+            "response": response,
+        }
+        info = {
+            "clicked": clicked,
+            "chosen_position": position if clicked else -1,
+            "chosen_candidate": chosen if clicked else -1,
+            "expected_reward": float(expected),
+            "watch_time": float(watch),
+        }
+        return new_state, float(watch), bool(budget <= 0.0), False, info
+
+    def observe(self, state: State) -> dict[str, np.ndarray]:
+        return {
+            "user": state["interest"][0].copy(),
+            "candidates": self.one_hot[state["doc_cluster"][0]],
+            "response": state["response"][0].copy(),
+        }
 
 
 class RecSimInterestEvolutionEnv(UserSimEnv):
