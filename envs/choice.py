@@ -10,13 +10,14 @@ repeat it stay empty. An agent can therefore show fewer than ``K`` items by repe
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from array_api_compat import device as device_of
 
-from .backend import Array, Backend, Random
+from .backend import Array, Backend, Random, numpy_backend
 
 
 def positions_like(xp: Any, k: int, like: Array) -> Array:
@@ -119,7 +120,7 @@ def revenue_ordered_slate(
     best = xp.argmax(values, axis=1)  # [B]
     keep = positions_like(xp, slate_size, order)[None, :] <= best[:, None]
     slate = xp.where(keep, order, order[:, :1])
-    value = xp.max(values, axis=1)
+    value = be.take_along(values, best[:, None])[:, 0]
     return slate, value
 
 
@@ -127,10 +128,11 @@ def choose_one(uniform: float, weights: list[Any], no_click_weight: Any) -> tupl
     """One user's choice from the float32 weights of a slate's positions (0 where nothing is shown):
     ``(index, probabilities)``, index K meaning no click. The arithmetic of
     :func:`choice_probabilities` and :func:`sample_categorical` for a batch of one, in numpy float32
-    scalars (numpy sums up to 7 floats in order, so K <= 6), given the draw ``uniform``."""
+    scalars, given the draw ``uniform``. Exact where numpy sums ``K + 1`` floats in order
+    (:func:`sums_in_order`)."""
     full = [*weights, no_click_weight]
-    total = full[0]
-    for w in full[1:]:
+    total = np.float32(0.0)  # numpy's sum starts from +0 (it matters only to the sign of a zero)
+    for w in full:
         total = total + w
     probs = [w / total for w in full]
     cdf, below = probs[0], []
@@ -151,6 +153,11 @@ def revenue_ordered_slate_one(
     ``(slate [K] int64, value)`` bit for bit. The float64 key is computed on Python floats (the same
     IEEE operations in the same order) and Python's sort is stable, as the batched argsort is."""
     r64, w64 = revenue.tolist(), weights.tolist()
+    if not all(map(math.isfinite, r64 + w64)):  # numpy's rules for NaN and inf (max, sort) are not Python's
+        slate, value = revenue_ordered_slate(
+            numpy_backend(), weights[None], revenue[None], no_click_weight, position_weight, slate_size
+        )
+        return slate[0], value[0]
     scale = 1e-9 * (max(abs(r) for r in r64) + 1e-30)
     top = max(w64) + 1e-30
     key = [r + scale * w / top for r, w in zip(r64, w64, strict=True)]
@@ -161,7 +168,20 @@ def revenue_ordered_slate_one(
     for k in range(1, slate_size):
         numerator, shown = numerator + w[k] * revenue[order[k]], shown + w[k]
         current = numerator / (no_click_weight + shown)
-        if current > value:
+        if current > value or (current != current and value == value):  # argmax's: the first NaN, else the first max
             best, value = k, current
     slate = order[: best + 1] + [order[0]] * (slate_size - best - 1)
     return np.array(slate, dtype=np.int64), value
+
+
+@lru_cache(maxsize=16)
+def sums_in_order(count: int) -> bool:
+    """Whether numpy adds ``count`` float32 numbers one after another, left to right (it does for
+    fewer than 8 and pairwise above; not documented, so checked): what a fused one-user step that
+    sums in Python needs to give the batched step's results bit for bit."""
+    # 2**25 + 1 rounds back to 2**25 in float32, so each order of summation gives another total
+    values = np.array([2.0**25, 1.0, -(2.0**25), 1.0, 1.0, 1.0, 1.0, 1.0, 1.0][:count], dtype=np.float32)
+    total = np.float32(0.0)
+    for value in values:
+        total = total + value
+    return bool(np.sum(values[None, :], axis=1)[0] == total)

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from .adapters import UserSimEnv, UserSimVectorEnv
 from .backend import Array, Backend, Random
-from .choice import choose_one, revenue_ordered_slate_one
+from .choice import choose_one, revenue_ordered_slate_one, sums_in_order
 from .core import Choice, ChoiceModel, Outcome, State, UserModel
 from .population import FrozenConfig
 
@@ -156,10 +156,10 @@ class InterestEvolutionModel(UserModel):
         return {"user": state["interest"], "candidates": features, "response": state["response"]}
 
     def one_user(self) -> InterestEvolutionOneUser | None:
-        # numpy sums up to 7 floats in order (more pairwise), which is what the fused choice assumes
-        if self.backend.name != "numpy" or self.slate_size > 6:
+        # a subclass that changes the dynamics would be bypassed; the fused choice sums K + 1 floats in order
+        if type(self) is not InterestEvolutionModel or self.backend.name != "numpy":
             return None
-        return InterestEvolutionOneUser(self)
+        return InterestEvolutionOneUser(self) if sums_in_order(self.slate_size + 1) else None
 
     def observation_space(self) -> spaces.Dict:
         c, n, k = self.config.num_clusters, self.num_candidates, self.slate_size
@@ -176,7 +176,9 @@ class InterestEvolutionOneUser:
     """:class:`InterestEvolutionModel`'s step, observation and oracle for one user, fused (see
     :class:`~metarec.envs.core.OneUserStep`): float32 scalars and a handful of small numpy calls in
     place of the batched step's ~150, with the same draws in the same order, so every trajectory is
-    the batched one bit for bit (``tests/test_one_user_step.py``)."""
+    the batched one bit for bit (``tests/test_one_user_step.py``; signed zeros and the oracle's NaN
+    and inf rules included). One known exception: where parameters make an interest NaN (an
+    ``alpha_x_intercept`` near 0, say), that NaN may carry other bits than the batched step's."""
 
     def __init__(self, model: InterestEvolutionModel) -> None:
         cfg = self.config = model.config
@@ -221,8 +223,8 @@ class InterestEvolutionOneUser:
         clicked = index < k
         position = min(index, k - 1)
         chosen = slate[position]
-        expected = probs[0] * watch_if_clicked
-        for p in probs[1:k]:
+        expected = np.float32(0.0)  # summed as numpy sums (from +0)
+        for p in probs[:k]:
             expected = expected + p * watch_if_clicked
 
         # the response and the new state, as InterestEvolutionModel.respond
@@ -238,11 +240,14 @@ class InterestEvolutionOneUser:
             budget = budget - watch + cfg.user_update_alpha * watch * received
         else:
             budget = budget - cfg.step_penalty
-        response = np.zeros((1, k, 4), dtype=np.float32)
+        response = np.empty((1, k, 4), dtype=np.float32)
+        at_choice = response[0, :, 0]
+        at_choice[:] = 0.0
+        if clicked:
+            at_choice[position] = 1.0
+        response[0, :, 1] = at_choice * watch  # 0 x watch, not 0: a -0 or NaN as the batched step gives
         response[0, :, 2] = quality.take(slate)
         response[0, :, 3] = clusters.take(slate)
-        if clicked:
-            response[0, position, :2] = (1.0, watch)
         if cfg.resample_documents:
             doc_cluster = generator.integers(0, cfg.num_clusters, (1, self.num_candidates), dtype=np.int64)
             noise = generator.standard_normal((1, self.num_candidates), dtype=np.float32)
