@@ -158,7 +158,7 @@ def revenue_ordered_slate_one(
             numpy_backend(), weights[None], revenue[None], no_click_weight, position_weight, slate_size
         )
         return slate[0], value[0]
-    scale = 1e-9 * (max(abs(r) for r in r64) + 1e-30)
+    scale = 1e-9 * (max(map(abs, r64)) + 1e-30)
     top = max(w64) + 1e-30
     key = [r + scale * w / top for r, w in zip(r64, w64, strict=True)]
     order = sorted(range(len(key)), key=key.__getitem__, reverse=True)[:slate_size]
