@@ -224,8 +224,8 @@ def test_impressions_without_clicks_set_the_no_click_utility():
     assert fitted.fit["events"] == chosen.num_events  # the skipped impressions are not choices
     assert fitted.config.population.no_click_utility == pytest.approx(no_click["utility"])
     # the simulator's random slates for users of the prior, position weights included, click at that rate
-    spread, bias = fitted.config.population.cluster_spread, fitted.config.population.position_bias
-    log_s, _ = _slate_weights(_prior_slates(fitted.world, spread, fitted.config.slate_size, seed=1), bias)
+    bias = fitted.config.population.position_bias
+    log_s, _ = _slate_weights(_prior_slates(fitted.world, fitted.config, seed=1), bias)
     assert np.mean(expit(log_s - no_click["utility"])) == pytest.approx(0.5, abs=0.01)
     # an impression at the time of a click is on the clicked slate: every slate was clicked
     every = calibrate(with_impressions(0.0), config).fit["no_click"]

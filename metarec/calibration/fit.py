@@ -25,8 +25,8 @@ softmax over the catalog (every logged event is a choice of one item), in torch:
    adding a constant to every item's quality, so the fit leaves the utilities' zero point arbitrary
    (quality near -log M). The simulator reads them as absolute: satisfaction is ``sigmoid(u)``, and a
    slate is clicked against ``no_click_utility``. Two constants are set after the fit, both against
-   the simulator's own reference: new users drawn from the fitted prior, shown random slates
-   (``slate_size`` distinct candidates from the candidate strata, position weights
+   the simulator's own reference: new users and their candidates drawn by the simulator itself on the
+   fitted world, shown random slates (``slate_size`` distinct candidates, position weights
    ``exp(-position_bias k)``), S a slate's position-weighted sum of ``exp(u)``.
 
    * the **no-click utility** v is the root (``brentq``) of ``mean(S / (S + e^v)) = r``: random slates
@@ -321,27 +321,19 @@ def _satisfaction_target(logs: Logs, config: FitConfig) -> tuple[float, str]:
 
 
 def _prior_slates(
-    world: dict[str, np.ndarray],
-    spread: float,
-    slate_size: int,
-    seed: int,
-    samples: int = 16_384,
+    world: dict[str, np.ndarray], config: SimulatorConfig, seed: int, samples: int = 16_384
 ) -> np.ndarray:
-    """``[samples, k]`` utilities of random slates shown to new users, as the simulator draws both: a
-    cluster by its share, an anchor around its centre, ``slate_size`` distinct candidates of the
-    candidate strata (one item per stratum) in random order."""
+    """``[samples, k]`` utilities of random slates (``k`` distinct candidates in random order) shown to
+    new users: users and candidates drawn by the simulator itself (:class:`DriftingUsersModel` on this
+    world), utilities as its choice model computes them."""
+    from metarec.envs.backend import NumpyRandom, numpy_backend
+    from metarec.envs.drifting import DriftingUsersModel
+
     rng = np.random.default_rng(seed)
-    weight = world["cluster_weight"].astype(np.float64)
-    cluster = rng.choice(len(weight), size=samples, p=weight / weight.sum())
-    centre = world["cluster_centre"].astype(np.float64)
-    interest = centre[cluster] + spread * rng.standard_normal((samples, centre.shape[1]))
-    start, size = world["stratum_start"], world["stratum_size"].astype(np.int64)
-    k = min(slate_size, len(start))
-    strata = np.argsort(rng.random((samples, len(start))), axis=1)[:, :k]  # k distinct candidates, in order
-    offset = np.minimum(np.floor(rng.random((samples, k)) * size[strata]).astype(np.int64), size[strata] - 1)
-    items = world["item_order"][start[strata] + offset]  # [samples, k]
-    utility = np.einsum("bd,bkd->bk", interest, world["item_embedding"].astype(np.float64)[items])
-    return utility + world["item_quality"].astype(np.float64)[items]
+    model = DriftingUsersModel(config, numpy_backend(), world)
+    utility = model.choice_model(model.initial_state(NumpyRandom(rng), samples)).utilities  # [samples, N]
+    slate = np.argsort(rng.random(utility.shape), axis=1)[:, : config.slate_size]
+    return np.take_along_axis(utility, slate, axis=1).astype(np.float64)
 
 
 def _slate_weights(utility: np.ndarray, position_bias: float) -> tuple[np.ndarray, np.ndarray]:
@@ -485,7 +477,7 @@ def _calibrate(logs: Logs, config: FitConfig) -> Calibration:
     # v - offset, so v is found first with no offset, then both move by the offset.
     draft = SimulatorConfig.model_validate(sim_fields)
     rate = config.assumed_click_rate if logged_rate is None else float(np.clip(logged_rate["click_rate"], 1e-3, 0.999))
-    utility = _prior_slates(world, spread, draft.slate_size, config.seed)
+    utility = _prior_slates(world, draft, config.seed)
     log_s, position = _slate_weights(utility, draft.population.position_bias)
     no_click_utility = _no_click_utility(log_s, rate)
     clicks = position * expit(log_s - no_click_utility)[:, None]  # P(this position is clicked)
