@@ -143,8 +143,8 @@ class UserSimEnv(gym.Env):
             raise ValueError(f"backend: expected 'numpy' or 'torch', got {backend!r}")
         self.backend: Backend = numpy_backend() if backend == "numpy" else torch_backend("cpu")
         self.model = self.build_model(self.backend)
-        # the model's fused step for one user, where it has one (same trajectories, several times faster)
-        self._one_user = self.model.one_user() if backend == "numpy" else None
+        # the model's fused step for one user on numpy, where it has one (same trajectories, faster)
+        self._one_user = self.model.one_user()
         self.single_item = single_item
         self.ground_truth = ground_truth
         self.observation_space = self.model.observation_space()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -131,17 +132,11 @@ def choose_one(uniform: float, weights: list[Any], no_click_weight: Any) -> tupl
     scalars, given the draw ``uniform``. Exact where numpy sums ``K + 1`` floats in order
     (:func:`sums_in_order`)."""
     full = [*weights, no_click_weight]
-    total = np.float32(0.0)  # numpy's sum starts from +0 (it matters only to the sign of a zero)
-    for w in full:
-        total = total + w
+    total = sum(full, np.float32(0.0))  # numpy's sum starts from +0 (it matters only to the sign of a zero)
     probs = [w / total for w in full]
-    cdf, below = probs[0], []
-    for p in probs[1:]:
-        below.append(cdf)
-        cdf = cdf + p
-    below.append(cdf)
-    u = np.float32(uniform) * cdf
-    index = sum(1 for c in below if c <= u)
+    cdf = list(accumulate(probs))  # numpy's cumulative sum starts from the first term
+    u = np.float32(uniform) * cdf[-1]
+    index = sum(1 for c in cdf if c <= u)
     return min(index, len(weights)), probs
 
 

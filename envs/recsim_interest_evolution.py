@@ -182,7 +182,6 @@ class InterestEvolutionOneUser:
 
     def __init__(self, model: InterestEvolutionModel) -> None:
         cfg = self.config = model.config
-        self.model = model
         self.slate_size, self.num_candidates = model.slate_size, model.num_candidates
         self.cluster_mean = model.cluster_mean
         self.one_hot = np.eye(cfg.num_clusters, dtype=np.float32)
@@ -223,9 +222,7 @@ class InterestEvolutionOneUser:
         clicked = index < k
         position = min(index, k - 1)
         chosen = slate[position]
-        expected = np.float32(0.0)  # summed as numpy sums (from +0)
-        for p in probs[:k]:
-            expected = expected + p * watch_if_clicked
+        expected = sum((p * watch_if_clicked for p in probs[:k]), np.float32(0.0))  # as numpy sums: from +0
 
         # the response and the new state, as InterestEvolutionModel.respond
         cluster, chosen_quality = clusters[chosen], quality[chosen]

@@ -65,7 +65,9 @@ import torch
 from pydantic import Field
 from scipy.special import expit
 
+from metarec.envs.backend import NumpyRandom, numpy_backend
 from metarec.envs.calibrated import candidate_strata
+from metarec.envs.drifting import DriftingUsersModel
 from metarec.envs.population import FrozenConfig, SimulatorConfig
 
 from .logs import Logs
@@ -326,9 +328,6 @@ def _prior_slates(
     """``[samples, k]`` utilities of random slates (``k`` distinct candidates in random order) shown to
     new users: users and candidates drawn by the simulator itself (:class:`DriftingUsersModel` on this
     world), utilities as its choice model computes them."""
-    from metarec.envs.backend import NumpyRandom, numpy_backend
-    from metarec.envs.drifting import DriftingUsersModel
-
     rng = np.random.default_rng(seed)
     model = DriftingUsersModel(config, numpy_backend(), world)
     utility = model.choice_model(model.initial_state(NumpyRandom(rng), samples)).utilities  # [samples, N]
