@@ -77,11 +77,12 @@ class RL2Recommender(Recommender):
             self.last_reward = torch.zeros(batch, device=observation["candidates"].device)
         with torch.no_grad():
             hidden = self.policy.read(self.memory, observation, self.last_reward)
-            logits, _ = self.policy.act_from(observation, hidden)
+            belief, beliefs = self.policy.believe(self.memory, observation)
+            logits, _ = self.policy.act_from(observation, hidden, beliefs)
             dist = self.policy.distribution(logits)
             rows_of = self.draws(self.generator, batch).rows_of()
             slate = dist.mode() if self.deterministic else dist.sample(self.generator, rows_of=rows_of)
-            self.memory = Memory(hidden, self.policy.slate_features(observation, slate))
+            self.memory = self.policy.remember(hidden, belief, observation, slate)
         return slate
 
     def observe(self, reward: torch.Tensor, done: torch.Tensor, info: dict[str, Any]) -> None:

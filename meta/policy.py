@@ -9,15 +9,19 @@
   candidate features), how the user responded (the newest history row: the consumed item's
   embedding, engagement, clicked, valid) and the reward. The memory persists across the sessions
   of one user and starts from zero for a new user (a new task draw); the caller carries it
-  (:class:`Memory`) and resets rows with :meth:`RecurrentSlatePolicy.reset_memory`.
+  (:class:`Memory`) and resets rows with :meth:`RecurrentSlatePolicy.reset_memory`. With
+  ``belief=True`` the memory also holds a :class:`Belief`, a per-user ridge regression of the reward on
+  the candidates' features (LinUCB's statistics), and every candidate is scored with what it predicts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from gymnasium import spaces
+from metarec.agents.bandits import LinearBandit, ridge_estimate
 from metarec.agents.networks import SlatePolicy, symlog
 from torch import nn
 
@@ -71,15 +75,36 @@ def feedforward_policy(observation_space: spaces.Dict, slate_size: int, hidden: 
 
 
 @dataclass
+class Belief:
+    """What a user's responses say about them, in closed form: a ridge regression of the reward on the
+    features of every item shown to them (the clicked item's engagement, 0 for the others), as LinUCB
+    keeps it. ``inverse`` ``[B, F, F]`` is ``A⁻¹`` (``A = ridge·I + Σ x xᵀ``), ``response`` ``[B, F]`` is
+    ``b = Σ reward·x``, and ``shown`` ``[B, K, F]`` the features of the slate shown last, which the next
+    response updates (zeros: nothing to learn, as before a user's first step). ``F`` is the number of
+    candidate features plus a constant 1; ``ridge`` is λ, the prior precision a new user starts from."""
+
+    inverse: torch.Tensor
+    response: torch.Tensor
+    shown: torch.Tensor
+    ridge: float
+
+    def clone(self) -> Belief:
+        return Belief(self.inverse.clone(), self.response.clone(), self.shown.clone(), self.ridge)
+
+
+@dataclass
 class Memory:
-    """What RL² carries from one step to the next, per user: the GRU state ``[B, hidden]`` and the
-    mean features of the slate shown last ``[B, F]`` (zeros before a user's first step)."""
+    """What RL² carries from one step to the next, per user: the GRU state ``[B, hidden]``, the mean
+    features of the slate shown last ``[B, F]`` (zeros before a user's first step) and, for a policy
+    with ``belief=True``, the :class:`Belief`."""
 
     hidden: torch.Tensor
     last_slate: torch.Tensor
+    belief: Belief | None = None
 
     def clone(self) -> Memory:
-        return Memory(self.hidden.clone(), self.last_slate.clone())
+        belief = None if self.belief is None else self.belief.clone()
+        return Memory(self.hidden.clone(), self.last_slate.clone(), belief)
 
 
 class RecurrentSlatePolicy(AffinityPolicy):
@@ -90,26 +115,75 @@ class RecurrentSlatePolicy(AffinityPolicy):
         observation_space: a DriftingUsers ``Dict`` space (``candidates`` and ``history``).
         slate_size: K.
         hidden: width of every layer and of the memory.
+        belief: also keep a :class:`Belief` per user and score each candidate with its predicted reward
+            and that prediction's standard deviation (``sqrt(xᵀA⁻¹x)``), as two more candidate features
+            and through a per-user weighting of the two read from the context.
+        belief_ridge: the belief's prior precision λ (``> 0``).
     """
 
-    def __init__(self, observation_space: spaces.Dict, slate_size: int, hidden: int = 64) -> None:
+    BELIEF_FEATURES = 2  # a candidate's predicted reward and its standard deviation
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        slate_size: int,
+        hidden: int = 64,
+        belief: bool = False,
+        belief_ridge: float = 1.0,
+    ) -> None:
+        raw = observation_space["candidates"].shape[1]
+        if belief:
+            if not belief_ridge > 0:
+                raise ValueError(f"belief_ridge: expected a number > 0, got {belief_ridge!r}")
+            n = observation_space["candidates"].shape[0]
+            scored = spaces.Box(-np.inf, np.inf, (n, raw + self.BELIEF_FEATURES), np.float32)
+            observation_space = spaces.Dict({**observation_space.spaces, "candidates": scored})
         super().__init__(observation_space, slate_size, hidden)
-        self.candidate_dim = observation_space["candidates"].shape[1]
+        self.belief, self.belief_ridge = belief, float(belief_ridge)
+        self.candidate_dim = raw  # what the memory reads of a slate: the environment's features
         self.response_dim = observation_space["history"].shape[1]
         self.cell = nn.GRUCell(self.candidate_dim + self.response_dim + 1, hidden)
         self.memory_out = nn.Linear(hidden, hidden)
         self.memory_interest = nn.Linear(hidden, self.embedding_dim)  # what the memory says the user likes
+        if belief:  # how far to trust the user's regression: read from the context, at first as LinUCB's mean
+            self.belief_weight = nn.Linear(hidden, self.BELIEF_FEATURES)
+            nn.init.zeros_(self.belief_weight.weight)
+            with torch.no_grad():
+                self.belief_weight.bias.copy_(torch.tensor([1.0, 0.0]))  # start from the estimate
 
     def initial_memory(self, batch: int, device: torch.device | str = "cpu") -> Memory:
+        """The memory of ``batch`` new users."""
+        belief = None
+        if self.belief:
+            f = self.candidate_dim + 1
+            prior = torch.eye(f, device=device) / self.belief_ridge
+            belief = Belief(
+                prior.expand(batch, f, f).clone(),
+                torch.zeros(batch, f, device=device),
+                torch.zeros(batch, self.slate_size, f, device=device),
+                self.belief_ridge,
+            )
         return Memory(
-            torch.zeros(batch, self.hidden, device=device), torch.zeros(batch, self.candidate_dim, device=device)
+            torch.zeros(batch, self.hidden, device=device),
+            torch.zeros(batch, self.candidate_dim, device=device),
+            belief,
         )
 
     @staticmethod
     def reset_memory(memory: Memory, done: torch.Tensor) -> Memory:
-        """Zeroes the memory of the rows where ``done`` (``[B]`` bool): those users are new."""
+        """Zeroes the memory of the rows where ``done`` (``[B]`` bool), and returns their belief to its
+        prior: those users are new."""
         keep = (~done).to(memory.hidden.dtype)[:, None]
-        return Memory(memory.hidden * keep, memory.last_slate * keep)
+        belief = memory.belief
+        if belief is not None:
+            prior = torch.eye(belief.inverse.shape[-1], device=belief.inverse.device) / belief.ridge
+            belief = replace(
+                belief,
+                inverse=torch.where(done[:, None, None], prior, belief.inverse),
+                response=belief.response * keep,
+                shown=belief.shown * keep[:, :, None],
+            )
+        return Memory(memory.hidden * keep, memory.last_slate * keep, belief)
 
     def read(self, memory: Memory, observation: dict[str, torch.Tensor], reward: torch.Tensor) -> torch.Tensor:
         """The memory after taking in the response to the last slate: ``[B, hidden]``. ``reward``
@@ -123,13 +197,65 @@ class RecurrentSlatePolicy(AffinityPolicy):
         newest history row and the last reward, through symlog."""
         return symlog(torch.cat([last_slate, response.float(), reward[..., None].float()], dim=-1))
 
-    def act_from(self, observation: dict[str, torch.Tensor], hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits [B, N], value [B])`` given the memory already updated by :meth:`read`."""
+    def believe(
+        self, memory: Memory, observation: dict[str, torch.Tensor]
+    ) -> tuple[Belief | None, torch.Tensor | None]:
+        """The belief after the response to the last slate, and what it says of each candidate on offer,
+        ``[B, N, 2]``: the predicted reward ``x·A⁻¹b`` and its standard deviation ``sqrt(xᵀA⁻¹x)``.
+        ``(None, None)`` for a policy without a belief. The response is read from the newest history
+        row: the clicked item is the shown one whose embedding it holds, and its target is the
+        engagement (the reward); the other shown items get 0."""
+        belief = memory.belief
+        if belief is None:
+            if self.belief:
+                raise ValueError("memory: this policy keeps a belief (belief=True), but the memory holds none")
+            return None, None
+        d = self.embedding_dim
+        response = observation["history"][:, -1].float()  # [B, d + 3]: embedding, engagement, consumed, valid
+        consumed = response[:, d + 1] > 0
+        clicked = (belief.shown[..., :d] == response[:, None, :d]).all(dim=-1) & consumed[:, None]  # [B, K]
+        targets = clicked.float() * response[:, d : d + 1]
+        learned = belief.response.clone()
+        inverse = LinearBandit.update(belief.inverse.clone(), learned, belief.shown, targets)
+        x = self.regression_features(observation)  # [B, N, F]
+        mean = (x @ ridge_estimate(inverse, learned)[:, :, None])[..., 0]
+        std = ((x @ inverse) * x).sum(dim=-1).clamp_min(0.0).sqrt()
+        return replace(belief, inverse=inverse, response=learned), torch.stack([mean, std], dim=-1)
+
+    @staticmethod
+    def regression_features(observation: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, N, F + 1]``: the candidates' features and a constant 1 (what the belief regresses on)."""
+        candidates = observation["candidates"].float()
+        return torch.cat([candidates, torch.ones_like(candidates[..., :1])], dim=-1)
+
+    def remember(
+        self, hidden: torch.Tensor, belief: Belief | None, observation: dict[str, torch.Tensor], slate: torch.Tensor
+    ) -> Memory:
+        """The memory to carry to the next step once ``slate`` (``[B, K]``) is shown: the GRU state, the
+        slate's mean features and the belief waiting for the response to it."""
+        if belief is not None:
+            x = self.regression_features(observation)
+            shown = x.gather(1, slate[:, :, None].expand(-1, -1, x.shape[-1]))
+            belief = replace(belief, shown=shown)
+        return Memory(hidden, self.slate_features(observation, slate), belief)
+
+    def act_from(
+        self, observation: dict[str, torch.Tensor], hidden: torch.Tensor, beliefs: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits [B, N], value [B])`` given the memory already updated by :meth:`read` and, for a
+        policy with a belief, what :meth:`believe` says of the candidates (``beliefs`` ``[B, N, 2]``)."""
+        if self.belief != (beliefs is not None):
+            wanted = "[B, N, 2] from believe()" if self.belief else "None (this policy keeps no belief)"
+            raise ValueError(f"beliefs: expected {wanted}, got {None if beliefs is None else tuple(beliefs.shape)}")
+        embeddings = observation["candidates"][..., : self.embedding_dim].float()
+        if beliefs is not None:
+            observation = {**observation, "candidates": torch.cat([observation["candidates"].float(), beliefs], -1)}
         context = self.context(observation) + torch.relu(self.memory_out(hidden))
         items = self.candidate_features(observation)
-        embeddings = observation["candidates"][..., : self.embedding_dim].float()
         remembered = (embeddings @ self.memory_interest(hidden)[:, :, None]).squeeze(-1)
         logits = self.logits(items, context) + self.affinity_bonus(observation) + remembered
+        if beliefs is not None:
+            logits = logits + (beliefs * self.belief_weight(context)[:, None, :]).sum(dim=-1)
         return logits, self.state_value(items, context)
 
     @staticmethod

@@ -38,7 +38,7 @@ from pydantic import Field
 
 from metarec.distributed import all_reduce_
 
-from .policy import Memory, RecurrentSlatePolicy
+from .policy import Belief, Memory, RecurrentSlatePolicy
 from .tasks import TaskDistribution, TaskShare
 
 
@@ -60,6 +60,16 @@ class RL2Config(FrozenConfig):
     vf_coef: float = Field(0.5, ge=0, description="Value loss weight.")
     max_grad_norm: float = Field(0.5, gt=0, description="Global gradient norm clip.")
     hidden: int = Field(64, ge=1, description="Width of the policy and of its memory.")
+    belief: bool = Field(
+        False,
+        description="Also keep, per user, a ridge regression of the reward on candidate features (LinUCB's "
+        "statistics) and score candidates with its prediction and uncertainty (see RecurrentSlatePolicy).",
+    )
+    belief_ridge: float = Field(1.0, gt=0, description="Prior precision of the belief's ridge regression.")
+
+    def make_policy(self, observation_space: Any, slate_size: int) -> RecurrentSlatePolicy:
+        """The policy these settings train (weights drawn from torch's global generator)."""
+        return RecurrentSlatePolicy(observation_space, slate_size, self.hidden, self.belief, self.belief_ridge)
 
 
 class RL2Trainer:
@@ -106,8 +116,7 @@ class RL2Trainer:
         self.device = self.env.device
         self.rows_of = self.share.rows_of(self.device)
         torch.manual_seed(seed)  # initial weights only
-        self.policy = RecurrentSlatePolicy(self.env.single_observation_space, self.env.model.slate_size,
-                                           config.hidden).to(self.device)  # fmt: skip
+        self.policy = config.make_policy(self.env.single_observation_space, self.env.model.slate_size).to(self.device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
         self.generator = torch.Generator(device=self.device).manual_seed(seed + 7919)
         self.update = 0
@@ -142,7 +151,7 @@ class RL2Trainer:
         start_memory = self.memory.clone()
         observations: dict[str, list[torch.Tensor]] = {key: [] for key in self.observation}
         keys = ("slates", "log_probs", "values", "rewards", "dones", "last_slate", "last_reward", "raw_rewards")
-        out: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
+        out: dict[str, list[torch.Tensor]] = {key: [] for key in (*keys, "beliefs")}
         with torch.no_grad():
             for _ in range(steps):
                 for key, value in self.observation.items():
@@ -150,10 +159,13 @@ class RL2Trainer:
                 out["last_slate"].append(self.memory.last_slate)
                 out["last_reward"].append(self.last_reward)
                 hidden = self.policy.read(self.memory, self.observation, self.last_reward)
-                logits, value = self.policy.act_from(self.observation, hidden)
+                belief, beliefs = self.policy.believe(self.memory, self.observation)
+                logits, value = self.policy.act_from(self.observation, hidden, beliefs)
                 dist = self.policy.distribution(logits)
                 slate = dist.sample(self.generator, rows_of=self.rows_of)
-                shown = self.policy.slate_features(self.observation, slate)
+                if beliefs is not None:
+                    out["beliefs"].append(beliefs)
+                remembered = self.policy.remember(hidden, belief, self.observation, slate)
                 observation, reward, terminated, truncated, _ = self.env.step(slate)
                 reward = reward.float()
                 done = terminated | truncated
@@ -167,12 +179,13 @@ class RL2Trainer:
                 out["rewards"].append(reward / torch.sqrt(self.return_stats.var + 1e-8).float())
                 out["dones"].append(done.float())
                 # a new user in a finished row starts with an empty memory
-                self.memory = RecurrentSlatePolicy.reset_memory(Memory(hidden, shown), done)
+                self.memory = RecurrentSlatePolicy.reset_memory(remembered, done)
                 self.last_reward = reward.masked_fill(done, 0.0)
                 self.observation = observation
             hidden = self.policy.read(self.memory, self.observation, self.last_reward)
-            _, next_value = self.policy.act_from(self.observation, hidden)
-        rollout = {key: torch.stack(v) for key, v in out.items()}
+            _, beliefs = self.policy.believe(self.memory, self.observation)
+            _, next_value = self.policy.act_from(self.observation, hidden, beliefs)
+        rollout = {key: torch.stack(v) if v else None for key, v in out.items()}
         rollout["observations"] = {key: torch.stack(v) for key, v in observations.items()}
         rollout["advantages"] = generalized_advantages(
             rollout["rewards"], rollout["values"], rollout["dones"], next_value, c.gamma, c.gae_lambda
@@ -200,7 +213,8 @@ class RL2Trainer:
             hidden = self.policy.cell(inputs[t], hidden)
             hiddens.append(hidden)
         flat = {key: v.reshape(-1, *v.shape[2:]) for key, v in observation.items()}
-        logits, value = self.policy.act_from(flat, torch.stack(hiddens).reshape(-1, hidden.shape[-1]))
+        beliefs = None if rollout["beliefs"] is None else rollout["beliefs"][:, users].flatten(0, 1)
+        logits, value = self.policy.act_from(flat, torch.stack(hiddens).reshape(-1, hidden.shape[-1]), beliefs)
         dist = self.policy.distribution(logits)
         slate = rollout["slates"][:, users].reshape(-1, rollout["slates"].shape[2])
         shape = (steps, len(users))
@@ -279,7 +293,7 @@ class RL2Trainer:
         entry per process of the run, gathered in rank order)."""
         users = {
             "env": self.env.get_checkpoint(),
-            "memory": {"hidden": self.memory.hidden.clone(), "last_slate": self.memory.last_slate.clone()},
+            "memory": memory_state(self.memory),
             "last_reward": self.last_reward.clone(),
             "discounted_return": self.discounted_return.clone(),
         }
@@ -303,9 +317,32 @@ class RL2Trainer:
         self.batch_index = int(saved["batch_index"])
         self.env.set_tasks(self._tasks(self.batch_index))
         self.observation, _ = self.env.load_checkpoint(users["env"])
-        memory = users["memory"]
-        self.memory = Memory(memory["hidden"].to(self.device), memory["last_slate"].to(self.device))
+        self.memory = memory_from(users["memory"], self.policy, self.device)
         self.last_reward = users["last_reward"].to(self.device)
         self.discounted_return = users["discounted_return"].to(self.device)
         self.return_stats.load_state_dict(saved["return_stats"])
 
+
+BELIEF_KEYS = ("inverse", "response", "shown")
+
+
+def memory_state(memory: Memory) -> dict[str, torch.Tensor]:
+    """A checkpoint's copy of an RL² memory (its belief's tensors too, where it keeps one)."""
+    state = {"hidden": memory.hidden.clone(), "last_slate": memory.last_slate.clone()}
+    if memory.belief is not None:
+        state.update({key: getattr(memory.belief, key).clone() for key in BELIEF_KEYS})
+    return state
+
+
+def memory_from(state: dict[str, torch.Tensor], policy: RecurrentSlatePolicy, device: Any) -> Memory:
+    """The memory :func:`memory_state` saved, for ``policy``; a checkpoint without the belief the policy
+    keeps (or with one it does not) is refused by name."""
+    if policy.belief != ("inverse" in state):
+        raise ValueError(
+            f"checkpoint: its RL² memory {'has' if 'inverse' in state else 'has no'} belief, but rl2.belief is "
+            f"{policy.belief}; resume with the settings it was saved with"
+        )
+    belief = None
+    if policy.belief:
+        belief = Belief(*(state[key].to(device) for key in BELIEF_KEYS), policy.belief_ridge)
+    return Memory(state["hidden"].to(device), state["last_slate"].to(device), belief)

@@ -40,7 +40,7 @@ from metarec.distributed import rank as distributed_rank
 
 from .evaluate import EvalConfig, LoggedItemStats, RL2Recommender, evaluate
 from .gradient_rl import AdaptingRecommender, GradientConfig, GradientMetaTrainer
-from .policy import RecurrentSlatePolicy, feedforward_policy
+from .policy import feedforward_policy
 from .rl2 import RL2Config, RL2Trainer
 from .tasks import TaskDistribution
 
@@ -310,7 +310,7 @@ def load_meta_recommender(weights: str | Path, env: Any, seed: int) -> Any:
         n, f = space["candidates"].shape
         space = spaces.Dict({**space.spaces, "candidates": spaces.Box(-np.inf, np.inf, (n, f + 3), np.float32)})
     slate_size = int(env.single_action_space.shape[0])
-    policy = RecurrentSlatePolicy(space, slate_size, config.rl2.hidden).to(env.device)
+    policy = config.rl2.make_policy(space, slate_size).to(env.device)
     _load_into(policy, _load_method(run, name), run, name)
     generator = torch.Generator(device=env.device).manual_seed(seed)
     recommender = RL2Recommender(policy, generator, deterministic=config.eval.rl2_greedy)
@@ -343,7 +343,7 @@ def meta_eval(run: str | Path, split: Literal["test", "train"] = "test", progres
 
                 return make_recommender("linucb", env, seed)
             if name == "rl2":
-                policy = RecurrentSlatePolicy(env.single_observation_space, slate_size, config.rl2.hidden).to(device)
+                policy = config.rl2.make_policy(env.single_observation_space, slate_size).to(device)
                 _load_into(policy, weights[name], run, name)
                 return RL2Recommender(policy, generator, deterministic=eval_config.rl2_greedy)
             policy = feedforward_policy(env.single_observation_space, slate_size, config.gradient.hidden).to(device)

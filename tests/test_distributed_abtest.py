@@ -45,7 +45,6 @@ def _rl2_run(tmp_path: Path) -> Path:
     import gymnasium as gym
     import yaml
     from gymnasium import spaces
-    from metarec.meta.policy import RecurrentSlatePolicy
     from metarec.meta.runner import load_meta_config
 
     run = tmp_path / "meta"
@@ -59,7 +58,7 @@ def _rl2_run(tmp_path: Path) -> Path:
     n, f = space["candidates"].shape
     space = spaces.Dict({**space.spaces, "candidates": spaces.Box(-np.inf, np.inf, (n, f + 3), np.float32)})
     torch.manual_seed(0)
-    policy = RecurrentSlatePolicy(space, int(env.single_action_space.shape[0]), config.rl2.hidden)
+    policy = config.rl2.make_policy(space, int(env.single_action_space.shape[0]))  # with its belief
     torch.save({"policy": policy.state_dict()}, run / "methods" / "rl2.pt")
     return run / "methods" / "rl2.pt"
 
