@@ -77,16 +77,20 @@ class RL2Recommender(Recommender):
             self.last_reward = torch.zeros(batch, device=observation["candidates"].device)
         with torch.no_grad():
             hidden = self.policy.read(self.memory, observation, self.last_reward)
-            belief, beliefs = self.policy.believe(self.memory, observation)
+            beliefs = self.policy.believe(self.memory, observation)
             logits, _ = self.policy.act_from(observation, hidden, beliefs)
             dist = self.policy.distribution(logits)
             rows_of = self.draws(self.generator, batch).rows_of()
             slate = dist.mode() if self.deterministic else dist.sample(self.generator, rows_of=rows_of)
-            self.memory = self.policy.remember(hidden, belief, observation, slate)
+            self.memory = self.policy.remember(hidden, self.memory.belief, observation, slate)
         return slate
 
     def observe(self, reward: torch.Tensor, done: torch.Tensor, info: dict[str, Any]) -> None:
+        if self.memory is None:
+            raise RuntimeError("observe() before act()")
         self.last_reward = reward.float()
+        # the belief learns only from the users this recommender served (info["active"], when given)
+        self.memory = self.policy.learn(self.memory, self.last_reward, info["chosen_position"], info.get("active"))
 
 
 class LoggedItemStats(Recommender):

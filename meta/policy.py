@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from gymnasium import spaces
-from metarec.agents.bandits import LinearBandit, ridge_estimate
+from metarec.agents.bandits import LinearBandit, ridge_estimate, slate_targets
 from metarec.agents.networks import SlatePolicy, symlog
 from torch import nn
 
@@ -79,9 +79,9 @@ class Belief:
     """What a user's responses say about them, in closed form: a ridge regression of the reward on the
     features of every item shown to them (the clicked item's engagement, 0 for the others), as LinUCB
     keeps it. ``inverse`` ``[B, F, F]`` is ``A⁻¹`` (``A = ridge·I + Σ x xᵀ``), ``response`` ``[B, F]`` is
-    ``b = Σ reward·x``, and ``shown`` ``[B, K, F]`` the features of the slate shown last, which the next
-    response updates (zeros: nothing to learn, as before a user's first step). ``F`` is the number of
-    candidate features plus a constant 1; ``ridge`` is λ, the prior precision a new user starts from."""
+    ``b = Σ reward·x``, and ``shown`` ``[B, K, F]`` the features of the slate shown last, waiting for the
+    response to it (zeros: nothing to learn). ``F`` counts the candidate features and a constant 1;
+    ``ridge`` is λ, the prior precision a new user starts from."""
 
     inverse: torch.Tensor
     response: torch.Tensor
@@ -145,7 +145,7 @@ class RecurrentSlatePolicy(AffinityPolicy):
         self.cell = nn.GRUCell(self.candidate_dim + self.response_dim + 1, hidden)
         self.memory_out = nn.Linear(hidden, hidden)
         self.memory_interest = nn.Linear(hidden, self.embedding_dim)  # what the memory says the user likes
-        if belief:  # how far to trust the user's regression: read from the context, at first as LinUCB's mean
+        if belief:  # how far to trust the user's regression, read from the context; at first its plain estimate
             self.belief_weight = nn.Linear(hidden, self.BELIEF_FEATURES)
             nn.init.zeros_(self.belief_weight.weight)
             with torch.no_grad():
@@ -197,34 +197,38 @@ class RecurrentSlatePolicy(AffinityPolicy):
         newest history row and the last reward, through symlog."""
         return symlog(torch.cat([last_slate, response.float(), reward[..., None].float()], dim=-1))
 
-    def believe(
-        self, memory: Memory, observation: dict[str, torch.Tensor]
-    ) -> tuple[Belief | None, torch.Tensor | None]:
-        """The belief after the response to the last slate, and what it says of each candidate on offer,
-        ``[B, N, 2]``: the predicted reward ``x·A⁻¹b`` and its standard deviation ``sqrt(xᵀA⁻¹x)``.
-        ``(None, None)`` for a policy without a belief. The response is read from the newest history
-        row: the clicked item is the shown one whose embedding it holds, and its target is the
-        engagement (the reward); the other shown items get 0."""
+    def believe(self, memory: Memory, observation: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """What the belief says of each candidate on offer, ``[B, N, 2]``: the predicted reward
+        ``x·A⁻¹b`` and its standard deviation ``sqrt(xᵀA⁻¹x)``; None for a policy without a belief."""
         belief = memory.belief
         if belief is None:
             if self.belief:
                 raise ValueError("memory: this policy keeps a belief (belief=True), but the memory holds none")
-            return None, None
-        d = self.embedding_dim
-        response = observation["history"][:, -1].float()  # [B, d + 3]: embedding, engagement, consumed, valid
-        consumed = response[:, d + 1] > 0
-        clicked = (belief.shown[..., :d] == response[:, None, :d]).all(dim=-1) & consumed[:, None]  # [B, K]
-        targets = clicked.float() * response[:, d : d + 1]
-        learned = belief.response.clone()
-        inverse = LinearBandit.update(belief.inverse.clone(), learned, belief.shown, targets)
+            return None
         x = self.regression_features(observation)  # [B, N, F]
-        mean = (x @ ridge_estimate(inverse, learned)[:, :, None])[..., 0]
-        std = ((x @ inverse) * x).sum(dim=-1).clamp_min(0.0).sqrt()
-        return replace(belief, inverse=inverse, response=learned), torch.stack([mean, std], dim=-1)
+        mean = (x @ ridge_estimate(belief.inverse, belief.response)[:, :, None])[..., 0]
+        std = ((x @ belief.inverse) * x).sum(dim=-1).clamp_min(0.0).sqrt()
+        return torch.stack([mean, std], dim=-1)
+
+    def learn(
+        self, memory: Memory, reward: torch.Tensor, position: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> Memory:
+        """The memory once the response to the slate it holds is in: the belief adds the slate's items
+        with their targets, ``reward`` (``[B]``) at the clicked ``position`` (``[B]``, -1 without a click)
+        and 0 at the others, as LinUCB does; rows where ``rows`` (``[B]`` bool) is False learn nothing
+        (users this policy did not serve). The slate is then spent, so a second call adds nothing."""
+        belief = memory.belief
+        if belief is None:
+            return memory
+        shown = belief.shown if rows is None else belief.shown * rows.to(belief.shown.dtype)[:, None, None]
+        targets = slate_targets(reward, {"chosen_position": position}, self.slate_size, "reward")
+        b = belief.response.clone()
+        inverse = LinearBandit.update(belief.inverse.clone(), b, shown, targets)
+        return replace(memory, belief=replace(belief, inverse=inverse, response=b, shown=torch.zeros_like(shown)))
 
     @staticmethod
     def regression_features(observation: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``[B, N, F + 1]``: the candidates' features and a constant 1 (what the belief regresses on)."""
+        """``[B, N, F]``: the candidates' features and a constant 1 (what the belief regresses on)."""
         candidates = observation["candidates"].float()
         return torch.cat([candidates, torch.ones_like(candidates[..., :1])], dim=-1)
 
@@ -232,7 +236,8 @@ class RecurrentSlatePolicy(AffinityPolicy):
         self, hidden: torch.Tensor, belief: Belief | None, observation: dict[str, torch.Tensor], slate: torch.Tensor
     ) -> Memory:
         """The memory to carry to the next step once ``slate`` (``[B, K]``) is shown: the GRU state, the
-        slate's mean features and the belief waiting for the response to it."""
+        slate's mean features and the belief (the memory's) waiting for the response to the slate
+        (:meth:`learn`)."""
         if belief is not None:
             x = self.regression_features(observation)
             shown = x.gather(1, slate[:, :, None].expand(-1, -1, x.shape[-1]))

@@ -159,15 +159,16 @@ class RL2Trainer:
                 out["last_slate"].append(self.memory.last_slate)
                 out["last_reward"].append(self.last_reward)
                 hidden = self.policy.read(self.memory, self.observation, self.last_reward)
-                belief, beliefs = self.policy.believe(self.memory, self.observation)
+                beliefs = self.policy.believe(self.memory, self.observation)
                 logits, value = self.policy.act_from(self.observation, hidden, beliefs)
                 dist = self.policy.distribution(logits)
                 slate = dist.sample(self.generator, rows_of=self.rows_of)
                 if beliefs is not None:
                     out["beliefs"].append(beliefs)
-                remembered = self.policy.remember(hidden, belief, self.observation, slate)
-                observation, reward, terminated, truncated, _ = self.env.step(slate)
+                remembered = self.policy.remember(hidden, self.memory.belief, self.observation, slate)
+                observation, reward, terminated, truncated, info = self.env.step(slate)
                 reward = reward.float()
+                remembered = self.policy.learn(remembered, reward, info["chosen_position"])
                 done = terminated | truncated
                 self.discounted_return = self.discounted_return * c.gamma + reward
                 self.return_stats.update(self.discounted_return, reduce=all_reduce_)
@@ -183,7 +184,7 @@ class RL2Trainer:
                 self.last_reward = reward.masked_fill(done, 0.0)
                 self.observation = observation
             hidden = self.policy.read(self.memory, self.observation, self.last_reward)
-            _, beliefs = self.policy.believe(self.memory, self.observation)
+            beliefs = self.policy.believe(self.memory, self.observation)
             _, next_value = self.policy.act_from(self.observation, hidden, beliefs)
         rollout = {key: torch.stack(v) if v else None for key, v in out.items()}
         rollout["observations"] = {key: torch.stack(v) for key, v in observations.items()}
