@@ -367,6 +367,16 @@ def ridge_estimate(inverse: torch.Tensor, response: torch.Tensor) -> torch.Tenso
     return (inverse @ response[:, :, None])[:, :, 0]
 
 
+def ridge_prediction(
+    x: torch.Tensor, inverse: torch.Tensor, response: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([B, N] x·θ, [B, N] xᵀA⁻¹x)``: each candidate's (``x``: ``[B, N, F]``) predicted target under
+    the users' ridge estimates, and its variance factor (LinUCB's bonus is ``alpha`` times its root)."""
+    mean = (x @ ridge_estimate(inverse, response)[:, :, None])[:, :, 0]
+    variance = ((x @ inverse) * x).sum(dim=2).clamp_min(0.0)
+    return mean, variance
+
+
 class LinearBandit(OnlineBandit):
     """A ridge regression of the target on candidate features per user, for LinUCB and Thompson.
 
@@ -493,8 +503,7 @@ class LinUCBRecommender(LinearBandit):
         self.alpha = _check_positive("alpha", alpha, allow_zero=True)
 
     def scores(self, x: torch.Tensor, inverse: torch.Tensor, response: torch.Tensor, draws: UserDraws) -> torch.Tensor:
-        mean = (x @ ridge_estimate(inverse, response)[:, :, None])[:, :, 0]  # [B, N]
-        variance = ((x @ inverse) * x).sum(dim=2).clamp_min(0.0)  # [B, N] xᵀA⁻¹x
+        mean, variance = ridge_prediction(x, inverse, response)
         return mean + self.alpha * variance.sqrt()
 
 

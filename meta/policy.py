@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from gymnasium import spaces
-from metarec.agents.bandits import LinearBandit, ridge_estimate, slate_targets
+from metarec.agents.bandits import LinearBandit, ridge_prediction, slate_targets
 from metarec.agents.networks import SlatePolicy, symlog
 from torch import nn
 
@@ -205,10 +205,8 @@ class RecurrentSlatePolicy(AffinityPolicy):
             if self.belief:
                 raise ValueError("memory: this policy keeps a belief (belief=True), but the memory holds none")
             return None
-        x = self.regression_features(observation)  # [B, N, F]
-        mean = (x @ ridge_estimate(belief.inverse, belief.response)[:, :, None])[..., 0]
-        std = ((x @ belief.inverse) * x).sum(dim=-1).clamp_min(0.0).sqrt()
-        return torch.stack([mean, std], dim=-1)
+        mean, variance = ridge_prediction(self.regression_features(observation), belief.inverse, belief.response)
+        return torch.stack([mean, variance.sqrt()], dim=-1)
 
     def learn(
         self, memory: Memory, reward: torch.Tensor, position: torch.Tensor, rows: torch.Tensor | None = None
@@ -229,8 +227,7 @@ class RecurrentSlatePolicy(AffinityPolicy):
     @staticmethod
     def regression_features(observation: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[B, N, F]``: the candidates' features and a constant 1 (what the belief regresses on)."""
-        candidates = observation["candidates"].float()
-        return torch.cat([candidates, torch.ones_like(candidates[..., :1])], dim=-1)
+        return with_constant(observation["candidates"].float())
 
     def remember(
         self, hidden: torch.Tensor, belief: Belief | None, observation: dict[str, torch.Tensor], slate: torch.Tensor
@@ -238,11 +235,10 @@ class RecurrentSlatePolicy(AffinityPolicy):
         """The memory to carry to the next step once ``slate`` (``[B, K]``) is shown: the GRU state, the
         slate's mean features and the belief (the memory's) waiting for the response to the slate
         (:meth:`learn`)."""
+        shown = self.shown_features(observation, slate)  # [B, K, F]
         if belief is not None:
-            x = self.regression_features(observation)
-            shown = x.gather(1, slate[:, :, None].expand(-1, -1, x.shape[-1]))
-            belief = replace(belief, shown=shown)
-        return Memory(hidden, self.slate_features(observation, slate), belief)
+            belief = replace(belief, shown=with_constant(shown))
+        return Memory(hidden, shown.mean(dim=1), belief)
 
     def act_from(
         self, observation: dict[str, torch.Tensor], hidden: torch.Tensor, beliefs: torch.Tensor | None = None
@@ -264,8 +260,13 @@ class RecurrentSlatePolicy(AffinityPolicy):
         return logits, self.state_value(items, context)
 
     @staticmethod
-    def slate_features(observation: dict[str, torch.Tensor], slate: torch.Tensor) -> torch.Tensor:
-        """``[B, F]`` mean features of the candidates in ``slate`` (what the memory reads as the action)."""
+    def shown_features(observation: dict[str, torch.Tensor], slate: torch.Tensor) -> torch.Tensor:
+        """``[B, K, F]`` features of the candidates in ``slate`` (their mean is what the memory reads as
+        the action)."""
         candidates = observation["candidates"].float()
-        index = slate[:, :, None].expand(-1, -1, candidates.shape[2])
-        return candidates.gather(1, index).mean(dim=1)
+        return candidates.gather(1, slate[:, :, None].expand(-1, -1, candidates.shape[2]))
+
+
+def with_constant(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with a constant 1 appended to its last axis (a regression's intercept)."""
+    return torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)

@@ -42,9 +42,8 @@ def test_rl2_memory_is_kept_across_sessions_and_cleared_for_new_users(distributi
         slate = trainer.policy.distribution(trainer.policy.act_from(trainer.observation, hidden)[0]).mode()
         observation, reward, terminated, truncated, info = trainer.env.step(slate)
         done = terminated | truncated
-        memory = RecurrentSlatePolicy.reset_memory(
-            type(trainer.memory)(hidden, trainer.policy.slate_features(trainer.observation, slate)), done
-        )
+        shown = trainer.policy.remember(hidden, None, trainer.observation, slate)
+        memory = RecurrentSlatePolicy.reset_memory(shown, done)
         returned = info["returned"]
         # a user who comes back for another session keeps what the memory learned
         assert torch.all(memory.hidden[returned].abs().sum(dim=1) > 0)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from gymnasium import spaces
 from metarec.agents.bandits import LinUCBRecommender
 from metarec.envs.task_batch import TaskBatchVectorEnv
 from metarec.meta.evaluate import RL2Recommender
@@ -54,16 +55,18 @@ def test_the_belief_is_linucbs_regression_on_the_same_slates(distribution) -> No
     assert float(beliefs[..., 0].std()) > 0.01  # and says something about the candidates
 
 
-def _small_policy() -> RecurrentSlatePolicy:
-    from gymnasium import spaces
-
-    space = spaces.Dict(
+def _space() -> spaces.Dict:
+    """A DriftingUsers-like space: 6 candidates of d = 4 (embedding and length), 3 history rows."""
+    return spaces.Dict(
         {
             "candidates": spaces.Box(-1e9, 1e9, (6, 4 + 1), "float32"),
             "history": spaces.Box(-1e9, 1e9, (3, 4 + 3), "float32"),
         }
     )
-    return RecurrentSlatePolicy(space, 2, 8, belief=True, belief_ridge=0.5)
+
+
+def _small_policy() -> RecurrentSlatePolicy:
+    return RecurrentSlatePolicy(_space(), 2, 8, belief=True, belief_ridge=0.5)
 
 
 def test_the_belief_learns_the_clicked_position_once_and_only_for_the_rows_told() -> None:
@@ -109,22 +112,11 @@ def test_the_belief_starts_over_for_new_users_only() -> None:
     observation = {"candidates": torch.zeros(4, 6, 5), "history": torch.zeros(4, 3, 7)}
     with pytest.raises(ValueError, match=r"beliefs: expected \[B, N, 2\] from believe\(\), got None"):
         policy.act_from(observation, reset.hidden)
-    plain = RecurrentSlatePolicy(policy_space(policy), 2, 8)
+    plain = RecurrentSlatePolicy(_space(), 2, 8)
     with pytest.raises(ValueError, match=r"beliefs: expected None \(this policy keeps no belief\)"):
         plain.act_from(observation, reset.hidden, torch.zeros(4, 6, 2))
     with pytest.raises(ValueError, match=r"belief_ridge: expected a number > 0, got 0"):
-        RecurrentSlatePolicy(policy_space(policy), 2, 8, belief=True, belief_ridge=0)
-
-
-def policy_space(policy: RecurrentSlatePolicy):
-    from gymnasium import spaces
-
-    return spaces.Dict(
-        {
-            "candidates": spaces.Box(-1e9, 1e9, (6, policy.candidate_dim), "float32"),
-            "history": spaces.Box(-1e9, 1e9, (3, policy.response_dim), "float32"),
-        }
-    )
+        RecurrentSlatePolicy(_space(), 2, 8, belief=True, belief_ridge=0)
 
 
 def test_rl2_recommender_learns_only_from_the_users_it_serves(distribution) -> None:
