@@ -1,0 +1,66 @@
+"""The information ladder of the adaptation protocol: what myopic planners that know part of the hidden
+state score on a meta-train config's held-out split (``metarec.meta.ceiling``). One JSON line.
+
+    python benchmarks/meta_ceiling.py [--config configs/meta_demo.yaml] [--split test] [--seeds N]
+
+Same populations, users and seeds as ``metarec meta-eval`` of a run of that config, so the rungs sit
+on the same scale (random 0, oracle 1) as its methods; LinUCB is run alongside as the peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from metarec.agents.registry import make_recommender
+from metarec.meta.ceiling import ladder
+from metarec.meta.evaluate import evaluate
+from metarec.meta.runner import load_meta_config
+
+SHOWN_SESSIONS = (1, 2, 5, 10, 20)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(Path(__file__).parents[1] / "configs" / "meta_demo.yaml"))
+    parser.add_argument("--split", choices=("test", "train"), default="test")
+    parser.add_argument("--seeds", type=int, default=None, help="evaluation seeds (default: the config's)")
+    args = parser.parse_args()
+    config = load_meta_config(args.config, [f"eval.seeds={args.seeds}"] if args.seeds else [])
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    split = config.test_split if args.split == "test" else config.train_split
+    methods = {**ladder(), "linucb": lambda env, seed: make_recommender("linucb", env, seed)}
+    start = time.perf_counter()
+    result = evaluate(methods, config.tasks, split, config.sessions, config.eval, config.seed, config.device,
+                      item_stats=config.item_stats)  # fmt: skip
+    shown = [k - 1 for k in SHOWN_SESSIONS if k <= config.sessions]
+    print(
+        json.dumps(
+            {
+                "benchmark": "meta_ceiling",
+                "config": Path(args.config).name,
+                "split": split,
+                "seeds": config.eval.seeds,
+                "sessions": [k + 1 for k in shown],
+                "rungs": {
+                    name: {
+                        "normalized_return": [round(m["normalized_return"][i], 3) for i in shown],
+                        "ci95": [[round(x, 3) for x in m["ci95"][i]] for i in shown],
+                    }
+                    for name, m in result["methods"].items()
+                    if name not in ("random", "oracle")
+                },
+                "wall_seconds": round(time.perf_counter() - start, 1),
+                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {config.device}",
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
