@@ -15,6 +15,11 @@ regret summed over the ``window`` interactions before and after (oracle value mi
 reward of the slates shown), the dip (lowest expected reward after the shift over the level), and the
 interactions until expected reward is back at 90% of the level (0 if it never fell below; None if
 not within the run).
+
+Every method meets the same populations and users in a seed, so the best meta-learner's lead over each
+baseline is also reported paired: the mean over seeds of the per-seed difference of normalised returns
+and its 95% t interval (``result["paired"]``). It is the sharper test of "ahead": the seeds' spread of
+populations, which both methods share, drops out; the separate intervals of the two curves keep it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from .policy import Memory, RecurrentSlatePolicy
 from .tasks import TaskDistribution, batch_seed, task_batch
 
 EVAL_SEED_OFFSET = 10_000  # evaluation seeds never coincide with meta-batch indices of training
+PAIRED_BASELINES = ("finetune", "scratch", "linucb")
 
 
 class EvalConfig(FrozenConfig):
@@ -249,15 +255,17 @@ def evaluate(
                 progress(f"seed {k + 1}/{config.seeds} {name}: session 1 return {run['session_return'][0]:.3f}")
     low, high = np.stack(curves["random"]), np.stack(curves["oracle"])  # [seeds, sessions]
     result: dict[str, Any] = {"split": split, "sessions": list(range(1, sessions + 1)), "methods": {}}
+    per_seed: dict[str, np.ndarray] = {}
     for name in everything:
         raw = np.stack(curves[name])
-        normalised = (raw - low) / np.where(high - low > 0, high - low, np.nan)
+        normalised = per_seed[name] = (raw - low) / np.where(high - low > 0, high - low, np.nan)
         mean, ci = mean_ci(normalised)
         recover = [s["interactions_to_recover_90"] for s in shifts[name]]
         result["methods"][name] = {
             "normalized_return": mean,
             "ci95": ci,
             "raw_return": raw.mean(axis=0).tolist(),
+            "per_seed": normalised.tolist(),  # [seeds][sessions], for statistics of one's own
             "shift": {
                 **{
                     key: float(np.mean([s[key] for s in shifts[name]]))
@@ -272,6 +280,16 @@ def evaluate(
     result["best_meta_method"] = (
         max(meta, key=lambda m: np.nanmean(result["methods"][m]["normalized_return"][:10])) if meta else None
     )
+    best = result["best_meta_method"]
+    if best is not None:
+        result["paired"] = {
+            "method": best,
+            "against": {
+                other: dict(zip(("difference", "ci95"), mean_ci(per_seed[best] - per_seed[other]), strict=True))
+                for other in PAIRED_BASELINES
+                if other in per_seed
+            },
+        }
     result["seeds"] = config.seeds
     return result
 

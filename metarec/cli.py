@@ -121,7 +121,8 @@ def _cmd_meta_eval(args: argparse.Namespace) -> int:
         keys = ("split", "sessions", "methods", "best_meta_method")
         methods = {name: {"normalized_return": m["normalized_return"], "ci95": m["ci95"], "shift": m["shift"]}
                    for name, m in result["methods"].items()}  # fmt: skip
-        print(json.dumps({**{k: result[k] for k in keys}, "methods": methods}))
+        paired = {"paired": result["paired"]} if "paired" in result else {}
+        print(json.dumps({**{k: result[k] for k in keys}, "methods": methods, **paired}))
     else:
         for name, m in result["methods"].items():
             curve = " ".join("  nan" if v is None else f"{v:5.2f}" for v in m["normalized_return"][:10])

@@ -72,7 +72,37 @@ def adaptation_conclusion(meta: dict[str, Any]) -> list[ab.Paragraph]:
     )
     if beaten:
         lines.append(f"In the first session it is ahead of {', '.join(beaten)}.")
+    paired = (adaptation.get("paired") or {}).get("against") or {}
+    leads = [f"{name} in {session_ranges(_ahead_in(lead, PAIRED_UP_TO))}" for name, lead in paired.items()]
+    if leads:
+        lines.append(
+            f"Paired by seed (both meet the same users), its lead's 95% interval is above 0, within the first "
+            f"{PAIRED_UP_TO} sessions, against {'; '.join(leads)}."
+        )
     return [ab.Paragraph(line) for line in lines]
+
+
+PAIRED_UP_TO = 10
+
+
+def _ahead_in(lead: dict[str, Any], up_to: int) -> list[int]:
+    """The sessions (1-based, at most ``up_to``) where the lead's interval lies above 0."""
+    return [k + 1 for k, (low, _) in enumerate(lead["ci95"][:up_to]) if low is not None and low > 0]
+
+
+def session_ranges(sessions: list[int]) -> str:
+    """``[1, 2, 3, 5]`` -> ``"sessions 1-3 and 5"``; ``[]`` -> ``"no session"``."""
+    if not sessions:
+        return "no session"
+    runs: list[list[int]] = []
+    for k in sessions:
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    parts = [f"{r[0]}" if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs]
+    words = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+    return f"session{'s' if len(sessions) > 1 else ''} {words}"
 
 
 def simulated_section(rows: list[dict[str, Any]], users: int) -> ab.Section:

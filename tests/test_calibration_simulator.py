@@ -286,6 +286,30 @@ def test_the_demo_report_with_missing_values(tmp_path):
     assert "The best meta-learner is rl2" in text and "ahead of" not in text
     text = write_report(tmp_path / "ahead", "rl2", {**baselines, "rl2": [0.5, 0.6]})
     assert "In the first session it is ahead of finetune (0.2)." in text
+    assert "Paired by seed" not in text  # an evaluation from before paired leads were reported
+
+
+def test_the_demo_report_says_where_the_paired_lead_is_above_zero(tmp_path):
+    from metarec.demo_report import write_demo_report
+
+    summary = demo_summary("rl2", {**BASELINES, "rl2": [0.5, 0.6]})
+    summary["meta"]["adaptation"]["paired"] = {
+        "method": "rl2",
+        "against": {
+            "finetune": {"difference": [0.3, 0.5], "ci95": [[0.1, 0.5], [0.2, 0.8]]},
+            "linucb": {"difference": [0.0, 0.5], "ci95": [[-0.1, 0.1], [None, None]]},
+        },
+    }
+    text = write_demo_report(tmp_path, summary)["report.md"].read_text()
+    assert "against finetune in sessions 1-2; linucb in no session." in text
+
+
+def test_session_ranges_read_as_a_person_would_write_them():
+    from metarec.demo_report import session_ranges
+
+    assert session_ranges([1, 2, 3, 5, 7, 8]) == "sessions 1-3, 5 and 7-8"
+    assert session_ranges([4]) == "session 4"
+    assert session_ranges([]) == "no session"
 
 
 def test_calibrate_is_reproducible_bit_for_bit():

@@ -20,6 +20,7 @@ from metarec.meta.policy import RecurrentSlatePolicy
 from metarec.meta.rl2 import RL2Config, RL2Trainer
 from metarec.meta.runner import load_meta_config, meta_eval, meta_train
 from metarec.meta.tasks import TaskDistribution, task_batch
+from scipy import stats
 
 from metarec.training import load_yaml_config
 
@@ -158,6 +159,17 @@ def test_meta_tiny_trains_deterministically_and_evaluates(tmp_path) -> None:
     for curve in result["methods"].values():
         assert len(curve["normalized_return"]) == 4 and len(curve["ci95"]) == 4
     assert result["best_meta_method"] in ("rl2", "maml", "fomaml", "reptile")
+    # the best meta-learner against each baseline, paired by seed: scipy's paired t interval
+    paired = result["paired"]
+    assert paired["method"] == result["best_meta_method"]
+    assert set(paired["against"]) == {"finetune", "scratch", "linucb"}
+    best = np.array(result["methods"][paired["method"]]["per_seed"], dtype=float)
+    assert best.shape == (load_meta_config(TINY).eval.seeds, 4)
+    for other, lead in paired["against"].items():
+        theirs = np.array(result["methods"][other]["per_seed"], dtype=float)
+        reference = stats.ttest_rel(best, theirs, axis=0).confidence_interval(0.95)
+        np.testing.assert_allclose(lead["difference"], (best - theirs).mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(lead["ci95"], np.stack([reference.low, reference.high], axis=1), rtol=1e-9)
     assert (tmp_path / "a" / "adaptation_test.png").stat().st_size > 1000
     on_disk = json.loads((tmp_path / "a" / "eval_test.json").read_text())
     assert on_disk["methods"]["rl2"]["normalized_return"] == result["methods"]["rl2"]["normalized_return"]
