@@ -1,10 +1,12 @@
 """The information ladder of the adaptation protocol: what myopic planners that know part of the hidden
 state score on a meta-train config's held-out split (``metarec.meta.ceiling``). One JSON line.
 
-    python benchmarks/meta_ceiling.py [--config configs/meta_demo.yaml] [--split test] [--seeds N]
+    python benchmarks/meta_ceiling.py [--config configs/meta_demo.yaml] [--split test] [--seeds N] [--set K=V ...]
 
 Same populations, users and seeds as ``metarec meta-eval`` of a run of that config, so the rungs sit
-on the same scale (random 0, oracle 1) as its methods; LinUCB is run alongside as the peer.
+on the same scale (random 0, oracle 1) as its methods; LinUCB is run alongside as the peer. ``--set``
+takes the config overrides ``metarec meta-train`` takes, e.g. ``--set eval.users_per_task=640`` to see
+another protocol.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ def main() -> None:
     parser.add_argument("--config", default=str(Path(__file__).parents[1] / "configs" / "meta_demo.yaml"))
     parser.add_argument("--split", choices=("test", "train"), default="test")
     parser.add_argument("--seeds", type=int, default=None, help="evaluation seeds (default: the config's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = parser.parse_args()
-    config = load_meta_config(args.config, [f"eval.seeds={args.seeds}"] if args.seeds else [])
+    config = load_meta_config(args.config, [*args.set, *([f"eval.seeds={args.seeds}"] if args.seeds else [])])
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     split = config.test_split if args.split == "test" else config.train_split
@@ -44,6 +47,7 @@ def main() -> None:
             {
                 "benchmark": "meta_ceiling",
                 "config": Path(args.config).name,
+                "overrides": args.set,
                 "split": split,
                 "seeds": config.eval.seeds,
                 "sessions": [k + 1 for k in shown],

@@ -143,6 +143,8 @@ def meta_evaluated(done: Done) -> None:
     )
     assert result["best_meta_method"] in ("rl2", "maml", "fomaml", "reptile")
     assert {"normalized_return", "ci95", "shift"} <= set(result["methods"]["rl2"])
+    assert result["paired"]["method"] == result["best_meta_method"]
+    assert set(result["paired"]["against"]) == {"finetune", "scratch", "linucb"}
     done.file("runs/meta_demo/eval_test.json")
     assert done.file("runs/meta_demo/adaptation_test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
