@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 
 import torch
+from metarec.abtest.runner import finite
 from metarec.agents.registry import make_recommender
 from metarec.meta.ceiling import ladder
 from metarec.meta.evaluate import evaluate
 from metarec.meta.runner import load_meta_config
 
-SHOWN_SESSIONS = (1, 2, 5, 10, 20)
+from metarec.demo_report import SESSIONS_SHOWN
 
 
 def main() -> None:
@@ -41,27 +42,30 @@ def main() -> None:
     start = time.perf_counter()
     result = evaluate(methods, config.tasks, split, config.sessions, config.eval, config.seed, config.device,
                       item_stats=config.item_stats)  # fmt: skip
-    shown = [k - 1 for k in SHOWN_SESSIONS if k <= config.sessions]
+    shown = [k - 1 for k in SESSIONS_SHOWN if k <= config.sessions]
     print(
         json.dumps(
-            {
-                "benchmark": "meta_ceiling",
-                "config": Path(args.config).name,
-                "overrides": args.set,
-                "split": split,
-                "seeds": config.eval.seeds,
-                "sessions": [k + 1 for k in shown],
-                "rungs": {
-                    name: {
-                        "normalized_return": [round(m["normalized_return"][i], 3) for i in shown],
-                        "ci95": [[round(x, 3) for x in m["ci95"][i]] for i in shown],
-                    }
-                    for name, m in result["methods"].items()
-                    if name not in ("random", "oracle")
-                },
-                "wall_seconds": round(time.perf_counter() - start, 1),
-                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {config.device}",
-            }
+            finite(
+                {
+                    "benchmark": "meta_ceiling",
+                    "config": Path(args.config).name,
+                    "overrides": args.set,
+                    "split": split,
+                    "seeds": config.eval.seeds,
+                    "sessions": [k + 1 for k in shown],
+                    "rungs": {
+                        name: {
+                            "normalized_return": [m["normalized_return"][i] for i in shown],
+                            "ci95": [m["ci95"][i] for i in shown],
+                        }
+                        for name, m in result["methods"].items()
+                        if name not in ("random", "oracle")
+                    },
+                    "wall_seconds": round(time.perf_counter() - start, 1),
+                    "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {config.device}",
+                }
+            ),
+            allow_nan=False,
         )
     )
 

@@ -5,23 +5,27 @@ interest, every item's quality, the fatigue and the population's parameters. An
 :class:`InformedOracle` plans the same way (the environment's own revenue-ordered slate, one step
 ahead) but with only part of that knowledge:
 
-* ``user`` is what it knows of the user's interest: ``"population"`` the mean of the population's
-  cluster centres (nothing about this user), ``"cluster"`` the centre of the user's cluster (not the
-  user's offset from it, nor drift), ``"interest"`` the true current interest.
-* ``quality=False`` plans as if every item had the prior mean quality, 0 (the planner's quality
-  weight is 0); ``True`` uses the true qualities.
+* ``user`` is what it knows of the user's interest: ``"population"`` the mean interest of the
+  population's users of the same age (the mean of its cluster centres, moved by the population's trend
+  for as many steps as the user has lived; nothing about this user), ``"cluster"`` the centre of the
+  user's cluster moved by the trend since the user's interests were last drawn (not the user's offset
+  from it, nor consumption or random-walk drift), ``"interest"`` the true current interest.
+* ``quality=False`` plans as if every item had the prior mean quality, 0 (the planner's quality weight
+  is 0); ``True`` uses the true qualities.
 
-Everything else (population parameters, fatigue, position bias, candidate embeddings) the rungs know
-exactly. A rung is not an upper bound for every learner (a planner that knows the population's
-parameters may still plan worse than one that is Bayes-optimal under uncertainty), but a learner
-that scores above the ``interest`` rung without quality must have learned the items' qualities, and
-one above the ``cluster`` rung must have learned more of the user than their cluster:
-:func:`ladder` gives the factories to run through :func:`metarec.meta.evaluate.evaluate`.
+Everything else (population parameters, fatigue, position bias, candidate embeddings, and items'
+appeal where a catalogue has any) the rungs know exactly. The rungs are myopic planners, not upper
+bounds: a learner may plan better than a rung with the same knowledge (looking further ahead, or
+Bayes-optimally under its uncertainty). A learner scoring well above the ``interest`` rung without
+quality suggests it has learned the items' qualities, and one above the ``cluster`` rung more of the
+user than their cluster. :func:`ladder` gives the factories to run through
+:func:`metarec.meta.evaluate.evaluate` (see ``benchmarks/meta_ceiling.py``).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, Literal
 
@@ -31,6 +35,11 @@ from metarec.envs.task_batch import TaskBatchModel, TaskBatchVectorEnv
 
 UserKnowledge = Literal["population", "cluster", "interest"]
 USER_KNOWLEDGE: tuple[str, ...] = ("population", "cluster", "interest")
+REDRAWN_TOLERANCE = 1e-4  # an anchor that moved further than the trend from one step to the next was redrawn
+
+
+def rung_name(user: str, quality: bool) -> str:
+    return f"{user}+quality" if quality else user
 
 
 class InformedOracle(Recommender):
@@ -44,46 +53,83 @@ class InformedOracle(Recommender):
         if not isinstance(env.model, TaskBatchModel):
             raise TypeError(f"env: expected a TaskBatchVectorEnv, got {type(env).__name__}")
         self.env, self.user, self.quality = env, user, quality
-        self.name = f"{user}+quality" if quality else user
-        model = env.model
-        self.planner = model if quality else quality_blind(model)
+        self.name = rung_name(user, quality)
+        self.model = env.model
+        self.planner = self.model if quality else quality_blind(self.model)
         if user == "population":
-            self.population_mean = population_mean_interest(model)  # [T, d]
+            self.population_mean, self.population_trend = population_mean_interest(self.model)  # [T, d] each
+        self._seen: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # step, anchor, anchor when drawn
+
+    def reset(self, mask: torch.Tensor | None = None) -> None:
+        if mask is None:  # a new run; a user replaced in a running one shows by its step count
+            self._seen = None
+
+    def planning_interest(self, state: dict[str, Any]) -> torch.Tensor:
+        """``[B, d]``: the interest this rung plans with for the users in ``state``."""
+        if self.env.model is not self.model:
+            raise RuntimeError(
+                "env: its model was rebuilt (set_tasks) after this InformedOracle was made; make a new one"
+            )
+        if self.user == "interest":
+            return state["interest"]
+        if self.user == "population":
+            age = state["step"].to(self.population_trend.dtype)[:, None]
+            return self.population_mean[state["task"]] + age * self.population_trend[state["task"]]
+        centre = self.model.world["cluster_centre"][state["cluster"]]
+        return centre + state["anchor"] - self._anchor_when_drawn(state)
+
+    def _anchor_when_drawn(self, state: dict[str, Any]) -> torch.Tensor:
+        """Each user's anchor as last drawn (new user, abrupt shift): what the anchor has moved since is
+        the population's trend, which the cluster rung knows. Follows the users step by step (act() is
+        called at every step, as in the protocol); a user not seen at the step before counts as redrawn."""
+        step, anchor = state["step"], state["anchor"]
+        if self._seen is None or self._seen[0].shape != step.shape:
+            drawn = anchor.clone()
+        else:
+            last_step, last_anchor, drawn = self._seen
+            params = self.model._params_of(state["task"])
+            trend = params.drift_per_step[:, None] * self.model.world["trend_direction"][state["cluster"]]
+            moved_by_trend = (anchor - last_anchor - trend).abs().amax(dim=-1) <= REDRAWN_TOLERANCE
+            same = step == last_step  # no step since the last look
+            kept = (same & (anchor == last_anchor).all(dim=-1)) | ((step == last_step + 1) & moved_by_trend)
+            drawn = torch.where(kept[:, None], drawn, anchor)
+        self._seen = (step.clone(), anchor.clone(), drawn)
+        return drawn
 
     def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
         state = dict(self.env.state)
-        if self.user == "population":
-            state["interest"] = self.population_mean[state["task"]]
-        elif self.user == "cluster":
-            state["interest"] = self.env.model.world["cluster_centre"][state["cluster"]]
+        state["interest"] = self.planning_interest(state)
         slate, _, _ = self.planner.oracle(state)
         return slate
 
 
 def quality_blind(model: TaskBatchModel) -> TaskBatchModel:
     """A view of ``model`` whose utilities leave item quality out (quality weight 0 in every task); it
-    shares the world and everything else with ``model``."""
+    shares the world and everything else with ``model``, and changes nothing of it."""
     blind = copy.copy(model)
     params = vars(model.task_params)
     blind.task_params = SimpleNamespace(**{**params, "quality_weight": torch.zeros_like(params["quality_weight"])})
     return blind
 
 
-def population_mean_interest(model: TaskBatchModel) -> torch.Tensor:
-    """``[T, d]``: the mean anchor interest of each task's new users (its clusters are drawn uniformly,
-    the offsets have mean 0), i.e. the mean of its cluster centres."""
+def population_mean_interest(model: TaskBatchModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[T, d]`` twice: the mean anchor interest of each task's new users (its clusters are drawn
+    uniformly, the offsets have mean 0), i.e. the mean of its cluster centres, and how far that mean
+    moves per step with the population's trend (each cluster moves along its own direction)."""
     world = model.world
     offset, count = world["cluster_offset"].tolist(), world["num_clusters"].long().tolist()
-    centres = world["cluster_centre"]
-    return torch.stack([centres[o : o + c].mean(dim=0) for o, c in zip(offset, count, strict=True)])
+    drift = model.task_params.drift_per_step
+    means, trends = [], []
+    for task, (o, c) in enumerate(zip(offset, count, strict=True)):
+        means.append(world["cluster_centre"][o : o + c].mean(dim=0))
+        trends.append(drift[task] * world["trend_direction"][o : o + c].mean(dim=0))
+    return torch.stack(means), torch.stack(trends)
 
 
-def ladder() -> dict[str, Any]:
+Factory = Callable[[TaskBatchVectorEnv, int], Recommender]
+
+
+def ladder() -> dict[str, Factory]:
     """``{name: factory(env, seed)}`` for every rung but the oracle itself (``interest+quality``)."""
-    rungs = [(user, quality) for user in USER_KNOWLEDGE for quality in (False, True)][:-1]
-    return {
-        (f"{user}+quality" if quality else user): (
-            lambda env, seed, user=user, quality=quality: InformedOracle(env, user, quality)
-        )
-        for user, quality in rungs
-    }
+    rungs = [(u, q) for u in USER_KNOWLEDGE for q in (False, True) if (u, q) != ("interest", True)]
+    return {rung_name(u, q): (lambda env, seed, u=u, q=q: InformedOracle(env, u, q)) for u, q in rungs}

@@ -20,6 +20,8 @@ Every method meets the same populations and users in a seed, so the best meta-le
 baseline is also reported paired: the mean over seeds of the per-seed difference of normalised returns
 and its 95% t interval (``result["paired"]``). It is the sharper test of "ahead": the seeds' spread of
 populations, which both methods share, drops out; the separate intervals of the two curves keep it.
+The intervals are per session and per baseline (no correction for reading many at once), and the best
+meta-learner is picked on the same runs, which favours it a little where meta-learners are close.
 """
 
 from __future__ import annotations

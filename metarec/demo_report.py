@@ -73,11 +73,12 @@ def adaptation_conclusion(meta: dict[str, Any]) -> list[ab.Paragraph]:
     if beaten:
         lines.append(f"In the first session it is ahead of {', '.join(beaten)}.")
     paired = (adaptation.get("paired") or {}).get("against") or {}
-    leads = [f"{name} in {session_ranges(_ahead_in(lead, PAIRED_UP_TO))}" for name, lead in paired.items()]
+    up_to = min(PAIRED_UP_TO, len(curve))
+    leads = [f"{name} in {session_ranges(_ahead_in(lead, up_to))}" for name, lead in paired.items()]
     if leads:
         lines.append(
-            f"Paired by seed (both meet the same users), its lead's 95% interval is above 0, within the first "
-            f"{PAIRED_UP_TO} sessions, against {'; '.join(leads)}."
+            f"Paired by seed (both meet the same users), its lead's per-session 95% interval is above 0, within "
+            f"the first {up_to} sessions, against {'; '.join(leads)}."
         )
     return [ab.Paragraph(line) for line in lines]
 

@@ -301,7 +301,7 @@ def test_the_demo_report_says_where_the_paired_lead_is_above_zero(tmp_path):
         },
     }
     text = write_demo_report(tmp_path, summary)["report.md"].read_text()
-    assert "against finetune in sessions 1-2; linucb in no session." in text
+    assert "within the first 2 sessions, against finetune in sessions 1-2; linucb in no session." in text
 
 
 def test_session_ranges_read_as_a_person_would_write_them():

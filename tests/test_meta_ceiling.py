@@ -57,6 +57,48 @@ def test_each_rung_ignores_what_it_does_not_know() -> None:
     assert not torch.equal(rungs["cluster"].act({}, {}), before["cluster"])
 
 
+def test_the_cluster_and_population_rungs_follow_the_trend_and_restart_at_a_shift() -> None:
+    from metarec.meta.evaluate import shift_interests
+
+    trending = SimulatorConfig.model_validate(
+        {
+            "catalog": {"seed": 5, "num_items": 200, "num_topics": 6},
+            "population": {"num_clusters": 3, "trend_rate": 2.0, "shift_hazard": 0.0, "ou_noise": 0.0},
+        }
+    )
+    still = trending.model_copy(update={"population": trending.population.model_copy(update={"trend_rate": 0.0})})
+    env = TaskBatchVectorEnv([trending, still], users_per_task=16, autoreset=False)
+    env.reset(seed=3)
+    model, world = env.model, env.model.world
+    cluster, population = InformedOracle(env, "cluster", quality=True), InformedOracle(env, "population", True)
+    mean, _ = population_mean_interest(model)
+    first = env.state["anchor"].clone()
+    drift = model.task_params.drift_per_step[env.state["task"]][:, None]
+    assert float(drift[0]) > 0 and float(drift[-1]) == 0  # the second task has no trend
+    generator = torch.Generator().manual_seed(0)
+    for step in range(1, 13):
+        env.step(cluster.act({}, {}))
+        population.act({}, {})
+        moved = step * drift * world["trend_direction"][env.state["cluster"]]
+        torch.testing.assert_close(env.state["anchor"] - first, moved, atol=1e-5, rtol=0)  # what the model does
+        centre = world["cluster_centre"][env.state["cluster"]]
+        torch.testing.assert_close(cluster.planning_interest(env.state), centre + moved, atol=1e-5, rtol=0)
+        task = env.state["task"]
+        cluster_mean_trend = torch.stack(
+            [world["trend_direction"][model.world["cluster_offset"][t] : model.world["cluster_offset"][t] + c].mean(0)
+             for t, c in zip(task.tolist(), model.world["num_clusters"][task].long().tolist(), strict=True)]
+        )  # fmt: skip
+        torch.testing.assert_close(
+            population.planning_interest(env.state), mean[task] + step * drift * cluster_mean_trend, atol=1e-5, rtol=0
+        )
+    shifted = torch.rand(env.num_envs, generator=generator) < 0.5
+    shift_interests(env, shifted, seed=9)
+    after = cluster.planning_interest(env.state)
+    centre = world["cluster_centre"][env.state["cluster"]]
+    torch.testing.assert_close(after[shifted], centre[shifted], rtol=0, atol=1e-6)  # a fresh draw: no trend yet
+    assert (after[~shifted] - centre[~shifted]).abs().amax() > 0.01  # the others keep what the trend moved
+
+
 def test_the_quality_blind_planner_ignores_item_quality_and_leaves_the_env_alone() -> None:
     env = _env()
     weight = env.model.task_params.quality_weight.clone()
@@ -83,7 +125,7 @@ def test_population_mean_is_the_mean_interest_of_new_users() -> None:
     for task in range(2):
         _, anchor = model._draw_users(rng, users, torch.full((users,), task, dtype=torch.int64))
         spread = float(model.task_params.cluster_spread[task])
-        error = (anchor.mean(dim=0) - population_mean_interest(model)[task]).abs().max()
+        error = (anchor.mean(dim=0) - population_mean_interest(model)[0][task]).abs().max()
         # the centres are drawn uniformly: the sample mean is off by its clusters' shares and the offsets'
         # noise, a few standard errors at most
         assert float(error) < 5 * (spread + 1.0) / np.sqrt(users)
@@ -99,6 +141,12 @@ def test_ladder_has_every_rung_but_the_oracle() -> None:
 def test_bad_arguments_are_refused_by_name() -> None:
     with pytest.raises(ValueError, match=r"user: expected one of population, cluster, interest, got 'everything'"):
         InformedOracle(_env(), "everything", quality=True)  # type: ignore[arg-type]
+    env = _env()
+    rung = InformedOracle(env, "cluster", quality=False)
+    env.set_tasks([_task(5, 3), _task(6, 2)])  # another catalogue: the rung's view of the world is stale
+    env.reset(seed=1)
+    with pytest.raises(RuntimeError, match=r"env: its model was rebuilt \(set_tasks\)"):
+        rung.act({}, {})
     single = DriftingUsersVectorEnv(num_envs=2)
     with pytest.raises(TypeError, match="env: expected a TaskBatchVectorEnv, got DriftingUsersVectorEnv"):
         InformedOracle(single, "cluster", quality=True)  # type: ignore[arg-type]
