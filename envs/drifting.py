@@ -243,7 +243,7 @@ class DriftingUsersModel(UserModel):
             + per_user_column(p.ou_reversion) * (anchor - interest)
             + per_user_column(p.ou_noise) * rng.normal(interest.shape)
         )
-        trend = per_user_column(p.drift_per_step) * be.take_rows(w["trend_direction"], state["cluster"])
+        trend = self.trend(p, state["cluster"])
         anchor = anchor + trend
         interest = interest + trend
         shifted = rng.uniform((b,)) < p.shift_hazard
@@ -301,6 +301,11 @@ class DriftingUsersModel(UserModel):
             "returned": returned,
         }
         return new_state, Outcome(engagement, terminated, truncated, info)
+
+    def trend(self, params: Any, cluster: Array) -> Array:
+        """``[B, d]``: how far one step moves the anchors of users in clusters ``cluster`` (``[B]``) along
+        their population's trend (``params`` as :meth:`params` gives them)."""
+        return per_user_column(params.drift_per_step) * self.backend.take_rows(self.world["trend_direction"], cluster)
 
     # -- what the agent sees ----------------------------------------------------------------
     def observe(self, state: State) -> dict[str, Array]:

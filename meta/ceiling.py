@@ -87,8 +87,7 @@ class InformedOracle(Recommender):
             drawn = anchor.clone()
         else:
             last_step, last_anchor, drawn = self._seen
-            params = self.model._params_of(state["task"])
-            trend = params.drift_per_step[:, None] * self.model.world["trend_direction"][state["cluster"]]
+            trend = self.model.trend(self.model.params(state), state["cluster"])
             moved_by_trend = (anchor - last_anchor - trend).abs().amax(dim=-1) <= REDRAWN_TOLERANCE
             same = step == last_step  # no step since the last look
             kept = (same & (anchor == last_anchor).all(dim=-1)) | ((step == last_step + 1) & moved_by_trend)

@@ -42,7 +42,7 @@ from .policy import Memory, RecurrentSlatePolicy
 from .tasks import TaskDistribution, batch_seed, task_batch
 
 EVAL_SEED_OFFSET = 10_000  # evaluation seeds never coincide with meta-batch indices of training
-PAIRED_BASELINES = ("finetune", "scratch", "linucb")
+BASELINES = ("finetune", "scratch", "linucb")  # what a meta-learner is compared with
 
 
 class EvalConfig(FrozenConfig):
@@ -288,7 +288,7 @@ def evaluate(
             "method": best,
             "against": {
                 other: dict(zip(("difference", "ci95"), mean_ci(per_seed[best] - per_seed[other]), strict=True))
-                for other in PAIRED_BASELINES
+                for other in BASELINES
                 if other in per_seed
             },
         }

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from metarec.abtest import report as ab
+from metarec.meta.evaluate import BASELINES
 
 SESSIONS_SHOWN = (1, 2, 5, 10, 20)
-BASELINES = ("finetune", "scratch", "linucb")
+PAIRED_UP_TO = 10  # the sessions the demo's conclusion reads the paired leads in
 
 
 def _curve_cell(curve: dict[str, Any], k: int) -> str:
@@ -81,9 +82,6 @@ def adaptation_conclusion(meta: dict[str, Any]) -> list[ab.Paragraph]:
             f"the first {up_to} sessions, against {'; '.join(leads)}."
         )
     return [ab.Paragraph(line) for line in lines]
-
-
-PAIRED_UP_TO = 10
 
 
 def _ahead_in(lead: dict[str, Any], up_to: int) -> list[int]:
