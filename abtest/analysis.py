@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
-from . import stats
-from .config import ABTestConfig
-from .metrics import METRICS, C, per_user
-from .simulate import ArmRun
+from metarec.abtest import stats
+from metarec.abtest.config import ABTestConfig
+from metarec.abtest.metrics import METRICS, C, per_user
+from metarec.abtest.simulate import ArmRun
 
 
 def effect_of(

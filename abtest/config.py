@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from metarec.envs.population import FrozenConfig
+from metarec.envs.drifting.params import FrozenConfig
 from pydantic import Field, field_validator, model_validator
 
-from .metrics import METRICS
+from metarec.abtest.metrics import METRICS
 
 
 class ArmConfig(FrozenConfig):
@@ -91,7 +91,7 @@ class ABTestConfig(FrozenConfig):
 
         check_env_id(value)
         days_envs = [
-            e.id for e in ENVIRONMENTS if e.module in ("metarec.envs.drifting_users", "metarec.envs.calibrated")
+            e.id for e in ENVIRONMENTS if e.module in ("metarec.envs.drifting.env", "metarec.envs.calibrated")
         ]
         if value not in days_envs:
             raise ValueError(

@@ -32,9 +32,9 @@ from metarec.distributed import (
     world_size,
 )
 
-from .analysis import analyse
-from .config import ABTestConfig
-from .simulate import ArmRun, merge_runs, simulate_arm
+from metarec.abtest.analysis import analyse
+from metarec.abtest.config import ABTestConfig
+from metarec.abtest.simulate import ArmRun, merge_runs, simulate_arm
 
 
 def config_hash(config: ABTestConfig) -> str:
@@ -169,7 +169,7 @@ def finite(value: Any) -> Any:
 
 def write_results(results: dict[str, Any], out: Path) -> dict[str, Path]:
     """``results.json`` (atomically) and the report files in ``out``."""
-    from .report import write_report
+    from metarec.abtest.report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "results.json.tmp"

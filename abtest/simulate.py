@@ -9,7 +9,7 @@ Recommenders only learn from users currently in their care: ``info["active"]`` m
 
 A run may be split across processes (:class:`~metarec.agents.base.Shard`): each steps a contiguous
 block of the users, drawing every random number for all users and keeping its own rows (the
-environment's through :class:`~metarec.envs.backend.RowSubsetRandom`, the recommenders' through
+environment's through :class:`~metarec.envs.core.backend.RowSubsetRandom`, the recommenders' through
 :class:`~metarec.agents.base.UserDraws`), and what recommenders learn across users is summed exactly
 over the processes each step. The processes step in lockstep until every user of the run is done,
 and :func:`merge_runs` puts the blocks back together: the result equals one process's, bit for bit.
@@ -24,13 +24,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 from metarec.agents.base import Shard
-from metarec.envs.backend import RowSubsetRandom
+from metarec.envs.core.backend import RowSubsetRandom
 from metarec.envs.calibrated import with_population_fields
 from tqdm.auto import tqdm
 
 from metarec.evaluation import make_agent
 
-from .metrics import COUNTERS, StepMetrics, shown_once
+from metarec.abtest.metrics import COUNTERS, StepMetrics, shown_once
 
 
 @dataclass
@@ -84,7 +84,7 @@ def simulate_arm(
     """Simulates one arm (see the module docstring).
 
     The users still present step through the environment's model as one compacted batch; their
-    random draws come from :class:`~metarec.envs.backend.RowSubsetRandom`, so every user's
+    random draws come from :class:`~metarec.envs.core.backend.RowSubsetRandom`, so every user's
     trajectory is the one the full vector env (``reset(seed=env_seed)``, no autoreset) would give,
     whoever else is still there. Recommenders see full ``[users, ...]`` batches (rows of users who
     left keep their last observation and get no feedback).

@@ -1,6 +1,6 @@
 """Recommenders: one interface (:class:`Recommender`) for baselines, neural and trained policies."""
 
-from .base import Recommender
-from .reference import OracleRecommender, RandomRecommender
+from metarec.agents.base import Recommender
+from metarec.agents.baselines.reference import OracleRecommender, RandomRecommender
 
 __all__ = ["OracleRecommender", "RandomRecommender", "Recommender"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from metarec.envs.backend import RowSubsetRandom, TorchRandom
+from metarec.envs.core.backend import RowSubsetRandom, TorchRandom
 
 from metarec.distributed import all_reduce_, blocks, group_size, rank
 
@@ -84,7 +84,7 @@ class UserDraws:
             self.users, self.random = len(self.rows), RowSubsetRandom(whole, self.total, self.rows)
 
     def rows_of(self) -> tuple[int, torch.Tensor] | None:
-        """``(total, rows)`` for :meth:`~metarec.agents.distributions.PlackettLuce.sample`, or None."""
+        """``(total, rows)`` for :meth:`~metarec.agents.nn.distributions.PlackettLuce.sample`, or None."""
         return None if self.rows is None else (self.total, self.rows)
 
     def rand(self, *tail: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ The whole batch of users steps at once, on the device the environment and policy
 runs at simulator speed. The algorithm is PPO with a clipped objective (Schulman et al., 2017):
 rollouts of ``rollout_steps`` steps from ``num_envs`` users, generalised advantage estimation,
 ``update_epochs`` passes over shuffled minibatches, optional value clipping and an optional KL stop.
-Slates come from a Plackett–Luce policy (:class:`~metarec.agents.networks.SlatePolicy`).
+Slates come from a Plackett–Luce policy (:class:`~metarec.agents.nn.networks.SlatePolicy`).
 
 Truncated episodes (a time limit) are bootstrapped with the value of their last observation;
 terminated ones are not. Everything random (environment, slate sampling, minibatch order) comes from
@@ -27,13 +27,13 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
-from metarec.envs.population import FrozenConfig
+from metarec.envs.drifting.params import FrozenConfig
 from pydantic import Field
 
 from metarec.distributed import all_reduce_
 
-from .base import Recommender, active_rows, fill_slates, slate_size_of
-from .networks import SlatePolicy
+from metarec.agents.base import Recommender, active_rows, fill_slates, slate_size_of
+from metarec.agents.nn.networks import SlatePolicy
 
 
 class PPOConfig(FrozenConfig):

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .bandits import (
+from metarec.agents.baselines.bandits import (
     EpsilonGreedyRecommender,
     GreedyRecommender,
     LinUCBRecommender,
@@ -15,8 +15,8 @@ from .bandits import (
     ThompsonRecommender,
     num_items_of,
 )
-from .base import Recommender, slate_size_of
-from .reference import OracleRecommender, RandomRecommender
+from metarec.agents.base import Recommender, slate_size_of
+from metarec.agents.baselines.reference import OracleRecommender, RandomRecommender
 
 # name -> factory(env, generator) building the recommender for a vector environment.
 Factory = Callable[[Any, torch.Generator], Recommender]

@@ -2,7 +2,7 @@
 
 * :class:`SB3VecEnv`: an SB3 ``VecEnv`` over a native torch vector env (one SB3 "env" per user).
 * :class:`SlateActorCriticPolicy` (PPO, A2C), :class:`RecurrentSlatePolicy` (sb3-contrib's RecurrentPPO) and
-  :class:`SlateDQNPolicy` (DQN on single-item envs), all built on :class:`~metarec.agents.networks.SlatePolicy`;
+  :class:`SlateDQNPolicy` (DQN on single-item envs), all built on :class:`~metarec.agents.nn.networks.SlatePolicy`;
   the actor-critic ones draw slates from its logits by Plackett–Luce (distinct items, exact log-probabilities).
 * :class:`RecommenderMetricsCallback`: click rate, engagement and returns in TensorBoard.
 * :func:`make_sb3_model` picks the policy for an algorithm; :class:`SB3Recommender` evaluates a trained model
@@ -41,9 +41,9 @@ from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 from stable_baselines3.dqn.policies import DQNPolicy
 
-from .base import Recommender
-from .distributions import PlackettLuce
-from .networks import HistoryKind, SlatePolicy
+from metarec.agents.base import Recommender
+from metarec.agents.nn.distributions import PlackettLuce
+from metarec.agents.nn.networks import HistoryKind, SlatePolicy
 
 # Per-step engagement in the step info: minutes watched (DriftingUsers, long-term satisfaction) or
 # watch time (RecSim's interest evolution).

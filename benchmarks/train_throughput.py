@@ -6,7 +6,7 @@
 Prints one JSON line: ``algo``, ``env``, ``env_steps``, ``seconds``, ``env_steps_per_s``, ``device``,
 ``num_envs``, ``threads`` and the hyper-parameters that set the work per step.
 
-Both algorithms train metarec's :class:`~metarec.agents.networks.SlatePolicy` (same width and
+Both algorithms train metarec's :class:`~metarec.agents.nn.networks.SlatePolicy` (same width and
 history encoder). ``batched-ppo`` uses the ``ppo`` section of ``--config`` (default
 ``configs/ppo_drifting.yaml``, the configuration whose results BENCHMARKS.md reports);
 ``sb3-ppo`` uses stable-baselines3's PPO defaults (n_steps 2048, batch 64, 10 epochs) over

@@ -1,4 +1,4 @@
-"""Thin Gymnasium adapters over a :class:`~metarec.envs.core.UserModel`.
+"""Thin Gymnasium adapters over a :class:`~metarec.envs.core.model.UserModel`.
 
 * :class:`UserSimEnv` — one user, a ``gymnasium.Env``; numpy arrays in and out (what
   stable-baselines3 and ``check_env`` expect). Runs the model on the numpy backend by default (the
@@ -16,7 +16,7 @@ mask})``.
 
 Actions: a slate is ``K`` candidate indices in ``[0, N)`` (``MultiDiscrete``), or one index in the
 single-item variants (``Discrete``). Any element of the action space is legal; a repeated index is
-shown once (see :mod:`metarec.envs.choice`). Malformed actions raise ``ValueError`` naming the problem.
+shown once (see :mod:`metarec.envs.core.choice`). Malformed actions raise ``ValueError`` naming the problem.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from pydantic import BaseModel
 
-from .backend import Backend, Random, RowSubsetRandom, numpy_backend, torch_backend
-from .core import ChoiceModel, State, UserModel
-from .population import validate_config
+from metarec.envs.core.backend import Backend, Random, RowSubsetRandom, numpy_backend, torch_backend
+from metarec.envs.core.model import ChoiceModel, State, UserModel
+from metarec.envs.drifting.params import validate_config
 
 
 def build_config(
@@ -161,7 +161,7 @@ class UserSimEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
         if self.backend.name == "numpy":
-            from .backend import NumpyRandom
+            from metarec.envs.core.backend import NumpyRandom
 
             self._rng = NumpyRandom(self.np_random)
         elif seed is not None or self._rng is None:

@@ -4,11 +4,11 @@ A calibrated population is a directory written by ``metarec calibrate`` (or :fun
 
 * ``population.json``: ``{"format": "metarec-population/1", "config": SimulatorConfig fields,
   "fit": {...how it was fitted...}}``;
-* ``world.npz``: the world arrays of :func:`metarec.envs.drifting.make_world` (item embeddings,
+* ``world.npz``: the world arrays of :func:`metarec.envs.drifting.model.make_world` (item embeddings,
   topics, quality, length, appeal, cluster centres, trend directions, candidate strata), plus
   ``cluster_weight`` (the share of users in each interest cluster).
 
-It loads as just another population: the dynamics are :class:`~metarec.envs.drifting.DriftingUsersModel`'s.
+It loads as just another population: the dynamics are :class:`~metarec.envs.drifting.model.DriftingUsersModel`'s.
 The files are read with ``json`` and ``numpy.load(allow_pickle=False)``; nothing in them runs.
 """
 
@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from .adapters import build_config
-from .drifting import DriftingUsersModel
-from .drifting_users import DriftingUsersEnv, DriftingUsersVectorEnv
-from .population import SimulatorConfig
+from metarec.envs.adapters import build_config
+from metarec.envs.drifting.model import DriftingUsersModel
+from metarec.envs.drifting.env import DriftingUsersEnv, DriftingUsersVectorEnv
+from metarec.envs.drifting.params import SimulatorConfig
 
 FORMAT = "metarec-population/1"
 # world key -> (dtype kind, shape in terms of M items, d dims, C clusters, N candidates)
@@ -204,7 +204,7 @@ class CalibratedEnv(_Calibrated, DriftingUsersEnv):
     """Users of a population fitted to logs (``metarec calibrate``), one at a time.
 
     ## Description
-    DriftingUsers dynamics (see :class:`~metarec.envs.drifting_users.DriftingUsersEnv`) over the
+    DriftingUsers dynamics (see :class:`~metarec.envs.drifting.env.DriftingUsersEnv`) over the
     catalog and population in ``population=DIR``: item embeddings and quality from matrix
     factorisation of the logs, interest clusters from a mixture over user factors, and the choice,
     drift and fatigue rates estimated from them. ``gym.make("metarec/Calibrated-v0", population=DIR)``.

@@ -1,6 +1,6 @@
 """Many user populations (meta-RL tasks) stepping as one batch: :class:`TaskBatchVectorEnv`.
 
-A meta-batch of ``T`` tasks (each a :class:`~metarec.envs.population.SimulatorConfig`: its own
+A meta-batch of ``T`` tasks (each a :class:`~metarec.envs.drifting.params.SimulatorConfig`: its own
 catalogue, interest clusters, choice model and drift) with ``U`` users each is one batch of
 ``B = T * U`` users. Rows are task-major: user ``b`` belongs to task ``b // U`` for the whole run
 (a finished user is replaced by a new user of the same task), so ``tensor.reshape(T, U, ...)``
@@ -9,7 +9,7 @@ splits any batched quantity by task.
 How it works: the tasks' worlds are concatenated, items and clusters renumbered by offsets, so
 ``candidate_ids`` are distinct across tasks, and every population parameter becomes a ``[T]`` table
 gathered by each user's ``state["task"]``; the dynamics are those of
-:class:`~metarec.envs.drifting.DriftingUsersModel` with ``[B]`` parameters in place of floats. There is
+:class:`~metarec.envs.drifting.model.DriftingUsersModel` with ``[B]`` parameters in place of floats. There is
 no Python loop over tasks in a step.
 
 Tasks must agree on what shapes the spaces: ``num_candidates``, ``slate_size``, ``history_length``,
@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from .adapters import UserSimVectorEnv
-from .backend import Array, Backend, Random, numpy_backend
-from .choice import shown_mask
-from .core import State
-from .drifting import DriftingUsersModel, make_world, population_parameters
-from .population import SimulatorConfig, validate_config
+from metarec.envs.adapters import UserSimVectorEnv
+from metarec.envs.core.backend import Array, Backend, Random, numpy_backend
+from metarec.envs.core.choice import shown_mask
+from metarec.envs.core.model import State
+from metarec.envs.drifting.model import DriftingUsersModel, make_world, population_parameters
+from metarec.envs.drifting.params import SimulatorConfig, validate_config
 
 SHARED_FIELDS = ("num_candidates", "slate_size", "history_length", "catalog.embedding_dim", "population.num_sessions")
 
@@ -189,7 +189,7 @@ class TaskBatchModel(DriftingUsersModel):
 
     def _parameter_tables(self, backend: Backend) -> SimpleNamespace:
         """Every population parameter, and what the dynamics derive from it, as a ``[T]`` float32 table
-        (position weights ``[T, K]``): :func:`~metarec.envs.drifting.population_parameters` of each task,
+        (position weights ``[T, K]``): :func:`~metarec.envs.drifting.model.population_parameters` of each task,
         stacked, so the derivations are written once."""
         host = numpy_backend()
         per_task = [vars(population_parameters(t.population, self.slate_size, host)) for t in self.tasks]

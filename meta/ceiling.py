@@ -45,7 +45,7 @@ def rung_name(user: str, quality: bool) -> str:
 class InformedOracle(Recommender):
     """The myopic oracle's slate when it knows only ``user`` of the interest and, unless ``quality``,
     nothing of item quality (see the module docstring). Reads the hidden state of ``env``; for
-    measurement only, like :class:`~metarec.agents.reference.OracleRecommender`."""
+    measurement only, like :class:`~metarec.agents.baselines.reference.OracleRecommender`."""
 
     def __init__(self, env: TaskBatchVectorEnv, user: UserKnowledge, quality: bool) -> None:
         if user not in USER_KNOWLEDGE:

@@ -33,13 +33,13 @@ import numpy as np
 import torch
 from metarec.agents.base import EXACT_SCALE, Recommender, Shard, add_exact
 from metarec.agents.registry import make_recommender
-from metarec.envs.population import FrozenConfig
+from metarec.envs.drifting.params import FrozenConfig
 from metarec.envs.task_batch import TaskBatchVectorEnv
 from pydantic import Field
 from scipy import stats
 
-from .policy import Memory, RecurrentSlatePolicy
-from .tasks import TaskDistribution, batch_seed, task_batch
+from metarec.meta.policy import Memory, RecurrentSlatePolicy
+from metarec.meta.tasks import TaskDistribution, batch_seed, task_batch
 
 EVAL_SEED_OFFSET = 10_000  # evaluation seeds never coincide with meta-batch indices of training
 BASELINES = ("finetune", "scratch", "linucb")  # what a meta-learner is compared with
@@ -114,7 +114,7 @@ class LoggedItemStats(Recommender):
     """
 
     def __init__(self, inner: Recommender, num_items: int, device: Any) -> None:
-        from metarec.envs.backend import torch_backend
+        from metarec.envs.core.backend import torch_backend
 
         self.inner, self.name = inner, inner.name
         self.backend = torch_backend(device)

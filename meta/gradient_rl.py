@@ -27,15 +27,15 @@ from typing import Any, Literal
 
 import torch
 from metarec.agents.base import Recommender
-from metarec.agents.distributions import PlackettLuce
-from metarec.envs.population import FrozenConfig
+from metarec.agents.nn.distributions import PlackettLuce
+from metarec.envs.drifting.params import FrozenConfig
 from metarec.envs.task_batch import TaskBatchVectorEnv
 from pydantic import Field
 from torch import nn
 
-from .gradient import GradientMetaLearner, TaskParams
-from .policy import feedforward_policy
-from .tasks import TaskDistribution, TaskShare
+from metarec.meta.gradient import GradientMetaLearner, TaskParams
+from metarec.meta.policy import feedforward_policy
+from metarec.meta.tasks import TaskDistribution, TaskShare
 
 GradientMethod = Literal["maml", "fomaml", "reptile", "finetune", "scratch"]
 

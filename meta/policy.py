@@ -1,6 +1,6 @@
 """Policies for meta-RL over DriftingUsers task batches.
 
-* :class:`AffinityPolicy` (:func:`feedforward_policy`) — a :class:`~metarec.agents.networks.SlatePolicy`
+* :class:`AffinityPolicy` (:func:`feedforward_policy`) — a :class:`~metarec.agents.nn.networks.SlatePolicy`
   whose history encoder is an MLP over the observed window, plus target attention from each candidate
   to the consumed items: plain tensor ops and ``nn.Linear`` layers, so ``torch.func.vmap`` can
   evaluate it with a different parameter set per task (what MAML, FOMAML and Reptile need).
@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from gymnasium import spaces
-from metarec.agents.bandits import LinearBandit, ridge_prediction, slate_targets
-from metarec.agents.networks import SlatePolicy, symlog
+from metarec.agents.baselines.bandits import LinearBandit, ridge_prediction, slate_targets
+from metarec.agents.nn.networks import SlatePolicy, symlog
 from torch import nn
 
 

@@ -32,14 +32,14 @@ from metarec.agents.ppo import (
     standardise,
     this_process_users,
 )
-from metarec.envs.population import FrozenConfig
+from metarec.envs.drifting.params import FrozenConfig
 from metarec.envs.task_batch import TaskBatchVectorEnv
 from pydantic import Field
 
 from metarec.distributed import all_reduce_
 
-from .policy import Belief, Memory, RecurrentSlatePolicy
-from .tasks import TaskDistribution, TaskShare
+from metarec.meta.policy import Belief, Memory, RecurrentSlatePolicy
+from metarec.meta.tasks import TaskDistribution, TaskShare
 
 
 class RL2Config(FrozenConfig):

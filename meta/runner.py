@@ -32,17 +32,17 @@ import numpy as np
 import torch
 import yaml
 from metarec.abtest.runner import finite
-from metarec.envs.population import FrozenConfig, validate_config
+from metarec.envs.drifting.params import FrozenConfig, validate_config
 from pydantic import Field, field_validator, model_validator
 
 from metarec.distributed import all_reduce_, group_size, spawn_for_result, torchrun_group, world_size
 from metarec.distributed import rank as distributed_rank
 
-from .evaluate import EvalConfig, LoggedItemStats, RL2Recommender, evaluate
-from .gradient_rl import AdaptingRecommender, GradientConfig, GradientMetaTrainer
-from .policy import feedforward_policy
-from .rl2 import RL2Config, RL2Trainer
-from .tasks import TaskDistribution
+from metarec.meta.evaluate import EvalConfig, LoggedItemStats, RL2Recommender, evaluate
+from metarec.meta.gradient_rl import AdaptingRecommender, GradientConfig, GradientMetaTrainer
+from metarec.meta.policy import feedforward_policy
+from metarec.meta.rl2 import RL2Config, RL2Trainer
+from metarec.meta.tasks import TaskDistribution
 
 MethodName = Literal["rl2", "maml", "fomaml", "reptile", "finetune", "scratch"]
 ALL_METHODS: tuple[str, ...] = ("rl2", "maml", "fomaml", "reptile", "finetune", "scratch")

@@ -1,15 +1,15 @@
 """Task distributions for meta-RL: a prior over user populations, and named disjoint splits of it.
 
 A *task* is one simulated world: a catalogue and a user population (a
-:class:`~metarec.envs.population.SimulatorConfig`). A :class:`PopulationPrior` generates tasks:
+:class:`~metarec.envs.drifting.params.SimulatorConfig`). A :class:`PopulationPrior` generates tasks:
 
 * **interest-cluster structure**: the world seed (catalogue items and cluster centres), the number of
   clusters and their spread;
 * **behaviour**: every other population parameter may be given a range (uniform, or log-uniform);
 * **drift regime**: a named set of drift rates (e.g. ``static``, ``consumption``, ``shifting``), each
-  a partial :class:`~metarec.envs.population.UserPopulation` applied over the sampled parameters;
+  a partial :class:`~metarec.envs.drifting.params.UserPopulation` applied over the sampled parameters;
 * **domain**: a named catalogue (e.g. short clips vs long videos), a partial
-  :class:`~metarec.envs.population.CatalogConfig`.
+  :class:`~metarec.envs.drifting.params.CatalogConfig`.
 
 A :class:`TaskDistribution` names splits of the prior (``meta-train``, ``meta-test-regimes``, ...),
 each a choice of regimes and domains with its own band of world seeds, so no two splits ever share an
@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from metarec.envs.population import (
+from metarec.envs.drifting.params import (
     CatalogConfig,
     FrozenConfig,
     SimulatorConfig,

@@ -147,7 +147,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     from metarec.calibration.fit import FitConfig
     from metarec.calibration.run import run_calibration
-    from metarec.envs.population import validate_config
+    from metarec.envs.drifting.params import validate_config
 
     values = {}
     for item in args.set or []:

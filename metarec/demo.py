@@ -88,7 +88,7 @@ def _demo_abtest(
     greedy bandit), ``days`` days."""
     from metarec.abtest.config import ABTestConfig
     from metarec.abtest.runner import run_abtest
-    from metarec.envs.population import validate_config
+    from metarec.envs.drifting.params import validate_config
 
     arms = {"control": "popular", **(arms or {"linucb": "linucb", "greedy": "greedy"})}
     config = validate_config(
@@ -124,7 +124,7 @@ def _demo_meta_abtest(out: Path, meta_run: Path, users: int, seed: int, device: 
     adaptation protocol (LinUCB) and popularity (control), on users of a held-out population."""
     import yaml
 
-    from metarec.envs.population import validate_config
+    from metarec.envs.drifting.params import validate_config
     from metarec.meta.runner import MetaTrainConfig
 
     config = validate_config(MetaTrainConfig, yaml.safe_load((meta_run / "config.yaml").read_text()))

@@ -25,14 +25,14 @@ class EnvEntry:
 ENVIRONMENTS: tuple[EnvEntry, ...] = (
     EnvEntry(
         "metarec/DriftingUsers-v0",
-        "metarec.envs.drifting_users",
+        "metarec.envs.drifting.env",
         "DriftingUsersEnv",
         "DriftingUsersVectorEnv",
         "Flagship: slate of 5 from 20 candidates; consumption, random-walk, shift, trend drift and fatigue on.",
     ),
     EnvEntry(
         "metarec/DriftingUsersSingle-v0",
-        "metarec.envs.drifting_users",
+        "metarec.envs.drifting.env",
         "DriftingUsersEnv",
         "DriftingUsersVectorEnv",
         "DriftingUsers with one item per step (Discrete actions), for DQN-style agents.",
@@ -40,7 +40,7 @@ ENVIRONMENTS: tuple[EnvEntry, ...] = (
     ),
     EnvEntry(
         "metarec/DriftingUsersMultiSession-v0",
-        "metarec.envs.drifting_users",
+        "metarec.envs.drifting.env",
         "DriftingUsersEnv",
         "DriftingUsersVectorEnv",
         "DriftingUsers over up to 5 sessions per user; returning depends on satisfaction (retention).",
@@ -48,28 +48,28 @@ ENVIRONMENTS: tuple[EnvEntry, ...] = (
     ),
     EnvEntry(
         "metarec/RecSimInterestEvolution-v0",
-        "metarec.envs.recsim_interest_evolution",
+        "metarec.envs.recsim.interest_evolution",
         "RecSimInterestEvolutionEnv",
         "RecSimInterestEvolutionVectorEnv",
         "Port of RecSim's interest_evolution: 10 candidates, slate 2, reward = watch time.",
     ),
     EnvEntry(
         "metarec/RecSimLongTermSatisfaction-v0",
-        "metarec.envs.recsim_long_term_satisfaction",
+        "metarec.envs.recsim.long_term_satisfaction",
         "RecSimLongTermSatisfactionEnv",
         "RecSimLongTermSatisfactionVectorEnv",
         "Port of RecSim's long_term_satisfaction (choc/kale): 10 candidates, slate 2, reward = engagement.",
     ),
     EnvEntry(
         "metarec/RecSimInterestExploration-v0",
-        "metarec.envs.recsim_interest_exploration",
+        "metarec.envs.recsim.interest_exploration",
         "RecSimInterestExplorationEnv",
         "RecSimInterestExplorationVectorEnv",
         "Port of RecSim's interest_exploration: 10 candidates, slate 2, reward = clicks.",
     ),
     EnvEntry(
         "metarec/RecSimNGInterestEvolution-v0",
-        "metarec.envs.recsim_ng_interest_evolution",
+        "metarec.envs.recsim_ng.port",
         "RecSimNGInterestEvolutionEnv",
         "RecSimNGInterestEvolutionVectorEnv",
         "Port of RecSim NG's interest-evolution model: 2 topics, 100 documents, slate 2.",
@@ -84,7 +84,7 @@ ENVIRONMENTS: tuple[EnvEntry, ...] = (
     ),
     EnvEntry(
         "metarec/RecSimNG-v0",
-        "metarec.envs.recsim_ng",
+        "metarec.envs.recsim_ng.env",
         "RecSimNGEnv",
         "RecSimNGVectorEnv",
         "RecSim NG's own simulations (interest_evolution, ecosystem) run by RecSim NG; needs metarec[recsim-ng].",

@@ -32,7 +32,7 @@ from pydantic import Field, field_validator
 
 from metarec.agents.base import Recommender
 from metarec.agents.ppo import BatchedPPO, PolicyRecommender, PPOConfig
-from metarec.envs.population import FrozenConfig, validate_config
+from metarec.envs.drifting.params import FrozenConfig, validate_config
 
 Algorithm = Literal["ppo", "sb3-ppo", "sb3-a2c", "sb3-recurrent-ppo", "sb3-dqn"]
 
@@ -460,7 +460,7 @@ def load_recommender(run_dir: str | Path, env: Any) -> Recommender:
         spec_id = getattr(getattr(env, "spec", None), "id", None)
         if spec_id is not None and spec_id != config.env:
             _check_same_spaces(run_dir, config, env, spec_id)
-        from metarec.agents.networks import SlatePolicy
+        from metarec.agents.nn.networks import SlatePolicy
 
         single_item = bool(getattr(env, "single_item", False))
         policy = SlatePolicy(

@@ -17,8 +17,8 @@ from metarec.abtest.metrics import COUNTERS
 from metarec.abtest.report import fmt, fmt_p
 from metarec.abtest.runner import run_abtest, simulate, users_per_arm
 from metarec.abtest.simulate import simulate_arm
-from metarec.agents.bandits import PopularRecommender
-from metarec.envs.population import validate_config
+from metarec.agents.baselines.bandits import PopularRecommender
+from metarec.envs.drifting.params import validate_config
 
 from metarec.cli import main
 
@@ -237,7 +237,7 @@ def test_sequential_monitoring_splits_alpha_over_treatments():
 
 
 def test_policy_recommender_runs_only_for_active_users():
-    from metarec.agents.networks import SlatePolicy
+    from metarec.agents.nn.networks import SlatePolicy
     from metarec.agents.ppo import PolicyRecommender
 
     env = gym.make_vec("metarec/DriftingUsers-v0", num_envs=6, vectorization_mode="vector_entry_point").unwrapped

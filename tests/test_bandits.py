@@ -7,7 +7,7 @@ import math
 import gymnasium as gym
 import pytest
 import torch
-from metarec.agents.bandits import (
+from metarec.agents.baselines.bandits import (
     EpsilonGreedyRecommender,
     GreedyRecommender,
     LinUCBRecommender,
@@ -17,7 +17,7 @@ from metarec.agents.bandits import (
     top_slate,
 )
 from metarec.agents.registry import RECOMMENDERS, make_recommender
-from metarec.envs.population import UserPopulation
+from metarec.envs.drifting.params import UserPopulation
 
 from metarec.evaluation import evaluate
 from metarec.registration import CORE_ENVIRONMENTS as ENVIRONMENTS

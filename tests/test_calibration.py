@@ -9,8 +9,8 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 from metarec.envs.calibrated import load_population, save_population
-from metarec.envs.drifting import make_world
-from metarec.envs.population import SimulatorConfig
+from metarec.envs.drifting.model import make_world
+from metarec.envs.drifting.params import SimulatorConfig
 from scipy import stats
 from scipy.linalg import subspace_angles
 
@@ -235,7 +235,7 @@ def test_impressions_without_clicks_set_the_no_click_utility():
 def test_a_calibrated_population_serves_every_part_of_metarec(tmp_path):
     from metarec.abtest.config import ABTestConfig
     from metarec.abtest.runner import run_abtest
-    from metarec.envs.population import validate_config
+    from metarec.envs.drifting.params import validate_config
 
     from metarec.evaluation import evaluate
 

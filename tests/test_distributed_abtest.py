@@ -13,7 +13,7 @@ from metarec.abtest.config import ABTestConfig
 from metarec.abtest.runner import run_abtest
 from metarec.abtest.simulate import simulate_arm
 from metarec.agents.base import Shard, UserDraws
-from metarec.envs.population import validate_config
+from metarec.envs.drifting.params import validate_config
 
 from metarec.cli import main
 from metarec.distributed import blocks, spawn_for_result
@@ -140,7 +140,7 @@ def _policy_on_recsim() -> dict | None:
     """An (untrained) PPO policy sampling its slates on RecSim's interest evolution, whose users finish
     at different times: a process whose users have all finished still serves an empty batch."""
     import gymnasium as gym
-    from metarec.agents.networks import SlatePolicy
+    from metarec.agents.nn.networks import SlatePolicy
     from metarec.agents.ppo import PolicyRecommender
 
     env = gym.make_vec("metarec/RecSimInterestEvolution-v0", num_envs=1, vectorization_mode="vector_entry_point")
@@ -165,7 +165,7 @@ def test_evaluation_learns_only_from_users_still_there():
     """Autoreset is off and finished users are inactive: a popularity table counts exactly the
     impressions of the users' own episodes (one slate of K per step)."""
     import gymnasium as gym
-    from metarec.agents.bandits import PopularRecommender, num_items_of
+    from metarec.agents.baselines.bandits import PopularRecommender, num_items_of
 
     env = gym.make_vec("metarec/DriftingUsers-v0", num_envs=64, vectorization_mode="vector_entry_point")
     agent = PopularRecommender(5, num_items_of(env.unwrapped, "popular"), torch.Generator().manual_seed(0))

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from metarec.envs.backend import ReplayRandom, numpy_backend, torch_backend
-from metarec.envs.choice import choice_probabilities, revenue_ordered_slate, shown_mask
-from metarec.envs.drifting import DriftingUsersModel
-from metarec.envs.population import SimulatorConfig, UserPopulation
+from metarec.envs.core.backend import ReplayRandom, numpy_backend, torch_backend
+from metarec.envs.core.choice import choice_probabilities, revenue_ordered_slate, shown_mask
+from metarec.envs.drifting.model import DriftingUsersModel
+from metarec.envs.drifting.params import SimulatorConfig, UserPopulation
 from scipy import stats
 
 from metarec.evaluation import evaluate
@@ -228,7 +228,7 @@ def test_oracle_beats_random_with_non_overlapping_intervals():
 
 
 def test_population_parameters_are_validated_with_the_field_named():
-    from metarec.envs.population import validate_config
+    from metarec.envs.drifting.params import validate_config
 
     with pytest.raises(ValueError, match=r"population.choice_temperature: Input should be greater than 0"):
         validate_config(SimulatorConfig, {"population": {"choice_temperature": 0}})
@@ -251,7 +251,7 @@ def test_population_parameters_are_validated_with_the_field_named():
 def test_appeal_draws_clicks_but_not_satisfaction():
     """Item appeal multiplies an item's choice weight by exp(appeal / T) and leaves its true utility and
     expected engagement alone; the rest of the world is the same with appeal on or off."""
-    from metarec.envs.population import CatalogConfig
+    from metarec.envs.drifting.params import CatalogConfig
 
     plain = model()
     bait = model(catalog=CatalogConfig(appeal_std=1.5))
@@ -269,7 +269,7 @@ def test_appeal_draws_clicks_but_not_satisfaction():
 
 
 def test_row_subset_random_gives_each_row_the_full_batch_draw():
-    from metarec.envs.backend import RowSubsetRandom
+    from metarec.envs.core.backend import RowSubsetRandom
 
     full = torch_backend().make_random(5)
     subset = RowSubsetRandom(torch_backend().make_random(5), 6, torch.tensor([1, 4]))

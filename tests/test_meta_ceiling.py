@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from metarec.envs.drifting_users import DriftingUsersVectorEnv
-from metarec.envs.population import SimulatorConfig
+from metarec.envs.drifting.env import DriftingUsersVectorEnv
+from metarec.envs.drifting.params import SimulatorConfig
 from metarec.envs.task_batch import TaskBatchVectorEnv
 from metarec.meta.ceiling import InformedOracle, ladder, population_mean_interest, quality_blind
 

@@ -86,7 +86,7 @@ def test_ranges_draw_the_stated_distributions() -> None:
     ],
 )
 def test_bad_distributions_name_the_field(change: dict, message: str) -> None:
-    from metarec.envs.population import validate_config
+    from metarec.envs.drifting.params import validate_config
 
     values = {"splits": {"train": {"regimes": ["default"], "domains": ["default"]}}, **change}
     with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("(", r"\(")):

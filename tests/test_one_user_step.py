@@ -8,8 +8,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
-from metarec.envs.backend import numpy_backend
-from metarec.envs.choice import (
+from metarec.envs.core.backend import numpy_backend
+from metarec.envs.core.choice import (
     choice_probabilities,
     choose_one,
     revenue_ordered_slate,
@@ -17,7 +17,7 @@ from metarec.envs.choice import (
     sample_categorical,
     sums_in_order,
 )
-from metarec.envs.recsim_interest_evolution import InterestEvolutionConfig, InterestEvolutionModel
+from metarec.envs.recsim.interest_evolution import InterestEvolutionConfig, InterestEvolutionModel
 
 import metarec  # noqa: F401
 
@@ -140,7 +140,7 @@ def test_one_user_oracle_follows_numpy_on_nan_inf_and_signed_zeros() -> None:
 
 
 def test_only_numpy_models_with_small_slates_have_a_fused_step() -> None:
-    from metarec.envs.backend import torch_backend
+    from metarec.envs.core.backend import torch_backend
 
     assert InterestEvolutionModel(InterestEvolutionConfig(), numpy_backend()).one_user() is not None
     assert InterestEvolutionModel(InterestEvolutionConfig(), torch_backend("cpu")).one_user() is None

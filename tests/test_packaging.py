@@ -7,25 +7,36 @@ import tomllib
 ROOT = Path(__file__).resolve().parents[1]
 
 
+TOP_LEVEL = {"metarec": "metarec", "metarec.envs": "envs", "metarec.agents": "agents", "metarec.meta": "meta",
+             "metarec.abtest": "abtest", "metarec.calibration": "calibration"}
+
+
+def folder_of(package: str, mapping: dict[str, str]) -> Path:
+    """The folder setuptools installs ``package`` from: its most specific package-dir entry, then the rest."""
+    root = max((name for name in mapping if package == name or package.startswith(name + ".")), key=len)
+    return ROOT / mapping[root] / package[len(root):].lstrip(".").replace(".", "/")
+
+
 def test_every_subpackage_is_listed_and_mapped():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     mapping = config["package-dir"]
+    assert mapping == TOP_LEVEL, "package-dir maps each top-level folder, and only them, under metarec"
     listed = set(config["packages"])
-    on_disk = {"metarec"} | {
-        f"metarec.{p.parent.relative_to(ROOT).as_posix().replace('/', '.')}"
-        for folder in ("envs", "agents", "meta", "abtest")
+    on_disk = {
+        ".".join([name, *p.parent.relative_to(ROOT / folder).parts])
+        for name, folder in TOP_LEVEL.items()
         for p in (ROOT / folder).rglob("__init__.py")
+        if not (name == "metarec" and p.parent.relative_to(ROOT / folder).parts[:1] in {(f,) for f in TOP_LEVEL.values()})
     }
-    on_disk |= {f"metarec.{p.parent.name}" for p in (ROOT / "metarec").glob("*/__init__.py")}
-    assert on_disk <= listed, f"packages missing from pyproject: {sorted(on_disk - listed)}"
-    assert listed <= set(mapping), f"packages without a package-dir entry: {sorted(listed - set(mapping))}"
-    for name, folder in mapping.items():
-        assert (ROOT / folder / "__init__.py").exists(), f"{name} -> {folder} has no __init__.py"
+    assert on_disk == listed, f"missing from pyproject: {sorted(on_disk - listed)}; not on disk: {sorted(listed - on_disk)}"
+    for name in listed:
+        assert (folder_of(name, mapping) / "__init__.py").exists(), f"{name} has no __init__.py where it maps"
 
 
 def test_import_paths_resolve_to_the_top_level_folders():
     import metarec.abtest
     import metarec.agents
+    import metarec.calibration
     import metarec.envs
     import metarec.meta
 
@@ -34,5 +45,6 @@ def test_import_paths_resolve_to_the_top_level_folders():
         (metarec.agents, "agents"),
         (metarec.meta, "meta"),
         (metarec.abtest, "abtest"),
+        (metarec.calibration, "calibration"),
     ]:
         assert Path(module.__file__).resolve().parent == ROOT / folder

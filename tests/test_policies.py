@@ -9,8 +9,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from metarec.agents.distributions import EXACT_ENTROPY_LIMIT, PlackettLuce, num_prefixes
-from metarec.agents.networks import SlatePolicy
+from metarec.agents.nn.distributions import EXACT_ENTROPY_LIMIT, PlackettLuce, num_prefixes
+from metarec.agents.nn.networks import SlatePolicy
 from scipy import stats
 
 import metarec  # noqa: F401

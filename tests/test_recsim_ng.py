@@ -156,7 +156,7 @@ def test_ecosystem_through_the_adapter_matches_recsim_ng_own_runtime():
     its MyopicRecommender. With provider boosts off the two recommend alike, so the users' utilities
     agree in distribution; a policy that ignored this step's documents would not."""
     import tensorflow as tf
-    from metarec.envs.recsim_ng_bridge import numpy_seeded
+    from metarec.envs.recsim_ng.bridge import numpy_seeded
     from recsim_ng.applications.ecosystem_simulation import simulation_config
     from recsim_ng.applications.ecosystem_simulation import user as eco_user
     from recsim_ng.core import network as network_lib
@@ -216,7 +216,7 @@ def test_nothing_but_the_adapter_imports_tensorflow():
     """metarec's own modules leave TensorFlow alone even where it is installed. (stable-baselines3
     is the exception, not metarec's: its logger imports torch.utils.tensorboard, which loads
     TensorFlow whenever it is importable; the core install has none.)"""
-    skip = ("metarec.__main__", "metarec.envs.recsim_ng_bridge", "metarec.agents.sb3")
+    skip = ("metarec.__main__", "metarec.envs.recsim_ng.bridge", "metarec.agents.sb3")
     code = (
         "import pkgutil, importlib, sys, metarec\n"
         "parts = ('metarec', 'metarec.envs', 'metarec.agents', 'metarec.meta', 'metarec.abtest')\n"

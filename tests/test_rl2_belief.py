@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from gymnasium import spaces
-from metarec.agents.bandits import LinUCBRecommender
+from metarec.agents.baselines.bandits import LinUCBRecommender
 from metarec.envs.task_batch import TaskBatchVectorEnv
 from metarec.meta.evaluate import RL2Recommender
 from metarec.meta.policy import RecurrentSlatePolicy

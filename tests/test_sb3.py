@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("stable_baselines3")
 pytest.importorskip("sb3_contrib")
 
-from metarec.agents.distributions import PlackettLuce
+from metarec.agents.nn.distributions import PlackettLuce
 from metarec.agents.sb3 import (
     RecommenderMetricsCallback,
     RecurrentSlatePolicy,

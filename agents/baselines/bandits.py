@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import EXACT_SCALE, Recommender, UserDraws, active_rows, add_exact, fill_slates
+from metarec.agents.base import EXACT_SCALE, Recommender, UserDraws, active_rows, add_exact, fill_slates
 
 TARGETS = ("reward", "click")
 

@@ -1,7 +1,7 @@
 """Slate handling, choice sampling and the myopic oracle shared by every user model.
 
 All functions are batched over users (leading dimension ``B``) and written against the Array API,
-so they run unchanged on numpy and torch (see :mod:`metarec.envs.backend`).
+so they run unchanged on numpy and torch (see :mod:`metarec.envs.core.backend`).
 
 Slate rule (every element of the action space is legal): a slate lists ``K`` candidate indices; a
 candidate listed more than once is shown once, at its first position, and the later positions that
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from array_api_compat import device as device_of
 
-from .backend import Array, Backend, Random, numpy_backend
+from metarec.envs.core.backend import Array, Backend, Random, numpy_backend
 
 
 def positions_like(xp: Any, k: int, like: Array) -> Array:

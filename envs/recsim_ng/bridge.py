@@ -1,6 +1,6 @@
 """The TensorFlow side of ``metarec/RecSimNG-v0``: RecSim NG networks with the agent's slate inside.
 
-Only :mod:`metarec.envs.recsim_ng` imports this module, and only when such an environment is
+Only :mod:`metarec.envs.recsim_ng.env` imports this module, and only when such an environment is
 built, so nothing else in metarec imports TensorFlow.
 
 How a RecSim NG simulation is advanced one slate at a time

@@ -24,7 +24,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from .distributions import PlackettLuce
+from metarec.agents.nn.distributions import PlackettLuce
 
 HistoryKind = Literal["gru", "transformer", "mlp"]
 IGNORED_KEYS = ("candidates", "candidate_ids")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .adapters import UserSimEnv, UserSimVectorEnv
-from .drifting import DriftingUsersModel
-from .population import SimulatorConfig
+from metarec.envs.adapters import UserSimEnv, UserSimVectorEnv
+from metarec.envs.drifting.model import DriftingUsersModel
+from metarec.envs.drifting.params import SimulatorConfig
 
 
 class DriftingUsersEnv(UserSimEnv):
@@ -17,7 +17,7 @@ class DriftingUsersEnv(UserSimEnv):
     ``interest · embedding + quality - fatigue`` with position bias, and watches the chosen item for
     ``satisfaction × length`` minutes. Interests drift by consumption, an Ornstein-Uhlenbeck random
     walk, abrupt regime shifts and population trends; per-topic fatigue builds up and recovers
-    (all in :mod:`metarec.envs.drifting`). The defaults have every mechanism on at moderate rates.
+    (all in :mod:`metarec.envs.drifting.model`). The defaults have every mechanism on at moderate rates.
 
     ## Observation Space
     ``Dict``: ``candidates`` ``Box(N, d + 1)`` (item embedding, length); ``candidate_ids``
@@ -42,7 +42,7 @@ class DriftingUsersEnv(UserSimEnv):
     ``max_session_steps`` steps of a session, or at the end of the last session in multi-session mode.
 
     ## Arguments
-    ``config`` (a :class:`~metarec.envs.population.SimulatorConfig` or dict) and keyword overrides
+    ``config`` (a :class:`~metarec.envs.drifting.params.SimulatorConfig` or dict) and keyword overrides
     of its fields: ``catalog``, ``population`` (dicts merge into the defaults), ``num_candidates``,
     ``slate_size``, ``history_length``. ``single_item`` (``Discrete`` actions), ``ground_truth``
     (``info`` carries true utilities, the oracle's slate and value, regret), ``backend``

@@ -201,7 +201,7 @@ class _FastNumpy(ModuleType):
     not overridden is numpy's."""
 
     def __init__(self) -> None:
-        super().__init__("metarec.envs.backend.numpy", "numpy's Array API namespace, fast at small sizes")
+        super().__init__("metarec.envs.core.backend.numpy", "numpy's Array API namespace, fast at small sizes")
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(np, name)

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 import numpy as np
 from gymnasium import spaces
 
-from .backend import Array, Backend, Random
-from .choice import (
+from metarec.envs.core.backend import Array, Backend, Random
+from metarec.envs.core.choice import (
     choice_probabilities,
     per_user_rows,
     positions_like,

@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from .backend import Array, Backend, Random
-from .choice import per_user_column
-from .core import Choice, ChoiceModel, Outcome, State, UserModel, push_history
-from .population import SimulatorConfig, UserPopulation
+from metarec.envs.core.backend import Array, Backend, Random
+from metarec.envs.core.choice import per_user_column
+from metarec.envs.core.model import Choice, ChoiceModel, Outcome, State, UserModel, push_history
+from metarec.envs.drifting.params import SimulatorConfig, UserPopulation
 
 NO_CLICK = -1  # history entry of a step without a click
 EMPTY = -2  # history entry before the first step

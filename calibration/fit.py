@@ -65,12 +65,12 @@ import torch
 from pydantic import Field
 from scipy.special import expit
 
-from metarec.envs.backend import NumpyRandom, numpy_backend
+from metarec.envs.core.backend import NumpyRandom, numpy_backend
 from metarec.envs.calibrated import candidate_strata
-from metarec.envs.drifting import DriftingUsersModel
-from metarec.envs.population import FrozenConfig, SimulatorConfig
+from metarec.envs.drifting.model import DriftingUsersModel
+from metarec.envs.drifting.params import FrozenConfig, SimulatorConfig
 
-from .logs import Logs
+from metarec.calibration.logs import Logs
 
 
 class FitConfig(FrozenConfig):
@@ -399,7 +399,7 @@ def _calibrate(logs: Logs, config: FitConfig) -> Calibration:
     item = torch.from_numpy(logs.item.astype(np.int64))
     side, text = None, None
     if config.text_features:
-        from .text import MODEL_NAME, embed_texts
+        from metarec.calibration.text import MODEL_NAME, embed_texts
 
         if logs.item_text is None:
             raise ValueError(

@@ -1,7 +1,7 @@
 """``metarec/RecSimNG-v0``: RecSim NG's own simulations as a metarec vector environment.
 
 This module does not import TensorFlow; building an environment does (through
-:mod:`metarec.envs.recsim_ng_bridge`), and says which extra to install when it is missing.
+:mod:`metarec.envs.recsim_ng.bridge`), and says which extra to install when it is missing.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from pydantic import Field, model_validator
 
-from .adapters import check_slates, check_vector_arguments
-from .population import FrozenConfig, validate_config
-from .recsim_ng_interest_evolution import NGInterestEvolutionConfig, NGInterestEvolutionModel
+from metarec.envs.adapters import check_slates, check_vector_arguments
+from metarec.envs.drifting.params import FrozenConfig, validate_config
+from metarec.envs.recsim_ng.port import NGInterestEvolutionConfig, NGInterestEvolutionModel
 
 Simulation = Literal["interest_evolution", "ecosystem"]
 EXTRA_HINT = (
@@ -33,7 +33,7 @@ EXTRA_HINT = (
 
 
 def load_bridge() -> Any:
-    """:mod:`metarec.envs.recsim_ng_bridge`, or an ImportError saying which extra to install."""
+    """:mod:`metarec.envs.recsim_ng.bridge`, or an ImportError saying which extra to install."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is first imported
     try:
         # RecSim NG imports gym 0.24, which prints a deprecation notice on import; TensorFlow logs.
@@ -42,7 +42,7 @@ def load_bridge() -> Any:
             import recsim_ng  # noqa: F401
             import tensorflow  # noqa: F401
 
-            from . import recsim_ng_bridge
+            from metarec.envs.recsim_ng import bridge as recsim_ng_bridge
     except ImportError as missing:
         raise ImportError(f"{EXTRA_HINT} ({missing})") from missing
     return recsim_ng_bridge

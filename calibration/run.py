@@ -13,10 +13,10 @@ import torch
 from metarec.abtest.runner import finite
 from metarec.envs.calibrated import save_population
 
-from .fidelity import compare, popularity_scores, ranking_metrics
-from .fit import Calibration, FitConfig, calibrate, slate_click_rate
-from .logs import Logs, check_holdout_users, load_logs, time_split
-from .report import write_fidelity_report
+from metarec.calibration.fidelity import compare, popularity_scores, ranking_metrics
+from metarec.calibration.fit import Calibration, FitConfig, calibrate, slate_click_rate
+from metarec.calibration.logs import Logs, check_holdout_users, load_logs, time_split
+from metarec.calibration.report import write_fidelity_report
 
 
 def _seen(logs: Logs, users: np.ndarray) -> np.ndarray:

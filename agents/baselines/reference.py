@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .base import Recommender, slate_shape
+from metarec.agents.base import Recommender, slate_shape
 
 
 class RandomRecommender(Recommender):

@@ -14,11 +14,11 @@ import numpy as np
 from gymnasium import spaces
 from pydantic import Field
 
-from .adapters import UserSimEnv, UserSimVectorEnv
-from .backend import Array, Backend, Random
-from .choice import choose_one, revenue_ordered_slate_one, sums_in_order
-from .core import Choice, ChoiceModel, Outcome, State, UserModel
-from .population import FrozenConfig
+from metarec.envs.adapters import UserSimEnv, UserSimVectorEnv
+from metarec.envs.core.backend import Array, Backend, Random
+from metarec.envs.core.choice import choose_one, revenue_ordered_slate_one, sums_in_order
+from metarec.envs.core.model import Choice, ChoiceModel, Outcome, State, UserModel
+from metarec.envs.drifting.params import FrozenConfig
 
 
 class InterestEvolutionConfig(FrozenConfig):
@@ -174,7 +174,7 @@ class InterestEvolutionModel(UserModel):
 
 class InterestEvolutionOneUser:
     """:class:`InterestEvolutionModel`'s step, observation and oracle for one user, fused (see
-    :class:`~metarec.envs.core.OneUserStep`): float32 scalars and a handful of small numpy calls in
+    :class:`~metarec.envs.core.model.OneUserStep`): float32 scalars and a handful of small numpy calls in
     place of the batched step's ~150, with the same draws in the same order, so every trajectory is
     the batched one bit for bit (``tests/test_one_user_step.py``; signed zeros and the oracle's NaN
     and inf rules included). One known exception: where parameters make an interest NaN (an
