@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from metarec.envs.drifting.params import FrozenConfig
 from pydantic import Field, field_validator, model_validator
 
 from metarec.abtest.metrics import METRICS
+from metarec.config import FrozenConfig
 
 
 class ArmConfig(FrozenConfig):

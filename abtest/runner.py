@@ -13,28 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from metarec.agents.base import Shard
-
-from metarec.distributed import (
-    group_size,
-    in_group,
-    rank,
-    spawn_for_result,
-    torchrun_group,
-    world_size,
-)
 
 from metarec.abtest.analysis import analyse
 from metarec.abtest.config import ABTestConfig
 from metarec.abtest.simulate import ArmRun, merge_runs, simulate_arm
+from metarec.io import json_safe, write_json
+from metarec.parallel import Shard, group_size, in_group, rank, spawn_for_result, torchrun_group, world_size
 
 
 def config_hash(config: ABTestConfig) -> str:
@@ -151,29 +141,13 @@ def run_abtest(
 
 def _worker(config_json: str, out: str | None, quiet: bool) -> dict[str, Any] | None:
     results = run_abtest(ABTestConfig.model_validate_json(config_json), out, quiet)
-    return None if results is None else finite(results)
-
-
-def finite(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None (JSON has no nan or inf)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    if isinstance(value, np.generic):
-        return finite(value.item())
-    return value
+    return None if results is None else json_safe(results)
 
 
 def write_results(results: dict[str, Any], out: Path) -> dict[str, Path]:
     """``results.json`` (atomically) and the report files in ``out``."""
     from metarec.abtest.report import write_report
 
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(finite(results), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, out / "results.json")
+    write_json(results, out / "results.json")
     files = write_report(results, out)
     return {"results.json": out / "results.json", **files}

@@ -23,14 +23,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from metarec.agents.base import Shard
-from metarec.envs.core.backend import RowSubsetRandom
-from metarec.envs.calibrated import with_population_fields
 from tqdm.auto import tqdm
 
-from metarec.evaluation import make_agent
-
 from metarec.abtest.metrics import COUNTERS, StepMetrics, shown_once
+from metarec.envs.calibrated import with_population_fields
+from metarec.envs.core.backend import RowSubsetRandom
+from metarec.evaluation import make_agent
+from metarec.parallel import Shard
 
 
 @dataclass

@@ -27,13 +27,12 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
-from metarec.envs.drifting.params import FrozenConfig
 from pydantic import Field
-
-from metarec.distributed import all_reduce_
 
 from metarec.agents.base import Recommender, active_rows, fill_slates, slate_size_of
 from metarec.agents.nn.networks import SlatePolicy
+from metarec.config import FrozenConfig
+from metarec.parallel import all_reduce_
 
 
 class PPOConfig(FrozenConfig):

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from metarec.agents.base import Recommender, slate_size_of
 from metarec.agents.baselines.bandits import (
     EpsilonGreedyRecommender,
     GreedyRecommender,
@@ -15,7 +16,6 @@ from metarec.agents.baselines.bandits import (
     ThompsonRecommender,
     num_items_of,
 )
-from metarec.agents.base import Recommender, slate_size_of
 from metarec.agents.baselines.reference import OracleRecommender, RandomRecommender
 
 # name -> factory(env, generator) building the recommender for a vector environment.

@@ -33,16 +33,16 @@ import time
 
 import numpy as np
 import torch
+
+import metarec  # noqa: F401  (registers the environments)
 from metarec.abtest import stats
 from metarec.abtest.analysis import effect_of, look_statistics
 from metarec.abtest.config import ABTestConfig
 from metarec.abtest.metrics import per_user
 from metarec.abtest.runner import run_abtest
 from metarec.abtest.simulate import simulate_arm
-
-import metarec  # noqa: F401  (registers the environments)
 from metarec.allocator import tune_allocator
-from metarec.training import load_yaml_config
+from metarec.config import load_yaml_config
 
 DEFAULT_ENV_KWARGS = {"population": {"session_budget": 20.0, "steps_per_day": 10}}
 

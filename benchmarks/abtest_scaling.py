@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import torch
+
 from metarec.abtest.config import ABTestConfig
 from metarec.abtest.runner import run_abtest
-
-from metarec.training import load_yaml_config
+from metarec.config import load_yaml_config
 
 SKIP = ("seconds", "wall_seconds", "processes")
 

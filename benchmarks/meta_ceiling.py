@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 import torch
-from metarec.abtest.runner import finite
+
 from metarec.agents.registry import make_recommender
+from metarec.demo_report import SESSIONS_SHOWN
+from metarec.io import json_safe
 from metarec.meta.ceiling import ladder
 from metarec.meta.evaluate import evaluate
 from metarec.meta.runner import load_meta_config
-
-from metarec.demo_report import SESSIONS_SHOWN
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     shown = [k - 1 for k in SESSIONS_SHOWN if k <= config.sessions]
     print(
         json.dumps(
-            finite(
+            json_safe(
                 {
                     "benchmark": "meta_ceiling",
                     "config": Path(args.config).name,

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from metarec.envs.task_batch import TaskBatchVectorEnv
 from metarec.meta.gradient_rl import GradientMetaTrainer
 from metarec.meta.rl2 import RL2Trainer

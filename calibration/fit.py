@@ -65,12 +65,12 @@ import torch
 from pydantic import Field
 from scipy.special import expit
 
-from metarec.envs.core.backend import NumpyRandom, numpy_backend
-from metarec.envs.calibrated import candidate_strata
-from metarec.envs.drifting.model import DriftingUsersModel
-from metarec.envs.drifting.params import FrozenConfig, SimulatorConfig
-
 from metarec.calibration.logs import Logs
+from metarec.config import FrozenConfig
+from metarec.envs.calibrated import candidate_strata
+from metarec.envs.core.backend import NumpyRandom, numpy_backend
+from metarec.envs.drifting.model import DriftingUsersModel
+from metarec.envs.drifting.params import SimulatorConfig
 
 
 class FitConfig(FrozenConfig):

@@ -10,13 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarec.abtest.runner import finite
-from metarec.envs.calibrated import save_population
-
 from metarec.calibration.fidelity import compare, popularity_scores, ranking_metrics
 from metarec.calibration.fit import Calibration, FitConfig, calibrate, slate_click_rate
 from metarec.calibration.logs import Logs, check_holdout_users, load_logs, time_split
 from metarec.calibration.report import write_fidelity_report
+from metarec.envs.calibrated import save_population
+from metarec.io import json_safe
 
 
 def _seen(logs: Logs, users: np.ndarray) -> np.ndarray:
@@ -175,6 +174,6 @@ def run_calibration(
     fidelity["num_clusters"] = calibration.fit["num_clusters"]
     fidelity["ou_noise"] = calibration.fit["drift"]["ou_noise"]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "fidelity.json").write_text(json.dumps(finite(fidelity), indent=2, allow_nan=False))
+    (out / "fidelity.json").write_text(json.dumps(json_safe(fidelity), indent=2, allow_nan=False))
     write_fidelity_report(out, fidelity, plots, title=f"Calibration fidelity: {Path(logs_path).name}")
-    return {"population": str(population), "fidelity": finite(fidelity)}
+    return {"population": str(population), "fidelity": json_safe(fidelity)}

@@ -30,9 +30,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from pydantic import BaseModel
 
+from metarec.config import validate_config
 from metarec.envs.core.backend import Backend, Random, RowSubsetRandom, numpy_backend, torch_backend
 from metarec.envs.core.model import ChoiceModel, State, UserModel
-from metarec.envs.drifting.params import validate_config
 
 
 def build_config(

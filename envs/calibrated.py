@@ -15,18 +15,16 @@ The files are read with ``json`` and ``numpy.load(allow_pickle=False)``; nothing
 from __future__ import annotations
 
 import json
-import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from metarec.envs.adapters import build_config
-from metarec.envs.drifting.model import DriftingUsersModel
 from metarec.envs.drifting.env import DriftingUsersEnv, DriftingUsersVectorEnv
+from metarec.envs.drifting.model import DriftingUsersModel
 from metarec.envs.drifting.params import SimulatorConfig
+from metarec.io import atomic_write, atomic_write_bytes, json_safe
 
 FORMAT = "metarec-population/1"
 # world key -> (dtype kind, shape in terms of M items, d dims, C clusters, N candidates)
@@ -96,23 +94,6 @@ def check_world(world: dict[str, np.ndarray], config: SimulatorConfig, where: st
     return out
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` (nested dicts, lists, tuples, numbers, numpy scalars and arrays) as plain JSON values,
-    with None for every non-finite number: a fit's statistics may be NaN (say a repeat rate of users
-    with one event each), and the population file is strict JSON."""
-    if isinstance(value, dict):
-        return {str(key): json_safe(item) for key, item in value.items()}
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, list | tuple):
-        return [json_safe(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def save_population(
     path: str | Path, config: SimulatorConfig, world: dict[str, np.ndarray], fit: dict[str, Any] | None = None
 ) -> Path:
@@ -122,17 +103,9 @@ def save_population(
     world = check_world(world, config)
     path.mkdir(parents=True, exist_ok=True)
     document = {"format": FORMAT, "config": config.model_dump(), "fit": json_safe(fit or {})}
-    _atomic_write(path / "population.json", json.dumps(document, indent=2, allow_nan=False).encode())
-    with tempfile.NamedTemporaryFile(dir=path, suffix=".npz", delete=False) as handle:
-        np.savez(handle, **world)
-    os.replace(handle.name, path / "world.npz")
+    atomic_write_bytes(json.dumps(document, indent=2, allow_nan=False).encode(), path / "population.json")
+    atomic_write(path / "world.npz", lambda tmp: np.savez(tmp, **world))
     return path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
-        handle.write(data)
-    os.replace(handle.name, path)
 
 
 def load_population(path: str | Path) -> tuple[SimulatorConfig, dict[str, np.ndarray], dict[str, Any]]:

@@ -30,6 +30,7 @@ from types import SimpleNamespace
 from typing import Any, Literal
 
 import torch
+
 from metarec.agents.base import Recommender
 from metarec.envs.task_batch import TaskBatchModel, TaskBatchVectorEnv
 

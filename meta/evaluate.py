@@ -31,15 +31,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from metarec.agents.base import EXACT_SCALE, Recommender, Shard, add_exact
-from metarec.agents.registry import make_recommender
-from metarec.envs.drifting.params import FrozenConfig
-from metarec.envs.task_batch import TaskBatchVectorEnv
 from pydantic import Field
 from scipy import stats
 
+from metarec.agents.base import Recommender
+from metarec.agents.registry import make_recommender
+from metarec.config import FrozenConfig
+from metarec.envs.task_batch import TaskBatchVectorEnv
 from metarec.meta.policy import Memory, RecurrentSlatePolicy
 from metarec.meta.tasks import TaskDistribution, batch_seed, task_batch
+from metarec.parallel import EXACT_SCALE, Shard, add_exact
 
 EVAL_SEED_OFFSET = 10_000  # evaluation seeds never coincide with meta-batch indices of training
 BASELINES = ("finetune", "scratch", "linucb")  # what a meta-learner is compared with
@@ -109,7 +110,7 @@ class LoggedItemStats(Recommender):
 
     Only users marked in ``info["active"]`` (when given) are logged: the ones this recommender served.
     The counts and the engagement sums are int64 (engagement in fixed point,
-    :func:`~metarec.agents.base.add_exact`), so they are exact in any order, also summed over the
+    :func:`~metarec.parallel.add_exact`), so they are exact in any order, also summed over the
     processes of a run split across them.
     """
 

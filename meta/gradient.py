@@ -57,7 +57,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from metarec.distributed import all_reduce_
+from metarec.parallel import all_reduce_
 
 __all__ = [
     "GradientMetaLearner",

@@ -26,13 +26,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from metarec.agents.base import Recommender
-from metarec.agents.nn.distributions import PlackettLuce
-from metarec.envs.drifting.params import FrozenConfig
-from metarec.envs.task_batch import TaskBatchVectorEnv
 from pydantic import Field
 from torch import nn
 
+from metarec.agents.base import Recommender
+from metarec.agents.nn.distributions import PlackettLuce
+from metarec.config import FrozenConfig
+from metarec.envs.task_batch import TaskBatchVectorEnv
 from metarec.meta.gradient import GradientMetaLearner, TaskParams
 from metarec.meta.policy import feedforward_policy
 from metarec.meta.tasks import TaskDistribution, TaskShare

@@ -21,9 +21,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from gymnasium import spaces
+from torch import nn
+
 from metarec.agents.baselines.bandits import LinearBandit, ridge_prediction, slate_targets
 from metarec.agents.nn.networks import SlatePolicy, symlog
-from torch import nn
 
 
 class AffinityPolicy(SlatePolicy):

@@ -25,6 +25,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pydantic import Field
+
 from metarec.agents.ppo import (
     RunningMeanStd,
     gather_from_processes,
@@ -32,14 +34,11 @@ from metarec.agents.ppo import (
     standardise,
     this_process_users,
 )
-from metarec.envs.drifting.params import FrozenConfig
+from metarec.config import FrozenConfig
 from metarec.envs.task_batch import TaskBatchVectorEnv
-from pydantic import Field
-
-from metarec.distributed import all_reduce_
-
 from metarec.meta.policy import Belief, Memory, RecurrentSlatePolicy
 from metarec.meta.tasks import TaskDistribution, TaskShare
+from metarec.parallel import all_reduce_
 
 
 class RL2Config(FrozenConfig):

@@ -31,18 +31,17 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import yaml
-from metarec.abtest.runner import finite
-from metarec.envs.drifting.params import FrozenConfig, validate_config
 from pydantic import Field, field_validator, model_validator
 
-from metarec.distributed import all_reduce_, group_size, spawn_for_result, torchrun_group, world_size
-from metarec.distributed import rank as distributed_rank
-
+from metarec.config import FrozenConfig, validate_config
+from metarec.io import atomic_save, atomic_write_text, json_safe
 from metarec.meta.evaluate import EvalConfig, LoggedItemStats, RL2Recommender, evaluate
 from metarec.meta.gradient_rl import AdaptingRecommender, GradientConfig, GradientMetaTrainer
 from metarec.meta.policy import feedforward_policy
 from metarec.meta.rl2 import RL2Config, RL2Trainer
 from metarec.meta.tasks import TaskDistribution
+from metarec.parallel import all_reduce_, group_size, spawn_for_result, torchrun_group, world_size
+from metarec.parallel import rank as distributed_rank
 
 MethodName = Literal["rl2", "maml", "fomaml", "reptile", "finetune", "scratch"]
 ALL_METHODS: tuple[str, ...] = ("rl2", "maml", "fomaml", "reptile", "finetune", "scratch")
@@ -91,7 +90,7 @@ class MetaTrainConfig(FrozenConfig):
 def load_meta_config(path: str | Path, overrides: list[str] = ()) -> MetaTrainConfig:
     """Reads a meta-train YAML (safe loader), applies ``--set`` overrides, resolves ``tasks`` (a path
     relative to the config file) into its distribution, and validates everything; errors name the key."""
-    from metarec.training import load_yaml_config
+    from metarec.config import load_yaml_config
 
     path = Path(path)
     config = load_yaml_config(MetaTrainConfig, path, list(overrides))
@@ -165,7 +164,7 @@ def _any_rank(flag: bool) -> bool:
 def _spawn(config: MetaTrainConfig, out: Path, resume: bool, nproc: int) -> None:
     """Runs ``nproc`` worker processes; SIGTERM/SIGINT to this process is passed on to them, so they
     checkpoint and stop together, and then raises :class:`TrainingInterrupted` here."""
-    from metarec.training import TrainingInterrupted
+    from metarec.parallel import TrainingInterrupted
 
     def stopped(signal_name: str) -> Exception:
         checkpoint = out / "checkpoints" / "last.pt"
@@ -185,7 +184,8 @@ def _meta_train(config: MetaTrainConfig, out: Path, resume: bool, progress: bool
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    from metarec.training import NoWriter, TrainingInterrupted, _atomic_save, _atomic_write_text, stop_requests
+    from metarec.parallel import TrainingInterrupted, stop_requests
+    from metarec.training import NoWriter
 
     rank, world = distributed_rank(), group_size()
     primary = rank == 0  # the one process that writes files
@@ -199,7 +199,7 @@ def _meta_train(config: MetaTrainConfig, out: Path, resume: bool, progress: bool
         if saved.get("config") != json.loads(config.model_dump_json()):
             raise ValueError(f"--resume: {out} was started with a different config; use another --out")
     elif primary:
-        _atomic_write_text(yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False), out / "config.yaml")
+        atomic_write_text(yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False), out / "config.yaml")
     finished: dict[str, dict[str, Any]] = saved["finished"]
     started = time.perf_counter()
     with stop_requests() as request:
@@ -227,7 +227,7 @@ def _meta_train(config: MetaTrainConfig, out: Path, resume: bool, progress: bool
                                                     "seconds": before + time.perf_counter() - start}  # fmt: skip
                 payload = {"config": json.loads(config.model_dump_json()), "finished": finished, "current": entry}
                 if primary:
-                    _atomic_save(payload, checkpoint_path)
+                    atomic_save(payload, checkpoint_path)
 
             while not trainer.done:
                 stats = trainer.step()
@@ -249,7 +249,7 @@ def _meta_train(config: MetaTrainConfig, out: Path, resume: bool, progress: bool
             seconds = seconds_before + time.perf_counter() - method_start
             policy = trainer.policy
             if primary:
-                _atomic_save({"name": name, "policy": policy.state_dict()}, out / "methods" / f"{name}.pt")
+                atomic_save({"name": name, "policy": policy.state_dict()}, out / "methods" / f"{name}.pt")
             this_process = time.perf_counter() - method_start
             finished[name] = {
                 "updates": trainer.update,
@@ -269,7 +269,7 @@ def _meta_train(config: MetaTrainConfig, out: Path, resume: bool, progress: bool
         "processes": world,
     }
     if primary:
-        _atomic_write_text(json.dumps(results, indent=2), out / "results.json")
+        atomic_write_text(json.dumps(results, indent=2), out / "results.json")
     return results
 
 
@@ -368,7 +368,7 @@ def meta_eval(run: str | Path, split: Literal["test", "train"] = "test", progres
         result = evaluate(methods, config.tasks, split_name, config.sessions, eval_config, config.seed, device,
                           progress=tick, item_stats=config.item_stats)  # fmt: skip
     result["wall_seconds"] = time.perf_counter() - started
-    result = finite(result)  # NaN and inf become None: JSON has no such numbers
+    result = json_safe(result)  # NaN and inf become None: JSON has no such numbers
     (run / f"eval_{split}.json").write_text(json.dumps(result, indent=2))
     plot_adaptation(result, run / f"adaptation_{split}.png")
     return result

@@ -25,16 +25,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from metarec.envs.drifting.params import (
-    CatalogConfig,
-    FrozenConfig,
-    SimulatorConfig,
-    UserPopulation,
-    validate_config,
-)
 from pydantic import Field, model_validator
 
-from metarec.distributed import group_size, rank
+from metarec.config import FrozenConfig, validate_config
+from metarec.envs.drifting.params import CatalogConfig, SimulatorConfig, UserPopulation
+from metarec.parallel import group_size, rank
 
 WORLD_SEED_BAND = 1_000_000  # split k draws world seeds from [k * band, (k + 1) * band)
 

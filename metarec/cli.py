@@ -40,7 +40,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from metarec.training import TrainingInterrupted, load_config, train
+    from metarec.parallel import TrainingInterrupted
+    from metarec.training import load_config, train
 
     config = load_config(args.config, args.set or [])
     out = args.out or f"runs/{Path(args.config).stem}"
@@ -62,7 +63,7 @@ def _cmd_abtest(args: argparse.Namespace) -> int:
     from metarec.abtest.config import ABTestConfig
     from metarec.abtest.report import summary_table
     from metarec.abtest.runner import run_abtest
-    from metarec.training import load_yaml_config
+    from metarec.config import load_yaml_config
 
     config = load_yaml_config(ABTestConfig, args.config, args.set or [])
     out = Path(args.out or f"runs/{Path(args.config).stem}")
@@ -93,7 +94,7 @@ def _cmd_abtest(args: argparse.Namespace) -> int:
 
 def _cmd_meta_train(args: argparse.Namespace) -> int:
     from metarec.meta.runner import load_meta_config, meta_train
-    from metarec.training import TrainingInterrupted
+    from metarec.parallel import TrainingInterrupted
 
     overrides = list(args.set or [])
     if args.device:
@@ -147,7 +148,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     from metarec.calibration.fit import FitConfig
     from metarec.calibration.run import run_calibration
-    from metarec.envs.drifting.params import validate_config
+    from metarec.config import validate_config
 
     values = {}
     for item in args.set or []:

@@ -14,8 +14,8 @@ import json
 import time
 from pathlib import Path
 
-from metarec.abtest.runner import finite
 from metarec.evaluation import evaluate
+from metarec.io import json_safe
 from metarec.registration import CORE_ENVIRONMENTS
 
 # RecSim's interest-exploration users never leave (27,000-step horizon); the demo looks at 200 steps.
@@ -66,10 +66,10 @@ def run_demo(
         "seconds": round(time.perf_counter() - started, 2),
     }
     path = out_dir / "results.json"
-    path.write_text(json.dumps(finite(summary), indent=2, allow_nan=False))
+    path.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False))
     from metarec.demo_report import write_demo_report
 
-    report = write_demo_report(out_dir, finite(summary))
+    report = write_demo_report(out_dir, json_safe(summary))
     print(f"Wrote {path} in {summary['seconds']} s; the report: {report['report.html']}")
     return summary
 
@@ -88,7 +88,7 @@ def _demo_abtest(
     greedy bandit), ``days`` days."""
     from metarec.abtest.config import ABTestConfig
     from metarec.abtest.runner import run_abtest
-    from metarec.envs.drifting.params import validate_config
+    from metarec.config import validate_config
 
     arms = {"control": "popular", **(arms or {"linucb": "linucb", "greedy": "greedy"})}
     config = validate_config(
@@ -124,7 +124,7 @@ def _demo_meta_abtest(out: Path, meta_run: Path, users: int, seed: int, device: 
     adaptation protocol (LinUCB) and popularity (control), on users of a held-out population."""
     import yaml
 
-    from metarec.envs.drifting.params import validate_config
+    from metarec.config import validate_config
     from metarec.meta.runner import MetaTrainConfig
 
     config = validate_config(MetaTrainConfig, yaml.safe_load((meta_run / "config.yaml").read_text()))

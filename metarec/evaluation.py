@@ -11,8 +11,8 @@ import torch
 from scipy import stats
 
 from metarec.agents import Recommender
-from metarec.agents.base import Shard
 from metarec.agents.registry import RECOMMENDERS, make_recommender
+from metarec.parallel import Shard
 
 
 def agent_names() -> tuple[str, ...]:
@@ -70,12 +70,7 @@ def evaluate(
         ``std_return``, ``mean_length``, ``click_rate``, ``mean_regret`` (per step, against the myopic
         oracle), ``processes``.
     """
-    from metarec.distributed import (
-        group_size,
-        spawn_for_result,
-        torchrun_group,
-        world_size,
-    )
+    from metarec.parallel import group_size, spawn_for_result, torchrun_group, world_size
 
     if isinstance(users, bool) or not isinstance(users, int) or users < 1:
         raise ValueError(f"users: expected a positive integer, got {users}")

@@ -15,13 +15,8 @@ ends with exactly the weights it would have had without the interruption (on CPU
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +27,9 @@ from pydantic import Field, field_validator
 
 from metarec.agents.base import Recommender
 from metarec.agents.ppo import BatchedPPO, PolicyRecommender, PPOConfig
-from metarec.envs.drifting.params import FrozenConfig, validate_config
+from metarec.config import FrozenConfig, load_yaml_config, validate_config
+from metarec.io import atomic_save, atomic_write, atomic_write_text
+from metarec.parallel import TrainingInterrupted, stop_requests
 
 Algorithm = Literal["ppo", "sb3-ppo", "sb3-a2c", "sb3-recurrent-ppo", "sb3-dqn"]
 
@@ -83,91 +80,9 @@ class TrainConfig(FrozenConfig):
 RESUMABLE_CHANGES = frozenset({"device", "torch_threads", "eval", "checkpoint_every"})
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"ppo.learning_rate=0.001"`` -> (``["ppo", "learning_rate"]``, ``0.001``): the value is parsed as
-    YAML (so ``1e-3`` without a dot is a string until the typed field converts it)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--set: expected KEY=VALUE (e.g. ppo.learning_rate=1e-3), got {text!r}")
-    return key.split("."), yaml.safe_load(value)
-
-
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     """Reads a training config, applies ``--set`` overrides and validates it (errors name the key)."""
     return load_yaml_config(TrainConfig, path, overrides)
-
-
-def load_yaml_config(model: type[Any], path: str | Path, overrides: list[str] = ()) -> Any:
-    """Reads a YAML file with the safe loader, applies ``--set KEY=VALUE`` overrides and validates it
-    as ``model`` (a pydantic model; errors name the key)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config: no such file {str(path)!r}")
-    values = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"config: expected a mapping at the top of {path}, got {type(values).__name__}")
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = values
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {text}: {key} is not a mapping")
-        node[keys[-1]] = value
-    return validate_config(model, values)
-
-
-class TrainingInterrupted(Exception):
-    """SIGTERM or SIGINT stopped a run; a checkpoint of the last completed update was written first."""
-
-    def __init__(self, signal_name: str, step: int, checkpoint: Path) -> None:
-        super().__init__(f"{signal_name} at env step {step}: checkpoint {checkpoint} written; continue with --resume")
-        self.signal_name = signal_name
-        self.step = step
-        self.checkpoint = checkpoint
-
-
-@contextlib.contextmanager
-def stop_requests() -> Iterator[dict[str, str | None]]:
-    """While active, SIGTERM and SIGINT only record that a stop was asked (``["signal"]``), so the
-    trainer can finish the update in progress, checkpoint and stop; the previous handlers come back
-    after. Outside the main thread (where Python cannot set handlers) nothing changes."""
-    request: dict[str, str | None] = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield request
-        return
-
-    # A worker of a split run may get the same signal twice (from its process group and forwarded by
-    # the launching process): it never escalates, the launcher does (by terminating the workers).
-    escalate = os.environ.get("METAREC_WORKER") != "1"
-
-    def ask(signum: int, _frame: Any) -> None:
-        if request["signal"] is not None:  # a second signal: stop now
-            if escalate:
-                raise KeyboardInterrupt
-            return
-        request["signal"] = signal.Signals(signum).name
-
-    previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield request
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    """Writes to a temporary file in the same folder and renames it: a kill leaves the old file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def make_vector_env(config: TrainConfig, num_envs: int, **extra: Any) -> Any:
@@ -228,7 +143,7 @@ def train(
     processes it started share the work the same way. SIGTERM to this process reaches them all: they
     checkpoint at the same update and stop.
     """
-    from metarec.distributed import rank, spawn_for_result, torchrun_group, world_size
+    from metarec.parallel import rank, spawn_for_result, torchrun_group, world_size
 
     world = world_size(nproc)
     if world > 1 and config.algo != "ppo":
@@ -282,16 +197,15 @@ def _prepare_run(config: TrainConfig, out: Path, resume: bool) -> None:
                 f"config: {', '.join(changed)} differs from the run {out} was started with; resume with the same values"
             )
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False), out / "config.yaml")
+    atomic_write_text(yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False), out / "config.yaml")
 
 
 def _train_batched_ppo(config: TrainConfig, out: Path, resume_from: Path | None, progress: bool) -> dict[str, Any]:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    from metarec.agents.base import Shard
-    from metarec.distributed import group_size, rank
     from metarec.evaluation import evaluate
+    from metarec.parallel import Shard, group_size, rank
 
     world, primary = group_size(), rank() == 0  # the first process writes the files
     shard = Shard.of_this_process(config.ppo.num_envs)
@@ -362,7 +276,7 @@ def _train_batched_ppo(config: TrainConfig, out: Path, resume_from: Path | None,
         if step - last_checkpoint >= config.checkpoint_every or step >= config.total_steps or stopping:
             state = ppo.state_dict()  # every process takes part (it gathers their users)
             if primary:
-                _atomic_save(state, out / "checkpoints" / "last.pt")
+                atomic_save(state, out / "checkpoints" / "last.pt")
             writer.flush()
             last_checkpoint = step
         if stopping:
@@ -375,7 +289,7 @@ def _train_batched_ppo(config: TrainConfig, out: Path, resume_from: Path | None,
     bar.close()
     seconds = time.perf_counter() - started
     if primary:
-        _atomic_save({"config": json.loads(config.model_dump_json()), "policy": ppo.policy.state_dict()},
+        atomic_save({"config": json.loads(config.model_dump_json()), "policy": ppo.policy.state_dict()},
                      out / "model.pt")  # fmt: skip
     final = evaluate_now()
     writer.close()
@@ -397,7 +311,7 @@ def _train_batched_ppo(config: TrainConfig, out: Path, resume_from: Path | None,
     if references is not None:
         results["references"] = {k: {"mean_return": v["mean_return"], "ci95": v["ci95"]} for k, v in references.items()}
         results["normalised_return"] = normalised(final["mean_return"], references)
-    _atomic_write_text(json.dumps(results, indent=2), out / "results.json")
+    atomic_write_text(json.dumps(results, indent=2), out / "results.json")
     return results
 
 
@@ -533,9 +447,7 @@ def _train_sb3(config: TrainConfig, out: Path, resume: bool, progress: bool) -> 
                 self.last = self.num_timesteps
                 save_sb3(self.model, checkpoint)
                 if algo == "dqn":
-                    tmp = replay.with_suffix(".tmp.pkl")
-                    self.model.save_replay_buffer(tmp)
-                    os.replace(tmp, replay)
+                    atomic_write(replay, self.model.save_replay_buffer)
             if stopping:
                 raise TrainingInterrupted(str(request["signal"]), self.num_timesteps, checkpoint)
             return True
@@ -573,16 +485,13 @@ def _train_sb3(config: TrainConfig, out: Path, resume: bool, progress: bool) -> 
         "references": {k: {"mean_return": v["mean_return"], "ci95": v["ci95"]} for k, v in references.items()},
         "normalised_return": normalised(final["mean_return"], references),
     }
-    _atomic_write_text(json.dumps(results, indent=2), out / "results.json")
+    atomic_write_text(json.dumps(results, indent=2), out / "results.json")
     return results
 
 
 def save_sb3(model: Any, path: Path) -> None:
-    """``model.save`` to a temporary name, then an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.zip")
-    model.save(tmp)
-    os.replace(tmp, path)
+    """``model.save`` into ``path`` atomically."""
+    atomic_write(path, model.save)
 
 
 def _load_sb3_recommender(run_dir: Path, env: Any) -> Recommender:

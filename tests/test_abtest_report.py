@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from metarec.abtest.report import fmt, fmt_ci, fmt_p, fmt_pct, summary_table, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
 from metarec.abtest.config import ABTestConfig
 from metarec.abtest.metrics import COUNTERS
 from metarec.abtest.report import fmt, fmt_p
 from metarec.abtest.runner import run_abtest, simulate, users_per_arm
 from metarec.abtest.simulate import simulate_arm
 from metarec.agents.baselines.bandits import PopularRecommender
-from metarec.envs.drifting.params import validate_config
-
 from metarec.cli import main
+from metarec.config import validate_config
 
 SHORT = {"population": {"session_budget": 8.0}, "catalog": {"num_items": 200}}
 
@@ -214,7 +214,7 @@ def test_per_user_bandits_skip_users_who_see_no_slate(name):
 
 
 def test_shipped_abtest_configs_validate():
-    from metarec.training import load_yaml_config
+    from metarec.config import load_yaml_config
 
     configs = sorted(Path(__file__).parents[1].joinpath("configs").glob("abtest_*.yaml"))
     assert {c.name for c in configs} >= {"abtest_demo.yaml", "abtest_clickbait.yaml"}

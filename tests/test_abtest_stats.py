@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
+
 from metarec.abtest.stats import (
     Effect,
     adjust_p_values,
@@ -19,7 +21,6 @@ from metarec.abtest.stats import (
     srm_check,
     welch_effect,
 )
-from scipy import stats
 
 EXPERIMENTS = 2000
 # 95% coverage over 2000 experiments has a Monte-Carlo sd of 0.005: [0.93, 0.97] is about 4 sd either side.

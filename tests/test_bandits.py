@@ -7,6 +7,7 @@ import math
 import gymnasium as gym
 import pytest
 import torch
+
 from metarec.agents.baselines.bandits import (
     EpsilonGreedyRecommender,
     GreedyRecommender,
@@ -18,7 +19,6 @@ from metarec.agents.baselines.bandits import (
 )
 from metarec.agents.registry import RECOMMENDERS, make_recommender
 from metarec.envs.drifting.params import UserPopulation
-
 from metarec.evaluation import evaluate
 from metarec.registration import CORE_ENVIRONMENTS as ENVIRONMENTS
 

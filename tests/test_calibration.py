@@ -8,9 +8,6 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
-from metarec.envs.calibrated import load_population, save_population
-from metarec.envs.drifting.model import make_world
-from metarec.envs.drifting.params import SimulatorConfig
 from scipy import stats
 from scipy.linalg import subspace_angles
 
@@ -19,6 +16,9 @@ from metarec.calibration.fit import FitConfig, calibrate
 from metarec.calibration.logs import load_logs
 from metarec.calibration.simulate import simulate_logs, write_simulated_logs
 from metarec.cli import main
+from metarec.envs.calibrated import load_population, save_population
+from metarec.envs.drifting.model import make_world
+from metarec.envs.drifting.params import SimulatorConfig
 
 pytest.importorskip("sklearn")
 pytest.importorskip("pandas")
@@ -235,8 +235,7 @@ def test_impressions_without_clicks_set_the_no_click_utility():
 def test_a_calibrated_population_serves_every_part_of_metarec(tmp_path):
     from metarec.abtest.config import ABTestConfig
     from metarec.abtest.runner import run_abtest
-    from metarec.envs.drifting.params import validate_config
-
+    from metarec.config import validate_config
     from metarec.evaluation import evaluate
 
     path = str(known_population(tmp_path))

@@ -14,13 +14,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from metarec.envs.calibrated import load_population, save_population
 
 import metarec  # noqa: F401
 from metarec.calibration.fit import FitConfig, calibrate
 from metarec.calibration.logs import Logs, load_logs, time_split
 from metarec.calibration.run import evaluate_fidelity
 from metarec.calibration.simulate import simulate_logs, write_simulated_logs
+from metarec.envs.calibrated import load_population, save_population
 
 pytest.importorskip("sklearn")
 pytest.importorskip("pandas")

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import metarec.agents.base as agents_base
-import metarec.meta.tasks as meta_tasks
 import pytest
 import torch
-from metarec.agents.base import Shard
-from metarec.meta.tasks import TaskShare, task_batch
 
-from metarec.distributed import all_reduce_, rank, spawn_for_result
-from metarec.training import load_yaml_config
+import metarec.meta.tasks as meta_tasks
+import metarec.parallel.shards as shards
+from metarec.config import load_yaml_config
+from metarec.meta.tasks import TaskShare, task_batch
+from metarec.parallel import Shard, all_reduce_, rank, spawn_for_result
 
 BIG = 2**60 + 3  # float64 cannot hold it (or twice it) exactly
 
@@ -57,8 +56,8 @@ def test_all_reduce_without_a_group_changes_nothing_and_names_bad_arguments():
 
 def test_the_shard_of_a_process(monkeypatch):
     assert Shard.of_this_process(10) is None  # one process holds every user
-    monkeypatch.setattr(agents_base, "group_size", lambda: 3)
-    monkeypatch.setattr(agents_base, "rank", lambda: 1)
+    monkeypatch.setattr(shards, "group_size", lambda: 3)
+    monkeypatch.setattr(shards, "rank", lambda: 1)
     shard = Shard.of_this_process(10)
     assert shard == Shard(10, 4, 3)  # blocks of 4, 3, 3
     assert shard.env_rows() == (10, [4, 5, 6])

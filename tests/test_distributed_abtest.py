@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from metarec.abtest.config import ABTestConfig
 from metarec.abtest.runner import run_abtest
 from metarec.abtest.simulate import simulate_arm
-from metarec.agents.base import Shard, UserDraws
-from metarec.envs.drifting.params import validate_config
-
+from metarec.agents.base import UserDraws
 from metarec.cli import main
-from metarec.distributed import blocks, spawn_for_result
+from metarec.config import validate_config
 from metarec.evaluation import evaluate
+from metarec.parallel import Shard, blocks, spawn_for_result
 
 SHORT = {"population": {"session_budget": 8.0}, "catalog": {"num_items": 200}}
 TIMINGS = ("seconds", "wall_seconds", "processes")
@@ -45,6 +45,7 @@ def _rl2_run(tmp_path: Path) -> Path:
     import gymnasium as gym
     import yaml
     from gymnasium import spaces
+
     from metarec.meta.runner import load_meta_config
 
     run = tmp_path / "meta"
@@ -140,6 +141,7 @@ def _policy_on_recsim() -> dict | None:
     """An (untrained) PPO policy sampling its slates on RecSim's interest evolution, whose users finish
     at different times: a process whose users have all finished still serves an empty batch."""
     import gymnasium as gym
+
     from metarec.agents.nn.networks import SlatePolicy
     from metarec.agents.ppo import PolicyRecommender
 
@@ -165,6 +167,7 @@ def test_evaluation_learns_only_from_users_still_there():
     """Autoreset is off and finished users are inactive: a popularity table counts exactly the
     impressions of the users' own episodes (one slate of K per step)."""
     import gymnasium as gym
+
     from metarec.agents.baselines.bandits import PopularRecommender, num_items_of
 
     env = gym.make_vec("metarec/DriftingUsers-v0", num_envs=64, vectorization_mode="vector_entry_point")

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from scipy import stats
+
 from metarec.envs.core.backend import ReplayRandom, numpy_backend, torch_backend
 from metarec.envs.core.choice import choice_probabilities, revenue_ordered_slate, shown_mask
 from metarec.envs.drifting.model import DriftingUsersModel
 from metarec.envs.drifting.params import SimulatorConfig, UserPopulation
-from scipy import stats
-
 from metarec.evaluation import evaluate
 
 STILL = UserPopulation().without_drift().model_copy(update={"fatigue_rate": 0.0})
@@ -228,7 +228,7 @@ def test_oracle_beats_random_with_non_overlapping_intervals():
 
 
 def test_population_parameters_are_validated_with_the_field_named():
-    from metarec.envs.drifting.params import validate_config
+    from metarec.config import validate_config
 
     with pytest.raises(ValueError, match=r"population.choice_temperature: Input should be greater than 0"):
         validate_config(SimulatorConfig, {"population": {"choice_temperature": 0}})

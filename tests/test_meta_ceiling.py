@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from metarec.envs.drifting.env import DriftingUsersVectorEnv
 from metarec.envs.drifting.params import SimulatorConfig
 from metarec.envs.task_batch import TaskBatchVectorEnv

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 import torch
-from metarec.meta.gradient import GradientMetaLearner, Params, TaskParams, adapt_step, reptile_update
 from torch import nn
 from torch.func import vmap
+
+from metarec.meta.gradient import GradientMetaLearner, Params, TaskParams, adapt_step, reptile_update
 
 DT = torch.float64
 T = 3  # tasks in the small problems

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import stats
+
+from metarec.config import load_yaml_config
 from metarec.meta.evaluate import EvalConfig, RL2Recommender, evaluate, mean_ci
 from metarec.meta.gradient_rl import GradientConfig, GradientMetaTrainer, window_advantages
 from metarec.meta.policy import RecurrentSlatePolicy
 from metarec.meta.rl2 import RL2Config, RL2Trainer
 from metarec.meta.runner import load_meta_config, meta_eval, meta_train
 from metarec.meta.tasks import TaskDistribution, task_batch
-from scipy import stats
-
-from metarec.training import load_yaml_config
 
 ROOT = Path(__file__).parents[1]
 TINY = ROOT / "configs" / "meta_tiny.yaml"

@@ -8,10 +8,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from metarec.meta.tasks import WORLD_SEED_BAND, Range, TaskDistribution
 from scipy import stats
 
-from metarec.training import load_yaml_config
+from metarec.config import load_yaml_config
+from metarec.meta.tasks import WORLD_SEED_BAND, Range, TaskDistribution
 
 SHIPPED = Path(__file__).parents[1] / "configs" / "meta_tasks.yaml"
 
@@ -86,7 +86,7 @@ def test_ranges_draw_the_stated_distributions() -> None:
     ],
 )
 def test_bad_distributions_name_the_field(change: dict, message: str) -> None:
-    from metarec.envs.drifting.params import validate_config
+    from metarec.config import validate_config
 
     values = {"splits": {"train": {"regimes": ["default"], "domains": ["default"]}}, **change}
     with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("(", r"\(")):

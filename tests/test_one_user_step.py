@@ -8,6 +8,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
+
+import metarec  # noqa: F401
 from metarec.envs.core.backend import numpy_backend
 from metarec.envs.core.choice import (
     choice_probabilities,
@@ -18,8 +20,6 @@ from metarec.envs.core.choice import (
     sums_in_order,
 )
 from metarec.envs.recsim.interest_evolution import InterestEvolutionConfig, InterestEvolutionModel
-
-import metarec  # noqa: F401
 
 ENV = "metarec/RecSimInterestEvolution-v0"
 

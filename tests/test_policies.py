@@ -9,11 +9,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from metarec.agents.nn.distributions import EXACT_ENTROPY_LIMIT, PlackettLuce, num_prefixes
-from metarec.agents.nn.networks import SlatePolicy
 from scipy import stats
 
 import metarec  # noqa: F401
+from metarec.agents.nn.distributions import EXACT_ENTROPY_LIMIT, PlackettLuce, num_prefixes
+from metarec.agents.nn.networks import SlatePolicy
 
 
 def enumerate_log_probs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,9 +10,9 @@ import gymnasium as gym
 import pytest
 import torch
 import yaml
-from metarec.agents.ppo import BatchedPPO, PPOConfig
 
 import metarec  # noqa: F401
+from metarec.agents.ppo import BatchedPPO, PPOConfig
 from metarec.cli import main
 from metarec.evaluation import evaluate
 from metarec.training import load_config, train
@@ -191,7 +191,7 @@ def test_sigterm_checkpoints_the_last_update_and_resume_ends_where_a_straight_ru
     import signal
     import threading
 
-    from metarec.training import TrainingInterrupted
+    from metarec.parallel import TrainingInterrupted
 
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers need the main thread")

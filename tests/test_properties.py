@@ -11,8 +11,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from metarec.abtest.config import ABTestConfig
-from metarec.envs.drifting.params import UserPopulation, validate_config
+from metarec.config import validate_config
+from metarec.envs.drifting.params import UserPopulation
 
 # derandomize: the same examples on every run, so CI cannot pass one day and fail the next
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

@@ -156,11 +156,12 @@ def test_ecosystem_through_the_adapter_matches_recsim_ng_own_runtime():
     its MyopicRecommender. With provider boosts off the two recommend alike, so the users' utilities
     agree in distribution; a policy that ignored this step's documents would not."""
     import tensorflow as tf
-    from metarec.envs.recsim_ng.bridge import numpy_seeded
     from recsim_ng.applications.ecosystem_simulation import simulation_config
     from recsim_ng.applications.ecosystem_simulation import user as eco_user
     from recsim_ng.core import network as network_lib
     from recsim_ng.lib.tensorflow import runtime
+
+    from metarec.envs.recsim_ng.bridge import numpy_seeded
 
     users, steps = 2000, 12
     env = gym.make_vec(

@@ -38,6 +38,7 @@ def recsim_returns(module, episodes, seed=0, max_steps=None):
 def port_returns(env_id, users, **env_kwargs):
     import gymnasium as gym
     import torch
+
     from metarec.agents import RandomRecommender
 
     env = gym.make_vec(env_id, num_envs=users, vectorization_mode="vector_entry_point", **env_kwargs)

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pytest
 from matplotlib import image as mpimg
-from metarec.abtest.report import fmt, fmt_ci, fmt_p, fmt_pct
 
+from metarec.abtest.report import fmt, fmt_ci, fmt_p, fmt_pct
 from metarec.cli import main
 
 pytestmark = pytest.mark.browser

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from gymnasium import spaces
+
 from metarec.agents.baselines.bandits import LinUCBRecommender
+from metarec.config import load_yaml_config
 from metarec.envs.task_batch import TaskBatchVectorEnv
 from metarec.meta.evaluate import RL2Recommender
 from metarec.meta.policy import RecurrentSlatePolicy
 from metarec.meta.rl2 import RL2Config, RL2Trainer, memory_from, memory_state
 from metarec.meta.tasks import TaskDistribution, task_batch
-
-from metarec.training import load_yaml_config
 
 ROOT = Path(__file__).parents[1]
 

@@ -10,6 +10,12 @@ import torch
 pytest.importorskip("stable_baselines3")
 pytest.importorskip("sb3_contrib")
 
+from sb3_contrib import RecurrentPPO
+from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3.common.env_checker import check_env
+from stable_baselines3.common.utils import check_for_correct_spaces
+from stable_baselines3.common.vec_env import VecCheckNan, VecMonitor
+
 from metarec.agents.nn.distributions import PlackettLuce
 from metarec.agents.sb3 import (
     RecommenderMetricsCallback,
@@ -20,12 +26,6 @@ from metarec.agents.sb3 import (
     SlateDQNPolicy,
     make_sb3_model,
 )
-from sb3_contrib import RecurrentPPO
-from stable_baselines3 import A2C, DQN, PPO
-from stable_baselines3.common.env_checker import check_env
-from stable_baselines3.common.utils import check_for_correct_spaces
-from stable_baselines3.common.vec_env import VecCheckNan, VecMonitor
-
 from metarec.evaluation import evaluate
 
 SLATE = "metarec/DriftingUsers-v0"

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from metarec.envs.core.backend import torch_backend
-from metarec.envs.drifting.model import DriftingUsersModel
 from metarec.envs.drifting.env import DriftingUsersVectorEnv
+from metarec.envs.drifting.model import DriftingUsersModel
 from metarec.envs.drifting.params import SimulatorConfig
 from metarec.envs.task_batch import TaskBatchVectorEnv
 

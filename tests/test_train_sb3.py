@@ -75,8 +75,7 @@ def test_sb3_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path: Path, mon
     import zipfile
 
     from metarec.agents.sb3 import RecommenderMetricsCallback
-
-    from metarec.training import TrainingInterrupted
+    from metarec.parallel import TrainingInterrupted
 
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers need the main thread")

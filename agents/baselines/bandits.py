@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarec.agents.base import EXACT_SCALE, Recommender, UserDraws, active_rows, add_exact, fill_slates
+from metarec.agents.base import Recommender, UserDraws, active_rows, fill_slates
+from metarec.parallel import EXACT_SCALE, add_exact
 
 TARGETS = ("reward", "click")
 
@@ -220,7 +221,7 @@ class PopularRecommender(ItemBandit):
     per impression by default; click-through rate with ``target="click"``).
 
     One table of summed targets and impressions per catalog id, learned online from every user's
-    feedback and never reset. The sums are int64 fixed point (:func:`~metarec.agents.base.add_exact`):
+    feedback and never reset. The sums are int64 fixed point (:func:`~metarec.parallel.add_exact`):
     exact over millions of users and the same whatever the order of summation, so a run split across
     processes (each step's sums added up over them) serves exactly as one process does. Arguments as
     :class:`ItemBandit`.

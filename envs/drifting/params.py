@@ -6,16 +6,9 @@ names the field and says what was expected. Defaults are the ones of ``metarec/D
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import Field, model_validator
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-
-class FrozenConfig(BaseModel):
-    """Base of every parameter model: immutable, an unknown field is an error, and so is a float that
-    is NaN or infinite (it would turn into NaN rewards and observations, not into an error)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+from metarec.config import FrozenConfig
 
 
 class CatalogConfig(FrozenConfig):
@@ -106,30 +99,3 @@ class SimulatorConfig(FrozenConfig):
                 f"got {self.population.topics_per_cluster}"
             )
         return self
-
-
-def validate_config(cls: type[BaseModel], values: dict[str, Any], where: str = "") -> Any:
-    """Builds ``cls`` from ``values``, turning pydantic's error into a ``ValueError`` that names each
-    bad field (as ``where.field.sub``) with what was expected."""
-    try:
-        return cls.model_validate(values)
-    except ValidationError as err:
-        problems = []
-        for e in err.errors():
-            path = ".".join(str(p) for p in (where, *e["loc"]) if p != "")
-            got = e.get("input")
-            detail = e["msg"]
-            if e["type"] == "extra_forbidden":
-                detail = f"unknown field (known: {', '.join(_field_names(cls, e['loc'][:-1]))})"
-            problems.append(f"{path or cls.__name__}: {detail}; got {got!r}")
-        raise ValueError("invalid configuration:\n  " + "\n  ".join(problems)) from None
-
-
-def _field_names(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    model: Any = cls
-    for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
-            return sorted(model.model_fields)
-        model = field.annotation
-    return sorted(model.model_fields)

@@ -14,11 +14,11 @@ import numpy as np
 from gymnasium import spaces
 from pydantic import Field
 
+from metarec.config import FrozenConfig
 from metarec.envs.adapters import UserSimEnv, UserSimVectorEnv
 from metarec.envs.core.backend import Array, Backend, Random
 from metarec.envs.core.choice import choose_one, revenue_ordered_slate_one, sums_in_order
 from metarec.envs.core.model import Choice, ChoiceModel, Outcome, State, UserModel
-from metarec.envs.drifting.params import FrozenConfig
 
 
 class InterestEvolutionConfig(FrozenConfig):

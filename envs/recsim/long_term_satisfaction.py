@@ -10,10 +10,10 @@ import numpy as np
 from gymnasium import spaces
 from pydantic import Field
 
+from metarec.config import FrozenConfig
 from metarec.envs.adapters import UserSimEnv, UserSimVectorEnv
 from metarec.envs.core.backend import Array, Backend, Random
 from metarec.envs.core.model import Choice, ChoiceModel, Outcome, State, UserModel
-from metarec.envs.drifting.params import FrozenConfig
 
 
 class LongTermSatisfactionConfig(FrozenConfig):

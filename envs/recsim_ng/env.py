@@ -20,8 +20,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from pydantic import Field, model_validator
 
+from metarec.config import FrozenConfig, validate_config
 from metarec.envs.adapters import check_slates, check_vector_arguments
-from metarec.envs.drifting.params import FrozenConfig, validate_config
 from metarec.envs.recsim_ng.port import NGInterestEvolutionConfig, NGInterestEvolutionModel
 
 Simulation = Literal["interest_evolution", "ecosystem"]

@@ -7,14 +7,8 @@ torchrun started join through its environment variables.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import sys
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -73,7 +67,7 @@ def all_reduce_(tensors: list[torch.Tensor], op: str = "sum", average: bool = Fa
     or with one process): ``op`` is ``"sum"`` or ``"max"``; ``average`` divides a sum by the processes.
 
     The tensors travel in one flat all-reduce per kind: floating point ones as float64, the others
-    (integers, flags) as int64, so the fixed-point sums of :func:`~metarec.agents.base.add_exact`
+    (integers, flags) as int64, so the fixed-point sums of :func:`~metarec.parallel.shards.add_exact`
     stay exact. The flat buffer lives where the backend reduces (a GPU under NCCL, the host under
     gloo) and the results are copied back to each tensor's own device and dtype. Every process of the
     group must call it with tensors of the same shapes and dtypes, in the same order."""
@@ -127,92 +121,8 @@ def torchrun_group(device: str, threads: int | None = None) -> None:
         join_group(device, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://", threads)
 
 
-def spawn_for_result(
-    function: Callable[..., Any],
-    args: tuple[Any, ...],
-    nproc: int,
-    device: str = "cpu",
-    threads: int | None = None,
-    on_stop: Callable[[str], Exception] | None = None,
-) -> Any:
-    """Runs ``function(*args)`` in ``nproc`` new processes joined in one group and returns what the
-    first returned (a JSON value).
-
-    With ``on_stop``, SIGTERM or SIGINT to this process is passed on to the processes (which are
-    expected to stop together, say after a checkpoint) and ``on_stop(signal_name)`` is raised here
-    once they have ended.
-    """
-    import signal
-
-    import torch.multiprocessing as mp
-
-    from metarec.training import stop_requests
-
-    with tempfile.TemporaryDirectory(prefix="metarec-") as scratch:
-        result = Path(scratch) / "result.json"
-        context = mp.start_processes(
-            _run_in_group, args=(function, args, str(result), nproc, free_port(), device, threads), nprocs=nproc,
-            join=False,
-        )  # fmt: skip
-        try:
-            with stop_requests() as request:
-                forwarded = False
-                while not context.join(timeout=0.2):  # a process that fails raises here, with its traceback
-                    if request["signal"] is not None and not forwarded:
-                        if on_stop is None:  # nothing to save: stop the processes and go
-                            raise KeyboardInterrupt
-                        for process in context.processes:
-                            if process.is_alive() and process.pid is not None:
-                                os.kill(process.pid, getattr(signal, str(request["signal"])))
-                        forwarded = True
-        except BaseException:
-            for process in context.processes:
-                if process.is_alive():
-                    process.kill()  # they ignore SIGTERM and SIGINT (see _run_in_group)
-            raise
-        value = json.loads(result.read_text())
-        if isinstance(value, dict) and "_stopped_by" in value:  # every process stopped as asked
-            if on_stop is None:
-                raise KeyboardInterrupt
-            raise on_stop(str(value["_stopped_by"]))
-        return value
-
-
-def _run_in_group(rank_: int, function: Callable[..., Any], args: tuple[Any, ...], result: str, world: int,
-                  port: int, device: str, threads: int | None) -> None:  # fmt: skip
-    import faulthandler
-    import signal
-
-    import torch.distributed as dist
-
-    faulthandler.enable(all_threads=True)
-    # The launching process decides what a signal means: it forwards a stop to runs that checkpoint
-    # (they record it with metarec.training.stop_requests) and kills the processes otherwise. So the
-    # workers leave its session (a Ctrl-C or a batch system's signal to the process group reaches the
-    # launcher only, and the workers get it once, forwarded) and ignore signals outside such a run.
-    os.setsid()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
-    os.environ["METAREC_WORKER"] = "1"  # see metarec.training.stop_requests
-    join_group(device, rank_, world, f"tcp://127.0.0.1:{port}", threads)
-    try:
-        try:
-            value = function(*args)
-        except Exception as err:
-            if type(err).__name__ != "TrainingInterrupted":
-                raise
-            # stopped as asked, at the same update everywhere: wait until the first process has written
-            # its checkpoint, then end cleanly (an early exit would get the others terminated)
-            dist.barrier()
-            value = {"_stopped_by": getattr(err, "signal_name", "SIGTERM")}
-        if rank_ == 0:
-            Path(result).write_text(json.dumps(value))
-        dist.barrier()  # no process leaves while another still talks to the group (rank 0 hosts its store)
-    finally:
-        dist.destroy_process_group()
-    # Done, and the result is written. A gloo process can abort while the interpreter shuts down
-    # ("terminate called without an active exception", SIGABRT, about one run in five here), which would
-    # fail a finished run; so a worker that succeeded ends at once, as a forked process would.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is set in any process of the group (every process calls this at the same point)."""
+    value = torch.tensor([flag])
+    all_reduce_([value], op="max")
+    return bool(value.item())
