@@ -1,28 +1,31 @@
 #!/usr/bin/env bash
 # metarec and its peers (RecSim, RecSim NG) measured in one invocation, on the same machine, so the
 # ratios compare like with like. Prints one JSON line per measurement, then one summary line with
-# the ratios. Peers' venvs come from ../shared/peers/setup.sh (default $PEERS=~/.cache/metarec-peers).
+# the ratios. Peers' venvs come from benchmarks/peers/setup.sh (default $PEERS=~/.cache/metarec-peers);
+# their benchmark scripts are in benchmarks/peers/. A peer whose venv is missing is skipped.
 #   bash benchmarks/compare_peers.sh [--quick]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+HERE=$(cd "$(dirname "$0")" && pwd)
+cd "$HERE/.."
 PEERS=${PEERS:-$HOME/.cache/metarec-peers}
 PY=${PY:-.venv/bin/python}
 STEPS_SINGLE=20000; RUNS=3
 [ "${1:-}" = "--quick" ] && { STEPS_SINGLE=5000; RUNS=1; }
 out=$(mktemp)
+[ -d "$PEERS" ] || echo "no peers in $PEERS: run bash $HERE/peers/setup.sh to measure them too" >&2
 run() { "$@" | grep '^{' | tee -a "$out"; }
 
 # Single-user env on RecSim's interest-evolution workload (random slates, resets included).
 run $PY benchmarks/sim_throughput.py --api single --env metarec/RecSimInterestEvolution-v0 --steps $STEPS_SINGLE --runs $RUNS
 for venv in venv-recsim-notf venv-recsim; do
-  [ -x "$PEERS/$venv/bin/python" ] && run "$PEERS/$venv/bin/python" "$PEERS/bench_recsim.py" --env interest_evolution --steps $STEPS_SINGLE --runs $RUNS
+  [ -x "$PEERS/$venv/bin/python" ] && run "$PEERS/$venv/bin/python" "$HERE/peers/bench_recsim.py" --env interest_evolution --steps $STEPS_SINGLE --runs $RUNS
 done
 # Batched users on RecSim NG's interest-evolution workload (100 documents, slate 2, 100 steps).
 for users in 100 1000 10000; do
   run $PY benchmarks/sim_throughput.py --env metarec/RecSimNGInterestEvolution-v0 --users $users --steps 100 --runs $RUNS --no-ground-truth
   run $PY benchmarks/sim_throughput.py --env metarec/RecSimNGInterestEvolution-v0 --users $users --steps 100 --runs $RUNS
 done
-[ -x "$PEERS/venv-rsng/bin/python" ] && run "$PEERS/venv-rsng/bin/python" "$PEERS/bench_recsim_ng.py" --app interest_evolution --users 100 1000 10000 --steps 100 --runs $RUNS
+[ -x "$PEERS/venv-rsng/bin/python" ] && run "$PEERS/venv-rsng/bin/python" "$HERE/peers/bench_recsim_ng.py" --app interest_evolution --users 100 1000 10000 --steps 100 --runs $RUNS
 
 $PY - "$out" <<'PY'
 import json, sys
