@@ -1,6 +1,6 @@
 """RL²: a recurrent policy trained with PPO over meta-batches of tasks (Duan et al., 2016).
 
-The "fast" learner is the GRU memory of :class:`~metarec.meta.policy.RecurrentSlatePolicy`, which
+The "fast" learner is the GRU memory of :class:`~metarec.meta.policy.RL2Policy`, which
 reads each response of a user and persists across that user's sessions; the "slow" learner is PPO
 over many tasks at once (a :class:`~metarec.envs.task_batch.TaskBatchVectorEnv`). An episode is
 one user's lifetime in one task, so what the memory learns to do is to find out, within a few
@@ -27,52 +27,42 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from metarec.agents.ppo import (
-    RunningMeanStd,
-    gather_from_processes,
-    generalized_advantages,
-    standardise,
-    this_process_users,
-)
-from metarec.config import FrozenConfig
+from metarec.agents.ppo.advantages import RunningMeanStd, generalized_advantages, standardise
+from metarec.agents.ppo.config import PPOUpdateConfig
+from metarec.agents.ppo.loss import check_rollout, clipped_terms, ensure_gradients, gradient_step, no_terms
+from metarec.agents.ppo.processes import learner_state, load_learner_state
 from metarec.envs.task_batch import TaskBatchVectorEnv
-from metarec.meta.policy import Belief, Memory, RecurrentSlatePolicy
+from metarec.meta.policy import Belief, Memory, RL2Policy
 from metarec.meta.tasks import TaskDistribution, TaskShare
 from metarec.parallel import all_reduce_
 
 
-class RL2Config(FrozenConfig):
-    """Hyper-parameters of :class:`RL2Trainer`."""
+class RL2Config(PPOUpdateConfig):
+    """Hyper-parameters of :class:`RL2Trainer`: PPO's (:class:`~metarec.agents.ppo.config.PPOUpdateConfig`,
+    with RL²'s own defaults of ``learning_rate`` and ``ent_coef``) and the meta-batch's. Here
+    ``rollout_steps`` is also the BPTT window, and a minibatch is a set of users."""
 
     tasks_per_batch: int = Field(16, ge=1, description="Tasks (populations) stepping at once.")
     users_per_task: int = Field(64, ge=1, description="Users of each task stepping at once.")
-    rollout_steps: int = Field(32, ge=1, description="Steps per user per rollout (the BPTT window).")
     updates: int = Field(200, ge=1, description="PPO updates of a full run.")
     resample_every: int = Field(4, ge=1, description="Updates between new meta-batches of tasks.")
     learning_rate: float = Field(1e-3, gt=0, description="Adam step size.")
-    gamma: float = Field(0.99, ge=0, le=1, description="Discount factor.")
-    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
-    update_epochs: int = Field(4, ge=1, description="Passes over each rollout.")
-    num_minibatches: int = Field(4, ge=1, description="Minibatches (sets of users) per epoch.")
-    clip_coef: float = Field(0.2, gt=0, description="PPO ratio clip.")
     ent_coef: float = Field(0.003, ge=0, description="Entropy bonus weight.")
-    vf_coef: float = Field(0.5, ge=0, description="Value loss weight.")
-    max_grad_norm: float = Field(0.5, gt=0, description="Global gradient norm clip.")
     hidden: int = Field(64, ge=1, description="Width of the policy and of its memory.")
     belief: bool = Field(
         False,
         description="Also keep, per user, a ridge regression of the reward on candidate features (LinUCB's "
-        "statistics) and score candidates with its prediction and uncertainty (see RecurrentSlatePolicy).",
+        "statistics) and score candidates with its prediction and uncertainty (see RL2Policy).",
     )
     belief_ridge: float = Field(1.0, gt=0, description="Prior precision of the belief's ridge regression.")
 
-    def make_policy(self, observation_space: Any, slate_size: int) -> RecurrentSlatePolicy:
+    def make_policy(self, observation_space: Any, slate_size: int) -> RL2Policy:
         """The policy these settings train (weights drawn from torch's global generator)."""
-        return RecurrentSlatePolicy(observation_space, slate_size, self.hidden, self.belief, self.belief_ridge)
+        return RL2Policy(observation_space, slate_size, self.hidden, self.belief, self.belief_ridge)
 
 
 class RL2Trainer:
-    """Trains a :class:`RecurrentSlatePolicy` on tasks of ``split``.
+    """Trains a :class:`RL2Policy` on tasks of ``split``.
 
     Args:
         distribution: the task distribution; ``split`` names the training split.
@@ -179,7 +169,7 @@ class RL2Trainer:
                 out["rewards"].append(reward / torch.sqrt(self.return_stats.var + 1e-8).float())
                 out["dones"].append(done.float())
                 # a new user in a finished row starts with an empty memory
-                self.memory = RecurrentSlatePolicy.reset_memory(remembered, done)
+                self.memory = RL2Policy.reset_memory(remembered, done)
                 self.last_reward = reward.masked_fill(done, 0.0)
                 self.observation = observation
             hidden = self.policy.read(self.memory, self.observation, self.last_reward)
@@ -222,18 +212,13 @@ class RL2Trainer:
 
     def learn(self, rollout: dict[str, Any]) -> dict[str, float]:
         c = self.config
-        for name in ("advantages", "returns", "values"):
-            if not bool(torch.isfinite(rollout[name]).all()):
-                raise FloatingPointError(
-                    f"rl2: the rollout's {name} is NaN or infinite at update {self.update + 1} "
-                    f"(env step {self.global_step}); resume from the last checkpoint"
-                )
+        check_rollout({name: rollout[name] for name in ("advantages", "returns", "values")}, all_reduce_,
+                      lambda what: f"rl2: {what} is NaN or infinite at update {self.update + 1} "
+                      f"(env step {self.global_step}); resume from the last checkpoint")  # fmt: skip
         steps, local = rollout["slates"].shape[:2]
         size = self.total_users // c.num_minibatches
         parameters = list(self.policy.parameters())
-        for parameter in parameters:  # every process sums every gradient, also one with no users in a minibatch
-            if parameter.grad is None:
-                parameter.grad = torch.zeros_like(parameter)
+        ensure_gradients(parameters)
         for _ in range(c.update_epochs):
             order = torch.randperm(self.total_users, generator=self.generator, device=self.device)
             for start in range(0, self.total_users, size):
@@ -242,30 +227,16 @@ class RL2Trainer:
                 count = steps * len(chosen)
                 adv = standardise(rollout["advantages"][:, rows], count)
                 # this process's share of the minibatch means (divided by the whole minibatch's count)
-                terms = torch.zeros(3, device=self.device)  # policy loss, value loss, entropy
+                terms = no_terms(self.device)
                 if len(rows):
                     log_prob, entropy, value = self.replay(rollout, rows)
-                    ratio = (log_prob - rollout["log_probs"][:, rows]).exp()
-                    clipped = ratio.clamp(1 - c.clip_coef, 1 + c.clip_coef)
-                    terms = torch.stack([
-                        torch.max(-adv * ratio, -adv * clipped).sum(),
-                        0.5 * ((value - rollout["returns"][:, rows]) ** 2).sum(),
-                        entropy.sum(),
-                    ]) / count  # fmt: skip
-                policy_loss, value_loss, entropy_mean = terms[0], terms[1], terms[2]
-                loss = policy_loss - c.ent_coef * entropy_mean + c.vf_coef * value_loss
-                self.optimizer.zero_grad(set_to_none=False)
-                if loss.requires_grad:
-                    loss.backward()
-                reported = terms.detach().clone()
-                all_reduce_([*(p.grad for p in parameters), reported])
-                if not bool(torch.isfinite(reported).all()):
-                    raise FloatingPointError(
-                        f"rl2: a minibatch's loss is NaN or infinite at update {self.update + 1}; "
-                        "resume from the last checkpoint"
-                    )
-                torch.nn.utils.clip_grad_norm_(parameters, c.max_grad_norm)
-                self.optimizer.step()
+                    terms = clipped_terms(log_prob, rollout["log_probs"][:, rows], adv, value,
+                                          rollout["returns"][:, rows], entropy, count, c.clip_coef)  # fmt: skip
+                reported = gradient_step(
+                    self.optimizer, parameters, terms, c.ent_coef, c.vf_coef, c.max_grad_norm, all_reduce_,
+                    lambda: f"rl2: a minibatch's loss is NaN or infinite at update {self.update + 1}; "
+                    "resume from the last checkpoint",
+                )
         reward = torch.stack([rollout["raw_rewards"].double().sum()])
         all_reduce_([reward])
         stats = {
@@ -297,30 +268,16 @@ class RL2Trainer:
             "last_reward": self.last_reward.clone(),
             "discounted_return": self.discounted_return.clone(),
         }
-        return {
-            "policy": self.policy.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "update": self.update,
-            "global_step": self.global_step,
-            "batch_index": self.batch_index,
-            "processes": gather_from_processes(users, self.world),
-            "return_stats": self.return_stats.state_dict(),
-        }
+        return {**learner_state(self, users), "batch_index": self.batch_index}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
-        users = this_process_users(saved, self.rank, self.world)
-        self.policy.load_state_dict(saved["policy"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.generator.set_state(saved["generator"])
-        self.update, self.global_step = int(saved["update"]), int(saved["global_step"])
+        users = load_learner_state(self, saved)
         self.batch_index = int(saved["batch_index"])
         self.env.set_tasks(self._tasks(self.batch_index))
         self.observation, _ = self.env.load_checkpoint(users["env"])
         self.memory = memory_from(users["memory"], self.policy, self.device)
         self.last_reward = users["last_reward"].to(self.device)
         self.discounted_return = users["discounted_return"].to(self.device)
-        self.return_stats.load_state_dict(saved["return_stats"])
 
 
 BELIEF_KEYS = ("inverse", "response", "shown")
@@ -334,7 +291,7 @@ def memory_state(memory: Memory) -> dict[str, torch.Tensor]:
     return state
 
 
-def memory_from(state: dict[str, torch.Tensor], policy: RecurrentSlatePolicy, device: Any) -> Memory:
+def memory_from(state: dict[str, torch.Tensor], policy: RL2Policy, device: Any) -> Memory:
     """The memory :func:`memory_state` saved, for ``policy``; a checkpoint without the belief the policy
     keeps (or with one it does not) is refused by name."""
     if policy.belief != ("inverse" in state):
