@@ -1,21 +1,24 @@
-"""Recommenders by name, for the CLI, evaluations and A/B tests."""
+"""Recommenders by name or by saved run, for the CLI, evaluations and A/B tests.
+
+Built-in recommenders are registered by name. Saved ones (a training run directory, a meta-learned
+method of a meta-train run) load through entry points, ``"module:function"`` strings resolved only
+when used, as in Gymnasium's registry: so an A/B test serves a meta-learned arm without this layer
+importing :mod:`metarec.meta`.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from metarec.agents.base import Recommender, slate_size_of
-from metarec.agents.baselines.bandits import (
-    EpsilonGreedyRecommender,
-    GreedyRecommender,
-    LinUCBRecommender,
-    PopularRecommender,
-    ThompsonRecommender,
-    num_items_of,
-)
+from metarec.agents.baselines.bandits import EpsilonGreedyRecommender, GreedyRecommender, num_items_of
+from metarec.agents.baselines.linear import LinUCBRecommender, ThompsonRecommender
+from metarec.agents.baselines.popularity import PopularRecommender
 from metarec.agents.baselines.reference import OracleRecommender, RandomRecommender
 
 # name -> factory(env, generator) building the recommender for a vector environment.
@@ -28,10 +31,46 @@ def register_recommender(name: str, factory: Factory) -> None:
     RECOMMENDERS[name] = factory
 
 
+#: What a saved recommender is -> the entry point that loads it, ``loader(path, env, seed)``.
+LOADERS: dict[str, str] = {
+    "run": "metarec.agents.training:load_recommender",  # a training run directory (model.pt or model.zip)
+    "meta": "metarec.meta.serving:load_meta_recommender",  # RUN/methods/METHOD.pt of a meta-train run
+}
+
+
+def register_loader(kind: str, entry_point: str) -> None:
+    """Loads saved recommenders of ``kind`` with ``entry_point`` (``"module:function"``)."""
+    if entry_point.count(":") != 1:
+        raise ValueError(f"entry_point: expected 'module:function', got {entry_point!r}")
+    LOADERS[kind] = entry_point
+
+
+def load_entry_point(entry_point: str) -> Callable[..., Any]:
+    """The function an entry point string names, imported now."""
+    module, _, attribute = entry_point.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def saved_kind(name: str) -> str | None:
+    """Which kind of saved recommender the path ``name`` holds (a key of :data:`LOADERS`), or None."""
+    path = Path(name)
+    if path.suffix == ".pt" and path.is_file():
+        return "meta"
+    if path.is_dir():
+        return "run"
+    return None
+
+
 def make_recommender(name: str, env: Any, seed: int) -> Recommender:
-    """The recommender called ``name`` for vector env ``env``; its generator is seeded apart from the env's."""
+    """The recommender ``name`` for vector env ``env``: a registered name, a training run directory or a
+    meta-trained method (``RUN/methods/METHOD.pt``). A named one's generator is seeded apart from the env's."""
     if name not in RECOMMENDERS:
-        raise ValueError(f"agent: expected one of {', '.join(sorted(RECOMMENDERS))} or a run directory, got {name!r}")
+        kind = saved_kind(name)
+        if kind is None:
+            raise ValueError(
+                f"agent: expected one of {', '.join(sorted(RECOMMENDERS))} or a run directory, got {name!r}"
+            )
+        return load_entry_point(LOADERS[kind])(name, env, seed)
     generator = torch.Generator(device=env.device).manual_seed(seed + 1_000_003)
     return RECOMMENDERS[name](env, generator)
 

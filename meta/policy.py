@@ -4,12 +4,12 @@
   whose history encoder is an MLP over the observed window, plus target attention from each candidate
   to the consumed items: plain tensor ops and ``nn.Linear`` layers, so ``torch.func.vmap`` can
   evaluate it with a different parameter set per task (what MAML, FOMAML and Reptile need).
-* :class:`RecurrentSlatePolicy` — RL²: the same candidate scorer, plus a GRU memory of the user's
+* :class:`RL2Policy` — RL²: the same candidate scorer, plus a GRU memory of the user's
   whole stream of interactions. Each step, the memory reads what the last slate was (its mean
   candidate features), how the user responded (the newest history row: the consumed item's
   embedding, engagement, clicked, valid) and the reward. The memory persists across the sessions
   of one user and starts from zero for a new user (a new task draw); the caller carries it
-  (:class:`Memory`) and resets rows with :meth:`RecurrentSlatePolicy.reset_memory`. With
+  (:class:`Memory`) and resets rows with :meth:`RL2Policy.reset_memory`. With
   ``belief=True`` the memory also holds a :class:`Belief`, a per-user ridge regression of the reward on
   the candidates' features (LinUCB's statistics), and every candidate is scored with what it predicts.
 """
@@ -23,7 +23,8 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from metarec.agents.baselines.bandits import LinearBandit, ridge_prediction, slate_targets
+from metarec.agents.baselines.bandits import slate_targets
+from metarec.agents.baselines.linear import LinearBandit, ridge_prediction
 from metarec.agents.nn.networks import SlatePolicy, symlog
 
 
@@ -108,7 +109,7 @@ class Memory:
         return Memory(self.hidden.clone(), self.last_slate.clone(), belief)
 
 
-class RecurrentSlatePolicy(AffinityPolicy):
+class RL2Policy(AffinityPolicy):
     """RL² policy: :class:`SlatePolicy` (MLP history window) with a recurrent memory over the user's
     lifetime added to its user context.
 

@@ -15,6 +15,10 @@ only Python loops run over slate positions (K).
 
 The id-keyed agents need ``candidate_ids`` in the observation: the RecSim ports draw fresh
 documents every step, so their items have no identity to count clicks of.
+
+Here: the feedback and slate helpers, :class:`OnlineBandit` and the per-user id-keyed agents
+(``greedy``, ``epsilon-greedy``); ``popular`` is in :mod:`metarec.agents.baselines.popularity`,
+``linucb`` and ``thompson`` in :mod:`metarec.agents.baselines.linear`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import numpy as np
 import torch
 
 from metarec.agents.base import Recommender, UserDraws, active_rows, fill_slates
-from metarec.parallel import EXACT_SCALE, add_exact
 
 TARGETS = ("reward", "click")
 
@@ -74,7 +77,9 @@ def slate_targets(reward: torch.Tensor, info: dict[str, Any], slate_size: int, t
     return (position[:, None] == positions[None, :]).to(torch.float32) * value.to(torch.float32)[:, None]
 
 
-def _check_positive(name: str, value: float, allow_zero: bool = False) -> float:
+def check_positive(name: str, value: float, allow_zero: bool = False) -> float:
+    """``value`` as a float, if a finite number ``> 0`` (``>= 0`` with ``allow_zero``); else a ValueError
+    naming the argument ``name``."""
     ok = isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
@@ -169,7 +174,9 @@ class OnlineBandit(Recommender):
         return False
 
 
-def _candidate_ids(observation: dict[str, torch.Tensor], agent: str, num_items: int) -> torch.Tensor:
+def candidate_ids(observation: dict[str, torch.Tensor], agent: str, num_items: int) -> torch.Tensor:
+    """``[B, N]`` int64 catalog ids of the candidates, checked to lie in ``[0, num_items)``; a ValueError
+    naming ``agent`` when the observation has no ``candidate_ids``."""
     if "candidate_ids" not in observation:
         raise ValueError(_needs_ids(agent))
     ids = observation["candidate_ids"].to(torch.int64)  # [B, N]
@@ -207,61 +214,13 @@ class ItemBandit(OnlineBandit):
         if isinstance(num_items, bool) or not isinstance(num_items, int | np.integer) or num_items < 1:
             raise ValueError(f"num_items: expected a positive integer, got {num_items!r}")
         self.num_items = int(num_items)
-        self.prior_successes = _check_positive("prior_successes", prior_successes)
-        self.prior_failures = _check_positive("prior_failures", prior_failures)
+        self.prior_successes = check_positive("prior_successes", prior_successes)
+        self.prior_failures = check_positive("prior_failures", prior_failures)
 
     def score(self, successes: torch.Tensor, impressions: torch.Tensor) -> torch.Tensor:
         """The Beta-prior mean of each item's target."""
         prior = self.prior_successes + self.prior_failures
         return (successes + self.prior_successes) / (impressions + prior)
-
-
-class PopularRecommender(ItemBandit):
-    """Shows the candidates with the highest mean target per impression over all users so far (reward
-    per impression by default; click-through rate with ``target="click"``).
-
-    One table of summed targets and impressions per catalog id, learned online from every user's
-    feedback and never reset. The sums are int64 fixed point (:func:`~metarec.parallel.add_exact`):
-    exact over millions of users and the same whatever the order of summation, so a run split across
-    processes (each step's sums added up over them) serves exactly as one process does. Arguments as
-    :class:`ItemBandit`.
-    """
-
-    name = "popular"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.table = torch.zeros((2, self.num_items), dtype=torch.int64, device=self.device)  # fixed-point sums
-
-    @property
-    def successes(self) -> torch.Tensor:
-        """``[M]`` float64 summed targets per item."""
-        return self.table[0].to(torch.float64) / EXACT_SCALE
-
-    @property
-    def impressions(self) -> torch.Tensor:
-        """``[M]`` float64 impressions per item."""
-        return self.table[1].to(torch.float64)
-
-    def choose(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
-        ids = _candidate_ids(observation, self.name, self.num_items)  # [B, N]
-        scores = self.score(self.successes[ids], self.impressions[ids])
-        slate = top_slate(scores, self.k, self.draws(self.generator, ids.shape[0]))
-        self._shown = (None, ids.gather(1, slate))
-        return slate
-
-    def learn(self, targets: torch.Tensor) -> None:
-        assert self._shown is not None
-        rows, shown_ids = self.learning_rows(*self._shown)  # only the users whose feedback counts
-        if rows is not None:
-            targets = targets[rows]
-        ids = shown_ids.reshape(-1)
-        step = torch.zeros_like(self.table)
-        add_exact(step[0], ids, targets.reshape(-1))
-        step[1].index_add_(0, ids, torch.ones_like(ids))
-        if self.shard is not None:
-            self.shard.sum_(step)  # every process's users, added exactly
-        self.table += step
 
 
 class GreedyRecommender(ItemBandit):
@@ -284,7 +243,7 @@ class GreedyRecommender(ItemBandit):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The candidates' catalog ids and scores for each user (``[B, N]`` each), or for the users
         ``rows`` only (``[A, N]``)."""
-        ids = _candidate_ids(observation, self.name, self.num_items)
+        ids = candidate_ids(observation, self.name, self.num_items)
         if self._check_batch(ids.shape[0]):
             self.successes = torch.zeros((ids.shape[0], self.num_items), dtype=torch.float32, device=self.device)
             self.impressions = torch.zeros_like(self.successes)
@@ -361,185 +320,3 @@ class EpsilonGreedyRecommender(GreedyRecommender):
         slate = torch.stack(picks, dim=1)
         self._shown = (None, ids.gather(1, slate))
         return slate
-
-
-def ridge_estimate(inverse: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
-    """``[B, F]`` the ridge estimates ``θ = A⁻¹ b`` of a batch of users."""
-    return (inverse @ response[:, :, None])[:, :, 0]
-
-
-def ridge_prediction(
-    x: torch.Tensor, inverse: torch.Tensor, response: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``([B, N] x·θ, [B, N] xᵀA⁻¹x)``: each candidate's (``x``: ``[B, N, F]``) predicted target under
-    the users' ridge estimates, and its variance factor (LinUCB's bonus is ``alpha`` times its root)."""
-    mean = (x @ ridge_estimate(inverse, response)[:, :, None])[:, :, 0]
-    variance = ((x @ inverse) * x).sum(dim=2).clamp_min(0.0)
-    return mean, variance
-
-
-class LinearBandit(OnlineBandit):
-    """A ridge regression of the target on candidate features per user, for LinUCB and Thompson.
-
-    Features are ``observation["candidates"]`` (``[B, N, F]``) with a constant 1 appended. Per user
-    it keeps ``A⁻¹`` (``A = ridge·I + Σ x xᵀ`` over every shown item) by Sherman–Morrison rank-one
-    updates, one per shown item, and ``b = Σ target·x``; the estimate is ``θ = A⁻¹ b``.
-    State: ``(F + 1)² + F + 1`` float32 per user.
-
-    Args:
-        slate_size: K; ``None`` for single-item environments.
-        generator: the explicit random generator (on the environment's device).
-        target: ``"reward"`` or ``"click"``.
-        ridge: the prior precision λ (``> 0``).
-    """
-
-    def __init__(
-        self, slate_size: int | None, generator: torch.Generator, target: str = "reward", ridge: float = 1.0
-    ) -> None:
-        super().__init__(slate_size, generator, target)
-        self.ridge = _check_positive("ridge", ridge)
-        self.inverse: torch.Tensor | None = None  # [B, F, F] A⁻¹
-        self.response: torch.Tensor | None = None  # [B, F] b
-
-    def features(self, observation: dict[str, torch.Tensor], rows: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, N, F + 1]``: the candidates' features and a constant 1 (of the users ``rows`` only,
-        when given), allocating state on first use."""
-        candidates = observation["candidates"]
-        batch, dim = candidates.shape[0], candidates.shape[-1] + 1
-        if self._check_batch(batch):
-            eye = torch.eye(dim, dtype=torch.float32, device=self.device)
-            self.inverse = (eye / self.ridge).expand(batch, dim, dim).clone()
-            self.response = torch.zeros((batch, dim), dtype=torch.float32, device=self.device)
-        assert self.inverse is not None
-        if dim != self.inverse.shape[-1]:
-            expected = self.inverse.shape[-1] - 1
-            raise ValueError(f"observation['candidates']: expected {expected} features per candidate, got {dim - 1}")
-        x = candidates if rows is None else candidates[rows]
-        x = x.to(device=self.device, dtype=torch.float32)
-        return torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
-
-    @property
-    def theta(self) -> torch.Tensor:
-        """``[B, F + 1]`` the ridge estimate ``A⁻¹ b`` of each user."""
-        assert self.inverse is not None and self.response is not None, "no state before the first act()"
-        return ridge_estimate(self.inverse, self.response)
-
-    @staticmethod
-    def update(inverse: torch.Tensor, response: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Adds K observations per user: features ``x`` (``[B, K, F + 1]``, constant included) with
-        targets ``y`` (``[B, K]``). Returns the new ``A⁻¹``, one Sherman–Morrison update per shown item
-        (``A⁻¹ ← A⁻¹ - (A⁻¹x)(A⁻¹x)ᵀ / (1 + xᵀA⁻¹x)``; cheaper here than one batched K x K solve), made
-        exactly symmetric; adds ``Xᵀy`` to ``response`` in place. ``inverse`` is updated in place too."""
-        for k in range(x.shape[1]):
-            xk = x[:, k]
-            u = (inverse @ xk[:, :, None])[:, :, 0]  # [B, F] A⁻¹x
-            denominator = 1.0 + (xk * u).sum(dim=1)
-            inverse -= u[:, :, None] * (u / denominator[:, None])[:, None, :]
-        response += (y[:, :, None] * x).sum(dim=1)
-        # Rounding makes the float32 inverse drift from symmetric; keep it exactly so.
-        return 0.5 * (inverse + inverse.transpose(1, 2))
-
-    def choose(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
-        batch = observation["candidates"].shape[0]
-        rows = self.serving_rows(batch)
-        x = self.features(observation, rows)  # [B or A, N, F]
-        assert self.inverse is not None and self.response is not None
-        draws = self.draws(self.generator, batch, rows)
-        if rows is None:
-            slate = top_slate(self.scores(x, self.inverse, self.response, draws), self.k, draws)
-            self._shown = (None, x.gather(1, slate[:, :, None].expand(-1, -1, x.shape[-1])))
-            return slate
-        # score only the users who will see a slate
-        picked = top_slate(self.scores(x, self.inverse[rows], self.response[rows], draws), self.k, draws)
-        self._shown = (rows, x.gather(1, picked[:, :, None].expand(-1, -1, x.shape[-1])))
-        return fill_slates(picked, rows, batch)
-
-    @abstractmethod
-    def scores(self, x: torch.Tensor, inverse: torch.Tensor, response: torch.Tensor, draws: UserDraws) -> torch.Tensor:
-        """``[B, N]`` score of each candidate (``x``: ``[B, N, F + 1]``) from the users' ``A⁻¹`` and ``b``
-        (``draws``: random draws for these users)."""
-
-    def learn(self, targets: torch.Tensor) -> None:
-        assert self._shown is not None and self.inverse is not None and self.response is not None
-        rows, shown = self.learning_rows(*self._shown)  # users shown a slate who count, and its features
-        if rows is None:
-            self.inverse = self.update(self.inverse, self.response, shown, targets)
-        else:  # gathered copies, written back
-            response = self.response[rows]
-            self.inverse[rows] = self.update(self.inverse[rows], response, shown, targets[rows])
-            self.response[rows] = response
-
-    def reset(self, mask: torch.Tensor | None = None) -> None:
-        if mask is None:
-            self.inverse = self.response = None
-            self.batch = None
-        elif self.inverse is not None and self.response is not None:
-            dim = self.inverse.shape[-1]
-            self.inverse[mask] = torch.eye(dim, dtype=torch.float32, device=self.device) / self.ridge
-            self.response[mask] = 0.0
-
-
-class LinUCBRecommender(LinearBandit):
-    """LinUCB: shows the top-K candidates by ``x·θ + alpha·sqrt(xᵀA⁻¹x)`` (Li et al., 2010).
-
-    Args:
-        slate_size: K; ``None`` for single-item environments.
-        generator: the explicit random generator (on the environment's device).
-        target: ``"reward"`` or ``"click"``.
-        ridge: the prior precision λ (``> 0``).
-        alpha: width of the confidence bonus (``>= 0``; 0 is greedy ridge regression).
-    """
-
-    name = "linucb"
-
-    def __init__(
-        self,
-        slate_size: int | None,
-        generator: torch.Generator,
-        target: str = "reward",
-        ridge: float = 1.0,
-        alpha: float = 1.0,
-    ) -> None:
-        super().__init__(slate_size, generator, target, ridge)
-        self.alpha = _check_positive("alpha", alpha, allow_zero=True)
-
-    def scores(self, x: torch.Tensor, inverse: torch.Tensor, response: torch.Tensor, draws: UserDraws) -> torch.Tensor:
-        mean, variance = ridge_prediction(x, inverse, response)
-        return mean + self.alpha * variance.sqrt()
-
-
-class ThompsonRecommender(LinearBandit):
-    """Linear Thompson sampling: draws ``θ ~ N(A⁻¹b, v²A⁻¹)`` per user and step and shows the
-    top-K candidates by ``x·θ`` (Agrawal and Goyal, 2013).
-
-    Args:
-        slate_size: K; ``None`` for single-item environments.
-        generator: the explicit random generator (on the environment's device).
-        target: ``"reward"`` or ``"click"``.
-        ridge: the prior precision λ (``> 0``).
-        scale: v, the posterior scale (``> 0``; the noise std of the target under the model). The
-            default 0.3 is within noise of the best of 0.1, 0.3, 0.5 and 1 on DriftingUsers-v0;
-            1 keeps exploring for longer than a ~30-step session.
-    """
-
-    name = "thompson"
-
-    def __init__(
-        self,
-        slate_size: int | None,
-        generator: torch.Generator,
-        target: str = "reward",
-        ridge: float = 1.0,
-        scale: float = 0.3,
-    ) -> None:
-        super().__init__(slate_size, generator, target, ridge)
-        self.scale = _check_positive("scale", scale)
-
-    def scores(self, x: torch.Tensor, inverse: torch.Tensor, response: torch.Tensor, draws: UserDraws) -> torch.Tensor:
-        factor, failed = torch.linalg.cholesky_ex(inverse)  # [B, F, F] lower, A⁻¹ = L Lᵀ
-        # A float32 inverse that rounding made indefinite samples its mean for that step.
-        factor = factor.masked_fill((failed != 0)[:, None, None], 0.0)
-        mean = ridge_estimate(inverse, response)  # [B, F]
-        noise = draws.randn(mean.shape[1]).to(mean.device)
-        theta = mean + self.scale * (factor @ noise[:, :, None])[:, :, 0]
-        return (x @ theta[:, :, None])[:, :, 0]
