@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from metarec.abtest.metrics import METRICS
 from metarec.config import FrozenConfig
+from metarec.registration import ENVIRONMENTS, check_env_id
 
 
 class ArmConfig(FrozenConfig):
@@ -87,7 +88,6 @@ class ABTestConfig(FrozenConfig):
     @field_validator("env")
     @classmethod
     def _known_env(cls, value: str) -> str:
-        from metarec.registration import ENVIRONMENTS, check_env_id
 
         check_env_id(value)
         days_envs = [

@@ -22,6 +22,7 @@ import torch
 
 from metarec.abtest.analysis import analyse
 from metarec.abtest.config import ABTestConfig
+from metarec.abtest.report import write_report
 from metarec.abtest.simulate import ArmRun, merge_runs, simulate_arm
 from metarec.io import json_safe, write_json
 from metarec.parallel import Shard, group_size, in_group, rank, spawn_for_result, torchrun_group, world_size
@@ -146,7 +147,6 @@ def _worker(config_json: str, out: str | None, quiet: bool) -> dict[str, Any] | 
 
 def write_results(results: dict[str, Any], out: Path) -> dict[str, Path]:
     """``results.json`` (atomically) and the report files in ``out``."""
-    from metarec.abtest.report import write_report
 
     write_json(results, out / "results.json")
     files = write_report(results, out)

@@ -26,9 +26,9 @@ import torch
 from tqdm.auto import tqdm
 
 from metarec.abtest.metrics import COUNTERS, StepMetrics, shown_once
+from metarec.agents.registry import make_recommender
 from metarec.envs.calibrated import with_population_fields
 from metarec.envs.core.backend import RowSubsetRandom
-from metarec.evaluation import make_agent
 from metarec.parallel import Shard
 
 
@@ -105,30 +105,21 @@ def simulate_arm(
     """
     sessions = pre_period_days + days
     total = users
-    if shard is not None and shard.total != users:
-        raise ValueError(f"shard: expected a block of the {users} users, got {shard}")
-    offset, users = (0, total) if shard is None else (shard.offset, shard.size)
+    offset, users = _block(users, shard)
     env = make_env(env_id, env_kwargs, users, sessions, device)
     model, dev = env.model, env.device
     rng = env.backend.make_random(env_seed)
     state = model.initial_state(rng, total)  # what env.reset(seed=env_seed) draws
-    if shard is not None:
-        state = {key: value[offset : offset + users] for key, value in state.items()}
-    arm = make_agent(agent, env, agent_seed)
-    arm.place(shard)
-    arm.reset()
-    control = None
-    if pre_period_days > 0:
-        if control_agent is None:
-            raise ValueError("control_agent: a pre-period needs the control recommender")
-        control = make_agent(control_agent, env, control_seed)
-        control.place(shard)
-        control.reset()
+    state = {key: value[offset : offset + users] for key, value in state.items()}  # this process's users
+    if pre_period_days > 0 and control_agent is None:
+        raise ValueError("control_agent: a pre-period needs the control recommender")
+    arm = _start_recommender(agent, env, agent_seed, shard)
+    control = _start_recommender(control_agent, env, control_seed, shard) if pre_period_days > 0 else None
     metrics = StepMetrics(env, seed=0)  # the novelty reference: the same users for every arm and seed
     f = len(COUNTERS)
     counters = torch.zeros((users * sessions, f), dtype=torch.float64, device=dev)
     num_items = metrics.num_items
-    impressions = None if num_items is None else torch.zeros(days * num_items, dtype=torch.float64, device=dev)
+    impressions = _impression_table(num_items, days, dev)
 
     rows = torch.arange(users, device=dev)  # the users still present, ascending
     observation = model.observe(state)  # [A, ...] of the present users
@@ -153,17 +144,13 @@ def simulate_arm(
         )
         if not anyone:
             break
-        if steps >= max_steps:
-            bar.close()
-            raise RuntimeError(f"max_steps: the arm did not finish within {max_steps} steps")
+        _check_budget(steps, max_steps, bar)
         if control is not None:
             arm.reset(in_experiment & ~was_in)  # users entering the experiment start fresh with the arm
         was_in |= in_experiment
         action = arm.act(full_observation, {**full_info, "active": serving_arm}) if arm_acts else None
         if control_acts:
-            assert control is not None
-            fallback = control.act(full_observation, {**full_info, "active": serving_control})
-            action = fallback if action is None else torch.where(_rows(in_experiment, action), action, fallback)
+            action = _with_control(control, action, full_observation, full_info, serving_control, in_experiment)
         assert action is not None
         if rows.shape[0] > 0:  # else this process only keeps step with the others
             slate = metrics.slate(action)[rows]  # [A, K]
@@ -171,9 +158,7 @@ def simulate_arm(
             values = metrics.before(observation, info, slate)
             if impressions is not None and arm_acts:
                 day = (session - pre_period_days).clamp_min(0)
-                ids = observation["candidate_ids"].gather(1, slate) + (day * num_items)[:, None]
-                weight = (shown_once(slate) & serving_arm[rows][:, None]).to(torch.float64)
-                impressions.index_add_(0, ids.reshape(-1), weight.reshape(-1))
+                _count_impressions(impressions, observation, slate, day * num_items, serving_arm[rows])
 
             state, outcome = model.step(RowSubsetRandom(rng, total, rows + offset), state, slate, truth)
             step_info = {**outcome.info, "regret": oracle_value - outcome.info["expected_reward"]}
@@ -185,27 +170,16 @@ def simulate_arm(
             step_reward, done = step_reward[:0], done[:0]
         feedback = {key: _spread(value, rows, users) for key, value in step_info.items()}
         reward, full_done = _spread(step_reward, rows, users), _spread(done, rows, users)
-        if arm_acts:
-            arm.observe(reward, full_done, {**full_info, **feedback, "active": serving_arm})
-        if control_acts:
-            assert control is not None
-            control.observe(reward, full_done, {**full_info, **feedback, "active": serving_control})
+        for recommender, acts, serving in ((arm, arm_acts, serving_arm), (control, control_acts, serving_control)):
+            if acts and recommender is not None:
+                recommender.observe(reward, full_done, {**full_info, **feedback, "active": serving})
 
         steps += 1
         if rows.shape[0] > 0 and bool(done.any()):
             bar.update(int(done.sum()))
-            keep = ~done
-            rows = rows[keep]
-            state = {key: value[keep] for key, value in state.items()}
-        if rows.shape[0] == 0:
-            continue
-        observation = model.observe(state)
-        oracle_slate, oracle_value, truth = model.oracle(state)
-        for key, value in observation.items():
-            full_observation[key][rows] = value
-        full_info["oracle_slate"][rows] = oracle_slate
-        full_info["oracle_value"][rows] = oracle_value
-        full_info["candidate_utilities"][rows] = truth.utilities
+            rows, state = rows[~done], {key: value[~done] for key, value in state.items()}
+        if rows.shape[0] > 0:
+            observation, oracle_value, truth = _observe(model, state, rows, full_observation, full_info)
     bar.close()
     env.close()
     table = counters.reshape(users, sessions, f).cpu().numpy()
@@ -215,6 +189,64 @@ def simulate_arm(
         impressions=None if impressions is None else impressions.reshape(days, -1).cpu().numpy(),
         steps=steps,
     )
+
+
+def _impression_table(num_items: int | None, days: int, device: torch.device) -> torch.Tensor | None:
+    """Impressions per (day, item) of the arm's recommender, or None when the env has no item ids."""
+    return None if num_items is None else torch.zeros(days * num_items, dtype=torch.float64, device=device)
+
+
+def _check_budget(steps: int, max_steps: int, bar: Any) -> None:
+    """A RuntimeError once the arm has taken ``max_steps`` steps without every user leaving."""
+    if steps >= max_steps:
+        bar.close()
+        raise RuntimeError(f"max_steps: the arm did not finish within {max_steps} steps")
+
+
+def _block(users: int, shard: Shard | None) -> tuple[int, int]:
+    """``(offset, size)`` of this process's users among the arm's ``users``."""
+    if shard is None:
+        return 0, users
+    if shard.total != users:
+        raise ValueError(f"shard: expected a block of the {users} users, got {shard}")
+    return shard.offset, shard.size
+
+
+def _start_recommender(name: str, env: Any, seed: int, shard: Shard | None) -> Any:
+    """The recommender ``name`` for ``env``, placed on ``shard`` and reset for its first users."""
+    recommender = make_recommender(name, env, seed)
+    recommender.place(shard)
+    recommender.reset()
+    return recommender
+
+
+def _with_control(control: Any, action: torch.Tensor | None, observation: dict[str, torch.Tensor],
+                  info: dict[str, torch.Tensor], serving: torch.Tensor,
+                  in_experiment: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """The control's slates for the users it serves (``serving``), the arm's ``action`` for the others."""
+    fallback = control.act(observation, {**info, "active": serving})
+    return fallback if action is None else torch.where(_rows(in_experiment, action), action, fallback)
+
+
+def _count_impressions(impressions: torch.Tensor, observation: dict[str, torch.Tensor], slate: torch.Tensor,
+                       offset: torch.Tensor, served: torch.Tensor) -> None:  # fmt: skip
+    """Adds one impression per item shown once on a served user's slate, at ``offset`` (the day's block)."""
+    ids = observation["candidate_ids"].gather(1, slate) + offset[:, None]
+    weight = (shown_once(slate) & served[:, None]).to(torch.float64)
+    impressions.index_add_(0, ids.reshape(-1), weight.reshape(-1))
+
+
+def _observe(model: Any, state: dict[str, torch.Tensor], rows: torch.Tensor, full_observation: dict[str, torch.Tensor],
+             full_info: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor, Any]:  # fmt: skip
+    """The present users' observation and ground truth, also written into the full batch's rows ``rows``."""
+    observation = model.observe(state)
+    oracle_slate, oracle_value, truth = model.oracle(state)
+    for key, value in observation.items():
+        full_observation[key][rows] = value
+    full_info["oracle_slate"][rows] = oracle_slate
+    full_info["oracle_value"][rows] = oracle_value
+    full_info["candidate_utilities"][rows] = truth.utilities
+    return observation, oracle_value, truth
 
 
 def _any_process(flags: torch.Tensor, shard: Shard | None) -> list[bool]:
