@@ -10,9 +10,9 @@ numbers, such as ``recall@10_sim`` and ``recall@10_popularity``) into a report w
 * **Plots** -- for each ``(real, simulated)`` pair given: overlaid histograms, or for ``popularity`` the Lorenz
   curves of the item counts with the line of equality.
 
-It reuses the document model and renderers of :mod:`metarec.abtest.report`, so both reports look and format numbers
-alike (4 significant digits, "—" for a missing number) and the HTML embeds its plots as ``data:image/png`` URIs
-and needs neither the network nor JavaScript.
+It is built from the document model and renderers of :mod:`metarec.reporting`, as the A/B test report is, so both
+reports look and format numbers alike (4 significant digits, "—" for a missing number) and the HTML embeds its plots
+as ``data:image/png`` URIs and needs neither the network nor JavaScript.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from metarec.abtest.report import (
+from metarec.reporting import (
     Block,
     Bullets,
     Image,

@@ -18,6 +18,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from metarec.agents.registry import make_recommender
+from metarec.envs.calibrated import with_population_fields
+
 SECONDS_PER_DAY = 86_400.0
 SECONDS_PER_STEP = 60.0
 
@@ -36,13 +39,11 @@ def simulate_logs(
     users over ``days`` days (sessions), or with ``impressions`` of every shown item (``click`` 0 and
     rating NaN where it was not clicked); also returns the environment under ``"env"`` and the number
     of user-steps taken under ``"user_steps"`` (for tests that compare with the ground truth)."""
-    from metarec.evaluation import make_agent
 
     if users < 1:
         raise ValueError(f"users: expected a positive integer, got {users}")
     if days < 1:
         raise ValueError(f"days: expected a positive integer, got {days}")
-    from metarec.envs.calibrated import with_population_fields
 
     kwargs = with_population_fields(env_kwargs or {}, {"num_sessions": days})
     env = gym.make_vec(
@@ -51,7 +52,7 @@ def simulate_logs(
     base = env.unwrapped
     if "candidate_ids" not in base.single_observation_space.spaces:
         raise ValueError(f"env: {env_id} has no catalog ids in its observations; expected a DriftingUsers-family id")
-    recommender = make_agent(agent, base, seed)
+    recommender = make_recommender(agent, base, seed)
     observation, info = env.reset(seed=seed)
     recommender.reset()
     running = torch.ones(users, dtype=torch.bool, device=base.device)

@@ -1,0 +1,66 @@
+"""What :func:`metarec.calibration.fit.calibrate` takes (:class:`FitConfig`) and gives (:class:`Calibration`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from metarec.config import FrozenConfig
+from metarec.envs.drifting.params import SimulatorConfig
+
+
+class FitConfig(FrozenConfig):
+    """How to calibrate (``metarec calibrate --set KEY=VALUE`` sets these)."""
+
+    embedding_dim: int = Field(16, ge=1, description="Dimension of item embeddings and user interests.")
+    max_clusters: int = Field(8, ge=1, description="Largest number of interest clusters BIC may choose.")
+    num_topics: int = Field(10, ge=1, description="Topics (k-means clusters of item embeddings) for fatigue.")
+    epochs: int = Field(30, ge=1, description="Passes over the events.")
+    batch_size: int = Field(2048, ge=1, description="Events per gradient step.")
+    learning_rate: float = Field(0.03, gt=0, description="Adam step size.")
+    l2: float = Field(1e-4, ge=0, description="L2 penalty on factors (per event).")
+    refit_steps: int = Field(1000, ge=1, description="Gradient steps when re-fitting users' factors (drift).")
+    min_events_for_drift: int = Field(20, ge=4, description="Users with fewer events are left out of drift.")
+    num_candidates: int = Field(20, ge=1, description="Candidates per step in the simulator.")
+    slate_size: int = Field(5, ge=1, description="Items per slate in the simulator.")
+    text_features: bool = Field(
+        False,
+        description="Use the items' text (titles) as side information: each item's embedding and quality get a "
+        "learned linear map of its text embedding added, so items with few events borrow from similar titles "
+        "(needs the text extra).",
+    )
+    assumed_click_rate: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Share of random slates the simulated users click, where the logs cannot tell (no rows with "
+        "click 0): the no-click utility is set to give it.",
+    )
+    assumed_satisfaction: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Median satisfaction (sigmoid of utility) of a clicked item, where the logs have no ratings: "
+        "sets where the fitted utilities sit.",
+    )
+    seed: int = Field(0, ge=0, description="Seeds initialisation, minibatches and mixtures.")
+
+
+@dataclass
+class Calibration:
+    """A fitted population: the simulator config and world, the users' factors and how it was fitted."""
+
+    config: SimulatorConfig
+    world: dict[str, np.ndarray]
+    user_factors: np.ndarray  # [num_users, d] of the training users (zeros for users without a clicked row)
+    item_factors: np.ndarray  # [num_items, d]
+    item_bias: np.ndarray  # [num_items]: the simulator's item quality (the fitted bias plus the offset)
+    rating_quantiles: np.ndarray | None  # [101] quantiles of training ratings (None: no ratings)
+    fit: dict[str, Any] = field(default_factory=dict)
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        """``[len(users), num_items]`` utilities of the calibrated choice model (the simulator's, before fatigue)."""
+        return self.user_factors[users] @ self.item_factors.T + self.item_bias[None, :]

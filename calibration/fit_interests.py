@@ -1,0 +1,89 @@
+"""Users' interests and the items they choose among: softmax matrix factorisation of the logged choices, and the
+population prior as a spherical Gaussian mixture over the users' factors (steps 1 and 2 of
+:mod:`metarec.calibration.fit`)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from metarec.calibration.fit_config import FitConfig
+
+
+def softmax_mf(
+    user: torch.Tensor,
+    item: torch.Tensor,
+    num_users: int,
+    num_items: int,
+    config: FitConfig,
+    generator: torch.Generator,
+    items: tuple[torch.Tensor, torch.Tensor] | None = None,
+    steps: int | None = None,
+    side: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float]]:
+    """Fits U (and, unless ``items`` are given and kept fixed, V and b) by full-softmax likelihood.
+    With ``side`` (``[num_items, F]`` item features), V and b are a free part plus a learned linear map
+    of the features; the returned V and b are the sums."""
+    d = config.embedding_dim
+    scale = 0.1
+    users = torch.nn.Parameter(scale * torch.randn(num_users, d, generator=generator))
+    if items is None:
+        vectors = torch.nn.Parameter(scale * torch.randn(num_items, d, generator=generator))
+        counts = torch.bincount(item, minlength=num_items).double() + 1.0
+        bias = torch.nn.Parameter((counts / counts.sum()).log().float())
+        params = [users, vectors, bias]
+        if side is not None:
+            to_vector = torch.nn.Parameter(torch.zeros(side.shape[1], d))
+            to_bias = torch.nn.Parameter(torch.zeros(side.shape[1]))
+            params += [to_vector, to_bias]
+    else:
+        vectors, bias = items
+        params = [users]
+
+    def item_side() -> tuple[torch.Tensor, torch.Tensor]:
+        if items is None and side is not None:
+            return vectors + side @ to_vector, bias + side @ to_bias
+        return vectors, bias
+
+    optimizer = torch.optim.Adam(params, lr=config.learning_rate)
+    events = user.shape[0]
+    batch = min(config.batch_size, events)
+    losses: list[float] = []
+    total = steps if steps is not None else config.epochs * math.ceil(events / batch)
+    per_epoch = max(1, math.ceil(events / batch))
+    order = torch.randperm(events, generator=generator)
+    for step in range(total):
+        position = step % per_epoch
+        if position == 0 and step:
+            order = torch.randperm(events, generator=generator)
+        index = order[position * batch : (position + 1) * batch]
+        u, i = users[user[index]], item[index]
+        item_vectors, item_bias = item_side()
+        logits = u @ item_vectors.T + item_bias[None, :]
+        loss = torch.nn.functional.cross_entropy(logits, i)
+        penalty = (u * u).sum(1).mean()
+        if items is None:
+            penalty = penalty + (vectors[i] * vectors[i]).sum(1).mean()  # the free part: text explains the rest
+        (loss + config.l2 * penalty).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if position == per_epoch - 1:
+            losses.append(float(loss.detach()))
+    item_vectors, item_bias = item_side()
+    return users.detach(), item_vectors.detach(), item_bias.detach(), losses
+
+
+def fit_mixture(factors: np.ndarray, config: FitConfig) -> tuple[Any, list[float]]:
+    """The spherical Gaussian mixture over users' factors with the best BIC."""
+    from sklearn.mixture import GaussianMixture
+
+    best, bics = None, []
+    for k in range(1, min(config.max_clusters, len(factors)) + 1):
+        model = GaussianMixture(k, covariance_type="spherical", n_init=2, random_state=config.seed).fit(factors)
+        bics.append(float(model.bic(factors)))
+        if best is None or bics[-1] < min(bics[:-1], default=math.inf):
+            best = model
+    return best, bics

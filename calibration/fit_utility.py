@@ -1,0 +1,85 @@
+"""Where the fitted utilities sit: the logged click rate per slate, the no-click utility that gives it on random
+slates of the simulator's own users, and the satisfaction the utility offset aims at (step 6 of
+:mod:`metarec.calibration.fit`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.special import expit
+
+from metarec.calibration.fit_config import FitConfig
+from metarec.calibration.logs import Logs
+from metarec.envs.core.backend import NumpyRandom, numpy_backend
+from metarec.envs.drifting.model import DriftingUsersModel
+from metarec.envs.drifting.params import SimulatorConfig
+
+
+def slate_click_rate(logs: Logs) -> dict[str, Any] | None:
+    """The logged click rate per slate, or None where the logs have no row with ``click`` 0 (a log of
+    choices: every row was clicked, so the rate is not in it).
+
+    A slate is the rows of one user and timestamp (an impression log writes a row per shown item, all
+    at the time of the slate); where every row has a timestamp of its own, every row is a slate. The
+    rate is the share of slates with at least one clicked row."""
+    if logs.num_events == 0 or not np.any(logs.click == 0):
+        return None
+    order = np.lexsort((logs.timestamp, logs.user))
+    user, stamp, click = logs.user[order], logs.timestamp[order], logs.click[order] > 0
+    starts = np.flatnonzero(np.r_[True, (np.diff(user) != 0) | (np.diff(stamp) != 0)])
+    clicked = np.maximum.reduceat(click.astype(np.int8), starts) > 0
+    return {
+        "click_rate": float(np.mean(clicked)),
+        "slates": len(starts),
+        "rows": int(logs.num_events),
+        "row_click_rate": float(np.mean(click)),
+    }
+
+
+def satisfaction_target(logs: Logs, config: FitConfig) -> tuple[float, str]:
+    """The median satisfaction of a clicked item (see the module docstring, step 6) and where it comes from."""
+    ratings = logs.rating[np.isfinite(logs.rating)]
+    if len(ratings) == 0:
+        return config.assumed_satisfaction, "assumed_satisfaction (the logs have no ratings)"
+    low, high, median = float(ratings.min()), float(ratings.max()), float(np.median(ratings))
+    if low >= 0.0 and high <= 1.0:
+        target, source = median, "median rating (ratings in [0, 1] are satisfaction)"
+    elif high > low:
+        target, source = (median - low) / (high - low), f"median rating rescaled from [{low:g}, {high:g}] to [0, 1]"
+    else:
+        return config.assumed_satisfaction, f"assumed_satisfaction (every rating is {low:g})"
+    return float(np.clip(target, 0.02, 0.98)), source
+
+
+def prior_slates(world: dict[str, np.ndarray], config: SimulatorConfig, seed: int, samples: int = 16_384) -> np.ndarray:
+    """``[samples, k]`` utilities of random slates (``k`` distinct candidates in random order) shown to
+    new users: users and candidates drawn by the simulator itself (:class:`DriftingUsersModel` on this
+    world), utilities as its choice model computes them."""
+    rng = np.random.default_rng(seed)
+    model = DriftingUsersModel(config, numpy_backend(), world)
+    utility = model.choice_model(model.initial_state(NumpyRandom(rng), samples)).utilities  # [samples, N]
+    slate = np.argsort(rng.random(utility.shape), axis=1)[:, : config.slate_size]
+    return np.take_along_axis(utility, slate, axis=1).astype(np.float64)
+
+
+def slate_weights(utility: np.ndarray, position_bias: float) -> tuple[np.ndarray, np.ndarray]:
+    """``log S`` ``[B]`` of slates with ``utility`` ``[B, k]`` (the simulator's position-weighted choice
+    weights) and ``[B, k]`` the probability of each position given a click."""
+    log_weight = np.minimum(utility, 60.0) - position_bias * np.arange(utility.shape[1])[None, :]
+    log_s = np.logaddexp.reduce(log_weight, axis=1)
+    return log_s, np.exp(log_weight - log_s[:, None])
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values, axis=None)
+    cumulative = np.cumsum(weights.ravel()[order])
+    return float(values.ravel()[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
+
+
+def solve_no_click_utility(log_s: np.ndarray, rate: float) -> float:
+    """v with ``mean(S / (S + e^v)) = rate`` (decreasing in v), found by ``brentq``."""
+    from scipy.optimize import brentq
+
+    low, high = float(log_s.min()) - 40.0, float(log_s.max()) + 40.0
+    return float(brentq(lambda v: float(np.mean(expit(log_s - v))) - rate, low, high, xtol=1e-10))
