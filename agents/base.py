@@ -59,11 +59,11 @@ class UserDraws:
 class Recommender(ABC):
     """Given a batch of observations, returns a batch of slates.
 
-    Observations and infos are what a :class:`~metarec.envs.adapters.UserSimVectorEnv` returns
+    Observations and infos are what a :class:`~metarec.envs.vector.UserSimVectorEnv` returns
     (dicts of tensors with a leading batch dimension ``B``). Slates are ``[B, K]`` int64 candidate
     indices (``[B]`` for single-item environments).
 
-    The protocol, as :func:`metarec.evaluation.run_episodes` drives it::
+    The protocol, as :func:`metarec.agents.evaluation.run_episodes` drives it::
 
         recommender.reset()
         slate = recommender.act(observation, info)

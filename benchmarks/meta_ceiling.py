@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from metarec.agents.registry import make_recommender
-from metarec.demo_report import SESSIONS_SHOWN
+from metarec.commands.demo_report import SESSIONS_SHOWN
 from metarec.io import json_safe
 from metarec.meta.ceiling import ladder
-from metarec.meta.evaluate import evaluate
-from metarec.meta.runner import load_meta_config
+from metarec.meta.config import load_meta_config
+from metarec.meta.evaluate import adaptation_curves
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     split = config.test_split if args.split == "test" else config.train_split
     methods = {**ladder(), "linucb": lambda env, seed: make_recommender("linucb", env, seed)}
     start = time.perf_counter()
-    result = evaluate(methods, config.tasks, split, config.sessions, config.eval, config.seed, config.device,
+    result = adaptation_curves(methods, config.tasks, split, config.sessions, config.eval, config.seed, config.device,
                       item_stats=config.item_stats)  # fmt: skip
     shown = [k - 1 for k in SESSIONS_SHOWN if k <= config.sessions]
     print(
@@ -55,7 +55,7 @@ def main() -> None:
                     "sessions": [k + 1 for k in shown],
                     "rungs": {
                         name: {
-                            "normalized_return": [m["normalized_return"][i] for i in shown],
+                            "normalised_return": [m["normalised_return"][i] for i in shown],
                             "ci95": [m["ci95"][i] for i in shown],
                         }
                         for name, m in result["methods"].items()

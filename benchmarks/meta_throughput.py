@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from metarec.envs.task_batch import TaskBatchVectorEnv
+from metarec.meta.config import load_meta_config
 from metarec.meta.gradient_rl import GradientMetaTrainer
 from metarec.meta.rl2 import RL2Trainer
-from metarec.meta.runner import load_meta_config
 from metarec.meta.tasks import task_batch
 
 

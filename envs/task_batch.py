@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 
 from metarec.config import validate_config
-from metarec.envs.adapters import UserSimVectorEnv
 from metarec.envs.core.backend import Array, Backend, Random, numpy_backend
 from metarec.envs.core.choice import shown_mask
 from metarec.envs.core.model import State
 from metarec.envs.drifting.model import DriftingUsersModel, make_world, population_parameters
 from metarec.envs.drifting.params import SimulatorConfig
+from metarec.envs.vector import UserSimVectorEnv
 
 SHARED_FIELDS = ("num_candidates", "slate_size", "history_length", "catalog.embedding_dim", "population.num_sessions")
 

@@ -32,15 +32,16 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import Field
-from scipy import stats
 
 from metarec.agents.base import Recommender
 from metarec.agents.registry import make_recommender
 from metarec.config import FrozenConfig
-from metarec.envs.task_batch import TaskBatchVectorEnv
-from metarec.meta.policy import Memory, RecurrentSlatePolicy
+from metarec.envs.core.backend import torch_backend
+from metarec.envs.task_batch import TaskBatchVectorEnv, item_stat_features, logged_events
+from metarec.meta.policy import Memory, RL2Policy
 from metarec.meta.tasks import TaskDistribution, batch_seed, task_batch
 from metarec.parallel import EXACT_SCALE, Shard, add_exact
+from metarec.stats import mean_interval
 
 EVAL_SEED_OFFSET = 10_000  # evaluation seeds never coincide with meta-batch indices of training
 BASELINES = ("finetune", "scratch", "linucb")  # what a meta-learner is compared with
@@ -68,7 +69,7 @@ class RL2Recommender(Recommender):
 
     name = "rl2"
 
-    def __init__(self, policy: RecurrentSlatePolicy, generator: torch.Generator, deterministic: bool = False) -> None:
+    def __init__(self, policy: RL2Policy, generator: torch.Generator, deterministic: bool = False) -> None:
         self.policy, self.generator, self.deterministic = policy, generator, deterministic
         self.memory: Memory | None = None
 
@@ -76,7 +77,7 @@ class RL2Recommender(Recommender):
         if mask is None or self.memory is None:
             self.memory = None
             return
-        self.memory = RecurrentSlatePolicy.reset_memory(self.memory, mask)
+        self.memory = RL2Policy.reset_memory(self.memory, mask)
         self.last_reward = self.last_reward.masked_fill(mask, 0.0)
 
     def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
@@ -115,7 +116,6 @@ class LoggedItemStats(Recommender):
     """
 
     def __init__(self, inner: Recommender, num_items: int, device: Any) -> None:
-        from metarec.envs.core.backend import torch_backend
 
         self.inner, self.name = inner, inner.name
         self.backend = torch_backend(device)
@@ -136,7 +136,6 @@ class LoggedItemStats(Recommender):
         return torch.cat([counts, engagement[None]]).T
 
     def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
-        from metarec.envs.task_batch import item_stat_features
 
         ids = observation["candidate_ids"].to(torch.int64)
         extra = item_stat_features(torch, self.stats()[ids])
@@ -145,7 +144,6 @@ class LoggedItemStats(Recommender):
         return slate
 
     def observe(self, reward: torch.Tensor, done: torch.Tensor, info: dict[str, Any]) -> None:
-        from metarec.envs.task_batch import logged_events
 
         if self._shown is None:
             raise RuntimeError("observe() before act()")
@@ -226,7 +224,7 @@ def shift_summary(run: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
 Factory = Callable[[TaskBatchVectorEnv, int], Recommender]
 
 
-def evaluate(
+def adaptation_curves(
     methods: dict[str, Factory],
     distribution: TaskDistribution,
     split: str,
@@ -262,10 +260,10 @@ def evaluate(
     for name in everything:
         raw = np.stack(curves[name])
         normalised = per_seed[name] = (raw - low) / np.where(high - low > 0, high - low, np.nan)
-        mean, ci = mean_ci(normalised)
+        mean, ci = mean_interval(normalised)
         recover = [s["interactions_to_recover_90"] for s in shifts[name]]
         result["methods"][name] = {
-            "normalized_return": mean,
+            "normalised_return": mean,
             "ci95": ci,
             "raw_return": raw.mean(axis=0).tolist(),
             "per_seed": normalised.tolist(),  # [seeds][sessions], for statistics of one's own
@@ -281,26 +279,17 @@ def evaluate(
         }
     meta = [m for m in result["methods"] if m in ("rl2", "maml", "fomaml", "reptile")]
     result["best_meta_method"] = (
-        max(meta, key=lambda m: np.nanmean(result["methods"][m]["normalized_return"][:10])) if meta else None
+        max(meta, key=lambda m: np.nanmean(result["methods"][m]["normalised_return"][:10])) if meta else None
     )
     best = result["best_meta_method"]
     if best is not None:
         result["paired"] = {
             "method": best,
             "against": {
-                other: dict(zip(("difference", "ci95"), mean_ci(per_seed[best] - per_seed[other]), strict=True))
+                other: dict(zip(("difference", "ci95"), mean_interval(per_seed[best] - per_seed[other]), strict=True))
                 for other in BASELINES
                 if other in per_seed
             },
         }
     result["seeds"] = config.seeds
     return result
-
-
-def mean_ci(values: np.ndarray) -> tuple[list[float], list[list[float]]]:
-    """Mean over the first axis and its 95% t interval, per column."""
-    n = np.sum(np.isfinite(values), axis=0)  # a seed whose oracle did no better than random has no value
-    mean = np.nanmean(values, axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        half = stats.t.ppf(0.975, n - 1) * np.nanstd(values, axis=0, ddof=1) / np.sqrt(n)
-    return mean.tolist(), [[float(m - h), float(m + h)] for m, h in zip(mean, half, strict=True)]

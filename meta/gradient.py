@@ -47,16 +47,28 @@ Requirements and caveats
 from __future__ import annotations
 
 import contextlib
-import itertools
-import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, vmap
 
+from metarec.meta.inner_loop import (
+    METHODS,
+    OPTIMIZERS,
+    LossFn,
+    Method,
+    Params,
+    TaskParams,
+    adapt_step,
+    adapt_step_with_loss,
+    check_positive_finite,
+    check_scalar_loss,
+    learner_ids,
+    leaves_with_paths,
+    reptile_update,
+)
 from metarec.parallel import all_reduce_
 
 __all__ = [
@@ -68,148 +80,6 @@ __all__ = [
     "adapt_step",
     "reptile_update",
 ]
-
-Params = dict[str, torch.Tensor]
-"""Parameters by name, as in ``module.named_parameters()``."""
-
-LossFn = Callable[[Params, Any], torch.Tensor]
-"""``loss_fn(params_one_task, batch_one_task) -> scalar tensor``: the loss of a single task."""
-
-Method = Literal["maml", "fomaml", "reptile"]
-_METHODS: tuple[str, ...] = ("maml", "fomaml", "reptile")
-_OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
-
-_learner_ids = itertools.count(1)
-
-
-@dataclass(frozen=True, eq=False, repr=False)
-class TaskParams:
-    """Per-task copies of the meta-parameters, as produced by :meth:`GradientMetaLearner.clone` and ``adapt``.
-
-    Attributes:
-        params: every meta-parameter with a leading task dimension, ``[num_tasks, *param.shape]``.
-        num_tasks: the task dimension ``T``.
-        learner_id: identifies the learner (and the θ lineage) these parameters were cloned from.
-        generation: the number of meta-steps the learner had taken when these parameters were cloned.
-        inner_steps: the number of inner adaptation steps applied since cloning.
-    """
-
-    params: Params
-    num_tasks: int
-    learner_id: int
-    generation: int
-    inner_steps: int = 0
-
-    def __repr__(self) -> str:
-        shapes = ", ".join(f"{name}: {tuple(p.shape)}" for name, p in self.params.items())
-        return (
-            f"TaskParams(num_tasks={self.num_tasks}, learner_id={self.learner_id}, generation={self.generation}, "
-            f"inner_steps={self.inner_steps}, params={{{shapes}}})"
-        )
-
-
-def _check_positive_finite(name: str, value: float) -> float:
-    """Return ``value`` as a float, or raise ``ValueError`` unless it is a positive finite real number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r} of type {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def _check_scalar_loss(loss: Any, what: str) -> torch.Tensor:
-    """Raise ``ValueError`` unless ``loss`` is a 0-dim floating-point tensor (shape only: safe under ``vmap``)."""
-    if not isinstance(loss, torch.Tensor):
-        raise ValueError(f"{what} must return a scalar tensor, got {type(loss).__name__}")
-    if loss.dim() != 0:
-        raise ValueError(
-            f"{what} must return a scalar (0-dim) tensor for one task, got shape {tuple(loss.shape)}; "
-            "reduce it (e.g. .mean()) inside the loss"
-        )
-    if not loss.is_floating_point():
-        raise ValueError(f"{what} must return a floating-point tensor, got dtype {loss.dtype}")
-    return loss
-
-
-def _adapt_step_with_loss(
-    f_loss: LossFn, params: Params, batch: Any, lr: float, first_order: bool
-) -> tuple[Params, torch.Tensor]:
-    """One inner SGD step for one task; returns the adapted parameters and the (detached) loss before the step."""
-
-    def checked_loss(p: Params, b: Any) -> torch.Tensor:
-        return _check_scalar_loss(f_loss(p, b), "loss_fn")
-
-    # First order: the gradient is taken at detached parameters, so it is a constant for the outer autograd graph.
-    at = {name: p.detach() for name, p in params.items()} if first_order else params
-    grads, loss = grad_and_value(checked_loss)(at, batch)
-    adapted = {name: p - lr * grads[name] for name, p in params.items()}
-    return adapted, loss.detach()
-
-
-def adapt_step(f_loss: LossFn, params: Params, batch: Any, lr: float, first_order: bool) -> Params:
-    """One inner SGD step for ONE task: ``θ' = θ − lr · ∇_θ f_loss(θ, batch)``.
-
-    Args:
-        f_loss: ``f_loss(params, batch) -> scalar tensor``, the task's loss.
-        params: the task's parameters (no task dimension).
-        batch: the task's data, any pytree ``f_loss`` accepts.
-        lr: the inner learning rate.
-        first_order: if ``True`` the gradient is computed at detached parameters, so the result depends on
-            ``params`` only through the identity term (first-order MAML). If ``False`` the gradient stays
-            differentiable with respect to ``params`` (second-order MAML).
-
-    Returns:
-        The adapted parameters, one tensor per name.
-
-    The function uses ``torch.func.grad`` and works unchanged inside ``torch.func.vmap``.
-    """
-    return _adapt_step_with_loss(f_loss, params, batch, lr, first_order)[0]
-
-
-def reptile_update(theta: Params, adapted: Params, epsilon: float) -> Params:
-    """The Reptile meta-update ``θ + ε · (mean_t θ'_t − θ)``.
-
-    Args:
-        theta: the meta-parameters, each of shape ``[*shape]``.
-        adapted: the adapted task parameters, each of shape ``[T, *shape]``.
-        epsilon: the step size ε (``1`` jumps to the mean of the adapted parameters).
-
-    Returns:
-        The new meta-parameters (new tensors; the inputs are not modified).
-    """
-    epsilon = _check_positive_finite("epsilon", epsilon)
-    if set(theta) != set(adapted):
-        raise ValueError(
-            f"adapted parameters must have the same names as theta: missing {sorted(set(theta) - set(adapted))}, "
-            f"unexpected {sorted(set(adapted) - set(theta))}"
-        )
-    new: Params = {}
-    for name, p in theta.items():
-        q = adapted[name]
-        if q.dim() != p.dim() + 1 or q.shape[1:] != p.shape:
-            raise ValueError(f"adapted[{name!r}] must have shape [T, *{tuple(p.shape)}], got {tuple(q.shape)}")
-        new[name] = p + epsilon * (q.mean(dim=0) - p)
-    return new
-
-
-def _leaves_with_paths(tree: Any, path: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(path, tensor)`` for every leaf of a batch pytree; reject leaves ``vmap`` cannot batch."""
-    if isinstance(tree, torch.Tensor):
-        yield path, tree
-    elif isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from _leaves_with_paths(value, f"{path}[{key!r}]")
-    elif isinstance(tree, tuple) and hasattr(tree, "_fields"):  # namedtuple
-        for field, value in zip(tree._fields, tree, strict=True):
-            yield from _leaves_with_paths(value, f"{path}.{field}")
-    elif isinstance(tree, (tuple, list)):
-        for index, value in enumerate(tree):
-            yield from _leaves_with_paths(value, f"{path}[{index}]")
-    else:
-        raise ValueError(
-            f"{path}: batch leaves must be tensors with a leading task dimension (in dicts, tuples, lists or "
-            f"namedtuples), got {type(tree).__name__}"
-        )
 
 
 class GradientMetaLearner:
@@ -233,16 +103,16 @@ class GradientMetaLearner:
         outer_lr: float,
         optimizer: Literal["adam", "sgd"] = "adam",
     ) -> None:
-        if method not in _METHODS:
-            raise ValueError(f"method must be one of {list(_METHODS)}, got {method!r}")
-        if optimizer not in _OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {list(_OPTIMIZERS)}, got {optimizer!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
         if not isinstance(module, nn.Module):
             raise ValueError(f"module must be an nn.Module, got {type(module).__name__}")
         self.module = module
         self.method: Method = method
-        self.inner_lr = _check_positive_finite("inner_lr", inner_lr)
-        self.outer_lr = _check_positive_finite("outer_lr", outer_lr)
+        self.inner_lr = check_positive_finite("inner_lr", inner_lr)
+        self.outer_lr = check_positive_finite("outer_lr", outer_lr)
         self.optimizer_name = optimizer
         self._names = [name for name, p in module.named_parameters() if p.requires_grad]
         if not self._names:
@@ -254,7 +124,7 @@ class GradientMetaLearner:
             self.optimizer = torch.optim.Adam(trainable, lr=self.outer_lr, eps=1e-5)
         else:
             self.optimizer = torch.optim.SGD(trainable, lr=self.outer_lr)
-        self._id = next(_learner_ids)
+        self._id = next(learner_ids)
         self._generation = 0
 
     # ------------------------------------------------------------------ helpers
@@ -337,7 +207,7 @@ class GradientMetaLearner:
         self._check_task_params(params, "adapt")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        for path, leaf in _leaves_with_paths(batch, "batch"):
+        for path, leaf in leaves_with_paths(batch, "batch"):
             if leaf.dim() == 0 or leaf.shape[0] != params.num_tasks:
                 got = "a 0-dim tensor" if leaf.dim() == 0 else f"leading dimension {leaf.shape[0]}"
                 raise ValueError(
@@ -349,7 +219,7 @@ class GradientMetaLearner:
         lr = self.inner_lr
 
         def one_task(p: Params, b: Any) -> tuple[Params, torch.Tensor]:
-            return _adapt_step_with_loss(loss_fn, p, b, lr, first_order)
+            return adapt_step_with_loss(loss_fn, p, b, lr, first_order)
 
         step_all = vmap(one_task)
         current = params.params
@@ -410,7 +280,7 @@ class GradientMetaLearner:
 
         if query_loss is None:
             raise ValueError(f"{self.method} meta_step needs a query_loss (the mean post-adaptation loss over tasks)")
-        _check_scalar_loss(query_loss, "query_loss")
+        check_scalar_loss(query_loss, "query_loss")
         if not bool(torch.isfinite(query_loss)):
             raise ValueError(f"query_loss is not finite ({query_loss.item()})")
         if not query_loss.requires_grad:
@@ -481,8 +351,8 @@ class GradientMetaLearner:
                 raise ValueError(f"checkpoint {key} is {state[key]!r} but this learner uses {mine!r}")
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.inner_lr = _check_positive_finite("inner_lr", state.get("inner_lr", self.inner_lr))
-        self.outer_lr = _check_positive_finite("outer_lr", state.get("outer_lr", self.outer_lr))
+        self.inner_lr = check_positive_finite("inner_lr", state.get("inner_lr", self.inner_lr))
+        self.outer_lr = check_positive_finite("outer_lr", state.get("outer_lr", self.outer_lr))
         self._generation = int(state.get("generation", 0))
         # θ changed under any TaskParams cloned before: give the learner a fresh identity so they are refused.
-        self._id = next(_learner_ids)
+        self._id = next(learner_ids)

@@ -18,7 +18,7 @@ from metarec.abtest.metrics import COUNTERS
 from metarec.abtest.report import fmt, fmt_p
 from metarec.abtest.runner import run_abtest, simulate, users_per_arm
 from metarec.abtest.simulate import simulate_arm
-from metarec.agents.baselines.bandits import PopularRecommender
+from metarec.agents.baselines.popularity import PopularRecommender
 from metarec.cli import main
 from metarec.config import validate_config
 

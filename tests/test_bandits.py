@@ -8,18 +8,12 @@ import gymnasium as gym
 import pytest
 import torch
 
-from metarec.agents.baselines.bandits import (
-    EpsilonGreedyRecommender,
-    GreedyRecommender,
-    LinUCBRecommender,
-    PopularRecommender,
-    ThompsonRecommender,
-    slate_targets,
-    top_slate,
-)
+from metarec.agents.baselines.bandits import EpsilonGreedyRecommender, GreedyRecommender, slate_targets, top_slate
+from metarec.agents.baselines.linear import LinUCBRecommender, ThompsonRecommender
+from metarec.agents.baselines.popularity import PopularRecommender
+from metarec.agents.evaluation import evaluate
 from metarec.agents.registry import RECOMMENDERS, make_recommender
 from metarec.envs.drifting.params import UserPopulation
-from metarec.evaluation import evaluate
 from metarec.registration import CORE_ENVIRONMENTS as ENVIRONMENTS
 
 BANDITS = ("popular", "greedy", "epsilon-greedy", "linucb", "thompson")
@@ -42,7 +36,7 @@ def make_env(env_id="metarec/DriftingUsers-v0", users=16, **kwargs):
 
 
 def rollout(agent, env, steps, seed=0):
-    """Runs ``agent`` for ``steps`` steps as :func:`metarec.evaluation.evaluate` does; returns the
+    """Runs ``agent`` for ``steps`` steps as :func:`metarec.agents.evaluation.evaluate` does; returns the
     actions and the per-step mean regret."""
     observation, info = env.reset(seed=seed)
     agent.reset()

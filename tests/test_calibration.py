@@ -14,7 +14,7 @@ from scipy.linalg import subspace_angles
 import metarec  # noqa: F401
 from metarec.calibration.fit import FitConfig, calibrate
 from metarec.calibration.logs import load_logs
-from metarec.calibration.simulate import simulate_logs, write_simulated_logs
+from metarec.calibration.synthetic import simulate_logs, write_simulated_logs
 from metarec.cli import main
 from metarec.envs.calibrated import load_population, save_population
 from metarec.envs.drifting.model import make_world
@@ -200,7 +200,7 @@ def test_impressions_without_clicks_set_the_no_click_utility():
 
     from scipy.special import expit
 
-    from metarec.calibration.fit import _prior_slates, _slate_weights
+    from metarec.calibration.fit_utility import prior_slates, slate_weights
 
     chosen = family_logs(6, seed=0)
     config = FitConfig(num_candidates=20, max_clusters=2, epochs=5)
@@ -225,7 +225,7 @@ def test_impressions_without_clicks_set_the_no_click_utility():
     assert fitted.config.population.no_click_utility == pytest.approx(no_click["utility"])
     # the simulator's random slates for users of the prior, position weights included, click at that rate
     bias = fitted.config.population.position_bias
-    log_s, _ = _slate_weights(_prior_slates(fitted.world, fitted.config, seed=1), bias)
+    log_s, _ = slate_weights(prior_slates(fitted.world, fitted.config, seed=1), bias)
     assert np.mean(expit(log_s - no_click["utility"])) == pytest.approx(0.5, abs=0.01)
     # an impression at the time of a click is on the clicked slate: every slate was clicked
     every = calibrate(with_impressions(0.0), config).fit["no_click"]
@@ -235,8 +235,8 @@ def test_impressions_without_clicks_set_the_no_click_utility():
 def test_a_calibrated_population_serves_every_part_of_metarec(tmp_path):
     from metarec.abtest.config import ABTestConfig
     from metarec.abtest.runner import run_abtest
+    from metarec.agents.evaluation import evaluate
     from metarec.config import validate_config
-    from metarec.evaluation import evaluate
 
     path = str(known_population(tmp_path))
     kwargs = {"population": path}

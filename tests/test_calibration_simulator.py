@@ -19,7 +19,7 @@ import metarec  # noqa: F401
 from metarec.calibration.fit import FitConfig, calibrate
 from metarec.calibration.logs import Logs, load_logs, time_split
 from metarec.calibration.run import evaluate_fidelity
-from metarec.calibration.simulate import simulate_logs, write_simulated_logs
+from metarec.calibration.synthetic import simulate_logs, write_simulated_logs
 from metarec.envs.calibrated import load_population, save_population
 
 pytest.importorskip("sklearn")
@@ -62,7 +62,7 @@ def impressions(tmp_path_factory) -> dict:
 
 def step_random_slates(population: Path, users: int = 2000, steps: int = 40) -> dict[str, float]:
     """Click rate and the clicks' satisfaction of new users of ``population`` shown random slates."""
-    from metarec.evaluation import make_agent
+    from metarec.agents.registry import make_recommender
 
     env = gym.make_vec(
         "metarec/Calibrated-v0",
@@ -72,7 +72,7 @@ def step_random_slates(population: Path, users: int = 2000, steps: int = 40) -> 
         autoreset=False,
     )
     base = env.unwrapped
-    agent = make_agent("random", base, 0)
+    agent = make_recommender("random", base, 0)
     observation, info = env.reset(seed=0)
     agent.reset()
     running = torch.ones(users, dtype=torch.bool)
@@ -244,7 +244,7 @@ def test_a_population_with_nan_statistics_is_saved_with_nulls(tmp_path):
 
 def write_report(out: Path, best: str | None, curves: dict[str, list[float | None]]) -> str:
     """The demo report's markdown for a summary whose adaptation curves are ``curves``."""
-    from metarec.demo_report import write_demo_report
+    from metarec.commands.demo_report import write_demo_report
 
     out.mkdir(parents=True)
     return write_demo_report(out, demo_summary(best, curves))["report.md"].read_text()
@@ -264,7 +264,7 @@ def demo_summary(best: str | None, curves: dict[str, list[float | None]]) -> dic
                 "seeds": 2,
                 "best_meta_method": best,
                 "methods": {
-                    name: {"normalized_return": curve, "ci95": [[None, None] if v is None else [v, v] for v in curve]}
+                    name: {"normalised_return": curve, "ci95": [[None, None] if v is None else [v, v] for v in curve]}
                     for name, curve in curves.items()
                 },
             }
@@ -290,7 +290,7 @@ def test_the_demo_report_with_missing_values(tmp_path):
 
 
 def test_the_demo_report_says_where_the_paired_lead_is_above_zero(tmp_path):
-    from metarec.demo_report import write_demo_report
+    from metarec.commands.demo_report import write_demo_report
 
     summary = demo_summary("rl2", {**BASELINES, "rl2": [0.5, 0.6]})
     summary["meta"]["adaptation"]["paired"] = {
@@ -305,7 +305,7 @@ def test_the_demo_report_says_where_the_paired_lead_is_above_zero(tmp_path):
 
 
 def test_session_ranges_read_as_a_person_would_write_them():
-    from metarec.demo_report import session_ranges
+    from metarec.commands.demo_report import session_ranges
 
     assert session_ranges([1, 2, 3, 5, 7, 8]) == "sessions 1-3, 5 and 7-8"
     assert session_ranges([4]) == "session 4"

@@ -27,7 +27,7 @@ def test_evaluate_prints_one_json_line_with_the_documented_fields(capsys):
     assert len(out) == 1
     result = json.loads(out[0])
     assert {"env", "agent", "users", "mean_return", "ci95"} <= set(result)
-    assert result["users"] == 50 and result["agent"] == "oracle" and result["ci95"] > 0
+    assert result["users"] == 50 and result["agent"] == "oracle" and result["ci95"][1] > result["ci95"][0]
 
 
 def test_evaluate_is_reproducible_for_a_seed(capsys):

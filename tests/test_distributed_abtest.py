@@ -14,9 +14,9 @@ from metarec.abtest.config import ABTestConfig
 from metarec.abtest.runner import run_abtest
 from metarec.abtest.simulate import simulate_arm
 from metarec.agents.base import UserDraws
+from metarec.agents.evaluation import evaluate
 from metarec.cli import main
 from metarec.config import validate_config
-from metarec.evaluation import evaluate
 from metarec.parallel import Shard, blocks, spawn_for_result
 
 SHORT = {"population": {"session_budget": 8.0}, "catalog": {"num_items": 200}}
@@ -46,7 +46,7 @@ def _rl2_run(tmp_path: Path) -> Path:
     import yaml
     from gymnasium import spaces
 
-    from metarec.meta.runner import load_meta_config
+    from metarec.meta.config import load_meta_config
 
     run = tmp_path / "meta"
     (run / "methods").mkdir(parents=True)
@@ -168,7 +168,8 @@ def test_evaluation_learns_only_from_users_still_there():
     impressions of the users' own episodes (one slate of K per step)."""
     import gymnasium as gym
 
-    from metarec.agents.baselines.bandits import PopularRecommender, num_items_of
+    from metarec.agents.baselines.bandits import num_items_of
+    from metarec.agents.baselines.popularity import PopularRecommender
 
     env = gym.make_vec("metarec/DriftingUsers-v0", num_envs=64, vectorization_mode="vector_entry_point")
     agent = PopularRecommender(5, num_items_of(env.unwrapped, "popular"), torch.Generator().manual_seed(0))

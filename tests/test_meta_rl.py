@@ -17,12 +17,14 @@ import torch
 from scipy import stats
 
 from metarec.config import load_yaml_config
-from metarec.meta.evaluate import EvalConfig, RL2Recommender, evaluate, mean_ci
+from metarec.meta.config import load_meta_config
+from metarec.meta.eval_run import meta_eval
+from metarec.meta.evaluate import EvalConfig, RL2Recommender, adaptation_curves
 from metarec.meta.gradient_rl import GradientConfig, GradientMetaTrainer, window_advantages
-from metarec.meta.policy import RecurrentSlatePolicy
+from metarec.meta.policy import RL2Policy
 from metarec.meta.rl2 import RL2Config, RL2Trainer
-from metarec.meta.runner import load_meta_config, meta_eval, meta_train
 from metarec.meta.tasks import TaskDistribution, task_batch
+from metarec.meta.train import meta_train
 
 ROOT = Path(__file__).parents[1]
 TINY = ROOT / "configs" / "meta_tiny.yaml"
@@ -44,7 +46,7 @@ def test_rl2_memory_is_kept_across_sessions_and_cleared_for_new_users(distributi
         observation, reward, terminated, truncated, info = trainer.env.step(slate)
         done = terminated | truncated
         shown = trainer.policy.remember(hidden, None, trainer.observation, slate)
-        memory = RecurrentSlatePolicy.reset_memory(shown, done)
+        memory = RL2Policy.reset_memory(shown, done)
         returned = info["returned"]
         # a user who comes back for another session keeps what the memory learned
         assert torch.all(memory.hidden[returned].abs().sum(dim=1) > 0)
@@ -67,7 +69,7 @@ def test_rl2_recommender_clears_memory_only_where_told(distribution) -> None:
     env = TaskBatchVectorEnv(tasks, 4)
     observation, info = env.reset(seed=0)
     torch.manual_seed(0)
-    policy = RecurrentSlatePolicy(env.single_observation_space, 5, 8)
+    policy = RL2Policy(env.single_observation_space, 5, 8)
     agent = RL2Recommender(policy, torch.Generator().manual_seed(0))
     agent.reset()
     for _ in range(3):
@@ -113,21 +115,13 @@ def test_gradient_trainers_move_the_parameters_deterministically(distribution, m
 
 def test_protocol_normalises_random_to_zero_and_oracle_to_one(distribution) -> None:
     config = EvalConfig(tasks=2, users_per_task=8, seeds=2, shift_at=5, window=3, max_steps=30)
-    result = evaluate({}, distribution, "meta-test", 3, config, seed=0)
+    result = adaptation_curves({}, distribution, "meta-test", 3, config, seed=0)
     assert result["sessions"] == [1, 2, 3]
-    assert np.allclose(result["methods"]["random"]["normalized_return"], 0.0)
-    assert np.allclose(result["methods"]["oracle"]["normalized_return"], 1.0)
+    assert np.allclose(result["methods"]["random"]["normalised_return"], 0.0)
+    assert np.allclose(result["methods"]["oracle"]["normalised_return"], 1.0)
     assert result["methods"]["oracle"]["shift"]["regret_after_shift"] == pytest.approx(0.0, abs=1e-4)
     assert result["methods"]["random"]["shift"]["regret_after_shift"] > 0.1
     assert result["best_meta_method"] is None
-
-
-def test_mean_ci_is_a_t_interval() -> None:
-    values = np.array([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])
-    mean, ci = mean_ci(values)
-    assert mean == [2.0, 0.0]
-    half = 4.302652729911275 * 1.0 / np.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
-    assert ci[0] == pytest.approx([2.0 - half, 2.0 + half]) and ci[1] == [0.0, 0.0]
 
 
 def test_meta_config_errors_name_the_key(tmp_path) -> None:
@@ -157,7 +151,7 @@ def test_meta_tiny_trains_deterministically_and_evaluates(tmp_path) -> None:
     assert result["split"] == "meta-test" and result["sessions"] == [1, 2, 3, 4]
     assert set(result["methods"]) >= {"rl2", "maml", "fomaml", "reptile", "finetune", "scratch", "linucb"}
     for curve in result["methods"].values():
-        assert len(curve["normalized_return"]) == 4 and len(curve["ci95"]) == 4
+        assert len(curve["normalised_return"]) == 4 and len(curve["ci95"]) == 4
     assert result["best_meta_method"] in ("rl2", "maml", "fomaml", "reptile")
     # the best meta-learner against each baseline, paired by seed: scipy's paired t interval
     paired = result["paired"]
@@ -172,7 +166,7 @@ def test_meta_tiny_trains_deterministically_and_evaluates(tmp_path) -> None:
         np.testing.assert_allclose(lead["ci95"], np.stack([reference.low, reference.high], axis=1), rtol=1e-9)
     assert (tmp_path / "a" / "adaptation_test.png").stat().st_size > 1000
     on_disk = json.loads((tmp_path / "a" / "eval_test.json").read_text())
-    assert on_disk["methods"]["rl2"]["normalized_return"] == result["methods"]["rl2"]["normalized_return"]
+    assert on_disk["methods"]["rl2"]["normalised_return"] == result["methods"]["rl2"]["normalised_return"]
     # weights that do not fit the network (another version, a hand-edited file) are refused by name
     saved = torch.load(tmp_path / "a" / "methods" / "maml.pt", weights_only=True)
     saved["policy"].pop(next(iter(saved["policy"])))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from metarec.evaluation import evaluate
+from metarec.agents.evaluation import evaluate
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

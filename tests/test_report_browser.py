@@ -241,7 +241,7 @@ def test_demo_report_renders_adaptation_and_the_ab_test(demo_run, chrome_driver,
     assert len(chrome_driver.execute_script(IMAGES_JS)) >= 2  # the adaptation curves and the daily effects
     adaptation = summary["meta"]["adaptation"]
     best = adaptation["best_meta_method"]
-    first = adaptation["methods"][best]["normalized_return"][0]
+    first = adaptation["methods"][best]["normalised_return"][0]
     assert f"The best meta-learner is {best}: {fmt(first)} of the way from random to the oracle" in text
     # the adaptation table, session 1 (the guardrail table may have a row starting with the method too)
     rows = [row for row in chrome_driver.execute_script(TABLE_ROWS_JS) if row[:1] == [best]]

@@ -9,11 +9,11 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from metarec.agents.baselines.bandits import LinUCBRecommender
+from metarec.agents.baselines.linear import LinUCBRecommender
 from metarec.config import load_yaml_config
 from metarec.envs.task_batch import TaskBatchVectorEnv
 from metarec.meta.evaluate import RL2Recommender
-from metarec.meta.policy import RecurrentSlatePolicy
+from metarec.meta.policy import RL2Policy
 from metarec.meta.rl2 import RL2Config, RL2Trainer, memory_from, memory_state
 from metarec.meta.tasks import TaskDistribution, task_batch
 
@@ -33,7 +33,7 @@ def test_the_belief_is_linucbs_regression_on_the_same_slates(distribution) -> No
     env = TaskBatchVectorEnv(tasks, 16, autoreset=False, item_stats=True)
     observation, info = env.reset(seed=4)
     torch.manual_seed(0)
-    policy = RecurrentSlatePolicy(env.single_observation_space, 5, 8, belief=True, belief_ridge=2.0)
+    policy = RL2Policy(env.single_observation_space, 5, 8, belief=True, belief_ridge=2.0)
     linucb = LinUCBRecommender(5, torch.Generator().manual_seed(0), target="reward", ridge=2.0, alpha=1.0)
     memory = policy.initial_memory(env.num_envs)
     clicks = 0
@@ -65,8 +65,8 @@ def _space() -> spaces.Dict:
     )
 
 
-def _small_policy() -> RecurrentSlatePolicy:
-    return RecurrentSlatePolicy(_space(), 2, 8, belief=True, belief_ridge=0.5)
+def _small_policy() -> RL2Policy:
+    return RL2Policy(_space(), 2, 8, belief=True, belief_ridge=0.5)
 
 
 def test_the_belief_learns_the_clicked_position_once_and_only_for_the_rows_told() -> None:
@@ -102,7 +102,7 @@ def test_the_belief_starts_over_for_new_users_only() -> None:
     memory.belief.shown += 1.0
     memory.hidden += 1.0
     done = torch.tensor([True, False, True, False])
-    reset = RecurrentSlatePolicy.reset_memory(memory, done)
+    reset = RL2Policy.reset_memory(memory, done)
     torch.testing.assert_close(reset.belief.inverse[done], torch.eye(6).expand(2, 6, 6) * 2.0)
     assert torch.all(reset.belief.inverse[~done] == memory.belief.inverse[~done])
     assert torch.all(reset.belief.response[done] == 0) and torch.all(reset.belief.response[~done] == 1)
@@ -112,11 +112,11 @@ def test_the_belief_starts_over_for_new_users_only() -> None:
     observation = {"candidates": torch.zeros(4, 6, 5), "history": torch.zeros(4, 3, 7)}
     with pytest.raises(ValueError, match=r"beliefs: expected \[B, N, 2\] from believe\(\), got None"):
         policy.act_from(observation, reset.hidden)
-    plain = RecurrentSlatePolicy(_space(), 2, 8)
+    plain = RL2Policy(_space(), 2, 8)
     with pytest.raises(ValueError, match=r"beliefs: expected None \(this policy keeps no belief\)"):
         plain.act_from(observation, reset.hidden, torch.zeros(4, 6, 2))
     with pytest.raises(ValueError, match=r"belief_ridge: expected a number > 0, got 0"):
-        RecurrentSlatePolicy(_space(), 2, 8, belief=True, belief_ridge=0)
+        RL2Policy(_space(), 2, 8, belief=True, belief_ridge=0)
 
 
 def test_rl2_recommender_learns_only_from_the_users_it_serves(distribution) -> None:
@@ -124,7 +124,7 @@ def test_rl2_recommender_learns_only_from_the_users_it_serves(distribution) -> N
     env = TaskBatchVectorEnv(tasks, 8, autoreset=False)
     observation, info = env.reset(seed=2)
     torch.manual_seed(0)
-    agent = RL2Recommender(RecurrentSlatePolicy(env.single_observation_space, 5, 8, belief=True),
+    agent = RL2Recommender(RL2Policy(env.single_observation_space, 5, 8, belief=True),
                            torch.Generator().manual_seed(0))  # fmt: skip
     served = torch.tensor([True, False] * 4)
     for _ in range(6):

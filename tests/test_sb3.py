@@ -16,6 +16,7 @@ from stable_baselines3.common.env_checker import check_env
 from stable_baselines3.common.utils import check_for_correct_spaces
 from stable_baselines3.common.vec_env import VecCheckNan, VecMonitor
 
+from metarec.agents.evaluation import evaluate
 from metarec.agents.nn.distributions import PlackettLuce
 from metarec.agents.sb3 import (
     RecommenderMetricsCallback,
@@ -26,7 +27,6 @@ from metarec.agents.sb3 import (
     SlateDQNPolicy,
     make_sb3_model,
 )
-from metarec.evaluation import evaluate
 
 SLATE = "metarec/DriftingUsers-v0"
 SINGLE = "metarec/DriftingUsersSingle-v0"

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 import metarec  # noqa: F401
-from metarec.evaluation import evaluate
-from metarec.training import load_config, train
+from metarec.agents.evaluation import evaluate
+from metarec.agents.training import load_config, train
 
 pytest.importorskip("stable_baselines3")
 

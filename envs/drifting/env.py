@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from metarec.envs.adapters import UserSimEnv, UserSimVectorEnv
+from metarec.envs.adapters import UserSimEnv
 from metarec.envs.drifting.model import DriftingUsersModel
 from metarec.envs.drifting.params import SimulatorConfig
+from metarec.envs.vector import UserSimVectorEnv
 
 
 class DriftingUsersEnv(UserSimEnv):

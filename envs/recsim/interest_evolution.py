@@ -15,10 +15,11 @@ from gymnasium import spaces
 from pydantic import Field
 
 from metarec.config import FrozenConfig
-from metarec.envs.adapters import UserSimEnv, UserSimVectorEnv
+from metarec.envs.adapters import UserSimEnv
 from metarec.envs.core.backend import Array, Backend, Random
 from metarec.envs.core.choice import choose_one, revenue_ordered_slate_one, sums_in_order
 from metarec.envs.core.model import Choice, ChoiceModel, Outcome, State, UserModel
+from metarec.envs.vector import UserSimVectorEnv
 
 
 class InterestEvolutionConfig(FrozenConfig):
@@ -148,7 +149,7 @@ class InterestEvolutionModel(UserModel):
             "response": response,
         }
         terminated = budget <= 0.0
-        return new_state, Outcome(watch, terminated, xp.zeros_like(terminated), {"watch_time": watch})
+        return new_state, Outcome(watch, terminated, xp.zeros_like(terminated), {"engagement": watch})
 
     def observe(self, state: State) -> dict[str, Array]:
         xp = self.xp
@@ -263,7 +264,7 @@ class InterestEvolutionOneUser:
             "chosen_position": position if clicked else -1,
             "chosen_candidate": chosen if clicked else -1,
             "expected_reward": float(expected),
-            "watch_time": float(watch),
+            "engagement": float(watch),
         }
         return new_state, float(watch), bool(budget <= 0.0), False, info
 

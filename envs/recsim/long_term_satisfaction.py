@@ -11,9 +11,10 @@ from gymnasium import spaces
 from pydantic import Field
 
 from metarec.config import FrozenConfig
-from metarec.envs.adapters import UserSimEnv, UserSimVectorEnv
+from metarec.envs.adapters import UserSimEnv
 from metarec.envs.core.backend import Array, Backend, Random
 from metarec.envs.core.model import Choice, ChoiceModel, Outcome, State, UserModel
+from metarec.envs.vector import UserSimVectorEnv
 
 
 class LongTermSatisfactionConfig(FrozenConfig):

@@ -21,8 +21,9 @@ from gymnasium.vector.utils import batch_space
 from pydantic import Field, model_validator
 
 from metarec.config import FrozenConfig, validate_config
-from metarec.envs.adapters import check_slates, check_vector_arguments
+from metarec.envs.adapters import check_slates
 from metarec.envs.recsim_ng.port import NGInterestEvolutionConfig, NGInterestEvolutionModel
+from metarec.envs.vector import check_vector_arguments
 
 Simulation = Literal["interest_evolution", "ecosystem"]
 EXTRA_HINT = (

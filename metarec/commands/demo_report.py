@@ -3,7 +3,8 @@
 One document for the whole job: what was simulated, how each method adapts to new users of held-out
 populations (curves with 95% intervals), the A/B test of the meta-learned recommender (table,
 guardrails, effects over simulated days) and a conclusion generated from the numbers. It is built
-from the A/B report's document model and renderers, so both read and look alike.
+from the document model and renderers of :mod:`metarec.reporting`, as the A/B report is, so both
+read and look alike.
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ from typing import Any
 
 from metarec.abtest import report as ab
 from metarec.meta.evaluate import BASELINES
+from metarec.reporting import Block, Image, Paragraph, Section, Table, fmt, fmt_ci, render_html, render_markdown
 
 SESSIONS_SHOWN = (1, 2, 5, 10, 20)
 PAIRED_UP_TO = 10  # the sessions the demo's conclusion reads the paired leads in
 
 
 def _curve_cell(curve: dict[str, Any], k: int) -> str:
-    value, ci = curve["normalized_return"][k - 1], curve["ci95"][k - 1]
-    return f"{ab.fmt(value)} {ab.fmt_ci(ci)}" if value is not None else "n/a"
+    value, ci = curve["normalised_return"][k - 1], curve["ci95"][k - 1]
+    return f"{fmt(value)} {fmt_ci(ci)}" if value is not None else "n/a"
 
 
-def adaptation_section(meta: dict[str, Any], meta_dir: Path) -> ab.Section:
+def adaptation_section(meta: dict[str, Any], meta_dir: Path) -> Section:
     adaptation = meta["adaptation"]
     shown = [k for k in SESSIONS_SHOWN if k <= len(adaptation["sessions"])]
     rows = [
@@ -32,21 +34,21 @@ def adaptation_section(meta: dict[str, Any], meta_dir: Path) -> ab.Section:
         for name, curve in adaptation["methods"].items()
         if name not in ("random", "oracle")
     ]
-    blocks: list[ab.Block] = [
-        ab.Paragraph(
+    blocks: list[Block] = [
+        Paragraph(
             f"New users of {adaptation.get('seeds', '?')} independent draws of held-out populations "
             f"({adaptation['split']}); the return of each session is normalised so that random slates score 0 "
             "and the oracle, who sees every user's true interests, scores 1. Mean and 95% interval over seeds."
         ),
-        ab.Table(["method", *(f"session {k}" for k in shown)], rows),
+        Table(["method", *(f"session {k}" for k in shown)], rows),
     ]
     plot = meta_dir / "adaptation_test.png"
     if plot.is_file():
-        blocks.append(ab.Image(plot, "Normalised return per session on held-out populations, with 95% intervals."))
-    return ab.Section("Adaptation to new users", blocks)
+        blocks.append(Image(plot, "Normalised return per session on held-out populations, with 95% intervals."))
+    return Section("Adaptation to new users", blocks)
 
 
-def adaptation_conclusion(meta: dict[str, Any]) -> list[ab.Paragraph]:
+def adaptation_conclusion(meta: dict[str, Any]) -> list[Paragraph]:
     """What the adaptation curves say: the best meta-learner's first sessions and the baselines it is ahead
     of. Nothing to say without a meta-learner (a meta config of baselines only: ``best_meta_method`` is
     None) or a curve; a missing value (None: the oracle did no better than random) is shown as missing and
@@ -54,22 +56,22 @@ def adaptation_conclusion(meta: dict[str, Any]) -> list[ab.Paragraph]:
     adaptation = meta["adaptation"]
     best = adaptation.get("best_meta_method")
     methods = adaptation.get("methods") or {}
-    if best is None or best not in methods or not methods[best].get("normalized_return"):
-        return [ab.Paragraph("No meta-learner was evaluated, so there is no best meta-learner to report.")]
-    curve = methods[best]["normalized_return"]
+    if best is None or best not in methods or not methods[best].get("normalised_return"):
+        return [Paragraph("No meta-learner was evaluated, so there is no best meta-learner to report.")]
+    curve = methods[best]["normalised_return"]
     lines = [
-        f"The best meta-learner is {best}: {ab.fmt(curve[0])} of the way from random to the oracle in a new "
-        f"user's first session, {ab.fmt(curve[min(4, len(curve) - 1)])} by session {min(5, len(curve))}."
+        f"The best meta-learner is {best}: {fmt(curve[0])} of the way from random to the oracle in a new "
+        f"user's first session, {fmt(curve[min(4, len(curve) - 1)])} by session {min(5, len(curve))}."
     ]
     first = {
-        name: methods[name]["normalized_return"][0]
+        name: methods[name]["normalised_return"][0]
         for name in BASELINES
-        if name in methods and methods[name].get("normalized_return")
+        if name in methods and methods[name].get("normalised_return")
     }
     beaten = (
         []
         if curve[0] is None
-        else [f"{name} ({ab.fmt(value)})" for name, value in first.items() if value is not None and value < curve[0]]
+        else [f"{name} ({fmt(value)})" for name, value in first.items() if value is not None and value < curve[0]]
     )
     if beaten:
         lines.append(f"In the first session it is ahead of {', '.join(beaten)}.")
@@ -81,7 +83,7 @@ def adaptation_conclusion(meta: dict[str, Any]) -> list[ab.Paragraph]:
             f"Paired by seed (both meet the same users), its lead's per-session 95% interval is above 0, within "
             f"the first {up_to} sessions, against {'; '.join(leads)}."
         )
-    return [ab.Paragraph(line) for line in lines]
+    return [Paragraph(line) for line in lines]
 
 
 def _ahead_in(lead: dict[str, Any], up_to: int) -> list[int]:
@@ -104,18 +106,18 @@ def session_ranges(sessions: list[int]) -> str:
     return f"session{'s' if len(sessions) > 1 else ''} {words}"
 
 
-def simulated_section(rows: list[dict[str, Any]], users: int) -> ab.Section:
-    table = ab.Table(
+def simulated_section(rows: list[dict[str, Any]], users: int) -> Section:
+    table = Table(
         ["environment", "random", "oracle"],
         [
-            [row["env"], f"{ab.fmt(row['random']['mean_return'])}", f"{ab.fmt(row['oracle']['mean_return'])}"]
+            [row["env"], f"{fmt(row['random']['mean_return'])}", f"{fmt(row['oracle']['mean_return'])}"]
             for row in rows
         ],
     )
-    return ab.Section(
+    return Section(
         "What was simulated",
         [
-            ab.Paragraph(
+            Paragraph(
                 f"Users whose interests drift (by what they consume, a random walk, abrupt shifts and population "
                 f"trends) and who tire of topics, shown slates by a recommender. Mean return of {users} fresh users "
                 "per environment under random slates and under the oracle:"
@@ -129,7 +131,7 @@ def write_demo_report(out: Path, summary: dict[str, Any]) -> dict[str, Path]:
     """Writes ``out/report.md`` and ``out/report.html`` from the demo's summary and its runs' files."""
     out = Path(out)
     sections = [simulated_section(summary["results"], summary["users"])]
-    conclusion: list[ab.Paragraph] = []
+    conclusion: list[Paragraph] = []
     if summary.get("meta"):
         sections.append(adaptation_section(summary["meta"], out / "meta"))
         conclusion += adaptation_conclusion(summary["meta"])
@@ -138,29 +140,29 @@ def write_demo_report(out: Path, summary: dict[str, Any]) -> dict[str, Path]:
         results = json.loads(ab_results_path.read_text())
         plots = out / "abtest" / "plots"
         images = {
-            path.stem: ab.Image(
+            path.stem: Image(
                 path, f"Effect on {path.stem.removeprefix('daily_effect_')} by simulated day, with intervals."
             )
             for path in sorted(plots.glob("daily_effect_*.png"))
         }
         if (plots / "effects.png").is_file():
-            images["effects"] = ab.Image(plots / "effects.png", "Relative effects of each arm with their intervals.")
+            images["effects"] = Image(plots / "effects.png", "Relative effects of each arm with their intervals.")
         sections += [
-            ab.Section(
+            Section(
                 "A/B test",
                 [
-                    ab.Paragraph(ab.srm_line(results)),
+                    Paragraph(ab.srm_line(results)),
                     ab.results_table(results),
                     *(list(images.values())),
-                    ab.Paragraph(f"Full report: {ab_results_path.parent / 'report.html'}"),
+                    Paragraph(f"Full report: {ab_results_path.parent / 'report.html'}"),
                 ],
             ),
             ab.guardrails_section(results),
         ]
         conclusion += list(ab.conclusion(results))
-    sections.append(ab.Section("Conclusion", conclusion))
+    sections.append(Section("Conclusion", conclusion))
     title = "metarec demo: recommenders that adapt to users whose preferences drift"
     md_path, html_path = out / "report.md", out / "report.html"
-    md_path.write_text(ab.render_markdown(title, sections, out), encoding="utf-8")
-    html_path.write_text(ab.render_html(title, sections), encoding="utf-8")
+    md_path.write_text(render_markdown(title, sections, out), encoding="utf-8")
+    html_path.write_text(render_html(title, sections), encoding="utf-8")
     return {"report.md": md_path, "report.html": html_path}

@@ -10,19 +10,33 @@ writes ``results.json``. Without a meta config the A/B test is popularity vs Lin
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
 
-from metarec.evaluation import evaluate
+from metarec.abtest.config import ABTestConfig
+from metarec.abtest.runner import run_abtest
+from metarec.agents.evaluation import evaluate
+from metarec.commands.demo_report import write_demo_report
+from metarec.config import validate_config
 from metarec.io import json_safe
+from metarec.meta.config import MetaTrainConfig, load_meta_config
+from metarec.meta.eval_run import meta_eval
+from metarec.meta.train import meta_train
 from metarec.registration import CORE_ENVIRONMENTS
 
 # RecSim's interest-exploration users never leave (27,000-step horizon); the demo looks at 200 steps.
 DEMO_ENV_KWARGS = {"metarec/RecSimInterestExploration-v0": {"max_steps": 200}}
 
 
-META_CONFIG = Path(__file__).parents[1] / "configs" / "meta_demo.yaml"
+META_CONFIG = Path(__file__).parents[2] / "configs" / "meta_demo.yaml"
+
+
+def half_width(result: dict) -> float:
+    """Half the width of an evaluation's 95% interval (``ci95`` is ``[low, high]``)."""
+    low, high = result["ci95"]
+    return (high - low) / 2
 
 
 def run_demo(
@@ -46,8 +60,8 @@ def run_demo(
         r, o = results["random"], results["oracle"]
         ratio = o["mean_return"] / r["mean_return"] if r["mean_return"] else float("nan")
         print(
-            f"{entry.id:<40}{r['mean_return']:>11.2f} ±{r['ci95']:>5.2f}"
-            f"{o['mean_return']:>11.2f} ±{o['ci95']:>5.2f}{ratio:>15.3f}"
+            f"{entry.id:<40}{r['mean_return']:>11.2f} ±{half_width(r):>5.2f}"
+            f"{o['mean_return']:>11.2f} ±{half_width(o):>5.2f}{ratio:>15.3f}"
         )
         rows.append({"env": entry.id, "random": r, "oracle": o})
     if meta_config is None:
@@ -67,7 +81,6 @@ def run_demo(
     }
     path = out_dir / "results.json"
     path.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False))
-    from metarec.demo_report import write_demo_report
 
     report = write_demo_report(out_dir, json_safe(summary))
     print(f"Wrote {path} in {summary['seconds']} s; the report: {report['report.html']}")
@@ -86,9 +99,6 @@ def _demo_abtest(
 ) -> dict:
     """A paired A/B test of popularity (control) against ``arms`` (default LinUCB and a per-user
     greedy bandit), ``days`` days."""
-    from metarec.abtest.config import ABTestConfig
-    from metarec.abtest.runner import run_abtest
-    from metarec.config import validate_config
 
     arms = {"control": "popular", **(arms or {"linucb": "linucb", "greedy": "greedy"})}
     config = validate_config(
@@ -124,8 +134,6 @@ def _demo_meta_abtest(out: Path, meta_run: Path, users: int, seed: int, device: 
     adaptation protocol (LinUCB) and popularity (control), on users of a held-out population."""
     import yaml
 
-    from metarec.config import validate_config
-    from metarec.meta.runner import MetaTrainConfig
 
     config = validate_config(MetaTrainConfig, yaml.safe_load((meta_run / "config.yaml").read_text()))
     if "rl2" not in config.methods:
@@ -142,7 +150,6 @@ def _demo_meta(out: Path, config_path: Path, seed: int, device: str) -> dict:
     """Meta-trains every method of ``config_path`` and measures adaptation on held-out populations."""
     import shutil
 
-    from metarec.meta.runner import load_meta_config, meta_eval, meta_train
 
     if not config_path.is_file():
         raise ValueError(f"meta config: no such file {str(config_path)!r} (run the demo from a checkout)")
@@ -156,9 +163,17 @@ def _demo_meta(out: Path, config_path: Path, seed: int, device: str) -> dict:
     sessions = [k for k in (1, 2, 5, 10, 20) if k <= len(result["sessions"])]
     print(f"{'method':<10}" + "".join(f"{'session ' + str(k):>12}" for k in sessions))
     for name, curve in result["methods"].items():
-        values = [curve["normalized_return"][k - 1] for k in sessions]
+        values = [curve["normalised_return"][k - 1] for k in sessions]
         print(f"{name:<10}" + "".join(f"{'n/a' if v is None else f'{v:.2f}':>12}" for v in values))
     print(
         f"Best meta-learner: {result['best_meta_method']} (random = 0, oracle = 1); plot: {out / 'adaptation_test.png'}"
     )
     return {"train": trained, "adaptation": result}
+
+
+def run(args: argparse.Namespace) -> int:
+    kwargs = {}
+    if args.meta_config is not None:
+        kwargs["meta_config"] = None if args.meta_config == "none" else args.meta_config
+    run_demo(out=args.out, users=args.users, seed=args.seed, device=args.device, **kwargs)
+    return 0

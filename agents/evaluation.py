@@ -2,48 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
-from scipy import stats
 
 from metarec.agents import Recommender
-from metarec.agents.registry import RECOMMENDERS, make_recommender
-from metarec.parallel import Shard
-
-
-def agent_names() -> tuple[str, ...]:
-    """Every name ``--agent`` accepts (besides a training run directory)."""
-    return tuple(sorted(RECOMMENDERS))
-
-
-def make_agent(name: str, env: Any, seed: int) -> Recommender:
-    """A recommender by name, training run directory or meta-trained policy (``RUN/methods/rl2.pt`` of a
-    meta-train run), for the vector environment ``env``."""
-    from pathlib import Path
-
-    if name not in RECOMMENDERS and Path(name).suffix == ".pt" and Path(name).is_file():
-        from metarec.meta.runner import load_meta_recommender
-
-        return load_meta_recommender(name, env, seed)
-    if name not in RECOMMENDERS and Path(name).is_dir():
-        from metarec.training import load_recommender
-
-        return load_recommender(name, env)
-    return make_recommender(name, env, seed)
-
-
-def mean_ci95(values: np.ndarray) -> tuple[float, float]:
-    """Mean and half-width of its 95% Student-t interval."""
-    n = len(values)
-    mean = float(np.mean(values))
-    if n < 2:
-        return mean, math.inf
-    sem = float(np.std(values, ddof=1)) / math.sqrt(n)
-    return mean, float(stats.t.ppf(0.975, n - 1) * sem)
+from metarec.agents.registry import make_recommender
+from metarec.parallel import Shard, group_size, spawn_for_result, torchrun_group, world_size
+from metarec.stats import mean_and_half_width
 
 
 def evaluate(
@@ -66,12 +34,10 @@ def evaluate(
     the first process returns it (the others return None).
 
     Returns:
-        ``env``, ``agent``, ``users``, ``seed``, ``device``, ``mean_return``, ``ci95`` (half-width),
-        ``std_return``, ``mean_length``, ``click_rate``, ``mean_regret`` (per step, against the myopic
-        oracle), ``processes``.
+        ``env``, ``agent``, ``users``, ``seed``, ``device``, ``mean_return``, ``ci95`` (the 95% Student-t
+        interval of the mean return over users, ``[low, high]``), ``std_return``, ``mean_length``,
+        ``click_rate``, ``mean_regret`` (per step, against the myopic oracle), ``processes``.
     """
-    from metarec.parallel import group_size, spawn_for_result, torchrun_group, world_size
-
     if isinstance(users, bool) or not isinstance(users, int) or users < 1:
         raise ValueError(f"users: expected a positive integer, got {users}")
     world = world_size(nproc)
@@ -96,7 +62,7 @@ def evaluate(
             raise
         raise ValueError(f"nproc: {env_id} cannot be split across processes (it takes no shard)") from err
     base = env.unwrapped if hasattr(env, "unwrapped") else env
-    recommender = make_agent(agent, base, seed) if isinstance(agent, str) else agent
+    recommender = make_recommender(agent, base, seed) if isinstance(agent, str) else agent
     recommender.place(shard)
     observation, info = env.reset(seed=seed)
     recommender.reset()
@@ -127,7 +93,7 @@ def evaluate(
     if table is None:
         return None
     per_user, total_steps = table[:, 0], float(table[:, 1].sum())
-    mean, half = mean_ci95(per_user)
+    mean, half = (float(x) for x in mean_and_half_width(per_user))  # an infinite half-width for one user
     return {
         "env": env_id,
         "agent": recommender.name,
@@ -135,7 +101,7 @@ def evaluate(
         "seed": seed,
         "device": str(dev),
         "mean_return": mean,
-        "ci95": half,
+        "ci95": [mean - half, mean + half],
         "std_return": float(np.std(per_user, ddof=1)) if users > 1 else 0.0,
         "mean_length": total_steps / users,
         "click_rate": float(table[:, 2].sum()) / total_steps,

@@ -1,0 +1,126 @@
+"""stable-baselines3 algorithms as runs of ``metarec train`` (``algo: sb3-...``): the SB3 extra."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metarec.agents.base import Recommender
+from metarec.agents.evaluation import evaluate
+from metarec.agents.training.config import TrainConfig, make_vector_env, normalised, reference_returns
+from metarec.config import validate_config
+from metarec.io import atomic_write, write_json
+from metarec.parallel import TrainingInterrupted, stop_requests
+from metarec.runs import hyperparameter_table, summary_writer
+
+
+def sb3_algo(config: TrainConfig) -> str:
+    return config.algo.removeprefix("sb3-")
+
+
+def train_sb3(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict[str, Any]:
+    """SB3 through :class:`~metarec.agents.sb3.SB3VecEnv`. A resumed SB3 run restarts from the last
+    checkpoint's weights, optimizer, step count and (DQN) replay buffer; the simulated users restart,
+    so unlike batched PPO it is not step-for-step the uninterrupted run."""
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+
+    from metarec.agents.sb3 import ALGORITHMS, RecommenderMetricsCallback, SB3Recommender, SB3VecEnv, make_sb3_model
+    algo = sb3_algo(config)
+    env = SB3VecEnv(make_vector_env(config, config.sb3.num_envs, ground_truth=False))
+    checkpoint = out / "checkpoints" / "last.zip"
+    replay = out / "checkpoints" / "replay.pkl"
+    resumed = resume and checkpoint.is_file()
+    if resumed:
+        model = ALGORITHMS[algo][0].load(checkpoint, env=env, device=config.device, tensorboard_log=str(out / "tb"))
+        if algo == "dqn" and replay.is_file():
+            model.load_replay_buffer(replay)
+    else:
+        model = make_sb3_model(
+            algo,
+            env,
+            seed=config.seed,
+            policy_kwargs=config.sb3.policy_kwargs,
+            algo_kwargs=config.sb3.algo_kwargs,
+            tensorboard_log=str(out / "tb"),
+            device=config.device,
+        )
+        writer = summary_writer(out / "tb" / "hparams", primary=True)
+        writer.add_text("hyperparameters", hyperparameter_table(config))
+        writer.close()
+    references = reference_returns(config)
+    reference = (references["random"]["mean_return"], references["oracle"]["mean_return"])
+
+    class Checkpoint(BaseCallback):
+        """Saves the model (and DQN's replay buffer) atomically every ``checkpoint_every`` steps."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.last = model.num_timesteps
+
+        def _on_step(self) -> bool:
+            stopping = request["signal"] is not None
+            if self.num_timesteps - self.last >= config.checkpoint_every or stopping:
+                self.last = self.num_timesteps
+                save_sb3(self.model, checkpoint)
+                if algo == "dqn":
+                    atomic_write(replay, self.model.save_replay_buffer)
+            if stopping:
+                raise TrainingInterrupted(str(request["signal"]), self.num_timesteps, checkpoint)
+            return True
+
+    started, start_step = time.perf_counter(), model.num_timesteps
+    with stop_requests() as request:
+        model.learn(
+            max(config.total_steps - model.num_timesteps, 0),
+            callback=CallbackList([RecommenderMetricsCallback(reference), Checkpoint()]),
+            reset_num_timesteps=not resumed,
+            tb_log_name="sb3",
+            progress_bar=progress,
+        )
+    seconds = time.perf_counter() - started
+    save_sb3(model, checkpoint)
+    save_sb3(model, out / "model.zip")
+    final = evaluate(
+        config.env,
+        SB3Recommender(model),
+        config.eval.users,
+        seed=config.eval.seed,
+        device=config.device,
+        env_kwargs=config.env_kwargs,
+    )
+    results = {
+        "algo": config.algo,
+        "env": config.env,
+        "seed": config.seed,
+        "env_steps": int(model.num_timesteps),
+        "train_seconds_this_process": seconds,
+        "env_steps_per_s": (model.num_timesteps - start_step) / seconds if seconds > 0 else None,
+        "eval": final,
+        "mean_return": final["mean_return"],
+        "ci95": final["ci95"],
+        "references": {k: {"mean_return": v["mean_return"], "ci95": v["ci95"]} for k, v in references.items()},
+        "normalised_return": normalised(final["mean_return"], references),
+    }
+    write_json(results, out / "results.json")
+    return results
+
+
+def save_sb3(model: Any, path: Path) -> None:
+    """``model.save`` into ``path`` atomically."""
+    atomic_write(path, model.save)
+
+
+def load_sb3_recommender(run_dir: Path, env: Any) -> Recommender:
+    from metarec.agents.sb3 import ALGORITHMS, SB3Recommender
+
+    config = validate_config(TrainConfig, yaml.safe_load((run_dir / "config.yaml").read_text()))
+    spec_id = getattr(getattr(env, "spec", None), "id", None)
+    if spec_id is not None and spec_id != config.env:
+        raise ValueError(f"agent: {run_dir} was trained on {config.env}, not {spec_id}")
+    model = ALGORITHMS[sb3_algo(config)][0].load(run_dir / "model.zip", device=env.device)
+    recommender = SB3Recommender(model)
+    recommender.name = f"{config.algo}:{run_dir.name}"
+    return recommender

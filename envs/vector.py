@@ -1,0 +1,247 @@
+"""The vector adapter: ``B`` simulated users of a :class:`~metarec.envs.core.model.UserModel` as a native
+``gymnasium.vector.VectorEnv`` on torch, on any device; observations, rewards and infos are torch tensors.
+
+Autoreset: ``AutoresetMode.SAME_STEP`` by default. When user ``b`` terminates or is truncated, the same
+``step`` call replaces them by a fresh user and returns the new user's first observation; the last
+observation of the finished episode is in ``infos["final_obs"]`` (a dict of tensors for the whole batch,
+valid where ``infos["_final_obs"]`` is True). With ``autoreset=False`` (``AutoresetMode.DISABLED``) finished
+users stay as they are until ``reset(options={"reset_mask": mask})``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+from pydantic import BaseModel
+
+from metarec.envs.adapters import action_space_of, build_config, check_slates
+from metarec.envs.core.backend import Backend, Random, RowSubsetRandom, torch_backend
+from metarec.envs.core.model import ChoiceModel, State, UserModel
+
+
+def check_vector_arguments(num_envs: Any, render_mode: str | None) -> int:
+    """``num_envs`` as an int, after the checks every metarec vector env makes of its arguments."""
+    if render_mode is not None:
+        raise ValueError(f"render_mode: this environment does not render, got {render_mode!r}")
+    if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer) or num_envs < 1:
+        raise ValueError(f"num_envs: expected a positive integer, got {num_envs!r}")
+    return int(num_envs)
+
+
+def where_rows(rows: Any, new: State, old: State) -> State:
+    """``new``'s users where ``rows`` (``[B]`` bool), ``old``'s elsewhere."""
+    import torch
+
+    return {
+        key: torch.where(rows.reshape(-1, *([1] * (value.dim() - 1))), new[key], value) for key, value in old.items()
+    }
+
+
+class UserSimVectorEnv(VectorEnv):
+    """``num_envs`` simulated users stepping as one batch of torch tensors on ``device``.
+
+    Subclasses set ``config_class`` and ``model_class`` as for :class:`UserSimEnv`, whose arguments
+    this takes too (less ``backend``), plus ``num_envs``, ``device``, ``autoreset`` and ``shard``.
+
+    ``shard=(full_batch, rows)`` makes these users rows ``rows`` of a batch of ``full_batch`` users
+    (another process steps the others): every random draw is made at the full size and these rows
+    taken, so each user's trajectory is the one it has in the whole batch. ``keyed_resets=True``
+    (implied by ``shard``) draws, every step, a newcomer for every row and lets autoreset keep those
+    of the rows that finished: the random stream then never depends on who finished (in this process
+    or another), so a newcomer too is the one the whole batch would get.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}
+    config_class: type[BaseModel]
+    model_class: type[UserModel]
+
+    def __init__(
+        self,
+        num_envs: int,
+        config: Any = None,
+        *,
+        device: Any = "cpu",
+        single_item: bool = False,
+        ground_truth: bool = True,
+        autoreset: bool = True,
+        shard: tuple[int, Any] | None = None,
+        keyed_resets: bool = False,
+        render_mode: str | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.num_envs = check_vector_arguments(num_envs, render_mode)
+        if shard is not None:
+            full, rows = shard
+            if len(rows) != self.num_envs or min(rows) < 0 or max(rows) >= full:
+                raise ValueError(f"shard: expected {self.num_envs} rows in [0, {full}), got {len(rows)} rows")
+        self.shard = shard
+        self.keyed_resets = bool(keyed_resets) or shard is not None
+        self.config = build_config(self.config_class, config, overrides, single_item)
+        self.backend = torch_backend(device)
+        self.device = self.backend.device
+        self.model = self.build_model(self.backend)
+        self.single_item = single_item
+        self.ground_truth = ground_truth
+        self.autoreset = autoreset
+        self.metadata = {
+            **type(self).metadata,
+            "autoreset_mode": AutoresetMode.SAME_STEP if autoreset else AutoresetMode.DISABLED,
+        }
+        self.single_observation_space = self.model.observation_space()
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.single_action_space = action_space_of(self.model, single_item)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._rng: Random | None = None
+        self._state: State | None = None
+        self._next_truth: ChoiceModel | None = None
+        self._oracle_value: Any = None
+        self._steps = 0  # steps since the last full reset (for the NaN guard's report)
+
+    def build_model(self, backend: Backend) -> UserModel:
+        """The user model this environment adapts, on ``backend``."""
+        return self.model_class(self.config, backend)
+
+    def make_random(self, seed: int | None) -> Random:
+        """The generator ``reset(seed=...)`` installs (its draws at the full batch's size when sharded)."""
+        base = self.backend.make_random(seed)
+        if self.shard is None:
+            return base
+        full, rows = self.shard
+        return RowSubsetRandom(base, full, self.backend.asarray(np.asarray(rows, dtype=np.int64)))
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        super().reset(seed=seed)
+        if seed is None and self._rng is None and self.shard is not None:
+            raise ValueError("seed: a sharded env needs reset(seed=...) (every process must draw the same stream)")
+        if seed is not None or self._rng is None:
+            self._rng = self.make_random(seed)
+        mask = (options or {}).get("reset_mask")
+        if mask is not None and self._state is not None:
+            mask = self.backend.asarray(np.asarray(mask, dtype=bool)) if not hasattr(mask, "device") else mask
+            if tuple(mask.shape) != (self.num_envs,):
+                raise ValueError(f"options['reset_mask']: expected shape ({self.num_envs},), got {tuple(mask.shape)}")
+            self._state = self._new_users(mask.to(self.device, bool))
+        else:
+            self._state = self.model.initial_state(self._rng, self.num_envs)
+        self._next_truth = None
+        if mask is None:
+            self._steps = 0
+        return self.model.observe(self._state), self._truth({})
+
+    def step(self, actions: Any) -> tuple[dict, Any, Any, Any, dict]:
+        if self._state is None or self._rng is None:
+            raise RuntimeError("step() called before reset()")
+        import torch
+
+        slate = check_slates(actions, self.model.num_candidates, self.model.slate_size, self.num_envs, self.single_item)
+        slate = slate.to(self.device) if isinstance(slate, torch.Tensor) else self.backend.asarray(slate)
+        self._state, outcome = self.model.step(self._rng, self._state, slate, self._next_truth)
+        self._next_truth = None
+        infos = dict(outcome.info)
+        if self.ground_truth:
+            infos["regret"] = self._oracle_value - infos["expected_reward"]
+        observation = self.model.observe(self._state)
+        done = outcome.terminated | outcome.truncated
+        self._steps += 1
+        # one device sync for both questions: did anyone finish, and is everything finite (the NaN guard)
+        finite = torch.isfinite(outcome.reward).all()
+        for key in self.model.guarded_keys:
+            finite = finite & torch.isfinite(self._state[key]).all()
+        any_done, all_finite = torch.stack([done.any(), finite]).tolist()
+        if not all_finite:
+            raise FloatingPointError(self._non_finite_report(outcome.reward))
+        if self.autoreset and any_done:
+            infos["final_obs"] = observation
+            infos["_final_obs"] = done
+            self._state = self._new_users(done)
+            observation = self._observe_rows(observation, done)  # only the fresh users are observed
+        elif self.autoreset and self.keyed_resets:
+            # keyed resets draw newcomers every step, so the stream never depends on who finished (in
+            # another process, say); nobody finished, so the draw is only made, not used
+            self._keyed_fresh_users()
+        return observation, outcome.reward, outcome.terminated, outcome.truncated, self._truth(infos)
+
+    def _non_finite_report(self, reward: Any) -> str:
+        """Where a NaN or inf arose: the quantity, the env step and the first users it hit."""
+        import torch
+
+        where = [("reward", reward)] + [(f"state['{k}']", self._state[k]) for k in self.model.guarded_keys]
+        parts = []
+        for name, value in where:
+            bad = ~torch.isfinite(value.reshape(value.shape[0], -1)).all(dim=1)
+            if bool(bad.any()):
+                users = torch.nonzero(bad)[:8, 0].tolist()
+                parts.append(f"{name} of {int(bad.sum())} users (first: {users})")
+        return (
+            f"simulator: NaN or inf at env step {self._steps} in {'; '.join(parts)}; the users' population "
+            "parameters or the actions that reached them are the place to look"
+        )
+
+    def _truth(self, infos: dict[str, Any]) -> dict[str, Any]:
+        if self.ground_truth:
+            assert self._state is not None
+            slate, value, truth = self.model.oracle(self._state)
+            self._next_truth = truth
+            infos["oracle_slate"] = slate
+            infos["oracle_value"] = self._oracle_value = value
+            infos["candidate_utilities"] = truth.utilities
+        return infos
+
+    @property
+    def state(self) -> State:
+        """The hidden state of every user (ground truth, for metrics and tests; never for policies)."""
+        if self._state is None:
+            raise RuntimeError("the environment has not been reset")
+        return self._state
+
+    def state_nbytes(self) -> int:
+        """Bytes of simulator state held for all users."""
+        return self.model.state_nbytes(self.state)
+
+    def _new_users(self, done: Any) -> State:
+        """The state with the users where ``done`` replaced by fresh ones (see ``keyed_resets``)."""
+        if not self.keyed_resets:
+            return self.model.reset_users(self._rng, self._state, done)
+        return where_rows(done, self._keyed_fresh_users(), self._state)
+
+    def _keyed_fresh_users(self) -> State:
+        """A fresh user for every row, each drawn as the whole batch's row would be."""
+        import torch
+
+        return self.model.fresh_users(self._rng, self._state, torch.arange(self.num_envs, device=self.device))
+
+    def _observe_rows(self, observation: dict[str, Any], rows: Any) -> dict[str, Any]:
+        """``observation`` with the users where ``rows`` observed anew (only they are observed)."""
+        import torch
+
+        index = torch.nonzero(rows)[:, 0]
+        fresh = self.model.observe({key: value[index] for key, value in self._state.items()})
+        return {key: value.index_copy(0, index, fresh[key]) for key, value in observation.items()}
+
+    def get_checkpoint(self) -> dict[str, Any]:
+        """Everything needed to continue exactly from here: every user's state and the generator (of a
+        sharded env: the whole batch's generator, which every shard holds alike, and these users)."""
+        if self._state is None or self._rng is None:
+            raise RuntimeError("the environment has not been reset")
+        rng = self._rng.base if isinstance(self._rng, RowSubsetRandom) else self._rng
+        return {
+            "num_envs": self.num_envs,
+            "state": {key: value.clone() for key, value in self._state.items()},
+            "rng": rng.__getstate__(),
+        }
+
+    def load_checkpoint(self, checkpoint: dict[str, Any]) -> tuple[dict, dict]:
+        """Restores :meth:`get_checkpoint`'s output; returns the observation and ground-truth info
+        of the restored users (as ``reset`` would)."""
+        if checkpoint.get("num_envs") != self.num_envs:
+            raise ValueError(f"checkpoint: saved for {checkpoint.get('num_envs')} users, this env has {self.num_envs}")
+        rng = self.make_random(0)
+        base = rng.base if isinstance(rng, RowSubsetRandom) else rng
+        base.__setstate__({**checkpoint["rng"], "device": str(self.device)})
+        self._rng = rng
+        self._state = {key: value.to(self.device) for key, value in checkpoint["state"].items()}
+        self._next_truth = None
+        return self.model.observe(self._state), self._truth({})

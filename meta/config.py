@@ -1,0 +1,71 @@
+"""The configuration of a meta-training run (``metarec meta-train CONFIG``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from metarec.config import FrozenConfig, load_yaml_config, validate_config
+from metarec.meta.evaluate import EvalConfig
+from metarec.meta.gradient_rl import GradientConfig
+from metarec.meta.rl2 import RL2Config
+from metarec.meta.tasks import TaskDistribution
+
+MethodName = Literal["rl2", "maml", "fomaml", "reptile", "finetune", "scratch"]
+ALL_METHODS: tuple[str, ...] = ("rl2", "maml", "fomaml", "reptile", "finetune", "scratch")
+
+
+class MetaTrainConfig(FrozenConfig):
+    """A meta-training run: the task distribution, the methods and how each is trained and evaluated."""
+
+    tasks: str | TaskDistribution = Field(
+        "meta_tasks.yaml", description="Task distribution: a YAML path (relative to this config) or inline."
+    )
+    train_split: str = Field("meta-train", description="Split the methods meta-train on.")
+    test_split: str = Field("meta-test", description="Held-out split of `meta-eval --split test`.")
+    sessions: int = Field(20, ge=1, description="Sessions per user (the adaptation curve's length).")
+    methods: list[MethodName] = Field(default_factory=lambda: list(ALL_METHODS), min_length=1)
+    seed: int = Field(0, ge=0, description="Seeds weights, task streams, users and evaluation.")
+    device: str = Field("cpu", description="Torch device.")
+    torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads (None: torch's default).")
+    checkpoint_every: int = Field(10, ge=1, description="Updates between checkpoints.")
+    item_stats: bool = Field(
+        True,
+        description="Candidates carry the population's logged item statistics (CTR, engagement per "
+        "impression, impressions) at training and evaluation, for every method and LinUCB alike.",
+    )
+    rl2: RL2Config = Field(default_factory=RL2Config)
+    gradient: GradientConfig = Field(default_factory=GradientConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("methods")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"methods: each method at most once, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _splits_exist(self) -> MetaTrainConfig:
+        if isinstance(self.tasks, TaskDistribution):
+            for key in ("train_split", "test_split"):
+                if getattr(self, key) not in self.tasks.splits:
+                    raise ValueError(f"{key}: {getattr(self, key)!r} is not a split of tasks "
+                                     f"({', '.join(self.tasks.splits)})")  # fmt: skip
+        return self
+
+
+def load_meta_config(path: str | Path, overrides: list[str] = ()) -> MetaTrainConfig:
+    """Reads a meta-train YAML (safe loader), applies ``--set`` overrides, resolves ``tasks`` (a path
+    relative to the config file) into its distribution, and validates everything; errors name the key."""
+    path = Path(path)
+    config = load_yaml_config(MetaTrainConfig, path, list(overrides))
+    if isinstance(config.tasks, str):
+        tasks_path = (path.parent / config.tasks).resolve()
+        distribution = load_yaml_config(TaskDistribution, tasks_path)
+        values = config.model_dump()
+        values["tasks"] = distribution.model_dump()
+        config = validate_config(MetaTrainConfig, values)
+    return config

@@ -1,0 +1,105 @@
+"""``metarec meta-eval RUN --split test|train``: the adaptation protocol (:mod:`metarec.meta.evaluate`) on the
+held-out (or training) split for every trained method plus ``linucb``, ``random`` and ``oracle``; writes
+``eval_SPLIT.json`` and a PNG of the adaptation curves into the run directory and returns the result.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from metarec.agents.registry import make_recommender
+from metarec.config import validate_config
+from metarec.io import json_safe, write_json
+from metarec.meta.config import MetaTrainConfig
+from metarec.meta.evaluate import RL2Recommender, adaptation_curves
+from metarec.meta.gradient_rl import AdaptingRecommender
+from metarec.meta.policy import feedforward_policy
+from metarec.meta.serving import load_method_weights, load_weights_into
+from metarec.meta.tasks import TaskDistribution
+
+
+def meta_eval(run: str | Path, split: Literal["test", "train"] = "test", progress: bool = False,
+              seeds: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Evaluates every method of a finished meta-train run on ``split`` (see the module docstring)."""
+    run = Path(run)
+    if not (run / "config.yaml").is_file():
+        raise ValueError(f"run: {run} is not a meta-train run directory (no config.yaml)")
+    config = validate_config(MetaTrainConfig, yaml.safe_load((run / "config.yaml").read_text()))
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    assert isinstance(config.tasks, TaskDistribution)
+    eval_config = config.eval if seeds is None else config.eval.model_copy(update={"seeds": seeds})
+    weights = {name: load_method_weights(run, name) for name in config.methods}
+    device = torch.device(config.device)
+
+    def make(name: str):
+        def factory(env: Any, seed: int) -> Any:
+            generator = torch.Generator(device=device).manual_seed(seed)
+            slate_size = env.model.slate_size
+            if name == "linucb":
+                return make_recommender("linucb", env, seed)
+            if name == "rl2":
+                policy = config.rl2.make_policy(env.single_observation_space, slate_size).to(device)
+                load_weights_into(policy, weights[name], run, name)
+                return RL2Recommender(policy, generator, deterministic=eval_config.rl2_greedy)
+            policy = feedforward_policy(env.single_observation_space, slate_size, config.gradient.hidden).to(device)
+            load_weights_into(policy, weights[name], run, name)
+            return AdaptingRecommender(name, policy, config.gradient, env.num_tasks, env.users_per_task, slate_size,
+                                       generator)  # fmt: skip
+
+        return factory
+
+    methods = {name: make(name) for name in (*config.methods, "linucb")}
+    split_name = config.test_split if split == "test" else config.train_split
+    started = time.perf_counter()
+    runs = eval_config.seeds * (len(methods) + 2)  # + random and oracle
+    with tqdm(total=runs, desc=f"meta-eval {split_name}", unit="run", disable=not progress) as bar:
+
+        def tick(message: str) -> None:
+            bar.set_postfix_str(message.split(": ")[0], refresh=False)
+            bar.update(1)
+
+        result = adaptation_curves(methods, config.tasks, split_name, config.sessions, eval_config, config.seed, device,
+                          progress=tick, item_stats=config.item_stats)  # fmt: skip
+    result["wall_seconds"] = time.perf_counter() - started
+    result = json_safe(result)  # NaN and inf become None: JSON has no such numbers
+    write_json(result, run / f"eval_{split}.json")
+    plot_adaptation(result, run / f"adaptation_{split}.png")
+    return result
+
+
+def plot_adaptation(result: dict[str, Any], path: Path) -> None:
+    """The adaptation curves (normalised return per session, 95% bands) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    sessions = result["sessions"]
+    for name, curve in result["methods"].items():
+        if name in ("random", "oracle"):
+            continue
+        mean = np.array([np.nan if v is None else v for v in curve["normalised_return"]], dtype=float)
+        ci = np.array([[np.nan if v is None else v for v in pair] for pair in curve["ci95"]], dtype=float)
+        (line,) = ax.plot(sessions, mean, marker="o", markersize=3, label=name)
+        ax.fill_between(sessions, ci[:, 0], ci[:, 1], color=line.get_color(), alpha=0.15)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="oracle")
+    ax.axhline(0.0, color="grey", linewidth=0.8, linestyle=":", label="random")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("session k (new users of held-out populations)")
+    ax.set_ylabel("normalised return (random 0, oracle 1)")
+    ax.set_title(f"Adaptation on {result['split']} ({result.get('seeds', '?')} seeds, 95% intervals)")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""One module per verb of the ``metarec`` command; each has ``run(args) -> exit code``."""

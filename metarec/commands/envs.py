@@ -1,0 +1,18 @@
+"""``metarec envs``: the registered environment ids."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from metarec.registration import ENVIRONMENTS
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps([{"id": e.id, "description": e.description} for e in ENVIRONMENTS]))
+        return 0
+    width = max(len(e.id) for e in ENVIRONMENTS)
+    for entry in ENVIRONMENTS:
+        print(f"{entry.id:<{width}}  {entry.description}")
+    return 0

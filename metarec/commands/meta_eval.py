@@ -1,0 +1,26 @@
+"""``metarec meta-eval RUN``: adaptation curves of a meta-train run on held-out populations."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from metarec.meta.eval_run import meta_eval
+
+
+def run(args: argparse.Namespace) -> int:
+    result = meta_eval(args.run, split=args.split, progress=not args.json, seeds=args.seeds)
+    if args.json:
+        keys = ("split", "sessions", "methods", "best_meta_method")
+        methods = {name: {"normalised_return": m["normalised_return"], "ci95": m["ci95"], "shift": m["shift"]}
+                   for name, m in result["methods"].items()}  # fmt: skip
+        paired = {"paired": result["paired"]} if "paired" in result else {}
+        print(json.dumps({**{k: result[k] for k in keys}, "methods": methods, **paired}))
+    else:
+        for name, m in result["methods"].items():
+            curve = " ".join("  nan" if v is None else f"{v:5.2f}" for v in m["normalised_return"][:10])
+            print(f"{name:>9}: {curve}")
+        written = Path(args.run) / f"eval_{args.split}.json"
+        print(f"best meta method: {result['best_meta_method']}; written to {written}")
+    return 0
