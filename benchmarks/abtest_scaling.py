@@ -6,7 +6,7 @@ One JSON line.
 
 Both runs use the same config and seed (they give the same results, which is checked here too); the
 one-process run gets every core as threads, the N processes share them (``cores // N`` threads each).
-The ratio says what splitting buys on this machine, the time of process start-up included.
+The ratio says what splitting buys on the machine it runs on, the time of process start-up included.
 """
 
 from __future__ import annotations
