@@ -83,7 +83,7 @@ def _pre_covariate(metric: str, pre: np.ndarray) -> np.ndarray | None:
     return np.asarray(per_user(metric, pre)[0], dtype=float)
 
 
-def _safe(fn: Any) -> stats.Effect | None:
+def safe_effect(fn: Any) -> stats.Effect | None:
     """``fn()``, or None where the metric is undefined (e.g. a ratio with no denominator on a day)."""
     try:
         return fn()
@@ -91,7 +91,7 @@ def _safe(fn: Any) -> stats.Effect | None:
         return None
 
 
-def _effect_dict(effect: stats.Effect | None) -> dict[str, Any]:
+def effect_dict(effect: stats.Effect | None) -> dict[str, Any]:
     if effect is None:
         nan = math.nan
         return {"absolute": nan, "ci": [nan, nan], "relative": nan, "relative_ci": [nan, nan], "p_value": nan}
@@ -119,7 +119,7 @@ def analyse(config: ABTestConfig, runs: dict[str, ArmRun]) -> dict[str, Any]:
     paired = config.design == "paired"
     alpha = config.alpha
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 7]))
-    metrics = [m for m in METRICS if _defined(m, runs)]
+    metrics = [m for m in METRICS if metric_defined(m, runs)]
     days = config.days
 
     arms = {
@@ -140,22 +140,12 @@ def analyse(config: ABTestConfig, runs: dict[str, ArmRun]) -> dict[str, Any]:
             if config.cuped and config.pre_period_days > 0:
                 x_t, x_c = _pre_covariate(m, t_run.pre), _pre_covariate(m, c_run.pre)
                 covariates = None if x_t is None or x_c is None else (x_t, x_c)
-            effect = _safe(lambda m=m, cov=covariates, t_run=t_run: effect_of(
+            effect = safe_effect(lambda m=m, cov=covariates, t_run=t_run: effect_of(
                 m, t_run.counters, c_run.counters, paired, alpha, cov, config.bootstrap, rng))
-            effects[arm][m] = {**_effect_dict(effect), "cuped": covariates is not None}
+            effects[arm][m] = {**effect_dict(effect), "cuped": covariates is not None}
             if effect is not None:
                 family.append((arm, m, effect.p_value))
-    if family:
-        raw = np.array([p for _, _, p in family])
-        adjusted = raw if config.correction == "none" else stats.adjust_p_values(raw, config.correction)
-        for (arm, m, _), p in zip(family, adjusted, strict=True):
-            effects[arm][m]["p_adjusted"] = float(p)
-            effects[arm][m]["significant"] = bool(p <= alpha)
-    for arm in effects:
-        for m in effects[arm]:
-            effects[arm][m].setdefault("p_adjusted", math.nan)
-            effects[arm][m].setdefault("significant", False)
-
+    correct(config, effects, family)
     return {
         "metrics": {m: {"description": METRICS[m].description, "kind": METRICS[m].kind,
                         "higher_is_better": METRICS[m].higher_is_better} for m in metrics},
@@ -169,7 +159,22 @@ def analyse(config: ABTestConfig, runs: dict[str, ArmRun]) -> dict[str, Any]:
     }
 
 
-def _defined(metric: str, runs: dict[str, ArmRun]) -> bool:
+def correct(config: ABTestConfig, effects: dict[str, dict[str, Any]], family: list[tuple[str, str, float]]) -> None:
+    """Adds ``p_adjusted`` and ``significant`` to every effect: the p-values of ``family`` (arm, metric, p)
+    corrected together by ``config.correction``; NaN and not significant where there was no effect."""
+    if family:
+        raw = np.array([p for _, _, p in family])
+        adjusted = raw if config.correction == "none" else stats.adjust_p_values(raw, config.correction)
+        for (arm, m, _), p in zip(family, adjusted, strict=True):
+            effects[arm][m]["p_adjusted"] = float(p)
+            effects[arm][m]["significant"] = bool(p <= config.alpha)
+    for arm in effects:
+        for m in effects[arm]:
+            effects[arm][m].setdefault("p_adjusted", math.nan)
+            effects[arm][m].setdefault("significant", False)
+
+
+def metric_defined(metric: str, runs: dict[str, ArmRun]) -> bool:
     """Whether every arm measured ``metric`` (novelty needs a catalogue, regret and ndcg the ground truth)."""
     spec = METRICS[metric]
     if spec.kind == "mean":
@@ -242,9 +247,9 @@ def per_day(config: ABTestConfig, runs: dict[str, ArmRun], metrics: list[str]) -
         for m in metrics:
             series: dict[str, list[float]] = {"absolute": [], "ci_low": [], "ci_high": [], "relative": []}
             for d in days:
-                effect = _safe(lambda m=m, d=d, treated=treated: effect_of(
+                effect = safe_effect(lambda m=m, d=d, treated=treated: effect_of(
                     m, treated.counters[:, d : d + 1], control.counters[:, d : d + 1], paired, config.alpha))
-                values = _effect_dict(effect)
+                values = effect_dict(effect)
                 series["absolute"].append(values["absolute"])
                 series["ci_low"].append(values["ci"][0])
                 series["ci_high"].append(values["ci"][1])

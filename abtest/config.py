@@ -14,6 +14,12 @@ from pydantic import Field, field_validator, model_validator
 from metarec.abtest.metrics import METRICS
 from metarec.config import FrozenConfig
 from metarec.registration import ENVIRONMENTS, check_env_id
+from metarec.resources import MIN_BYTES_PER_ENV, memory_problem
+
+#: The fewest replicates a test may have when an arm's recommender learns across users: its users are then
+#: not independent, and the interval of an effect rests on the variance between independent replicates of
+#: the learner (a t interval with replicates - 1 degrees of freedom).
+MIN_REPLICATES = 5
 
 
 class ArmConfig(FrozenConfig):
@@ -80,6 +86,13 @@ class ABTestConfig(FrozenConfig):
         True, description="Group-sequential daily monitoring of the primary metric (alpha split over treatments)."
     )
     aa: bool = Field(False, description="A/A mode: every arm runs the control's recommender.")
+    replicates: int = Field(
+        1,
+        ge=1,
+        description="Independent replicates of the whole test, each with its own users and its own learner in "
+        "every arm, each arm serving all `users`. More than 1 makes the replicate the unit of analysis; at least "
+        "MIN_REPLICATES are needed when an arm's recommender learns across users (popular, meta-learned arms).",
+    )
     seed: int = Field(0, ge=0, description="Seeds the users, the assignment and every recommender.")
     device: str = Field("cpu", description="Torch device of the simulation.")
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads (None: torch's default).")
@@ -112,6 +125,15 @@ class ABTestConfig(FrozenConfig):
     @classmethod
     def _known_primary(cls, value: str) -> str:
         return _check_metric(value)
+
+    @field_validator("users")
+    @classmethod
+    def _users_fit(cls, value: int) -> int:
+        # an upper bound before any work: every simulated user needs at least MIN_BYTES_PER_ENV
+        problem = memory_problem(value, MIN_BYTES_PER_ENV)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> ABTestConfig:

@@ -264,6 +264,21 @@ def conclusion(results: dict[str, Any]) -> list[Paragraph]:
 # Sections
 
 
+def unit_line(results: dict[str, Any]) -> str:
+    """What the intervals treat as independent: users, or replicates of the whole test (and why)."""
+    replicates = results.get("replicates", 1)
+    if replicates == 1:
+        return "Unit of analysis: the user (every arm's recommender keeps its state per user)"
+    sharing = results.get("shared_state_arms") or []
+    why = "replicates were asked for"
+    if sharing:
+        why = f"{', '.join(sharing)} learn(s) one model from all users, so users are not independent samples"
+    return (
+        f"Unit of analysis: the replicate ({replicates} independent copies of the test, each with its own users "
+        f"and learners, every arm serving all its users; t intervals on {replicates - 1} degrees of freedom): {why}"
+    )
+
+
 def design_section(results: dict[str, Any]) -> Section:
     arms = results["arms"]
     users = "; ".join(
@@ -283,6 +298,7 @@ def design_section(results: dict[str, Any]) -> Section:
         f"Primary metric: {primary}" + (f" ({description})" if description else ""),
         f"Alpha: {results.get('alpha', MISSING)}",
         f"Correction: {results.get('correction', MISSING)}",
+        unit_line(results),
     ]
     if number(results.get("wall_seconds")) is not None:
         items.append(f"Wall time: {fmt(results['wall_seconds'])} s")

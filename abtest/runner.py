@@ -21,9 +21,11 @@ import numpy as np
 import torch
 
 from metarec.abtest.analysis import analyse
-from metarec.abtest.config import ABTestConfig
+from metarec.abtest.config import MIN_REPLICATES, ABTestConfig
+from metarec.abtest.replicates import analyse_replicates
 from metarec.abtest.report import write_report
-from metarec.abtest.simulate import ArmRun, merge_runs, simulate_arm
+from metarec.abtest.simulate import ArmRun, make_env, merge_runs, simulate_arm
+from metarec.agents.registry import make_recommender
 from metarec.io import json_safe, write_json
 from metarec.parallel import Shard, group_size, in_group, rank, spawn_for_result, torchrun_group, world_size
 
@@ -34,11 +36,13 @@ def config_hash(config: ABTestConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def seeds_of(config: ABTestConfig) -> dict[str, Any]:
+def seeds_of(config: ABTestConfig, replicate: int = 0) -> dict[str, Any]:
     """Seeds of the assignment, of every arm's users (common to all arms in the paired design) and of
-    every arm's recommender, derived from ``config.seed`` with ``numpy.random.SeedSequence``."""
+    every arm's recommender, derived from ``config.seed`` (and ``replicate`` after the first) with
+    ``numpy.random.SeedSequence``: every replicate has its own users and learners."""
     names = list(config.arms)
-    children = np.random.SeedSequence(config.seed).spawn(2 + 2 * len(names))
+    entropy = config.seed if replicate == 0 else [config.seed, replicate]
+    children = np.random.SeedSequence(entropy).spawn(2 + 2 * len(names))
 
     def draw(seq: np.random.SeedSequence) -> int:
         return int(seq.generate_state(1, np.uint32)[0])
@@ -63,16 +67,39 @@ def users_per_arm(config: ABTestConfig, assignment_seed: int) -> dict[str, int]:
     return {name: int(count) for name, count in zip(config.arms, counts, strict=True)}
 
 
-def simulate(config: ABTestConfig, quiet: bool = False) -> tuple[dict[str, ArmRun], dict[str, Any]]:
-    """Runs every arm; returns the runs and the seeds used. In a process group (see the module
-    docstring) each process simulates its block of every arm's users, and the first gets the whole
-    runs (the others get blocks)."""
+def check_design(config: ABTestConfig) -> list[str]:
+    """The arms whose recommender learns across users; a ValueError, before any simulation, when such an
+    arm has too few replicates for a valid interval (see :data:`~metarec.abtest.config.MIN_REPLICATES`)."""
+    env = make_env(config.env, config.env_kwargs, 2, config.pre_period_days + config.days, config.device)
+    agents = {name: (config.arms[config.control_arm] if config.aa else config.arms[name]).agent for name in config.arms}
+    built = {agent: make_recommender(agent, env, 0) for agent in set(agents.values())}
+    env.close()
+    sharing = [name for name, agent in agents.items() if built[agent].shares_state_across_users]
+    if sharing and config.replicates < MIN_REPLICATES:
+        raise ValueError(
+            f"replicates: arm {sharing[0]!r} ({agents[sharing[0]]}) learns one model from all its users, so they "
+            f"are not independent samples and a per-user interval would be too narrow; expected replicates >= "
+            f"{MIN_REPLICATES} (independent copies of the test, each arm serving all {config.users} users), got "
+            f"{config.replicates}"
+        )
+    return sharing
+
+
+def simulate(config: ABTestConfig, quiet: bool = False) -> tuple[list[dict[str, ArmRun]], list[dict[str, Any]]]:
+    """Runs every arm of every replicate; returns the runs and the seeds used, one entry per replicate."""
     import torch.distributed as dist
 
     if config.torch_threads is not None and not dist.is_initialized():
         torch.set_num_threads(config.torch_threads)
+    replicates = [simulate_replicate(config, r, quiet) for r in range(config.replicates)]
+    return [runs for runs, _ in replicates], [seeds for _, seeds in replicates]
+
+
+def simulate_replicate(config: ABTestConfig, replicate: int, quiet: bool) -> tuple[dict[str, ArmRun], dict[str, Any]]:
+    """Runs every arm of one replicate. In a process group (see the module docstring) each process simulates
+    its block of every arm's users, and the first gets the whole runs (the others get blocks)."""
     here = rank()
-    seeds = seeds_of(config)
+    seeds = seeds_of(config, replicate)
     users = users_per_arm(config, seeds["assignment"])
     control = config.control_arm
     runs = {}
@@ -84,7 +111,9 @@ def simulate(config: ABTestConfig, quiet: bool = False) -> tuple[dict[str, ArmRu
             config.env, config.env_kwargs, spec.agent, config.arms[control].agent, users[name], config.days,
             config.pre_period_days, seeds["env"][name], seeds["agents"][name], seeds["agents"][control],
             device=config.device, max_steps=config.max_steps,
-            progress=None if quiet or here > 0 else f"arm {name}", shard=shard,
+            progress=None if quiet or here > 0 else f"arm {name}" + (f" ({replicate + 1}/{config.replicates})"
+                                                                          if config.replicates > 1 else ""),
+            shard=shard,
         )  # fmt: skip
         run.seconds = time.perf_counter() - start
         runs[name] = merge_runs(run, shard) or run
@@ -108,17 +137,22 @@ def run_abtest(
     if world > 1:
         torchrun_group(config.device, config.torch_threads)
     if in_group() and rank() > 0:
+        check_design(config)
         simulate(config, quiet=True)
         return None
     start = time.perf_counter()
-    runs, seeds = simulate(config, quiet)
+    sharing = check_design(config)
+    replicates, seeds = simulate(config, quiet)
     results: dict[str, Any] = {
         "name": config.name,
         "design": config.design,
         "config": config.model_dump(mode="json"),
         "config_hash": config_hash(config),
         "seed": config.seed,
-        "seeds": seeds,
+        "seeds": seeds[0] if config.replicates == 1 else seeds,
+        "replicates": config.replicates,
+        "unit": "user" if config.replicates == 1 else "replicate",
+        "shared_state_arms": sharing,
         "env": config.env,
         "days": config.days,
         "pre_period_days": config.pre_period_days,
@@ -127,11 +161,11 @@ def run_abtest(
         "alpha": config.alpha,
         "correction": config.correction,
         "aa": config.aa,
-        "steps": {name: run.steps for name, run in runs.items()},
+        "steps": {name: sum(runs[name].steps for runs in replicates) for name in config.arms},
     }
     simulated = time.perf_counter()
-    results.update(analyse(config, runs))
-    results["seconds"] = {"simulation": {name: run.seconds for name, run in runs.items()},
+    results.update(analyse(config, replicates[0]) if config.replicates == 1 else analyse_replicates(config, replicates))
+    results["seconds"] = {"simulation": {name: sum(runs[name].seconds for runs in replicates) for name in config.arms},
                           "analysis": time.perf_counter() - simulated}
     results["wall_seconds"] = time.perf_counter() - start
     results["processes"] = group_size()

@@ -74,6 +74,10 @@ class Recommender(ABC):
 
     name: str = "recommender"
     shard: Shard | None = None  # set by place(): this process's users among all users of the run
+    #: Whether what it learns from one user changes what it shows another (a popularity table, pooled item
+    #: statistics). Such a recommender makes its users dependent: an A/B test compares independent
+    #: replicates of it, not its users (see :mod:`metarec.abtest.replicates`).
+    shares_state_across_users: bool = False
 
     def place(self, shard: Shard | None) -> None:
         """Serves this process's share of a run split across processes (see :class:`Shard`); a

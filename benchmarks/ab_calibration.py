@@ -22,7 +22,18 @@ Prints one JSON line:
   three arms), averaged over its treatments (``paired_ci_ratio_aa``: the same from the A/A replicates above,
   where both arms run the random recommender and so share only the users and the random streams).
 
-Usage: ``python benchmarks/ab_calibration.py --replicates 1000``.
+With ``--agent popular`` (or ``popular-ctr``: a recommender that learns one table from all its users) the
+users of an arm are not independent, and each A/A test is analysed as the A/B runner analyses it
+(:mod:`metarec.abtest.replicates`): ``--per-test`` independent replicates, each with its own learner serving
+``users`` users, the replicate being the unit. Every learner of every test steps in one batch (a popularity
+table per block of users, ``PopularRecommender(groups=...)``), so ``--replicates`` tests cost one simulation
+per arm. It then prints ``fpr_fixed`` (primary metric, fixed horizon), ``fpr_familywise`` (any metric after
+the report's correction), ``fpr_sequential`` (primary metric, daily looks), each with its binomial 95%
+interval, and ``power_observed`` / ``power_predicted`` for a planted effect on the replicate values (the
+noncentral t power of the paired test at the A/A replicates' sd).
+
+Usage: ``python benchmarks/ab_calibration.py --replicates 1000`` or
+``python benchmarks/ab_calibration.py --agent popular --replicates 1000 --per-test 5 --users 100 --days 3``.
 """
 
 from __future__ import annotations
@@ -33,16 +44,23 @@ import time
 
 import numpy as np
 import torch
+from scipy import optimize
+from scipy import stats as scipy_stats
 
 import metarec  # noqa: F401  (registers the environments)
 from metarec.abtest import stats
-from metarec.abtest.analysis import effect_of, look_statistics
-from metarec.abtest.config import ABTestConfig
-from metarec.abtest.metrics import per_user
+from metarec.abtest.analysis import correct, effect_of, look_statistics
+from metarec.abtest.config import MIN_REPLICATES, ABTestConfig
+from metarec.abtest.metrics import METRICS, per_user
+from metarec.abtest.replicates import replicate_effect, replicate_sequential, replicate_values
 from metarec.abtest.runner import run_abtest
-from metarec.abtest.simulate import simulate_arm
+from metarec.abtest.simulate import ArmRun, simulate_arm
+from metarec.agents.base import slate_size_of
+from metarec.agents.baselines.bandits import num_items_of
+from metarec.agents.baselines.popularity import PopularRecommender
+from metarec.agents.registry import register_recommender
 from metarec.allocator import tune_allocator
-from metarec.config import load_yaml_config
+from metarec.config import load_yaml_config, validate_config
 
 DEFAULT_ENV_KWARGS = {"population": {"session_budget": 20.0, "steps_per_day": 10}}
 
@@ -60,10 +78,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--config", default="configs/abtest_demo.yaml", help="A/B config of paired_ci_ratio")
     parser.add_argument("--ratio-users", type=int, default=20_000, help="users per arm for paired_ci_ratio")
+    parser.add_argument("--per-test", type=int, default=MIN_REPLICATES,
+                        help="replicates per A/A test, for a recommender that learns across users")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tune_allocator()
     start = time.perf_counter()
+    if args.agent in SHARED:
+        print(json.dumps(shared_state_calibration(args, start)))
+        return
 
     r, n, days, alpha = args.replicates, args.users, args.days, args.alpha
     seeds = np.random.SeedSequence(args.seed).generate_state(4)
@@ -135,6 +158,91 @@ def main() -> None:
             }
         )
     )
+
+
+#: Recommenders that learn one table from all their users, and the target each ranks by.
+SHARED = {"popular": "reward", "popular-ctr": "click"}
+
+
+def grouped(agent: str, groups: int) -> str:
+    """Registers ``agent`` as ``groups`` independent learners, one per block of users; returns its name."""
+    name = f"{agent}@{groups}"
+    register_recommender(name, lambda env, generator: PopularRecommender(
+        slate_size_of(env), num_items_of(env, agent), generator, target=SHARED[agent], groups=groups))
+    return name
+
+
+def binomial_ci(hits: int, trials: int) -> list[float]:
+    interval = scipy_stats.binomtest(hits, trials).proportion_ci(0.95)
+    return [float(interval.low), float(interval.high)]
+
+
+def paired_t_power(delta: float, sd: float, replicates: int, alpha: float) -> float:
+    """Power of the two-sided paired t test on ``replicates`` differences of sd ``sd`` against ``delta``."""
+    df, ncp = replicates - 1, delta / (sd / np.sqrt(replicates))
+    critical = scipy_stats.t.isf(alpha / 2, df)
+    right, left = scipy_stats.nct.sf(critical, df, ncp), scipy_stats.nct.cdf(-critical, df, ncp)
+    return float(right + np.nan_to_num(left))  # scipy's far tail can be NaN where it is ~0
+
+
+def shared_state_calibration(args: argparse.Namespace, start: float) -> dict:
+    """A/A tests of a learner that shares state across users, analysed by replicates (see the docstring)."""
+    tests, per, n, days, alpha = args.replicates, args.per_test, args.users, args.days, args.alpha
+    seeds = np.random.SeedSequence(args.seed).generate_state(3)
+    users_seed, a1, a2 = (int(x) for x in seeds)
+    name = grouped(args.agent, tests * per)
+    pools = [simulate_arm("metarec/DriftingUsers-v0", DEFAULT_ENV_KWARGS, name, None, tests * per * n, days, 0,
+                          users_seed, agent_seed, agent_seed).counters.reshape(tests, per, n, days, -1)
+             for agent_seed in (a1, a2)]  # paired: the same users, each arm its own learners  # fmt: skip
+    config = validate_config(ABTestConfig, {
+        "arms": {"control": args.agent, "b": args.agent}, "aa": True, "users": n, "days": days, "alpha": alpha,
+        "replicates": per, "primary_metric": args.metric, "env_kwargs": DEFAULT_ENV_KWARGS})  # fmt: skip
+    rng = np.random.default_rng(args.seed)
+    hits = {"fixed": 0, "familywise": 0, "sequential": 0}
+    differences = []
+    for i in range(tests):
+        replicates = [{"control": _run(pools[0][i, r]), "b": _run(pools[1][i, r])} for r in range(per)]
+        effects: dict = {"b": {}}
+        family = []
+        for metric in METRICS:
+            try:
+                effect = replicate_effect(config, metric, replicates, "b")
+            except ValueError:  # undefined in this test (a ratio with no denominator)
+                continue
+            effects["b"][metric] = {}
+            family.append(("b", metric, effect.p_value))
+            if metric == args.metric:
+                hits["fixed"] += effect.p_value < alpha
+        correct(config, effects, family)
+        hits["familywise"] += any(e["significant"] for e in effects["b"].values())
+        looks = replicate_sequential(config, replicates, rng, draws=args.draws)["b"]
+        hits["sequential"] += looks["crossed_day"] is not None
+        differences.append(replicate_values(args.metric, replicates, "b") - replicate_values(args.metric, replicates,
+                                                                                            "control"))  # fmt: skip
+    differences = np.array(differences)  # [tests, per]
+    sd = float(np.std(differences, ddof=1))
+    delta = _planted_effect(sd, per, alpha)
+    planted = differences + delta
+    rejections = int(sum(scipy_stats.ttest_1samp(row, 0.0).pvalue < alpha for row in planted))
+    return {
+        "benchmark": "ab_calibration", "agent": args.agent, "tests": tests, "replicates_per_test": per,
+        "users_per_replicate": n, "days": days, "metric": args.metric, "alpha": alpha, "unit": "replicate",
+        **{f"fpr_{kind}": count / tests for kind, count in hits.items()},
+        **{f"fpr_{kind}_ci95": binomial_ci(count, tests) for kind, count in hits.items()},
+        "planted_effect": delta, "power_predicted": paired_t_power(delta, sd, per, alpha),
+        "power_observed": rejections / tests, "power_observed_ci95": binomial_ci(rejections, tests),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }  # fmt: skip
+
+
+def _run(counters: np.ndarray) -> ArmRun:
+    return ArmRun(counters=counters, pre=counters[:, :0], impressions=None, steps=0)
+
+
+def _planted_effect(sd: float, replicates: int, alpha: float, power: float = 0.8) -> float:
+    """The effect the paired t test on ``replicates`` differences detects with ``power``."""
+    high = 10 * sd / np.sqrt(replicates)  # a noncentrality of 10: power about 1 at any level of interest
+    return float(optimize.brentq(lambda d: paired_t_power(d, sd, replicates, alpha) - power, 1e-12 * high, high))
 
 
 def config_ci_ratio(path: str, users: int) -> float:

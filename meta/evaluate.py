@@ -115,6 +115,8 @@ class LoggedItemStats(Recommender):
     processes of a run split across them.
     """
 
+    shares_state_across_users = True  # the item statistics pool every user it serves
+
     def __init__(self, inner: Recommender, num_items: int, device: Any) -> None:
 
         self.inner, self.name = inner, inner.name

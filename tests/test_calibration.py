@@ -252,6 +252,7 @@ def test_a_calibrated_population_serves_every_part_of_metarec(tmp_path):
             "users": 100,
             "days": 2,
             "seed": 0,
+            "replicates": 5,  # popular learns across users
         },
     )
     results = run_abtest(config, tmp_path / "ab", quiet=True)

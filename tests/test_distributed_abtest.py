@@ -29,8 +29,8 @@ def _config(**overrides) -> ABTestConfig:
         # summed over processes; thompson, epsilon-greedy, random and rl2 draw random numbers each step
         "arms": {"popular": "popular", "ctr": "popular-ctr", "thompson": "thompson", "eps": "epsilon-greedy",
                  "random": "random"},
-        "control": "popular", "users": 301, "days": 3, "pre_period_days": 1, "env_kwargs": SHORT, "seed": 5,
-        "torch_threads": 1,
+        "control": "popular", "users": 101, "days": 3, "pre_period_days": 1, "env_kwargs": SHORT, "seed": 5,
+        "torch_threads": 1, "replicates": 5,  # popular shares its table across users: replicates are the unit
     }  # fmt: skip
     return validate_config(ABTestConfig, {**values, **overrides})
 

@@ -23,27 +23,44 @@ class PopularRecommender(ItemBandit):
     """
 
     name = "popular"
+    shares_state_across_users = True
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, groups: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.table = torch.zeros((2, self.num_items), dtype=torch.int64, device=self.device)  # fixed-point sums
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"groups: expected a positive integer, got {groups!r}")
+        #: Independent tables, one per contiguous block of users (``B / groups`` users each): ``groups``
+        #: popularity learners that never see each other's users, stepped as one batch (independent replicates
+        #: of an A/B test's arm, say). 1: one table for every user.
+        self.groups = groups
+        self.table = torch.zeros((2, groups * self.num_items), dtype=torch.int64, device=self.device)  # fixed point
 
     @property
     def successes(self) -> torch.Tensor:
-        """``[M]`` float64 summed targets per item."""
+        """``[groups * M]`` float64 summed targets per item (of each group's table in turn)."""
         return self.table[0].to(torch.float64) / EXACT_SCALE
 
     @property
     def impressions(self) -> torch.Tensor:
-        """``[M]`` float64 impressions per item."""
+        """``[groups * M]`` float64 impressions per item."""
         return self.table[1].to(torch.float64)
 
     def choose(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
-        ids = candidate_ids(observation, self.name, self.num_items)  # [B, N]
+        ids = self.grouped(candidate_ids(observation, self.name, self.num_items))  # [B, N] rows of the table
         scores = self.score(self.successes[ids], self.impressions[ids])
         slate = top_slate(scores, self.k, self.draws(self.generator, ids.shape[0]))
         self._shown = (None, ids.gather(1, slate))
         return slate
+
+    def grouped(self, ids: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` catalog ids as entries of the table of each user's group."""
+        if self.groups == 1:
+            return ids
+        batch = ids.shape[0]
+        if batch % self.groups:
+            raise ValueError(f"groups: {self.groups} groups need a batch that divides into them, got {batch} users")
+        group = torch.arange(batch, device=ids.device) // (batch // self.groups)
+        return ids + (group * self.num_items)[:, None]
 
     def learn(self, targets: torch.Tensor) -> None:
         assert self._shown is not None
