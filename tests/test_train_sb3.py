@@ -62,10 +62,13 @@ def test_sb3_resume_continues_from_the_checkpoint_step(tmp_path: Path) -> None:
     longer = load_config(path, ["total_steps=2048"])
     with pytest.raises(ValueError, match="differs"):
         train(longer, tmp_path / "run", resume=True, progress=False)
-    (tmp_path / "run" / "config.yaml").unlink()  # a run whose config was changed on purpose
+    # A run whose config was changed on purpose (agents/training/run.py refuses an SB3 resume without config.yaml).
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({**saved, "total_steps": 2048}))
     results = train(longer, tmp_path / "run", resume=True, progress=False)
     assert results["env_steps"] >= 2048
-    assert (tmp_path / "run" / "checkpoints" / "replay.pkl").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "replay.npz").is_file()
+    assert not (tmp_path / "run" / "checkpoints" / "replay.pkl").exists()  # never a pickle
 
 
 def test_sb3_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,7 +99,8 @@ def test_sb3_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path: Path, mon
         train(load_config(path), tmp_path / "run", progress=False)
     monkeypatch.setattr(RecommenderMetricsCallback, "_on_step", original)
     checkpoint = tmp_path / "run" / "checkpoints" / "last.zip"
-    assert zipfile.is_zipfile(checkpoint) and (tmp_path / "run" / "checkpoints" / "replay.pkl").is_file()
+    assert zipfile.is_zipfile(checkpoint) and (tmp_path / "run" / "checkpoints" / "replay.npz").is_file()
+    assert not (tmp_path / "run" / "checkpoints" / "replay.pkl").exists()
     assert not (tmp_path / "run" / "model.zip").exists()
     results = train(load_config(path), tmp_path / "run", resume=True, progress=False)
     assert results["env_steps"] >= 1024 and (tmp_path / "run" / "model.zip").is_file()

@@ -7,6 +7,8 @@
 * :class:`RecommenderMetricsCallback`: click rate, engagement and returns in TensorBoard.
 * :func:`make_sb3_model` picks the policy for an algorithm; :class:`SB3Recommender` evaluates a trained model
   like any other :class:`~metarec.agents.base.Recommender`.
+* :func:`load_sb3_weights`, :func:`restore_sb3_counters`, :func:`load_replay_buffer`: a saved model's weights,
+  counters and replay buffer as plain data (never unpickled) into a model built from its config.
 
 Needs the ``sb3`` extra (``pip install metarec[sb3]``)::
 
@@ -27,6 +29,7 @@ from metarec.agents.sb3.policies import (
 )
 from metarec.agents.sb3.recommender import ALGORITHMS, SB3Recommender, make_sb3_model
 from metarec.agents.sb3.vec_env import SB3VecEnv
+from metarec.agents.sb3.weights import load_replay_buffer, load_sb3_weights, restore_sb3_counters, save_replay_buffer
 
 __all__ = [
     "ALGORITHMS",
@@ -40,6 +43,10 @@ __all__ = [
     "SlateDQNPolicy",
     "SlateDistribution",
     "SlateQNetwork",
+    "load_replay_buffer",
+    "load_sb3_weights",
     "make_sb3_model",
+    "restore_sb3_counters",
+    "save_replay_buffer",
     "slate_of",
 ]

@@ -23,30 +23,31 @@ def sb3_algo(config: TrainConfig) -> str:
 
 def train_sb3(config: TrainConfig, out: Path, resume: bool, progress: bool) -> dict[str, Any]:
     """SB3 through :class:`~metarec.agents.sb3.SB3VecEnv`. A resumed SB3 run restarts from the last
-    checkpoint's weights, optimizer, step count and (DQN) replay buffer; the simulated users restart,
-    so unlike batched PPO it is not step-for-step the uninterrupted run."""
+    checkpoint's weights, optimizer, step count and (DQN) replay buffer, loaded as plain data into a model
+    rebuilt from ``config`` (never SB3's pickle-based ``load``); the simulated users restart, so unlike
+    batched PPO it is not step-for-step the uninterrupted run."""
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
-    from metarec.agents.sb3 import ALGORITHMS, RecommenderMetricsCallback, SB3Recommender, SB3VecEnv, make_sb3_model
+    from metarec.agents.sb3 import (
+        RecommenderMetricsCallback,
+        SB3Recommender,
+        load_replay_buffer,
+        load_sb3_weights,
+        restore_sb3_counters,
+        save_replay_buffer,
+    )
+
     algo = sb3_algo(config)
-    env = SB3VecEnv(make_vector_env(config, config.sb3.num_envs, ground_truth=False))
     checkpoint = out / "checkpoints" / "last.zip"
-    replay = out / "checkpoints" / "replay.pkl"
+    replay = out / "checkpoints" / "replay.npz"
     resumed = resume and checkpoint.is_file()
-    if resumed:
-        model = ALGORITHMS[algo][0].load(checkpoint, env=env, device=config.device, tensorboard_log=str(out / "tb"))
+    model = build_sb3_model(config, config.device, tensorboard_log=str(out / "tb"))
+    if resumed:  # weights, optimizer and counters as plain data: nothing in the run directory is unpickled
+        load_sb3_weights(model, checkpoint, optimizer=True)
+        restore_sb3_counters(model, checkpoint)
         if algo == "dqn" and replay.is_file():
-            model.load_replay_buffer(replay)
+            load_replay_buffer(model.replay_buffer, replay)
     else:
-        model = make_sb3_model(
-            algo,
-            env,
-            seed=config.seed,
-            policy_kwargs=config.sb3.policy_kwargs,
-            algo_kwargs=config.sb3.algo_kwargs,
-            tensorboard_log=str(out / "tb"),
-            device=config.device,
-        )
         writer = summary_writer(out / "tb" / "hparams", primary=True)
         writer.add_text("hyperparameters", hyperparameter_table(config))
         writer.close()
@@ -66,7 +67,7 @@ def train_sb3(config: TrainConfig, out: Path, resume: bool, progress: bool) -> d
                 self.last = self.num_timesteps
                 save_sb3(self.model, checkpoint)
                 if algo == "dqn":
-                    atomic_write(replay, self.model.save_replay_buffer)
+                    save_replay_buffer(self.model.replay_buffer, replay)
             if stopping:
                 raise TrainingInterrupted(str(request["signal"]), self.num_timesteps, checkpoint)
             return True
@@ -82,6 +83,8 @@ def train_sb3(config: TrainConfig, out: Path, resume: bool, progress: bool) -> d
         )
     seconds = time.perf_counter() - started
     save_sb3(model, checkpoint)
+    if algo == "dqn":  # the buffer of the last checkpoint, for a resume with more steps
+        save_replay_buffer(model.replay_buffer, replay)
     save_sb3(model, out / "model.zip")
     final = evaluate(
         config.env,
@@ -113,14 +116,37 @@ def save_sb3(model: Any, path: Path) -> None:
     atomic_write(path, model.save)
 
 
-def load_sb3_recommender(run_dir: Path, env: Any) -> Recommender:
-    from metarec.agents.sb3 import ALGORITHMS, SB3Recommender
+def build_sb3_model(config: TrainConfig, device: str, tensorboard_log: str | None = None) -> Any:
+    """A new SB3 model for ``config`` (algorithm, policy, seed, keyword arguments) on ``device``, built as
+    training builds it, on training's users: what a run directory's weights are loaded into."""
+    from metarec.agents.sb3 import SB3VecEnv, make_sb3_model
 
+    users = make_vector_env(config.model_copy(update={"device": device}), config.sb3.num_envs, ground_truth=False)
+    return make_sb3_model(
+        sb3_algo(config),
+        SB3VecEnv(users),
+        seed=config.seed,
+        policy_kwargs=config.sb3.policy_kwargs,
+        algo_kwargs=config.sb3.algo_kwargs,
+        tensorboard_log=tensorboard_log,
+        device=device,
+    )
+
+
+def load_sb3_recommender(run_dir: Path, env: Any) -> Recommender:
+    """The policy of an SB3 run directory: the model rebuilt from its validated ``config.yaml``, with the
+    weights of ``model.zip``'s ``policy.pth`` (``weights_only``); nothing in the zip is unpickled."""
+    from metarec.agents.sb3 import SB3Recommender, load_sb3_weights, restore_sb3_counters
+
+    if not (run_dir / "config.yaml").is_file():
+        raise ValueError(f"agent: {run_dir / 'config.yaml'} is missing: the SB3 model is rebuilt from it")
     config = validate_config(TrainConfig, yaml.safe_load((run_dir / "config.yaml").read_text()))
     spec_id = getattr(getattr(env, "spec", None), "id", None)
     if spec_id is not None and spec_id != config.env:
         raise ValueError(f"agent: {run_dir} was trained on {config.env}, not {spec_id}")
-    model = ALGORITHMS[sb3_algo(config)][0].load(run_dir / "model.zip", device=env.device)
+    model = build_sb3_model(config, str(env.device))
+    load_sb3_weights(model, run_dir / "model.zip")
+    restore_sb3_counters(model, run_dir / "model.zip")  # DQN's exploration rate, for sampled actions
     recommender = SB3Recommender(model)
     recommender.name = f"{config.algo}:{run_dir.name}"
     return recommender
