@@ -5,7 +5,9 @@ and writes::
 
     DIR/config.yaml             the validated config (what meta-eval reads back)
     DIR/methods/NAME.pt         each method's final weights (weights only)
-    DIR/checkpoints/last.pt     atomic checkpoint: finished methods and the one in progress
+    DIR/.metarec-run            the marker of a directory claimed by the run (see metarec.runs)
+    DIR/checkpoints/last.pt     atomic checkpoint: finished methods and the one in progress, with the
+                                config and a SHA-256 of it all (checked on --resume)
     DIR/tb/NAME/                TensorBoard scalars per method
     DIR/results.json            per-method updates, env steps, seconds, env-steps/s, params_sha256
 
@@ -19,6 +21,7 @@ bytes.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,15 @@ from metarec.parallel import (
     torchrun_group,
     world_size,
 )
-from metarec.runs import params_sha256, prepare_run, summary_writer, write_config
+from metarec.runs import (
+    load_checkpoint,
+    params_sha256,
+    prepare_run,
+    restartable,
+    save_checkpoint,
+    summary_writer,
+    write_config,
+)
 
 
 def _trainer(name: str, config: MetaTrainConfig) -> RL2Trainer | GradientMetaTrainer:
@@ -54,7 +65,13 @@ def _trainer(name: str, config: MetaTrainConfig) -> RL2Trainer | GradientMetaTra
 
 
 def meta_train(
-    config: MetaTrainConfig, out: str | Path, resume: bool = False, progress: bool = True, nproc: int = 1
+    config: MetaTrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    nproc: int = 1,
+    command: str = "meta-train",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Trains every method of ``config`` into ``out`` (see the module docstring).
 
@@ -63,12 +80,21 @@ def meta_train(
     equal a one-process run's up to floating-point summation order. Under ``torchrun`` (``WORLD_SIZE``
     set), the processes torchrun started join one group the same way. RL² shares its meta-batch's
     tasks the same way (see :mod:`metarec.meta.rl2`).
+
+    ``out`` is claimed for ``command`` (see :func:`metarec.runs.claim_out`; the demo claims its
+    ``meta/`` as its own): a run that never reached its first checkpoint starts again there, with or
+    without ``resume``; ``overwrite`` lets a fresh run write into a non-empty directory.
     """
     out = Path(out)
     checkpoint_path = out / "checkpoints" / "last.pt"
-    prepare_run(out, config, resume, write=False)  # config.yaml: written by the first process that trains
     if resume and not checkpoint_path.is_file():
-        raise ValueError(f"--resume: no checkpoint at {checkpoint_path}")
+        if out.is_dir() and any(out.iterdir()) and not restartable(out, command):
+            raise ValueError(f"--resume: no checkpoint at {checkpoint_path}")
+        resume = False  # killed or failed before its first checkpoint: nothing to continue, start afresh
+    first = os.environ.get("RANK", "0") == "0"  # under torchrun, the first process claims the directory
+    # config.yaml: written by the first process that trains
+    prepare_run(out, config, resume, write=False, command=command, checkpoint=checkpoint_path, overwrite=overwrite,
+                create=first)  # fmt: skip
     world = world_size(nproc)
     if world > 1 and "rl2" in config.methods and config.rl2.tasks_per_batch % world:
         raise ValueError(f"rl2.tasks_per_batch: must divide among {world} processes, got {config.rl2.tasks_per_batch}")
@@ -87,9 +113,13 @@ def meta_train(
 def _spawn(config: MetaTrainConfig, out: Path, resume: bool, nproc: int) -> None:
     """Runs ``nproc`` worker processes; SIGTERM/SIGINT to this process is passed on to them, so they
     checkpoint and stop together, and then raises :class:`TrainingInterrupted` here."""
+
     def stopped(signal_name: str) -> Exception:
         checkpoint = out / "checkpoints" / "last.pt"
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True) if checkpoint.is_file() else {}
+        try:
+            saved = load_checkpoint(checkpoint) if checkpoint.is_file() else {}
+        except ValueError:
+            saved = {}
         step = int(((saved.get("current") or {}).get("state") or {}).get("global_step", 0))
         return TrainingInterrupted(signal_name, step, checkpoint)
 
@@ -110,17 +140,15 @@ class MetaTrainRun:
         self.checkpoint_path = out / "checkpoints" / "last.pt"
         self.saved: dict[str, Any] = {"finished": {}, "current": None}
         if resume:
-            self.saved = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-            if self.saved.get("config") != json.loads(config.model_dump_json()):
-                raise ValueError(f"--resume: {out} was started with a different config; use another --out")
+            self.saved = load_checkpoint(self.checkpoint_path, config)  # its digest and config are checked
         self.finished: dict[str, dict[str, Any]] = self.saved["finished"]
         self.request: dict[str, str | None] = {"signal": None}
 
     def checkpoint(self, entry: dict[str, Any] | None) -> None:
         """Saves the finished methods and ``entry`` (the method in progress, or None) atomically."""
-        payload = {"config": json.loads(self.config.model_dump_json()), "finished": self.finished, "current": entry}
+        payload = {"finished": self.finished, "current": entry}
         if self.primary:
-            atomic_save(payload, self.checkpoint_path)
+            save_checkpoint(payload, self.checkpoint_path, self.config)
 
     def train_method(self, name: str) -> None:
         """Trains method ``name`` (from its checkpoint when it was in progress) and saves its weights."""
@@ -175,7 +203,7 @@ class MetaTrainRun:
         if config.torch_threads and self.world == 1:
             torch.set_num_threads(config.torch_threads)
         self.out.mkdir(parents=True, exist_ok=True)
-        if not self.resume and self.primary:
+        if self.primary and (not self.resume or not (self.out / "config.yaml").is_file()):
             write_config(self.out, config)
         started = time.perf_counter()
         with stop_requests() as request:

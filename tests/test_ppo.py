@@ -16,6 +16,7 @@ from metarec.agents.evaluation import evaluate
 from metarec.agents.ppo import BatchedPPO, PPOConfig
 from metarec.agents.training import load_config, train
 from metarec.cli import main
+from metarec.runs import load_checkpoint
 
 LTS = "metarec/RecSimLongTermSatisfaction-v0"
 
@@ -212,7 +213,7 @@ def test_sigterm_checkpoints_the_last_update_and_resume_ends_where_a_straight_ru
     with pytest.raises(TrainingInterrupted, match="SIGTERM at env step"):
         train(config, tmp_path / "stopped", progress=False)
     monkeypatch.setattr(BatchedPPO, "learn", original)
-    saved = torch.load(tmp_path / "stopped" / "checkpoints" / "last.pt", weights_only=True)
+    saved = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")  # its digest checked
     assert calls["n"] == 2 and saved["global_step"] == 2 * config.ppo.num_envs * config.ppo.rollout_steps
     assert signal.getsignal(signal.SIGTERM) is handler  # the previous handler is back
     train(config, tmp_path / "stopped", resume=True, progress=False)

@@ -8,15 +8,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
 from metarec.agents.evaluation import evaluate
 from metarec.agents.ppo import BatchedPPO
-from metarec.agents.training.config import TrainConfig, make_vector_env, normalised, reference_returns
+from metarec.agents.training.config import (
+    RESUMABLE_CHANGES,
+    TrainConfig,
+    make_vector_env,
+    normalised,
+    reference_returns,
+)
 from metarec.io import atomic_save, write_json
 from metarec.parallel import Shard, TrainingInterrupted, any_rank, group_size, rank, stop_requests
-from metarec.runs import hyperparameter_table, params_sha256, summary_writer
+from metarec.runs import hyperparameter_table, load_checkpoint, params_sha256, save_checkpoint, summary_writer
 
 
 class BatchedPPORun:
@@ -32,7 +37,8 @@ class BatchedPPORun:
             env = make_vector_env(config, shard.size, ground_truth=False, shard=shard.env_rows())
         self.ppo = ppo = BatchedPPO(env, config.ppo, seed=config.seed, total_steps=config.total_steps)
         if resume_from is not None and resume_from.is_file():
-            ppo.load_state_dict(torch.load(resume_from, map_location="cpu", weights_only=True))  # RNG states on CPU
+            # the digest and the saved config are checked first; RNG states load on the CPU
+            ppo.load_state_dict(load_checkpoint(resume_from, config, RESUMABLE_CHANGES))
         # Events the interrupted process logged after its checkpoint (steps > the checkpoint's) are dropped.
         self.writer = summary_writer(out / "tb", self.primary, ppo.global_step if resume_from is not None else None)
         if ppo.global_step == 0:
@@ -90,7 +96,7 @@ class BatchedPPORun:
         if step - self.last_checkpoint >= config.checkpoint_every or step >= config.total_steps or stopping:
             state = self.ppo.state_dict()  # every process takes part (it gathers their users)
             if self.primary:
-                atomic_save(state, self.out / "checkpoints" / "last.pt")
+                save_checkpoint(state, self.out / "checkpoints" / "last.pt", config)
             self.writer.flush()
             self.last_checkpoint = step
         if stopping:

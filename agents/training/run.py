@@ -3,14 +3,17 @@
 A run directory holds::
 
     config.yaml          the resolved configuration (after --set overrides)
+    .metarec-run         the marker of a directory claimed by ``metarec train`` (see metarec.runs)
     checkpoints/last.pt  written atomically every ``checkpoint_every`` steps (batched PPO: weights,
-                         optimizer, generators, the simulated users; SB3: last.zip)
+                         optimizer, generators, the simulated users, with the config and a SHA-256 of
+                         it all, checked on resume; SB3: last.zip)
     tb/                  TensorBoard events: charts/, losses/, eval/, hyper-parameters as text
     model.pt | model.zip the final policy (what ``--agent RUN_DIR`` loads)
     results.json         final evaluation on fresh users, with random and oracle on the same users
 
 ``--resume`` continues from ``checkpoints/last.pt``: a batched-PPO run killed at any point and resumed
-ends with exactly the weights it would have had without the interruption (on CPU).
+ends with exactly the weights it would have had without the interruption (on CPU). A run killed before
+its first checkpoint starts again in the same directory, with or without ``--resume``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from metarec.agents.training.config import RESUMABLE_CHANGES, TrainConfig
 from metarec.agents.training.sb3_run import load_sb3_recommender, train_sb3
 from metarec.config import validate_config
 from metarec.parallel import TrainingInterrupted, rank, spawn_for_result, torchrun_group, world_size
-from metarec.runs import prepare_run
+from metarec.runs import load_checkpoint, prepare_run, restartable
 
 
 def train(
@@ -49,6 +52,7 @@ def train(
         raise ValueError(f"ppo.num_envs: must divide among {world} processes, got {config.ppo.num_envs}")
     out = Path(out)
     checkpoint = out / "checkpoints" / "last.pt"
+    resume = _resumable(config, out, resume)
     if world > 1 and nproc == 1:  # started by torchrun: the first process checks and prepares the run
         torchrun_group(config.device, config.torch_threads)
         import torch.distributed as dist
@@ -56,7 +60,7 @@ def train(
         problem = None
         if rank() == 0:
             try:
-                prepare_run(out, config, resume, RESUMABLE_CHANGES)
+                _prepare(config, out, resume)
             except ValueError as err:
                 problem = str(err)
         shared = [problem]
@@ -64,11 +68,14 @@ def train(
         if shared[0] is not None:
             raise ValueError(shared[0])
         return train_batched_ppo(config, out, checkpoint if resume else None, progress)
-    prepare_run(out, config, resume, RESUMABLE_CHANGES)
+    _prepare(config, out, resume)
     if nproc > 1:
 
         def stopped(signal_name: str) -> Exception:
-            saved = torch.load(checkpoint, map_location="cpu", weights_only=True) if checkpoint.is_file() else {}
+            try:
+                saved = load_checkpoint(checkpoint) if checkpoint.is_file() else {}
+            except ValueError:
+                saved = {}
             return TrainingInterrupted(signal_name, int(saved.get("global_step", 0)), checkpoint)
 
         return spawn_for_result(train_worker, (config.model_dump_json(), str(out), resume), nproc, config.device,
@@ -78,6 +85,32 @@ def train(
     if config.algo == "ppo":
         return train_batched_ppo(config, out, checkpoint if resume else None, progress)
     return train_sb3(config, out, resume, progress)
+
+
+def _checkpoint_of(config: TrainConfig, out: Path) -> Path:
+    return out / "checkpoints" / ("last.pt" if config.algo == "ppo" else "last.zip")
+
+
+def _resumable(config: TrainConfig, out: Path, resume: bool) -> bool:
+    """``resume``, except that a run which never reached its first checkpoint (killed, or failed at
+    start) is started afresh: there is nothing to continue."""
+    if resume and not _checkpoint_of(config, out).is_file() and (not out.exists() or restartable(out, "train")):
+        return False
+    return resume
+
+
+def _prepare(config: TrainConfig, out: Path, resume: bool) -> None:
+    """Claims ``out`` for the run (see :func:`metarec.runs.prepare_run`); a resumed run's config is checked
+    against ``config.yaml`` or, where that is gone, the checkpoint's (stable-baselines3 checkpoints carry
+    none, so there ``config.yaml`` must be there)."""
+    unchecked = config.algo != "ppo" and _checkpoint_of(config, out).is_file()
+    if resume and unchecked and not (out / "config.yaml").is_file():
+        raise ValueError(
+            f"--resume: {out / 'config.yaml'} is missing, so the run's config cannot be checked; restore it or "
+            "start a new run in another --out"
+        )
+    checkpoint = _checkpoint_of(config, out) if config.algo == "ppo" else None
+    prepare_run(out, config, resume, RESUMABLE_CHANGES, command="train", checkpoint=checkpoint)
 
 
 def _check_same_spaces(run_dir: Path, config: TrainConfig, env: Any, spec_id: str) -> None:

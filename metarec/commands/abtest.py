@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from metarec.abtest.config import ABTestConfig
 from metarec.abtest.report import summary_table
 from metarec.abtest.runner import run_abtest
 from metarec.config import load_yaml_config
+from metarec.runs import claim_out
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_yaml_config(ABTestConfig, args.config, args.set or [])
     out = Path(args.out or f"runs/{Path(args.config).stem}")
+    # before any simulation; under torchrun the first process claims it, the others only check
+    claim_out(out, "abtest", overwrite=args.overwrite, create=os.environ.get("RANK", "0") == "0")
     results = run_abtest(config, out, quiet=args.quiet, nproc=args.nproc)
     if results is None:  # a process of a torchrun group other than the first: it prints nothing
         return 0

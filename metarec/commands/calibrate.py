@@ -11,6 +11,7 @@ import yaml
 from metarec.calibration.fit import FitConfig
 from metarec.calibration.run import run_calibration
 from metarec.config import validate_config
+from metarec.runs import claim_out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
         values[key.strip()] = yaml.safe_load(text)
     fit_config = validate_config(FitConfig, values, where="--set")
+    claim_out(args.out, "calibrate", overwrite=args.overwrite)  # before the logs are read and fitted
     result = run_calibration(
         args.logs, args.format, args.out, items=args.items, holdout_frac=args.holdout_frac, fit_config=fit_config
     )

@@ -6,6 +6,11 @@ into ``OUT/meta/`` and measures how they adapt to new users of held-out populati
 simulated A/B test of the meta-learned RL² recommender against LinUCB (the best baseline) and
 popularity (control) on users of a held-out population, with its report in ``OUT/abtest/``; and
 writes ``results.json``. Without a meta config the A/B test is popularity vs LinUCB vs greedy.
+
+``OUT`` is claimed before any work (:func:`metarec.runs.claim_out`): a non-empty directory the demo
+did not make is refused unless ``overwrite`` (``--overwrite``: the demo then replaces only the files it
+writes), and the demo deletes only what it made itself: an ``OUT/meta/`` carrying its marker, before
+meta-training there again.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from metarec.meta.config import MetaTrainConfig, load_meta_config
 from metarec.meta.eval_run import meta_eval
 from metarec.meta.train import meta_train
 from metarec.registration import CORE_ENVIRONMENTS
+from metarec.runs import check_out, claim_out, made_by
 
 # RecSim's interest-exploration users never leave (27,000-step horizon); the demo looks at 200 steps.
 DEMO_ENV_KWARGS = {"metarec/RecSimInterestExploration-v0": {"max_steps": 200}}
@@ -45,9 +51,15 @@ def run_demo(
     seed: int = 0,
     device: str = "cpu",
     meta_config: str | Path | None = META_CONFIG,
+    overwrite: bool = False,
 ) -> dict:
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    meta_train_config = None if meta_config is None else _meta_config(Path(meta_config), seed, device)
+    # every output location is checked before any work: OUT, OUT/abtest and OUT/meta
+    for path in (out_dir, out_dir / "abtest", *([] if meta_config is None else [out_dir / "meta"])):
+        check_out(path, "demo", overwrite)
+    claim_out(out_dir, "demo", overwrite)
+    claim_out(out_dir / "abtest", "demo", overwrite)
     started = time.perf_counter()
     rows = []
     print(f"Evaluating random and oracle recommenders on {users} fresh users per environment ({device})")
@@ -64,11 +76,11 @@ def run_demo(
             f"{o['mean_return']:>11.2f} ±{half_width(o):>5.2f}{ratio:>15.3f}"
         )
         rows.append({"env": entry.id, "random": r, "oracle": o})
-    if meta_config is None:
+    meta = None
+    if meta_train_config is None:
         abtest = _demo_abtest(out_dir / "abtest", users, seed, device)
-        meta = None
     else:
-        meta = _demo_meta(out_dir / "meta", Path(meta_config), seed, device)
+        meta = _demo_meta(out_dir / "meta", meta_train_config, Path(str(meta_config)).name, overwrite)
         abtest = _demo_meta_abtest(out_dir / "abtest", out_dir / "meta", min(users, 2000), seed, device)
     summary = {
         "users": users,
@@ -134,7 +146,6 @@ def _demo_meta_abtest(out: Path, meta_run: Path, users: int, seed: int, device: 
     adaptation protocol (LinUCB) and popularity (control), on users of a held-out population."""
     import yaml
 
-
     config = validate_config(MetaTrainConfig, yaml.safe_load((meta_run / "config.yaml").read_text()))
     if "rl2" not in config.methods:
         return _demo_abtest(out, users, seed, device)
@@ -146,18 +157,22 @@ def _demo_meta_abtest(out: Path, meta_run: Path, users: int, seed: int, device: 
     )
 
 
-def _demo_meta(out: Path, config_path: Path, seed: int, device: str) -> dict:
-    """Meta-trains every method of ``config_path`` and measures adaptation on held-out populations."""
-    import shutil
-
-
+def _meta_config(config_path: Path, seed: int, device: str) -> MetaTrainConfig:
+    """The meta-train config of the demo (read before any work, so a missing one stops it at once)."""
     if not config_path.is_file():
         raise ValueError(f"meta config: no such file {str(config_path)!r} (run the demo from a checkout)")
-    config = load_meta_config(config_path, [f"seed={seed}", f"device={device}"])
-    if out.exists():
-        shutil.rmtree(out)  # the demo starts over each time
-    print(f"Meta-training {', '.join(config.methods)} on {config.train_split} populations ({config_path.name})")
-    trained = meta_train(config, out, progress=True)
+    return load_meta_config(config_path, [f"seed={seed}", f"device={device}"])
+
+
+def _demo_meta(out: Path, config: MetaTrainConfig, name: str, overwrite: bool) -> dict:
+    """Meta-trains every method of ``config`` and measures adaptation on held-out populations."""
+    import shutil
+
+    if made_by(out, "demo"):
+        shutil.rmtree(out)  # the demo starts over each time, in a directory it made itself
+    print(f"Meta-training {', '.join(config.methods)} on {config.train_split} populations ({name})")
+    # OUT/meta is claimed as the demo's, so the next demo may start it over
+    trained = meta_train(config, out, progress=True, command="demo", overwrite=overwrite)
     print(f"Adaptation on held-out populations ({config.test_split}, {config.eval.seeds} seeds)")
     result = meta_eval(out, "test", progress=True)
     sessions = [k for k in (1, 2, 5, 10, 20) if k <= len(result["sessions"])]
@@ -175,5 +190,5 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {}
     if args.meta_config is not None:
         kwargs["meta_config"] = None if args.meta_config == "none" else args.meta_config
-    run_demo(out=args.out, users=args.users, seed=args.seed, device=args.device, **kwargs)
+    run_demo(out=args.out, users=args.users, seed=args.seed, device=args.device, overwrite=args.overwrite, **kwargs)
     return 0
