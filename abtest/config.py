@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from metarec.abtest.metrics import METRICS
+from metarec.agents.evaluation import check_env_kwargs
 from metarec.config import FrozenConfig
 from metarec.registration import ENVIRONMENTS, check_env_id
 from metarec.resources import MIN_BYTES_PER_ENV, memory_problem
@@ -134,6 +135,11 @@ class ABTestConfig(FrozenConfig):
         if problem is not None:
             raise ValueError(problem)
         return value
+
+    @model_validator(mode="after")
+    def _known_env_arguments(self) -> ABTestConfig:
+        check_env_kwargs(self.env, self.env_kwargs)  # an unknown keyword stops the test before any work
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> ABTestConfig:

@@ -29,6 +29,7 @@ from metarec.abtest.metrics import COUNTERS, StepMetrics, shown_once
 from metarec.agents.registry import make_recommender
 from metarec.envs.calibrated import with_population_fields
 from metarec.envs.core.backend import RowSubsetRandom
+from metarec.envs.core.finite import check_finite_outcome
 from metarec.parallel import Shard
 
 
@@ -162,6 +163,8 @@ def simulate_arm(
 
             state, outcome = model.step(RowSubsetRandom(rng, total, rows + offset), state, slate, truth)
             step_info = {**outcome.info, "regret": oracle_value - outcome.info["expected_reward"]}
+            check_finite_outcome(model, state, outcome, step=steps + 1, users=rows + offset,
+                                 info={**step_info, "candidate_utilities": truth.utilities})  # fmt: skip
             step_reward, done = outcome.reward, outcome.terminated | outcome.truncated
             values = metrics.after(values, step_reward, step_info, observation)
             counters.index_add_(0, rows * sessions + session, values.to(torch.float64))

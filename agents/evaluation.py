@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from typing import Any
 
 import gymnasium as gym
@@ -10,7 +12,10 @@ import torch
 
 from metarec.agents import Recommender
 from metarec.agents.registry import make_recommender
+from metarec.config import short_repr
+from metarec.envs.core.backend import torch_backend
 from metarec.parallel import Shard, group_size, spawn_for_result, torchrun_group, world_size
+from metarec.resources import MIN_BYTES_PER_ENV, bytes_per_user, check_memory
 from metarec.stats import mean_and_half_width
 
 
@@ -23,6 +28,7 @@ def evaluate(
     env_kwargs: dict[str, Any] | None = None,
     max_steps: int = 100_000,
     nproc: int = 1,
+    memory_limit_gib: float | None = None,
 ) -> dict[str, Any] | None:
     """Runs ``users`` fresh users for one episode each and summarises their returns.
 
@@ -37,9 +43,15 @@ def evaluate(
         ``env``, ``agent``, ``users``, ``seed``, ``device``, ``mean_return``, ``ci95`` (the 95% Student-t
         interval of the mean return over users, ``[low, high]``), ``std_return``, ``mean_length``,
         ``click_rate``, ``mean_regret`` (per step, against the myopic oracle), ``processes``.
+
+    Raises:
+        ValueError: before any work, for a bad argument, or for more users than fit in memory (see
+            :func:`check_users_fit`; ``memory_limit_gib`` or ``$METAREC_MEMORY_LIMIT_GIB`` overrides the limit).
     """
     if isinstance(users, bool) or not isinstance(users, int) or users < 1:
-        raise ValueError(f"users: expected a positive integer, got {users}")
+        raise ValueError(f"users: expected a positive integer, got {short_repr(users)}")
+    torch_backend(device)  # a ValueError naming a device torch does not know or cannot reach
+    check_users_fit(env_id, users, env_kwargs, memory_limit_gib)
     world = world_size(nproc)
     if nproc > 1:
         if not isinstance(agent, str):
@@ -108,6 +120,82 @@ def evaluate(
         "mean_regret": float(table[:, 3].sum()) / total_steps,
         "processes": group_size() if shard is not None else 1,
     }
+
+
+#: Keyword arguments of an env that the runs (train, evaluate, abtest) set themselves, and what sets them.
+RUN_ENV_ARGUMENTS = {
+    "num_envs": "the number of users (users, ppo.num_envs, sb3.num_envs)",
+    "device": "the run's device (the config's device, --device)",
+    "vectorization_mode": "metarec",
+    "shard": "--nproc",
+}
+#: Keyword arguments an env takes that its constructors do not declare by name.
+EXTRA_ENV_ARGUMENTS = {"metarec/Calibrated-v0": ("population_fields",)}
+
+
+def env_arguments(env_id: str) -> frozenset[str] | None:
+    """The keyword arguments the vector env of ``env_id`` takes: the parameters of its constructors (along
+    its classes, while they pass ``**kwargs`` on) and its config's fields. None where they cannot be
+    known (keywords no class declares, or an optional extra that is not installed)."""
+    entry = gym.spec(env_id).vector_entry_point
+    if not isinstance(entry, str):
+        return None
+    module, _, name = entry.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except ImportError:
+        return None
+    names, open_ended = set(EXTRA_ENV_ARGUMENTS.get(env_id, ())), True
+    for klass in cls.__mro__:
+        if not klass.__module__.startswith("metarec.") or not open_ended:
+            break
+        if "__init__" in vars(klass):
+            params = inspect.signature(klass.__init__).parameters.values()
+            names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+            open_ended = any(p.kind is p.VAR_KEYWORD for p in params)
+    config_class = getattr(cls, "config_class", None)
+    if open_ended and config_class is None:
+        return None
+    if config_class is not None:
+        names |= set(config_class.model_fields)
+    return frozenset(names - {"self", "num_envs"})
+
+
+def check_env_kwargs(env_id: str, env_kwargs: dict[str, Any], where: str = "env_kwargs") -> None:
+    """A ValueError naming the first keyword of ``env_kwargs`` that ``env_id``'s vector env does not take
+    (or that the run sets itself), with the ones it takes."""
+    known = env_arguments(env_id)
+    for key in env_kwargs:
+        if key in RUN_ENV_ARGUMENTS:
+            raise ValueError(f"{where}.{key}: set by {RUN_ENV_ARGUMENTS[key]}, not by {where}")
+        if known is not None and key not in known:
+            raise ValueError(
+                f"{where}.{str(key)[:40]}: unknown argument of {env_id} "
+                f"(known: {', '.join(sorted(known - set(RUN_ENV_ARGUMENTS)))})"
+            )
+
+
+#: Up to this many users, a batch is not worth estimating (a few MB at most in every metarec env).
+PROBE_ABOVE_USERS = 4096
+
+
+def check_users_fit(
+    env_id: str, users: int, env_kwargs: dict[str, Any] | None = None, memory_limit_gib: float | None = None
+) -> None:
+    """A ValueError naming ``users`` when a batch of that many users of ``env_id`` would not fit in memory
+    (:func:`metarec.resources.check_memory`), checked before the batch is built: first at the least any
+    env holds per user, then (past :data:`PROBE_ABOVE_USERS`) from a one-user env's observation space."""
+    check_memory("users", users, MIN_BYTES_PER_ENV, limit_gib=memory_limit_gib)
+    if users <= PROBE_ABOVE_USERS:
+        return
+    probe = gym.make_vec(
+        env_id, num_envs=1, vectorization_mode="vector_entry_point", device="cpu", **dict(env_kwargs or {})
+    )
+    try:
+        each = bytes_per_user(probe.single_observation_space)
+    finally:
+        probe.close()
+    check_memory("users", users, each, limit_gib=memory_limit_gib)
 
 
 def _gather_users(table: np.ndarray, shard: Shard | None) -> np.ndarray | None:

@@ -30,6 +30,7 @@ from pydantic import BaseModel
 
 from metarec.config import validate_config
 from metarec.envs.core.backend import Backend, Random, numpy_backend, torch_backend
+from metarec.envs.core.finite import finite_flag, host_finite_quick, non_finite_report, step_quantities
 from metarec.envs.core.model import State, UserModel
 
 
@@ -151,6 +152,7 @@ class UserSimEnv(gym.Env):
         self._state: State | None = None
         self._next_truth: Any = None  # the ground truth of the current state, when already computed
         self._oracle_value = 0.0
+        self._steps = 0  # steps since the last reset (for the NaN guard's report)
 
     def build_model(self, backend: Backend) -> UserModel:
         """The user model this environment adapts, on ``backend``."""
@@ -166,7 +168,9 @@ class UserSimEnv(gym.Env):
             self._rng = self.backend.make_random(seed if seed is not None else int(self.np_random.integers(2**62)))
         self._state = self.model.initial_state(self._rng, 1)
         self._next_truth = None
-        return self._observation(), self._truth({})
+        self._steps = 0
+        observation = self._observation()
+        return observation, self._checked(None, self._truth({}))
 
     def step(self, action: Any) -> tuple[dict, float, bool, bool, dict]:
         if self._state is None or self._rng is None:
@@ -179,7 +183,8 @@ class UserSimEnv(gym.Env):
             self._next_truth = None
             if self.ground_truth:
                 info["regret"] = self._oracle_value - info["expected_reward"]
-            return self._observation(), reward, terminated, truncated, self._truth(info)
+            observation = self._observation()
+            return observation, reward, terminated, truncated, self._checked(reward, self._truth(info))
         on_numpy = self.backend.name == "numpy"
         if not on_numpy:
             slate = self.backend.asarray(slate)
@@ -193,7 +198,24 @@ class UserSimEnv(gym.Env):
             reward, terminated, truncated = outcome.reward[0], outcome.terminated[0], outcome.truncated[0]
         if self.ground_truth:
             info["regret"] = self._oracle_value - info["expected_reward"]
-        return self._observation(), float(reward), bool(terminated), bool(truncated), self._truth(info)
+        reward = float(reward)
+        observation = self._observation()
+        return observation, reward, bool(terminated), bool(truncated), self._checked(reward, self._truth(info))
+
+    def _checked(self, reward: float | None, info: dict[str, Any]) -> dict[str, Any]:
+        """``info``, after the NaN guard (:mod:`metarec.envs.core.finite`) on what a step (``reward``) or a reset
+        (None) gave: the reward, the expected reward, the regret, the ground truth of the next decision and the
+        model's guarded state. Raises ``FloatingPointError`` naming what is NaN or infinite."""
+        state, keys = self._state, self.model.guarded_keys
+        assert state is not None
+        if reward is not None:
+            self._steps += 1
+        if self.backend.name == "numpy" and host_finite_quick(reward, info, state, keys):
+            return info
+        quantities = step_quantities(reward, info, state, keys)
+        if not finite_flag(quantities):
+            raise FloatingPointError(non_finite_report(quantities, self._steps, per_user=False))
+        return info
 
     def _observation(self) -> dict[str, np.ndarray]:
         assert self._state is not None

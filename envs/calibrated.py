@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from metarec.config import short_repr
 from metarec.envs.adapters import build_config
 from metarec.envs.drifting.env import DriftingUsersEnv, DriftingUsersVectorEnv
 from metarec.envs.drifting.model import DriftingUsersModel
@@ -117,14 +118,28 @@ def load_population(path: str | Path) -> tuple[SimulatorConfig, dict[str, np.nda
     if not document_path.is_file() or not world_path.is_file():
         raise ValueError(f"population: {path} is not a calibrated population (expected population.json and world.npz)")
     try:
-        document = json.loads(document_path.read_text())
-    except json.JSONDecodeError as err:
+        document = json.loads(document_path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise ValueError(f"population: {document_path} is not valid JSON ({err})") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise ValueError(f"population: {document_path} has format {document.get('format')!r}, expected {FORMAT!r}")
+    found = document.get("format") if isinstance(document, dict) else type(document).__name__
+    if found != FORMAT:
+        raise ValueError(f"population: {document_path} has format {short_repr(found)}, expected {FORMAT!r}")
     config = build_config(SimulatorConfig, document.get("config"), {})
-    with np.load(world_path, allow_pickle=False) as arrays:
-        world = {key: arrays[key] for key in arrays.files}
+    try:
+        loaded = np.load(world_path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
+            raise ValueError(f"expected an .npz archive, got one {type(loaded).__name__}")
+        with loaded as arrays:
+            world = {key: arrays[key] for key in arrays.files}
+    except Exception as err:
+        # truncated, corrupt or not an .npz at all: numpy, zipfile, zlib and numpy's header parser say so in
+        # many ways (ValueError, BadZipFile, EOFError, zlib.error, SyntaxError, TokenError, MemoryError, ...)
+        if isinstance(err, OSError) and err.errno is not None:  # the file cannot be read: not its content
+            raise
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        if "pickle" in reason:  # numpy's fallback for a file that is neither .npz nor .npy
+            reason = "neither an .npz nor an .npy file"
+        raise ValueError(f"population: {world_path} is not a readable .npz of world arrays ({reason})") from None
     return config, check_world(world, config, where=str(world_path)), document.get("fit", {})
 
 

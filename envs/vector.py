@@ -17,17 +17,24 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from pydantic import BaseModel
 
+from metarec.config import short_repr
 from metarec.envs.adapters import action_space_of, build_config, check_slates
 from metarec.envs.core.backend import Backend, Random, RowSubsetRandom, torch_backend
+from metarec.envs.core.finite import finite_flag, non_finite_report, step_quantities
 from metarec.envs.core.model import ChoiceModel, State, UserModel
+from metarec.resources import MIN_BYTES_PER_ENV, check_memory
 
 
-def check_vector_arguments(num_envs: Any, render_mode: str | None) -> int:
-    """``num_envs`` as an int, after the checks every metarec vector env makes of its arguments."""
+def check_vector_arguments(num_envs: Any, render_mode: str | None, memory_limit_gib: float | None = None) -> int:
+    """``num_envs`` as an int, after the checks every metarec vector env makes of its arguments: a batch
+    that cannot fit in memory even at :data:`~metarec.resources.MIN_BYTES_PER_ENV` a user is refused
+    before anything is allocated (limit: ``memory_limit_gib``, else ``$METAREC_MEMORY_LIMIT_GIB``, else
+    this machine's memory)."""
     if render_mode is not None:
-        raise ValueError(f"render_mode: this environment does not render, got {render_mode!r}")
+        raise ValueError(f"render_mode: this environment does not render, got {short_repr(render_mode)}")
     if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer) or num_envs < 1:
-        raise ValueError(f"num_envs: expected a positive integer, got {num_envs!r}")
+        raise ValueError(f"num_envs: expected a positive integer, got {short_repr(num_envs)}")
+    check_memory("num_envs", int(num_envs), MIN_BYTES_PER_ENV, limit_gib=memory_limit_gib)
     return int(num_envs)
 
 
@@ -138,7 +145,8 @@ class UserSimVectorEnv(VectorEnv):
 
         slate = check_slates(actions, self.model.num_candidates, self.model.slate_size, self.num_envs, self.single_item)
         slate = slate.to(self.device) if isinstance(slate, torch.Tensor) else self.backend.asarray(slate)
-        self._state, outcome = self.model.step(self._rng, self._state, slate, self._next_truth)
+        truth = self._next_truth  # the ground truth the last call returned (checked below, with the step)
+        self._state, outcome = self.model.step(self._rng, self._state, slate, truth)
         self._next_truth = None
         infos = dict(outcome.info)
         if self.ground_truth:
@@ -146,13 +154,16 @@ class UserSimVectorEnv(VectorEnv):
         observation = self.model.observe(self._state)
         done = outcome.terminated | outcome.truncated
         self._steps += 1
-        # one device sync for both questions: did anyone finish, and is everything finite (the NaN guard)
-        finite = torch.isfinite(outcome.reward).all()
-        for key in self.model.guarded_keys:
-            finite = finite & torch.isfinite(self._state[key]).all()
+        # one device sync for both questions: did anyone finish, and is everything finite (the NaN guard:
+        # reward, expected reward, regret, the model's guarded state and the ground truth the last call
+        # returned, which the regret holds the oracle's value of; see metarec.envs.core.finite)
+        quantities = step_quantities(outcome.reward, infos, self._state, self.model.guarded_keys)
+        if truth is not None:
+            quantities.append(("info['candidate_utilities'] returned before this step", truth.utilities))
+        finite = torch.as_tensor(finite_flag(quantities), device=self.device)
         any_done, all_finite = torch.stack([done.any(), finite]).tolist()
         if not all_finite:
-            raise FloatingPointError(self._non_finite_report(outcome.reward))
+            raise FloatingPointError(non_finite_report(quantities, self._steps, self._report_users()))
         if self.autoreset and any_done:
             infos["final_obs"] = observation
             infos["_final_obs"] = done
@@ -164,21 +175,9 @@ class UserSimVectorEnv(VectorEnv):
             self._keyed_fresh_users()
         return observation, outcome.reward, outcome.terminated, outcome.truncated, self._truth(infos)
 
-    def _non_finite_report(self, reward: Any) -> str:
-        """Where a NaN or inf arose: the quantity, the env step and the first users it hit."""
-        import torch
-
-        where = [("reward", reward)] + [(f"state['{k}']", self._state[k]) for k in self.model.guarded_keys]
-        parts = []
-        for name, value in where:
-            bad = ~torch.isfinite(value.reshape(value.shape[0], -1)).all(dim=1)
-            if bool(bad.any()):
-                users = torch.nonzero(bad)[:8, 0].tolist()
-                parts.append(f"{name} of {int(bad.sum())} users (first: {users})")
-        return (
-            f"simulator: NaN or inf at env step {self._steps} in {'; '.join(parts)}; the users' population "
-            "parameters or the actions that reached them are the place to look"
-        )
+    def _report_users(self) -> Any:
+        """What the NaN guard's report calls the users: rows of the whole batch when sharded, else None."""
+        return None if self.shard is None else np.asarray(self.shard[1], dtype=np.int64)
 
     def _truth(self, infos: dict[str, Any]) -> dict[str, Any]:
         if self.ground_truth:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import sys
 from collections.abc import Sequence
 
@@ -46,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab = sub.add_parser("abtest", help="run a simulated A/B test from a YAML config and write its report")
     ab.add_argument("config", help="a YAML file, e.g. configs/abtest_demo.yaml")
     ab.add_argument("--out", help="output directory (default runs/CONFIG_NAME)")
+    ab.add_argument("--overwrite", action="store_true", help="write into a non-empty --out not made by abtest")
     ab.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     ab.add_argument("--quiet", action="store_true", help="no progress bars")
     ab.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
@@ -85,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--items", help="item file (titles, features); MovieLens directories bring their own")
     ca.add_argument("--holdout-frac", type=float, default=0.2, help="latest share of events held out (default 0.2)")
     ca.add_argument("--out", required=True, help="output directory (population/, fidelity.json, fidelity.html)")
+    ca.add_argument("--overwrite", action="store_true", help="write into a non-empty --out not made by calibrate")
     ca.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fitting option (repeatable)")
     ca.add_argument("--json", action="store_true", help="print one JSON line")
     ca.set_defaults(func="metarec.commands.calibrate:run")
@@ -94,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--users", type=_positive_int, required=True)
     sl.add_argument("--days", type=_positive_int, required=True, help="sessions per user, one a day")
     sl.add_argument("--out", required=True, help="a .csv or .parquet file")
+    sl.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     sl.add_argument("--agent", default="random", help="the logging recommender (default random)")
     sl.add_argument("--seed", type=int, default=0)
     sl.add_argument("--device", default="cpu")
@@ -101,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the main job: what metarec simulates, measured end to end")
     demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--overwrite", action="store_true", help="write into a non-empty --out not made by demo")
     demo.add_argument("--users", type=_positive_int, default=4000)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu")
@@ -120,22 +126,64 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``metarec ARGV``. An expected failure is one line on stderr, no traceback, and an exit code:
+    2 for bad input (arguments, configs, corrupt files), 1 where reading, writing or memory fails, 3 for
+    a NaN guard that tripped."""
     import metarec  # noqa: F401  (registers the environments)
     from metarec.allocator import tune_allocator
 
     tune_allocator()  # big batches reuse freed memory instead of faulting in fresh pages each step
     parser = build_parser()
-    args = parser.parse_args(argv)
-    module, _, function = args.func.partition(":")
-    command = getattr(importlib.import_module(module), function)  # imported when used: the CLI starts fast
+    captured = io.StringIO()
     try:
-        return int(command(args))
-    except ValueError as err:
-        print(f"metarec {args.command}: error: {err}", file=sys.stderr)
+        with contextlib.redirect_stderr(captured):
+            args = parser.parse_args(argv)
+    except SystemExit as stop:  # argparse: usage and an error line; keep the error line
+        lines = captured.getvalue().strip().splitlines()
+        if stop.code in (0, None) or not lines:
+            sys.stderr.write(captured.getvalue())
+            raise
+        prog = lines[-1].partition(": error:")[0] or "metarec"
+        print(f"{lines[-1]} (see {prog} --help)", file=sys.stderr)
         return 2
-    except FloatingPointError as err:  # a NaN guard tripped: say where, keep the last checkpoint
-        print(f"metarec {args.command}: error: {err}", file=sys.stderr)
-        return 3
+    sys.stderr.write(captured.getvalue())
+    try:
+        module, _, function = args.func.partition(":")
+        command = getattr(importlib.import_module(module), function)  # imported when used: the CLI starts fast
+        return int(command(args))
+    except Exception as err:
+        failure = _expected_failure(err)
+        if failure is None:  # a bug: its traceback
+            raise
+        code, message = failure
+        print(f"metarec {args.command}: error: {message}", file=sys.stderr)
+        return code
+
+
+def _expected_failure(err: Exception) -> tuple[int, str] | None:
+    """``(exit code, one-line message)`` of a failure bad input or the machine explains; None for a bug."""
+    import pickle
+    import zipfile
+    import zlib
+
+    import yaml
+
+    from metarec.io import describe_os_error, one_line
+
+    if isinstance(err, FloatingPointError):  # a NaN guard tripped: it says where; the last checkpoint is kept
+        return 3, one_line(str(err))
+    bad_input = (ValueError, yaml.YAMLError, zipfile.BadZipFile, EOFError, pickle.UnpicklingError, zlib.error)
+    if isinstance(err, bad_input):
+        return 2, one_line(str(err) or type(err).__name__)
+    if isinstance(err, TypeError) and ("keyword argument" in str(err) or "positional argument" in str(err)):
+        return 2, one_line(str(err))  # an argument an environment or algorithm does not take
+    if isinstance(err, OSError):
+        return 1, describe_os_error(err)
+    if isinstance(err, ImportError):  # an optional extra that is not installed: the message says which
+        return 1, one_line(str(err) or f"cannot import {err.name}")
+    if isinstance(err, MemoryError):
+        return 1, one_line(f"out of memory ({err or 'an allocation failed'}); try fewer users or smaller batches")
+    return None
 
 
 if __name__ == "__main__":

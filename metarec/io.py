@@ -7,6 +7,7 @@ old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -68,3 +69,26 @@ def json_safe(value: Any) -> Any:
 def write_json(value: Any, path: str | Path) -> Path:
     """``value`` as indented strict JSON (non-finite numbers as null), atomically."""
     return atomic_write_text(json.dumps(json_safe(value), indent=2, allow_nan=False) + "\n", path)
+
+
+def one_line(text: str, limit: int = 2000) -> str:
+    """``text`` on one line: ``"head:\n  a\n  b"`` becomes ``"head: a; b"`` (for a command's error line)."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    head, rest = lines[0], lines[1:]
+    joined = head + ((" " if head.endswith(":") else "; ") + "; ".join(rest) if rest else "")
+    return joined if len(joined) <= limit else joined[: limit - 3] + "..."
+
+
+def describe_os_error(err: OSError) -> str:
+    """An ``OSError`` as ``"cannot write X: Permission denied"`` (``read`` where X exists and cannot be
+    read, ``no such file`` where it is missing)."""
+    reason = err.strerror or str(err) or type(err).__name__
+    if err.filename is None:
+        return one_line(reason)
+    name = os.fsdecode(err.filename)
+    if err.errno == errno.ENOENT:
+        return one_line(f"no such file or directory: {name}")
+    verb = "read" if os.path.exists(name) and not os.access(name, os.R_OK) else "write"
+    return one_line(f"cannot {verb} {name}: {reason}")

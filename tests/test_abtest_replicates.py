@@ -96,3 +96,12 @@ def test_grouped_popularity_keeps_one_independent_table_per_block_of_users():
     assert int(tables[0][1, 0].sum()) == int(tables[0][1, 1].sum()) == 4 * 6 * 5  # users x steps x slate
     with pytest.raises(ValueError, match="groups: expected a positive integer"):
         PopularRecommender(5, 10, torch.Generator(), groups=0)
+
+
+def test_an_ab_test_whose_users_go_non_finite_stops_loudly():
+    """A population that overflows within a step stops the A/B simulation naming the quantity, instead of
+    analysing NaN rewards (which once ended in 'Guardrails: pass')."""
+    cfg = config(arms={"control": "random", "b": "linucb"}, replicates=1, users=20, days=1,
+                 env_kwargs={**SHORT, "population": {"cluster_spread": 3e38}})  # fmt: skip
+    with pytest.raises(FloatingPointError, match=r"simulator: NaN or inf at env step 1 in reward"):
+        run_abtest(cfg, quiet=True)

@@ -3,6 +3,9 @@ users (or tasks) each process holds."""
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -42,6 +45,54 @@ def test_all_reduce_over_two_processes_keeps_dtypes_and_integer_sums_exact():
     assert out["dtypes"] == ["torch.int64", "torch.float32", "torch.bool", "torch.int32"]
     assert out["averaged"] == 1.0
     assert out["largest"] == [3, 1]
+
+
+def _listening_addresses() -> list[str]:
+    """The local addresses of this process's listening TCP sockets (IPv4 and IPv6), read from /proc."""
+    inodes = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:[") : -1])
+    addresses = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        path = Path("/proc/self/net") / table
+        for line in path.read_text().splitlines()[1:] if path.exists() else []:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # 0A: LISTEN
+                host, port = local.split(":")
+                raw = bytes.fromhex(host)  # 32-bit words in host (little-endian) order
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                addresses.append(f"{socket.inet_ntop(family, raw)} port {int(port, 16)}")
+    return addresses
+
+
+def _group_listening_addresses() -> dict:
+    import torch.distributed as dist
+
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, _listening_addresses())  # while the whole group is up
+    return {"by_rank": everyone}
+
+
+def _is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split(" port ")[0])
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+@pytest.mark.skipif(not Path("/proc/self/net/tcp").exists(), reason="reads the listening sockets from Linux's /proc")
+def test_a_spawned_group_listens_on_the_loopback_interface_only():
+    # a c10d TCPStore (init_method tcp://127.0.0.1:PORT) listens on every interface; the group's file store
+    # opens no socket, and gloo's own listener is held to the loopback interface
+    out = spawn_for_result(_group_listening_addresses, (), 2)
+    assert len(out["by_rank"]) == 2
+    outside = [a for addresses in out["by_rank"] for a in addresses if not _is_loopback(a)]
+    assert outside == [], f"listening beyond the loopback interface: {outside} (all: {out['by_rank']})"
 
 
 def test_all_reduce_without_a_group_changes_nothing_and_names_bad_arguments():

@@ -4,17 +4,15 @@ Runs a small A/B test and a small calibration, opens ``report.html`` and ``fidel
 checks that every plot has loaded, that the page has no script, that the key numbers of ``results.json`` and
 ``fidelity.json`` are in the rendered text, and that a screenshot is not blank.
 
-Needs Debian's ``chromium`` and ``chromium-driver`` (``/usr/bin/chromium``, ``/usr/bin/chromedriver``). Where they
-are missing and the tests run as root with apt-get, the ``chrome_driver`` fixture installs them; otherwise the tests
-are skipped. Selenium is pointed at both binaries, so it never tries to download a driver or a browser.
+Needs Debian's ``chromium`` and ``chromium-driver`` (``/usr/bin/chromium``, ``/usr/bin/chromedriver``), which the
+tests never install: where either is missing they are skipped with a message naming the packages (CI installs them
+with the system package manager first, in ``.ci/run``). Selenium is pointed at both binaries, so it never tries to
+download a driver or a browser.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,9 +29,10 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-APT_PACKAGES = ["chromium", "chromium-driver"]
-HOW_TO_INSTALL = "install them with `sudo apt-get install chromium chromium-driver` (Debian) to run these tests"
-APT_TIMEOUT_S = 600
+DEBIAN_PACKAGES = ("chromium", "chromium-driver")
+HOW_TO_INSTALL = (
+    f"install Debian's packages `{' '.join(DEBIAN_PACKAGES)}` with the system package manager to run these tests"
+)
 # The network is closed: no sandbox (root in a container), no GPU, nothing that phones home.
 CHROMIUM_ARGS = [
     "--headless",
@@ -53,37 +52,13 @@ CHROMIUM_ARGS = [
 # Chromium and ChromeDriver
 
 
-def _apt_get(*args: str) -> subprocess.CompletedProcess[str]:
-    """``apt-get ARGS``; waits for the dpkg lock, so two test workers installing at once take turns."""
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    command = ["apt-get", "-o", f"DPkg::Lock::Timeout={APT_TIMEOUT_S}", *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_S)
-
-
-def _install_chromium() -> str | None:
-    """Installs Chromium and ChromeDriver with apt-get; returns why it could not, or None."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return "not root with apt-get, so they cannot be installed here"
-    try:
-        done = _apt_get("install", "-y", *APT_PACKAGES)
-        if done.returncode != 0:  # a fresh machine has no package lists yet
-            _apt_get("update")
-            done = _apt_get("install", "-y", *APT_PACKAGES)
-    except subprocess.TimeoutExpired:
-        return f"apt-get did not finish in {APT_TIMEOUT_S} s"
-    if done.returncode != 0:
-        return f"`apt-get install -y {' '.join(APT_PACKAGES)}` failed: {done.stderr.strip()[-500:]}"
-    return None
-
-
 @pytest.fixture(scope="session")
 def chrome_driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A headless Chromium session of Selenium, with a new empty profile."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium: pip install selenium")
-    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        why = _install_chromium()
-        if why is not None or not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-            pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER}; {why or 'not there after apt-get'}; {HOW_TO_INSTALL}")
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.is_file()]
+    if missing:
+        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} ({', '.join(missing)} missing): {HOW_TO_INSTALL}")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for arg in [*CHROMIUM_ARGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:

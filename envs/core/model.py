@@ -122,7 +122,7 @@ class UserModel(ABC):
     backend: Backend
     num_candidates: int
     slate_size: int
-    guarded_keys: tuple[str, ...] = ()  # float state the vector env checks for NaN/inf each step
+    guarded_keys: tuple[str, ...] = ()  # float state the NaN guard checks each step (metarec.envs.core.finite)
 
     @property
     def xp(self) -> Any:

@@ -38,6 +38,7 @@ from gymnasium import spaces
 
 from metarec.envs.core.backend import Array, Backend, Random
 from metarec.envs.core.choice import per_user_column
+from metarec.envs.core.finite import require_float32
 from metarec.envs.core.model import Choice, ChoiceModel, Outcome, State, UserModel, push_history
 from metarec.envs.drifting.params import SimulatorConfig, UserPopulation
 
@@ -67,6 +68,8 @@ def make_world(config: SimulatorConfig) -> dict[str, np.ndarray]:
     item_order = rng.permutation(m)
     # drawn last, so that the rest of the world does not depend on whether appeal is on
     item_appeal = cat.appeal_std * rng.standard_normal(m) if cat.appeal_std > 0 else np.zeros(m)
+    require_float32(item_quality, "catalog.quality_std", "item qualities (std x a normal draw)")
+    require_float32(item_appeal, "catalog.appeal_std", "item appeals (std x a normal draw)")
     return {
         "item_embedding": item_embedding.astype(np.float32),
         "item_topic": item_topic.astype(np.int64),
@@ -103,7 +106,7 @@ def population_parameters(population: UserPopulation, slate_size: int, backend: 
 class DriftingUsersModel(UserModel):
     """Batched dynamics of ``metarec/DriftingUsers-v0`` and its variants (see the module docstring)."""
 
-    guarded_keys = ("interest", "budget")
+    guarded_keys = ("interest", "budget", "fatigue")
 
     def __init__(self, config: SimulatorConfig, backend: Backend, world: dict[str, np.ndarray] | None = None) -> None:
         self.config = config

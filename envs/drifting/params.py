@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from metarec.config import FrozenConfig
+from metarec.envs.core.finite import Float32Config
 
 
-class CatalogConfig(FrozenConfig):
+class CatalogConfig(Float32Config):
     """Items with a topic, a topic embedding, a quality and a length."""
 
     num_items: int = Field(1000, ge=1, description="Items in the catalog.")
@@ -23,7 +23,9 @@ class CatalogConfig(FrozenConfig):
         0.0, ge=0, description="Std of item appeal ('clickbait'): raises the chance of a click, not satisfaction."
     )
     min_length: float = Field(1.0, gt=0, description="Shortest item length (minutes).")
-    max_length: float = Field(6.0, gt=0, description="Longest item length (minutes).")
+    max_length: float = Field(
+        6.0, gt=0, description="Longest item length (minutes); times the slate size at most 1e12 (see SimulatorConfig)."
+    )
     seed: int = Field(0, ge=0, description="Seed of the catalog and population geometry (the 'world').")
 
     @model_validator(mode="after")
@@ -33,7 +35,7 @@ class CatalogConfig(FrozenConfig):
         return self
 
 
-class UserPopulation(FrozenConfig):
+class UserPopulation(Float32Config):
     """The distribution users are drawn from, their choice model and every drift mechanism.
 
     Each drift mechanism is off when its rate is zero.
@@ -76,8 +78,20 @@ class UserPopulation(FrozenConfig):
         )
 
 
-class SimulatorConfig(FrozenConfig):
-    """Everything that defines a DriftingUsers environment besides the number of users."""
+#: The most ``catalog.max_length * slate_size`` may be. A choice weight is exp(utility / choice_temperature)
+#: with the exponent clamped at 60, so up to e^60 ~ 1.1e26; the oracle sums K of weight x length in float32,
+#: which overflows (an infinite oracle value, a NaN regret) past 3.4e38 / 1.1e26 ~ 3e12.
+MAX_LENGTH_TIMES_SLATE = 1e12
+
+
+class SimulatorConfig(Float32Config):
+    """Everything that defines a DriftingUsers environment besides the number of users.
+
+    Besides each field's range: ``catalog.max_length * slate_size`` is at most 1e12 (``MAX_LENGTH_TIMES_SLATE``:
+    past it the oracle's value overflows float32). Floats are within float32's range (:class:`Float32Config`);
+    what else overflows (a huge ``cluster_spread`` or ``ou_noise``, say) stops the simulation with the NaN guard's
+    ``FloatingPointError`` (:mod:`metarec.envs.core.finite`).
+    """
 
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     population: UserPopulation = Field(default_factory=UserPopulation)
@@ -97,5 +111,11 @@ class SimulatorConfig(FrozenConfig):
             raise ValueError(
                 f"population.topics_per_cluster: expected <= catalog.num_topics ({self.catalog.num_topics}), "
                 f"got {self.population.topics_per_cluster}"
+            )
+        if self.catalog.max_length * self.slate_size > MAX_LENGTH_TIMES_SLATE:
+            raise ValueError(
+                f"catalog.max_length: expected at most {MAX_LENGTH_TIMES_SLATE:.0e} / slate_size ({self.slate_size}) "
+                f"= {MAX_LENGTH_TIMES_SLATE / self.slate_size:.6g} (a choice weight, up to e^60, times an item's "
+                f"length summed over the slate must stay within float32), got {self.catalog.max_length}"
             )
         return self

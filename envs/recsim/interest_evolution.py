@@ -14,15 +14,15 @@ import numpy as np
 from gymnasium import spaces
 from pydantic import Field
 
-from metarec.config import FrozenConfig
 from metarec.envs.adapters import UserSimEnv
 from metarec.envs.core.backend import Array, Backend, Random
 from metarec.envs.core.choice import choose_one, revenue_ordered_slate_one, sums_in_order
+from metarec.envs.core.finite import Float32Config
 from metarec.envs.core.model import Choice, ChoiceModel, Outcome, State, UserModel
 from metarec.envs.vector import UserSimVectorEnv
 
 
-class InterestEvolutionConfig(FrozenConfig):
+class InterestEvolutionConfig(Float32Config):
     """RecSim interest_evolution's parameters, with its defaults."""
 
     num_candidates: int = Field(10, ge=1, description="Documents offered per step.")
@@ -56,6 +56,8 @@ class InterestEvolutionModel(UserModel):
     probability (x + 1)/2, clipped to [-1, 1]. A step without a click costs 0.5 of the budget.
     The episode terminates when the budget reaches 0.
     """
+
+    guarded_keys = ("interest", "budget", "doc_quality")
 
     def __init__(self, config: InterestEvolutionConfig, backend: Backend) -> None:
         self.config = config

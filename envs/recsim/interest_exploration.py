@@ -13,20 +13,22 @@ import numpy as np
 from gymnasium import spaces
 from pydantic import Field, model_validator
 
-from metarec.config import FrozenConfig
 from metarec.envs.adapters import UserSimEnv
 from metarec.envs.core.backend import Array, Backend, Random
+from metarec.envs.core.finite import Float32Config
 from metarec.envs.core.model import Choice, ChoiceModel, Outcome, State, UserModel
 from metarec.envs.vector import UserSimVectorEnv
 
 
-class InterestExplorationConfig(FrozenConfig):
+class InterestExplorationConfig(Float32Config):
     """RecSim interest_exploration's parameters, with its defaults."""
 
     num_candidates: int = Field(10, ge=1, description="Documents offered per step.")
     slate_size: int = Field(2, ge=1, description="Documents per slate.")
     resample_documents: bool = Field(True, description="Draw new candidates every step (else once per user).")
-    no_click_mass: float = Field(5.0, ge=0, description="Logit of choosing nothing.")
+    no_click_mass: float = Field(
+        5.0, ge=0, le=88.0, description="Logit of choosing nothing (at most 88: its exp must be a finite float32)."
+    )
     user_type_distribution: tuple[float, ...] = Field((0.3, 0.7), description="P(user type).")
     user_affinity_mean: tuple[tuple[float, ...], ...] = Field(
         ((0.1, 0.7), (0.7, 0.1)), description="Log-affinity mean, user type × topic."
@@ -67,6 +69,8 @@ class InterestExplorationModel(UserModel):
     document affinity[t] + quality and chooses by a multinomial logit with the no-click option at
     logit ``no_click_mass``. The user state never changes; the reward is the number of clicks.
     """
+
+    guarded_keys = ("affinity", "doc_quality")
 
     def __init__(self, config: InterestExplorationConfig, backend: Backend) -> None:
         self.config = config

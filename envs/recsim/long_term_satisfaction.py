@@ -10,14 +10,14 @@ import numpy as np
 from gymnasium import spaces
 from pydantic import Field
 
-from metarec.config import FrozenConfig
 from metarec.envs.adapters import UserSimEnv
 from metarec.envs.core.backend import Array, Backend, Random
+from metarec.envs.core.finite import Float32Config
 from metarec.envs.core.model import Choice, ChoiceModel, Outcome, State, UserModel
 from metarec.envs.vector import UserSimVectorEnv
 
 
-class LongTermSatisfactionConfig(FrozenConfig):
+class LongTermSatisfactionConfig(Float32Config):
     """RecSim long_term_satisfaction's parameters, with its defaults."""
 
     num_candidates: int = Field(10, ge=1, description="Documents offered per step.")
@@ -43,6 +43,8 @@ class LongTermSatisfactionModel(UserModel):
     (the sign as in RecSim's code: clickbait lowers NPE) and one unit of budget is spent. NPE starts
     at (U(0, 1) − 0.5)/(1 − memory_discount); episodes last ``time_budget`` = 60 steps.
     """
+
+    guarded_keys = ("npe", "satisfaction")
 
     def __init__(self, config: LongTermSatisfactionConfig, backend: Backend) -> None:
         self.config = config

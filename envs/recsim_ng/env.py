@@ -20,8 +20,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from pydantic import Field, model_validator
 
-from metarec.config import FrozenConfig, validate_config
+from metarec.config import validate_config
 from metarec.envs.adapters import check_slates
+from metarec.envs.core.finite import Float32Config
 from metarec.envs.recsim_ng.port import NGInterestEvolutionConfig, NGInterestEvolutionModel
 from metarec.envs.vector import check_vector_arguments
 
@@ -49,7 +50,7 @@ def load_bridge() -> Any:
     return recsim_ng_bridge
 
 
-class RecSimNGConfig(FrozenConfig):
+class RecSimNGConfig(Float32Config):
     """Which RecSim NG simulation to run, and its parameters (RecSim NG's defaults)."""
 
     simulation: Simulation = Field(

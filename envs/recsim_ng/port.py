@@ -15,14 +15,14 @@ import numpy as np
 from gymnasium import spaces
 from pydantic import Field
 
-from metarec.config import FrozenConfig
 from metarec.envs.adapters import UserSimEnv
 from metarec.envs.core.backend import Array, Backend, Random
+from metarec.envs.core.finite import Float32Config, require_float32
 from metarec.envs.core.model import Choice, ChoiceModel, Outcome, State, UserModel
 from metarec.envs.vector import UserSimVectorEnv
 
 
-class NGInterestEvolutionConfig(FrozenConfig):
+class NGInterestEvolutionConfig(Float32Config):
     """RecSim NG interest-evolution parameters, with its defaults."""
 
     num_topics: int = Field(2, ge=1, description="Topics (and the dimension of features and interests).")
@@ -33,8 +33,12 @@ class NGInterestEvolutionConfig(FrozenConfig):
     quality_std: float = Field(0.1, ge=0, description="Std of quality around the topic mean.")
     feature_std: float = Field(0.7, ge=0, description="Std of document features around one-hot(topic).")
     video_length: float = Field(2.0, gt=0, description="Length of every document.")
-    no_click_mass: float = Field(0.0, description="Logit of choosing nothing.")
-    logit_offset: float = Field(2.0, description="Added to the affinities (-distance) to form the logits.")
+    no_click_mass: float = Field(
+        0.0, le=88.0, description="Logit of choosing nothing (at most 88: its exp must be a finite float32)."
+    )
+    logit_offset: float = Field(
+        2.0, le=88.0, description="Added to the affinities (-distance, at most 0) to form the logits (at most 88)."
+    )
     interest_step_size: float = Field(0.1, ge=0, description="Step of the interest toward a consumed document.")
     max_user_affinity: float = Field(10.0, gt=0, description="Interests are squashed into ±2·max_user_affinity.")
     max_steps: int = Field(100, ge=1, description="Steps before truncation (RecSim NG runs a fixed horizon).")
@@ -52,6 +56,8 @@ class NGInterestEvolutionModel(UserModel):
     takes a linear step 0.1 × quality × (features - interest) when something was consumed and, at
     every step, is squashed by x ↦ 4·m·(sigmoid(x/m) - 0.5), m = 10 (``InterestEvolutionUser``).
     """
+
+    guarded_keys = ("interest",)
 
     def __init__(self, config: NGInterestEvolutionConfig, backend: Backend) -> None:
         self.config = config
@@ -80,12 +86,15 @@ class NGInterestEvolutionModel(UserModel):
         nutritious = np.linspace(0.0, config.topic_max_utility, t - int(t * 0.7))
         means = np.concatenate([trashy, nutritious])
         topic = rng.integers(0, t, config.num_docs)
+        quality = means[topic] + config.quality_std * rng.standard_normal(config.num_docs)
+        features = np.eye(t)[topic] + config.feature_std * rng.standard_normal((config.num_docs, t))
+        require_float32(quality, "quality_std", "the corpus' qualities (topic mean + std x a normal draw)")
+        # the choice model takes squared distances between interests and features, in float32
+        require_float32(np.sum(features * features, axis=1), "feature_std", "the corpus' squared feature norms")
         return {
             "topic": topic,
-            "quality": (means[topic] + config.quality_std * rng.standard_normal(config.num_docs)).astype(np.float32),
-            "features": (np.eye(t)[topic] + config.feature_std * rng.standard_normal((config.num_docs, t))).astype(
-                np.float32
-            ),
+            "quality": quality.astype(np.float32),
+            "features": features.astype(np.float32),
             "length": np.full(config.num_docs, config.video_length, dtype=np.float32),
         }
 

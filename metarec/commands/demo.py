@@ -32,6 +32,8 @@ from metarec.meta.train import meta_train
 from metarec.registration import CORE_ENVIRONMENTS
 from metarec.runs import check_out, claim_out, made_by
 
+#: Replicates of the demo's A/B tests: their control (popularity) learns one table from all its users.
+DEMO_REPLICATES = 5
 # RecSim's interest-exploration users never leave (27,000-step horizon); the demo looks at 200 steps.
 DEMO_ENV_KWARGS = {"metarec/RecSimInterestExploration-v0": {"max_steps": 200}}
 
@@ -81,7 +83,7 @@ def run_demo(
         abtest = _demo_abtest(out_dir / "abtest", users, seed, device)
     else:
         meta = _demo_meta(out_dir / "meta", meta_train_config, Path(str(meta_config)).name, overwrite)
-        abtest = _demo_meta_abtest(out_dir / "abtest", out_dir / "meta", min(users, 2000), seed, device)
+        abtest = _demo_meta_abtest(out_dir / "abtest", out_dir / "meta", min(users, 1000), seed, device)
     summary = {
         "users": users,
         "seed": seed,
@@ -121,13 +123,15 @@ def _demo_abtest(
             "arms": arms,
             "users": users,
             "days": days,
+            "replicates": DEMO_REPLICATES,
             "guardrails": [{"metric": "retention", "max_drop": 0.01}],
             "seed": seed,
             "device": device,
         },
     )
     names = " vs ".join(["popular (control)", *[a for a in arms if a != "control"]])
-    print(f"\nA/B test: {names}, {users} users x {config.days} days, paired")
+    print(f"\nA/B test: {names}, {config.replicates} replicates x {users} users x {config.days} days, paired "
+          "(popular learns across users: the replicate is the unit)")
     results = run_abtest(config, out, quiet=True)
     primary = config.primary_metric
     for arm, effects in results["effects"].items():

@@ -1,7 +1,8 @@
 """Work split across processes: process groups, blocks of users, exact sums and clean stops.
 
 ``torch.distributed`` does the work: gloo on CPU, NCCL on GPUs. ``--nproc N`` spawns N processes on
-this machine that meet at a free local port; under ``torchrun`` (``WORLD_SIZE`` set) the processes
+this machine that meet through a file store in a private temporary directory (no listening socket beyond
+gloo's own, on the loopback interface); under ``torchrun`` (``WORLD_SIZE`` set) the processes
 torchrun started join through its environment variables.
 """
 

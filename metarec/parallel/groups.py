@@ -1,14 +1,18 @@
 """Process groups for the commands that split their work across processes (``--nproc N`` or torchrun).
 
 ``torch.distributed`` does the work: gloo on CPU, NCCL on GPUs. ``--nproc N`` spawns N processes on
-this machine that meet at a free local port; under ``torchrun`` (``WORLD_SIZE`` set) the processes
-torchrun started join through its environment variables.
+this machine that meet through a file store in a private temporary directory (no socket is opened for
+the meeting, and gloo's own connections stay on the loopback interface: nothing listens beyond this
+machine); under ``torchrun`` (``WORLD_SIZE`` set) the processes torchrun started join through its
+environment variables.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,10 +31,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def join_group(device: str, rank: int, world: int, init_method: str, threads: int | None = None,
-               backend: str | None = None) -> None:  # fmt: skip
+def loopback_interface() -> str | None:
+    """The name of this machine's loopback network interface (``lo`` on Linux), or None if none is found."""
+    for _, name in socket.if_nameindex():
+        try:
+            if int(Path(f"/sys/class/net/{name}/type").read_text()) == 772:  # ARPHRD_LOOPBACK
+                return name
+        except (OSError, ValueError):
+            continue
+    names = {name for _, name in socket.if_nameindex()}
+    return next((name for name in ("lo", "lo0") if name in names), None)
+
+
+def local_store(path: str, world: int) -> Any:
+    """The store the ``world`` processes of one machine meet at: a ``torch.distributed.FileStore`` at ``path``
+    (a file in a directory only this user can reach), which opens no socket, so nothing listens for the
+    meeting (a c10d ``TCPStore`` listens on every interface, whatever host it is given)."""
+    import torch.distributed as dist
+
+    return dist.FileStore(path, world)
+
+
+def join_group(device: str, rank: int, world: int, init_method: str | None = None, threads: int | None = None,
+               backend: str | None = None, store: Any = None) -> None:  # fmt: skip
     """Joins process ``rank`` of ``world`` to the default group (NCCL when ``device`` is CUDA, else
-    gloo; ``backend`` forces one) and gives it its share of the machine's cores."""
+    gloo; ``backend`` forces one) through ``store`` (e.g. :func:`local_store`) or ``init_method``, and gives
+    it its share of the machine's cores."""
     import torch.distributed as dist
 
     if backend is None:
@@ -44,7 +70,10 @@ def join_group(device: str, rank: int, world: int, init_method: str, threads: in
                 f"{count} GPU(s) and device {device!r} (use device 'cuda' and at most {count} processes per machine)"
             )
         torch.cuda.set_device(local % max(count, 1))
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
+    if store is not None:
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+    else:
+        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
     torch.set_num_threads(max(1, (threads or torch.get_num_threads()) // world))  # the processes share the cores
 
 

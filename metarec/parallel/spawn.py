@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metarec.parallel.groups import free_port, join_group
+from metarec.parallel.groups import join_group, local_store, loopback_interface
 from metarec.parallel.signals import TrainingInterrupted, stop_requests
 
 
@@ -23,7 +23,8 @@ def spawn_for_result(
     on_stop: Callable[[str], Exception] | None = None,
 ) -> Any:
     """Runs ``function(*args)`` in ``nproc`` new processes joined in one group and returns what the
-    first returned (a JSON value).
+    first returned (a JSON value). The processes meet through a file store in a private temporary
+    directory and talk over the loopback interface: nothing of the group listens beyond this machine.
 
     With ``on_stop``, SIGTERM or SIGINT to this process is passed on to the processes (which are
     expected to stop together, say after a checkpoint) and ``on_stop(signal_name)`` is raised here
@@ -36,8 +37,8 @@ def spawn_for_result(
     with tempfile.TemporaryDirectory(prefix="metarec-") as scratch:
         result = Path(scratch) / "result.json"
         context = mp.start_processes(
-            _run_in_group, args=(function, args, str(result), nproc, free_port(), device, threads), nprocs=nproc,
-            join=False,
+            _run_in_group, args=(function, args, str(result), nproc, str(Path(scratch) / "store"), device, threads),
+            nprocs=nproc, join=False,
         )  # fmt: skip
         try:
             with stop_requests() as request:
@@ -64,7 +65,7 @@ def spawn_for_result(
 
 
 def _run_in_group(rank_: int, function: Callable[..., Any], args: tuple[Any, ...], result: str, world: int,
-                  port: int, device: str, threads: int | None) -> None:  # fmt: skip
+                  store: str, device: str, threads: int | None) -> None:  # fmt: skip
     import faulthandler
     import signal
 
@@ -79,7 +80,12 @@ def _run_in_group(rank_: int, function: Callable[..., Any], args: tuple[Any, ...
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
     os.environ["METAREC_WORKER"] = "1"  # see metarec.parallel.signals.stop_requests
-    join_group(device, rank_, world, f"tcp://127.0.0.1:{port}", threads)
+    # gloo listens for its connections on the interface of the machine's hostname unless told otherwise; the
+    # processes are all on this machine, so the loopback interface serves, and nothing listens beyond it
+    loopback = loopback_interface()
+    if loopback is not None:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
+    join_group(device, rank_, world, threads=threads, store=local_store(store, world))
     try:
         try:
             value = function(*args)
@@ -90,7 +96,7 @@ def _run_in_group(rank_: int, function: Callable[..., Any], args: tuple[Any, ...
             value = {"_stopped_by": err.signal_name}
         if rank_ == 0:
             Path(result).write_text(json.dumps(value))
-        dist.barrier()  # no process leaves while another still talks to the group (rank 0 hosts its store)
+        dist.barrier()  # no process leaves while another still talks to the group
     finally:
         dist.destroy_process_group()
     # Done, and the result is written. A gloo process can abort while the interpreter shuts down
