@@ -91,7 +91,8 @@ def evaluated(users: int, device: str = "cpu", agent: str | None = None) -> Call
 
 
 def evaluated_as_text(done: Done) -> None:
-    assert re.search(r"agent=ppo:ppo_recsim_ie\s+users=50\s+mean return [\d.]+ ± [\d.]+ \(95% CI\)", done.out), done.out
+    pattern = r"agent=ppo:ppo_recsim_ie\s+users=50\s+mean return [\d.]+ \[[\d.]+, [\d.]+\] \(95% CI\)"
+    assert re.search(pattern, done.out), done.out
 
 
 def trained(out: str, algo: str, model: str, device: str = "cpu") -> Callable[[Done], None]:
