@@ -295,11 +295,42 @@ def look_statistics(
         cov = np.atleast_2d(np.cov(diff, rowvar=False)) / diff.shape[0]
     else:
         cov = sum(np.atleast_2d(np.cov(x, rowvar=False)) / x.shape[0] for x in influence)
+    se, correlation = standardised(cov)
+    return estimate, se, correlation
+
+
+def standardised(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The standard errors ``[D]`` and correlation ``[D, D]`` of looks whose covariance is ``cov``."""
     se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     scale = np.where(se > 0, se, 1.0)
     correlation = cov / np.outer(scale, scale)
     np.fill_diagonal(correlation, 1.0)
-    return estimate, se, correlation
+    return se, correlation
+
+
+def monitored(config: ABTestConfig, alpha: float, method: str, estimate: np.ndarray, se: np.ndarray,
+              correlation: np.ndarray, rng: np.random.Generator, df: int | None = None,
+              draws: int = 200_000) -> dict[str, Any]:  # fmt: skip
+    """One treatment's daily looks: z statistics against group-sequential bounds spending ``alpha``, and the
+    repeated intervals. With ``df``, each look's statistic is a t on ``df`` degrees of freedom, mapped to the
+    normal scale through its p-value (and the bounds back to the t scale for the intervals)."""
+    bounds = stats.group_sequential_bounds(correlation, alpha, rng=rng, draws=draws)
+    z = np.where(se > 0, estimate / np.where(se > 0, se, 1.0), 0.0)
+    half = bounds * se
+    if df is not None:
+        z = scipy_stats.norm.isf(scipy_stats.t.sf(np.abs(z), df)) * np.sign(z)
+        half = scipy_stats.t.isf(scipy_stats.norm.sf(bounds), df) * se
+    crossed = np.nonzero(np.abs(z) >= bounds)[0]
+    return {
+        "metric": config.primary_metric,
+        "method": method,
+        "alpha": alpha,
+        "z": z.tolist(),
+        "bounds": bounds.tolist(),
+        "ci_low": (estimate - half).tolist(),
+        "ci_high": (estimate + half).tolist(),
+        "crossed_day": int(crossed[0]) + 1 if crossed.size else None,
+    }
 
 
 def sequential(config: ABTestConfig, runs: dict[str, ArmRun], rng: np.random.Generator) -> dict[str, Any]:
@@ -312,17 +343,6 @@ def sequential(config: ABTestConfig, runs: dict[str, ArmRun], rng: np.random.Gen
     for arm in config.treatments:
         estimate, se, correlation = look_statistics(
             config.primary_metric, runs[arm].counters, control.counters, config.design == "paired")
-        bounds = stats.group_sequential_bounds(correlation, alpha, rng=rng)
-        z = np.where(se > 0, estimate / np.where(se > 0, se, 1.0), 0.0)
-        crossed = np.nonzero(np.abs(z) >= bounds)[0]
-        out[arm] = {
-            "metric": config.primary_metric,
-            "method": "group-sequential, Lan-DeMets O'Brien-Fleming spending over days",
-            "alpha": alpha,
-            "z": z.tolist(),
-            "bounds": bounds.tolist(),
-            "ci_low": (estimate - bounds * se).tolist(),
-            "ci_high": (estimate + bounds * se).tolist(),
-            "crossed_day": int(crossed[0]) + 1 if crossed.size else None,
-        }
+        method = "group-sequential, Lan-DeMets O'Brien-Fleming spending over days"
+        out[arm] = monitored(config, alpha, method, estimate, se, correlation, rng)
     return out

@@ -22,10 +22,19 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 from metarec.abtest import stats
-from metarec.abtest.analysis import arm_value, correct, coverage, effect_dict, guardrails, metric_defined, safe_effect
+from metarec.abtest.analysis import (
+    arm_value,
+    correct,
+    coverage,
+    effect_dict,
+    guardrails,
+    metric_defined,
+    monitored,
+    safe_effect,
+    standardised,
+)
 from metarec.abtest.config import ABTestConfig
 from metarec.abtest.metrics import METRICS
 from metarec.abtest.simulate import ArmRun
@@ -131,7 +140,6 @@ def replicate_sequential(config: ABTestConfig, replicates: list[dict[str, ArmRun
     out = {}
     alpha = config.alpha / len(config.treatments)
     count = len(replicates)
-    df = count - 1
     for arm in config.treatments:
         looks = replicate_looks(config, replicates, arm)
         if config.design == "paired":
@@ -139,24 +147,8 @@ def replicate_sequential(config: ABTestConfig, replicates: list[dict[str, ArmRun
         else:
             estimate = looks[0].mean(0) - looks[1].mean(0)
             cov = sum(np.atleast_2d(np.cov(x, rowvar=False)) / count for x in looks)
-        se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-        scale = np.where(se > 0, se, 1.0)
-        correlation = cov / np.outer(scale, scale)
-        np.fill_diagonal(correlation, 1.0)
-        bounds = stats.group_sequential_bounds(correlation, alpha, rng=rng, draws=draws)
-        t = np.where(se > 0, estimate / scale, 0.0)
-        z = scipy_stats.norm.isf(scipy_stats.t.sf(np.abs(t), df)) * np.sign(t)
-        t_bounds = scipy_stats.t.isf(scipy_stats.norm.sf(bounds), df)
-        crossed = np.nonzero(np.abs(z) >= bounds)[0]
-        out[arm] = {
-            "metric": config.primary_metric,
-            "method": f"group-sequential over {count} replicates (t on {df} df mapped to z), Lan-DeMets "
-            "O'Brien-Fleming spending over days",
-            "alpha": alpha,
-            "z": z.tolist(),
-            "bounds": bounds.tolist(),
-            "ci_low": (estimate - t_bounds * se).tolist(),
-            "ci_high": (estimate + t_bounds * se).tolist(),
-            "crossed_day": int(crossed[0]) + 1 if crossed.size else None,
-        }
+        se, correlation = standardised(cov)
+        method = (f"group-sequential over {count} replicates (t on {count - 1} df mapped to z), Lan-DeMets "
+                  "O'Brien-Fleming spending over days")  # fmt: skip
+        out[arm] = monitored(config, alpha, method, estimate, se, correlation, rng, df=count - 1, draws=draws)
     return out
