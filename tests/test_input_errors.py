@@ -8,7 +8,6 @@ import io
 import json
 import os
 import re
-import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -70,10 +69,8 @@ def test_yaml_aliases_are_refused_with_their_line(tmp_path):
     )
     assert len(body) < 1100  # about 1 KB, 9**10 strings once expanded
     path = write(tmp_path / "laughs.yaml", body)
-    started = time.perf_counter()
     with pytest.raises(ValueError, match=r"line 5: YAML aliases \(&anchor/\*alias\) are not supported") as info:
         load_config(path)
-    assert time.perf_counter() - started < 5
     assert "\n" not in str(info.value)
 
 
@@ -82,10 +79,8 @@ def test_an_expanding_value_is_shown_shortened(tmp_path):
     import yaml
 
     shared = yaml.safe_load(billion_laughs(6))["l6"]  # 9**7 strings behind one shared list
-    started = time.perf_counter()
     with pytest.raises(ValueError, match="total_steps: Input should be a valid integer") as info:
         validate_config(TrainConfig, {"algo": "ppo", "env": "metarec/DriftingUsers-v0", "total_steps": shared})
-    assert time.perf_counter() - started < 2
     assert len(str(info.value)) < 300
     with pytest.raises(ValueError) as info:
         validate_config(TrainConfig, {"algo": "ppo", "env": "metarec/DriftingUsers-v0", "total_steps": "x" * 10**6})
@@ -151,13 +146,11 @@ def test_a_batch_of_1e12_users_is_refused_before_allocating(tmp_path):
 def test_evaluate_refuses_more_users_than_the_memory_limit(monkeypatch, tmp_path):
     """``metarec evaluate --users 50000000`` used to allocate until the machine ran out of memory."""
     monkeypatch.setenv(ENV_VAR, "4")
-    started = time.perf_counter()
     rc, out, err = run_cli(
         ["evaluate", "--env", "metarec/DriftingUsers-v0", "--agent", "random", "--users", "50000000"]
     )
     assert rc == 2 and out == ""
     assert_one_line_error(err, "users: 50000000 users need about", f"more than {ENV_VAR}'s 4 GiB", ENV_VAR)
-    assert time.perf_counter() - started < 30
     # the estimate comes from the observation space: 50k users of 20 KB each are ~1 GiB
     with pytest.raises(ValueError, match=r"users: 50000 users need about [\d.]+ GiB, more than the memory limit 0\.5"):
         evaluate("metarec/DriftingUsers-v0", "random", 50_000, memory_limit_gib=0.5)
