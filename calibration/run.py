@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from metarec.calibration.fit import Calibration, FitConfig, calibrate, slate_cli
 from metarec.calibration.logs import Logs, check_holdout_users, load_logs, time_split
 from metarec.calibration.report import write_fidelity_report
 from metarec.envs.calibrated import save_population
-from metarec.io import json_safe
+from metarec.io import json_safe, write_json
 
 
 def _seen(logs: Logs, users: np.ndarray) -> np.ndarray:
@@ -174,6 +173,6 @@ def run_calibration(
     fidelity["num_clusters"] = calibration.fit["num_clusters"]
     fidelity["ou_noise"] = calibration.fit["drift"]["ou_noise"]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "fidelity.json").write_text(json.dumps(json_safe(fidelity), indent=2, allow_nan=False))
+    write_json(fidelity, out / "fidelity.json")
     write_fidelity_report(out, fidelity, plots, title=f"Calibration fidelity: {Path(logs_path).name}")
     return {"population": str(population), "fidelity": json_safe(fidelity)}

@@ -29,7 +29,7 @@ from gymnasium import spaces
 from pydantic import BaseModel
 
 from metarec.config import validate_config
-from metarec.envs.core.backend import Backend, Random, numpy_backend, torch_backend
+from metarec.envs.core.backend import Backend, NumpyRandom, Random, numpy_backend, torch_backend
 from metarec.envs.core.finite import finite_flag, host_finite_quick, non_finite_report, step_quantities
 from metarec.envs.core.model import State, UserModel
 
@@ -161,8 +161,6 @@ class UserSimEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
         if self.backend.name == "numpy":
-            from metarec.envs.core.backend import NumpyRandom
-
             self._rng = NumpyRandom(self.np_random)
         elif seed is not None or self._rng is None:
             self._rng = self.backend.make_random(seed if seed is not None else int(self.np_random.integers(2**62)))

@@ -16,7 +16,6 @@ meta-training there again.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from metarec.abtest.runner import run_abtest
 from metarec.agents.evaluation import evaluate
 from metarec.commands.demo_report import write_demo_report
 from metarec.config import validate_config
-from metarec.io import json_safe
+from metarec.io import json_safe, write_json
 from metarec.meta.config import MetaTrainConfig, load_meta_config
 from metarec.meta.eval_run import meta_eval
 from metarec.meta.train import meta_train
@@ -94,7 +93,7 @@ def run_demo(
         "seconds": round(time.perf_counter() - started, 2),
     }
     path = out_dir / "results.json"
-    path.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False))
+    write_json(summary, path)
 
     report = write_demo_report(out_dir, json_safe(summary))
     print(f"Wrote {path} in {summary['seconds']} s; the report: {report['report.html']}")
