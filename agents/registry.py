@@ -17,6 +17,7 @@ import torch
 
 from metarec.agents.base import Recommender, slate_size_of
 from metarec.agents.baselines.bandits import EpsilonGreedyRecommender, GreedyRecommender, num_items_of
+from metarec.agents.baselines.hbayes import HierarchicalBayesRecommender
 from metarec.agents.baselines.linear import LinUCBRecommender, ThompsonRecommender
 from metarec.agents.baselines.popularity import PopularRecommender
 from metarec.agents.baselines.reference import OracleRecommender, RandomRecommender
@@ -54,7 +55,7 @@ def load_entry_point(entry_point: str) -> Callable[..., Any]:
 def saved_kind(name: str) -> str | None:
     """Which kind of saved recommender the path ``name`` holds (a key of :data:`LOADERS`), or None."""
     path = Path(name)
-    if path.suffix == ".pt" and path.is_file():
+    if path.suffix == ".pt" and not path.is_dir():  # also a missing one: its loader says what is wrong
         return "meta"
     if path.is_dir():
         return "run"
@@ -99,3 +100,23 @@ register_recommender(
 )
 register_recommender("linucb", lambda env, generator: LinUCBRecommender(slate_size_of(env), generator))
 register_recommender("thompson", lambda env, generator: ThompsonRecommender(slate_size_of(env), generator))
+
+
+def _hbayes(env: Any, generator: torch.Generator) -> Recommender:
+    """``hbayes`` for an environment of the DriftingUsers family: one population per task of a task
+    batch, else one for the whole batch; the family's default constants."""
+    config = getattr(getattr(env, "model", None), "config", None)
+    catalog = getattr(config, "catalog", None)
+    slate_size = slate_size_of(env)
+    if catalog is None or slate_size is None:
+        raise ValueError(
+            "agent: hbayes models the DriftingUsers family (slates, catalogue embeddings); "
+            f"this environment is {type(env).__name__}"
+        )
+    groups = int(getattr(env, "num_tasks", 1))
+    return HierarchicalBayesRecommender(
+        slate_size, num_items_of(env, "hbayes"), catalog.embedding_dim, generator, groups=groups
+    )
+
+
+register_recommender("hbayes", _hbayes)
