@@ -24,11 +24,12 @@ MIN_REPLICATES = 5
 
 
 class ArmConfig(FrozenConfig):
-    """One arm: a recommender by registry name (``metarec evaluate --agent`` names) or training run directory."""
+    """One arm: a recommender by registry name (``metarec evaluate --agent`` names), training run directory or
+    meta-trained method."""
 
     agent: str = Field(
         description="Recommender name (random, popular, linucb, ...), a `metarec train` run dir, or a "
-        "meta-trained RL² policy file (RUN/methods/rl2.pt of a `metarec meta-train` run)."
+        "meta-trained method (RUN/methods/METHOD.pt of a `metarec meta-train` run, e.g. rl2.pt or maml.pt)."
     )
 
 

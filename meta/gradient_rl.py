@@ -36,6 +36,7 @@ from metarec.envs.task_batch import TaskBatchVectorEnv
 from metarec.meta.gradient import GradientMetaLearner, TaskParams
 from metarec.meta.policy import feedforward_policy
 from metarec.meta.tasks import TaskDistribution, TaskShare
+from metarec.parallel import Shard
 
 GradientMethod = Literal["maml", "fomaml", "reptile", "finetune", "scratch"]
 
@@ -254,8 +255,11 @@ class GradientMetaTrainer:
 
 
 class AdaptingRecommender(Recommender):
-    """A gradient method at evaluation: per-task parameters from θ, one inner policy-gradient step per
-    task after every window of ``rollout_steps`` steps (on that window's data)."""
+    """A gradient method at evaluation and when serving: per-task parameters from θ, one inner
+    policy-gradient step per task after every window of ``rollout_steps`` steps (on that window's data of
+    the users marked in ``info["active"]``, when given). A task's parameters are its users' shared state."""
+
+    shares_state_across_users = True  # every user of a task moves the parameters all of them are served by
 
     def __init__(self, name: str, policy: nn.Module, config: GradientConfig, num_tasks: int, users_per_task: int,
                  slate_size: int, generator: torch.Generator) -> None:  # fmt: skip
@@ -268,6 +272,12 @@ class AdaptingRecommender(Recommender):
         self.generator = generator
         self.params = self.learner.clone(num_tasks)
         self.adaptations = 0
+
+    def place(self, shard: Shard | None) -> None:
+        if shard is not None:  # its inner step would see only this process's users
+            raise ValueError(f"agent: {self.name} adapts one policy to all its users' data, so it serves in one "
+                             "process; run it without --nproc")  # fmt: skip
+        super().place(shard)
 
     def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
         self._observation = observation

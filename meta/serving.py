@@ -1,7 +1,21 @@
-"""Meta-learned methods of a meta-train run, served as recommenders (``--agent RUN/methods/rl2.pt``).
+"""Meta-learned methods of a meta-train run, served as recommenders (``--agent RUN/methods/METHOD.pt``).
 
-The registry of :mod:`metarec.agents.registry` loads them through the entry point
-``metarec.meta.serving:load_meta_recommender``.
+Every method a run trained serves, in ``metarec evaluate`` and as an A/B arm, on a vector env whose
+observations have the shapes of the run's tasks (its users are then one population, as in an A/B test);
+each keeps adapting while it serves, as it does in meta-eval:
+
+* ``rl2``: its memory adapts to each user from their responses (:class:`~metarec.meta.evaluate.RL2Recommender`);
+* ``maml``, ``fomaml``, ``reptile``, ``finetune``, ``scratch``: start from the saved θ and, after every window
+  of ``gradient.rollout_steps`` steps, take one policy-gradient step on that window of the users they served
+  (``info["active"]``), exactly as in meta-eval (:class:`~metarec.meta.gradient_rl.AdaptingRecommender`).
+  The env's users are one task; a :class:`~metarec.envs.task_batch.TaskBatchVectorEnv` keeps its tasks,
+  each adapted on its own users. What one user teaches the parameters changes what the others see, so an
+  A/B test needs replicates for such an arm; and it serves in one process (the step pools every user).
+
+When the run trained with item statistics and the env has none, the recommender logs its own
+(:class:`~metarec.meta.evaluate.LoggedItemStats`). The registry of :mod:`metarec.agents.registry` loads these
+through the entry point ``metarec.meta.serving:load_meta_recommender``. Weights load with
+``torch.load(..., weights_only=True)``: tensors only, never pickled objects.
 """
 
 from __future__ import annotations
@@ -14,9 +28,17 @@ import torch
 import yaml
 from gymnasium import spaces
 
+from metarec.agents.base import Recommender, slate_size_of
 from metarec.config import validate_config
+from metarec.envs.task_batch import TaskBatchVectorEnv
 from metarec.meta.config import MetaTrainConfig
 from metarec.meta.evaluate import LoggedItemStats, RL2Recommender
+from metarec.meta.gradient_rl import AdaptingRecommender
+from metarec.meta.policy import feedforward_policy
+from metarec.meta.tasks import TaskDistribution, task_batch
+from metarec.parallel import group_size
+
+STAT_FEATURES = 3  # what item statistics append to each candidate's features
 
 
 def load_weights_into(policy: torch.nn.Module, weights: dict[str, torch.Tensor], run: Path, name: str) -> None:
@@ -37,28 +59,90 @@ def load_method_weights(run: Path, name: str) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["policy"]
 
 
-def load_meta_recommender(weights: str | Path, env: Any, seed: int) -> Any:
-    """The RL² recommender saved at ``RUN/methods/rl2.pt`` of a meta-train run, for the vector env ``env``
-    (one population, as in an A/B test): its memory adapts to each user from their responses and, when
-    the run trained with item statistics, it logs its own (:class:`~metarec.meta.evaluate.LoggedItemStats`).
-    The gradient methods adapt per population by policy-gradient steps and serve only in meta-eval."""
+def load_meta_recommender(weights: str | Path, env: Any, seed: int) -> Recommender:
+    """The method saved at ``RUN/methods/METHOD.pt`` of a meta-train run, serving the vector env ``env``
+    with its random draws seeded by ``seed`` (see the module docstring). On a meta-eval env and seed it
+    is the recommender meta-eval builds, so it gives meta-eval's numbers.
+
+    Raises:
+        ValueError: naming ``agent``, before any work: a path that is not a method file of a run, a
+            method the run did not train, a missing file, an env whose slates, candidates or history
+            differ from those of the run's tasks, or a gradient method split across processes.
+    """
     weights = Path(weights)
     run, name = weights.parent.parent, weights.stem
-    if not (run / "config.yaml").is_file() or weights.parent.name != "methods":
+    if weights.suffix != ".pt" or weights.parent.name != "methods" or not (run / "config.yaml").is_file():
         raise ValueError(f"agent: {weights} is not RUN/methods/METHOD.pt of a meta-train run")
-    if name != "rl2":
-        raise ValueError(f"agent: {weights} is a {name!r} policy; only rl2 serves outside meta-eval so far")
     config = validate_config(MetaTrainConfig, yaml.safe_load((run / "config.yaml").read_text()))
-    space = env.single_observation_space
-    if config.item_stats:
-        n, f = space["candidates"].shape
-        space = spaces.Dict({**space.spaces, "candidates": spaces.Box(-np.inf, np.inf, (n, f + 3), np.float32)})
-    slate_size = int(env.single_action_space.shape[0])
-    policy = config.rl2.make_policy(space, slate_size).to(env.device)
-    load_weights_into(policy, load_method_weights(run, name), run, name)
-    generator = torch.Generator(device=env.device).manual_seed(seed)
-    recommender = RL2Recommender(policy, generator, deterministic=config.eval.rl2_greedy)
-    recommender.name = f"rl2:{run.name}"
-    if config.item_stats:
-        recommender = LoggedItemStats(recommender, int(env.model.num_items), env.device)
+    if name not in config.methods:
+        raise ValueError(
+            f"agent: {weights} names {name!r}, which {run} did not train (its methods: {', '.join(config.methods)})"
+        )
+    if not weights.is_file():
+        raise ValueError(f"agent: {weights} is missing; {run} trains {name!r}: finish meta-train first")
+    logs_stats = config.item_stats and getattr(getattr(env, "model", None), "item_stats", None) is None
+    space, slate_size = served_space(config, env, f"{name} of {run}", logs_stats)
+    adapts = name != "rl2"
+    if adapts and (group_size() > 1 or getattr(env, "shard", None) is not None):
+        raise ValueError(f"agent: {name} adapts one policy to all its users' data, so it serves in one process; "
+                         "run it without --nproc")  # fmt: skip
+    device = env.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    recommender: Recommender
+    if adapts:
+        policy = feedforward_policy(space, slate_size, config.gradient.hidden).to(device)
+        load_weights_into(policy, load_method_weights(run, name), run, name)
+        tasks, users = (env.num_tasks, env.users_per_task) if isinstance(env, TaskBatchVectorEnv) else (1, env.num_envs)
+        recommender = AdaptingRecommender(name, policy, config.gradient, tasks, users, slate_size, generator)
+    else:
+        policy = config.rl2.make_policy(space, slate_size).to(device)
+        load_weights_into(policy, load_method_weights(run, name), run, name)
+        recommender = RL2Recommender(policy, generator, deterministic=config.eval.rl2_greedy)
+    recommender.name = f"{name}:{run.name}"
+    if logs_stats:
+        recommender = LoggedItemStats(recommender, int(env.model.num_items), device)
     return recommender
+
+
+def trained_space(config: MetaTrainConfig) -> tuple[spaces.Dict, int]:
+    """The single-user observation space and the slate size of the run's tasks, from the env meta-train
+    builds for them (candidates carry the item statistics when the run trained with them)."""
+    if not isinstance(config.tasks, TaskDistribution):
+        raise ValueError("agent: the run's config.yaml does not hold its task distribution; train it again")
+    tasks = task_batch(config.tasks, config.train_split, 1, config.seed, 0, config.sessions)
+    env = TaskBatchVectorEnv(tasks, 1, ground_truth=False, item_stats=config.item_stats)
+    return env.single_observation_space, int(env.model.slate_size)
+
+
+def served_space(config: MetaTrainConfig, env: Any, method: str, logs_stats: bool) -> tuple[spaces.Dict, int]:
+    """The observation space the method's policy is built for on ``env`` and its slate size; a ValueError
+    naming both values where ``env`` differs from the run's tasks. With ``logs_stats`` the env's candidates
+    lack the item statistics, which the recommender appends itself."""
+    trained, slate_size = trained_space(config)
+    served = slate_size_of(env)
+    if served != slate_size:
+        shown = "one item per step" if served is None else f"slates of {served}"
+        raise ValueError(f"agent: {method} was trained on slates of {slate_size}; this env takes {shown}")
+    observed = getattr(env.single_observation_space, "spaces", {})
+    n, f = trained["candidates"].shape
+    extra = STAT_FEATURES if logs_stats else 0
+    if "candidates" not in observed or len(observed["candidates"].shape) != 2:
+        raise ValueError(f"agent: {method} needs candidates of shape ({n}, {f - extra}); this env has none")
+    served_n, served_f = observed["candidates"].shape
+    if served_n != n:
+        raise ValueError(f"agent: {method} was trained on {n} candidates per step; this env offers {served_n}")
+    if served_f + extra != f:
+        note = f", plus the {extra} item statistics it logs itself" if extra else ""
+        raise ValueError(
+            f"agent: {method} was trained on candidates of {f - extra} features{note}; this env's have {served_f}"
+        )
+    for key, box in trained.spaces.items():
+        if key not in ("candidates", "candidate_ids") and (key not in observed or observed[key].shape != box.shape):
+            has = f"shape {observed[key].shape}" if key in observed else "none"
+            raise ValueError(f"agent: {method} was trained on {key} of shape {box.shape}; this env's has {has}")
+    if not extra:
+        return env.single_observation_space, slate_size
+    if "candidate_ids" not in observed:  # what its item statistics are kept by
+        raise ValueError(f"agent: {method} logs item statistics by candidate_ids; this env has none")
+    box = spaces.Box(-np.inf, np.inf, (n, f), np.float32)
+    return spaces.Dict({**observed, "candidates": box}), slate_size
