@@ -113,15 +113,23 @@ class LoggedItemStats(Recommender):
     The counts and the engagement sums are int64 (engagement in fixed point,
     :func:`~metarec.parallel.add_exact`), so they are exact in any order, also summed over the
     processes of a run split across them.
+
+    ``groups`` independent tables, one per contiguous block of ``B / groups`` users (of all the run's users
+    when split across processes): ``groups`` learners that never see each other's users, stepped as one batch
+    (independent replicates of an A/B test's arm, say), as ``PopularRecommender(groups=...)``. 1: one table
+    for every user.
     """
 
     shares_state_across_users = True  # the item statistics pool every user it serves
 
-    def __init__(self, inner: Recommender, num_items: int, device: Any) -> None:
-
+    def __init__(self, inner: Recommender, num_items: int, device: Any, groups: int = 1) -> None:
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"groups: expected a positive integer, got {groups!r}")
         self.inner, self.name = inner, inner.name
+        self.num_items, self.groups = num_items, groups
         self.backend = torch_backend(device)
-        self.table = torch.zeros(3, num_items, dtype=torch.int64, device=device)  # impressions, clicks, engagement
+        # impressions, clicks, engagement per item of each group's table in turn
+        self.table = torch.zeros(3, groups * num_items, dtype=torch.int64, device=device)
         self._shown: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
 
     def place(self, shard: Shard | None) -> None:
@@ -132,14 +140,25 @@ class LoggedItemStats(Recommender):
         self.inner.reset(mask)  # the statistics are the population's, not a user's: kept
 
     def stats(self) -> torch.Tensor:
-        """``[num_items, 3]`` float32 impressions, clicks and summed engagement per item."""
+        """``[groups * num_items, 3]`` float32 impressions, clicks and summed engagement per item (of each
+        group's table in turn)."""
         counts = self.table[:2].to(torch.float32)
         engagement = (self.table[2].to(torch.float64) / EXACT_SCALE).to(torch.float32)
         return torch.cat([counts, engagement[None]]).T
 
-    def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
+    def grouped(self, ids: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` catalog ids as rows of the table of each user's group."""
+        if self.groups == 1:
+            return ids
+        batch = ids.shape[0]
+        total, offset = (batch, 0) if self.shard is None else (self.shard.total, self.shard.offset)
+        if total % self.groups:
+            raise ValueError(f"groups: {self.groups} groups need a batch that divides into them, got {total} users")
+        group = (torch.arange(batch, device=ids.device) + offset) // (total // self.groups)
+        return ids + (group * self.num_items)[:, None]
 
-        ids = observation["candidate_ids"].to(torch.int64)
+    def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
+        ids = self.grouped(observation["candidate_ids"].to(torch.int64))  # [B, N] rows of the table
         extra = item_stat_features(torch, self.stats()[ids])
         slate = self.inner.act({**observation, "candidates": torch.cat([observation["candidates"], extra], -1)}, info)
         self._shown = (ids, slate, info.get("active"))
