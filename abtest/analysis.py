@@ -309,7 +309,7 @@ def standardised(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def monitored(config: ABTestConfig, alpha: float, method: str, estimate: np.ndarray, se: np.ndarray,
-              correlation: np.ndarray, rng: np.random.Generator, df: int | None = None,
+              correlation: np.ndarray, rng: np.random.Generator, df: float | None = None,
               draws: int = 200_000) -> dict[str, Any]:  # fmt: skip
     """One treatment's daily looks: z statistics against group-sequential bounds spending ``alpha``, and the
     repeated intervals. With ``df``, each look's statistic is a t on ``df`` degrees of freedom, mapped to the

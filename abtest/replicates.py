@@ -131,11 +131,20 @@ def replicate_looks(config: ABTestConfig, replicates: list[dict[str, ArmRun]], a
     return np.stack([values[arm], values[config.control_arm]])
 
 
+def welch_df(treatment: np.ndarray, control: np.ndarray) -> float:
+    """The Welch-Satterthwaite degrees of freedom of two independent samples' difference of means (between
+    ``min(n) - 1`` and ``n_t + n_c - 2``; ``n - 1`` of the smaller sample when both variances are 0)."""
+    v_t, v_c = np.var(treatment, ddof=1) / treatment.size, np.var(control, ddof=1) / control.size
+    if v_t + v_c <= 0:
+        return float(min(treatment.size, control.size) - 1)
+    return float((v_t + v_c) ** 2 / (v_t**2 / (treatment.size - 1) + v_c**2 / (control.size - 1)))
+
+
 def replicate_sequential(config: ABTestConfig, replicates: list[dict[str, ArmRun]], rng: np.random.Generator,
                          draws: int = 200_000) -> dict[str, Any]:  # fmt: skip
     """Daily looks at the primary metric over the replicates, with group-sequential bounds (as
     :func:`~metarec.abtest.analysis.sequential`, each treatment spending alpha / treatments). A look's t
-    statistic on ``R - 1`` degrees of freedom is mapped to the normal scale through its p-value, and the repeated
+    statistic on ``R - 1`` degrees of freedom (paired), or Welch's (independent), is mapped to the normal scale through its p-value, and the repeated
     intervals map the bounds back to the t scale."""
     out = {}
     alpha = config.alpha / len(config.treatments)
@@ -144,11 +153,13 @@ def replicate_sequential(config: ABTestConfig, replicates: list[dict[str, ArmRun
         looks = replicate_looks(config, replicates, arm)
         if config.design == "paired":
             estimate, cov = looks.mean(0), np.atleast_2d(np.cov(looks, rowvar=False)) / count
+            df = float(count - 1)
         else:
             estimate = looks[0].mean(0) - looks[1].mean(0)
             cov = sum(np.atleast_2d(np.cov(x, rowvar=False)) / count for x in looks)
+            df = welch_df(looks[0][:, -1], looks[1][:, -1])  # the two-sample statistic's, as the fixed test's
         se, correlation = standardised(cov)
-        method = (f"group-sequential over {count} replicates (t on {count - 1} df mapped to z), Lan-DeMets "
+        method = (f"group-sequential over {count} replicates (t on {df:.3g} df mapped to z), Lan-DeMets "
                   "O'Brien-Fleming spending over days")  # fmt: skip
-        out[arm] = monitored(config, alpha, method, estimate, se, correlation, rng, df=count - 1, draws=draws)
+        out[arm] = monitored(config, alpha, method, estimate, se, correlation, rng, df=df, draws=draws)
     return out

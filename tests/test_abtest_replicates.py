@@ -105,3 +105,35 @@ def test_an_ab_test_whose_users_go_non_finite_stops_loudly():
                  env_kwargs={**SHORT, "population": {"cluster_spread": 3e38}})  # fmt: skip
     with pytest.raises(FloatingPointError, match=r"simulator: NaN or inf at env step 1 in reward"):
         run_abtest(cfg, quiet=True)
+
+
+def test_independent_looks_use_the_two_sample_degrees_of_freedom() -> None:
+    """The daily looks of the independent design map Welch's statistic with Welch's degrees of freedom
+    (as the fixed-horizon test does), not ``replicates - 1``: with 5 against 5 replicates that halves the
+    false-positive rate of the looks."""
+    from scipy import stats as scipy_stats
+
+    from metarec.abtest.replicates import welch_df
+
+    rng = np.random.default_rng(0)
+    for scale in (1.0, 3.0, 10.0):
+        t, c = rng.normal(size=5), scale * rng.normal(size=5)
+        expected = scipy_stats.ttest_ind(t, c, equal_var=False).df
+        assert welch_df(t, c) == pytest.approx(expected, rel=1e-12)
+        assert 4.0 <= welch_df(t, c) <= 8.0
+    same = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert welch_df(same, same + 10) == pytest.approx(8.0)
+    assert welch_df(np.ones(5), np.ones(5)) == 4.0
+
+
+def test_independent_design_looks_map_welchs_t_on_welchs_degrees_of_freedom(tmp_path):
+    cfg = config(sequential=True, design="independent")
+    results = run_abtest(cfg, tmp_path, quiet=True)
+    replicates, _ = simulate(cfg, quiet=True)
+    treated = np.array([arm_value("engagement", runs["treatment"].counters) for runs in replicates])
+    control = np.array([arm_value("engagement", runs["control"].counters) for runs in replicates])
+    expected = stats.ttest_ind(treated, control, equal_var=False)
+    assert results["effects"]["treatment"]["engagement"]["p_value"] == pytest.approx(expected.pvalue)
+    z_last = stats.norm.isf(stats.t.sf(abs(expected.statistic), expected.df)) * np.sign(expected.statistic)
+    assert results["sequential"]["treatment"]["z"][-1] == pytest.approx(z_last)
+    assert expected.df > MIN_REPLICATES - 1
