@@ -8,13 +8,15 @@ position bias, and consuming an item reveals its satisfaction ``sigmoid(u + nois
 engagement (satisfaction times the item's length, which the observation shows). The family's constants
 that it does not estimate (the choice temperature, the utility of not clicking, the position bias, the
 noise, the spread of a cluster and of item offsets) come in as a :class:`BayesPrior`, fitted on
-training populations where there are some (:func:`metarec.meta.evaluate.fit_bayes_prior` draws them
+training populations where there are some (:func:`metarec.meta.baselines.fit_bayes_prior` draws them
 from the meta-train split) and otherwise the family's defaults.
 
 What it estimates, per population (a contiguous block of users, ``groups`` of them):
 
 * a posterior over every item's offset ``β_j ~ N(0, τ²)``, shared by the population's users: the
-  residuals of the satisfaction logits of their clicks, less each user's estimated affinity;
+  residuals of the satisfaction logits of their clicks, less each user's estimated affinity at the time,
+  each weighted by how well that affinity was known (an approximation: the residuals are not refitted
+  as the users' estimates improve, so early clicks keep some of their users' affinity);
 * a mixture over the population's interest clusters: ``θ ~ Σ_k π_k N(μ_k, s² I)``, refitted every
   ``refit_every`` steps by a few EM iterations on the current users' estimates (until enough users have
   data, the broad prior ``N(0, interest_var I)`` of the training populations);
@@ -128,7 +130,8 @@ class HierarchicalBayesRecommender(Recommender):
             raise ValueError(f"prior: expected a BayesPrior, got {type(self.prior).__name__}")
         self.generator, self.device = generator, generator.device
         self.backend = torch_backend(self.device)
-        # per item of every group's catalogue: clicks, and the summed residual logits (fixed point)
+        # per item of every group's catalogue, in fixed point: clicks weighted by how well the user's affinity
+        # was known (noise / (noise + its posterior variance)), and the residual logits summed with those weights
         self.item_table = torch.zeros((2, self.groups * self.num_items), dtype=torch.int64, device=self.device)
         self.mixture: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # means, log weights, var
         self.batch: int | None = None
@@ -163,6 +166,8 @@ class HierarchicalBayesRecommender(Recommender):
             self.item_table.zero_()
             return
         rows = mask.to(self.device, torch.bool)
+        if rows.shape != (self.batch,):
+            raise ValueError(f"mask: expected {self.batch} booleans (one per user), got shape {tuple(rows.shape)}")
         self.clicks_id[rows] = -1
         self.clicks_y[rows] = 0.0
         self.clicks_e[rows] = 0.0
@@ -175,7 +180,7 @@ class HierarchicalBayesRecommender(Recommender):
     def item_posterior(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of the offsets of items ``ids`` (rows of the grouped table)."""
         p = self.prior
-        clicks = self.item_table[0].to(torch.float32)[ids]
+        clicks = (self.item_table[0].to(torch.float64) / EXACT_SCALE).to(torch.float32)[ids]
         residual = (self.item_table[1].to(torch.float64) / EXACT_SCALE).to(torch.float32)[ids]
         precision = clicks / p.noise_var + 1.0 / p.offset_var
         return residual / p.noise_var / precision, 1.0 / precision
@@ -237,14 +242,17 @@ class HierarchicalBayesRecommender(Recommender):
         utility = (e * theta[:, None, :]).sum(-1) + offset
         # what is left uncertain widens the satisfaction's logit as the noise does (probit approximation)
         p = self.prior
-        spread = p.noise_var + self.utility_var(e, factor) + offset_var
+        affinity_var = self.utility_var(e, factor)
+        spread = p.noise_var + affinity_var + offset_var
         weights = torch.exp(torch.clamp(utility / p.temperature, max=60.0))
         revenue = length / (1.0 + torch.exp(-utility / torch.sqrt(1.0 + math.pi * spread / 8.0)))
         position = torch.exp(-p.position_bias * torch.arange(self.k, device=self.device, dtype=torch.float32))
         no_click = torch.tensor(math.exp(min(p.no_click_utility / p.temperature, 60.0)), device=self.device)
         slate, _ = revenue_ordered_slate(self.backend, weights, revenue, no_click, position, self.k)
         expected = (post * log_r.exp()[..., None]).sum(1)  # the posterior mean, for the offsets' residuals
-        self._shown = {"e": e, "length": length, "rows": rows, "slate": slate, "theta": expected}
+        self._shown = {
+            "e": e, "length": length, "rows": rows, "slate": slate, "theta": expected, "affinity_var": affinity_var
+        }  # fmt: skip
         return slate
 
     def utility_var(self, e: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -271,9 +279,12 @@ class HierarchicalBayesRecommender(Recommender):
             slot = self.count[users] % self.window
             self.clicks_e[users, slot], self.clicks_id[users, slot], self.clicks_y[users, slot] = e, item, y
             self.count[users] += 1
+            # a click whose user's affinity was still uncertain says less about the item's offset
+            noise = self.prior.noise_var
+            weight = noise / (noise + shown["affinity_var"][users, candidate])
             step = torch.zeros_like(self.item_table)
-            step[0].index_add_(0, item, torch.ones_like(item))
-            add_exact(step[1], item, y - (e * shown["theta"][users]).sum(-1))
+            add_exact(step[0], item, weight)
+            add_exact(step[1], item, weight * (y - (e * shown["theta"][users]).sum(-1)))
             self.item_table += step
 
         self.steps += 1
@@ -296,7 +307,7 @@ class HierarchicalBayesRecommender(Recommender):
         ready = (w > 0).sum(1) >= 2 * self.components  # [G]
         if not bool(ready.any()):
             return
-        means = self._seed(x, w)  # [G, C, d]
+        means = self._seed(x, torch.where(ready[:, None], w, 1.0))  # [G, C, d] (kept only where ready)
         if self.mixture is not None:  # warm start where a population's mixture was fitted before
             means = torch.where(self.fitted[:, None, None], self.mixture[0], means)
         var = torch.full((self.groups,), self.prior.cluster_var, device=self.device)
@@ -329,11 +340,11 @@ class HierarchicalBayesRecommender(Recommender):
     def _seed(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """k-means++ seeds per population (``[G, C, d]``), drawn with the recommender's generator."""
         g = x.shape[0]
-        chosen = torch.multinomial(w + 1e-12, 1, generator=self.generator)  # [G, 1]
+        chosen = torch.multinomial(w, 1, generator=self.generator)  # [G, 1]: only users with data
         seeds = [x[torch.arange(g), chosen[:, 0]]]
         closest = ((x - seeds[0][:, None]) ** 2).sum(-1)
         for _ in range(1, self.components):
-            pick = torch.multinomial(w * closest + 1e-12, 1, generator=self.generator)
+            pick = torch.multinomial(w * closest + 1e-12 * (w > 0), 1, generator=self.generator)
             seeds.append(x[torch.arange(g), pick[:, 0]])
             closest = torch.minimum(closest, ((x - seeds[-1][:, None]) ** 2).sum(-1))
         return torch.stack(seeds, dim=1)
