@@ -1,22 +1,24 @@
-"""``metarec meta-eval RUN --split test|train``: the adaptation protocol (:mod:`metarec.meta.evaluate`) on the
-held-out (or training) split for every trained method plus ``linucb``, ``random`` and ``oracle``; writes
-``eval_SPLIT.json`` and a PNG of the adaptation curves into the run directory and returns the result.
+"""``metarec meta-eval RUN --split NAME``: the adaptation protocol (:mod:`metarec.meta.evaluate`) on a split of
+the run's task distribution (``test`` and ``train`` name the run's own test and training splits) for every
+trained method, the online baselines and the hierarchical Bayesian reference (:mod:`metarec.meta.baselines`),
+``random`` and ``oracle``; writes ``eval_SPLIT.json`` and a PNG of the adaptation curves into the run
+directory and returns the result.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
 
-from metarec.agents.registry import make_recommender
 from metarec.config import validate_config
 from metarec.io import json_safe, write_json
+from metarec.meta.baselines import baseline_factories, fit_bayes_prior
 from metarec.meta.config import MetaTrainConfig
 from metarec.meta.evaluate import RL2Recommender, adaptation_curves
 from metarec.meta.gradient_rl import AdaptingRecommender
@@ -25,7 +27,21 @@ from metarec.meta.serving import load_method_weights, load_weights_into
 from metarec.meta.tasks import TaskDistribution
 
 
-def meta_eval(run: str | Path, split: Literal["test", "train"] = "test", progress: bool = False,
+def split_of(config: MetaTrainConfig, split: str) -> str:
+    """The task distribution's split that ``split`` names (``test``, ``train`` or a split's own name)."""
+    assert isinstance(config.tasks, TaskDistribution)
+    named = {"test": config.test_split, "train": config.train_split}
+    if split in named:
+        return named[split]
+    if split not in config.tasks.splits:
+        raise ValueError(
+            f"split: expected test, train or a split of the run's task distribution "
+            f"({', '.join(config.tasks.splits)}), got {split!r}"
+        )
+    return split
+
+
+def meta_eval(run: str | Path, split: str = "test", progress: bool = False,
               seeds: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Evaluates every method of a finished meta-train run on ``split`` (see the module docstring)."""
     run = Path(run)
@@ -35,6 +51,7 @@ def meta_eval(run: str | Path, split: Literal["test", "train"] = "test", progres
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     assert isinstance(config.tasks, TaskDistribution)
+    split_name = split_of(config, split)
     eval_config = config.eval if seeds is None else config.eval.model_copy(update={"seeds": seeds})
     weights = {name: load_method_weights(run, name) for name in config.methods}
     device = torch.device(config.device)
@@ -43,8 +60,6 @@ def meta_eval(run: str | Path, split: Literal["test", "train"] = "test", progres
         def factory(env: Any, seed: int) -> Any:
             generator = torch.Generator(device=device).manual_seed(seed)
             slate_size = env.model.slate_size
-            if name == "linucb":
-                return make_recommender("linucb", env, seed)
             if name == "rl2":
                 policy = config.rl2.make_policy(env.single_observation_space, slate_size).to(device)
                 load_weights_into(policy, weights[name], run, name)
@@ -56,8 +71,8 @@ def meta_eval(run: str | Path, split: Literal["test", "train"] = "test", progres
 
         return factory
 
-    methods = {name: make(name) for name in (*config.methods, "linucb")}
-    split_name = config.test_split if split == "test" else config.train_split
+    prior = fit_bayes_prior(config.tasks, config.train_split, config.seed)
+    methods = {**{name: make(name) for name in config.methods}, **baseline_factories(prior)}
     started = time.perf_counter()
     runs = eval_config.seeds * (len(methods) + 2)  # + random and oracle
     with tqdm(total=runs, desc=f"meta-eval {split_name}", unit="run", disable=not progress) as bar:

@@ -44,7 +44,10 @@ from metarec.parallel import EXACT_SCALE, Shard, add_exact
 from metarec.stats import mean_interval
 
 EVAL_SEED_OFFSET = 10_000  # evaluation seeds never coincide with meta-batch indices of training
-BASELINES = ("finetune", "scratch", "linucb")  # what a meta-learner is compared with
+#: What a meta-learner is compared with, paired by seed: the non-meta baselines, and the reference.
+BASELINES = ("popular", "linucb", "thompson", "greedy", "finetune", "scratch")
+REFERENCES = ("hbayes",)
+REGRET_AFTER = (10, 50, 100)  # interactions after which every method's cumulative regret is reported
 
 
 class EvalConfig(FrozenConfig):
@@ -225,6 +228,23 @@ def run_protocol(
     return {"session_return": session_return.mean(dim=0).cpu().numpy(), "expected": expected, "regret": regret}
 
 
+def cumulative_regret(regret: np.ndarray) -> np.ndarray:
+    """``[len(REGRET_AFTER)]``: the per-step regret, each step's mean over the users still present, summed
+    over the first 10, 50 and 100 interactions (so it counts the users a method kept, and from interaction
+    ``shift_at`` on it includes the shift); NaN where no user was left at that interaction."""
+    out = np.full(len(REGRET_AFTER), np.nan)
+    for i, n in enumerate(REGRET_AFTER):
+        if n <= len(regret) and not np.isnan(regret[n - 1]):
+            out[i] = float(np.nansum(regret[:n]))
+    return out
+
+
+def regret_table(per_seed: np.ndarray) -> dict[str, Any]:
+    """``{"10": {"mean", "ci95"}, ...}`` over the seeds' cumulative regrets (``[seeds, len(REGRET_AFTER)]``)."""
+    mean, ci = mean_interval(per_seed)
+    return {str(n): {"mean": mean[i], "ci95": ci[i]} for i, n in enumerate(REGRET_AFTER)}
+
+
 def shift_summary(run: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
     """Around the shift: the pre-shift level and the regret over the ``window`` interactions before and
     after it, the dip (lowest expected reward after the shift over the level) and the interactions
@@ -265,6 +285,7 @@ def adaptation_curves(
     }
     curves: dict[str, list[np.ndarray]] = {name: [] for name in everything}
     shifts: dict[str, list[dict[str, Any]]] = {name: [] for name in everything}
+    regrets: dict[str, list[np.ndarray]] = {name: [] for name in everything}
     for k in range(config.seeds):
         eval_seed = seed + EVAL_SEED_OFFSET + k
         tasks = task_batch(distribution, split, config.tasks, seed, EVAL_SEED_OFFSET + k, sessions)
@@ -273,6 +294,7 @@ def adaptation_curves(
             run = run_protocol(factory(env, eval_seed), env, sessions, config, eval_seed)
             curves[name].append(run["session_return"])
             shifts[name].append(shift_summary(run, config))
+            regrets[name].append(cumulative_regret(run["regret"]))
             if progress is not None:
                 progress(f"seed {k + 1}/{config.seeds} {name}: session 1 return {run['session_return'][0]:.3f}")
     low, high = np.stack(curves["random"]), np.stack(curves["oracle"])  # [seeds, sessions]
@@ -288,6 +310,7 @@ def adaptation_curves(
             "ci95": ci,
             "raw_return": raw.mean(axis=0).tolist(),
             "per_seed": normalised.tolist(),  # [seeds][sessions], for statistics of one's own
+            "regret_after": regret_table(np.stack(regrets[name])),
             "shift": {
                 **{
                     key: float(np.mean([s[key] for s in shifts[name]]))
@@ -308,7 +331,7 @@ def adaptation_curves(
             "method": best,
             "against": {
                 other: dict(zip(("difference", "ci95"), mean_interval(per_seed[best] - per_seed[other]), strict=True))
-                for other in BASELINES
+                for other in (*BASELINES, *REFERENCES)
                 if other in per_seed
             },
         }

@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="run N fresh users for one episode each under an agent")
     ev.add_argument("--env", required=True, choices=[e.id for e in ENVIRONMENTS], metavar="ID")
-    ev.add_argument("--agent", required=True, help="recommender name or training run directory")
+    ev.add_argument("--agent", required=True, help="recommender name, training run directory or RUN/methods/METHOD.pt")
     ev.add_argument("--users", type=_positive_int, default=1000)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     me = sub.add_parser("meta-eval", help="adaptation curves of a meta-train run on held-out populations")
     me.add_argument("run", help="a meta-train run directory")
-    me.add_argument("--split", choices=["test", "train"], default="test")
+    me.add_argument(
+        "--split", default="test", help="test, train or any split of the run's task distribution (default: test)"
+    )
     me.add_argument("--seeds", type=_positive_int, help="evaluation seeds (default: the config's)")
     me.add_argument("--json", action="store_true", help="print one JSON line")
     me.set_defaults(func="metarec.commands.meta_eval:run")

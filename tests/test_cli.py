@@ -93,11 +93,18 @@ def test_demo_runs_end_to_end_with_an_ab_test(tmp_path, capsys):
     meta = results["meta"]["adaptation"]
     assert meta["split"] == "meta-test" and meta["best_meta_method"] in ("rl2", "maml", "fomaml", "reptile")
     assert (tmp_path / "meta" / "adaptation_test.png").is_file()
+    # the other held-out splits: a drift regime and a catalogue domain never trained on
+    others = results["meta"]["other_splits"]
+    assert set(others) == {"meta-test-regime", "meta-test-domain"}
+    assert all(others[name]["split"] == name for name in others)
+    assert (tmp_path / "meta" / "adaptation_meta-test-domain.png").is_file()
     assert f"Best meta-learner: {meta['best_meta_method']}" in printed
     # one report for the whole job: what was simulated, adaptation with intervals, the A/B test, a conclusion
     page = (tmp_path / "report.html").read_text()
-    for heading in ("What was simulated", "Adaptation to new users", "A/B test", "Guardrails", "Conclusion"):
+    headings = ("What was simulated", "Adaptation to new users", "Adaptation on meta-test-regime",
+                "Adaptation on meta-test-domain", "A/B test", "Guardrails", "Conclusion")  # fmt: skip
+    for heading in headings:
         assert f"<h2>{heading}</h2>" in page
-    assert page.count("data:image/png;base64,") >= 2 and "<script" not in page
+    assert page.count("data:image/png;base64,") >= 4 and "<script" not in page
     assert f"The best meta-learner is {meta['best_meta_method']}" in page
     assert (tmp_path / "report.md").is_file() and "the report:" in printed

@@ -149,14 +149,26 @@ def test_meta_tiny_trains_deterministically_and_evaluates(tmp_path) -> None:
         meta_train(config, tmp_path / "a", progress=False)
     result = meta_eval(tmp_path / "a", "test")
     assert result["split"] == "meta-test" and result["sessions"] == [1, 2, 3, 4]
-    assert set(result["methods"]) >= {"rl2", "maml", "fomaml", "reptile", "finetune", "scratch", "linucb"}
+    baselines = {"popular", "linucb", "thompson", "greedy", "hbayes"}
+    assert (
+        set(result["methods"])
+        == {"rl2", "maml", "fomaml", "reptile", "finetune", "scratch", "random", "oracle"} | baselines
+    )
     for curve in result["methods"].values():
         assert len(curve["normalised_return"]) == 4 and len(curve["ci95"]) == 4
+        # cumulative regret after 10 interactions (the tiny protocol runs 40; 50 and 100 are beyond it)
+        assert curve["regret_after"]["10"]["mean"] >= 0 and curve["regret_after"]["100"]["mean"] is None
+    oracle_regret = result["methods"]["oracle"]["regret_after"]["10"]["mean"]
+    assert oracle_regret == pytest.approx(0.0, abs=1e-6)
+    assert (
+        result["methods"]["random"]["regret_after"]["10"]["mean"]
+        > result["methods"]["hbayes"]["regret_after"]["10"]["mean"]
+    )
     assert result["best_meta_method"] in ("rl2", "maml", "fomaml", "reptile")
     # the best meta-learner against each baseline, paired by seed: scipy's paired t interval
     paired = result["paired"]
     assert paired["method"] == result["best_meta_method"]
-    assert set(paired["against"]) == {"finetune", "scratch", "linucb"}
+    assert set(paired["against"]) == {"popular", "linucb", "thompson", "greedy", "finetune", "scratch", "hbayes"}
     best = np.array(result["methods"][paired["method"]]["per_seed"], dtype=float)
     assert best.shape == (load_meta_config(TINY).eval.seeds, 4)
     for other, lead in paired["against"].items():
@@ -167,6 +179,13 @@ def test_meta_tiny_trains_deterministically_and_evaluates(tmp_path) -> None:
     assert (tmp_path / "a" / "adaptation_test.png").stat().st_size > 1000
     on_disk = json.loads((tmp_path / "a" / "eval_test.json").read_text())
     assert on_disk["methods"]["rl2"]["normalised_return"] == result["methods"]["rl2"]["normalised_return"]
+    # any split of the task distribution, by name; an unknown one is refused with the names, nothing written
+    regime = meta_eval(tmp_path / "a", "meta-test-regime", seeds=2)
+    assert regime["split"] == "meta-test-regime" and (tmp_path / "a" / "eval_meta-test-regime.json").is_file()
+    assert regime["methods"]["rl2"]["per_seed"] != result["methods"]["rl2"]["per_seed"]
+    with pytest.raises(ValueError, match=r"^split: expected test, train or a split .*meta-test-domain.*got 'nowhere'"):
+        meta_eval(tmp_path / "a", "nowhere")
+    assert not (tmp_path / "a" / "eval_nowhere.json").exists()
     # weights that do not fit the network (another version, a hand-edited file) are refused by name
     saved = torch.load(tmp_path / "a" / "methods" / "maml.pt", weights_only=True)
     saved["policy"].pop(next(iter(saved["policy"])))

@@ -139,13 +139,12 @@ def meta_trained(out: str, methods: set[str], device: str = "cpu") -> Callable[[
 def meta_evaluated(done: Done) -> None:
     result = done.json()
     assert result["split"] == "meta-test" and result["sessions"] == [1, 2, 3, 4]
-    assert {"random", "oracle", "linucb", "rl2", "maml", "fomaml", "reptile", "finetune", "scratch"} <= set(
-        result["methods"]
-    )
+    baselines = {"popular", "linucb", "thompson", "greedy", "finetune", "scratch"}
+    assert {"random", "oracle", "hbayes", "rl2", "maml", "fomaml", "reptile"} | baselines == set(result["methods"])
     assert result["best_meta_method"] in ("rl2", "maml", "fomaml", "reptile")
-    assert {"normalised_return", "ci95", "shift"} <= set(result["methods"]["rl2"])
+    assert {"normalised_return", "ci95", "regret_after", "shift"} <= set(result["methods"]["rl2"])
     assert result["paired"]["method"] == result["best_meta_method"]
-    assert set(result["paired"]["against"]) == {"finetune", "scratch", "linucb"}
+    assert set(result["paired"]["against"]) == baselines | {"hbayes"}
     done.file("runs/meta_demo/eval_test.json")
     assert done.file("runs/meta_demo/adaptation_test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -27,6 +27,7 @@ from metarec.config import validate_config
 from metarec.io import json_safe, write_json
 from metarec.meta.config import MetaTrainConfig, load_meta_config
 from metarec.meta.eval_run import meta_eval
+from metarec.meta.tasks import TaskDistribution
 from metarec.meta.train import meta_train
 from metarec.registration import CORE_ENVIRONMENTS
 from metarec.runs import check_out, claim_out, made_by
@@ -178,6 +179,10 @@ def _demo_meta(out: Path, config: MetaTrainConfig, name: str, overwrite: bool) -
     trained = meta_train(config, out, progress=True, command="demo", overwrite=overwrite)
     print(f"Adaptation on held-out populations ({config.test_split}, {config.eval.seeds} seeds)")
     result = meta_eval(out, "test", progress=True)
+    others = {}  # the other held-out splits: a drift regime, a catalogue domain never trained on
+    for split in held_out_splits(config):
+        print(f"Adaptation on {split} ({config.eval.seeds} seeds)")
+        others[split] = meta_eval(out, split, progress=True)
     sessions = [k for k in (1, 2, 5, 10, 20) if k <= len(result["sessions"])]
     print(f"{'method':<10}" + "".join(f"{'session ' + str(k):>12}" for k in sessions))
     for name, curve in result["methods"].items():
@@ -186,7 +191,14 @@ def _demo_meta(out: Path, config: MetaTrainConfig, name: str, overwrite: bool) -
     print(
         f"Best meta-learner: {result['best_meta_method']} (random = 0, oracle = 1); plot: {out / 'adaptation_test.png'}"
     )
-    return {"train": trained, "adaptation": result}
+    return {"train": trained, "adaptation": result, "other_splits": others}
+
+
+def held_out_splits(config: MetaTrainConfig) -> list[str]:
+    """The task distribution's held-out splits (each holds something out) other than the test split."""
+    assert isinstance(config.tasks, TaskDistribution)
+    splits = config.tasks.splits
+    return [name for name in splits if splits[name].holds_out and name != config.test_split]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,8 +26,20 @@ def _curve_cell(curve: dict[str, Any], k: int) -> str:
     return f"{fmt(value)} {fmt_ci(ci)}" if value is not None else "n/a"
 
 
-def adaptation_section(meta: dict[str, Any], meta_dir: Path) -> Section:
-    adaptation = meta["adaptation"]
+def adaptation_sections(meta: dict[str, Any], meta_dir: Path) -> list[Section]:
+    """The held-out test split's curves, then each other held-out split's (a new drift regime, a new
+    catalogue domain) with the best meta-learner's paired leads."""
+    sections = [adaptation_section(meta["adaptation"], meta_dir, "test")]
+    for split, adaptation in (meta.get("other_splits") or {}).items():
+        section = adaptation_section(adaptation, meta_dir, split, f"Adaptation on {split}")
+        section.blocks.extend(adaptation_conclusion({"adaptation": adaptation}, on=split))
+        sections.append(section)
+    return sections
+
+
+def adaptation_section(
+    adaptation: dict[str, Any], meta_dir: Path, split: str, title: str = "Adaptation to new users"
+) -> Section:
     shown = [k for k in SESSIONS_SHOWN if k <= len(adaptation["sessions"])]
     rows = [
         [name, *(_curve_cell(curve, k) for k in shown)]
@@ -42,13 +54,13 @@ def adaptation_section(meta: dict[str, Any], meta_dir: Path) -> Section:
         ),
         Table(["method", *(f"session {k}" for k in shown)], rows),
     ]
-    plot = meta_dir / "adaptation_test.png"
+    plot = meta_dir / f"adaptation_{split}.png"
     if plot.is_file():
-        blocks.append(Image(plot, "Normalised return per session on held-out populations, with 95% intervals."))
-    return Section("Adaptation to new users", blocks)
+        blocks.append(Image(plot, f"Normalised return per session on {adaptation['split']}, with 95% intervals."))
+    return Section(title, blocks)
 
 
-def adaptation_conclusion(meta: dict[str, Any]) -> list[Paragraph]:
+def adaptation_conclusion(meta: dict[str, Any], on: str | None = None) -> list[Paragraph]:
     """What the adaptation curves say: the best meta-learner's first sessions and the baselines it is ahead
     of. Nothing to say without a meta-learner (a meta config of baselines only: ``best_meta_method`` is
     None) or a curve; a missing value (None: the oracle did no better than random) is shown as missing and
@@ -60,8 +72,9 @@ def adaptation_conclusion(meta: dict[str, Any]) -> list[Paragraph]:
         return [Paragraph("No meta-learner was evaluated, so there is no best meta-learner to report.")]
     curve = methods[best]["normalised_return"]
     lines = [
-        f"The best meta-learner is {best}: {fmt(curve[0])} of the way from random to the oracle in a new "
-        f"user's first session, {fmt(curve[min(4, len(curve) - 1)])} by session {min(5, len(curve))}."
+        f"The best meta-learner{'' if on is None else ' on ' + on} is {best}: {fmt(curve[0])} of the way "
+        f"from random to the oracle in a new user's first session, "
+        f"{fmt(curve[min(4, len(curve) - 1)])} by session {min(5, len(curve))}."
     ]
     first = {
         name: methods[name]["normalised_return"][0]
@@ -133,7 +146,7 @@ def write_demo_report(out: Path, summary: dict[str, Any]) -> dict[str, Path]:
     sections = [simulated_section(summary["results"], summary["users"])]
     conclusion: list[Paragraph] = []
     if summary.get("meta"):
-        sections.append(adaptation_section(summary["meta"], out / "meta"))
+        sections.extend(adaptation_sections(summary["meta"], out / "meta"))
         conclusion += adaptation_conclusion(summary["meta"])
     ab_results_path = out / "abtest" / "results.json"
     if ab_results_path.is_file():

@@ -13,8 +13,8 @@ def run(args: argparse.Namespace) -> int:
     result = meta_eval(args.run, split=args.split, progress=not args.json, seeds=args.seeds)
     if args.json:
         keys = ("split", "sessions", "methods", "best_meta_method")
-        methods = {name: {"normalised_return": m["normalised_return"], "ci95": m["ci95"], "shift": m["shift"]}
-                   for name, m in result["methods"].items()}  # fmt: skip
+        keep = ("normalised_return", "ci95", "regret_after", "shift")
+        methods = {name: {key: m[key] for key in keep} for name, m in result["methods"].items()}
         paired = {"paired": result["paired"]} if "paired" in result else {}
         print(json.dumps({**{k: result[k] for k in keys}, "methods": methods, **paired}))
     else:
