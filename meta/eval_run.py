@@ -20,10 +20,8 @@ from metarec.config import validate_config
 from metarec.io import json_safe, write_json
 from metarec.meta.baselines import baseline_factories, fit_bayes_prior
 from metarec.meta.config import MetaTrainConfig
-from metarec.meta.evaluate import RL2Recommender, adaptation_curves
-from metarec.meta.gradient_rl import AdaptingRecommender
-from metarec.meta.policy import feedforward_policy
-from metarec.meta.serving import load_method_weights, load_weights_into
+from metarec.meta.evaluate import adaptation_curves
+from metarec.meta.serving import build_method, load_method_weights
 from metarec.meta.tasks import TaskDistribution
 
 
@@ -59,15 +57,8 @@ def meta_eval(run: str | Path, split: str = "test", progress: bool = False,
     def make(name: str):
         def factory(env: Any, seed: int) -> Any:
             generator = torch.Generator(device=device).manual_seed(seed)
-            slate_size = env.model.slate_size
-            if name == "rl2":
-                policy = config.rl2.make_policy(env.single_observation_space, slate_size).to(device)
-                load_weights_into(policy, weights[name], run, name)
-                return RL2Recommender(policy, generator, deterministic=eval_config.rl2_greedy)
-            policy = feedforward_policy(env.single_observation_space, slate_size, config.gradient.hidden).to(device)
-            load_weights_into(policy, weights[name], run, name)
-            return AdaptingRecommender(name, policy, config.gradient, env.num_tasks, env.users_per_task, slate_size,
-                                       generator)  # fmt: skip
+            space, slate_size = env.single_observation_space, env.model.slate_size
+            return build_method(config, run, name, weights[name], env, space, slate_size, generator)
 
         return factory
 

@@ -86,22 +86,34 @@ def load_meta_recommender(weights: str | Path, env: Any, seed: int) -> Recommend
     if adapts and (group_size() > 1 or getattr(env, "shard", None) is not None):
         raise ValueError(f"agent: {name} adapts one policy to all its users' data, so it serves in one process; "
                          "run it without --nproc")  # fmt: skip
-    device = env.device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    recommender: Recommender
-    if adapts:
-        policy = feedforward_policy(space, slate_size, config.gradient.hidden).to(device)
-        load_weights_into(policy, load_method_weights(run, name), run, name)
-        tasks, users = (env.num_tasks, env.users_per_task) if isinstance(env, TaskBatchVectorEnv) else (1, env.num_envs)
-        recommender = AdaptingRecommender(name, policy, config.gradient, tasks, users, slate_size, generator)
-    else:
-        policy = config.rl2.make_policy(space, slate_size).to(device)
-        load_weights_into(policy, load_method_weights(run, name), run, name)
-        recommender = RL2Recommender(policy, generator, deterministic=config.eval.rl2_greedy)
+    generator = torch.Generator(device=env.device).manual_seed(seed)
+    recommender = build_method(config, run, name, load_method_weights(run, name), env, space, slate_size, generator)
     recommender.name = f"{name}:{run.name}"
     if logs_stats:
-        recommender = LoggedItemStats(recommender, int(env.model.num_items), device)
+        recommender = LoggedItemStats(recommender, int(env.model.num_items), env.device)
     return recommender
+
+
+def build_method(
+    config: MetaTrainConfig,
+    run: Path,
+    name: str,
+    weights: dict[str, torch.Tensor],
+    env: Any,
+    space: spaces.Dict,
+    slate_size: int,
+    generator: torch.Generator,
+) -> Recommender:
+    """Method ``name`` of the run with ``weights``, for ``env`` (observations of ``space``): RL² with its
+    memory, or a gradient method adapting one policy per task of a task batch (else one for all users)."""
+    if name == "rl2":
+        policy = config.rl2.make_policy(space, slate_size).to(env.device)
+        load_weights_into(policy, weights, run, name)
+        return RL2Recommender(policy, generator, deterministic=config.eval.rl2_greedy)
+    policy = feedforward_policy(space, slate_size, config.gradient.hidden).to(env.device)
+    load_weights_into(policy, weights, run, name)
+    tasks, users = (env.num_tasks, env.users_per_task) if isinstance(env, TaskBatchVectorEnv) else (1, env.num_envs)
+    return AdaptingRecommender(name, policy, config.gradient, tasks, users, slate_size, generator)
 
 
 def trained_space(config: MetaTrainConfig) -> tuple[spaces.Dict, int]:
