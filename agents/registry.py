@@ -115,8 +115,8 @@ def _hbayes(env: Any, generator: torch.Generator) -> Recommender:
         )
     groups = int(getattr(env, "num_tasks", 1))
     return HierarchicalBayesRecommender(
-        slate_size, num_items_of(env, "hbayes"), catalog.embedding_dim, generator, groups=groups
-    )
+        slate_size, num_items_of(env, "hbayes"), catalog.embedding_dim, generator, groups=groups, distinct_ids=True
+    )  # a task batch's catalogue ids are distinct across its populations: one item table serves them
 
 
 register_recommender("hbayes", _hbayes)

@@ -93,6 +93,7 @@ def baseline_factories(prior: BayesPrior) -> dict[str, Factory]:
             model.config.catalog.embedding_dim,
             generator,
             groups=env.num_tasks,
+            distinct_ids=True,  # a task batch's catalogue ids are distinct across its populations
             prior=prior,
         )
 

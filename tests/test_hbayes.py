@@ -222,9 +222,9 @@ def test_observe_recovers_the_satisfaction_logit_of_each_click_and_reset_forgets
     env = held_out_env(distribution, users=16)
     agent = make_recommender("hbayes", env, 0)
     observation, info = env.reset(seed=1)
-    observation_ids = (
-        observation["candidate_ids"].to(torch.int64) + (agent.group_of(env.num_envs) * agent.num_items)[:, None]
-    )
+    # a task batch's catalogue ids are distinct across its populations: one item table, indexed by id
+    assert agent.groups == 2 and agent.item_table.shape == (2, env.model.num_items)
+    observation_ids = observation["candidate_ids"].to(torch.int64)
     slate = agent.act(observation, info)
     observation, reward, terminated, truncated, info = env.step(slate)
     agent.observe(reward, terminated | truncated, info)
@@ -233,7 +233,7 @@ def test_observe_recovers_the_satisfaction_logit_of_each_click_and_reset_forgets
     satisfaction = info["satisfaction"][clicked].clamp(1e-4, 1 - 1e-4)
     torch.testing.assert_close(agent.clicks_y[clicked, 0], torch.logit(satisfaction), rtol=1e-4, atol=1e-4)
     chosen_ids = observation_ids.gather(1, info["chosen_candidate"].clamp(min=0)[:, None].to(torch.int64))[:, 0]
-    assert torch.equal(agent.clicks_id[clicked, 0], chosen_ids[clicked])  # the clicked item's row (one group each)
+    assert torch.equal(agent.clicks_id[clicked, 0], chosen_ids[clicked])  # the clicked item's id
     assert torch.all(agent.clicks_id[~clicked] == -1)
     table = agent.item_table.clone()
     mask = torch.zeros(env.num_envs, dtype=torch.bool)

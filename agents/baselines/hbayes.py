@@ -92,6 +92,8 @@ class HierarchicalBayesRecommender(Recommender):
         embedding_dim: d; the first d features of a candidate are its embedding, the next its length.
         generator: the explicit random generator (on the environment's device).
         groups: populations, one per contiguous block of ``B / groups`` users (1: every user is of one).
+        distinct_ids: the populations' catalogue ids are already distinct (a task batch's are), so one item
+            table serves them all; otherwise (replicates of one population) each group gets its own.
         prior: the family's constants (:class:`BayesPrior`).
         components: mixture components per population (the family has at most 8 clusters).
         window: clicks per user remembered.
@@ -109,6 +111,7 @@ class HierarchicalBayesRecommender(Recommender):
         embedding_dim: int,
         generator: torch.Generator,
         groups: int = 1,
+        distinct_ids: bool = False,
         prior: BayesPrior | None = None,
         components: int = 8,
         window: int = 64,
@@ -132,7 +135,8 @@ class HierarchicalBayesRecommender(Recommender):
         self.backend = torch_backend(self.device)
         # per item of every group's catalogue, in fixed point: clicks weighted by how well the user's affinity
         # was known (noise / (noise + its posterior variance)), and the residual logits summed with those weights
-        self.item_table = torch.zeros((2, self.groups * self.num_items), dtype=torch.int64, device=self.device)
+        self.item_groups = 1 if distinct_ids else self.groups
+        self.item_table = torch.zeros((2, self.item_groups * self.num_items), dtype=torch.int64, device=self.device)
         self.mixture: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # means, log weights, var
         self.batch: int | None = None
         self.steps = 0
@@ -231,7 +235,7 @@ class HierarchicalBayesRecommender(Recommender):
         ids = observation["candidate_ids"].to(self.device, torch.int64)
         if bool(((ids < 0) | (ids >= self.num_items)).any()):
             raise ValueError(f"observation['candidate_ids']: expected ids in [0, {self.num_items})")
-        rows = ids + (self.group_of(batch) * self.num_items)[:, None]
+        rows = ids if self.item_groups == 1 else ids + (self.group_of(batch) * self.num_items)[:, None]
         e, length = features[..., : self.d].to(self.device), features[..., self.d].to(self.device)
         post, log_r, factor = self.user_posterior()
         draws = self.draws(self.generator, batch)
