@@ -17,7 +17,7 @@ import torch
 
 from metarec.agents.base import Recommender, slate_size_of
 from metarec.agents.baselines.bandits import EpsilonGreedyRecommender, GreedyRecommender, num_items_of
-from metarec.agents.baselines.hbayes import HierarchicalBayesRecommender
+from metarec.agents.baselines.hbayes import BayesPrior, HierarchicalBayesRecommender
 from metarec.agents.baselines.linear import LinUCBRecommender, ThompsonRecommender
 from metarec.agents.baselines.popularity import PopularRecommender
 from metarec.agents.baselines.reference import OracleRecommender, RandomRecommender
@@ -72,8 +72,12 @@ def make_recommender(name: str, env: Any, seed: int) -> Recommender:
                 f"agent: expected one of {', '.join(sorted(RECOMMENDERS))} or a run directory, got {name!r}"
             )
         return load_entry_point(LOADERS[kind])(name, env, seed)
-    generator = torch.Generator(device=env.device).manual_seed(seed + 1_000_003)
-    return RECOMMENDERS[name](env, generator)
+    return RECOMMENDERS[name](env, generator_for(env, seed))
+
+
+def generator_for(env: Any, seed: int) -> torch.Generator:
+    """The generator a named recommender gets for ``seed``: on the env's device, seeded apart from the env's."""
+    return torch.Generator(device=env.device).manual_seed(seed + 1_000_003)
 
 
 register_recommender("random", lambda env, generator: RandomRecommender(slate_size_of(env), generator))
@@ -102,9 +106,9 @@ register_recommender("linucb", lambda env, generator: LinUCBRecommender(slate_si
 register_recommender("thompson", lambda env, generator: ThompsonRecommender(slate_size_of(env), generator))
 
 
-def _hbayes(env: Any, generator: torch.Generator) -> Recommender:
+def make_hbayes(env: Any, generator: torch.Generator, prior: BayesPrior | None = None) -> Recommender:
     """``hbayes`` for an environment of the DriftingUsers family: one population per task of a task
-    batch, else one for the whole batch; the family's default constants."""
+    batch, else one for the whole batch; ``prior`` the family's constants (default: its defaults)."""
     config = getattr(getattr(env, "model", None), "config", None)
     catalog = getattr(config, "catalog", None)
     slate_size = slate_size_of(env)
@@ -115,8 +119,14 @@ def _hbayes(env: Any, generator: torch.Generator) -> Recommender:
         )
     groups = int(getattr(env, "num_tasks", 1))
     return HierarchicalBayesRecommender(
-        slate_size, num_items_of(env, "hbayes"), catalog.embedding_dim, generator, groups=groups, distinct_ids=True
+        slate_size,
+        num_items_of(env, "hbayes"),
+        catalog.embedding_dim,
+        generator,
+        groups=groups,
+        distinct_ids=True,
+        prior=prior,
     )  # a task batch's catalogue ids are distinct across its populations: one item table serves them
 
 
-register_recommender("hbayes", _hbayes)
+register_recommender("hbayes", make_hbayes)

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarec.agents.baselines.hbayes import BayesPrior, HierarchicalBayesRecommender
-from metarec.agents.registry import make_recommender
+from metarec.agents.baselines.hbayes import BayesPrior
+from metarec.agents.registry import generator_for, make_hbayes, make_recommender
 from metarec.envs.task_batch import TaskBatchVectorEnv
 from metarec.meta.tasks import TaskDistribution, task_batch
 
@@ -84,17 +84,7 @@ def baseline_factories(prior: BayesPrior) -> dict[str, Factory]:
     def named(name: str) -> Factory:
         return lambda env, seed: make_recommender(name, env, seed)
 
-    def reference(env: TaskBatchVectorEnv, seed: int) -> HierarchicalBayesRecommender:
-        generator = torch.Generator(device=env.device).manual_seed(seed + 1_000_003)
-        model = env.model
-        return HierarchicalBayesRecommender(
-            model.slate_size,
-            model.num_items,
-            model.config.catalog.embedding_dim,
-            generator,
-            groups=env.num_tasks,
-            distinct_ids=True,  # a task batch's catalogue ids are distinct across its populations
-            prior=prior,
-        )
+    def reference(env: TaskBatchVectorEnv, seed: int) -> Any:
+        return make_hbayes(env, generator_for(env, seed), prior)
 
     return {**{name: named(name) for name in ONLINE_BASELINES}, REFERENCE: reference}
