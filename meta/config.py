@@ -10,11 +10,15 @@ from pydantic import Field, field_validator, model_validator
 from metarec.config import FrozenConfig, load_yaml_config, validate_config
 from metarec.meta.evaluate import EvalConfig
 from metarec.meta.gradient_rl import GradientConfig
+from metarec.meta.incontext import InContextConfig
 from metarec.meta.rl2 import RL2Config
 from metarec.meta.tasks import TaskDistribution
 
-MethodName = Literal["rl2", "maml", "fomaml", "reptile", "finetune", "scratch"]
-ALL_METHODS: tuple[str, ...] = ("rl2", "maml", "fomaml", "reptile", "finetune", "scratch")
+MethodName = Literal["rl2", "icl", "maml", "fomaml", "reptile", "finetune", "scratch"]
+ALL_METHODS: tuple[str, ...] = ("rl2", "icl", "maml", "fomaml", "reptile", "finetune", "scratch")
+#: Methods that adapt in their memory (what they remember of each user), not by gradient steps.
+MEMORY_METHODS: tuple[str, ...] = ("rl2", "icl")
+MetaLearnerName = Literal["rl2", "icl", "maml", "fomaml", "reptile"]
 
 
 class MetaTrainConfig(FrozenConfig):
@@ -27,6 +31,12 @@ class MetaTrainConfig(FrozenConfig):
     test_split: str = Field("meta-test", description="Held-out split of `meta-eval --split test`.")
     sessions: int = Field(20, ge=1, description="Sessions per user (the adaptation curve's length).")
     methods: list[MethodName] = Field(default_factory=lambda: list(ALL_METHODS), min_length=1)
+    meta_learner: MetaLearnerName | None = Field(
+        None,
+        description="The method judged as the meta-learner, named before evaluation: meta-eval reports its paired "
+        "lead over every baseline and the demo serves it in the A/B test. None: the meta-learner with the best "
+        "mean over sessions 1-10 of each evaluation (picked on the runs it is judged on).",
+    )
     seed: int = Field(0, ge=0, description="Seeds weights, task streams, users and evaluation.")
     device: str = Field("cpu", description="Torch device.")
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads (None: torch's default).")
@@ -37,6 +47,7 @@ class MetaTrainConfig(FrozenConfig):
         "impression, impressions) at training and evaluation, for every method and LinUCB alike.",
     )
     rl2: RL2Config = Field(default_factory=RL2Config)
+    icl: InContextConfig = Field(default_factory=InContextConfig)
     gradient: GradientConfig = Field(default_factory=GradientConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
@@ -49,6 +60,8 @@ class MetaTrainConfig(FrozenConfig):
 
     @model_validator(mode="after")
     def _splits_exist(self) -> MetaTrainConfig:
+        if self.meta_learner is not None and self.meta_learner not in self.methods:
+            raise ValueError(f"meta_learner: {self.meta_learner!r} is not one of methods ({', '.join(self.methods)})")
         if isinstance(self.tasks, TaskDistribution):
             for key in ("train_split", "test_split"):
                 if getattr(self, key) not in self.tasks.splits:

@@ -73,7 +73,7 @@ def meta_eval(run: str | Path, split: str = "test", progress: bool = False,
             bar.update(1)
 
         result = adaptation_curves(methods, config.tasks, split_name, config.sessions, eval_config, config.seed, device,
-                          progress=tick, item_stats=config.item_stats)  # fmt: skip
+                          progress=tick, item_stats=config.item_stats, meta_learner=config.meta_learner)  # fmt: skip
     result["wall_seconds"] = time.perf_counter() - started
     result = json_safe(result)  # NaN and inf become None: JSON has no such numbers
     write_json(result, run / f"eval_{split}.json")

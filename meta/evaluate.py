@@ -47,7 +47,9 @@ EVAL_SEED_OFFSET = 10_000  # evaluation seeds never coincide with meta-batch ind
 #: What a meta-learner is compared with, paired by seed: the non-meta baselines, and the reference.
 BASELINES = ("popular", "linucb", "thompson", "greedy", "finetune", "scratch")
 REFERENCES = ("hbayes",)
-REGRET_AFTER = (10, 50, 100)  # interactions after which every method's cumulative regret is reported
+REGRET_AFTER = (10, 50, 100)
+#: The methods that meta-learn (what "the meta-learner" is picked among).
+META_LEARNERS = ("rl2", "icl", "maml", "fomaml", "reptile")  # interactions after which every method's cumulative regret is reported
 
 
 class EvalConfig(FrozenConfig):
@@ -80,7 +82,7 @@ class RL2Recommender(Recommender):
         if mask is None or self.memory is None:
             self.memory = None
             return
-        self.memory = RL2Policy.reset_memory(self.memory, mask)
+        self.memory = self.policy.reset_memory(self.memory, mask)
         self.last_reward = self.last_reward.masked_fill(mask, 0.0)
 
     def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
@@ -275,9 +277,13 @@ def adaptation_curves(
     device: str | torch.device = "cpu",
     progress: Callable[[str], None] | None = None,
     item_stats: bool = False,
+    meta_learner: str | None = None,
 ) -> dict[str, Any]:
     """Runs the protocol for every method (plus ``random`` and ``oracle``, the normalisers) over
-    ``config.seeds`` seeds; returns the ``meta-eval`` result (JSON-ready)."""
+    ``config.seeds`` seeds; returns the ``meta-eval`` result (JSON-ready). The paired leads are those of
+    ``meta_learner`` (named before evaluation), else of the best meta-learner of these runs."""
+    if meta_learner is not None and meta_learner not in methods:
+        raise ValueError(f"meta_learner: {meta_learner!r} is not among the methods evaluated ({', '.join(methods)})")
     everything: dict[str, Factory] = {
         "random": lambda env, s: make_recommender("random", env, s),
         "oracle": lambda env, s: make_recommender("oracle", env, s),
@@ -321,18 +327,19 @@ def adaptation_curves(
                 "recovered_within_10": int(sum(r is not None and r <= 10 for r in recover)),
             },
         }
-    meta = [m for m in result["methods"] if m in ("rl2", "maml", "fomaml", "reptile")]
+    meta = [m for m in result["methods"] if m in META_LEARNERS]
     result["best_meta_method"] = (
         max(meta, key=lambda m: np.nanmean(result["methods"][m]["normalised_return"][:10])) if meta else None
     )
-    best = result["best_meta_method"]
+    result["meta_learner"] = meta_learner
+    best = meta_learner or result["best_meta_method"]
     if best is not None:
         result["paired"] = {
             "method": best,
             "against": {
                 other: dict(zip(("difference", "ci95"), mean_interval(per_seed[best] - per_seed[other]), strict=True))
                 for other in (*BASELINES, *REFERENCES)
-                if other in per_seed
+                if other in per_seed and other != best
             },
         }
     result["seeds"] = config.seeds

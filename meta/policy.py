@@ -177,6 +177,7 @@ class RL2Policy(AffinityPolicy):
         prior: those users are new."""
         keep = (~done).to(memory.hidden.dtype)[:, None]
         belief = memory.belief
+        hidden = memory.hidden * keep.reshape(-1, *[1] * (memory.hidden.dim() - 1))  # any trailing shape
         if belief is not None:
             prior = torch.eye(belief.inverse.shape[-1], device=belief.inverse.device) / belief.ridge
             belief = replace(
@@ -185,7 +186,7 @@ class RL2Policy(AffinityPolicy):
                 response=belief.response * keep,
                 shown=belief.shown * keep[:, :, None],
             )
-        return Memory(memory.hidden * keep, memory.last_slate * keep, belief)
+        return Memory(hidden, memory.last_slate * keep, belief)
 
     def read(self, memory: Memory, observation: dict[str, torch.Tensor], reward: torch.Tensor) -> torch.Tensor:
         """The memory after taking in the response to the last slate: ``[B, hidden]``. ``reward``

@@ -31,7 +31,7 @@ from gymnasium import spaces
 from metarec.agents.base import Recommender, slate_size_of
 from metarec.config import validate_config
 from metarec.envs.task_batch import TaskBatchVectorEnv
-from metarec.meta.config import MetaTrainConfig
+from metarec.meta.config import MEMORY_METHODS, MetaTrainConfig
 from metarec.meta.evaluate import LoggedItemStats, RL2Recommender
 from metarec.meta.gradient_rl import AdaptingRecommender
 from metarec.meta.policy import feedforward_policy
@@ -82,7 +82,7 @@ def load_meta_recommender(weights: str | Path, env: Any, seed: int) -> Recommend
         raise ValueError(f"agent: {weights} is missing; {run} trains {name!r}: finish meta-train first")
     logs_stats = config.item_stats and getattr(getattr(env, "model", None), "item_stats", None) is None
     space, slate_size = served_space(config, env, f"{name} of {run}", logs_stats)
-    adapts = name != "rl2"
+    adapts = name not in MEMORY_METHODS
     if adapts and (group_size() > 1 or getattr(env, "shard", None) is not None):
         raise ValueError(f"agent: {name} adapts one policy to all its users' data, so it serves in one process; "
                          "run it without --nproc")  # fmt: skip
@@ -106,10 +106,14 @@ def build_method(
 ) -> Recommender:
     """Method ``name`` of the run with ``weights``, for ``env`` (observations of ``space``): RL² with its
     memory, or a gradient method adapting one policy per task of a task batch (else one for all users)."""
-    if name == "rl2":
-        policy = config.rl2.make_policy(space, slate_size).to(env.device)
+    if name in MEMORY_METHODS:
+        settings = config.rl2 if name == "rl2" else config.icl
+        policy = settings.make_policy(space, slate_size).to(env.device)
         load_weights_into(policy, weights, run, name)
-        return RL2Recommender(policy, generator, deterministic=config.eval.rl2_greedy)
+        # the in-context recommender was trained to show its most probable slate, and always does
+        recommender = RL2Recommender(policy, generator, deterministic=config.eval.rl2_greedy or name == "icl")
+        recommender.name = name
+        return recommender
     policy = feedforward_policy(space, slate_size, config.gradient.hidden).to(env.device)
     load_weights_into(policy, weights, run, name)
     tasks, users = (env.num_tasks, env.users_per_task) if isinstance(env, TaskBatchVectorEnv) else (1, env.num_envs)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from metarec.io import atomic_save, write_json
 from metarec.meta.config import MetaTrainConfig
 from metarec.meta.gradient_rl import GradientMetaTrainer
+from metarec.meta.incontext import InContextTrainer
 from metarec.meta.rl2 import RL2Trainer
 from metarec.meta.tasks import TaskDistribution
 from metarec.parallel import (
@@ -55,8 +56,11 @@ from metarec.runs import (
 )
 
 
-def _trainer(name: str, config: MetaTrainConfig) -> RL2Trainer | GradientMetaTrainer:
+def _trainer(name: str, config: MetaTrainConfig) -> RL2Trainer | InContextTrainer | GradientMetaTrainer:
     assert isinstance(config.tasks, TaskDistribution)
+    if name == "icl":
+        return InContextTrainer(config.tasks, config.train_split, config.icl, config.sessions, config.seed,
+                                config.device, config.item_stats)  # fmt: skip
     if name == "rl2":
         return RL2Trainer(config.tasks, config.train_split, config.rl2, config.sessions, config.seed, config.device,
                           config.item_stats)  # fmt: skip
@@ -98,7 +102,9 @@ def meta_train(
     world = world_size(nproc)
     if world > 1 and "rl2" in config.methods and config.rl2.tasks_per_batch % world:
         raise ValueError(f"rl2.tasks_per_batch: must divide among {world} processes, got {config.rl2.tasks_per_batch}")
-    gradient_methods = set(config.methods) - {"rl2", "scratch"}
+    if world > 1 and "icl" in config.methods and config.icl.tasks_per_batch % world:
+        raise ValueError(f"icl.tasks_per_batch: must divide among {world} processes, got {config.icl.tasks_per_batch}")
+    gradient_methods = set(config.methods) - {"rl2", "icl", "scratch"}
     if world > 1 and gradient_methods and config.gradient.tasks_per_batch % world:
         raise ValueError(f"gradient.tasks_per_batch: must divide among {world} processes, got "
                          f"{config.gradient.tasks_per_batch}")  # fmt: skip
@@ -161,7 +167,8 @@ class MetaTrainRun:
             seconds_before = float(current["seconds"])
         # on resume, events logged after the checkpoint (by the interrupted process) are dropped
         writer = summary_writer(self.out / "tb" / name, self.primary, trainer.update if self.resume else None)
-        total = config.rl2.updates if name == "rl2" else (0 if name == "scratch" else config.gradient.meta_steps)
+        totals = {"rl2": config.rl2.updates, "icl": config.icl.updates, "scratch": 0}
+        total = totals.get(name, config.gradient.meta_steps)
         bar = tqdm(total=total, initial=trainer.update, desc=name, unit="update", disable=not self.progress)
         start, steps_before = time.perf_counter(), trainer.global_step
         while not trainer.done:

@@ -91,7 +91,7 @@ def test_demo_runs_end_to_end_with_an_ab_test(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "A/B test: popular (control) vs linucb vs rl2" in printed
     meta = results["meta"]["adaptation"]
-    assert meta["split"] == "meta-test" and meta["best_meta_method"] in ("rl2", "maml", "fomaml", "reptile")
+    assert meta["split"] == "meta-test" and meta["best_meta_method"] in ("rl2", "icl", "maml", "fomaml", "reptile")
     assert (tmp_path / "meta" / "adaptation_test.png").is_file()
     # the other held-out splits: a drift regime and a catalogue domain never trained on
     others = results["meta"]["other_splits"]

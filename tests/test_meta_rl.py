@@ -144,7 +144,7 @@ def test_meta_tiny_trains_deterministically_and_evaluates(tmp_path) -> None:
     first = meta_train(config, tmp_path / "a", progress=False)
     second = meta_train(config, tmp_path / "b", progress=False)
     assert first["params_sha256"] == second["params_sha256"]
-    assert set(first["methods"]) == {"rl2", "maml", "fomaml", "reptile", "finetune", "scratch"}
+    assert set(first["methods"]) == {"rl2", "icl", "maml", "fomaml", "reptile", "finetune", "scratch"}
     with pytest.raises(ValueError, match="not empty; pass --resume"):
         meta_train(config, tmp_path / "a", progress=False)
     result = meta_eval(tmp_path / "a", "test")
@@ -152,7 +152,7 @@ def test_meta_tiny_trains_deterministically_and_evaluates(tmp_path) -> None:
     baselines = {"popular", "linucb", "thompson", "greedy", "hbayes"}
     assert (
         set(result["methods"])
-        == {"rl2", "maml", "fomaml", "reptile", "finetune", "scratch", "random", "oracle"} | baselines
+        == {"rl2", "icl", "maml", "fomaml", "reptile", "finetune", "scratch", "random", "oracle"} | baselines
     )
     for curve in result["methods"].values():
         assert len(curve["normalised_return"]) == 4 and len(curve["ci95"]) == 4
@@ -164,7 +164,7 @@ def test_meta_tiny_trains_deterministically_and_evaluates(tmp_path) -> None:
         result["methods"]["random"]["regret_after"]["10"]["mean"]
         > result["methods"]["hbayes"]["regret_after"]["10"]["mean"]
     )
-    assert result["best_meta_method"] in ("rl2", "maml", "fomaml", "reptile")
+    assert result["best_meta_method"] in ("rl2", "icl", "maml", "fomaml", "reptile")
     # the best meta-learner against each baseline, paired by seed: scipy's paired t interval
     paired = result["paired"]
     assert paired["method"] == result["best_meta_method"]

@@ -23,7 +23,7 @@ from metarec.cli import main
 from metarec.config import validate_config
 from metarec.envs.task_batch import TaskBatchVectorEnv
 from metarec.meta import eval_run
-from metarec.meta.config import ALL_METHODS, load_meta_config
+from metarec.meta.config import ALL_METHODS, MEMORY_METHODS, load_meta_config
 from metarec.meta.evaluate import EVAL_SEED_OFFSET, LoggedItemStats, run_protocol
 from metarec.meta.gradient_rl import AdaptingRecommender
 from metarec.meta.serving import load_meta_recommender
@@ -33,7 +33,7 @@ from metarec.parallel import Shard
 
 ROOT = Path(__file__).parents[1]
 ENV = "metarec/DriftingUsers-v0"
-GRADIENT = [m for m in ALL_METHODS if m != "rl2"]
+GRADIENT = [m for m in ALL_METHODS if m not in MEMORY_METHODS]
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +81,15 @@ def test_each_method_serves_a_held_out_population_reproducibly(run, population, 
     weights = run / "methods" / f"{method}.pt"
     first, again, other = (_slates(weights, population, seed) for seed in (0, 0, 1))
     assert first.shape[-1] == 5 and torch.equal(first, again)
-    if method == "rl2":  # served greedily (eval.rl2_greedy): its slates draw no random numbers
+    if method in MEMORY_METHODS:  # served greedily (eval.rl2_greedy; icl always): no random numbers drawn
         assert torch.equal(first, other)
     else:  # the gradient methods sample, as their policy-gradient step needs
         assert not torch.equal(first, other)
 
 
 def test_served_methods_score_on_held_out_users_through_metarec_evaluate(run, population, capsys) -> None:
-    """``evaluate`` (what ``metarec evaluate`` runs) serves every method; RL², trained for a few updates,
-    scores above random on new users of a held-out population (a gradient method of this tiny run is near
+    """``evaluate`` (what ``metarec evaluate`` runs) serves every method; RL² and the in-context recommender,
+    trained for a few updates, score above random on new users of a held-out population (a gradient method of this tiny run is near
     random: 4 meta-steps of a 16-wide policy)."""
     results = {}
     for agent in ("random", *(str(run / "methods" / f"{m}.pt") for m in ALL_METHODS)):
@@ -98,6 +98,7 @@ def test_served_methods_score_on_held_out_users_through_metarec_evaluate(run, po
         assert result["users"] == 32 and np.isfinite(result["mean_return"]) and result["mean_length"] > 10
     assert set(results) == {"random", *(f"{m}:tiny" for m in ALL_METHODS)}
     assert results["rl2:tiny"] > 1.05 * results["random"]
+    assert results["icl:tiny"] > 1.05 * results["random"]  # six imitation updates
     # the command line takes the same path
     assert main(["evaluate", "--env", ENV, "--agent", str(run / "methods" / "maml.pt"), "--users", "8", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["agent"] == "maml:tiny"
@@ -176,7 +177,7 @@ def test_serving_on_meta_evals_env_reproduces_meta_eval(run, meta_eval_factories
         meta = run_protocol(meta_eval_factories[method](env, seed), env, config.sessions, config.eval, seed)
         served = load_meta_recommender(run / "methods" / f"{method}.pt", env, seed)
         assert not isinstance(served, LoggedItemStats)  # the env logs the item statistics itself
-        if method != "rl2":
+        if method not in MEMORY_METHODS:
             assert (served.acting.num_tasks, served.acting.users) == (config.eval.tasks, config.eval.users_per_task)
         again = run_protocol(served, env, config.sessions, config.eval, seed)
         assert meta["session_return"].sum() > 0

@@ -140,8 +140,8 @@ def meta_evaluated(done: Done) -> None:
     result = done.json()
     assert result["split"] == "meta-test" and result["sessions"] == [1, 2, 3, 4]
     baselines = {"popular", "linucb", "thompson", "greedy", "finetune", "scratch"}
-    assert {"random", "oracle", "hbayes", "rl2", "maml", "fomaml", "reptile"} | baselines == set(result["methods"])
-    assert result["best_meta_method"] in ("rl2", "maml", "fomaml", "reptile")
+    assert {"random", "oracle", "hbayes", "rl2", "icl", "maml", "fomaml", "reptile"} | baselines == set(result["methods"])
+    assert result["best_meta_method"] in ("rl2", "icl", "maml", "fomaml", "reptile")
     assert {"normalised_return", "ci95", "regret_after", "shift"} <= set(result["methods"]["rl2"])
     assert result["paired"]["method"] == result["best_meta_method"]
     assert set(result["paired"]["against"]) == baselines | {"hbayes"}
@@ -232,11 +232,13 @@ SB3_SMALL = f"--set total_steps=512 --set sb3.num_envs=4 --set sb3.algo_kwargs.n
 AB_SMALL = f"--set users=200 --set days=2 {THREADS} --quiet"
 META_2P = f"--set methods=[maml] {THREADS} --quiet"
 GPU_META_SMALL = (
-    "--set device={device} --set methods=[rl2,maml] --set sessions=2 "
+    "--set device={device} --set methods=[rl2,icl,maml] --set sessions=2 "
     "--set rl2.tasks_per_batch=4 --set rl2.users_per_task=8 --set rl2.rollout_steps=8 --set rl2.updates=2 "
     "--set rl2.num_minibatches=2 --set rl2.hidden=16 --set gradient.tasks_per_batch=2 "
     "--set gradient.users_per_task=8 --set gradient.rollout_steps=4 --set gradient.meta_steps=2 "
-    f"--set gradient.hidden=16 {THREADS} --quiet"
+    "--set gradient.hidden=16 --set icl.tasks_per_batch=4 --set icl.users_per_task=8 --set icl.rollout_steps=8 "
+    "--set icl.updates=2 --set icl.num_minibatches=2 --set icl.hidden=16 --set icl.heads=2 --set icl.window=4 "
+    f"--set icl.layers=1 {THREADS} --quiet"
 )
 
 TRAIN_IE = "metarec train configs/ppo_recsim_ie.yaml --out runs/ppo_recsim_ie"
@@ -271,7 +273,7 @@ COMMANDS: dict[str, Case] = {
     # Meta-learning: meta_tiny.yaml is meta_demo.yaml's every method at tiny budgets
     META_TRAIN: Case(
         f"metarec meta-train configs/meta_tiny.yaml --out runs/meta_demo {THREADS} --quiet",
-        meta_trained("runs/meta_demo", {"rl2", "maml", "fomaml", "reptile", "finetune", "scratch"}),
+        meta_trained("runs/meta_demo", {"rl2", "icl", "maml", "fomaml", "reptile", "finetune", "scratch"}),
     ),
     "metarec meta-eval runs/meta_demo --split test --json": Case(
         "metarec meta-eval runs/meta_demo --split test --json", meta_evaluated, needs=(META_TRAIN,)
@@ -299,7 +301,7 @@ COMMANDS: dict[str, Case] = {
     ),
     "metarec meta-train configs/meta_gpu.yaml --out runs/meta_gpu": Case(
         "metarec meta-train configs/meta_gpu.yaml --out runs/meta_gpu " + GPU_META_SMALL,
-        meta_trained("runs/meta_gpu", {"rl2", "maml"}, DEVICE),
+        meta_trained("runs/meta_gpu", {"rl2", "icl", "maml"}, DEVICE),
     ),
     # Several processes (gloo on the CPU)
     META_2P_CMD: Case(

@@ -147,18 +147,20 @@ def _demo_abtest(
 
 
 def _demo_meta_abtest(out: Path, meta_run: Path, users: int, seed: int, device: str) -> dict:
-    """The meta-learned RL² recommender in a paired A/B test against the best baseline of the
-    adaptation protocol (LinUCB) and popularity (control), on users of a held-out population."""
+    """The meta-learner (the config's ``meta_learner``, else RL²) in a paired A/B test against the best baseline
+    of the adaptation protocol (LinUCB) and popularity (control), on users of a held-out population."""
     import yaml
 
     config = validate_config(MetaTrainConfig, yaml.safe_load((meta_run / "config.yaml").read_text()))
-    if "rl2" not in config.methods:
+    arm = config.meta_learner or ("rl2" if "rl2" in config.methods else None)
+    if arm is None:
         return _demo_abtest(out, users, seed, device)
     population = config.tasks.sample(config.test_split, 1, seed + 777)[0]  # a held-out population
     days = min(config.sessions, 10)
-    arms = {"linucb": "linucb", "rl2": str(meta_run / "methods" / "rl2.pt")}
+    arms = {"linucb": "linucb", arm: str(meta_run / "methods" / f"{arm}.pt")}
+    title = {"rl2": "RL²", "icl": "the in-context recommender"}.get(arm, arm)
     return _demo_abtest(
-        out, users, seed, device, arms, population.model_dump(), days, f"meta-learned RL² on {config.test_split}"
+        out, users, seed, device, arms, population.model_dump(), days, f"meta-learned {title} on {config.test_split}"
     )
 
 
@@ -193,7 +195,9 @@ def _demo_meta(out: Path, config: MetaTrainConfig, name: str, overwrite: bool) -
         values = [curve["normalised_return"][k - 1] for k in sessions]
         print(f"{name:<10}" + "".join(f"{'n/a' if v is None else f'{v:.2f}':>12}" for v in values))
     print(
-        f"Best meta-learner: {result['best_meta_method']} (random = 0, oracle = 1); plot: {out / 'adaptation_test.png'}"
+        f"Best meta-learner: {result['best_meta_method']}"
+        + (f"; the meta-learner named in the config: {result['meta_learner']}" if result.get("meta_learner") else "")
+        + f" (random = 0, oracle = 1); plot: {out / 'adaptation_test.png'}"
     )
     return {"train": trained, "adaptation": result, "other_splits": others}
 

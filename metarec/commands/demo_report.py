@@ -66,13 +66,15 @@ def adaptation_conclusion(meta: dict[str, Any], on: str | None = None) -> list[P
     None) or a curve; a missing value (None: the oracle did no better than random) is shown as missing and
     compared with nothing."""
     adaptation = meta["adaptation"]
-    best = adaptation.get("best_meta_method")
+    named = adaptation.get("meta_learner")  # named in the config before evaluation, else the best of the runs
+    best = named or adaptation.get("best_meta_method")
     methods = adaptation.get("methods") or {}
     if best is None or best not in methods or not methods[best].get("normalised_return"):
         return [Paragraph("No meta-learner was evaluated, so there is no best meta-learner to report.")]
     curve = methods[best]["normalised_return"]
     lines = [
-        f"The best meta-learner{'' if on is None else ' on ' + on} is {best}: {fmt(curve[0])} of the way "
+        f"The {'meta-learner named in the config' if named else 'best meta-learner'}{'' if on is None else ' on ' + on} "
+        f"is {best}: {fmt(curve[0])} of the way "
         f"from random to the oracle in a new user's first session, "
         f"{fmt(curve[min(4, len(curve) - 1)])} by session {min(5, len(curve))}."
     ]

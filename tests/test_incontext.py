@@ -1,0 +1,153 @@
+"""The in-context recommender (``icl``): its imitation loss, that ground truth is a training label only and
+never an input, that it learns to imitate the oracle, deterministically, and that bad settings are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from metarec.agents.nn.distributions import PlackettLuce
+from metarec.config import load_yaml_config
+from metarec.envs.core.finite import GUARDED_INFO
+from metarec.envs.task_batch import TaskBatchVectorEnv
+from metarec.meta.config import load_meta_config
+from metarec.meta.evaluate import RL2Recommender
+from metarec.meta.incontext import InContextConfig, InContextPolicy, InContextTrainer, oracle_log_likelihood
+from metarec.meta.tasks import TaskDistribution, task_batch
+
+ROOT = Path(__file__).parents[1]
+SMALL = dict(tasks_per_batch=2, users_per_task=16, rollout_steps=8, num_minibatches=2, hidden=16, window=4,
+             layers=1, heads=2)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def distribution() -> TaskDistribution:
+    return load_yaml_config(TaskDistribution, ROOT / "configs" / "meta_tasks.yaml")
+
+
+def test_the_imitation_loss_is_plackett_luce_of_the_items_the_oracle_shows() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 9, generator=generator)
+    slates = torch.stack([torch.randperm(9, generator=generator)[:4] for _ in range(64)])
+    lengths = torch.randint(1, 5, (64,), generator=generator)
+    # the oracle's slate shows its first r items and repeats its first item where it shows nothing
+    oracle = torch.where(torch.arange(4)[None] < lengths[:, None], slates, slates[:, :1])
+    got = oracle_log_likelihood(logits, oracle)
+    for row in range(64):
+        r = int(lengths[row])
+        expected = PlackettLuce(logits[row : row + 1], r).log_prob(slates[row : row + 1, :r])[0]
+        torch.testing.assert_close(got[row], expected)
+    # a slate of K distinct items is scored whole, as Plackett-Luce scores it
+    torch.testing.assert_close(oracle_log_likelihood(logits, slates), PlackettLuce(logits, 4).log_prob(slates))
+
+
+def _slates(policy: InContextPolicy, env: TaskBatchVectorEnv, steps: int, perturb: bool = False) -> torch.Tensor:
+    recommender = RL2Recommender(policy, torch.Generator().manual_seed(0), deterministic=True)
+    noise = torch.Generator().manual_seed(99)
+    observation, info = env.reset(seed=5)
+    recommender.reset()
+    shown = []
+    for _ in range(steps):
+        if perturb:  # the ground truth, shuffled and scaled: a policy that read it would act otherwise
+            info = dict(info)
+            for key in ("oracle_slate", *GUARDED_INFO):
+                if key in info:
+                    value = info[key]
+                    info[key] = (torch.randint(0, 20, value.shape, generator=noise) if key == "oracle_slate"
+                                 else torch.randn(value.shape, generator=noise) * 100)  # fmt: skip
+        slate = recommender.act(observation, info)
+        observation, reward, terminated, truncated, info = env.step(slate)
+        done = terminated | truncated
+        recommender.observe(reward, done, info)
+        recommender.reset(done)
+        shown.append(slate)
+    return torch.stack(shown)
+
+
+def test_ground_truth_is_a_label_only_never_an_input(distribution) -> None:
+    trainer = InContextTrainer(distribution, "meta-train", InContextConfig(**SMALL, updates=3), sessions=4, seed=0,
+                               item_stats=True)  # fmt: skip
+    while not trainer.done:
+        trainer.step()
+    tasks = task_batch(distribution, "meta-test", 2, 0, 3, 4)
+    envs = [TaskBatchVectorEnv(tasks, 8, ground_truth=truth, item_stats=True) for truth in (True, True, False)]
+    assert "oracle_slate" not in envs[2].reset(seed=5)[1]
+    plain = _slates(trainer.policy, envs[0], 40)
+    perturbed = _slates(trainer.policy, envs[1], 40, perturb=True)
+    blind = _slates(trainer.policy, envs[2], 40)
+    assert torch.equal(plain, perturbed) and torch.equal(plain, blind)
+    assert len(torch.unique(plain.flatten(0, 1), dim=0)) > 10  # it shows many slates, not one
+
+
+def test_the_trainer_learns_to_imitate_the_oracle_deterministically(distribution) -> None:
+    config = InContextConfig(**SMALL, updates=12, resample_every=12, oracle_mix=0.0, learning_rate=3e-3)
+
+    def trained() -> InContextTrainer:
+        trainer = InContextTrainer(distribution, "meta-train", config, sessions=4, seed=1, item_stats=True)
+        while not trainer.done:
+            trainer.step()
+        return trainer
+
+    first, again = trained(), trained()
+    for key, value in first.policy.state_dict().items():
+        assert torch.equal(value, again.policy.state_dict()[key]), key
+    # the oracle slates of one held rollout are likelier under the trained policy than under its start
+    fresh = InContextTrainer(distribution, "meta-train", config, sessions=4, seed=1, item_stats=True)
+    rollout = fresh.collect()
+    users = torch.arange(fresh.total_users)
+    with torch.no_grad():
+        before = fresh.nll(rollout, users).mean()
+        fresh.policy.load_state_dict(first.policy.state_dict())
+        after = fresh.nll(rollout, users).mean()
+    assert after < before - 0.3, (float(before), float(after))
+
+
+def test_a_checkpoint_resumes_to_the_same_parameters(distribution) -> None:
+    config = InContextConfig(**SMALL, updates=4, resample_every=2)
+    whole = InContextTrainer(distribution, "meta-train", config, sessions=4, seed=2, item_stats=True)
+    while not whole.done:
+        whole.step()
+    part = InContextTrainer(distribution, "meta-train", config, sessions=4, seed=2, item_stats=True)
+    for _ in range(3):  # across a new task batch, and part-way through the next
+        part.step()
+    saved = part.state_dict()
+    resumed = InContextTrainer(distribution, "meta-train", config, sessions=4, seed=2, item_stats=True)
+    resumed.load_state_dict(saved)
+    resumed.step()
+    assert resumed.done
+    for key, value in whole.policy.state_dict().items():
+        assert torch.equal(value, resumed.policy.state_dict()[key]), key
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["icl.heads=3"], r"icl: .*heads: must divide hidden = 64, got 3"),
+        (["icl.window=0"], r"icl\.window: .*greater than or equal to 1"),
+        (["icl.num_minibatches=3"], r"icl: .*num_minibatches: must divide tasks_per_batch x users_per_task = 512, got 3"),
+        (["icl.oracle_mix=1.5"], r"icl\.oracle_mix: .*less than or equal to 1"),
+        (["methods=[rl2,maml]", "meta_learner=icl"], r"meta_learner: 'icl' is not one of methods \(rl2, maml\)"),
+        (["meta_learner=linucb"], r"meta_learner: .*'rl2', 'icl', 'maml', 'fomaml' or 'reptile'"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(overrides, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_meta_config(ROOT / "configs" / "meta_demo.yaml", overrides)
+
+
+def test_the_meta_learner_named_before_evaluation_is_the_one_judged(distribution) -> None:
+    """meta-eval's paired leads are those of the config's ``meta_learner``, even where another method has the
+    best curve of the runs; without one, those of the best."""
+    from metarec.agents.registry import make_recommender
+    from metarec.meta.evaluate import EvalConfig, adaptation_curves
+
+    methods = {name: (lambda env, seed, name=name: make_recommender(name, env, seed)) for name in ("greedy", "linucb")}
+    config = EvalConfig(tasks=1, users_per_task=8, seeds=2, shift_at=4, window=2, max_steps=12)
+    # two baselines stand in for meta-learners here: what is checked is which one the leads are read for
+    named = adaptation_curves(methods, distribution, "meta-test", 2, config, 0, meta_learner="greedy")
+    assert named["meta_learner"] == "greedy" and named["paired"]["method"] == "greedy"
+    assert set(named["paired"]["against"]) == {"linucb"}
+    with pytest.raises(ValueError, match=r"^meta_learner: 'rl2' is not among the methods evaluated \(greedy, linucb\)$"):
+        adaptation_curves(methods, distribution, "meta-test", 2, config, 0, meta_learner="rl2")
