@@ -47,9 +47,9 @@ EVAL_SEED_OFFSET = 10_000  # evaluation seeds never coincide with meta-batch ind
 #: What a meta-learner is compared with, paired by seed: the non-meta baselines, and the reference.
 BASELINES = ("popular", "linucb", "thompson", "greedy", "finetune", "scratch")
 REFERENCES = ("hbayes",)
-REGRET_AFTER = (10, 50, 100)
+REGRET_AFTER = (10, 50, 100)  # interactions after which every method's cumulative regret is reported
 #: The methods that meta-learn (what "the meta-learner" is picked among).
-META_LEARNERS = ("rl2", "icl", "maml", "fomaml", "reptile")  # interactions after which every method's cumulative regret is reported
+META_LEARNERS = ("rl2", "icl", "maml", "fomaml", "reptile")
 
 
 class EvalConfig(FrozenConfig):

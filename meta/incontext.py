@@ -28,6 +28,7 @@ as the user's observable response (``chosen_position``), and the policy acts the
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -123,8 +124,7 @@ def oracle_log_likelihood(logits: torch.Tensor, oracle: torch.Tensor) -> torch.T
     repeats its first item on, it shows nothing (:func:`~metarec.envs.core.choice.revenue_ordered_slate`),
     so only the prefix of distinct items is scored (the likelihood of a top-``r`` ranking)."""
     oracle = oracle.long()
-    shown = torch.ones_like(oracle, dtype=torch.bool)
-    shown[:, 1:] = (oracle[:, 1:] != oracle[:, :1]).cumprod(dim=1).bool()
+    shown = shown_positions(oracle)
     taken = torch.zeros_like(logits, dtype=torch.bool)
     total = torch.zeros(logits.shape[0], dtype=logits.dtype, device=logits.device)
     for k in range(oracle.shape[1]):
@@ -133,6 +133,29 @@ def oracle_log_likelihood(logits: torch.Tensor, oracle: torch.Tensor) -> torch.T
         total = total + torch.where(shown[:, k], log_p, torch.zeros_like(log_p))
         taken = taken | (torch.zeros_like(taken).scatter(1, item, True) & shown[:, k : k + 1])
     return total
+
+
+def shown_positions(slate: torch.Tensor) -> torch.Tensor:
+    """``[B, K]`` bool: the positions a slate fills. From the first position that repeats its first item on,
+    a slate shows nothing (the oracle's way of showing fewer items; a policy's slates never repeat)."""
+    shown = torch.ones_like(slate, dtype=torch.bool)
+    shown[:, 1:] = (slate[:, 1:] != slate[:, :1]).cumprod(dim=1).bool()
+    return shown
+
+
+def without_empty_positions(memory: Memory, observation: dict[str, torch.Tensor], slate: torch.Tensor) -> Memory:
+    """``memory`` (:meth:`RL2Policy.remember` of ``slate``) as if only the positions the slate fills were
+    shown: the slate's mean features over those, and the belief waiting for the response to those only."""
+    shown = shown_positions(slate)
+    if bool(shown.all()):
+        return memory
+    weights = shown.to(memory.last_slate.dtype)[:, :, None]  # [B, K, 1]
+    features = RL2Policy.shown_features(observation, slate)
+    last_slate = (features * weights).sum(1) / weights.sum(1)
+    belief = memory.belief
+    if belief is not None:
+        belief = replace(belief, shown=belief.shown * weights)
+    return replace(memory, last_slate=last_slate, belief=belief)
 
 
 class InContextConfig(FrozenConfig):
@@ -272,7 +295,9 @@ class InContextTrainer:
                     out["beliefs"].append(beliefs)
                 out["labels"].append(label)
                 out["agree"].append((own[:, 0] == label[:, 0]).float())
-                remembered = self.policy.remember(tokens, self.memory.belief, self.observation, slate)
+                remembered = without_empty_positions(
+                    self.policy.remember(tokens, self.memory.belief, self.observation, slate), self.observation, slate
+                )
                 self.observation, reward, terminated, truncated, self.info = self.env.step(slate)
                 reward = reward.float()
                 remembered = self.policy.learn(remembered, reward, self.info["chosen_position"])
@@ -306,8 +331,8 @@ class InContextTrainer:
                 if len(rows):
                     nll = self.nll(rollout, rows)
                     (nll.sum() / count).backward()
-                    terms = torch.stack([nll.detach().double().sum(), torch.tensor(float(nll.numel()),
-                                                                                    dtype=torch.float64)])
+                    samples = torch.tensor(float(nll.numel()), dtype=torch.float64, device=self.device)
+                    terms = torch.stack([nll.detach().double().sum(), samples])
                 all_reduce_([*(p.grad for p in parameters), terms])
                 if not bool(torch.isfinite(terms).all()):
                     raise FloatingPointError(
@@ -373,6 +398,6 @@ class InContextTrainer:
         self.batch_index = int(saved["batch_index"])
         self.env.set_tasks(self._tasks(self.batch_index))
         self.observation, self.info = self.env.load_checkpoint(users["env"])
-        self.memory = memory_from(users["memory"], self.policy, self.device)
+        self.memory = memory_from(users["memory"], self.policy, self.device, "icl.belief")
         self.last_reward = users["last_reward"].to(self.device)
 

@@ -291,12 +291,12 @@ def memory_state(memory: Memory) -> dict[str, torch.Tensor]:
     return state
 
 
-def memory_from(state: dict[str, torch.Tensor], policy: RL2Policy, device: Any) -> Memory:
+def memory_from(state: dict[str, torch.Tensor], policy: RL2Policy, device: Any, field: str = "rl2.belief") -> Memory:
     """The memory :func:`memory_state` saved, for ``policy``; a checkpoint without the belief the policy
-    keeps (or with one it does not) is refused by name."""
+    keeps (or with one it does not) is refused, naming the setting ``field``."""
     if policy.belief != ("inverse" in state):
         raise ValueError(
-            f"checkpoint: its RL² memory {'has' if 'inverse' in state else 'has no'} belief, but rl2.belief is "
+            f"checkpoint: its memory {'has' if 'inverse' in state else 'has no'} belief, but {field} is "
             f"{policy.belief}; resume with the settings it was saved with"
         )
     belief = None

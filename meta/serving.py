@@ -4,7 +4,8 @@ Every method a run trained serves, in ``metarec evaluate`` and as an A/B arm, on
 observations have the shapes of the run's tasks (its users are then one population, as in an A/B test);
 each keeps adapting while it serves, as it does in meta-eval:
 
-* ``rl2``: its memory adapts to each user from their responses (:class:`~metarec.meta.evaluate.RL2Recommender`);
+* ``rl2`` and ``icl``: their memory adapts to each user from their responses
+  (:class:`~metarec.meta.evaluate.RL2Recommender`; ``icl`` always shows its most probable slate);
 * ``maml``, ``fomaml``, ``reptile``, ``finetune``, ``scratch``: start from the saved θ and, after every window
   of ``gradient.rollout_steps`` steps, take one policy-gradient step on that window of the users they served
   (``info["active"]``), exactly as in meta-eval (:class:`~metarec.meta.gradient_rl.AdaptingRecommender`).
@@ -104,8 +105,8 @@ def build_method(
     slate_size: int,
     generator: torch.Generator,
 ) -> Recommender:
-    """Method ``name`` of the run with ``weights``, for ``env`` (observations of ``space``): RL² with its
-    memory, or a gradient method adapting one policy per task of a task batch (else one for all users)."""
+    """Method ``name`` of the run with ``weights``, for ``env`` (observations of ``space``): RL² or the
+    in-context recommender with its memory, or a gradient method adapting one policy per task of a task batch (else one for all users)."""
     if name in MEMORY_METHODS:
         settings = config.rl2 if name == "rl2" else config.icl
         policy = settings.make_policy(space, slate_size).to(env.device)

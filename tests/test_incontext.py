@@ -15,6 +15,7 @@ from metarec.envs.task_batch import TaskBatchVectorEnv
 from metarec.meta.config import load_meta_config
 from metarec.meta.evaluate import RL2Recommender
 from metarec.meta.incontext import InContextConfig, InContextPolicy, InContextTrainer, oracle_log_likelihood
+from metarec.meta.policy import RL2Policy
 from metarec.meta.tasks import TaskDistribution, task_batch
 
 ROOT = Path(__file__).parents[1]
@@ -43,6 +44,17 @@ def test_the_imitation_loss_is_plackett_luce_of_the_items_the_oracle_shows() -> 
     torch.testing.assert_close(oracle_log_likelihood(logits, slates), PlackettLuce(logits, 4).log_prob(slates))
 
 
+def _perturbed(info: dict, noise: torch.Generator) -> dict:
+    """``info`` with its ground truth replaced by noise: a policy that read it would act otherwise."""
+    info = dict(info)
+    for key in ("oracle_slate", *GUARDED_INFO):
+        if key in info:
+            value = info[key]
+            info[key] = (torch.randint(0, 20, value.shape, generator=noise) if key == "oracle_slate"
+                         else torch.randn(value.shape, generator=noise) * 100)  # fmt: skip
+    return info
+
+
 def _slates(policy: InContextPolicy, env: TaskBatchVectorEnv, steps: int, perturb: bool = False) -> torch.Tensor:
     recommender = RL2Recommender(policy, torch.Generator().manual_seed(0), deterministic=True)
     noise = torch.Generator().manual_seed(99)
@@ -50,17 +62,10 @@ def _slates(policy: InContextPolicy, env: TaskBatchVectorEnv, steps: int, pertur
     recommender.reset()
     shown = []
     for _ in range(steps):
-        if perturb:  # the ground truth, shuffled and scaled: a policy that read it would act otherwise
-            info = dict(info)
-            for key in ("oracle_slate", *GUARDED_INFO):
-                if key in info:
-                    value = info[key]
-                    info[key] = (torch.randint(0, 20, value.shape, generator=noise) if key == "oracle_slate"
-                                 else torch.randn(value.shape, generator=noise) * 100)  # fmt: skip
-        slate = recommender.act(observation, info)
+        slate = recommender.act(observation, _perturbed(info, noise) if perturb else info)
         observation, reward, terminated, truncated, info = env.step(slate)
         done = terminated | truncated
-        recommender.observe(reward, done, info)
+        recommender.observe(reward, done, _perturbed(info, noise) if perturb else info)
         recommender.reset(done)
         shown.append(slate)
     return torch.stack(shown)
@@ -79,6 +84,24 @@ def test_ground_truth_is_a_label_only_never_an_input(distribution) -> None:
     blind = _slates(trainer.policy, envs[2], 40)
     assert torch.equal(plain, perturbed) and torch.equal(plain, blind)
     assert len(torch.unique(plain.flatten(0, 1), dim=0)) > 10  # it shows many slates, not one
+    # in training too, what the policy reads (its token windows and beliefs) ignores the ground truth, which
+    # only labels its decisions (no oracle slates mixed in here: they would change what users see)
+    config = InContextConfig(**SMALL, updates=3, oracle_mix=0.0)
+    rollouts = []
+    for perturb in (False, True):
+        trainer = InContextTrainer(distribution, "meta-train", config, sessions=4, seed=0, item_stats=True)
+        if perturb:
+            step, noise = trainer.env.step, torch.Generator().manual_seed(7)
+
+            def noisy_step(slate, step=step, noise=noise):
+                *outcome, info = step(slate)
+                return (*outcome, _perturbed(info, noise))
+
+            trainer.env.step = noisy_step
+        rollouts.append(trainer.collect())
+    for key in ("tokens", "beliefs"):
+        assert torch.equal(rollouts[0][key], rollouts[1][key]), key
+    assert not torch.equal(rollouts[0]["labels"], rollouts[1]["labels"])  # the labels did see the noise
 
 
 def test_the_trainer_learns_to_imitate_the_oracle_deterministically(distribution) -> None:
@@ -93,8 +116,9 @@ def test_the_trainer_learns_to_imitate_the_oracle_deterministically(distribution
     first, again = trained(), trained()
     for key, value in first.policy.state_dict().items():
         assert torch.equal(value, again.policy.state_dict()[key]), key
-    # the oracle slates of one held rollout are likelier under the trained policy than under its start
-    fresh = InContextTrainer(distribution, "meta-train", config, sessions=4, seed=1, item_stats=True)
+    # the oracle slates of a rollout on held-out populations are likelier under the trained policy than
+    # under its start
+    fresh = InContextTrainer(distribution, "meta-test", config, sessions=4, seed=5, item_stats=True)
     rollout = fresh.collect()
     users = torch.arange(fresh.total_users)
     with torch.no_grad():
@@ -151,3 +175,22 @@ def test_the_meta_learner_named_before_evaluation_is_the_one_judged(distribution
     assert set(named["paired"]["against"]) == {"linucb"}
     with pytest.raises(ValueError, match=r"^meta_learner: 'rl2' is not among the methods evaluated \(greedy, linucb\)$"):
         adaptation_curves(methods, distribution, "meta-test", 2, config, 0, meta_learner="rl2")
+
+
+def test_an_oracle_slate_with_empty_positions_is_remembered_as_shown(distribution) -> None:
+    """The oracle shows fewer than K items by repeating its first one; mixed into training, the memory then
+    holds only the items the user saw (the belief learns nothing at the empty positions)."""
+    from metarec.meta.incontext import without_empty_positions
+
+    env = TaskBatchVectorEnv(task_batch(distribution, "meta-train", 1, 0, 0, 4), 3, item_stats=True)
+    observation, _ = env.reset(seed=0)
+    policy = InContextConfig(**SMALL).make_policy(env.single_observation_space, env.model.slate_size)
+    memory = policy.initial_memory(3)
+    slate = torch.tensor([[4, 2, 7, 1, 9], [6, 3, 6, 6, 6], [5, 5, 5, 5, 5]])
+    remembered = without_empty_positions(policy.remember(memory.hidden, memory.belief, observation, slate),
+                                         observation, slate)  # fmt: skip
+    features = RL2Policy.shown_features(observation, slate)
+    for row, filled in enumerate((5, 2, 1)):
+        torch.testing.assert_close(remembered.last_slate[row], features[row, :filled].mean(0))
+        assert bool((remembered.belief.shown[row, :filled, -1] == 1).all())  # each with its constant 1
+        assert bool((remembered.belief.shown[row, filled:] == 0).all())

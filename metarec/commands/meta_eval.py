@@ -12,7 +12,7 @@ from metarec.meta.eval_run import meta_eval
 def run(args: argparse.Namespace) -> int:
     result = meta_eval(args.run, split=args.split, progress=not args.json, seeds=args.seeds)
     if args.json:
-        keys = ("split", "sessions", "methods", "best_meta_method")
+        keys = ("split", "sessions", "methods", "best_meta_method", "meta_learner")
         keep = ("normalised_return", "ci95", "regret_after", "shift")
         methods = {name: {key: m[key] for key in keep} for name, m in result["methods"].items()}
         paired = {"paired": result["paired"]} if "paired" in result else {}
@@ -22,5 +22,6 @@ def run(args: argparse.Namespace) -> int:
             curve = " ".join("  nan" if v is None else f"{v:5.2f}" for v in m["normalised_return"][:10])
             print(f"{name:>9}: {curve}")
         written = Path(args.run) / f"eval_{args.split}.json"
-        print(f"best meta method: {result['best_meta_method']}; written to {written}")
+        named = f"; the meta-learner named in the config: {result['meta_learner']}" if result["meta_learner"] else ""
+        print(f"best meta method: {result['best_meta_method']}{named}; written to {written}")
     return 0
