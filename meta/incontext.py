@@ -36,6 +36,9 @@ from gymnasium import spaces
 from pydantic import Field, model_validator
 from torch import nn
 
+from metarec.agents.ppo.advantages import RunningMeanStd, generalized_advantages, standardise
+from metarec.agents.ppo.config import PPOUpdateConfig
+from metarec.agents.ppo.loss import check_rollout, clipped_terms, ensure_gradients, gradient_step, no_terms
 from metarec.agents.ppo.processes import gather_from_processes, this_process_users
 from metarec.config import FrozenConfig
 from metarec.envs.task_batch import TaskBatchVectorEnv
@@ -181,6 +184,15 @@ class InContextConfig(FrozenConfig):
         description="Share of steps that show the oracle's slate at the start, falling linearly to 0 over the "
         "first half of the updates (DAgger's mixture); the rest show the policy's own slate.",
     )  # fmt: skip
+    rl_updates: int = Field(
+        0, ge=0, description="PPO updates on the return after the imitation updates (the optional RL fine-tuning; "
+        "0: none). They sample slates from the policy and reuse rollout_steps, update_epochs and num_minibatches."
+    )  # fmt: skip
+    rl: PPOUpdateConfig = Field(
+        default_factory=lambda: PPOUpdateConfig(learning_rate=3e-4, ent_coef=0.003),
+        description="PPO's settings of the fine-tuning (its learning_rate, gamma, gae_lambda, clip_coef, ent_coef, "
+        "vf_coef, max_grad_norm; the rollout's shape is the imitation's).",
+    )
 
     @model_validator(mode="after")
     def _fits(self) -> InContextConfig:
@@ -246,6 +258,7 @@ class InContextTrainer:
         self.generator = torch.Generator(device=self.device).manual_seed(seed + 7919)
         self.update = 0
         self.global_step = 0
+        self.return_stats = RunningMeanStd(self.device)  # the fine-tuning's reward scale
         self._start_users(self._env_seed(0))
 
     def _tasks(self, index: int) -> list[Any]:
@@ -259,6 +272,7 @@ class InContextTrainer:
         self.observation, self.info = self.env.reset(seed=seed)
         self.memory = self.policy.initial_memory(users, self.device)
         self.last_reward = torch.zeros(users, device=self.device)
+        self.discounted_return = torch.zeros(users, dtype=torch.float64, device=self.device)
 
     def _next_task_batch(self) -> None:
         self.batch_index += 1
@@ -365,12 +379,112 @@ class InContextTrainer:
         return -oracle_log_likelihood(logits, rollout["labels"][:, users].flatten(0, 1))
 
     def step(self) -> dict[str, float]:
-        """One rollout and one update."""
-        return self.learn(self.collect())
+        """One rollout and one update: imitation first, then the PPO fine-tuning."""
+        if self.update < self.config.updates:
+            return self.learn(self.collect())
+        if self.update == self.config.updates:  # the fine-tuning's step size, from its first update on
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.config.rl.learning_rate
+        return self.learn_return(self.collect_return())
 
     @property
     def done(self) -> bool:
-        return self.update >= self.config.updates
+        return self.update >= self.config.updates + self.config.rl_updates
+
+    # ------------------------------------------------------------------ the RL fine-tuning (PPO)
+    def collect_return(self) -> dict[str, Any]:
+        """One rollout of slates sampled from the policy, with what PPO needs (``[L, B, ...]``)."""
+        c, steps = self.config.rl, self.config.rollout_steps
+        observations: dict[str, list[torch.Tensor]] = {key: [] for key in self.observation}
+        keys = ("tokens", "beliefs", "slates", "log_probs", "values", "rewards", "dones", "raw_rewards")
+        out: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
+        with torch.no_grad():
+            for _ in range(steps):
+                tokens = self.policy.read(self.memory, self.observation, self.last_reward)
+                beliefs = self.policy.believe(self.memory, self.observation)
+                logits, value = self.policy.act_from(self.observation, tokens, beliefs)
+                dist = self.policy.distribution(logits)
+                slate = dist.sample(self.generator, rows_of=self.rows_of)
+                for key, item in self.observation.items():
+                    observations[key].append(item)
+                out["tokens"].append(tokens)
+                if beliefs is not None:
+                    out["beliefs"].append(beliefs)
+                remembered = self.policy.remember(tokens, self.memory.belief, self.observation, slate)
+                self.observation, reward, terminated, truncated, self.info = self.env.step(slate)
+                reward = reward.float()
+                remembered = self.policy.learn(remembered, reward, self.info["chosen_position"])
+                done = terminated | truncated
+                self.discounted_return = self.discounted_return * c.gamma + reward
+                self.return_stats.update(self.discounted_return, reduce=all_reduce_)
+                self.discounted_return.masked_fill_(done, 0)
+                out["slates"].append(slate)
+                out["log_probs"].append(dist.log_prob(slate))
+                out["values"].append(value)
+                out["raw_rewards"].append(reward)
+                out["rewards"].append(reward / torch.sqrt(self.return_stats.var + 1e-8).float())
+                out["dones"].append(done.float())
+                self.memory = self.policy.reset_memory(remembered, done)
+                self.last_reward = reward.masked_fill(done, 0.0)
+            tokens = self.policy.read(self.memory, self.observation, self.last_reward)
+            _, next_value = self.policy.act_from(self.observation, tokens, self.policy.believe(self.memory,
+                                                                                                self.observation))
+        rollout = {key: torch.stack(v) if v else None for key, v in out.items()}
+        rollout["observations"] = {key: torch.stack(v) for key, v in observations.items()}
+        rollout["advantages"] = generalized_advantages(
+            rollout["rewards"], rollout["values"], rollout["dones"], next_value, c.gamma, c.gae_lambda
+        )
+        rollout["returns"] = rollout["advantages"] + rollout["values"]
+        self.global_step += steps * self.total_users
+        return rollout
+
+    def learn_return(self, rollout: dict[str, Any]) -> dict[str, float]:
+        """PPO's clipped update on the rollout (minibatches are sets of users, as RL²'s)."""
+        c, settings = self.config, self.config.rl
+        check_rollout({name: rollout[name] for name in ("advantages", "returns", "values")}, all_reduce_,
+                      lambda what: f"icl: {what} is NaN or infinite at update {self.update + 1} "
+                      f"(env step {self.global_step}); resume from the last checkpoint")  # fmt: skip
+        steps, local = rollout["slates"].shape[:2]
+        size = self.total_users // c.num_minibatches
+        parameters = list(self.policy.parameters())
+        ensure_gradients(parameters)
+        for _ in range(c.update_epochs):
+            order = torch.randperm(self.total_users, generator=self.generator, device=self.device)
+            for start in range(0, self.total_users, size):
+                chosen = order[start : start + size]
+                rows = chosen[(chosen >= self.offset) & (chosen < self.offset + local)] - self.offset
+                count = steps * len(chosen)
+                adv = standardise(rollout["advantages"][:, rows], count)
+                terms = no_terms(self.device)
+                if len(rows):
+                    observation = {key: v[:, rows].flatten(0, 1) for key, v in rollout["observations"].items()}
+                    beliefs = None if rollout["beliefs"] is None else rollout["beliefs"][:, rows].flatten(0, 1)
+                    logits, value = self.policy.act_from(observation, rollout["tokens"][:, rows].flatten(0, 1), beliefs)
+                    dist = self.policy.distribution(logits)
+                    slate = rollout["slates"][:, rows].flatten(0, 1)
+                    shape = (steps, len(rows))
+                    terms = clipped_terms(
+                        dist.log_prob(slate).reshape(shape), rollout["log_probs"][:, rows], adv,
+                        value.reshape(shape), rollout["returns"][:, rows], dist.entropy(slate).reshape(shape),
+                        count, settings.clip_coef,
+                    )  # fmt: skip
+                reported = gradient_step(
+                    self.optimizer, parameters, terms, settings.ent_coef, settings.vf_coef, settings.max_grad_norm,
+                    all_reduce_, lambda: f"icl: a minibatch's loss is NaN or infinite at update {self.update + 1}; "
+                    "resume from the last checkpoint",
+                )  # fmt: skip
+        reward = torch.stack([rollout["raw_rewards"].double().sum()])
+        all_reduce_([reward])
+        stats = {
+            "policy_loss": float(reported[0]),
+            "value_loss": float(reported[1]),
+            "entropy": float(reported[2]),
+            "reward": float(reward[0]) / (steps * self.total_users),
+        }
+        self.update += 1
+        if self.update % c.resample_every == 0:
+            self._next_task_batch()
+        return stats
 
     def state_dict(self) -> dict[str, Any]:
         """Weights, optimizer, generator, counters and every process's users (in rank order)."""
@@ -378,6 +492,7 @@ class InContextTrainer:
             "env": self.env.get_checkpoint(),
             "memory": memory_state(self.memory),
             "last_reward": self.last_reward.clone(),
+            "discounted_return": self.discounted_return.clone(),
         }
         return {
             "policy": self.policy.state_dict(),
@@ -386,6 +501,7 @@ class InContextTrainer:
             "global_step": self.global_step,
             "update": self.update,
             "batch_index": self.batch_index,
+            "return_stats": self.return_stats.state_dict(),
             "processes": gather_from_processes(users, self.world),
         }
 
@@ -396,8 +512,10 @@ class InContextTrainer:
         self.generator.set_state(saved["generator"])
         self.global_step, self.update = int(saved["global_step"]), int(saved["update"])
         self.batch_index = int(saved["batch_index"])
+        self.return_stats.load_state_dict(saved["return_stats"])
         self.env.set_tasks(self._tasks(self.batch_index))
         self.observation, self.info = self.env.load_checkpoint(users["env"])
         self.memory = memory_from(users["memory"], self.policy, self.device, "icl.belief")
         self.last_reward = users["last_reward"].to(self.device)
+        self.discounted_return = users["discounted_return"].to(self.device)
 

@@ -167,7 +167,7 @@ class MetaTrainRun:
             seconds_before = float(current["seconds"])
         # on resume, events logged after the checkpoint (by the interrupted process) are dropped
         writer = summary_writer(self.out / "tb" / name, self.primary, trainer.update if self.resume else None)
-        totals = {"rl2": config.rl2.updates, "icl": config.icl.updates, "scratch": 0}
+        totals = {"rl2": config.rl2.updates, "icl": config.icl.updates + config.icl.rl_updates, "scratch": 0}
         total = totals.get(name, config.gradient.meta_steps)
         bar = tqdm(total=total, initial=trainer.update, desc=name, unit="update", disable=not self.progress)
         start, steps_before = time.perf_counter(), trainer.global_step

@@ -194,3 +194,26 @@ def test_an_oracle_slate_with_empty_positions_is_remembered_as_shown(distributio
         torch.testing.assert_close(remembered.last_slate[row], features[row, :filled].mean(0))
         assert bool((remembered.belief.shown[row, :filled, -1] == 1).all())  # each with its constant 1
         assert bool((remembered.belief.shown[row, filled:] == 0).all())
+
+
+def test_the_rl_fine_tuning_moves_the_imitated_policy_and_resumes_exactly(distribution) -> None:
+    config = InContextConfig(**SMALL, updates=2, rl_updates=3, resample_every=2)
+    whole = InContextTrainer(distribution, "meta-train", config, sessions=4, seed=3, item_stats=True)
+    imitated = None
+    stats = []
+    while not whole.done:
+        stats.append(whole.step())
+        if whole.update == config.updates:
+            imitated = {key: value.clone() for key, value in whole.policy.state_dict().items()}
+    assert whole.update == 5 and "imitation_loss" in stats[1] and "policy_loss" in stats[2]
+    assert whole.optimizer.param_groups[0]["lr"] == config.rl.learning_rate
+    assert any(not torch.equal(value, imitated[key]) for key, value in whole.policy.state_dict().items())
+    part = InContextTrainer(distribution, "meta-train", config, sessions=4, seed=3, item_stats=True)
+    for _ in range(3):  # into the fine-tuning
+        part.step()
+    resumed = InContextTrainer(distribution, "meta-train", config, sessions=4, seed=3, item_stats=True)
+    resumed.load_state_dict(part.state_dict())
+    while not resumed.done:
+        resumed.step()
+    for key, value in whole.policy.state_dict().items():
+        assert torch.equal(value, resumed.policy.state_dict()[key]), key
