@@ -144,8 +144,8 @@ def replicate_sequential(config: ABTestConfig, replicates: list[dict[str, ArmRun
                          draws: int = 200_000) -> dict[str, Any]:  # fmt: skip
     """Daily looks at the primary metric over the replicates, with group-sequential bounds (as
     :func:`~metarec.abtest.analysis.sequential`, each treatment spending alpha / treatments). A look's t
-    statistic on ``R - 1`` degrees of freedom (paired), or Welch's (independent), is mapped to the normal scale through its p-value, and the repeated
-    intervals map the bounds back to the t scale."""
+    statistic on ``R - 1`` degrees of freedom (paired), or Welch's (independent), is mapped to the normal scale
+    through its p-value, and the repeated intervals map the bounds back to the t scale."""
     out = {}
     alpha = config.alpha / len(config.treatments)
     count = len(replicates)

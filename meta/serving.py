@@ -106,7 +106,8 @@ def build_method(
     generator: torch.Generator,
 ) -> Recommender:
     """Method ``name`` of the run with ``weights``, for ``env`` (observations of ``space``): RL² or the
-    in-context recommender with its memory, or a gradient method adapting one policy per task of a task batch (else one for all users)."""
+    in-context recommender with its memory, or a gradient method adapting one policy per task of a task batch
+    (else one for all users)."""
     if name in MEMORY_METHODS:
         settings = config.rl2 if name == "rl2" else config.icl
         policy = settings.make_policy(space, slate_size).to(env.device)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from metarec.io import atomic_save, write_json
 from metarec.meta.config import MetaTrainConfig
 from metarec.meta.gradient_rl import GradientMetaTrainer
-from metarec.meta.incontext import InContextTrainer
+from metarec.meta.incontext_train import InContextTrainer
 from metarec.meta.rl2 import RL2Trainer
 from metarec.meta.tasks import TaskDistribution
 from metarec.parallel import (

@@ -14,7 +14,8 @@ from metarec.envs.core.finite import GUARDED_INFO
 from metarec.envs.task_batch import TaskBatchVectorEnv
 from metarec.meta.config import load_meta_config
 from metarec.meta.evaluate import RL2Recommender
-from metarec.meta.incontext import InContextConfig, InContextPolicy, InContextTrainer, oracle_log_likelihood
+from metarec.meta.incontext import InContextConfig, InContextPolicy, oracle_log_likelihood
+from metarec.meta.incontext_train import InContextTrainer
 from metarec.meta.policy import RL2Policy
 from metarec.meta.tasks import TaskDistribution, task_batch
 
@@ -150,7 +151,8 @@ def test_a_checkpoint_resumes_to_the_same_parameters(distribution) -> None:
     [
         (["icl.heads=3"], r"icl: .*heads: must divide hidden = 64, got 3"),
         (["icl.window=0"], r"icl\.window: .*greater than or equal to 1"),
-        (["icl.num_minibatches=3"], r"icl: .*num_minibatches: must divide tasks_per_batch x users_per_task = 512, got 3"),
+        (["icl.num_minibatches=3"],
+         r"icl: .*num_minibatches: must divide tasks_per_batch x users_per_task = 512, got 3"),
         (["icl.oracle_mix=1.5"], r"icl\.oracle_mix: .*less than or equal to 1"),
         (["methods=[rl2,maml]", "meta_learner=icl"], r"meta_learner: 'icl' is not one of methods \(rl2, maml\)"),
         (["meta_learner=linucb"], r"meta_learner: .*'rl2', 'icl', 'maml', 'fomaml' or 'reptile'"),
@@ -173,7 +175,8 @@ def test_the_meta_learner_named_before_evaluation_is_the_one_judged(distribution
     named = adaptation_curves(methods, distribution, "meta-test", 2, config, 0, meta_learner="greedy")
     assert named["meta_learner"] == "greedy" and named["paired"]["method"] == "greedy"
     assert set(named["paired"]["against"]) == {"linucb"}
-    with pytest.raises(ValueError, match=r"^meta_learner: 'rl2' is not among the methods evaluated \(greedy, linucb\)$"):
+    refused = r"^meta_learner: 'rl2' is not among the methods evaluated \(greedy, linucb\)$"
+    with pytest.raises(ValueError, match=refused):
         adaptation_curves(methods, distribution, "meta-test", 2, config, 0, meta_learner="rl2")
 
 

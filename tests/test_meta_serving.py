@@ -89,8 +89,8 @@ def test_each_method_serves_a_held_out_population_reproducibly(run, population, 
 
 def test_served_methods_score_on_held_out_users_through_metarec_evaluate(run, population, capsys) -> None:
     """``evaluate`` (what ``metarec evaluate`` runs) serves every method; RL² and the in-context recommender,
-    trained for a few updates, score above random on new users of a held-out population (a gradient method of this tiny run is near
-    random: 4 meta-steps of a 16-wide policy)."""
+    trained for a few updates, score above random on new users of a held-out population (a gradient method of
+    this tiny run is near random: 4 meta-steps of a 16-wide policy)."""
     results = {}
     for agent in ("random", *(str(run / "methods" / f"{m}.pt") for m in ALL_METHODS)):
         result = evaluate(ENV, agent, users=32, seed=1, env_kwargs=population)

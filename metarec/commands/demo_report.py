@@ -73,7 +73,8 @@ def adaptation_conclusion(meta: dict[str, Any], on: str | None = None) -> list[P
         return [Paragraph("No meta-learner was evaluated, so there is no best meta-learner to report.")]
     curve = methods[best]["normalised_return"]
     lines = [
-        f"The {'meta-learner named in the config' if named else 'best meta-learner'}{'' if on is None else ' on ' + on} "
+        f"The {'meta-learner named in the config' if named else 'best meta-learner'}"
+        f"{'' if on is None else ' on ' + on} "
         f"is {best}: {fmt(curve[0])} of the way "
         f"from random to the oracle in a new user's first session, "
         f"{fmt(curve[min(4, len(curve) - 1)])} by session {min(5, len(curve))}."
