@@ -39,7 +39,6 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from metarec.agents.ppo.config import PPOUpdateConfig
-from metarec.config import FrozenConfig
 from metarec.meta.policy import Memory, RL2Policy
 
 
@@ -156,17 +155,19 @@ def without_empty_positions(memory: Memory, observation: dict[str, torch.Tensor]
     return replace(memory, last_slate=last_slate, belief=belief)
 
 
-class InContextConfig(FrozenConfig):
-    """Hyper-parameters of :class:`InContextTrainer` and of the policy it trains."""
+class InContextConfig(PPOUpdateConfig):
+    """Hyper-parameters of :class:`~metarec.meta.incontext_train.InContextTrainer` and of the policy it trains:
+    the imitation's, and PPO's (:class:`~metarec.agents.ppo.config.PPOUpdateConfig`) for the optional
+    fine-tuning on the return, which shares the rollout's shape, the epochs, the minibatches and the clip."""
 
     tasks_per_batch: int = Field(16, ge=1, description="Tasks (populations) stepping at once.")
     users_per_task: int = Field(64, ge=1, description="Users of each task stepping at once.")
-    rollout_steps: int = Field(32, ge=1, description="Steps of every user between updates.")
-    updates: int = Field(80, ge=1, description="Updates of a full run (each on one rollout).")
+    updates: int = Field(80, ge=1, description="Imitation updates (each on one rollout).")
     resample_every: int = Field(4, ge=1, description="Updates between new meta-batches of tasks.")
     update_epochs: int = Field(2, ge=1, description="Passes over each rollout.")
     num_minibatches: int = Field(4, ge=1, description="Minibatches (sets of users) per pass.")
-    learning_rate: float = Field(1e-3, gt=0, description="Adam step size.")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam step size of the imitation.")
+    ent_coef: float = Field(0.003, ge=0, description="Entropy bonus weight of the fine-tuning.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip.")
     hidden: int = Field(64, ge=1, description="Width of the transformer and of the scorer.")
     window: int = Field(16, ge=1, description="Interactions of the user the transformer reads.")
@@ -181,13 +182,9 @@ class InContextConfig(FrozenConfig):
     )  # fmt: skip
     rl_updates: int = Field(
         0, ge=0, description="PPO updates on the return after the imitation updates (the optional RL fine-tuning; "
-        "0: none). They sample slates from the policy and reuse rollout_steps, update_epochs and num_minibatches."
+        "0: none), with slates sampled from the policy."
     )  # fmt: skip
-    rl: PPOUpdateConfig = Field(
-        default_factory=lambda: PPOUpdateConfig(learning_rate=3e-4, ent_coef=0.003),
-        description="PPO's settings of the fine-tuning (its learning_rate, gamma, gae_lambda, clip_coef, ent_coef, "
-        "vf_coef, max_grad_norm; the rollout's shape is the imitation's).",
-    )
+    rl_learning_rate: float = Field(3e-4, gt=0, description="Adam step size of the fine-tuning.")
 
     @model_validator(mode="after")
     def _fits(self) -> InContextConfig:

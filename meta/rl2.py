@@ -75,6 +75,7 @@ class RL2Trainer:
     """
 
     name = "rl2"
+    ground_truth = False  # whether the env computes the ground truth (a trainer that learns from it says so)
 
     def __init__(
         self,
@@ -94,12 +95,13 @@ class RL2Trainer:
         self.distribution, self.split, self.config = distribution, split, config
         self.sessions, self.seed = sessions, seed
         self.batch_index = 0
-        self.share = TaskShare.of_this_process(config.tasks_per_batch, config.users_per_task, "rl2.tasks_per_batch")
+        self.share = TaskShare.of_this_process(config.tasks_per_batch, config.users_per_task,
+                                               f"{self.name}.tasks_per_batch")  # fmt: skip
         self.rank, self.world = self.share.rank, self.share.world
         self.total_users, self.offset = self.share.total_users, self.share.offset
         # keyed resets in one process too, so that N processes step exactly its users
         self.env = TaskBatchVectorEnv(
-            self._tasks(0), config.users_per_task, device=device, ground_truth=False,
+            self._tasks(0), config.users_per_task, device=device, ground_truth=self.ground_truth,
             item_stats=item_stats, shard=self.share.env_shard(), keyed_resets=True,
         )  # fmt: skip
         self.device = self.env.device
@@ -123,7 +125,7 @@ class RL2Trainer:
 
     def _start_users(self, seed: int) -> None:
         users = self.env.num_envs
-        self.observation, _ = self.env.reset(seed=seed)
+        self.observation, self.info = self.env.reset(seed=seed)
         self.memory = self.policy.initial_memory(users, self.device)
         self.last_reward = torch.zeros(users, device=self.device)
         self.discounted_return = torch.zeros(users, dtype=torch.float64, device=self.device)
@@ -274,8 +276,8 @@ class RL2Trainer:
         users = load_learner_state(self, saved)
         self.batch_index = int(saved["batch_index"])
         self.env.set_tasks(self._tasks(self.batch_index))
-        self.observation, _ = self.env.load_checkpoint(users["env"])
-        self.memory = memory_from(users["memory"], self.policy, self.device)
+        self.observation, self.info = self.env.load_checkpoint(users["env"])
+        self.memory = memory_from(users["memory"], self.policy, self.device, f"{self.name}.belief")
         self.last_reward = users["last_reward"].to(self.device)
         self.discounted_return = users["discounted_return"].to(self.device)
 

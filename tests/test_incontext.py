@@ -99,7 +99,7 @@ def test_ground_truth_is_a_label_only_never_an_input(distribution) -> None:
                 return (*outcome, _perturbed(info, noise))
 
             trainer.env.step = noisy_step
-        rollouts.append(trainer.collect())
+        rollouts.append(trainer.collect_imitation())
     for key in ("tokens", "beliefs"):
         assert torch.equal(rollouts[0][key], rollouts[1][key]), key
     assert not torch.equal(rollouts[0]["labels"], rollouts[1]["labels"])  # the labels did see the noise
@@ -120,7 +120,7 @@ def test_the_trainer_learns_to_imitate_the_oracle_deterministically(distribution
     # the oracle slates of a rollout on held-out populations are likelier under the trained policy than
     # under its start
     fresh = InContextTrainer(distribution, "meta-test", config, sessions=4, seed=5, item_stats=True)
-    rollout = fresh.collect()
+    rollout = fresh.collect_imitation()
     users = torch.arange(fresh.total_users)
     with torch.no_grad():
         before = fresh.nll(rollout, users).mean()
@@ -209,7 +209,7 @@ def test_the_rl_fine_tuning_moves_the_imitated_policy_and_resumes_exactly(distri
         if whole.update == config.updates:
             imitated = {key: value.clone() for key, value in whole.policy.state_dict().items()}
     assert whole.update == 5 and "imitation_loss" in stats[1] and "policy_loss" in stats[2]
-    assert whole.optimizer.param_groups[0]["lr"] == config.rl.learning_rate
+    assert whole.optimizer.param_groups[0]["lr"] == config.rl_learning_rate
     assert any(not torch.equal(value, imitated[key]) for key, value in whole.policy.state_dict().items())
     part = InContextTrainer(distribution, "meta-train", config, sessions=4, seed=3, item_stats=True)
     for _ in range(3):  # into the fine-tuning
