@@ -38,8 +38,8 @@ from gymnasium import spaces
 from pydantic import Field, model_validator
 from torch import nn
 
-from metarec.agents.ppo.config import PPOUpdateConfig
 from metarec.meta.policy import Memory, RL2Policy
+from metarec.meta.rl2 import RL2Config
 
 
 class InContextPolicy(RL2Policy):
@@ -155,26 +155,20 @@ def without_empty_positions(memory: Memory, observation: dict[str, torch.Tensor]
     return replace(memory, last_slate=last_slate, belief=belief)
 
 
-class InContextConfig(PPOUpdateConfig):
-    """Hyper-parameters of :class:`~metarec.meta.incontext_train.InContextTrainer` and of the policy it trains:
-    the imitation's, and PPO's (:class:`~metarec.agents.ppo.config.PPOUpdateConfig`) for the optional
-    fine-tuning on the return, which shares the rollout's shape, the epochs, the minibatches and the clip."""
+class InContextConfig(RL2Config):
+    """Hyper-parameters of :class:`~metarec.meta.incontext_train.InContextTrainer` (an RL² trainer) and of the
+    policy it trains: RL²'s meta-batch and PPO settings (:class:`~metarec.meta.rl2.RL2Config`; PPO's serve the
+    optional fine-tuning on the return), with the imitation's own defaults, plus the transformer's and the
+    imitation's. ``learning_rate`` is the imitation's step size, ``updates`` its number of updates."""
 
-    tasks_per_batch: int = Field(16, ge=1, description="Tasks (populations) stepping at once.")
-    users_per_task: int = Field(64, ge=1, description="Users of each task stepping at once.")
     updates: int = Field(80, ge=1, description="Imitation updates (each on one rollout).")
-    resample_every: int = Field(4, ge=1, description="Updates between new meta-batches of tasks.")
     update_epochs: int = Field(2, ge=1, description="Passes over each rollout.")
     num_minibatches: int = Field(4, ge=1, description="Minibatches (sets of users) per pass.")
-    learning_rate: float = Field(1e-3, gt=0, description="Adam step size of the imitation.")
-    ent_coef: float = Field(0.003, ge=0, description="Entropy bonus weight of the fine-tuning.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip.")
-    hidden: int = Field(64, ge=1, description="Width of the transformer and of the scorer.")
+    belief: bool = Field(True, description="Also keep the per-user ridge regression RL²'s belief keeps.")
     window: int = Field(16, ge=1, description="Interactions of the user the transformer reads.")
     layers: int = Field(2, ge=1, description="Transformer encoder layers.")
     heads: int = Field(4, ge=1, description="Attention heads (divides hidden).")
-    belief: bool = Field(True, description="Also keep the per-user ridge regression RL²'s belief keeps.")
-    belief_ridge: float = Field(1.0, gt=0, description="Prior precision of the belief's ridge regression.")
     oracle_mix: float = Field(
         0.5, ge=0, le=1,
         description="Share of steps that show the oracle's slate at the start, falling linearly to 0 over the "
