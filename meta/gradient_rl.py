@@ -1,11 +1,18 @@
 """Gradient-based meta-RL on task batches: MAML, first-order MAML, Reptile, and the baselines that
 adapt the same way (a policy pre-trained on the task mixture, and one from scratch).
 
-Every method adapts to a population the same way, at meta-training and at evaluation: after a
-window of ``rollout_steps`` steps of its users, one policy-gradient step per task on that window
-(:func:`policy_gradient_loss`: REINFORCE on the discounted reward-to-go within the window, less the
-mean over the task's users at that step, scaled by their spread). The methods differ in where the
-initial parameters θ come from:
+Every method adapts the same way, at meta-training and at evaluation, to what ``gradient.adapt`` names:
+
+* ``population``: one policy per task (population). After a window of ``rollout_steps`` steps of its
+  users, one policy-gradient step per task on that window (:func:`policy_gradient_loss`: REINFORCE on
+  the discounted reward-to-go within the window, less the mean over the task's users at that step,
+  scaled by their spread). What one user teaches the policy changes what the others see.
+* ``user``: one policy per user, each from θ. After a window of ``rollout_steps`` of that user's own
+  interactions, one policy-gradient step on that window alone (the reward-to-go of the user's rewards
+  less their mean over the window, scaled by its spread). Nothing passes between users, so they stay
+  independent samples.
+
+The methods differ in where the initial parameters θ come from:
 
 * ``maml``: θ such that the policy *after* an inner step does well (second-order meta-gradient
   through the inner step, with :class:`~metarec.meta.gradient.GradientMetaLearner`);
@@ -23,6 +30,7 @@ outside ``vmap`` with the trainer's generator.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -39,6 +47,7 @@ from metarec.meta.tasks import TaskDistribution, TaskShare
 from metarec.parallel import Shard
 
 GradientMethod = Literal["maml", "fomaml", "reptile", "finetune", "scratch"]
+AdaptTo = Literal["population", "user"]
 
 
 class GradientConfig(FrozenConfig):
@@ -54,17 +63,42 @@ class GradientConfig(FrozenConfig):
     outer_lr: float = Field(1e-3, gt=0, description="Adam step size of the meta-update.")
     gamma: float = Field(0.9, ge=0, le=1, description="Discount of the reward-to-go inside a window.")
     hidden: int = Field(64, ge=1, description="Width of the policy.")
+    adapt: AdaptTo = Field(
+        "population",
+        description="What an inner step adapts, at meta-training, evaluation and serving alike: 'population', "
+        "one policy per task stepped on the window of all its users; 'user', one policy per user stepped on "
+        "that user's own window only.",
+    )
+
+    def groups(self, tasks: int, users_per_task: int) -> tuple[int, int]:
+        """``(groups, members)``: how the ``tasks x users_per_task`` users split into the groups that each
+        adapt one set of parameters (a task's users, or every user on their own)."""
+        return (tasks * users_per_task, 1) if self.adapt == "user" else (tasks, users_per_task)
 
 
-def window_advantages(rewards: torch.Tensor, active: torch.Tensor, gamma: float) -> torch.Tensor:
+def window_advantages(
+    rewards: torch.Tensor, active: torch.Tensor, gamma: float, per_user: bool = False
+) -> torch.Tensor:
     """``[T, L, U]`` advantages of a window of rewards ``[T, L, U]``: the discounted reward-to-go
-    inside the window, less its mean over the task's active users at that step, over their std."""
+    inside the window, less its mean over the task's active users at that step, over their std.
+
+    With ``per_user`` every user is on their own (``U`` is 1 in the trainers): the baseline is what the
+    user's own mean reward over their active steps would give, so the advantage is the reward-to-go of
+    the rewards less that mean, over its std across the user's window; no other user enters it."""
+    if per_user:
+        weight = active.float()
+        mean = (rewards * weight).sum(dim=1, keepdim=True) / weight.sum(dim=1, keepdim=True).clamp(min=1.0)
+        rewards = (rewards - mean) * weight
     togo = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[:, 0])
     for t in reversed(range(rewards.shape[1])):
         running = active[:, t] * (rewards[:, t] + gamma * running)  # nothing from after a user left
         togo[:, t] = running
     weight = active.float()
+    if per_user:
+        count = weight.sum(dim=1, keepdim=True).clamp(min=1.0)
+        var = ((togo * weight) ** 2).sum(dim=1, keepdim=True) / count
+        return togo / (var.sqrt() + 1e-6) * weight
     count = weight.sum(dim=2, keepdim=True).clamp(min=1.0)
     mean = (togo * weight).sum(dim=2, keepdim=True) / count
     var = (((togo - mean) * weight) ** 2).sum(dim=(1, 2), keepdim=True) / count.sum(dim=1, keepdim=True)
@@ -87,10 +121,11 @@ def policy_gradient_loss(policy: nn.Module, slate_size: int):
 
 
 class TaskWindow:
-    """Records a window of steps of a ``T x U`` task batch and turns it into an inner-loss batch."""
+    """Records a window of steps of a ``T x U`` task batch and turns it into an inner-loss batch; with
+    ``per_user`` each of the ``T`` groups is one user (``U`` = 1) and is its own baseline."""
 
-    def __init__(self, num_tasks: int, users_per_task: int) -> None:
-        self.num_tasks, self.users = num_tasks, users_per_task
+    def __init__(self, num_tasks: int, users_per_task: int, per_user: bool = False) -> None:
+        self.num_tasks, self.users, self.per_user = num_tasks, users_per_task, per_user
         self.clear()
 
     def clear(self) -> None:
@@ -101,6 +136,12 @@ class TaskWindow:
 
     def __len__(self) -> int:
         return len(self.rewards)
+
+    def forget(self, rows: torch.Tensor) -> None:
+        """Leaves the steps recorded so far of the users in ``rows`` (``[B]`` bool) out of the batch: the
+        user in such a row left, and a new one takes it."""
+        keep = (~rows).float()
+        self.active = [active * keep for active in self.active]
 
     def add(self, observation: dict[str, torch.Tensor], slate: torch.Tensor, reward: torch.Tensor,
             active: torch.Tensor) -> None:  # fmt: skip
@@ -118,7 +159,7 @@ class TaskWindow:
             return stacked.reshape(stacked.shape[0], t, u, *stacked.shape[2:]).transpose(0, 1)
 
         rewards, active = by_task(self.rewards), by_task(self.active)
-        advantages = window_advantages(rewards, active, gamma)
+        advantages = window_advantages(rewards, active, gamma, self.per_user)
         flat = lambda x: x.reshape(t, -1, *x.shape[3:])  # noqa: E731
         observation = {k: flat(by_task([o[k] for o in self.observations])) for k in self.observations[0]}
         return {
@@ -192,7 +233,9 @@ class GradientMetaTrainer:
         learner_method = {"maml": "maml", "fomaml": "fomaml", "reptile": "reptile"}.get(method, "fomaml")
         self.learner = GradientMetaLearner(self.policy, learner_method, c.inner_lr, c.outer_lr)
         self.loss = policy_gradient_loss(self.policy, self.slate_size)
-        self.acting = TaskPolicy(self.learner, self.local_tasks, c.users_per_task, self.slate_size)
+        # the groups that each adapt their own parameters: this process's tasks, or each of their users
+        self.groups, self.members = c.groups(self.local_tasks, c.users_per_task)
+        self.acting = TaskPolicy(self.learner, self.groups, self.members, self.slate_size)
         self.generator = torch.Generator(device=self.device).manual_seed(seed + 7919)
         self.shard = self.share.rows_of(self.device)
         self.update = 0
@@ -209,7 +252,7 @@ class GradientMetaTrainer:
     def rollout(self, params: TaskParams) -> dict[str, Any]:
         """One window of every user of the meta-batch under per-task ``params``."""
         c = self.config
-        window = TaskWindow(self.local_tasks, c.users_per_task)
+        window = TaskWindow(self.groups, self.members, per_user=c.adapt == "user")
         for _ in range(c.rollout_steps):
             slate = self.acting.sample(params, self.observation, self.generator, self.shard)
             observation, reward, terminated, truncated, _ = self.env.step(slate)
@@ -227,7 +270,7 @@ class GradientMetaTrainer:
         self.env.set_tasks(self._tasks(self.update))
         self.observation, _ = self.env.reset(seed=self.seed * 1_000_003 + self.update)
         self.alive = torch.ones(self.env.num_envs, dtype=torch.bool, device=self.device)
-        params = self.learner.clone(self.local_tasks)
+        params = self.learner.clone(self.groups)
         support = self.rollout(params)
         if self.method == "finetune":  # plain multi-task policy gradient at θ
             loss = vmap(self.loss)(params.params, support).mean()
@@ -255,33 +298,40 @@ class GradientMetaTrainer:
 
 
 class AdaptingRecommender(Recommender):
-    """A gradient method at evaluation and when serving: per-task parameters from θ, one inner
-    policy-gradient step per task after every window of ``rollout_steps`` steps (on that window's data of
-    the users marked in ``info["active"]``, when given). A task's parameters are its users' shared state."""
-
-    shares_state_across_users = True  # every user of a task moves the parameters all of them are served by
+    """A gradient method at evaluation and when serving, adapting as ``config.adapt`` says (see the module
+    docstring). ``population``: per-task parameters from θ, one inner policy-gradient step per task after
+    every window of ``rollout_steps`` steps, on that window's data of the users marked in ``info["active"]``
+    (when given); a task's parameters are its users' shared state. ``user``: per-user parameters from θ,
+    each stepped on that user's own window only; a row the env gives a new user starts again from θ."""
 
     def __init__(self, name: str, policy: nn.Module, config: GradientConfig, num_tasks: int, users_per_task: int,
                  slate_size: int, generator: torch.Generator) -> None:  # fmt: skip
         self.name = name
         self.config = config
+        self.per_user = config.adapt == "user"
+        # per task, every user of a task moves the parameters all of them are served by; per user, nobody else's
+        self.shares_state_across_users = not self.per_user
+        groups, members = config.groups(num_tasks, users_per_task)
         self.learner = GradientMetaLearner(policy, "reptile", config.inner_lr, config.outer_lr)  # no graph kept
         self.loss = policy_gradient_loss(policy, slate_size)
-        self.acting = TaskPolicy(self.learner, num_tasks, users_per_task, slate_size)
-        self.window = TaskWindow(num_tasks, users_per_task)
+        self.acting = TaskPolicy(self.learner, groups, members, slate_size)
+        self.window = TaskWindow(groups, members, per_user=self.per_user)
         self.generator = generator
-        self.params = self.learner.clone(num_tasks)
+        self.initial = self.learner.clone(groups)
+        self.params = self.initial
         self.adaptations = 0
 
     def place(self, shard: Shard | None) -> None:
-        if shard is not None:  # its inner step would see only this process's users
+        if shard is not None and not self.per_user:  # its inner step would see only this process's users
             raise ValueError(f"agent: {self.name} adapts one policy to all its users' data, so it serves in one "
-                             "process; run it without --nproc")  # fmt: skip
+                             "process; run it without --nproc, or meta-train it with gradient.adapt: user")  # fmt: skip
         super().place(shard)
 
     def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
         self._observation = observation
-        self._slate = self.acting.sample(self.params, observation, self.generator)
+        rows = None if self.shard is None else self.shard.env_rows()
+        shard = None if rows is None else (rows[0], torch.tensor(rows[1], device=self.generator.device))
+        self._slate = self.acting.sample(self.params, observation, self.generator, shard)
         return self._slate
 
     def observe(self, reward: torch.Tensor, done: torch.Tensor, info: dict[str, Any]) -> None:
@@ -292,3 +342,18 @@ class AdaptingRecommender(Recommender):
             self.params = self.learner.adapt(self.params, self.loss, self.window.batch(self.config.gamma))
             self.window.clear()
             self.adaptations += 1
+
+    def reset(self, mask: torch.Tensor | None = None) -> None:
+        """Per user, a new user in a row starts from θ and nothing its predecessor did is learned from;
+        per task, the parameters are the population's and stay."""
+        if not self.per_user:
+            return
+        if mask is None:
+            self.params = self.initial
+            self.window.clear()
+            return
+        self.window.forget(mask)
+        self.params = replace(self.params, params={
+            name: torch.where(mask.reshape(-1, *[1] * (p.dim() - 1)), self.initial.params[name], p)
+            for name, p in self.params.params.items()
+        })  # fmt: skip

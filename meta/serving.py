@@ -7,11 +7,14 @@ each keeps adapting while it serves, as it does in meta-eval:
 * ``rl2`` and ``icl``: their memory adapts to each user from their responses
   (:class:`~metarec.meta.evaluate.RL2Recommender`; ``icl`` always shows its most probable slate);
 * ``maml``, ``fomaml``, ``reptile``, ``finetune``, ``scratch``: start from the saved θ and, after every window
-  of ``gradient.rollout_steps`` steps, take one policy-gradient step on that window of the users they served
-  (``info["active"]``), exactly as in meta-eval (:class:`~metarec.meta.gradient_rl.AdaptingRecommender`).
-  The env's users are one task; a :class:`~metarec.envs.task_batch.TaskBatchVectorEnv` keeps its tasks,
-  each adapted on its own users. What one user teaches the parameters changes what the others see, so an
-  A/B test needs replicates for such an arm; and it serves in one process (the step pools every user).
+  of ``gradient.rollout_steps`` steps, take one policy-gradient step, exactly as in meta-eval
+  (:class:`~metarec.meta.gradient_rl.AdaptingRecommender`). With ``gradient.adapt: population`` the step is
+  on that window of the users they served (``info["active"]``): the env's users are one task (a
+  :class:`~metarec.envs.task_batch.TaskBatchVectorEnv` keeps its tasks, each adapted on its own users).
+  What one user teaches the parameters changes what the others see, so an A/B test needs replicates for
+  such an arm, and it serves in one process (the step pools every user). With ``gradient.adapt: user``
+  every user has parameters of their own, stepped on their own window: users stay independent, and it
+  serves across processes too.
 
 When the run trained with item statistics and the env has none, the recommender logs its own
 (:class:`~metarec.meta.evaluate.LoggedItemStats`). The registry of :mod:`metarec.agents.registry` loads these
@@ -83,10 +86,10 @@ def load_meta_recommender(weights: str | Path, env: Any, seed: int) -> Recommend
         raise ValueError(f"agent: {weights} is missing; {run} trains {name!r}: finish meta-train first")
     logs_stats = config.item_stats and getattr(getattr(env, "model", None), "item_stats", None) is None
     space, slate_size = served_space(config, env, f"{name} of {run}", logs_stats)
-    adapts = name not in MEMORY_METHODS
-    if adapts and (group_size() > 1 or getattr(env, "shard", None) is not None):
+    split = group_size() > 1 or getattr(env, "shard", None) is not None
+    if split and name not in MEMORY_METHODS and config.gradient.adapt == "population":
         raise ValueError(f"agent: {name} adapts one policy to all its users' data, so it serves in one process; "
-                         "run it without --nproc")  # fmt: skip
+                         "run it without --nproc, or meta-train it with gradient.adapt: user")  # fmt: skip
     generator = torch.Generator(device=env.device).manual_seed(seed)
     recommender = build_method(config, run, name, load_method_weights(run, name), env, space, slate_size, generator)
     recommender.name = f"{name}:{run.name}"

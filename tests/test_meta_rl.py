@@ -95,9 +95,28 @@ def test_window_advantages_centre_per_task_and_step_and_ignore_inactive() -> Non
     assert left[0, 0, 0] == left[0, 0, 1]  # both earned 1 while present
 
 
-@pytest.mark.parametrize("method", ["maml", "fomaml", "reptile", "finetune"])
-def test_gradient_trainers_move_the_parameters_deterministically(distribution, method) -> None:
-    config = GradientConfig(tasks_per_batch=2, users_per_task=8, rollout_steps=4, meta_steps=2, inner_steps=2, hidden=8)
+def test_per_user_advantages_read_only_that_users_own_rewards() -> None:
+    rewards = torch.tensor([[[1.0], [3.0], [2.0]], [[5.0], [5.0], [5.0]], [[0.0], [4.0], [90.0]]])  # [B3, L3, 1]
+    active = torch.tensor([[[1.0], [1.0], [1.0]], [[1.0], [1.0], [1.0]], [[1.0], [1.0], [0.0]]])
+    adv = window_advantages(rewards, active, gamma=0.0, per_user=True)
+    assert adv[0, 0, 0] < 0 < adv[0, 1, 0]  # each step against the user's own mean reward
+    assert torch.allclose(adv[1], torch.zeros(3, 1), atol=1e-5)  # a user whose rewards never vary: no signal
+    assert adv[2, 2, 0] == 0 and adv[2, 0, 0] < 0 < adv[2, 1, 0]  # the step after they left counts for nothing
+    # another user's rewards change nothing of this user's advantages
+    other = rewards.clone()
+    other[0] = torch.tensor([[7.0], [-2.0], [0.5]])
+    assert torch.equal(window_advantages(other, active, 0.5, per_user=True)[1:], window_advantages(rewards, active,
+                       0.5, per_user=True)[1:])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("method", "adapt"),
+    [("maml", "population"), ("fomaml", "population"), ("reptile", "population"), ("finetune", "population"),
+     ("maml", "user"), ("reptile", "user")],
+)  # fmt: skip
+def test_gradient_trainers_move_the_parameters_deterministically(distribution, method, adapt) -> None:
+    config = GradientConfig(tasks_per_batch=2, users_per_task=8, rollout_steps=4, meta_steps=2, inner_steps=2, hidden=8,
+                            adapt=adapt)  # fmt: skip
 
     def run() -> list[torch.Tensor]:
         trainer = GradientMetaTrainer(method, distribution, "meta-train", config, sessions=2, seed=3)
@@ -107,6 +126,7 @@ def test_gradient_trainers_move_the_parameters_deterministically(distribution, m
             assert all(np.isfinite(v) for v in stats.values())
         end = [p.detach().clone() for p in trainer.policy.parameters()]
         assert any(not torch.equal(a, b) for a, b in zip(start, end, strict=True))
+        assert trainer.groups == (16 if adapt == "user" else 2)  # parameters per user, or per task
         return end
 
     first, second = run(), run()

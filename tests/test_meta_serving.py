@@ -148,6 +148,85 @@ def test_a_gradient_method_adapts_while_serving_from_the_served_users_only(run, 
 
 
 @pytest.fixture(scope="module")
+def user_run(tmp_path_factory) -> Path:
+    """``configs/meta_tiny.yaml``'s gradient methods trained to adapt per user (without item statistics, so
+    nothing served pools users)."""
+    overrides = ["torch_threads=null", "methods=[maml,reptile]", "gradient.adapt=user", "item_stats=false"]
+    out = tmp_path_factory.mktemp("meta") / "per_user"
+    meta_train(load_meta_config(ROOT / "configs" / "meta_tiny.yaml", overrides), out, progress=False)
+    return out
+
+
+def _serve_steps(recommender, env, steps: int, told=lambda t, reward: reward, reset_after: dict | None = None):
+    """The slates served to ``env``'s users (reset with seed 3) over ``steps`` steps; ``told(t, reward)`` is
+    the reward the recommender is told at step ``t``, and ``reset_after`` maps a step to the rows the
+    recommender is told a new user took after it."""
+    observation, info = env.reset(seed=3)
+    recommender.reset()
+    slates = []
+    for t in range(steps):
+        slate = recommender.act(observation, info)
+        slates.append(slate.clone())
+        observation, reward, terminated, truncated, info = env.step(slate)
+        recommender.observe(told(t, reward.clone()), terminated | truncated, info)
+        if reset_after and t in reset_after:
+            recommender.reset(reset_after[t])
+    return torch.stack(slates)
+
+
+@pytest.mark.parametrize("method", ["maml", "reptile"])
+def test_a_per_user_gradient_method_adapts_each_user_on_their_own_data_only(user_run, population, method) -> None:
+    env = _env(population, 16)
+    weights = user_run / "methods" / f"{method}.pt"
+    steps = load_meta_config(user_run / "config.yaml").gradient.rollout_steps
+
+    def adapted(told=lambda t, reward: reward, reset_after=None) -> dict[str, torch.Tensor]:
+        recommender = load_meta_recommender(weights, env, seed=0)
+        assert isinstance(recommender, AdaptingRecommender) and not recommender.shares_state_across_users
+        assert recommender.acting.num_tasks == 16 and recommender.acting.users == 1  # parameters per user
+        _serve_steps(recommender, env, steps, told, reset_after)
+        assert recommender.adaptations == 1
+        return recommender.params.params
+
+    def tamper_user_5(t, reward):
+        reward[5] = 3 * reward[5] + 1 + t
+        return reward
+
+    plain, tampered = adapted(), adapted(tamper_user_5)
+    initial = load_meta_recommender(weights, env, seed=0).params.params
+    for key in plain:
+        differs = (plain[key] != tampered[key]).flatten(1).any(dim=1)
+        assert differs.tolist() == [row == 5 for row in range(16)] or not differs.any()
+    assert any(not torch.equal(plain[key], initial[key]) for key in plain)  # it adapted
+    assert any(bool((plain[key][5] != tampered[key][5]).any()) for key in plain)  # user 5's own step changed
+    # a new user in row 5 after step 3: what the one before did is not learned from
+    new_user = torch.arange(16) == 5
+    def tamper_before(t, reward):
+        return tamper_user_5(t, reward) if t <= 3 else reward
+
+    fresh, fresh_tampered = adapted(reset_after={3: new_user}), adapted(tamper_before, reset_after={3: new_user})
+    assert all(torch.equal(fresh[key], fresh_tampered[key]) for key in fresh)
+    assert any(not torch.equal(fresh[key][5], plain[key][5]) for key in fresh)
+    recommender = load_meta_recommender(weights, env, seed=0)
+    _serve_steps(recommender, env, steps)
+    recommender.reset(new_user)  # after its step, a new user in row 5 starts from θ
+    assert all(torch.equal(recommender.params.params[key][5], initial[key][5]) for key in initial)
+    assert all(torch.equal(recommender.params.params[key][:5], plain[key][:5]) for key in initial)
+
+
+def test_a_per_user_gradient_method_serves_across_processes_as_in_one(user_run, population) -> None:
+    """Each process's users get the slates they get in one process, before and after their own step."""
+    weights = user_run / "methods" / "maml.pt"
+    steps = 2 * load_meta_config(user_run / "config.yaml").gradient.rollout_steps + 1
+    whole = _serve_steps(load_meta_recommender(weights, _env(population, 8), seed=4), _env(population, 8), steps)
+    for rows in ([0, 1, 2, 3], [4, 5, 6, 7]):
+        env = _env(population, 4, shard=(8, rows))
+        recommender = load_meta_recommender(weights, env, seed=4)
+        recommender.place(Shard(8, rows[0], 4))
+        assert torch.equal(_serve_steps(recommender, env, steps), whole[:, rows])
+
+
+@pytest.fixture(scope="module")
 def meta_eval_factories(run) -> dict:
     """The factories ``meta-eval`` builds its recommenders with, by method, as it hands them to the protocol."""
     captured = {}
@@ -251,7 +330,8 @@ def test_a_gradient_method_is_refused_when_split_across_processes(run, populatio
     env = _env(population, 4)
     recommender = load_meta_recommender(run / "methods" / "fomaml.pt", env, 0)
     expected = "agent: fomaml:tiny adapts one policy to all its users' data, so it serves in one process"
-    with pytest.raises(ValueError, match=f"^{re.escape(expected)}; run it without --nproc$"):
+    ending = "; run it without --nproc, or meta-train it with gradient.adapt: user"
+    with pytest.raises(ValueError, match=f"^{re.escape(expected + ending)}$"):
         recommender.place(Shard(8, 0, 4))
     recommender.place(None)  # one process: fine
     split = _env(population, 4, shard=(8, [0, 1, 2, 3]))  # the env of one process's users (metarec evaluate --nproc)
