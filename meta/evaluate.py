@@ -70,13 +70,25 @@ class EvalConfig(FrozenConfig):
 
 class RL2Recommender(Recommender):
     """An RL² policy as a :class:`Recommender`: the memory reads every response, persists across a
-    user's sessions and is cleared for a new user."""
+    user's sessions and is cleared for a new user. A policy with a population memory reads the beliefs of
+    every user of a population: ``population`` consecutive users are one (all of them when None), and its
+    users are then not independent."""
 
     name = "rl2"
 
-    def __init__(self, policy: RL2Policy, generator: torch.Generator, deterministic: bool = False) -> None:
+    def __init__(
+        self, policy: RL2Policy, generator: torch.Generator, deterministic: bool = False, population: int | None = None
+    ) -> None:
         self.policy, self.generator, self.deterministic = policy, generator, deterministic
+        self.population = population
+        self.shares_state_across_users = policy.population
         self.memory: Memory | None = None
+
+    def place(self, shard: Shard | None) -> None:
+        if shard is not None and self.policy.population:  # its population memory would see this process's users
+            raise ValueError(f"agent: {self.name}'s population memory reads every user of a population, so it "
+                             "serves in one process; run it without --nproc")  # fmt: skip
+        super().place(shard)
 
     def reset(self, mask: torch.Tensor | None = None) -> None:
         if mask is None or self.memory is None:
@@ -92,7 +104,7 @@ class RL2Recommender(Recommender):
             self.last_reward = torch.zeros(batch, device=observation["candidates"].device)
         with torch.no_grad():
             hidden = self.policy.read(self.memory, observation, self.last_reward)
-            beliefs = self.policy.believe(self.memory, observation)
+            beliefs = self.policy.believe(self.memory, observation, self.population or batch)
             logits, _ = self.policy.act_from(observation, hidden, beliefs)
             dist = self.policy.distribution(logits)
             rows_of = self.draws(self.generator, batch).rows_of()

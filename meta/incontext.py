@@ -67,13 +67,15 @@ class InContextPolicy(RL2Policy):
         heads: int = 4,
         belief: bool = True,
         belief_ridge: float = 1.0,
+        population: bool = False,
+        population_noise: float = 1.0,
     ) -> None:
         for name, value in (("window", window), ("layers", layers), ("heads", heads)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
         if hidden % heads:
             raise ValueError(f"heads: must divide hidden = {hidden}, got {heads}")
-        super().__init__(observation_space, slate_size, hidden, belief, belief_ridge)
+        super().__init__(observation_space, slate_size, hidden, belief, belief_ridge, population, population_noise)
         del self.cell  # the transformer is the memory
         self.window = window
         self.token_inputs = self.candidate_dim + self.response_dim + 1
@@ -194,4 +196,4 @@ class InContextConfig(RL2Config):
     def make_policy(self, observation_space: Any, slate_size: int) -> InContextPolicy:
         """The policy these settings train (weights drawn from torch's global generator)."""
         return InContextPolicy(observation_space, slate_size, self.hidden, self.window, self.layers, self.heads,
-                               self.belief, self.belief_ridge)  # fmt: skip
+                               self.belief, self.belief_ridge, self.population, self.population_noise)  # fmt: skip

@@ -45,7 +45,7 @@ class InContextTrainer(RL2Trainer):
         with torch.no_grad():
             for _ in range(steps):
                 tokens = self.policy.read(self.memory, self.observation, self.last_reward)
-                beliefs = self.policy.believe(self.memory, self.observation)
+                beliefs = self.policy.believe(self.memory, self.observation, self.config.users_per_task)
                 logits, _ = self.policy.act_from(self.observation, tokens, beliefs)
                 own = torch.topk(logits, self.policy.slate_size, dim=-1).indices
                 label = self.info["oracle_slate"].long()

@@ -121,9 +121,15 @@ class RL2Policy(AffinityPolicy):
             and that prediction's standard deviation (``sqrt(xᵀA⁻¹x)``), as two more candidate features
             and through a per-user weighting of the two read from the context.
         belief_ridge: the belief's prior precision λ (``> 0``).
+        population: with ``belief``, also score each candidate with a population memory: what the beliefs of
+            the other users of the user's population predict (:func:`population_predictions`), two more
+            candidate features. The caller then says how many consecutive rows form a population
+            (:meth:`believe`'s ``population``).
+        population_noise: the reward's noise variance σ² the population memory assumes (``> 0``).
     """
 
     BELIEF_FEATURES = 2  # a candidate's predicted reward and its standard deviation
+    POPULATION_FEATURES = 2  # what the user's likely neighbours predict, and what the whole population does
 
     def __init__(
         self,
@@ -132,26 +138,37 @@ class RL2Policy(AffinityPolicy):
         hidden: int = 64,
         belief: bool = False,
         belief_ridge: float = 1.0,
+        population: bool = False,
+        population_noise: float = 1.0,
     ) -> None:
         raw = observation_space["candidates"].shape[1]
+        if population and not belief:
+            raise ValueError("population: the population memory pools the users' beliefs; set belief: true")
+        if not population_noise > 0:
+            raise ValueError(f"population_noise: expected a number > 0, got {population_noise!r}")
+        scores = self.BELIEF_FEATURES + (self.POPULATION_FEATURES if population else 0)
         if belief:
             if not belief_ridge > 0:
                 raise ValueError(f"belief_ridge: expected a number > 0, got {belief_ridge!r}")
             n = observation_space["candidates"].shape[0]
-            scored = spaces.Box(-np.inf, np.inf, (n, raw + self.BELIEF_FEATURES), np.float32)
+            scored = spaces.Box(-np.inf, np.inf, (n, raw + scores), np.float32)
             observation_space = spaces.Dict({**observation_space.spaces, "candidates": scored})
         super().__init__(observation_space, slate_size, hidden)
         self.belief, self.belief_ridge = belief, float(belief_ridge)
+        self.population, self.population_noise = population, float(population_noise)
+        self.scores = scores  # what believe() gives per candidate
         self.candidate_dim = raw  # what the memory reads of a slate: the environment's features
         self.response_dim = observation_space["history"].shape[1]
         self.cell = nn.GRUCell(self.candidate_dim + self.response_dim + 1, hidden)
         self.memory_out = nn.Linear(hidden, hidden)
         self.memory_interest = nn.Linear(hidden, self.embedding_dim)  # what the memory says the user likes
         if belief:  # how far to trust the user's regression, read from the context; at first its plain estimate
-            self.belief_weight = nn.Linear(hidden, self.BELIEF_FEATURES)
+            self.belief_weight = nn.Linear(hidden, self.scores)
             nn.init.zeros_(self.belief_weight.weight)
             with torch.no_grad():
-                self.belief_weight.bias.copy_(torch.tensor([1.0, 0.0]))  # start from the estimate
+                start = torch.zeros(self.scores)
+                start[0] = 1.0
+                self.belief_weight.bias.copy_(start)  # start from the estimate
 
     def initial_memory(self, batch: int, device: torch.device | str = "cpu") -> Memory:
         """The memory of ``batch`` new users."""
@@ -200,16 +217,27 @@ class RL2Policy(AffinityPolicy):
         newest history row and the last reward, through symlog."""
         return symlog(torch.cat([last_slate, response.float(), reward[..., None].float()], dim=-1))
 
-    def believe(self, memory: Memory, observation: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """What the belief says of each candidate on offer, ``[B, N, 2]``: the predicted reward
-        ``x·A⁻¹b`` and its standard deviation ``sqrt(xᵀA⁻¹x)``; None for a policy without a belief."""
+    def believe(
+        self, memory: Memory, observation: dict[str, torch.Tensor], population: int | None = None
+    ) -> torch.Tensor | None:
+        """What the belief says of each candidate on offer, ``[B, N, S]``: the predicted reward
+        ``x·A⁻¹b`` and its standard deviation ``sqrt(xᵀA⁻¹x)``, then, for a policy with a population
+        memory, the two predictions of :func:`population_predictions` over populations of ``population``
+        consecutive rows; None for a policy without a belief."""
         belief = memory.belief
         if belief is None:
             if self.belief:
                 raise ValueError("memory: this policy keeps a belief (belief=True), but the memory holds none")
             return None
-        mean, variance = ridge_prediction(self.regression_features(observation), belief.inverse, belief.response)
-        return torch.stack([mean, variance.sqrt()], dim=-1)
+        features = self.regression_features(observation)
+        mean, variance = ridge_prediction(features, belief.inverse, belief.response)
+        scores = [mean, variance.sqrt()]
+        if self.population:
+            if population is None:
+                raise ValueError("population: this policy keeps a population memory; say how many consecutive "
+                                 "users form a population")  # fmt: skip
+            scores.extend(population_predictions(features, belief, population, self.population_noise))
+        return torch.stack(scores, dim=-1)
 
     def learn(
         self, memory: Memory, reward: torch.Tensor, position: torch.Tensor, rows: torch.Tensor | None = None
@@ -249,7 +277,7 @@ class RL2Policy(AffinityPolicy):
         """``(logits [B, N], value [B])`` given the memory already updated by :meth:`read` and, for a
         policy with a belief, what :meth:`believe` says of the candidates (``beliefs`` ``[B, N, 2]``)."""
         if self.belief != (beliefs is not None):
-            wanted = "[B, N, 2] from believe()" if self.belief else "None (this policy keeps no belief)"
+            wanted = f"[B, N, {self.scores}] from believe()" if self.belief else "None (this policy keeps no belief)"
             raise ValueError(f"beliefs: expected {wanted}, got {None if beliefs is None else tuple(beliefs.shape)}")
         embeddings = observation["candidates"][..., : self.embedding_dim].float()
         if beliefs is not None:
@@ -268,6 +296,47 @@ class RL2Policy(AffinityPolicy):
         the action)."""
         candidates = observation["candidates"].float()
         return candidates.gather(1, slate[:, :, None].expand(-1, -1, candidates.shape[2]))
+
+
+def population_predictions(
+    features: torch.Tensor, belief: Belief, population: int, noise: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The population memory: ``([B, N], [B, N])`` what the other users of each user's population predict of
+    the candidates ``features`` (``[B, N, F]``), from their beliefs alone (their responses, never the
+    simulator's ground truth). Rows ``g·population .. (g+1)·population - 1`` are population ``g``.
+
+    * *Neighbours*: each other user ``v`` with responses of their own is a hypothesis of what this user ``u``
+      is like, weighted by how well ``v``'s estimate ``θ_v`` explains ``u``'s responses: the Gaussian
+      log-likelihood ``(2 θ_vᵀ b_u − θ_vᵀ X_uᵀX_u θ_v) / 2σ²`` (up to what does not depend on ``v``), through
+      a softmax over ``v``. The prediction is ``x · Σ_v w_uv θ_v``. A new user's responses explain every
+      neighbour equally, so it starts as the population's average user and moves to those like them.
+    * *Population*: the ridge regression of every user of the population pooled, ``x · (λI + Σ_v X_vᵀX_v)⁻¹
+      Σ_v b_v``.
+
+    Users without a response yet (prior beliefs) are no one's neighbour; a user with no such neighbour
+    gets 0."""
+    batch, f = belief.response.shape
+    if population < 1 or batch % population:
+        raise ValueError(f"population: expected a number of users that divides the batch of {batch}, got {population}")
+    groups = batch // population
+    eye = torch.eye(f, device=features.device, dtype=belief.inverse.dtype)
+    gram = torch.linalg.inv(belief.inverse) - belief.ridge * eye  # [B, F, F] Xᵀ X of each user's responses
+    theta = (belief.inverse @ belief.response[:, :, None])[:, :, 0]  # [B, F]
+    known = gram.diagonal(dim1=1, dim2=2).sum(-1) > 1e-3  # [B] users with a response
+    g_theta = theta.reshape(groups, population, f)
+    g_gram = gram.reshape(groups, population, f, f)
+    cross = belief.response.reshape(groups, population, f) @ g_theta.transpose(1, 2)  # [G, u, v] θ_vᵀ b_u
+    quad = torch.einsum("guij,gvi,gvj->guv", g_gram, g_theta, g_theta)  # θ_vᵀ X_uᵀX_u θ_v
+    fit = (2.0 * cross - quad) / (2.0 * noise)
+    self_or_unknown = torch.eye(population, dtype=torch.bool, device=fit.device) | ~known.reshape(groups, 1, population)
+    fit = fit.masked_fill(self_or_unknown, float("-inf"))
+    any_neighbour = ~self_or_unknown.all(dim=-1, keepdim=True)
+    weights = torch.softmax(fit.masked_fill(~any_neighbour, 0.0), dim=-1) * any_neighbour
+    neighbours = (weights @ g_theta).reshape(batch, f)
+    pooled_gram = g_gram.sum(1) + belief.ridge * eye  # [G, F, F]
+    pooled = torch.linalg.solve(pooled_gram, belief.response.reshape(groups, population, f).sum(1))  # [G, F]
+    pooled = pooled.repeat_interleave(population, dim=0)
+    return (features @ neighbours[:, :, None])[:, :, 0], (features @ pooled[:, :, None])[:, :, 0]
 
 
 def with_constant(x: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from metarec.agents.ppo.advantages import RunningMeanStd, generalized_advantages, standardise
 from metarec.agents.ppo.config import PPOUpdateConfig
@@ -55,10 +55,25 @@ class RL2Config(PPOUpdateConfig):
         "statistics) and score candidates with its prediction and uncertainty (see RL2Policy).",
     )
     belief_ridge: float = Field(1.0, gt=0, description="Prior precision of the belief's ridge regression.")
+    population: bool = Field(
+        False,
+        description="A population memory beside the belief: each candidate is also scored with what the "
+        "beliefs of the population's other users predict, weighted by how well each explains this user's "
+        "responses, and with their pooled regression (see population_predictions). It pools the population's "
+        "users, so they are not independent. Needs belief.",
+    )
+    population_noise: float = Field(1.0, gt=0, description="The reward noise variance the population memory assumes.")
+
+    @model_validator(mode="after")
+    def _population_needs_belief(self) -> RL2Config:
+        if self.population and not self.belief:
+            raise ValueError("population: the population memory pools the users' beliefs; set belief: true")
+        return self
 
     def make_policy(self, observation_space: Any, slate_size: int) -> RL2Policy:
         """The policy these settings train (weights drawn from torch's global generator)."""
-        return RL2Policy(observation_space, slate_size, self.hidden, self.belief, self.belief_ridge)
+        return RL2Policy(observation_space, slate_size, self.hidden, self.belief, self.belief_ridge, self.population,
+                         self.population_noise)  # fmt: skip
 
 
 class RL2Trainer:
@@ -150,7 +165,7 @@ class RL2Trainer:
                 out["last_slate"].append(self.memory.last_slate)
                 out["last_reward"].append(self.last_reward)
                 hidden = self.policy.read(self.memory, self.observation, self.last_reward)
-                beliefs = self.policy.believe(self.memory, self.observation)
+                beliefs = self.policy.believe(self.memory, self.observation, self.config.users_per_task)
                 logits, value = self.policy.act_from(self.observation, hidden, beliefs)
                 dist = self.policy.distribution(logits)
                 slate = dist.sample(self.generator, rows_of=self.rows_of)
@@ -175,7 +190,7 @@ class RL2Trainer:
                 self.last_reward = reward.masked_fill(done, 0.0)
                 self.observation = observation
             hidden = self.policy.read(self.memory, self.observation, self.last_reward)
-            beliefs = self.policy.believe(self.memory, self.observation)
+            beliefs = self.policy.believe(self.memory, self.observation, self.config.users_per_task)
             _, next_value = self.policy.act_from(self.observation, hidden, beliefs)
         rollout = {key: torch.stack(v) if v else None for key, v in out.items()}
         rollout["observations"] = {key: torch.stack(v) for key, v in observations.items()}

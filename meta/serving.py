@@ -39,6 +39,7 @@ from metarec.meta.config import MEMORY_METHODS, MetaTrainConfig
 from metarec.meta.evaluate import LoggedItemStats, RL2Recommender
 from metarec.meta.gradient_rl import AdaptingRecommender
 from metarec.meta.policy import feedforward_policy
+from metarec.meta.rl2 import RL2Config
 from metarec.meta.tasks import TaskDistribution, task_batch
 from metarec.parallel import group_size
 
@@ -90,6 +91,9 @@ def load_meta_recommender(weights: str | Path, env: Any, seed: int) -> Recommend
     if split and name not in MEMORY_METHODS and config.gradient.adapt == "population":
         raise ValueError(f"agent: {name} adapts one policy to all its users' data, so it serves in one process; "
                          "run it without --nproc, or meta-train it with gradient.adapt: user")  # fmt: skip
+    if split and name in MEMORY_METHODS and memory_settings(config, name).population:
+        raise ValueError(f"agent: {name}'s population memory reads every user of a population, so it serves in one "
+                         "process; run it without --nproc")  # fmt: skip
     generator = torch.Generator(device=env.device).manual_seed(seed)
     recommender = build_method(config, run, name, load_method_weights(run, name), env, space, slate_size, generator)
     recommender.name = f"{name}:{run.name}"
@@ -111,18 +115,23 @@ def build_method(
     """Method ``name`` of the run with ``weights``, for ``env`` (observations of ``space``): RL² or the
     in-context recommender with its memory, or a gradient method adapting one policy per task of a task batch
     (else one for all users)."""
+    tasks, users = (env.num_tasks, env.users_per_task) if isinstance(env, TaskBatchVectorEnv) else (1, env.num_envs)
     if name in MEMORY_METHODS:
-        settings = config.rl2 if name == "rl2" else config.icl
-        policy = settings.make_policy(space, slate_size).to(env.device)
+        policy = memory_settings(config, name).make_policy(space, slate_size).to(env.device)
         load_weights_into(policy, weights, run, name)
         # the in-context recommender was trained to show its most probable slate, and always does
-        recommender = RL2Recommender(policy, generator, deterministic=config.eval.rl2_greedy or name == "icl")
+        greedy = config.eval.rl2_greedy or name == "icl"
+        recommender = RL2Recommender(policy, generator, deterministic=greedy, population=users)
         recommender.name = name
         return recommender
     policy = feedforward_policy(space, slate_size, config.gradient.hidden).to(env.device)
     load_weights_into(policy, weights, run, name)
-    tasks, users = (env.num_tasks, env.users_per_task) if isinstance(env, TaskBatchVectorEnv) else (1, env.num_envs)
     return AdaptingRecommender(name, policy, config.gradient, tasks, users, slate_size, generator)
+
+
+def memory_settings(config: MetaTrainConfig, name: str) -> RL2Config:
+    """The settings of memory method ``name`` (``rl2`` or ``icl``)."""
+    return config.rl2 if name == "rl2" else config.icl
 
 
 def trained_space(config: MetaTrainConfig) -> tuple[spaces.Dict, int]:
