@@ -9,11 +9,15 @@ import io
 import sys
 from collections.abc import Sequence
 
+from metarec.config import config_path
 from metarec.registration import ENVIRONMENTS
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from metarec import __version__
+
     parser = argparse.ArgumentParser(prog="metarec", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"metarec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     envs = sub.add_parser("envs", help="list the registered environment ids")
@@ -34,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func="metarec.commands.evaluate:run")
 
     tr = sub.add_parser("train", help="train a recommender from a YAML config (batched PPO or stable-baselines3)")
-    tr.add_argument("config", help="a YAML file, e.g. configs/ppo_recsim_ie.yaml")
+    tr.add_argument("config", help="a YAML file, e.g. configs/ppo_recsim_ie.yaml, or metarec:NAME (a shipped config)")
     tr.add_argument("--out", help="run directory (default runs/CONFIG_NAME)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
@@ -46,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func="metarec.commands.train:run")
 
     ab = sub.add_parser("abtest", help="run a simulated A/B test from a YAML config and write its report")
-    ab.add_argument("config", help="a YAML file, e.g. configs/abtest_demo.yaml")
+    ab.add_argument("config", help="a YAML file, e.g. configs/abtest_demo.yaml, or metarec:NAME (a shipped config)")
     ab.add_argument("--out", help="output directory (default runs/CONFIG_NAME)")
     ab.add_argument("--overwrite", action="store_true", help="write into a non-empty --out not made by abtest")
     ab.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
@@ -59,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab.set_defaults(func="metarec.commands.abtest:run")
 
     mt = sub.add_parser("meta-train", help="meta-train RL2, MAML, FOMAML, Reptile and baselines across populations")
-    mt.add_argument("config", help="a YAML file, e.g. configs/meta_demo.yaml")
+    mt.add_argument("config", help="a YAML file, e.g. configs/meta_demo.yaml, or metarec:NAME (a shipped config)")
     mt.add_argument("--out", help="run directory (default runs/CONFIG_NAME)")
     mt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     mt.add_argument("--device", help="torch device (overrides the config's)")
@@ -112,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--users", type=_positive_int, default=4000)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu")
-    demo.add_argument("--meta-config", help="meta-train config (default configs/meta_demo.yaml; 'none' skips it)")
+    demo.add_argument("--meta-config", help="meta-train config (default metarec:meta_demo, the shipped "
+                      "configs/meta_demo.yaml; 'none' skips it)")
     demo.set_defaults(func="metarec.commands.demo:run")
     return parser
 
@@ -150,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     sys.stderr.write(captured.getvalue())
     try:
+        for key in ("config", "meta_config"):  # metarec:NAME names a shipped config
+            if isinstance(getattr(args, key, None), str):
+                setattr(args, key, str(config_path(getattr(args, key))))
         module, _, function = args.func.partition(":")
         command = getattr(importlib.import_module(module), function)  # imported when used: the CLI starts fast
         return int(command(args))

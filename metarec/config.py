@@ -152,6 +152,27 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), load_yaml_text(value, f"--set {short_repr(text, 40)}")
 
 
+SHIPPED = "metarec:"
+
+
+def config_path(text: str | Path) -> Path:
+    """The config file ``text`` names: ``metarec:NAME`` (or ``metarec:NAME.yaml``) is a config shipped in the
+    package (the repository's ``configs/NAME.yaml``, also in a wheel); anything else is a path. An unknown
+    shipped name is a ``ValueError`` that lists the shipped ones."""
+    text = str(text)
+    if not text.startswith(SHIPPED):
+        return Path(text)
+    from importlib.resources import files
+
+    folder = files("metarec.configs")
+    shipped = sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+    name = text[len(SHIPPED) :].removesuffix(".yaml")
+    if name not in shipped:
+        listed = ", ".join(shipped)
+        raise ValueError(f"config: no shipped config {text!r}; expected {SHIPPED}NAME with NAME one of {listed}")
+    return Path(str(folder / f"{name}.yaml"))
+
+
 def read_yaml_file(path: str | Path) -> Any:
     """The YAML document in ``path`` (strict safe loader); a missing, unreadable or malformed file is a
     one-line ``ValueError`` naming it (an ``OSError`` where reading it fails)."""

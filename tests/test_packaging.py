@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 TOP_LEVEL = {"metarec": "metarec", "metarec.envs": "envs", "metarec.agents": "agents", "metarec.meta": "meta",
-             "metarec.abtest": "abtest", "metarec.calibration": "calibration"}
+             "metarec.abtest": "abtest", "metarec.calibration": "calibration", "metarec.configs": "configs"}
 
 
 def folder_of(package: str, mapping: dict[str, str]) -> Path:

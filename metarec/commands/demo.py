@@ -23,7 +23,7 @@ from metarec.abtest.config import ABTestConfig
 from metarec.abtest.runner import run_abtest
 from metarec.agents.evaluation import evaluate
 from metarec.commands.demo_report import write_demo_report
-from metarec.config import validate_config
+from metarec.config import config_path, validate_config
 from metarec.io import json_safe, write_json
 from metarec.meta.config import MetaTrainConfig, load_meta_config
 from metarec.meta.eval_run import meta_eval
@@ -39,7 +39,7 @@ OTHER_SPLIT_SEEDS = 2  # evaluation seeds of the held-out splits other than the 
 DEMO_ENV_KWARGS = {"metarec/RecSimInterestExploration-v0": {"max_steps": 200}}
 
 
-META_CONFIG = Path(__file__).parents[2] / "configs" / "meta_demo.yaml"
+META_CONFIG = "metarec:meta_demo"  # shipped in the package (configs/meta_demo.yaml)
 
 
 def half_width(result: dict) -> float:
@@ -57,7 +57,8 @@ def run_demo(
     overwrite: bool = False,
 ) -> dict:
     out_dir = Path(out)
-    meta_train_config = None if meta_config is None else _meta_config(Path(meta_config), seed, device)
+    meta_config = None if meta_config is None else config_path(meta_config)
+    meta_train_config = None if meta_config is None else _meta_config(meta_config, seed, device)
     # every output location is checked before any work: OUT, OUT/abtest and OUT/meta
     for path in (out_dir, out_dir / "abtest", *([] if meta_config is None else [out_dir / "meta"])):
         check_out(path, "demo", overwrite)
@@ -164,11 +165,11 @@ def _demo_meta_abtest(out: Path, meta_run: Path, users: int, seed: int, device: 
     )
 
 
-def _meta_config(config_path: Path, seed: int, device: str) -> MetaTrainConfig:
+def _meta_config(path: Path, seed: int, device: str) -> MetaTrainConfig:
     """The meta-train config of the demo (read before any work, so a missing one stops it at once)."""
-    if not config_path.is_file():
-        raise ValueError(f"meta config: no such file {str(config_path)!r} (run the demo from a checkout)")
-    return load_meta_config(config_path, [f"seed={seed}", f"device={device}"])
+    if not path.is_file():
+        raise ValueError(f"meta config: no such file {str(path)!r}")
+    return load_meta_config(path, [f"seed={seed}", f"device={device}"])
 
 
 def _demo_meta(out: Path, config: MetaTrainConfig, name: str, overwrite: bool) -> dict:
