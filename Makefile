@@ -9,15 +9,21 @@ RECSIM_VENV ?= .venv-recsim-ng
 PY := $(VENV)/bin/python
 # The tested torch build (CPU wheel). The library itself asks only torch>=2.3.
 TORCH_PIN ?= torch==2.13.0
+# The demo needs the core install only; the tests also need the extras they test and the test tools.
+DEMO_STAMP := $(VENV)/.metarec-core-installed
 STAMP := $(VENV)/.metarec-installed
 RECSIM_STAMP := $(RECSIM_VENV)/.metarec-installed
 
 .PHONY: demo test test-all test-recsim-ng lint bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(DEMO_STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
+	$(PY) -m pip install -q -e .
+	touch $(DEMO_STAMP)
+
+$(STAMP): $(DEMO_STAMP)
 	$(PY) -m pip install -q -e ".[test,sb3,calibrate,text]"
 	touch $(STAMP)
 
@@ -28,7 +34,7 @@ $(RECSIM_STAMP): pyproject.toml Makefile
 	$(RECSIM_VENV)/bin/python -m pip install -q -e ".[recsim-ng,sb3]" "pytest>=8"
 	touch $(RECSIM_STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/metarec demo
 
 test: $(STAMP)
