@@ -103,6 +103,7 @@ def test_train_writes_results_tensorboard_and_a_loadable_model(tmp_path: Path, c
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     results = json.loads((out / "results.json").read_text())
     assert printed["mean_return"] == results["mean_return"] and results["env_steps"] == 4 * 32 * 8
+    assert results["requested_env_steps"] == 4 * 32 * 8 and "steps_note" not in results
     assert set(results["references"]) == {"random", "oracle"} and "normalised_return" in results
     events = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0}).Reload()
     scalars = set(events.Tags()["scalars"])
@@ -125,6 +126,25 @@ def test_train_writes_results_tensorboard_and_a_loadable_model(tmp_path: Path, c
     assert evaluate("metarec/DriftingUsersMultiSession-v0", str(out), users=4)["agent"] == "ppo:run"
     with pytest.raises(ValueError, match="trained on metarec/DriftingUsers-v0, whose observation or action space"):
         evaluate("metarec/RecSimInterestEvolution-v0", str(out), users=4)
+
+
+def test_a_run_says_when_it_did_other_steps_than_asked_and_when_no_score_is_defined(tmp_path, capsys) -> None:
+    from metarec.agents.training.config import normalisation_note, normalised
+
+    config = write_config(tmp_path / "odd.yaml", total_steps=3 * 32 * 8 + 5)  # not whole rollouts of 32 x 8
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out.strip().splitlines()[-1])
+    assert printed["env_steps"] == 4 * 32 * 8 and printed["requested_env_steps"] == 3 * 32 * 8 + 5
+    assert ("metarec train: ran 1,024 env steps (773 asked): training runs whole rollouts of ppo.num_envs x "
+            "ppo.rollout_steps = 256 env steps") in captured.err  # fmt: skip
+    # where the oracle does not beat random, the scale means nothing: no score, and a reason
+    below = {"random": {"mean_return": 57.7}, "oracle": {"mean_return": 28.1}}
+    assert normalised(40.0, below) is None
+    assert normalisation_note(below) == ("undefined: the myopic oracle's return (28.1) is not above random's (57.7) "
+                                         "on this env, so compare mean_return itself")  # fmt: skip
+    above = {"random": {"mean_return": 10.0}, "oracle": {"mean_return": 20.0}}
+    assert normalised(15.0, above) == 0.5 and normalisation_note(above) is None
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,8 +16,10 @@ from metarec.agents.training.config import (
     RESUMABLE_CHANGES,
     TrainConfig,
     make_vector_env,
+    normalisation_note,
     normalised,
     reference_returns,
+    step_note,
 )
 from metarec.io import atomic_save, write_json
 from metarec.parallel import Shard, TrainingInterrupted, any_rank, group_size, rank, stop_requests
@@ -61,8 +63,9 @@ class BatchedPPORun:
         self.writer.add_scalar("eval/ci95_low", result["ci95"][0], step)
         self.writer.add_scalar("eval/ci95_high", result["ci95"][1], step)
         self.writer.add_scalar("eval/click_rate", result["click_rate"], step)
-        if self.references is not None:
-            self.writer.add_scalar("eval/normalised_return", normalised(result["mean_return"], self.references), step)
+        score = None if self.references is None else normalised(result["mean_return"], self.references)
+        if score is not None:
+            self.writer.add_scalar("eval/normalised_return", score, step)
         return result
 
     def log_update(self, rollout: dict[str, Any], stats: dict[str, float], rate: float) -> None:
@@ -125,6 +128,7 @@ class BatchedPPORun:
             "env": config.env,
             "seed": config.seed,
             "env_steps": ppo.global_step,
+            "requested_env_steps": config.total_steps,
             "train_seconds_this_process": seconds,
             "env_steps_per_s": (ppo.global_step - self.start_step) / seconds if seconds > 0 else None,
             "eval": final,
@@ -137,6 +141,11 @@ class BatchedPPORun:
             results["references"] = {k: {"mean_return": v["mean_return"], "ci95": v["ci95"]}
                                      for k, v in self.references.items()}  # fmt: skip
             results["normalised_return"] = normalised(final["mean_return"], self.references)
+            if (note := normalisation_note(self.references)) is not None:
+                results["normalisation"] = note
+        rollout = f"ppo.num_envs x ppo.rollout_steps = {config.ppo.num_envs * config.ppo.rollout_steps:,}"
+        if (note := step_note(ppo.global_step, config.total_steps, rollout)) is not None:
+            results["steps_note"] = note
         write_json(results, self.out / "results.json")
         return results
 

@@ -185,6 +185,24 @@ def reference_returns(config: TrainConfig) -> dict[str, dict[str, Any]]:
     }
 
 
-def normalised(value: float, references: dict[str, dict[str, Any]]) -> float:
+def normalised(value: float, references: dict[str, dict[str, Any]]) -> float | None:
+    """``(value - random) / (oracle - random)``: 0 is random, 1 the myopic oracle. None where the oracle does
+    not score above random (then the scale means nothing: see :func:`normalisation_note`)."""
     low, high = references["random"]["mean_return"], references["oracle"]["mean_return"]
-    return (value - low) / (high - low) if high != low else float("nan")
+    return (value - low) / (high - low) if high > low else None
+
+
+def normalisation_note(references: dict[str, dict[str, Any]]) -> str | None:
+    """Why a run has no normalised score, or None where it has one."""
+    low, high = references["random"]["mean_return"], references["oracle"]["mean_return"]
+    if high > low:
+        return None
+    return (f"undefined: the myopic oracle's return ({high:.4g}) is not above random's ({low:.4g}) on this env, "
+            "so compare mean_return itself")  # fmt: skip
+
+
+def step_note(done: int, asked: int, rollout: str) -> str | None:
+    """What to tell a user whose run did other than the ``asked`` env steps (``done``), or None."""
+    if done == asked:
+        return None
+    return f"ran {done:,} env steps ({asked:,} asked): training runs whole rollouts of {rollout} env steps"

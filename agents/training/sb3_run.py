@@ -10,7 +10,14 @@ import yaml
 
 from metarec.agents.base import Recommender
 from metarec.agents.evaluation import evaluate
-from metarec.agents.training.config import TrainConfig, make_vector_env, normalised, reference_returns
+from metarec.agents.training.config import (
+    TrainConfig,
+    make_vector_env,
+    normalisation_note,
+    normalised,
+    reference_returns,
+    step_note,
+)
 from metarec.config import validate_config
 from metarec.io import atomic_write, write_json
 from metarec.parallel import TrainingInterrupted, stop_requests
@@ -52,7 +59,9 @@ def train_sb3(config: TrainConfig, out: Path, resume: bool, progress: bool) -> d
         writer.add_text("hyperparameters", hyperparameter_table(config))
         writer.close()
     references = reference_returns(config)
+    # the callback's normalised return only where the scale means something (the oracle above random)
     reference = (references["random"]["mean_return"], references["oracle"]["mean_return"])
+    reference = reference if reference[1] > reference[0] else None
 
     class Checkpoint(BaseCallback):
         """Saves the model (and DQN's replay buffer) atomically every ``checkpoint_every`` steps."""
@@ -99,6 +108,7 @@ def train_sb3(config: TrainConfig, out: Path, resume: bool, progress: bool) -> d
         "env": config.env,
         "seed": config.seed,
         "env_steps": int(model.num_timesteps),
+        "requested_env_steps": config.total_steps,
         "train_seconds_this_process": seconds,
         "env_steps_per_s": (model.num_timesteps - start_step) / seconds if seconds > 0 else None,
         "eval": final,
@@ -107,6 +117,11 @@ def train_sb3(config: TrainConfig, out: Path, resume: bool, progress: bool) -> d
         "references": {k: {"mean_return": v["mean_return"], "ci95": v["ci95"]} for k, v in references.items()},
         "normalised_return": normalised(final["mean_return"], references),
     }
+    if (note := normalisation_note(references)) is not None:
+        results["normalisation"] = note
+    rollout = "the algorithm's (n_steps x sb3.num_envs for on-policy ones)"
+    if (note := step_note(int(model.num_timesteps), config.total_steps, rollout)) is not None:
+        results["steps_note"] = note
     write_json(results, out / "results.json")
     return results
 

@@ -21,8 +21,13 @@ def run(args: argparse.Namespace) -> int:
         return 143 if stop.signal_name == "SIGTERM" else 130  # 128 + the signal number, as a shell reports
     if not results:  # a process of a torchrun group other than the first: it prints nothing
         return 0
-    summary = {k: results[k] for k in ("algo", "env", "env_steps", "mean_return", "ci95") if k in results}
-    if "normalised_return" in results:
-        summary["normalised_return"] = results["normalised_return"]
+    keys = ("algo", "env", "env_steps", "requested_env_steps", "mean_return", "ci95", "normalised_return",
+            "normalisation")  # fmt: skip
+    summary = {k: results[k] for k in keys if k in results}
+    # said on stderr too, where a reader of the progress looks
+    if "steps_note" in results:
+        print(f"metarec train: {results['steps_note']}", file=sys.stderr)
+    if "normalisation" in results:
+        print(f"metarec train: normalised return {results['normalisation']}", file=sys.stderr)
     print(json.dumps({**summary, "out": str(out)}))
     return 0
