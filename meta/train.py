@@ -68,6 +68,13 @@ def _trainer(name: str, config: MetaTrainConfig) -> RL2Trainer | InContextTraine
                                config.seed, config.device, config.item_stats)  # fmt: skip
 
 
+def scalar_tag(key: str) -> str:
+    """The TensorBoard tag of a trainer's statistic, as batched PPO tags it: losses and entropy under
+    ``losses/``, the rest (reward per step, gradient norms) under ``charts/``; each method writes its own run
+    (``tb/METHOD``), so methods share a chart."""
+    return f"losses/{key}" if "loss" in key or key == "entropy" else f"charts/{key}"
+
+
 def meta_train(
     config: MetaTrainConfig,
     out: str | Path,
@@ -172,8 +179,8 @@ class MetaTrainRun:
         bar = tqdm(total=total, initial=trainer.update, desc=name, unit="update", disable=not self.progress)
         start, steps_before = time.perf_counter(), trainer.global_step
         while not trainer.done:
-            for key, value in trainer.step().items():
-                writer.add_scalar(f"{name}/{key}", value, trainer.update)
+            for key, value in trainer.step().items():  # the method is the run (folder), not the tag
+                writer.add_scalar(scalar_tag(key), value, trainer.update)
             bar.update(1)
             stop = self.request["signal"] is not None
             if self.world > 1:  # every process stops at the same update (the agreed flag, not this one's)

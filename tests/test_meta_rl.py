@@ -254,6 +254,19 @@ def test_logged_item_stats_match_what_the_task_batch_env_appends(distribution) -
     torch.testing.assert_close(logged[:, 2], env.model.item_stats[:, 2])  # fixed point against float32 sums
 
 
+def test_methods_log_the_same_tags_as_batched_ppo_each_in_its_own_run(tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = load_meta_config(TINY, ["methods=[rl2,maml,reptile]", "torch_threads=null"])
+    meta_train(config, tmp_path / "run", progress=False)
+    tags = {name: set(EventAccumulator(str(tmp_path / "run" / "tb" / name)).Reload().Tags()["scalars"])
+            for name in ("rl2", "maml", "reptile")}  # fmt: skip
+    assert {"losses/policy_loss", "losses/value_loss", "losses/entropy", "charts/reward"} <= tags["rl2"]
+    assert {"losses/meta_loss", "charts/meta_grad_norm"} <= tags["maml"]
+    assert tags["reptile"] == {"charts/reptile_step_norm"}
+    assert not any(tag.startswith(("rl2/", "maml/", "reptile/")) for run in tags.values() for tag in run)
+
+
 def test_meta_train_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path) -> None:
     reference = meta_train(load_meta_config(TINY), tmp_path / "whole", progress=False)["params_sha256"]
     out = tmp_path / "killed"
