@@ -172,13 +172,17 @@ class MetaTrainRun:
         if current is not None and current["name"] == name:
             trainer.load_state_dict(current["state"])
             seconds_before = float(current["seconds"])
-        # on resume, events logged after the checkpoint (by the interrupted process) are dropped
-        writer = summary_writer(self.out / "tb" / name, self.primary, trainer.update if self.resume else None)
+        # on resume, events logged after the checkpoint (by the interrupted process) are dropped; a method that
+        # trains nothing (scratch) writes no run
+        writer = None
+        if not trainer.done:
+            writer = summary_writer(self.out / "tb" / name, self.primary, trainer.update if self.resume else None)
         totals = {"rl2": config.rl2.updates, "icl": config.icl.updates + config.icl.rl_updates, "scratch": 0}
         total = totals.get(name, config.gradient.meta_steps)
         bar = tqdm(total=total, initial=trainer.update, desc=name, unit="update", disable=not self.progress)
         start, steps_before = time.perf_counter(), trainer.global_step
         while not trainer.done:
+            assert writer is not None
             for key, value in trainer.step().items():  # the method is the run (folder), not the tag
                 writer.add_scalar(scalar_tag(key), value, trainer.update)
             bar.update(1)
@@ -196,7 +200,8 @@ class MetaTrainRun:
                 raise TrainingInterrupted(str(self.request["signal"] or "SIGTERM"), trainer.global_step,
                                           self.checkpoint_path)  # fmt: skip
         bar.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
         seconds = seconds_before + time.perf_counter() - start
         policy = trainer.policy
         if self.primary:

@@ -257,8 +257,9 @@ def test_logged_item_stats_match_what_the_task_batch_env_appends(distribution) -
 def test_methods_log_the_same_tags_as_batched_ppo_each_in_its_own_run(tmp_path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    config = load_meta_config(TINY, ["methods=[rl2,maml,reptile]", "torch_threads=null"])
+    config = load_meta_config(TINY, ["methods=[rl2,maml,reptile,scratch]", "torch_threads=null"])
     meta_train(config, tmp_path / "run", progress=False)
+    assert sorted(p.name for p in (tmp_path / "run" / "tb").iterdir()) == ["maml", "reptile", "rl2"]  # scratch: none
     tags = {name: set(EventAccumulator(str(tmp_path / "run" / "tb" / name)).Reload().Tags()["scalars"])
             for name in ("rl2", "maml", "reptile")}  # fmt: skip
     assert {"losses/policy_loss", "losses/value_loss", "losses/entropy", "charts/reward"} <= tags["rl2"]
