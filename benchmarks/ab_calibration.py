@@ -74,7 +74,8 @@ from metarec.agents.baselines.popularity import PopularRecommender
 from metarec.agents.registry import make_recommender, register_recommender, saved_kind
 from metarec.allocator import tune_allocator
 from metarec.config import load_yaml_config, validate_config
-from metarec.meta.evaluate import LoggedItemStats
+from metarec.meta.evaluate import LoggedItemStats, RL2Recommender
+from metarec.meta.gradient_rl import AdaptingRecommender
 
 DEFAULT_ENV_KWARGS = {"population": {"session_budget": 20.0, "steps_per_day": 10}}
 
@@ -200,10 +201,17 @@ def grouped(agent: str, groups: int) -> str:
 
 def grouped_meta(agent: str, env: Any, generator: torch.Generator, groups: int) -> Recommender:
     """The meta-learned recommender ``agent`` loaded as the registry loads it (seeded by ``generator``'s seed),
-    with one item-statistics table per block of users; as loaded when it logs none (its state is per user)."""
+    with one item-statistics table and one population memory per block of users. A gradient method that adapts
+    one policy to a population is refused: it would pool every block."""
     served = make_recommender(agent, env, generator.initial_seed())
+    inner = served.inner if isinstance(served, LoggedItemStats) else served
+    if isinstance(inner, AdaptingRecommender) and not inner.per_user:
+        raise ValueError(f"agent: {agent} adapts one policy to all its users; the calibration needs RL², icl or a "
+                         "method trained with gradient.adapt: user")  # fmt: skip
+    if isinstance(inner, RL2Recommender):
+        inner.population = env.num_envs // groups  # each block's users are one population
     if isinstance(served, LoggedItemStats):
-        served = LoggedItemStats(served.inner, served.num_items, env.device, groups=groups)
+        served = LoggedItemStats(inner, served.num_items, env.device, groups=groups)
     return served
 
 

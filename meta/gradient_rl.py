@@ -302,7 +302,9 @@ class AdaptingRecommender(Recommender):
     docstring). ``population``: per-task parameters from θ, one inner policy-gradient step per task after
     every window of ``rollout_steps`` steps, on that window's data of the users marked in ``info["active"]``
     (when given); a task's parameters are its users' shared state. ``user``: per-user parameters from θ,
-    each stepped on that user's own window only; a row the env gives a new user starts again from θ."""
+    each stepped on that user's own steps of the window only; a row the env gives a new user starts again from
+    θ, and is stepped at the window's end on the steps it had (fewer than ``rollout_steps`` when it arrived
+    during the window)."""
 
     def __init__(self, name: str, policy: nn.Module, config: GradientConfig, num_tasks: int, users_per_task: int,
                  slate_size: int, generator: torch.Generator) -> None:  # fmt: skip
@@ -317,8 +319,8 @@ class AdaptingRecommender(Recommender):
         self.acting = TaskPolicy(self.learner, groups, members, slate_size)
         self.window = TaskWindow(groups, members, per_user=self.per_user)
         self.generator = generator
-        self.initial = self.learner.clone(groups)
-        self.params = self.initial
+        self.params = self.learner.clone(groups)
+        self.initial = self.params if self.per_user else None  # θ per user, for the rows new users take
         self.adaptations = 0
 
     def place(self, shard: Shard | None) -> None:
@@ -346,11 +348,13 @@ class AdaptingRecommender(Recommender):
     def reset(self, mask: torch.Tensor | None = None) -> None:
         """Per user, a new user in a row starts from θ and nothing its predecessor did is learned from;
         per task, the parameters are the population's and stay."""
-        if not self.per_user:
+        if self.initial is None:
             return
         if mask is None:
             self.params = self.initial
             self.window.clear()
+            return
+        if not bool(mask.any()):
             return
         self.window.forget(mask)
         self.params = replace(self.params, params={

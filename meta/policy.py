@@ -326,7 +326,7 @@ def population_predictions(
     g_theta = theta.reshape(groups, population, f)
     g_gram = gram.reshape(groups, population, f, f)
     cross = belief.response.reshape(groups, population, f) @ g_theta.transpose(1, 2)  # [G, u, v] θ_vᵀ b_u
-    quad = torch.einsum("guij,gvi,gvj->guv", g_gram, g_theta, g_theta)  # θ_vᵀ X_uᵀX_u θ_v
+    quad = quadratic_fits(g_gram, g_theta)  # θ_vᵀ X_uᵀX_u θ_v
     fit = (2.0 * cross - quad) / (2.0 * noise)
     self_or_unknown = torch.eye(population, dtype=torch.bool, device=fit.device) | ~known.reshape(groups, 1, population)
     fit = fit.masked_fill(self_or_unknown, float("-inf"))
@@ -337,6 +337,23 @@ def population_predictions(
     pooled = torch.linalg.solve(pooled_gram, belief.response.reshape(groups, population, f).sum(1))  # [G, F]
     pooled = pooled.repeat_interleave(population, dim=0)
     return (features @ neighbours[:, :, None])[:, :, 0], (features @ pooled[:, :, None])[:, :, 0]
+
+
+#: Populations larger than this compute their pairwise fits as one matrix product (see :func:`quadratic_fits`).
+LARGE_POPULATION = 256
+
+
+def quadratic_fits(gram: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """``[G, P, P]``: ``θ_vᵀ X_uᵀX_u θ_v`` for every pair of users ``u``, ``v`` of each population, from their
+    Gram matrices ``[G, P, F, F]`` and estimates ``[G, P, F]``. Up to :data:`LARGE_POPULATION` users (the
+    populations meta-training sees) by an ``einsum``; beyond, as ``vec(X_uᵀX_u) · vec(θ_v θ_vᵀ)``, one matrix
+    product whose memory grows as ``P²`` rather than ``P² F`` (an A/B arm's thousands of users). The two agree
+    to float rounding."""
+    groups, population, f, _ = gram.shape
+    if population <= LARGE_POPULATION:
+        return torch.einsum("guij,gvi,gvj->guv", gram, theta, theta)
+    outer = (theta[..., :, None] * theta[..., None, :]).reshape(groups, population, f * f)
+    return gram.reshape(groups, population, f * f) @ outer.transpose(1, 2)
 
 
 def with_constant(x: torch.Tensor) -> torch.Tensor:

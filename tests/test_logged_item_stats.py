@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from metarec.abtest.simulate import make_env, simulate_arm
+from metarec.agents.registry import make_recommender
 from metarec.meta.evaluate import LoggedItemStats
 from metarec.parallel import EXACT_SCALE, Shard
 
@@ -165,7 +166,7 @@ def test_a_batch_that_does_not_divide_into_the_groups_is_refused() -> None:
 ENV, ENV_KWARGS = "metarec/DriftingUsers-v0", {"population": {"session_budget": 8.0}, "catalog": {"num_items": 200}}
 
 
-def _rl2_run(tmp_path: Path, greedy: bool = False) -> Path:
+def _rl2_run(tmp_path: Path, greedy: bool = False, population: bool = False) -> Path:
     """A meta-train run directory holding an (untrained) RL² policy with item statistics that samples its slates
     (shows its most probable one: ``greedy``)."""
     import yaml
@@ -173,9 +174,10 @@ def _rl2_run(tmp_path: Path, greedy: bool = False) -> Path:
 
     from metarec.meta.config import load_meta_config
 
-    run = tmp_path / ("greedy" if greedy else "sampling")
+    run = tmp_path / (("greedy" if greedy else "sampling") + ("_population" if population else ""))
     (run / "methods").mkdir(parents=True)
-    overrides = ["item_stats=true", f"eval.rl2_greedy={str(greedy).lower()}"]
+    overrides = ["item_stats=true", f"eval.rl2_greedy={str(greedy).lower()}",
+                 f"rl2.population={str(population).lower()}"]
     config = load_meta_config(ROOT / "configs" / "meta_tiny.yaml", overrides)
     (run / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
     env = make_env(ENV, ENV_KWARGS, 1, 2, "cpu")
@@ -208,6 +210,18 @@ def test_the_benchmarks_meta_arm_runs_each_block_as_its_own_learner(tmp_path) ->
     # one table for all the users serves them otherwise
     pooled = simulate_arm(ENV, ENV_KWARGS, str(weights), None, groups * per, 2, 0, 7, seed, seed)
     assert not np.array_equal(pooled.counters, whole.counters)
+
+
+def test_the_benchmarks_meta_arm_keeps_a_population_memory_per_block(tmp_path) -> None:
+    """RL² with a population memory pools only its block's users: one population per block."""
+    from metarec.meta.evaluate import RL2Recommender
+
+    weights, groups, per = _rl2_run(tmp_path, population=True), 3, 4
+    env = make_env(ENV, ENV_KWARGS, groups * per, 2, "cpu")
+    served = _benchmark().grouped_meta(str(weights), env, torch.Generator().manual_seed(0), groups)
+    assert isinstance(served, LoggedItemStats) and isinstance(served.inner, RL2Recommender)
+    assert served.inner.population == per and served.groups == groups
+    assert make_recommender(str(weights), env, 0).inner.population == groups * per  # served alone: one population
 
 
 def test_the_benchmark_refuses_paired_aa_tests_of_identical_arms_and_runs_independent_ones(tmp_path) -> None:

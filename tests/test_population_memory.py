@@ -15,7 +15,7 @@ from metarec.envs.task_batch import TaskBatchVectorEnv
 from metarec.meta.config import load_meta_config
 from metarec.meta.eval_run import meta_eval
 from metarec.meta.evaluate import RL2Recommender
-from metarec.meta.policy import Belief, population_predictions
+from metarec.meta.policy import LARGE_POPULATION, Belief, population_predictions, quadratic_fits
 from metarec.meta.rl2 import RL2Config
 from metarec.meta.serving import build_method, load_method_weights, trained_space
 from metarec.meta.tasks import task_batch
@@ -110,6 +110,16 @@ def test_another_population_changes_nothing() -> None:
     after = population_predictions(candidates, _beliefs(data), 3, NOISE)
     for a, b in zip(before, after, strict=True):
         assert torch.equal(a[:3], b[:3]) and not torch.equal(a[3:], b[3:])
+
+
+def test_a_large_populations_pairwise_fits_agree_with_the_small_ones() -> None:
+    """Past LARGE_POPULATION users the fits are one matrix product (an A/B arm's thousands of users)."""
+    rng = torch.Generator().manual_seed(3)
+    x = torch.randn(2, LARGE_POPULATION + 44, 6, F, generator=rng)
+    gram, theta = x.transpose(-1, -2) @ x, torch.randn(2, LARGE_POPULATION + 44, F, generator=rng)
+    expected = torch.einsum("guij,gvi,gvj->guv", gram, theta, theta)
+    torch.testing.assert_close(quadratic_fits(gram, theta), expected, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(quadratic_fits(gram[:, :50], theta[:, :50]), expected[:, :50, :50], rtol=0, atol=0)
 
 
 def test_bad_population_settings_are_refused_by_name() -> None:
