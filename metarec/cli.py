@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import importlib
 import io
+import json
 import sys
 from collections.abc import Sequence
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--users", type=_positive_int, default=1000)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    ev.add_argument("--env-kwargs", type=_json_object, default=None, metavar="JSON", help=ENV_KWARGS_HELP)
     ev.add_argument("--json", action="store_true", help="print one JSON line")
     ev.add_argument(
         "--nproc", type=_positive_int, default=1,
@@ -108,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--agent", default="random", help="the logging recommender (default random)")
     sl.add_argument("--seed", type=int, default=0)
     sl.add_argument("--device", default="cpu")
+    sl.add_argument("--env-kwargs", type=_json_object, default=None, metavar="JSON", help=ENV_KWARGS_HELP)
     sl.set_defaults(func="metarec.commands.simulate_logs:run")
 
     demo = sub.add_parser("demo", help="the main job: what metarec simulates, measured end to end")
@@ -120,6 +123,25 @@ def build_parser() -> argparse.ArgumentParser:
                       "configs/meta_demo.yaml; 'none' skips it)")
     demo.set_defaults(func="metarec.commands.demo:run")
     return parser
+
+
+ENV_KWARGS_HELP = (
+    "the environment's keyword arguments as a JSON object, e.g. '{\"population\": {\"session_budget\": 8}}' "
+    "or, for metarec/Calibrated-v0, '{\"population\": \"runs/calibrated/population\"}' (default: none)"
+)
+
+
+def _json_object(text: str) -> dict:
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not a number JSON allows")
+
+    try:
+        value = json.loads(text, parse_constant=refuse)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text[:60]!r} ({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _positive_int(text: str) -> int:

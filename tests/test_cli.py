@@ -51,6 +51,32 @@ def test_bad_arguments_are_named(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_evaluate_and_simulate_logs_take_the_envs_keyword_arguments(tmp_path, capsys):
+    from metarec.agents.evaluation import evaluate
+    from metarec.calibration.synthetic import simulate_logs
+
+    kwargs = {"population": {"session_budget": 4.0}}
+    argv = ["evaluate", "--env", "metarec/DriftingUsers-v0", "--agent", "random", "--users", "20", "--json"]
+    assert main([*argv, "--env-kwargs", json.dumps(kwargs)]) == 0
+    shorter = json.loads(capsys.readouterr().out)
+    expected = evaluate("metarec/DriftingUsers-v0", "random", 20, env_kwargs=kwargs)
+    assert shorter["mean_return"] == expected["mean_return"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["mean_length"] > shorter["mean_length"]  # the default budget is longer
+    out = tmp_path / "logs.csv"
+    assert main(["simulate-logs", "--users", "5", "--days", "2", "--out", str(out), "--env-kwargs",
+                 json.dumps(kwargs)]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["events"] == len(simulate_logs(
+        "metarec/DriftingUsers-v0", 5, 2, env_kwargs=kwargs)["user"])  # fmt: skip
+    for bad, message in [("[1]", "expected a JSON object, got list"), ("{", "expected a JSON object, got '{'"),
+                         ('{"a": NaN}', "(NaN is not a number JSON allows)")]:  # fmt: skip
+        assert main([*argv, "--env-kwargs", bad]) == 2
+        error = capsys.readouterr().err
+        assert "argument --env-kwargs: " in error and message in error and error.count("\n") == 1
+    assert main([*argv, "--env-kwargs", '{"bogus": 1}']) == 2
+    assert "bogus: unknown field" in capsys.readouterr().err
+
+
 def test_bad_numbers_are_rejected_by_the_parser():
     proc = subprocess.run(
         [

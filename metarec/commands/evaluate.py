@@ -10,7 +10,8 @@ from metarec.io import json_safe
 
 
 def run(args: argparse.Namespace) -> int:
-    result = evaluate(args.env, args.agent, args.users, seed=args.seed, device=args.device, nproc=args.nproc)
+    result = evaluate(args.env, args.agent, args.users, seed=args.seed, device=args.device, nproc=args.nproc,
+                      env_kwargs=args.env_kwargs)  # fmt: skip
     if result is None:  # a process of a torchrun group other than the first: it prints nothing
         return 0
     if args.json:
