@@ -331,9 +331,8 @@ class AdaptingRecommender(Recommender):
 
     def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
         self._observation = observation
-        rows = None if self.shard is None else self.shard.env_rows()
-        shard = None if rows is None else (rows[0], torch.tensor(rows[1], device=self.generator.device))
-        self._slate = self.acting.sample(self.params, observation, self.generator, shard)
+        rows_of = self.draws(self.generator, observation["candidates"].shape[0]).rows_of()  # the whole batch's draws
+        self._slate = self.acting.sample(self.params, observation, self.generator, rows_of)
         return self._slate
 
     def observe(self, reward: torch.Tensor, done: torch.Tensor, info: dict[str, Any]) -> None:

@@ -61,7 +61,7 @@ def train_sb3(config: TrainConfig, out: Path, resume: bool, progress: bool) -> d
     references = reference_returns(config)
     # the callback's normalised return only where the scale means something (the oracle above random)
     reference = (references["random"]["mean_return"], references["oracle"]["mean_return"])
-    reference = reference if reference[1] > reference[0] else None
+    reference = reference if normalisation_note(references) is None else None
 
     class Checkpoint(BaseCallback):
         """Saves the model (and DQN's replay buffer) atomically every ``checkpoint_every`` steps."""
