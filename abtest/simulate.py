@@ -60,7 +60,7 @@ def make_env(env_id: str, env_kwargs: dict[str, Any], users: int, sessions: int,
     kwargs = with_population_fields(env_kwargs, {"num_sessions": sessions})
     env = gym.make_vec(
         env_id, num_envs=users, vectorization_mode="vector_entry_point", device=device, autoreset=False,
-        ground_truth=True, **kwargs,
+        ground_truth=True, array_backend="torch", **kwargs,
     )
     return env.unwrapped if hasattr(env, "unwrapped") else env
 

@@ -15,6 +15,7 @@ from metarec.agents.registry import make_recommender
 from metarec.config import short_repr
 from metarec.envs.core.backend import torch_backend
 from metarec.parallel import Shard, group_size, spawn_for_result, torchrun_group, world_size
+from metarec.registration import VectorEntryPoint
 from metarec.resources import MIN_BYTES_PER_ENV, bytes_per_user, check_memory
 from metarec.stats import mean_and_half_width
 
@@ -67,7 +68,7 @@ def evaluate(
     try:
         env = gym.make_vec(
             env_id, num_envs=users if shard is None else shard.size, vectorization_mode="vector_entry_point",
-            device=device, autoreset=False, **kwargs,
+            device=device, autoreset=False, array_backend="torch", **kwargs,
         )  # fmt: skip
     except TypeError as err:
         if shard is None or "shard" not in str(err):
@@ -128,6 +129,7 @@ RUN_ENV_ARGUMENTS = {
     "device": "the run's device (the config's device, --device)",
     "vectorization_mode": "metarec",
     "shard": "--nproc",
+    "array_backend": "metarec (its recommenders step on torch)",
 }
 #: Keyword arguments an env takes that its constructors do not declare by name.
 EXTRA_ENV_ARGUMENTS = {"metarec/Calibrated-v0": ("population_fields",)}
@@ -138,9 +140,12 @@ def env_arguments(env_id: str) -> frozenset[str] | None:
     its classes, while they pass ``**kwargs`` on) and its config's fields. None where they cannot be
     known (keywords no class declares, or an optional extra that is not installed)."""
     entry = gym.spec(env_id).vector_entry_point
-    if not isinstance(entry, str):
+    if isinstance(entry, VectorEntryPoint):
+        module, name = entry.module, entry.cls
+    elif isinstance(entry, str):
+        module, _, name = entry.partition(":")
+    else:
         return None
-    module, _, name = entry.partition(":")
     try:
         cls = getattr(importlib.import_module(module), name)
     except ImportError:
@@ -189,7 +194,8 @@ def check_users_fit(
     if users <= PROBE_ABOVE_USERS:
         return
     probe = gym.make_vec(
-        env_id, num_envs=1, vectorization_mode="vector_entry_point", device="cpu", **dict(env_kwargs or {})
+        env_id, num_envs=1, vectorization_mode="vector_entry_point", device="cpu", array_backend="torch",
+        **dict(env_kwargs or {}),
     )
     try:
         each = bytes_per_user(probe.single_observation_space)

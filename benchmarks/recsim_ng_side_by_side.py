@@ -45,7 +45,8 @@ def timed(run, runs: int) -> tuple[float, list[float]]:
 
 
 def vector_env_runner(env_id: str, users: int, steps: int, **kwargs):
-    env = gym.make_vec(env_id, num_envs=users, vectorization_mode="vector_entry_point", autoreset=False, **kwargs)
+    env = gym.make_vec(env_id, num_envs=users, vectorization_mode="vector_entry_point", autoreset=False,
+                       array_backend="torch", **kwargs)  # fmt: skip
     generator = torch.Generator().manual_seed(0)
     slates = torch.rand(steps, users, 100, generator=generator).argsort(dim=2)[:, :, :2].contiguous()
 

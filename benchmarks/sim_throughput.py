@@ -34,7 +34,7 @@ def bench_vector(
     extra = {"keyed_resets": True} if keyed_resets else {}
     env = gym.make_vec(
         env_id, num_envs=users, vectorization_mode="vector_entry_point", device=device, ground_truth=ground_truth,
-        **extra,
+        array_backend="torch", **extra,
     )  # fmt: skip
     env.reset(seed=0)
     n = env.single_action_space.nvec.max() if hasattr(env.single_action_space, "nvec") else env.single_action_space.n

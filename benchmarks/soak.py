@@ -42,7 +42,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tuned = False if args.no_tune_allocator else tune_allocator()
 
-    env = gym.make_vec(args.env, num_envs=args.users, vectorization_mode="vector_entry_point", device=args.device)
+    env = gym.make_vec(args.env, num_envs=args.users, vectorization_mode="vector_entry_point", device=args.device,
+                       array_backend="torch")  # fmt: skip
     _, info = env.reset(seed=0)
     steps = max(1, args.user_steps // args.users)
     warmup = max(1, steps // 10)

@@ -33,7 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def make_env(args: argparse.Namespace, num_envs: int) -> gym.vector.VectorEnv:
     """The native vector env both algorithms train on (no ground truth: neither reads it)."""
     return gym.make_vec(
-        args.env, num_envs=num_envs, vectorization_mode="vector_entry_point", device=args.device, ground_truth=False
+        args.env,
+        num_envs=num_envs,
+        vectorization_mode="vector_entry_point",
+        device=args.device,
+        ground_truth=False,
+        array_backend="torch",
     )
 
 

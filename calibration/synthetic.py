@@ -47,7 +47,13 @@ def simulate_logs(
 
     kwargs = with_population_fields(env_kwargs or {}, {"num_sessions": days})
     env = gym.make_vec(
-        env_id, num_envs=users, vectorization_mode="vector_entry_point", device=device, autoreset=False, **kwargs
+        env_id,
+        num_envs=users,
+        vectorization_mode="vector_entry_point",
+        device=device,
+        autoreset=False,
+        array_backend="torch",
+        **kwargs,
     )
     base = env.unwrapped
     if "candidate_ids" not in base.single_observation_space.spaces:

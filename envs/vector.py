@@ -1,5 +1,7 @@
 """The vector adapter: ``B`` simulated users of a :class:`~metarec.envs.core.model.UserModel` as a native
 ``gymnasium.vector.VectorEnv`` on torch, on any device; observations, rewards and infos are torch tensors.
+``gym.make_vec`` wraps it in Gymnasium's ``ArrayConversion`` to numpy on CPU unless ``array_backend="torch"``
+(:class:`metarec.registration.VectorEntryPoint`).
 
 Autoreset: ``AutoresetMode.SAME_STEP`` by default. When user ``b`` terminates or is truncated, the same
 ``step`` call replaces them by a fresh user and returns the new user's first observation; the last

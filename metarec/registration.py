@@ -104,6 +104,41 @@ def check_env_id(value: str) -> str:
     return value
 
 
+ARRAY_BACKENDS = ("numpy", "torch")
+
+
+@dataclass(frozen=True)
+class VectorEntryPoint:
+    """What ``gym.make_vec(id, num_envs, vectorization_mode="vector_entry_point", **kwargs)`` calls.
+
+    metarec's vector envs step on torch. Through ``gym.make_vec`` they speak numpy by default on CPU, so
+    Gymnasium's vector wrappers (``RecordEpisodeStatistics``, ``NormalizeReward``, ...) work unchanged: the env is
+    wrapped in Gymnasium's ``ArrayConversion`` (torch to numpy, and actions back). ``array_backend="torch"``
+    returns the torch tensors themselves, as metarec's own trainers take them, and is the default on a GPU
+    ``device``, where a copy to numpy every step would cost more than the step.
+    """
+
+    module: str
+    cls: str
+
+    def __call__(self, num_envs: int, array_backend: str | None = None, **kwargs: Any) -> Any:
+        import importlib
+
+        if array_backend is not None and array_backend not in ARRAY_BACKENDS:
+            raise ValueError(f"array_backend: expected 'numpy' or 'torch', got {array_backend!r}")
+        env = getattr(importlib.import_module(self.module), self.cls)(num_envs, **kwargs)
+        if array_backend is None:
+            on_cpu = getattr(getattr(env, "device", None), "type", "cpu") == "cpu"
+            array_backend = "numpy" if on_cpu else "torch"
+        if array_backend == "torch":
+            return env
+        import numpy as np
+        import torch
+        from gymnasium.wrappers.vector import ArrayConversion
+
+        return ArrayConversion(env, env_xp=torch, target_xp=np)
+
+
 def register_envs() -> None:
     """Registers every id in :data:`ENVIRONMENTS` with Gymnasium (idempotent)."""
     for entry in ENVIRONMENTS:
@@ -112,7 +147,7 @@ def register_envs() -> None:
         gym.register(
             id=entry.id,
             entry_point=f"{entry.module}:{entry.single}",
-            vector_entry_point=f"{entry.module}:{entry.vector}",
+            vector_entry_point=VectorEntryPoint(entry.module, entry.vector),
             kwargs=dict(entry.kwargs),
             disable_env_checker=False,
         )

@@ -79,7 +79,9 @@ def test_grouped_popularity_keeps_one_independent_table_per_block_of_users():
     from metarec.agents.baselines.bandits import num_items_of
     from metarec.agents.baselines.popularity import PopularRecommender
 
-    env = gym.make_vec("metarec/DriftingUsers-v0", num_envs=8, vectorization_mode="vector_entry_point", **SHORT)
+    env = gym.make_vec(
+        "metarec/DriftingUsers-v0", num_envs=8, vectorization_mode="vector_entry_point", array_backend="torch", **SHORT
+    )
     base = env.unwrapped
     learners = [PopularRecommender(5, num_items_of(base, "popular"), torch.Generator().manual_seed(0), groups=2)
                 for _ in range(2)]  # fmt: skip

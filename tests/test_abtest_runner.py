@@ -63,6 +63,7 @@ def test_compacted_simulation_equals_stepping_everyone():
         "metarec/DriftingUsers-v0",
         num_envs=users,
         vectorization_mode="vector_entry_point",
+        array_backend="torch",
         autoreset=False,
         population={"session_budget": 8.0, "num_sessions": days},
         catalog={"num_items": 200},
@@ -143,7 +144,9 @@ def test_pre_period_is_shared_in_paired_design_and_cuped_narrows_independent_int
 
 
 def test_popular_learns_only_from_active_users():
-    env = gym.make_vec("metarec/DriftingUsers-v0", num_envs=8, vectorization_mode="vector_entry_point").unwrapped
+    env = gym.make_vec(
+        "metarec/DriftingUsers-v0", num_envs=8, vectorization_mode="vector_entry_point", array_backend="torch"
+    ).unwrapped
     observation, info = env.reset(seed=0)
     agent = PopularRecommender(5, 1000, torch.Generator().manual_seed(0))
     slate = agent.act(observation, info)
@@ -190,7 +193,9 @@ def test_per_user_bandits_skip_users_who_see_no_slate(name):
     """With ``info["active"]``, users outside it neither get a scored slate nor teach the agent."""
     from metarec.agents.registry import make_recommender
 
-    env = gym.make_vec("metarec/DriftingUsers-v0", num_envs=6, vectorization_mode="vector_entry_point").unwrapped
+    env = gym.make_vec(
+        "metarec/DriftingUsers-v0", num_envs=6, vectorization_mode="vector_entry_point", array_backend="torch"
+    ).unwrapped
     observation, info = env.reset(seed=0)
     agent = make_recommender(name, env, 0)
     _, reward, terminated, truncated, step_info = env.step(agent.act(observation, info))
@@ -240,7 +245,9 @@ def test_policy_recommender_runs_only_for_active_users():
     from metarec.agents.nn.networks import SlatePolicy
     from metarec.agents.ppo import PolicyRecommender
 
-    env = gym.make_vec("metarec/DriftingUsers-v0", num_envs=6, vectorization_mode="vector_entry_point").unwrapped
+    env = gym.make_vec(
+        "metarec/DriftingUsers-v0", num_envs=6, vectorization_mode="vector_entry_point", array_backend="torch"
+    ).unwrapped
     observation, info = env.reset(seed=0)
     torch.manual_seed(0)
     policy = SlatePolicy(env.single_observation_space, slate_size=5, hidden=16, history_encoder="gru")

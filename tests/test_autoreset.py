@@ -8,7 +8,9 @@ SHORT = {"population": {"session_budget": 1.0, "step_cost": 1.0}}  # every sessi
 
 
 def test_same_step_autoreset_returns_the_new_users_first_observation():
-    env = gym.make_vec("metarec/DriftingUsers-v0", num_envs=64, vectorization_mode="vector_entry_point", **SHORT)
+    env = gym.make_vec(
+        "metarec/DriftingUsers-v0", num_envs=64, vectorization_mode="vector_entry_point", array_backend="torch", **SHORT
+    )
     assert env.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
     obs, _ = env.reset(seed=0)
     slate = torch.arange(5).expand(64, 5)
@@ -24,7 +26,12 @@ def test_same_step_autoreset_returns_the_new_users_first_observation():
 
 def test_disabled_autoreset_keeps_finished_users_until_reset_mask():
     env = gym.make_vec(
-        "metarec/DriftingUsers-v0", num_envs=8, vectorization_mode="vector_entry_point", autoreset=False, **SHORT
+        "metarec/DriftingUsers-v0",
+        num_envs=8,
+        vectorization_mode="vector_entry_point",
+        array_backend="torch",
+        autoreset=False,
+        **SHORT,
     )
     assert env.metadata["autoreset_mode"] == AutoresetMode.DISABLED
     env.reset(seed=1)

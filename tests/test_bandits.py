@@ -32,7 +32,9 @@ STATIONARY = {
 
 
 def make_env(env_id="metarec/DriftingUsers-v0", users=16, **kwargs):
-    return gym.make_vec(env_id, num_envs=users, vectorization_mode="vector_entry_point", **kwargs)
+    return gym.make_vec(
+        env_id, num_envs=users, vectorization_mode="vector_entry_point", array_backend="torch", **kwargs
+    )
 
 
 def rollout(agent, env, steps, seed=0):

@@ -66,7 +66,11 @@ def test_calibrated_env_passes_check_env_and_draws_clusters_in_their_shares(tmp_
     path = known_population(tmp_path)
     check_env(gym.make("metarec/Calibrated-v0", population=str(path)).unwrapped, skip_render_check=True)
     env = gym.make_vec(
-        "metarec/Calibrated-v0", num_envs=20_000, vectorization_mode="vector_entry_point", population=path
+        "metarec/Calibrated-v0",
+        num_envs=20_000,
+        vectorization_mode="vector_entry_point",
+        array_backend="torch",
+        population=path,
     )
     env.reset(seed=0)
     counts = torch.bincount(env.unwrapped.state["cluster"], minlength=3).numpy()
@@ -78,6 +82,7 @@ def test_calibrated_env_passes_check_env_and_draws_clusters_in_their_shares(tmp_
         "metarec/Calibrated-v0",
         num_envs=4,
         vectorization_mode="vector_entry_point",
+        array_backend="torch",
         population=path,
     )
     assert multi.unwrapped.config.population.num_sessions == 1

@@ -68,6 +68,7 @@ def step_random_slates(population: Path, users: int = 2000, steps: int = 40) -> 
         "metarec/Calibrated-v0",
         num_envs=users,
         vectorization_mode="vector_entry_point",
+        array_backend="torch",
         population=str(population),
         autoreset=False,
     )

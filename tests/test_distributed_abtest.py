@@ -54,7 +54,7 @@ def _rl2_run(tmp_path: Path) -> Path:
     config = load_meta_config(tiny, ["item_stats=true", "eval.rl2_greedy=false"])  # it samples its slates
     (run / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
     env = gym.make_vec("metarec/DriftingUsersMultiSession-v0", num_envs=1, vectorization_mode="vector_entry_point",
-                       **SHORT)  # fmt: skip
+                       array_backend="torch", **SHORT)  # fmt: skip
     space = env.single_observation_space
     n, f = space["candidates"].shape
     space = spaces.Dict({**space.spaces, "candidates": spaces.Box(-np.inf, np.inf, (n, f + 3), np.float32)})
@@ -81,8 +81,7 @@ def test_blocks_merge_into_the_one_process_tables():
     users, args = 100, ("metarec/DriftingUsersMultiSession-v0", SHORT, "thompson", None)
     whole = simulate_arm(*args, users, 3, 0, 7, 8, 9)
     parts = [
-        simulate_arm(*args, users, 3, 0, 7, 8, 9, shard=Shard(users, offset, size))
-        for offset, size in blocks(users, 3)
+        simulate_arm(*args, users, 3, 0, 7, 8, 9, shard=Shard(users, offset, size)) for offset, size in blocks(users, 3)
     ]
     np.testing.assert_array_equal(np.concatenate([p.counters for p in parts]), whole.counters)
     np.testing.assert_array_equal(sum(p.impressions for p in parts), whole.impressions)
@@ -145,7 +144,9 @@ def _policy_on_recsim() -> dict | None:
     from metarec.agents.nn.networks import SlatePolicy
     from metarec.agents.ppo import PolicyRecommender
 
-    env = gym.make_vec("metarec/RecSimInterestEvolution-v0", num_envs=1, vectorization_mode="vector_entry_point")
+    env = gym.make_vec(
+        "metarec/RecSimInterestEvolution-v0", num_envs=1, vectorization_mode="vector_entry_point", array_backend="torch"
+    )
     torch.manual_seed(0)
     policy = SlatePolicy(env.single_observation_space, 2, 16, "mlp")
     agent = PolicyRecommender(policy, deterministic=False, generator=torch.Generator().manual_seed(1))
@@ -171,7 +172,9 @@ def test_evaluation_learns_only_from_users_still_there():
     from metarec.agents.baselines.bandits import num_items_of
     from metarec.agents.baselines.popularity import PopularRecommender
 
-    env = gym.make_vec("metarec/DriftingUsers-v0", num_envs=64, vectorization_mode="vector_entry_point")
+    env = gym.make_vec(
+        "metarec/DriftingUsers-v0", num_envs=64, vectorization_mode="vector_entry_point", array_backend="torch"
+    )
     agent = PopularRecommender(5, num_items_of(env.unwrapped, "popular"), torch.Generator().manual_seed(0))
     result = evaluate("metarec/DriftingUsers-v0", agent, 64, seed=2)
     env.close()

@@ -241,10 +241,16 @@ def test_population_parameters_are_validated_with_the_field_named():
     with pytest.raises(ValueError, match=r"population.budget_bonus: Input should be less than or equal to 1"):
         gym.make("metarec/DriftingUsers-v0", population={"budget_bonus": 2})
     with pytest.raises(ValueError, match=r"num_envs: expected a positive integer, got 0"):
-        gym.make_vec("metarec/DriftingUsers-v0", num_envs=0, vectorization_mode="vector_entry_point")
+        gym.make_vec(
+            "metarec/DriftingUsers-v0", num_envs=0, vectorization_mode="vector_entry_point", array_backend="torch"
+        )
     with pytest.raises(ValueError, match=r"device: expected a torch device"):
         gym.make_vec(
-            "metarec/DriftingUsers-v0", num_envs=2, vectorization_mode="vector_entry_point", device="gpu-please"
+            "metarec/DriftingUsers-v0",
+            num_envs=2,
+            vectorization_mode="vector_entry_point",
+            array_backend="torch",
+            device="gpu-please",
         )
 
 

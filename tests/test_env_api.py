@@ -9,6 +9,7 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 from metarec.registration import CORE_ENVIRONMENTS as ENVIRONMENTS
+from metarec.registration import ENVIRONMENTS as ALL_ENVIRONMENTS
 
 IDS = [entry.id for entry in ENVIRONMENTS]
 
@@ -22,7 +23,9 @@ def test_check_env(env_id):
 
 @pytest.mark.parametrize("env_id", IDS)
 def test_make_vec_native_steps_a_batch(env_id):
-    env = gym.make_vec(env_id, num_envs=16, vectorization_mode="vector_entry_point", device="cpu")
+    env = gym.make_vec(
+        env_id, num_envs=16, vectorization_mode="vector_entry_point", array_backend="torch", device="cpu"
+    )
     obs, _ = env.reset(seed=3)
     assert env.observation_space.contains({k: v.numpy() for k, v in obs.items()})
     for _ in range(5):
@@ -56,7 +59,7 @@ def test_single_env_seeded_rollouts_repeat_exactly(env_id):
 @pytest.mark.parametrize("env_id", IDS)
 def test_vector_env_seeded_rollouts_repeat_exactly(env_id):
     def rollout(seed):
-        env = gym.make_vec(env_id, num_envs=32, vectorization_mode="vector_entry_point")
+        env = gym.make_vec(env_id, num_envs=32, vectorization_mode="vector_entry_point", array_backend="torch")
         env.reset(seed=seed)
         env.action_space.seed(seed)
         rewards = []
@@ -73,7 +76,7 @@ def test_vector_env_seeded_rollouts_repeat_exactly(env_id):
 def test_vector_env_of_one_user_equals_single_env_on_torch(env_id):
     """Where a vector env of B users equals B single envs: B = 1, same seed, same backend."""
     single = gym.make(env_id, backend="torch").unwrapped
-    vector = gym.make_vec(env_id, num_envs=1, vectorization_mode="vector_entry_point")
+    vector = gym.make_vec(env_id, num_envs=1, vectorization_mode="vector_entry_point", array_backend="torch")
     s_obs, _ = single.reset(seed=11)
     v_obs, _ = vector.reset(seed=11)
     single.action_space.seed(0)
@@ -134,7 +137,9 @@ def test_bad_single_actions_name_the_problem(action, message):
 
 
 def test_bad_vector_actions_name_the_problem():
-    env = gym.make_vec("metarec/DriftingUsers-v0", num_envs=4, vectorization_mode="vector_entry_point")
+    env = gym.make_vec(
+        "metarec/DriftingUsers-v0", num_envs=4, vectorization_mode="vector_entry_point", array_backend="torch"
+    )
     env.reset(seed=0)
     with pytest.raises(ValueError, match=r"shape \(4, 5\), got shape \(3, 5\)"):
         env.step(torch.zeros((3, 5), dtype=torch.int64))
@@ -161,3 +166,67 @@ def test_ground_truth_goes_to_info_never_to_observations():
     assert {"oracle_slate", "oracle_value", "candidate_utilities"} <= set(info)
     _, _, _, _, info = env.step(info["oracle_slate"])
     assert info["regret"] == pytest.approx(0.0, abs=1e-5), "the oracle's slate has no regret"
+
+
+def _vector_env_kwargs(env_id: str, tmp_path) -> dict:
+    """What ``env_id`` needs beyond its defaults: a drawn population for the calibrated env."""
+    if env_id == "metarec/RecSimInterestExploration-v0":
+        return {"max_steps": 50}  # RecSim's default episode is 27,000 steps
+    if env_id != "metarec/Calibrated-v0":
+        return {}
+    from metarec.envs.calibrated import save_population
+    from metarec.envs.drifting.model import make_world
+    from metarec.envs.drifting.params import SimulatorConfig
+
+    config = SimulatorConfig.model_validate({"catalog": {"num_items": 60, "embedding_dim": 8, "seed": 5}})
+    clusters = config.population.num_clusters
+    world = {**make_world(config), "cluster_weight": np.full(clusters, 1.0 / clusters, dtype=np.float32)}
+    return {"population": str(save_population(tmp_path / "population", config, world, {}))}
+
+
+WRAPPED_IDS = [entry.id for entry in ALL_ENVIRONMENTS if entry.extra is None]
+
+
+@pytest.mark.parametrize("env_id", WRAPPED_IDS)
+def test_gymnasium_vector_wrappers_take_the_default_make_vec(env_id, tmp_path):
+    """``gym.make_vec`` speaks numpy on CPU, so Gymnasium's RecordEpisodeStatistics works unchanged; the episode
+    returns it records are the sums of the rewards the torch backend gives the same users under the same slates."""
+    from gymnasium.wrappers.vector import RecordEpisodeStatistics
+
+    kwargs = _vector_env_kwargs(env_id, tmp_path)
+    users = 6
+    wrapped = RecordEpisodeStatistics(
+        gym.make_vec(env_id, num_envs=users, vectorization_mode="vector_entry_point", **kwargs)
+    )
+    native = gym.make_vec(env_id, num_envs=users, vectorization_mode="vector_entry_point", array_backend="torch",
+                          **kwargs)  # fmt: skip
+    obs, info = wrapped.reset(seed=11)
+    native_obs, _ = native.reset(seed=11)
+    assert all(isinstance(value, np.ndarray) for value in obs.values())
+    assert all(np.array_equal(obs[key], native_obs[key].numpy()) for key in obs)
+    assert wrapped.observation_space.contains(obs)
+    wrapped.action_space.seed(3)
+    running = np.zeros(users)
+    finished: list[tuple[float, float]] = []
+    for _ in range(400):
+        slates = wrapped.action_space.sample()
+        obs, reward, terminated, truncated, info = wrapped.step(slates)
+        _, native_reward, *_ = native.step(torch.as_tensor(slates))
+        assert isinstance(reward, np.ndarray) and np.array_equal(reward, native_reward.numpy())
+        running += reward
+        done = terminated | truncated
+        if done.any():
+            assert np.array_equal(info["_episode"], done)
+            finished += list(zip(info["episode"]["r"][done], running[done], strict=True))
+            running[done] = 0.0
+        if len(finished) >= 3:
+            break
+    assert len(finished) >= 3, "no user finished an episode in 400 steps"
+    recorded, summed = np.array(finished).T
+    np.testing.assert_allclose(recorded, summed, rtol=1e-5)
+
+
+def test_array_backend_is_checked_by_name():
+    with pytest.raises(ValueError, match=r"^array_backend: expected 'numpy' or 'torch', got 'jax'$"):
+        gym.make_vec("metarec/DriftingUsers-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                     array_backend="jax")  # fmt: skip

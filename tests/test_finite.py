@@ -160,7 +160,7 @@ def test_the_vector_env_names_a_poisoned_fatigue_and_its_users():
 
 def test_the_vector_env_stops_where_the_ground_truth_overflows():
     # quality_weight x quality overflows float32 for some candidates: infinite utilities, finite rewards
-    env = gym.make_vec(DRIFTING, num_envs=8, vectorization_mode="vector_entry_point",
+    env = gym.make_vec(DRIFTING, num_envs=8, vectorization_mode="vector_entry_point", array_backend="torch",
                        population={"quality_weight": 3.4e38})  # fmt: skip
     env.reset(seed=0)
     with pytest.raises(FloatingPointError, match=r"env step 1 in .*info\['candidate_utilities'\] returned before"):

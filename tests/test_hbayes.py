@@ -100,7 +100,9 @@ def test_refit_recovers_a_populations_clusters_from_its_users() -> None:
 def test_a_population_pools_its_own_users_only() -> None:
     import gymnasium as gym
 
-    env = gym.make_vec("metarec/DriftingUsers-v0", num_envs=32, vectorization_mode="vector_entry_point").unwrapped
+    env = gym.make_vec(
+        "metarec/DriftingUsers-v0", num_envs=32, vectorization_mode="vector_entry_point", array_backend="torch"
+    ).unwrapped
     model = env.model
     generator = torch.Generator().manual_seed(0)
     agent = HierarchicalBayesRecommender(
@@ -213,7 +215,9 @@ def test_bad_prior_constants_are_refused_by_name() -> None:
 def test_hbayes_refuses_an_environment_outside_its_family() -> None:
     import gymnasium as gym
 
-    env = gym.make_vec("metarec/RecSimInterestEvolution-v0", num_envs=2, vectorization_mode="vector_entry_point")
+    env = gym.make_vec(
+        "metarec/RecSimInterestEvolution-v0", num_envs=2, vectorization_mode="vector_entry_point", array_backend="torch"
+    )
     with pytest.raises(ValueError, match=r"^agent: hbayes models the DriftingUsers family"):
         make_recommender("hbayes", env.unwrapped, 0)
 

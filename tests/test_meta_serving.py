@@ -54,14 +54,16 @@ def population(run) -> dict:
 
 
 def _env(population: dict, users: int, **overrides) -> gym.vector.VectorEnv:
-    return gym.make_vec(ENV, num_envs=users, vectorization_mode="vector_entry_point", autoreset=False,
-                        **{**population, **overrides}).unwrapped  # fmt: skip
+    return gym.make_vec(ENV, num_envs=users, vectorization_mode="vector_entry_point", array_backend="torch",
+                        autoreset=False, **{**population, **overrides}).unwrapped  # fmt: skip
 
 
 def _slates(weights: Path, population: dict, seed: int, steps: int = 300) -> torch.Tensor:
     """The slates ``weights`` serves 16 users of the population at a time, ``steps`` in all (a user who
     leaves is replaced), to the same users whatever ``seed`` seeds the recommender."""
-    env = gym.make_vec(ENV, num_envs=16, vectorization_mode="vector_entry_point", **population).unwrapped
+    env = gym.make_vec(
+        ENV, num_envs=16, vectorization_mode="vector_entry_point", array_backend="torch", **population
+    ).unwrapped
     recommender = load_meta_recommender(weights, env, seed)
     observation, info = env.reset(seed=3)
     recommender.reset()
@@ -201,6 +203,7 @@ def test_a_per_user_gradient_method_adapts_each_user_on_their_own_data_only(user
     assert any(bool((plain[key][5] != tampered[key][5]).any()) for key in plain)  # user 5's own step changed
     # a new user in row 5 after step 3: what the one before did is not learned from
     new_user = torch.arange(16) == 5
+
     def tamper_before(t, reward):
         return tamper_user_5(t, reward) if t <= 3 else reward
 

@@ -43,7 +43,11 @@ def test_every_sampled_task_is_an_environment(tasks: TaskDistribution) -> None:
     for name in tasks.splits:
         for task in tasks.sample(name, 2, seed=3):
             env = gym.make_vec(
-                "metarec/DriftingUsers-v0", num_envs=16, vectorization_mode="vector_entry_point", config=task
+                "metarec/DriftingUsers-v0",
+                num_envs=16,
+                vectorization_mode="vector_entry_point",
+                array_backend="torch",
+                config=task,
             )
             _, info = env.reset(seed=0)
             _, reward, *_ = env.step(info["oracle_slate"])

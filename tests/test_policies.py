@@ -85,7 +85,9 @@ def test_bad_slate_size_is_named() -> None:
 
 @pytest.mark.parametrize("encoder", ["gru", "transformer", "mlp"])
 def test_policy_is_permutation_equivariant_and_takes_any_candidate_count(encoder: str) -> None:
-    env = gym.make_vec("metarec/DriftingUsers-v0", num_envs=6, vectorization_mode="vector_entry_point")
+    env = gym.make_vec(
+        "metarec/DriftingUsers-v0", num_envs=6, vectorization_mode="vector_entry_point", array_backend="torch"
+    )
     observation, _ = env.reset(seed=0)
     torch.manual_seed(0)
     policy = SlatePolicy(env.single_observation_space, 5, hidden=32, history_encoder=encoder)

@@ -22,7 +22,9 @@ LTS = "metarec/RecSimLongTermSatisfaction-v0"
 
 
 def make_ppo(num_envs: int = 64, seed: int = 0, env_id: str = LTS, **overrides: object) -> BatchedPPO:
-    env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", ground_truth=False)
+    env = gym.make_vec(
+        env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", array_backend="torch", ground_truth=False
+    )
     config = PPOConfig(num_envs=num_envs, rollout_steps=16, hidden=32, history_encoder="mlp", **overrides)
     return BatchedPPO(env, config, seed=seed, total_steps=100_000)
 
@@ -68,12 +70,14 @@ def test_resume_from_state_dict_continues_exactly(tmp_path: Path) -> None:
 
 
 def test_config_mismatches_are_named() -> None:
-    env = gym.make_vec(LTS, num_envs=8, vectorization_mode="vector_entry_point")
+    env = gym.make_vec(LTS, num_envs=8, vectorization_mode="vector_entry_point", array_backend="torch")
     with pytest.raises(ValueError, match="num_envs"):
         BatchedPPO(env, PPOConfig(num_envs=16), seed=0, total_steps=10)
     with pytest.raises(ValueError, match="num_minibatches"):
         BatchedPPO(env, PPOConfig(num_envs=8, rollout_steps=3, num_minibatches=5), seed=0, total_steps=10)
-    no_reset = gym.make_vec(LTS, num_envs=8, vectorization_mode="vector_entry_point", autoreset=False)
+    no_reset = gym.make_vec(
+        LTS, num_envs=8, vectorization_mode="vector_entry_point", array_backend="torch", autoreset=False
+    )
     with pytest.raises(ValueError, match="autoreset"):
         BatchedPPO(no_reset, PPOConfig(num_envs=8), seed=0, total_steps=10)
 

@@ -41,7 +41,11 @@ def _finite(tree: object) -> bool:
 def test_any_population_steps_finitely_or_names_the_field(values: dict) -> None:
     try:
         env = gym.make_vec(
-            "metarec/DriftingUsers-v0", num_envs=16, vectorization_mode="vector_entry_point", population=values
+            "metarec/DriftingUsers-v0",
+            num_envs=16,
+            vectorization_mode="vector_entry_point",
+            array_backend="torch",
+            population=values,
         )
     except ValueError as err:
         assert any(f"population.{key}" in str(err) for key in values), str(err)
@@ -70,7 +74,9 @@ actions = st.one_of(
 @SETTINGS
 @given(action=actions)
 def test_any_action_is_a_legal_slate_or_an_error_about_the_action(action: object) -> None:
-    env = gym.make_vec("metarec/DriftingUsers-v0", num_envs=4, vectorization_mode="vector_entry_point")
+    env = gym.make_vec(
+        "metarec/DriftingUsers-v0", num_envs=4, vectorization_mode="vector_entry_point", array_backend="torch"
+    )
     env.reset(seed=0)
     array = np.asarray(action)
     legal = (

@@ -50,7 +50,14 @@ def test_without_the_extra_the_env_says_which_extra_to_install():
 def trajectories(env_id: str, **kwargs) -> dict[str, np.ndarray]:
     """USERS users for STEPS steps under uniformly random slates (the same slates for every env):
     per step the consumed time, the chosen position (-1: none) and the interests after the step."""
-    env = gym.make_vec(env_id, num_envs=USERS, vectorization_mode="vector_entry_point", autoreset=False, **kwargs)
+    env = gym.make_vec(
+        env_id,
+        num_envs=USERS,
+        vectorization_mode="vector_entry_point",
+        array_backend="torch",
+        autoreset=False,
+        **kwargs,
+    )
     base = env.unwrapped
     env.reset(seed=1)
     slates = torch.Generator().manual_seed(0)
@@ -119,7 +126,13 @@ def test_adapter_seeds_repeat_runs_and_obeys_the_gymnasium_api():
     from gymnasium.utils.env_checker import check_env
 
     def rollout(seed):
-        env = gym.make_vec("metarec/RecSimNG-v0", num_envs=64, vectorization_mode="vector_entry_point", max_steps=5)
+        env = gym.make_vec(
+            "metarec/RecSimNG-v0",
+            num_envs=64,
+            vectorization_mode="vector_entry_point",
+            array_backend="torch",
+            max_steps=5,
+        )
         obs, _ = env.reset(seed=seed)
         env.action_space.seed(seed)
         trace = [obs["candidates"]]
@@ -133,14 +146,22 @@ def test_adapter_seeds_repeat_runs_and_obeys_the_gymnasium_api():
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
     check_env(gym.make("metarec/RecSimNG-v0", max_steps=10).unwrapped, skip_render_check=True)
-    env = gym.make_vec("metarec/RecSimNG-v0", num_envs=3, vectorization_mode="vector_entry_point")
+    env = gym.make_vec(
+        "metarec/RecSimNG-v0", num_envs=3, vectorization_mode="vector_entry_point", array_backend="torch"
+    )
     env.reset(seed=0)
     with pytest.raises(ValueError, match=r"action: candidate indices must lie in \[0, 100\)"):
         env.step(np.full((3, 2), 100))
     with pytest.raises(ValueError, match=r"reset_mask.*lockstep"):
         env.reset(options={"reset_mask": np.ones(3, bool)})
     with pytest.raises(ValueError, match="simulation"):
-        gym.make_vec("metarec/RecSimNG-v0", num_envs=3, vectorization_mode="vector_entry_point", simulation="nope")
+        gym.make_vec(
+            "metarec/RecSimNG-v0",
+            num_envs=3,
+            vectorization_mode="vector_entry_point",
+            array_backend="torch",
+            simulation="nope",
+        )
 
 
 def nearest_documents(observation: dict[str, torch.Tensor], k: int) -> torch.Tensor:
@@ -165,7 +186,11 @@ def test_ecosystem_through_the_adapter_matches_recsim_ng_own_runtime():
 
     users, steps = 2000, 12
     env = gym.make_vec(
-        "metarec/RecSimNG-v0", num_envs=users, vectorization_mode="vector_entry_point", simulation="ecosystem"
+        "metarec/RecSimNG-v0",
+        num_envs=users,
+        vectorization_mode="vector_entry_point",
+        array_backend="torch",
+        simulation="ecosystem",
     )
     obs, _ = env.reset(seed=3)
     ours = []
@@ -266,3 +291,22 @@ def test_readme_command_evaluates_on_recsim_ng(capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["env"] == "metarec/RecSimNG-v0" and result["users"] == 50 and result["mean_length"] == 100
 
+
+@recsim_ng_test
+def test_gymnasium_vector_wrappers_take_the_default_make_vec():
+    from gymnasium.wrappers.vector import RecordEpisodeStatistics
+
+    wrapped = RecordEpisodeStatistics(
+        gym.make_vec("metarec/RecSimNG-v0", num_envs=3, vectorization_mode="vector_entry_point", max_steps=4)
+    )
+    obs, _ = wrapped.reset(seed=2)
+    assert all(isinstance(value, np.ndarray) for value in obs.values())
+    wrapped.action_space.seed(2)
+    total = np.zeros(3)
+    for _ in range(4):
+        _, reward, _, truncated, info = wrapped.step(wrapped.action_space.sample())
+        assert isinstance(reward, np.ndarray)
+        total += reward
+    assert truncated.all() and info["_episode"].all()
+    np.testing.assert_allclose(info["episode"]["r"], total, rtol=1e-5)
+    assert (info["episode"]["l"] == 4).all()

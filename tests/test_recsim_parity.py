@@ -41,7 +41,9 @@ def port_returns(env_id, users, **env_kwargs):
 
     from metarec.agents import RandomRecommender
 
-    env = gym.make_vec(env_id, num_envs=users, vectorization_mode="vector_entry_point", **env_kwargs)
+    env = gym.make_vec(
+        env_id, num_envs=users, vectorization_mode="vector_entry_point", array_backend="torch", **env_kwargs
+    )
     agent = RandomRecommender(2, torch.Generator().manual_seed(1))
     obs, info = env.reset(seed=0)
     total = torch.zeros(users, dtype=torch.float64)

@@ -117,7 +117,7 @@ def test_the_safe_load_has_the_weights_sb3_saved(trained_run: Path) -> None:
 
     from metarec.agents.training import load_recommender
 
-    env = gym.make_vec(ENV, num_envs=2, vectorization_mode="vector_entry_point")
+    env = gym.make_vec(ENV, num_envs=2, vectorization_mode="vector_entry_point", array_backend="torch")
     loaded = load_recommender(trained_run, env).model
     reference = DQN.load(trained_run / "model.zip", device="cpu")  # our own file: SB3's load as the reference
     expected = reference.policy.state_dict()

@@ -39,7 +39,14 @@ ENDINGS = {"population": {"session_budget": 8.0, "max_session_steps": 6}}
 
 
 def native(env_id: str, users: int, **kwargs):
-    return gym.make_vec(env_id, num_envs=users, vectorization_mode="vector_entry_point", ground_truth=False, **kwargs)
+    return gym.make_vec(
+        env_id,
+        num_envs=users,
+        vectorization_mode="vector_entry_point",
+        array_backend="torch",
+        ground_truth=False,
+        **kwargs,
+    )
 
 
 def random_actions(env: SB3VecEnv, rng: np.random.Generator) -> np.ndarray:

@@ -64,8 +64,8 @@ class SB3VecEnv(VecEnv):
             raise RuntimeError("step_wait() called without step_async()")
         observation, reward, terminated, truncated, info = self.venv.step(self._actions)
         self._actions = None
-        rewards = reward.cpu().numpy().astype(np.float32)
-        terminated, truncated = terminated.cpu().numpy(), truncated.cpu().numpy()
+        rewards = _array(reward).astype(np.float32)
+        terminated, truncated = _array(terminated), _array(truncated)
         dones = terminated | truncated
         infos = self._per_user(info)
         self._returns += rewards
@@ -119,16 +119,23 @@ class SB3VecEnv(VecEnv):
 
     def _numpy(self, observation: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         # Copies: on CPU, numpy() shares memory with the simulator's state, which no caller may write to.
-        return {key: np.array(observation[key].cpu().numpy()) for key in self.keys}
+        return {key: np.array(_array(observation[key])) for key in self.keys}
 
     def _per_user(self, info: dict[str, Any]) -> list[dict[str, Any]]:
         """The batched step info as one dict per user (scalars as Python numbers, rows as numpy arrays)."""
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         for key, value in info.items():
-            per_user = isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == self.num_envs
+            per_user = isinstance(value, torch.Tensor | np.ndarray) and value.ndim > 0
+            per_user = per_user and value.shape[0] == self.num_envs
             if key.startswith("_") or key == "final_obs" or not per_user:
                 continue
-            column = value.cpu().numpy()
+            column = _array(value)
             for user_info, entry in zip(infos, column.tolist() if column.ndim == 1 else column, strict=True):
                 user_info[key] = entry
         return infos
+
+
+def _array(value: Any) -> np.ndarray:
+    """A numpy view of a vector env's output: its torch tensors (on any device), or numpy as it is (an env made
+    with ``gym.make_vec``'s default numpy backend)."""
+    return value.cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)

@@ -165,6 +165,7 @@ def make_vector_env(config: TrainConfig, num_envs: int, **extra: Any) -> Any:
         num_envs=num_envs,
         vectorization_mode="vector_entry_point",
         device=config.device,
+        array_backend="torch",
         **{**config.env_kwargs, **extra},
     )
     return env

@@ -116,7 +116,9 @@ def _prepare(config: TrainConfig, out: Path, resume: bool) -> None:
 def _check_same_spaces(run_dir: Path, config: TrainConfig, env: Any, spec_id: str) -> None:
     """A policy trained on another environment runs here only if it sees the same spaces (say, one
     trained on RecSim NG's port and evaluated on RecSim NG itself); else a ValueError naming both."""
-    trained = gym.make_vec(config.env, num_envs=1, vectorization_mode="vector_entry_point", **config.env_kwargs)
+    trained = gym.make_vec(
+        config.env, num_envs=1, vectorization_mode="vector_entry_point", array_backend="torch", **config.env_kwargs
+    )
     same = (
         trained.single_observation_space == env.single_observation_space
         and trained.single_action_space == env.single_action_space
