@@ -9,6 +9,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from metarec.agents import Recommender
 from metarec.agents.registry import make_recommender
@@ -30,6 +31,7 @@ def evaluate(
     max_steps: int = 100_000,
     nproc: int = 1,
     memory_limit_gib: float | None = None,
+    progress: str | None = None,
 ) -> dict[str, Any] | None:
     """Runs ``users`` fresh users for one episode each and summarises their returns.
 
@@ -38,7 +40,8 @@ def evaluate(
     splits the users across that many processes on this machine (under ``torchrun``, across the
     processes it started): each steps a contiguous block, drawing every random number for all users
     (``shard``), and the per-user sums are gathered, so the result is exactly one process's. Only
-    the first process returns it (the others return None).
+    the first process returns it (the others return None). ``progress`` names a bar on stderr that counts the
+    users who finished (shown by the first process only); None shows none.
 
     Returns:
         ``env``, ``agent``, ``users``, ``seed``, ``device``, ``mean_return``, ``ci95`` (the 95% Student-t
@@ -57,7 +60,7 @@ def evaluate(
     if nproc > 1:
         if not isinstance(agent, str):
             raise ValueError("agent: a run split across processes takes the recommender's name or run directory")
-        args = (env_id, agent, users, seed, device, env_kwargs, max_steps)
+        args = (env_id, agent, users, seed, device, env_kwargs, max_steps, 1, memory_limit_gib, progress)
         return spawn_for_result(_evaluate_worker, args, nproc, device)
     if world > 1:
         torchrun_group(device)
@@ -84,6 +87,8 @@ def evaluate(
     # per user: return, steps, clicks, regret (float64; exact sums of each user's own steps)
     sums = torch.zeros((batch, 4), dtype=torch.float64, device=dev)
     running = torch.ones(batch, dtype=torch.bool, device=dev)
+    first = shard is None or shard.offset == 0
+    bar = tqdm(total=users, desc=progress, unit="user", leave=False, disable=progress is None or not first)
     for _ in range(max_steps):
         action = recommender.act(observation, {**info, "active": running})
         observation, reward, terminated, truncated, info = env.step(action)
@@ -94,13 +99,16 @@ def evaluate(
                             regret.to(dev)], dim=1).to(torch.float64)  # fmt: skip
         sums += step * running[:, None]
         running &= ~done.to(dev)
-        left = running.any().to(torch.int64)
+        left = running.sum()  # users still present, in every process
         if shard is not None:
             shard.sum_(left)
-        if not bool(left):
+        left = int(left)
+        bar.update(users - left - bar.n)
+        if not left:
             break
     else:
         raise RuntimeError(f"evaluation did not finish within max_steps={max_steps}")
+    bar.close()
     env.close()
     table = _gather_users(sums.cpu().numpy(), shard)
     if table is None:

@@ -97,16 +97,17 @@ def _deterministic() -> Iterator[None]:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
-def calibrate(logs: Logs, config: FitConfig | None = None) -> Calibration:
+def calibrate(logs: Logs, config: FitConfig | None = None, progress: bool = False) -> Calibration:
     """Fits a population and catalog to ``logs`` (the training part of a time split; every row, clicked
     or not: rows with ``click`` 0 give the click rate). The same logs and config give the same arrays,
-    bit for bit (torch's deterministic algorithms are on during the fit)."""
+    bit for bit (torch's deterministic algorithms are on during the fit). ``progress`` shows the fit's
+    gradient steps on stderr: ``epochs`` passes over the events, then twice ``refit_steps`` for the drift."""
     config = config or FitConfig()
     with _deterministic():
-        return _calibrate(logs, config)
+        return _calibrate(logs, config, progress)
 
 
-def _calibrate(logs: Logs, config: FitConfig) -> Calibration:
+def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibration:
     logged_rate = slate_click_rate(logs)  # from every logged row, chosen or not
     if np.any(logs.click == 0):  # impressions without a click: what was chosen is the choice data
         logs = logs.subset(logs.click > 0)
@@ -137,7 +138,8 @@ def _calibrate(logs: Logs, config: FitConfig) -> Calibration:
             "dim": int(side.shape[1]),
             "items_with_text": int(sum(1 for t in logs.item_text if t)),
         }
-    users, vectors, bias, losses = softmax_mf(user, item, len(active), logs.num_items, config, generator, side=side)
+    users, vectors, bias, losses = softmax_mf(user, item, len(active), logs.num_items, config, generator, side=side,
+                                              progress="calibrate: interests" if progress else None)  # fmt: skip
     factors = np.zeros((logs.num_users, config.embedding_dim), dtype=np.float32)
     factors[active] = users.numpy()
     # the prior is fitted to users with enough events that their factors say who they are: the factors
@@ -145,7 +147,7 @@ def _calibrate(logs: Logs, config: FitConfig) -> Calibration:
     counts = np.bincount(logs.user, minlength=logs.num_users)[active]
     enough = counts >= min(config.min_events_for_drift, int(np.median(counts)))
     mixture, bics = fit_mixture(users.numpy()[enough], config)
-    drift = fit_drift(logs, vectors, bias, config, generator)
+    drift = fit_drift(logs, vectors, bias, config, generator, progress)
     topic, fatigue = topics_and_fatigue(logs, vectors.numpy(), config)
     # The mixture sees users' estimated factors, each the mean of a drifting interest over a history:
     # their spread is the anchors' plus the estimation noise plus the walk's mean displacement

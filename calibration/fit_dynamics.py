@@ -20,8 +20,10 @@ def fit_drift(
     bias: torch.Tensor,
     config: FitConfig,
     generator: torch.Generator,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Random-walk variance per step of users' factors (see the module docstring)."""
+    """Random-walk variance per step of users' factors (see the module docstring). Each of its two refits
+    takes ``config.refit_steps`` gradient steps; ``progress`` shows them on stderr."""
     counts = np.bincount(logs.user, minlength=logs.num_users)
     active = np.flatnonzero(counts >= config.min_events_for_drift)
     if len(active) < 10:
@@ -52,6 +54,7 @@ def fit_drift(
             generator,
             items=(vectors, bias),
             steps=config.refit_steps,
+            progress=f"calibrate: drift refit ({name} halves)" if progress else None,
         )
         fitted[name] = factors.numpy().reshape(len(active), 2, -1)
     moved = np.sum((fitted["time"][:, 1] - fitted["time"][:, 0]) ** 2, axis=1)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from metarec.calibration.fit_config import FitConfig
 
@@ -23,10 +24,12 @@ def softmax_mf(
     items: tuple[torch.Tensor, torch.Tensor] | None = None,
     steps: int | None = None,
     side: torch.Tensor | None = None,
+    progress: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float]]:
     """Fits U (and, unless ``items`` are given and kept fixed, V and b) by full-softmax likelihood.
     With ``side`` (``[num_items, F]`` item features), V and b are a free part plus a learned linear map
-    of the features; the returned V and b are the sums."""
+    of the features; the returned V and b are the sums. ``progress`` names a bar of the gradient steps on
+    stderr (None: no bar)."""
     d = config.embedding_dim
     scale = 0.1
     users = torch.nn.Parameter(scale * torch.randn(num_users, d, generator=generator))
@@ -55,7 +58,7 @@ def softmax_mf(
     total = steps if steps is not None else config.epochs * math.ceil(events / batch)
     per_epoch = max(1, math.ceil(events / batch))
     order = torch.randperm(events, generator=generator)
-    for step in range(total):
+    for step in tqdm(range(total), desc=progress, unit="step", leave=False, disable=progress is None):
         position = step % per_epoch
         if position == 0 and step:
             order = torch.randperm(events, generator=generator)

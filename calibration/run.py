@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -157,16 +158,25 @@ def run_calibration(
     items: str | Path | None = None,
     holdout_frac: float = 0.2,
     fit_config: FitConfig | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Loads, splits, calibrates, saves the population and writes ``fidelity.json`` and the report."""
+    """Loads, splits, calibrates, saves the population and writes ``fidelity.json`` and the report;
+    ``progress`` reports each phase on stderr, and the fit's gradient steps as bars."""
     started = time.perf_counter()
     out = Path(out)
+    def say(text: str) -> None:
+        if progress:
+            print(f"calibrate: {text} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+
     logs = load_logs(logs_path, format, items=items)
     train, test = time_split(logs, holdout_frac)
+    say(f"{logs.num_events:,} events of {logs.num_users:,} users and {logs.num_items:,} items; fitting "
+        f"{train.num_events:,}, holding out {test.num_events:,}")  # fmt: skip
     fit_config = fit_config or FitConfig()
-    calibration = calibrate(train, fit_config)
+    calibration = calibrate(train, fit_config, progress=progress)
     fit_seconds = time.perf_counter() - started
     population = save_population(out / "population", calibration.config, calibration.world, calibration.fit)
+    say(f"population written to {population}; measuring its fidelity on the held-out events")
     fidelity, plots = evaluate_fidelity(calibration, train, test, seed=fit_config.seed)
     fidelity["calibration_seconds"] = round(fit_seconds, 2)
     fidelity["total_seconds"] = round(time.perf_counter() - started, 2)

@@ -17,6 +17,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from metarec.agents.registry import make_recommender
 from metarec.envs.calibrated import with_population_fields
@@ -34,6 +35,7 @@ def simulate_logs(
     env_kwargs: dict[str, Any] | None = None,
     device: str = "cpu",
     impressions: bool = False,
+    progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """Columns ``user``, ``item``, ``timestamp``, ``rating``, ``click`` of every click of ``users``
     users over ``days`` days (sessions), or with ``impressions`` of every shown item (``click`` 0 and
@@ -66,6 +68,7 @@ def simulate_logs(
     rows = torch.arange(users, device=base.device)
     limit = days * base.config.population.max_session_steps + days
     steps = 0
+    bar = tqdm(total=users, desc="simulate-logs", unit="user", leave=False, disable=not progress)
     for _ in range(limit):
         state = base.state
         day, step = state["session"].clone(), state["session_step"].clone()
@@ -97,8 +100,11 @@ def simulate_logs(
             columns["click"].append(np.ones(len(who), dtype=np.float32))
         steps += int(running.sum())
         running &= ~done
-        if not bool(running.any()):
+        left = int(running.sum())
+        bar.update(users - left - bar.n)
+        if not left:
             break
+    bar.close()
     env.close()
     out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in columns.items()}
     order = np.lexsort((out["user"], out["timestamp"]))

@@ -53,6 +53,7 @@ from metarec.runs import (
     save_checkpoint,
     summary_writer,
     write_config,
+    write_hparams,
 )
 
 
@@ -177,6 +178,8 @@ class MetaTrainRun:
         writer = None
         if not trainer.done:
             writer = summary_writer(self.out / "tb" / name, self.primary, trainer.update if self.resume else None)
+            if trainer.update == 0:  # the HParams tab compares the methods' runs by their reward
+                write_hparams(writer, config, ("charts/reward", "losses/meta_loss"), extra={"method": name})
         totals = {"rl2": config.rl2.updates, "icl": config.icl.updates + config.icl.rl_updates, "scratch": 0}
         total = totals.get(name, config.gradient.meta_steps)
         bar = tqdm(total=total, initial=trainer.update, desc=name, unit="update", disable=not self.progress)

@@ -17,22 +17,22 @@ from metarec.registration import ENVIRONMENTS
 def build_parser() -> argparse.ArgumentParser:
     from metarec import __version__
 
-    parser = argparse.ArgumentParser(prog="metarec", description=__doc__)
+    parser = argparse.ArgumentParser(prog="metarec", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"metarec {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     envs = sub.add_parser("envs", help="list the registered environment ids")
-    envs.add_argument("--json", action="store_true", help="print one JSON line")
+    envs.add_argument("--json", action="store_true", help=JSON_HELP)
     envs.set_defaults(func="metarec.commands.envs:run")
 
     ev = sub.add_parser("evaluate", help="run N fresh users for one episode each under an agent")
-    ev.add_argument("--env", required=True, choices=[e.id for e in ENVIRONMENTS], metavar="ID")
+    ev.add_argument("--env", required=True, choices=[e.id for e in ENVIRONMENTS], metavar="ID", help=ENV_HELP)
     ev.add_argument("--agent", required=True, help="recommender name, training run directory or RUN/methods/METHOD.pt")
-    ev.add_argument("--users", type=_positive_int, default=1000)
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--users", type=_positive_int, default=1000, help="new users, one episode each")
+    ev.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     ev.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     ev.add_argument("--env-kwargs", type=_json_object, default=None, metavar="JSON", help=ENV_KWARGS_HELP)
-    ev.add_argument("--json", action="store_true", help="print one JSON line")
+    ev.add_argument("--json", action="store_true", help=JSON_HELP)
     ev.add_argument(
         "--nproc", type=_positive_int, default=1,
         help="split the users across N processes on this machine (same result as one process)",
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.add_argument("--json", action="store_true", help=JSON_HELP)
     tr.add_argument(
         "--nproc", type=_positive_int, default=1,
         help="batched PPO: split the users across N processes on this machine (gloo on CPU, NCCL on GPUs)",
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--overwrite", action="store_true", help="write into a non-empty --out not made by abtest")
     ab.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     ab.add_argument("--quiet", action="store_true", help="no progress bars")
-    ab.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
+    ab.add_argument("--json", action="store_true", help=JSON_HELP)
     ab.add_argument(
         "--nproc", type=_positive_int, default=1,
         help="split the users across N processes on this machine (same results as one process)",
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mt.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     mt.add_argument("--quiet", action="store_true", help="no progress bars")
+    mt.add_argument("--json", action="store_true", help=JSON_HELP)
     mt.set_defaults(func="metarec.commands.meta_train:run")
 
     me = sub.add_parser("meta-eval", help="adaptation curves of a meta-train run on held-out populations")
@@ -85,50 +87,76 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", default="test", help="test, train or any split of the run's task distribution (default: test)"
     )
     me.add_argument("--seeds", type=_positive_int, help="evaluation seeds (default: the config's)")
-    me.add_argument("--json", action="store_true", help="print one JSON line")
+    me.add_argument("--json", action="store_true", help=JSON_HELP)
     me.set_defaults(func="metarec.commands.meta_eval:run")
 
     from metarec.calibration.logs import FORMATS
 
     ca = sub.add_parser("calibrate", help="fit a user population to interaction logs and report its fidelity")
     ca.add_argument("logs", help="a log file or directory (MovieLens or the generic CSV/Parquet schema)")
-    ca.add_argument("--format", required=True, choices=FORMATS)
+    ca.add_argument("--format", required=True, choices=FORMATS, help="the logs' layout")
     ca.add_argument("--items", help="item file (titles, features); MovieLens directories bring their own")
     ca.add_argument("--holdout-frac", type=float, default=0.2, help="latest share of events held out (default 0.2)")
     ca.add_argument("--out", required=True, help="output directory (population/, fidelity.json, fidelity.html)")
     ca.add_argument("--overwrite", action="store_true", help="write into a non-empty --out not made by calibrate")
     ca.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fitting option (repeatable)")
-    ca.add_argument("--json", action="store_true", help="print one JSON line")
+    ca.add_argument("--json", action="store_true", help=JSON_HELP)
     ca.set_defaults(func="metarec.commands.calibrate:run")
 
     sl = sub.add_parser("simulate-logs", help="write simulated interaction logs in the generic schema")
-    sl.add_argument("--env", default="metarec/DriftingUsers-v0", choices=[e.id for e in ENVIRONMENTS], metavar="ID")
-    sl.add_argument("--users", type=_positive_int, required=True)
+    sl.add_argument("--env", default="metarec/DriftingUsers-v0", choices=[e.id for e in ENVIRONMENTS], metavar="ID",
+                    help=ENV_HELP)  # fmt: skip
+    sl.add_argument("--users", type=_positive_int, required=True, help="simulated users")
     sl.add_argument("--days", type=_positive_int, required=True, help="sessions per user, one a day")
     sl.add_argument("--out", required=True, help="a .csv or .parquet file")
     sl.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     sl.add_argument("--agent", default="random", help="the logging recommender (default random)")
-    sl.add_argument("--seed", type=int, default=0)
-    sl.add_argument("--device", default="cpu")
+    sl.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    sl.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     sl.add_argument("--env-kwargs", type=_json_object, default=None, metavar="JSON", help=ENV_KWARGS_HELP)
+    sl.add_argument("--json", action="store_true", help=JSON_HELP)
     sl.set_defaults(func="metarec.commands.simulate_logs:run")
 
     demo = sub.add_parser("demo", help="the main job: what metarec simulates, measured end to end")
-    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--out", default="runs/demo", help="output directory")
     demo.add_argument("--overwrite", action="store_true", help="write into a non-empty --out not made by demo")
-    demo.add_argument("--users", type=_positive_int, default=4000)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--device", default="cpu")
+    demo.add_argument("--users", type=_positive_int, default=4000,
+                      help="users per environment evaluated (the A/B test takes up to 1,000 per arm)")  # fmt: skip
+    demo.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     demo.add_argument("--meta-config", help="meta-train config (default metarec:meta_demo, the shipped "
                       "configs/meta_demo.yaml; 'none' skips it)")
+    demo.add_argument("--json", action="store_true", help=JSON_HELP)
     demo.set_defaults(func="metarec.commands.demo:run")
     return parser
 
 
+ENV_HELP = "an environment id (metarec envs lists them)"
+SEED_HELP = "the seed of every random draw: the same seed gives the same run"
+JSON_HELP = "print the result as one line of strict JSON on stdout; everything else goes to stderr"
 ENV_KWARGS_HELP = (
     "the environment's keyword arguments as a JSON object, e.g. '{\"population\": {\"session_budget\": 8}}' "
     "or, for metarec/Calibrated-v0, '{\"population\": \"runs/calibrated/population\"}' (default: none)"
 )
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, where it has one that its text does not already give."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        no_default = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if not action.option_strings or "default" in text or no_default:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """A subcommand's parser: metarec's help format."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def _json_object(text: str) -> dict:
@@ -182,7 +210,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 setattr(args, key, str(config_path(getattr(args, key))))
         module, _, function = args.func.partition(":")
         command = getattr(importlib.import_module(module), function)  # imported when used: the CLI starts fast
-        return int(command(args))
+        if not getattr(args, "json", False):
+            return int(command(args))
+        # --json: the one JSON line goes to stdout, and everything else the command (or a library it calls,
+        # such as a progress bar) prints goes to stderr
+        args.json_stream = sys.stdout
+        with contextlib.redirect_stdout(sys.stderr):
+            return int(command(args))
     except Exception as err:
         failure = _expected_failure(err)
         if failure is None:  # a bug: its traceback

@@ -50,6 +50,15 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def print_json(payload: Any, file: Any = None) -> None:
+    """``payload`` as one line of strict JSON (no NaN or infinity: :func:`json_safe`) on ``file``, else stdout.
+    Commands run with ``--json`` pass the stream the CLI kept for it (``args.json_stream``): everything else
+    they print goes to stderr then."""
+    import sys
+
+    print(json.dumps(json_safe(payload), allow_nan=False), file=file or sys.stdout, flush=True)
+
+
 def json_safe(value: Any) -> Any:
     """``value`` (nested dicts, lists, tuples, numbers, numpy scalars and arrays) as plain JSON values,
     with None for every non-finite number: strict JSON has no NaN or infinity."""

@@ -296,8 +296,8 @@ def params_sha256(*states: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def hyperparameter_table(config: BaseModel) -> str:
-    """The configuration as a Markdown table, one dotted key a row (TensorBoard's text tab renders it)."""
+def flat_config(config: BaseModel) -> dict[str, Any]:
+    """The configuration as one dotted key per leaf value (``ppo.learning_rate``)."""
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -307,8 +307,45 @@ def hyperparameter_table(config: BaseModel) -> str:
         else:
             flat[prefix] = value
 
-    walk("", config.model_dump())
-    return "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in flat.items())
+    walk("", config.model_dump(mode="json"))
+    return flat
+
+
+def hyperparameter_table(config: BaseModel) -> str:
+    """The configuration as a Markdown table, one dotted key a row (TensorBoard's text tab renders it)."""
+    return "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in flat_config(config).items())
+
+
+#: The tags TensorBoard's HParams tab compares training runs by (each run logs them as scalars).
+HPARAM_METRICS = ("eval/mean_return", "eval/normalised_return", "charts/episode_return")
+
+
+def write_hparams(
+    writer: Any, config: BaseModel, metrics: tuple[str, ...] = HPARAM_METRICS, extra: dict[str, Any] | None = None
+) -> None:
+    """Writes the configuration (and ``extra``, such as the method a run trains) to ``writer``'s run for
+    TensorBoard's HParams plugin (one hyper-parameter per dotted key; lists and None as text), with ``metrics``
+    the scalar tags its table shows beside them."""
+    if isinstance(writer, NoWriter):
+        return
+    from torch.utils.tensorboard.summary import hparams
+
+    flat = {**(extra or {}), **flat_config(config)}
+    values = {key: v if isinstance(v, bool | int | float | str) else json.dumps(v) for key, v in flat.items()}
+    file_writer = writer._get_file_writer() if hasattr(writer, "_get_file_writer") else writer.file_writer
+    for summary in hparams(values, {tag: 0.0 for tag in metrics}):
+        file_writer.add_summary(summary)
+
+
+def log_evaluation(add_scalar: Any, result: dict[str, Any], normalised_return: float | None, step: int) -> None:
+    """An evaluation's scalars under ``eval/``, as every trainer (batched PPO, SB3) logs them:
+    ``add_scalar(tag, value, step)``."""
+    add_scalar("eval/mean_return", result["mean_return"], step)
+    add_scalar("eval/ci95_low", result["ci95"][0], step)
+    add_scalar("eval/ci95_high", result["ci95"][1], step)
+    add_scalar("eval/click_rate", result["click_rate"], step)
+    if normalised_return is not None:
+        add_scalar("eval/normalised_return", normalised_return, step)
 
 
 class NoWriter:

@@ -94,7 +94,7 @@ def test_calibrated_env_passes_check_env_and_draws_clusters_in_their_shares(tmp_
 
 def test_simulate_logs_and_calibrate_from_the_command_line(tmp_path, capsys):
     logs = tmp_path / "logs.csv"
-    assert main(["simulate-logs", "--users", "300", "--days", "3", "--out", str(logs)]) == 0
+    assert main(["simulate-logs", "--users", "300", "--days", "3", "--out", str(logs), "--json"]) == 0
     written = json.loads(capsys.readouterr().out)
     assert written["events"] > 300 and load_logs(logs, "csv").num_events == written["events"]
     out = tmp_path / "calibrated"

@@ -64,7 +64,7 @@ def test_evaluate_and_simulate_logs_take_the_envs_keyword_arguments(tmp_path, ca
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["mean_length"] > shorter["mean_length"]  # the default budget is longer
     out = tmp_path / "logs.csv"
-    assert main(["simulate-logs", "--users", "5", "--days", "2", "--out", str(out), "--env-kwargs",
+    assert main(["simulate-logs", "--users", "5", "--days", "2", "--out", str(out), "--json", "--env-kwargs",
                  json.dumps(kwargs)]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["events"] == len(simulate_logs(
         "metarec/DriftingUsers-v0", 5, 2, env_kwargs=kwargs)["user"])  # fmt: skip
@@ -97,24 +97,41 @@ def test_bad_numbers_are_rejected_by_the_parser():
     assert proc.returncode == 2 and "expected a positive integer, got 0" in proc.stderr
 
 
-def test_readme_python_snippets_run():
-    """Every ```python block of the README runs as written."""
+def test_readme_python_snippets_run(tmp_path, monkeypatch):
+    """Every ```python block of the README runs as written; the SB3 snippet logs to TensorBoard what it says."""
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
     assert blocks
+    monkeypatch.chdir(tmp_path)
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "runs" / "sb3_snippet" / "tb")).Reload()
+    assert {"charts/ctr", "charts/engagement", "charts/episode_return", "charts/steps_per_second"} <= set(
+        events.Tags()["scalars"]
+    )
 
 
 def test_demo_runs_end_to_end_with_an_ab_test(tmp_path, capsys):
     tiny = Path(__file__).parents[1] / "configs" / "meta_tiny.yaml"
-    assert main(["demo", "--out", str(tmp_path), "--users", "200", "--meta-config", str(tiny)]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--users", "200", "--meta-config", str(tiny), "--json"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
+    captured = capsys.readouterr()
+    # --json: one line of strict JSON on stdout; the tables and progress go to stderr
+    lines = captured.out.splitlines()
+    assert len(lines) == 1, captured.out
+    line = json.loads(lines[0], parse_constant=lambda name: pytest.fail(f"non-strict JSON constant {name}"))
+    assert line["results"] == str(tmp_path / "results.json") and line["seconds"] == results["seconds"]
+    assert line["environments"]["metarec/DriftingUsers-v0"]["oracle"] == results["results"][0]["oracle"]["mean_return"]
+    curves = results["meta"]["adaptation"]["methods"]
+    assert line["meta"]["normalised_return"]["rl2"] == curves["rl2"]["normalised_return"]
+    assert line["abtest"]["rl2"]["relative"] == results["abtest"]["rl2"]["relative"]
     assert {row["env"] for row in results["results"]} >= {"metarec/DriftingUsers-v0"}
     # the A/B test serves the meta-learned RL² recommender to users of a held-out population
     assert set(results["abtest"]) == {"linucb", "rl2", "report"}
     report = (tmp_path / "abtest" / "report.html").read_text()
     assert "rl2" in report and "meta-test" in report and "data:image/png;base64," in report
-    printed = capsys.readouterr().out
+    printed = captured.err
     assert "A/B test: popular (control) vs linucb vs rl2" in printed
     meta = results["meta"]["adaptation"]
     assert meta["split"] == "meta-test" and meta["best_meta_method"] in ("rl2", "icl", "maml", "fomaml", "reptile")
@@ -134,3 +151,44 @@ def test_demo_runs_end_to_end_with_an_ab_test(tmp_path, capsys):
     assert page.count("data:image/png;base64,") >= 4 and "<script" not in page
     assert f"The best meta-learner is {meta['best_meta_method']}" in page
     assert (tmp_path / "report.md").is_file() and "the report:" in printed
+
+
+def test_every_command_takes_json_and_every_option_says_what_it_is_and_its_default():
+    import argparse
+
+    from metarec.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(commands) == {"envs", "evaluate", "train", "abtest", "meta-train", "meta-eval", "calibrate",
+                             "simulate-logs", "demo"}  # fmt: skip
+    for name, command in commands.items():
+        assert "--json" in command._option_string_actions, f"metarec {name} has no --json"
+        text = " ".join(command.format_help().split())
+        for action in command._actions:
+            if not action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            option = action.option_strings[0]
+            assert action.help, f"metarec {name} {option} has no help"
+            if action.default is not None and action.default is not False:
+                assert "default" in action.help or f"(default: {action.default})" in text, f"metarec {name} {option}"
+
+
+def test_json_keeps_stdout_to_one_line_while_progress_bars_run(tmp_path):
+    """With progress on (no --quiet), stable-baselines3's progress bar and the run's notes go to stderr, and
+    stdout is the one JSON line."""
+    import contextlib
+    import io
+
+    pytest.importorskip("stable_baselines3")
+    config = tmp_path / "sb3.yaml"
+    config.write_text("algo: sb3-ppo\nenv: metarec/DriftingUsers-v0\ntotal_steps: 64\nsb3: {num_envs: 4, "
+                      "algo_kwargs: {n_steps: 16, batch_size: 32}}\neval: {users: 8}\n")  # fmt: skip
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main(["train", str(config), "--out", str(tmp_path / "run"), "--json"]) == 0
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1, out.getvalue()
+    result = json.loads(lines[0], parse_constant=lambda name: pytest.fail(f"non-strict JSON constant {name}"))
+    assert result["algo"] == "sb3-ppo" and result["out"] == str(tmp_path / "run")
+    assert err.getvalue(), "no progress on stderr"

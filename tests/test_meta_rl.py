@@ -266,12 +266,17 @@ def test_methods_log_the_same_tags_as_batched_ppo_each_in_its_own_run(tmp_path) 
     assert {"losses/meta_loss", "charts/meta_grad_norm"} <= tags["maml"]
     assert tags["reptile"] == {"charts/reptile_step_norm"}
     assert not any(tag.startswith(("rl2/", "maml/", "reptile/")) for run in tags.values() for tag in run)
+    for name in ("rl2", "maml", "reptile"):  # hyper-parameters through the HParams plugin, the method among them
+        events = EventAccumulator(str(tmp_path / "run" / "tb" / name), size_guidance={"tensors": 0}).Reload()
+        assert "_hparams_/experiment" in events.PluginTagToContent("hparams"), name
+        start = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        assert name.encode() in start and b"rl2.hidden" in start, name
 
 
 def test_meta_train_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path) -> None:
     reference = meta_train(load_meta_config(TINY), tmp_path / "whole", progress=False)["params_sha256"]
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "metarec", "meta-train", str(TINY), "--out", str(out), "--quiet"]
+    command = [sys.executable, "-m", "metarec", "meta-train", str(TINY), "--out", str(out), "--quiet", "--json"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     checkpoint = out / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 120
@@ -327,7 +332,7 @@ def test_sigterm_to_a_two_process_run_checkpoints_both_and_resumes(tmp_path) -> 
     # stopped in RL² (its checkpoint holds both processes' users), then MAML
     sets = ["--set", "methods=[rl2,maml]", "--set", "rl2.updates=40", "--set", "gradient.meta_steps=10",
             "--set", "checkpoint_every=1"]  # fmt: skip
-    base = [sys.executable, "-m", "metarec", "meta-train", str(TINY), "--nproc", "2", "--quiet", *sets]
+    base = [sys.executable, "-m", "metarec", "meta-train", str(TINY), "--nproc", "2", "--quiet", "--json", *sets]
     whole = subprocess.run([*base, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr
     out = tmp_path / "stopped"
@@ -351,8 +356,9 @@ def test_ctrl_c_to_the_process_group_of_a_two_process_run_checkpoints_and_resume
     """A terminal's Ctrl-C (or a batch system's signal) reaches the whole process group: the launcher
     forwards one stop to its workers, which left its session, so none gets it twice and dies of it."""
     out = tmp_path / "run"
-    base = [sys.executable, "-m", "metarec", "meta-train", str(TINY), "--nproc", "2", "--quiet", "--out", str(out),
-            "--set", "methods=[rl2]", "--set", "rl2.updates=200", "--set", "checkpoint_every=1"]  # fmt: skip
+    base = [sys.executable, "-m", "metarec", "meta-train", str(TINY), "--nproc", "2", "--quiet", "--json",
+            "--out", str(out), "--set", "methods=[rl2]", "--set", "rl2.updates=200",
+            "--set", "checkpoint_every=1"]  # fmt: skip
     process = subprocess.Popen(base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (out / "checkpoints" / "last.pt").is_file():

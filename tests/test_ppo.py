@@ -103,7 +103,7 @@ def test_train_writes_results_tensorboard_and_a_loadable_model(tmp_path: Path, c
 
     config = write_config(tmp_path / "tiny.yaml")
     out = tmp_path / "run"
-    assert main(["train", str(config), "--out", str(out), "--quiet"]) == 0
+    assert main(["train", str(config), "--out", str(out), "--quiet", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     results = json.loads((out / "results.json").read_text())
     assert printed["mean_return"] == results["mean_return"] and results["env_steps"] == 4 * 32 * 8
@@ -136,7 +136,7 @@ def test_a_run_says_when_it_did_other_steps_than_asked_and_when_no_score_is_defi
     from metarec.agents.training.config import normalisation_note, normalised
 
     config = write_config(tmp_path / "odd.yaml", total_steps=3 * 32 * 8 + 5)  # not whole rollouts of 32 x 8
-    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--quiet", "--json"]) == 0
     captured = capsys.readouterr()
     printed = json.loads(captured.out.strip().splitlines()[-1])
     assert printed["env_steps"] == 4 * 32 * 8 and printed["requested_env_steps"] == 3 * 32 * 8 + 5

@@ -302,8 +302,8 @@ def test_callback_writes_the_recommender_tags_to_tensorboard(tmp_path):
     events.Reload()
     tags = set(events.Tags()["scalars"])
     expected = {"ctr", "engagement", "episode_return", "normalised_return"}
-    assert {f"recommender/{tag}" for tag in expected} <= tags
-    scalars = {tag: [e.value for e in events.Scalars(f"recommender/{tag}")] for tag in expected}
+    assert {f"charts/{tag}" for tag in expected} <= tags
+    scalars = {tag: [e.value for e in events.Scalars(f"charts/{tag}")] for tag in expected}
     assert len(scalars["ctr"]) == 5
     assert all(0.0 <= ctr <= 1.0 for ctr in scalars["ctr"]) and max(scalars["ctr"]) > 0
     assert all(e >= 0.0 for e in scalars["engagement"]) and max(scalars["engagement"]) > 0
@@ -348,3 +348,48 @@ def test_recommender_acts_on_single_item_envs():
 def test_a2c_uses_the_slate_policy():
     model = make_sb3_model("a2c", native(SLATE, 2), seed=0)
     assert isinstance(model, A2C) and isinstance(model.policy, SlateActorCriticPolicy)
+
+
+def _tensorboard(folder) -> tuple[set[str], set[str], dict[str, list[int]]]:
+    """A TensorBoard run's scalar tags, HParams plugin tags and each eval/ tag's steps."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"tensors": 0, "scalars": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    steps = {tag: [e.step for e in events.Scalars(tag)] for tag in scalars if tag.startswith("eval/")}
+    return scalars, set(events.PluginTagToContent("hparams")), steps
+
+
+def test_sb3_and_batched_ppo_runs_share_one_tensorboard_layout(tmp_path):
+    """The same tags for the same quantities (charts/, losses/, eval/ on schedule), one run in OUT/tb itself,
+    hyper-parameters through the HParams plugin; a finished run resumed logs no evaluation twice."""
+    import yaml
+
+    from metarec.cli import main
+
+    common = {"env": "metarec/DriftingUsers-v0", "total_steps": 4 * 16 * 8, "seed": 1, "checkpoint_every": 16 * 8,
+              "eval": {"users": 8, "every_steps": 2 * 16 * 8}}  # fmt: skip
+    sb3 = {"num_envs": 16, "algo_kwargs": {"n_steps": 8, "batch_size": 64}, "policy_kwargs": {"hidden": 16}}
+    configs = {
+        "ppo": {**common, "algo": "ppo", "ppo": {"num_envs": 16, "rollout_steps": 8, "hidden": 16}},
+        "sb3": {**common, "algo": "sb3-ppo", "sb3": sb3},
+    }
+    layout = {}
+    for name, config in configs.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        out = tmp_path / name
+        assert main(["train", str(path), "--out", str(out), "--quiet"]) == 0
+        assert [p.name for p in (out / "tb").iterdir() if p.is_dir()] == [], f"{name}: a sub-run in tb/"
+        layout[name] = _tensorboard(out / "tb")
+        assert main(["train", str(path), "--out", str(out), "--quiet", "--resume"]) == 0  # finished: nothing to do
+        assert _tensorboard(out / "tb")[2] == layout[name][2], f"{name}: the resume logged an evaluation again"
+    shared = {"charts/episode_return", "charts/episode_length", "charts/ctr", "charts/engagement",
+              "charts/steps_per_second", "charts/learning_rate", "losses/policy_loss", "losses/value_loss",
+              "losses/entropy", "losses/approx_kl", "losses/clipfrac", "eval/mean_return", "eval/ci95_low",
+              "eval/ci95_high", "eval/click_rate", "eval/normalised_return"}  # fmt: skip
+    for name, (scalars, hparams, steps) in layout.items():
+        assert shared <= scalars, f"{name} lacks {sorted(shared - scalars)}"
+        assert not any(tag.startswith(("rollout/", "train/", "time/", "recommender/")) for tag in scalars), name
+        assert "_hparams_/experiment" in hparams, f"{name}: no HParams"
+        assert steps["eval/mean_return"] == [2 * 16 * 8, 4 * 16 * 8], f"{name}: {steps['eval/mean_return']}"

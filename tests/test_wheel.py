@@ -64,7 +64,9 @@ def test_metarec_runs_from_the_wheel_alone_with_a_shipped_config(wheel, tmp_path
     assert Path(where).is_relative_to(unpacked)  # the wheel's metarec, not the checkout's
     version = metarec_cli("--version")
     assert version.returncode == 0 and version.stdout.strip() == f"metarec {metarec.__version__}"
-    done = metarec_cli("meta-train", "metarec:meta_tiny", "--out", "tiny", "--quiet", "--set", "methods=[reptile]")
+    done = metarec_cli(
+        "meta-train", "metarec:meta_tiny", "--out", "tiny", "--quiet", "--json", "--set", "methods=[reptile]"
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["methods"] == {"reptile": 4}
     assert (work / "tiny" / "methods" / "reptile.pt").is_file()

@@ -4,7 +4,8 @@
 * :class:`SlateActorCriticPolicy` (PPO, A2C), :class:`RecurrentSlatePolicy` (sb3-contrib's RecurrentPPO) and
   :class:`SlateDQNPolicy` (DQN on single-item envs), all built on :class:`~metarec.agents.nn.networks.SlatePolicy`;
   the actor-critic ones draw slates from its logits by Plackett–Luce (distinct items, exact log-probabilities).
-* :class:`RecommenderMetricsCallback`: click rate, engagement and returns in TensorBoard.
+* :class:`RecommenderMetricsCallback`: click rate, engagement and returns in TensorBoard; :func:`tensorboard_logger`
+  writes SB3's own statistics under the tags of metarec's batched PPO and meta-train.
 * :func:`make_sb3_model` picks the policy for an algorithm; :class:`SB3Recommender` evaluates a trained model
   like any other :class:`~metarec.agents.base.Recommender`.
 * :func:`load_sb3_weights`, :func:`restore_sb3_counters`, :func:`load_replay_buffer`: a saved model's weights,
@@ -18,7 +19,12 @@ Needs the ``sb3`` extra (``pip install metarec[sb3]``)::
     evaluate("metarec/DriftingUsers-v0", SB3Recommender(model), users=1000)
 """
 
-from metarec.agents.sb3.callbacks import ENGAGEMENT_KEY, RecommenderMetricsCallback
+from metarec.agents.sb3.callbacks import (
+    ENGAGEMENT_KEY,
+    RecommenderMetricsCallback,
+    TensorBoardLog,
+    tensorboard_logger,
+)
 from metarec.agents.sb3.distribution import SlateDistribution, slate_of
 from metarec.agents.sb3.policies import (
     ObservationDict,
@@ -43,10 +49,12 @@ __all__ = [
     "SlateDQNPolicy",
     "SlateDistribution",
     "SlateQNetwork",
+    "TensorBoardLog",
     "load_replay_buffer",
     "load_sb3_weights",
     "make_sb3_model",
     "restore_sb3_counters",
     "save_replay_buffer",
     "slate_of",
+    "tensorboard_logger",
 ]

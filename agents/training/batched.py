@@ -15,6 +15,7 @@ from metarec.agents.ppo import BatchedPPO
 from metarec.agents.training.config import (
     RESUMABLE_CHANGES,
     TrainConfig,
+    evaluated_step,
     make_vector_env,
     normalisation_note,
     normalised,
@@ -23,7 +24,15 @@ from metarec.agents.training.config import (
 )
 from metarec.io import atomic_save, write_json
 from metarec.parallel import Shard, TrainingInterrupted, any_rank, group_size, rank, stop_requests
-from metarec.runs import hyperparameter_table, load_checkpoint, params_sha256, save_checkpoint, summary_writer
+from metarec.runs import (
+    hyperparameter_table,
+    load_checkpoint,
+    log_evaluation,
+    params_sha256,
+    save_checkpoint,
+    summary_writer,
+    write_hparams,
+)
 
 
 class BatchedPPORun:
@@ -45,27 +54,28 @@ class BatchedPPORun:
         self.writer = summary_writer(out / "tb", self.primary, ppo.global_step if resume_from is not None else None)
         if ppo.global_step == 0:
             self.writer.add_text("hyperparameters", hyperparameter_table(config))
-        self.references = reference_returns(config) if config.eval.users else None  # None off the first process
+            write_hparams(self.writer, config)
+        # a resumed run that had finished already logged its final evaluation at this step
+        self.logged_step = evaluated_step(out) if resume_from is not None else None
+        self.progress = progress
+        # None off the first process
+        self.references = reference_returns(config, progress) if config.eval.users else None
         self.start_step = self.last_checkpoint = ppo.global_step
         self.bar = tqdm(total=config.total_steps, initial=ppo.global_step, unit="step", disable=not progress,
                         smoothing=0.1)  # fmt: skip
         self.request: dict[str, str | None] = {"signal": None}
 
-    def evaluate_now(self) -> dict[str, Any] | None:
+    def evaluate_now(self, progress: str | None = None) -> dict[str, Any] | None:
         """Evaluates the policy on fresh users and logs it (in a group, every process serves its block of
-        the users and the first gets the result; the others get None)."""
+        the users and the first gets the result; the others get None). ``progress`` names its bar."""
         config, step = self.config, self.ppo.global_step
         result = evaluate(config.env, self.ppo.recommender(), config.eval.users, seed=config.eval.seed,
-                          device=config.device, env_kwargs=config.env_kwargs)  # fmt: skip
+                          device=config.device, env_kwargs=config.env_kwargs, progress=progress)  # fmt: skip
         if result is None:
             return None
-        self.writer.add_scalar("eval/mean_return", result["mean_return"], step)
-        self.writer.add_scalar("eval/ci95_low", result["ci95"][0], step)
-        self.writer.add_scalar("eval/ci95_high", result["ci95"][1], step)
-        self.writer.add_scalar("eval/click_rate", result["click_rate"], step)
-        score = None if self.references is None else normalised(result["mean_return"], self.references)
-        if score is not None:
-            self.writer.add_scalar("eval/normalised_return", score, step)
+        if step != self.logged_step:  # a finished run, resumed, has its evaluation at this step in TensorBoard
+            score = None if self.references is None else normalised(result["mean_return"], self.references)
+            log_evaluation(self.writer.add_scalar, result, score, step)
         return result
 
     def log_update(self, rollout: dict[str, Any], stats: dict[str, float], rate: float) -> None:
@@ -90,7 +100,7 @@ class BatchedPPORun:
         self.log_update(rollout, stats, rate)
         # Evaluate when the step count crosses a multiple of every_steps (the same steps after a resume).
         every = config.eval.every_steps
-        if every and step // every > previous // every:
+        if every and step // every > previous // every and step < config.total_steps:  # the last: run() evaluates
             self.evaluate_now()
         stopping = self.request["signal"] is not None
         if self.world > 1:  # every process stops at the same update
@@ -119,7 +129,7 @@ class BatchedPPORun:
         if self.primary:
             atomic_save({"config": json.loads(config.model_dump_json()), "policy": ppo.policy.state_dict()},
                         self.out / "model.pt")  # fmt: skip
-        final = self.evaluate_now()
+        final = self.evaluate_now("final evaluation" if self.progress else None)
         self.writer.close()
         if final is None:  # not the first process
             return {}
@@ -159,3 +169,4 @@ def train_worker(config_json: str, out: str, resume: bool) -> dict[str, Any]:
     checkpoint = Path(out) / "checkpoints" / "last.pt"
     config = TrainConfig.model_validate_json(config_json)
     return train_batched_ppo(config, Path(out), checkpoint if resume else None, progress=False)
+

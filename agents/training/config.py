@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +27,7 @@ class TrainEvalConfig(FrozenConfig):
     users: int = Field(2000, ge=2, description="Users per evaluation.")
     seed: int = Field(12345, ge=0, description="Seed of the evaluation users (apart from training's).")
     every_steps: int = Field(
-        0, ge=0, description="Evaluate every this many env steps (0: only at the end; batched PPO only)."
+        0, ge=0, description="Evaluate every this many env steps (0: only at the end)."
     )
 
     @field_validator("users")
@@ -171,8 +172,18 @@ def make_vector_env(config: TrainConfig, num_envs: int, **extra: Any) -> Any:
     return env
 
 
-def reference_returns(config: TrainConfig) -> dict[str, dict[str, Any]]:
-    """Random and oracle evaluated on the evaluation users (the ends of the normalised scale)."""
+def evaluated_step(out: Path) -> int | None:
+    """The step of the final evaluation ``out/results.json`` records (None without one): a finished run,
+    resumed, has its evaluation at that step in TensorBoard already."""
+    try:
+        return int(json.loads((out / "results.json").read_text())["env_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def reference_returns(config: TrainConfig, progress: bool = False) -> dict[str, dict[str, Any]]:
+    """Random and oracle evaluated on the evaluation users (the ends of the normalised scale); ``progress``
+    shows a bar for each on stderr."""
     return {
         name: evaluate(
             config.env,
@@ -181,6 +192,7 @@ def reference_returns(config: TrainConfig) -> dict[str, dict[str, Any]]:
             seed=config.eval.seed,
             device=config.device,
             env_kwargs=config.env_kwargs,
+            progress=f"evaluating {name}" if progress else None,
         )
         for name in ("random", "oracle")
     }

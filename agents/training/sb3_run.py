@@ -12,6 +12,7 @@ from metarec.agents.base import Recommender
 from metarec.agents.evaluation import evaluate
 from metarec.agents.training.config import (
     TrainConfig,
+    evaluated_step,
     make_vector_env,
     normalisation_note,
     normalised,
@@ -21,7 +22,7 @@ from metarec.agents.training.config import (
 from metarec.config import validate_config
 from metarec.io import atomic_write, write_json
 from metarec.parallel import TrainingInterrupted, stop_requests
-from metarec.runs import hyperparameter_table, summary_writer
+from metarec.runs import hyperparameter_table, log_evaluation, write_hparams
 
 
 def sb3_algo(config: TrainConfig) -> str:
@@ -35,30 +36,16 @@ def train_sb3(config: TrainConfig, out: Path, resume: bool, progress: bool) -> d
     batched PPO it is not step-for-step the uninterrupted run."""
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
-    from metarec.agents.sb3 import (
-        RecommenderMetricsCallback,
-        SB3Recommender,
-        load_replay_buffer,
-        load_sb3_weights,
-        restore_sb3_counters,
-        save_replay_buffer,
-    )
+    from metarec.agents.sb3 import RecommenderMetricsCallback, SB3Recommender, save_replay_buffer
 
     algo = sb3_algo(config)
     checkpoint = out / "checkpoints" / "last.zip"
     replay = out / "checkpoints" / "replay.npz"
     resumed = resume and checkpoint.is_file()
-    model = build_sb3_model(config, config.device, tensorboard_log=str(out / "tb"))
-    if resumed:  # weights, optimizer and counters as plain data: nothing in the run directory is unpickled
-        load_sb3_weights(model, checkpoint, optimizer=True)
-        restore_sb3_counters(model, checkpoint)
-        if algo == "dqn" and replay.is_file():
-            load_replay_buffer(model.replay_buffer, replay)
-    else:
-        writer = summary_writer(out / "tb" / "hparams", primary=True)
-        writer.add_text("hyperparameters", hyperparameter_table(config))
-        writer.close()
-    references = reference_returns(config)
+    model = _sb3_model(config, out, checkpoint if resumed else None, replay)
+    writer = model.logger.output_formats[0].writer
+    logged_step = evaluated_step(out) if resumed else None  # a finished run, resumed, logged its evaluation
+    references = reference_returns(config, progress)
     # the callback's normalised return only where the scale means something (the oracle above random)
     reference = (references["random"]["mean_return"], references["oracle"]["mean_return"])
     reference = reference if normalisation_note(references) is None else None
@@ -81,13 +68,36 @@ def train_sb3(config: TrainConfig, out: Path, resume: bool, progress: bool) -> d
                 raise TrainingInterrupted(str(request["signal"]), self.num_timesteps, checkpoint)
             return True
 
+    def evaluate_now(step: int, progress_name: str | None = None) -> dict[str, Any]:
+        """The policy on the evaluation users, logged under ``eval/`` as batched PPO logs it."""
+        result = evaluate(config.env, SB3Recommender(model), config.eval.users, seed=config.eval.seed,
+                          device=config.device, env_kwargs=config.env_kwargs, progress=progress_name)  # fmt: skip
+        if step != logged_step:
+            log_evaluation(writer.add_scalar, result, normalised(result["mean_return"], references), step)
+            writer.flush()
+        return result
+
+    class Evaluation(BaseCallback):
+        """Evaluates every ``eval.every_steps`` env steps (when the count crosses a multiple), as batched PPO."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.last = model.num_timesteps
+
+        def _on_step(self) -> bool:
+            every = config.eval.every_steps
+            crossed = every and self.num_timesteps // every > self.last // every
+            if crossed and self.num_timesteps < config.total_steps:  # at the end, the final evaluation
+                evaluate_now(self.num_timesteps)
+            self.last = self.num_timesteps
+            return True
+
     started, start_step = time.perf_counter(), model.num_timesteps
     with stop_requests() as request:
         model.learn(
             max(config.total_steps - model.num_timesteps, 0),
-            callback=CallbackList([RecommenderMetricsCallback(reference), Checkpoint()]),
+            callback=CallbackList([RecommenderMetricsCallback(reference), Evaluation(), Checkpoint()]),
             reset_num_timesteps=not resumed,
-            tb_log_name="sb3",
             progress_bar=progress,
         )
     seconds = time.perf_counter() - started
@@ -95,22 +105,46 @@ def train_sb3(config: TrainConfig, out: Path, resume: bool, progress: bool) -> d
     if algo == "dqn":  # the buffer of the last checkpoint, for a resume with more steps
         save_replay_buffer(model.replay_buffer, replay)
     save_sb3(model, out / "model.zip")
-    final = evaluate(
-        config.env,
-        SB3Recommender(model),
-        config.eval.users,
-        seed=config.eval.seed,
-        device=config.device,
-        env_kwargs=config.env_kwargs,
-    )
+    final = evaluate_now(int(model.num_timesteps), "final evaluation" if progress else None)
+    model.logger.close()
+    rate = (model.num_timesteps - start_step) / seconds if seconds > 0 else None
+    results = _results(config, int(model.num_timesteps), seconds, rate, final, references)
+    write_json(results, out / "results.json")
+    return results
+
+
+def _sb3_model(config: TrainConfig, out: Path, checkpoint: Path | None, replay: Path) -> Any:
+    """The run's model: new, or from ``checkpoint`` (weights, optimizer, counters and DQN's replay buffer as
+    plain data: nothing in the run directory is unpickled), logging TensorBoard into ``OUT/tb`` itself under
+    batched PPO's tags (a resume drops what was logged after its checkpoint)."""
+    from metarec.agents.sb3 import load_replay_buffer, load_sb3_weights, restore_sb3_counters, tensorboard_logger
+
+    model = build_sb3_model(config, config.device)
+    if checkpoint is not None:
+        load_sb3_weights(model, checkpoint, optimizer=True)
+        restore_sb3_counters(model, checkpoint)
+        if sb3_algo(config) == "dqn" and replay.is_file():
+            load_replay_buffer(model.replay_buffer, replay)
+    resumed_at = None if checkpoint is None else int(model.num_timesteps)
+    model.set_logger(tensorboard_logger(out / "tb", purge_after=resumed_at))
+    if checkpoint is None:
+        writer = model.logger.output_formats[0].writer
+        writer.add_text("hyperparameters", hyperparameter_table(config))
+        write_hparams(writer, config)
+    return model
+
+
+def _results(
+    config: TrainConfig, steps: int, seconds: float, rate: float | None, final: dict, references: dict
+) -> dict[str, Any]:
     results = {
         "algo": config.algo,
         "env": config.env,
         "seed": config.seed,
-        "env_steps": int(model.num_timesteps),
+        "env_steps": steps,
         "requested_env_steps": config.total_steps,
         "train_seconds_this_process": seconds,
-        "env_steps_per_s": (model.num_timesteps - start_step) / seconds if seconds > 0 else None,
+        "env_steps_per_s": rate,
         "eval": final,
         "mean_return": final["mean_return"],
         "ci95": final["ci95"],
@@ -120,9 +154,8 @@ def train_sb3(config: TrainConfig, out: Path, resume: bool, progress: bool) -> d
     if (note := normalisation_note(references)) is not None:
         results["normalisation"] = note
     rollout = "the algorithm's (n_steps x sb3.num_envs for on-policy ones)"
-    if (note := step_note(int(model.num_timesteps), config.total_steps, rollout)) is not None:
+    if (note := step_note(steps, config.total_steps, rollout)) is not None:
         results["steps_note"] = note
-    write_json(results, out / "results.json")
     return results
 
 

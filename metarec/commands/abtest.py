@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from metarec.abtest.config import ABTestConfig
 from metarec.abtest.report import summary_table
 from metarec.abtest.runner import run_abtest
 from metarec.config import load_yaml_config
+from metarec.io import print_json
 from metarec.runs import claim_out
 
 
@@ -24,20 +24,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.json:
         primary = config.primary_metric
-        print(
-            json.dumps(
-                {
-                    "out": str(out),
-                    "srm_flagged": results["srm"]["flagged"],
-                    "primary_metric": primary,
-                    "effects": {
-                        arm: {k: effects[primary][k] for k in ("absolute", "ci", "relative", "p_adjusted")}
-                        for arm, effects in results["effects"].items()
-                    },
-                    "wall_seconds": results["wall_seconds"],
-                }
-            )
-        )
+        effects = {
+            arm: {k: effects[primary][k] for k in ("absolute", "ci", "relative", "p_adjusted")}
+            for arm, effects in results["effects"].items()
+        }
+        summary = {"out": str(out), "srm_flagged": results["srm"]["flagged"], "primary_metric": primary,
+                   "effects": effects, "wall_seconds": results["wall_seconds"]}  # fmt: skip
+        print_json(summary, args.json_stream)
     else:
         print(summary_table(results))
         print(f"report: {out / 'report.html'}  ({results['wall_seconds']:.0f} s)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import yaml
@@ -11,6 +10,7 @@ import yaml
 from metarec.calibration.fit import FitConfig
 from metarec.calibration.run import run_calibration
 from metarec.config import validate_config
+from metarec.io import print_json
 from metarec.runs import claim_out
 
 
@@ -24,10 +24,11 @@ def run(args: argparse.Namespace) -> int:
     fit_config = validate_config(FitConfig, values, where="--set")
     claim_out(args.out, "calibrate", overwrite=args.overwrite)  # before the logs are read and fitted
     result = run_calibration(
-        args.logs, args.format, args.out, items=args.items, holdout_frac=args.holdout_frac, fit_config=fit_config
+        args.logs, args.format, args.out, items=args.items, holdout_frac=args.holdout_frac, fit_config=fit_config,
+        progress=True,
     )
     if args.json:
-        print(json.dumps(result))
+        print_json(result, args.json_stream)
         return 0
     f = result["fidelity"]
     print(f"population: {result['population']}  (gym.make('metarec/Calibrated-v0', population=...))")

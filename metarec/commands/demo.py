@@ -24,7 +24,7 @@ from metarec.abtest.runner import run_abtest
 from metarec.agents.evaluation import evaluate
 from metarec.commands.demo_report import write_demo_report
 from metarec.config import config_path, validate_config
-from metarec.io import json_safe, write_json
+from metarec.io import json_safe, print_json, write_json
 from metarec.meta.config import MetaTrainConfig, load_meta_config
 from metarec.meta.eval_run import meta_eval
 from metarec.meta.tasks import TaskDistribution
@@ -214,5 +214,32 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {}
     if args.meta_config is not None:
         kwargs["meta_config"] = None if args.meta_config == "none" else args.meta_config
-    run_demo(out=args.out, users=args.users, seed=args.seed, device=args.device, overwrite=args.overwrite, **kwargs)
+    summary = run_demo(out=args.out, users=args.users, seed=args.seed, device=args.device, overwrite=args.overwrite,
+                       **kwargs)  # fmt: skip
+    if args.json:
+        print_json(json_summary(args.out, summary), args.json_stream)
     return 0
+
+
+def json_summary(out: str, summary: dict) -> dict:
+    """What ``metarec demo --json`` prints: where everything is, each env's random and oracle returns, the
+    adaptation curves on the test split and the A/B test's effects (``OUT/results.json`` holds the rest)."""
+    line = {
+        "out": str(out),
+        "results": str(Path(out) / "results.json"),
+        "report": str(Path(out) / "report.html"),
+        "seconds": summary["seconds"],
+        "environments": {
+            row["env"]: {agent: row[agent]["mean_return"] for agent in ("random", "oracle")}
+            for row in summary["results"]
+        },
+        "abtest": summary["abtest"],
+    }
+    if summary["meta"] is not None:
+        adaptation = summary["meta"]["adaptation"]
+        line["meta"] = {
+            "meta_learner": adaptation.get("meta_learner"),
+            "sessions": adaptation["sessions"],
+            "normalised_return": {name: m["normalised_return"] for name, m in adaptation["methods"].items()},
+        }
+    return line

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from metarec.io import print_json
 from metarec.registration import ENVIRONMENTS
 
 
 def run(args: argparse.Namespace) -> int:
     if args.json:
-        print(json.dumps([{"id": e.id, "description": e.description} for e in ENVIRONMENTS]))
+        print_json([{"id": e.id, "description": e.description} for e in ENVIRONMENTS], args.json_stream)
         return 0
     width = max(len(e.id) for e in ENVIRONMENTS)
     for entry in ENVIRONMENTS:

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from metarec.agents.evaluation import evaluate
-from metarec.io import json_safe
+from metarec.io import print_json
 
 
 def run(args: argparse.Namespace) -> int:
     result = evaluate(args.env, args.agent, args.users, seed=args.seed, device=args.device, nproc=args.nproc,
-                      env_kwargs=args.env_kwargs)  # fmt: skip
+                      env_kwargs=args.env_kwargs, progress="evaluate")  # fmt: skip
     if result is None:  # a process of a torchrun group other than the first: it prints nothing
         return 0
     if args.json:
-        print(json.dumps(json_safe(result), allow_nan=False))
+        print_json(result, args.json_stream)
     else:
         print(
             f"{result['env']}  agent={result['agent']}  users={result['users']}  "

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from metarec.io import print_json
 from metarec.meta.eval_run import meta_eval
 
 
 def run(args: argparse.Namespace) -> int:
-    result = meta_eval(args.run, split=args.split, progress=not args.json, seeds=args.seeds)
+    result = meta_eval(args.run, split=args.split, progress=True, seeds=args.seeds)
     if args.json:
         keys = ("split", "sessions", "methods", "best_meta_method", "meta_learner")
         keep = ("normalised_return", "ci95", "regret_after", "shift")
         methods = {name: {key: m[key] for key in keep} for name, m in result["methods"].items()}
         paired = {"paired": result["paired"]} if "paired" in result else {}
-        print(json.dumps({**{k: result[k] for k in keys}, "methods": methods, **paired}))
+        print_json({**{k: result[k] for k in keys}, "methods": methods, **paired}, args.json_stream)
     else:
         for name, m in result["methods"].items():
             curve = " ".join("  nan" if v is None else f"{v:5.2f}" for v in m["normalised_return"][:10])

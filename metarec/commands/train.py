@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from metarec.agents.training import load_config, train
+from metarec.io import print_json
 from metarec.parallel import TrainingInterrupted
 
 
@@ -29,5 +29,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"metarec train: {results['steps_note']}", file=sys.stderr)
     if "normalisation" in results:
         print(f"metarec train: normalised return {results['normalisation']}", file=sys.stderr)
-    print(json.dumps({**summary, "out": str(out)}))
+    if args.json:
+        print_json({**summary, "out": str(out)}, args.json_stream)
+        return 0
+    normalised = summary.get("normalised_return")
+    scale = "" if normalised is None else f", normalised {normalised:.3f} (random 0, oracle 1)"
+    low, high = summary["ci95"]
+    print(f"{summary['algo']} on {summary['env']}: mean return {summary['mean_return']:.3f} [{low:.3f}, {high:.3f}] "
+          f"(95% CI){scale} after {summary['env_steps']:,} env steps; run: {out}")  # fmt: skip
     return 0
