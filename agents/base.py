@@ -106,6 +106,12 @@ class Recommender(ABC):
         :meth:`observe` whose ``done`` has a True entry; state shared across users (a popularity
         table, learned weights) is kept."""
 
+    def export_module(self, keys: list[str]) -> torch.nn.Module:
+        """The network behind its deterministic slates as a module to export (see :mod:`metarec.agents.export`),
+        reading the observation entries ``keys`` in that order; a ValueError naming ``run`` where there is none
+        (a baseline) or it does not export."""
+        raise ValueError(f"run: {self.name} is not a policy network (a baseline, say); nothing to export")
+
 
 def slate_shape(observation: dict[str, torch.Tensor]) -> tuple[int, int]:
     """``(B, N)``: users and candidates in a batch."""

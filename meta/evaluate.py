@@ -112,6 +112,11 @@ class RL2Recommender(Recommender):
             self.memory = self.policy.remember(hidden, self.memory.belief, observation, slate)
         return slate
 
+    def export_module(self, keys: list[str]) -> torch.nn.Module:
+        from metarec.meta.export_step import RL2Step
+
+        return RL2Step(self.policy, keys)
+
     def observe(self, reward: torch.Tensor, done: torch.Tensor, info: dict[str, Any]) -> None:
         if self.memory is None:
             raise RuntimeError("observe() before act()")
@@ -155,6 +160,12 @@ class LoggedItemStats(Recommender):
 
     def reset(self, mask: torch.Tensor | None = None) -> None:
         self.inner.reset(mask)  # the statistics are the population's, not a user's: kept
+
+    def export_module(self, keys: list[str]) -> torch.nn.Module:
+        """The inner recommender's, taking the raw item statistics this wrapper logs as one more input."""
+        module = self.inner.export_module(keys)
+        module.item_stats = True
+        return module
 
     def stats(self) -> torch.Tensor:
         """``[groups * num_items, 3]`` float32 impressions, clicks and summed engagement per item (of each

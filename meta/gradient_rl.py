@@ -329,6 +329,13 @@ class AdaptingRecommender(Recommender):
                              "process; run it without --nproc, or meta-train it with gradient.adapt: user")  # fmt: skip
         super().place(shard)
 
+    def export_module(self, keys: list[str]) -> torch.nn.Module:
+        """θ, the weights every user starts from, as a scorer of its most probable slates."""
+        from metarec.agents.export import SlateScorer
+
+        policy = self.learner.module
+        return SlateScorer(policy, keys, policy.slate_size)
+
     def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
         self._observation = observation
         rows_of = self.draws(self.generator, observation["candidates"].shape[0]).rows_of()  # the whole batch's draws

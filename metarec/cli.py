@@ -117,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--json", action="store_true", help=JSON_HELP)
     sl.set_defaults(func="metarec.commands.simulate_logs:run")
 
+    ex = sub.add_parser("export", help="write a trained recommender as a file torch or onnxruntime runs alone")
+    ex.add_argument("run", help="a metarec train run directory or a meta-train method, RUN/methods/METHOD.pt")
+    ex.add_argument("--format", required=True, choices=("torch-export", "onnx", "state-dict"),
+                    help="torch-export (.pt2), onnx (.onnx) or state-dict (.pt, the weights)")  # fmt: skip
+    ex.add_argument("--out", required=True, help="the file to write, ending in .pt2, .onnx or .pt")
+    ex.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    ex.add_argument("--env", choices=[e.id for e in ENVIRONMENTS], metavar="ID",
+                    help="the env whose observations it takes (default: the run's, else metarec/DriftingUsers-v0)")
+    ex.add_argument("--env-kwargs", type=_json_object, default=None, metavar="JSON", help=ENV_KWARGS_HELP)
+    ex.add_argument("--batch", type=_positive_int, default=8,
+                    help="users in the example call (and in every call of RL² with a population memory)")
+    ex.add_argument("--json", action="store_true", help=JSON_HELP)
+    ex.set_defaults(func="metarec.commands.export:run")
+
     demo = sub.add_parser("demo", help="the main job: what metarec simulates, measured end to end")
     demo.add_argument("--out", default="runs/demo", help="output directory")
     demo.add_argument("--overwrite", action="store_true", help="write into a non-empty --out not made by demo")

@@ -197,6 +197,14 @@ def _leaves(value: object, path: str = "") -> tuple[list[float], list[tuple[str,
     return [x for f, _ in parts for x in f], [x for _, o in parts for x in o]
 
 
+def exported(path: str, kind: str) -> Callable[[Done], None]:
+    def check(done: Done) -> None:
+        assert done.file(path).stat().st_size > 0
+        assert re.search(rf"^exported \S+ \({kind}\) as \S+ to {path}: inputs ", done.out, flags=re.M), done.out
+
+    return check
+
+
 def logs_written(done: Done) -> None:
     assert re.fullmatch(r"wrote [\d,]+ events of 50 users over 3 days to runs/logs.csv", done.out.strip()), done.out
     header = done.file("runs/logs.csv").read_text().splitlines()[0].split(",")
@@ -247,6 +255,8 @@ ABTEST = "metarec abtest configs/abtest_demo.yaml --out runs/abtest_demo"
 META_TRAIN = "metarec meta-train configs/meta_demo.yaml --out runs/meta_demo"
 META_2P_CMD = "metarec meta-train configs/meta_demo.yaml --out runs/meta_demo_2p --nproc 2"
 LOGS = "metarec simulate-logs --users 1000 --days 10 --out runs/logs.csv"
+EXPORT_RL2 = "metarec export runs/meta_demo/methods/rl2.pt --format torch-export --out runs/rl2.pt2"
+EXPORT_SB3 = "metarec export runs/sb3_ppo_drifting --format onnx --out runs/sb3_ppo_drifting.onnx"
 
 # README line -> the small-budget command run in its place, and its check.
 COMMANDS: dict[str, Case] = {
@@ -278,6 +288,9 @@ COMMANDS: dict[str, Case] = {
     "metarec meta-eval runs/meta_demo --split test --json": Case(
         "metarec meta-eval runs/meta_demo --split test --json", meta_evaluated, needs=(META_TRAIN,)
     ),
+    # Export
+    EXPORT_RL2: Case(EXPORT_RL2, exported("runs/rl2.pt2", "rl2"), needs=(META_TRAIN,)),
+    EXPORT_SB3: Case(EXPORT_SB3, exported("runs/sb3_ppo_drifting.onnx", "slate-scorer"), needs=(TRAIN_SB3,)),
     # Calibration
     LOGS: Case("metarec simulate-logs --users 50 --days 3 --out runs/logs.csv", logs_written),
     "metarec calibrate runs/logs.csv --format csv --holdout-frac 0.2 --out runs/calibrated --json": Case(

@@ -45,3 +45,8 @@ class PolicyRecommender(Recommender):
                 picked = dist.sample(self.generator, rows_of=self.draws(self.generator, batch, rows).rows_of())
         slate = fill_slates(picked, rows, batch)
         return slate[:, 0] if self.single_item else slate
+
+    def export_module(self, keys: list[str]) -> torch.nn.Module:
+        from metarec.agents.export import SlateScorer
+
+        return SlateScorer(self.policy, keys, self.policy.slate_size)

@@ -113,3 +113,14 @@ class SB3Recommender(Recommender):
             self._lstm_states, self._episode_start = None, None
         elif self._episode_start is not None:
             self._episode_start |= mask.cpu().numpy().astype(bool)
+
+    def export_module(self, keys: list[str]) -> torch.nn.Module:
+        """The slate network of PPO or A2C (its K best candidates), or DQN's Q-network (its best one)."""
+        from metarec.agents.export import SlateScorer
+
+        if self.recurrent:
+            raise ValueError(f"run: {self.name} is recurrent (sb3-contrib's RecurrentPPO), which does not export yet")
+        q_net = getattr(self.model, "q_net", None)
+        if q_net is not None:
+            return SlateScorer(q_net.slate_net, keys, 1)
+        return SlateScorer(self.model.policy.slate_net, keys, self.model.policy.slate_size)
