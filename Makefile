@@ -24,7 +24,7 @@ $(DEMO_STAMP): pyproject.toml Makefile
 	touch $(DEMO_STAMP)
 
 $(STAMP): $(DEMO_STAMP)
-	$(PY) -m pip install -q -e ".[test,sb3,calibrate,text,export]"
+	$(PY) -m pip install -q -e ".[test,sb3,calibrate,text,export,offline]"
 	touch $(STAMP)
 
 $(RECSIM_STAMP): pyproject.toml Makefile

@@ -106,6 +106,13 @@ class Recommender(ABC):
         :meth:`observe` whose ``done`` has a True entry; state shared across users (a popularity
         table, learned weights) is kept."""
 
+    def slate_propensity(self, num_candidates: int) -> float | None:
+        """The probability that it shows a given candidate at a given position of its slate, where that is the
+        same for every candidate, position and user (offline logs' propensity): ``1 / N`` for uniformly random
+        slates, 1 for a deterministic recommender. None where it is not known (a bandit that explores, a policy
+        that samples)."""
+        return None
+
     def export_module(self, keys: list[str]) -> torch.nn.Module:
         """The network behind its deterministic slates as a module to export (see :mod:`metarec.agents.export`),
         reading the observation entries ``keys`` in that order; a ValueError naming ``run`` where there is none

@@ -11,6 +11,8 @@ truth these logs are what the calibration tests recover a known population from.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,23 @@ SECONDS_PER_DAY = 86_400.0
 SECONDS_PER_STEP = 60.0
 
 
-def simulate_logs(
+@dataclass
+class Step:
+    """One step of every user under the logging recommender: what was observed before the slates, the slates
+    ``[B, K]``, the reward and step info, which users were still there (``running``, before the step), each
+    user's day and step within it, and who finished with this step."""
+
+    observation: dict[str, torch.Tensor]
+    slate: torch.Tensor
+    reward: torch.Tensor
+    info: dict[str, Any]
+    running: torch.Tensor
+    day: torch.Tensor
+    step: torch.Tensor
+    done: torch.Tensor
+
+
+def browse(
     env_id: str,
     users: int,
     days: int,
@@ -34,19 +52,14 @@ def simulate_logs(
     agent: str = "random",
     env_kwargs: dict[str, Any] | None = None,
     device: str = "cpu",
-    impressions: bool = False,
     progress: bool = False,
-) -> dict[str, np.ndarray]:
-    """Columns ``user``, ``item``, ``timestamp``, ``rating``, ``click`` of every click of ``users``
-    users over ``days`` days (sessions), or with ``impressions`` of every shown item (``click`` 0 and
-    rating NaN where it was not clicked); also returns the environment under ``"env"`` and the number
-    of user-steps taken under ``"user_steps"`` (for tests that compare with the ground truth)."""
-
+) -> Iterator[tuple[Any, Any, Step]]:
+    """``(env, recommender, step)`` for every step of ``users`` users of a DriftingUsers-family env over ``days``
+    days (sessions) under the recommender ``agent``, until every user has left."""
     if users < 1:
         raise ValueError(f"users: expected a positive integer, got {users}")
     if days < 1:
         raise ValueError(f"days: expected a positive integer, got {days}")
-
     kwargs = with_population_fields(env_kwargs or {}, {"num_sessions": days})
     env = gym.make_vec(
         env_id,
@@ -64,41 +77,18 @@ def simulate_logs(
     observation, info = env.reset(seed=seed)
     recommender.reset()
     running = torch.ones(users, dtype=torch.bool, device=base.device)
-    columns: dict[str, list[np.ndarray]] = {k: [] for k in ("user", "item", "timestamp", "rating", "click")}
-    rows = torch.arange(users, device=base.device)
     limit = days * base.config.population.max_session_steps + days
-    steps = 0
     bar = tqdm(total=users, desc="simulate-logs", unit="user", leave=False, disable=not progress)
     for _ in range(limit):
         state = base.state
         day, step = state["session"].clone(), state["session_step"].clone()
-        ids = observation["candidate_ids"]
+        before = observation
         action = recommender.act(observation, info)
         observation, reward, terminated, truncated, info = env.step(action)
         done = terminated | truncated
         recommender.observe(reward, done, info)
-        clicked = info["clicked"] & running
-        if impressions and bool(running.any()):
-            slate = action if action.ndim == 2 else action[:, None]  # [B, K] candidate indices
-            hit = (slate == info["chosen_candidate"][:, None]) & clicked[:, None]  # [B, K]
-            shown = running[:, None].expand_as(slate)
-            seconds = day.double() * SECONDS_PER_DAY + step.double() * SECONDS_PER_STEP
-            rating = torch.where(hit, info["satisfaction"][:, None].float(), torch.nan)
-            columns["user"].append(rows[:, None].expand_as(slate)[shown].cpu().numpy())
-            columns["item"].append(ids.gather(1, slate)[shown].cpu().numpy())
-            columns["timestamp"].append(seconds[:, None].expand_as(slate)[shown].cpu().numpy())
-            columns["rating"].append(rating[shown].cpu().numpy())
-            columns["click"].append(hit[shown].float().cpu().numpy())
-        elif bool(clicked.any()):
-            who = rows[clicked]
-            chosen = info["chosen_candidate"][clicked]
-            columns["user"].append(who.cpu().numpy())
-            columns["item"].append(ids[clicked].gather(1, chosen[:, None])[:, 0].cpu().numpy())
-            seconds = day[clicked].double() * SECONDS_PER_DAY + step[clicked].double() * SECONDS_PER_STEP
-            columns["timestamp"].append(seconds.cpu().numpy())
-            columns["rating"].append(info["satisfaction"][clicked].cpu().numpy())
-            columns["click"].append(np.ones(len(who), dtype=np.float32))
-        steps += int(running.sum())
+        slate = action if action.ndim == 2 else action[:, None]  # [B, K] candidate indices
+        yield base, recommender, Step(before, slate, reward, info, running.clone(), day, step, done)
         running &= ~done
         left = int(running.sum())
         bar.update(users - left - bar.n)
@@ -106,6 +96,50 @@ def simulate_logs(
             break
     bar.close()
     env.close()
+
+
+def simulate_logs(
+    env_id: str,
+    users: int,
+    days: int,
+    seed: int = 0,
+    agent: str = "random",
+    env_kwargs: dict[str, Any] | None = None,
+    device: str = "cpu",
+    impressions: bool = False,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Columns ``user``, ``item``, ``timestamp``, ``rating``, ``click`` of every click of ``users``
+    users over ``days`` days (sessions), or with ``impressions`` of every shown item (``click`` 0 and
+    rating NaN where it was not clicked); also returns the environment under ``"env"`` and the number
+    of user-steps taken under ``"user_steps"`` (for tests that compare with the ground truth)."""
+    columns: dict[str, list[np.ndarray]] = {k: [] for k in ("user", "item", "timestamp", "rating", "click")}
+    steps, base = 0, None
+    for env, _, t in browse(env_id, users, days, seed, agent, env_kwargs, device, progress):
+        base = env  # returned: the tests read its ground truth
+        rows = torch.arange(users, device=t.slate.device)
+        ids, running, info = t.observation["candidate_ids"], t.running, t.info
+        clicked = info["clicked"] & running
+        if impressions and bool(running.any()):
+            hit = (t.slate == info["chosen_candidate"][:, None]) & clicked[:, None]  # [B, K]
+            shown = running[:, None].expand_as(t.slate)
+            seconds = t.day.double() * SECONDS_PER_DAY + t.step.double() * SECONDS_PER_STEP
+            rating = torch.where(hit, info["satisfaction"][:, None].float(), torch.nan)
+            columns["user"].append(rows[:, None].expand_as(t.slate)[shown].cpu().numpy())
+            columns["item"].append(ids.gather(1, t.slate)[shown].cpu().numpy())
+            columns["timestamp"].append(seconds[:, None].expand_as(t.slate)[shown].cpu().numpy())
+            columns["rating"].append(rating[shown].cpu().numpy())
+            columns["click"].append(hit[shown].float().cpu().numpy())
+        elif bool(clicked.any()):
+            who = rows[clicked]
+            chosen = info["chosen_candidate"][clicked]
+            columns["user"].append(who.cpu().numpy())
+            columns["item"].append(ids[clicked].gather(1, chosen[:, None])[:, 0].cpu().numpy())
+            seconds = t.day[clicked].double() * SECONDS_PER_DAY + t.step[clicked].double() * SECONDS_PER_STEP
+            columns["timestamp"].append(seconds.cpu().numpy())
+            columns["rating"].append(info["satisfaction"][clicked].cpu().numpy())
+            columns["click"].append(np.ones(len(who), dtype=np.float32))
+        steps += int(running.sum())
     out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in columns.items()}
     order = np.lexsort((out["user"], out["timestamp"]))
     out = {k: v[order] for k, v in out.items()}

@@ -112,6 +112,9 @@ class RL2Recommender(Recommender):
             self.memory = self.policy.remember(hidden, self.memory.belief, observation, slate)
         return slate
 
+    def slate_propensity(self, num_candidates: int) -> float | None:
+        return 1.0 if self.deterministic else None
+
     def export_module(self, keys: list[str]) -> torch.nn.Module:
         from metarec.meta.export_step import RL2Step
 
@@ -160,6 +163,9 @@ class LoggedItemStats(Recommender):
 
     def reset(self, mask: torch.Tensor | None = None) -> None:
         self.inner.reset(mask)  # the statistics are the population's, not a user's: kept
+
+    def slate_propensity(self, num_candidates: int) -> float | None:
+        return self.inner.slate_propensity(num_candidates)
 
     def export_module(self, keys: list[str]) -> torch.nn.Module:
         """The inner recommender's, taking the raw item statistics this wrapper logs as one more input."""

@@ -108,7 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help=ENV_HELP)  # fmt: skip
     sl.add_argument("--users", type=_positive_int, required=True, help="simulated users")
     sl.add_argument("--days", type=_positive_int, required=True, help="sessions per user, one a day")
-    sl.add_argument("--out", required=True, help="a .csv or .parquet file")
+    sl.add_argument("--out", required=True, help="the file to write (.csv or .parquet; .parquet, .csv, .npz for "
+                    "parquet, obd, obp), or the dataset folder for minari")  # fmt: skip
+    sl.add_argument("--format", default="generic", choices=("generic", "parquet", "obd", "obp", "minari"),
+                    help="generic: clicks in the schema calibrate reads; parquet: every impression with its context "
+                    "and propensity; obd: the Open Bandit Dataset's CSV; obp: Open Bandit Pipeline's bandit "
+                    "feedback (.npz); minari: a Minari dataset, one episode a user")  # fmt: skip
     sl.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     sl.add_argument("--agent", default="random", help="the logging recommender (default random)")
     sl.add_argument("--seed", type=int, default=0, help=SEED_HELP)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
@@ -205,6 +206,13 @@ def exported(path: str, kind: str) -> Callable[[Done], None]:
     return check
 
 
+def feedback_written(done: Done) -> None:
+    assert re.search(r"^wrote [\d,]+ impressions \([\d,]+ slates\) of 30 users over 2 days to runs/feedback.npz "
+                     r"\(obp\)$", done.out, flags=re.M), done.out  # fmt: skip
+    with np.load(done.file("runs/feedback.npz"), allow_pickle=False) as feedback:
+        assert int(feedback["n_rounds"]) == len(feedback["action"]) > 0 and int(feedback["len_list"]) == 5
+
+
 def logs_written(done: Done) -> None:
     assert re.fullmatch(r"wrote [\d,]+ events of 50 users over 3 days to runs/logs.csv", done.out.strip()), done.out
     header = done.file("runs/logs.csv").read_text().splitlines()[0].split(",")
@@ -255,6 +263,7 @@ ABTEST = "metarec abtest configs/abtest_demo.yaml --out runs/abtest_demo"
 META_TRAIN = "metarec meta-train configs/meta_demo.yaml --out runs/meta_demo"
 META_2P_CMD = "metarec meta-train configs/meta_demo.yaml --out runs/meta_demo_2p --nproc 2"
 LOGS = "metarec simulate-logs --users 1000 --days 10 --out runs/logs.csv"
+OBP_LOGS = "metarec simulate-logs --users 1000 --days 10 --format obp --out runs/feedback.npz"
 EXPORT_RL2 = "metarec export runs/meta_demo/methods/rl2.pt --format torch-export --out runs/rl2.pt2"
 EXPORT_SB3 = "metarec export runs/sb3_ppo_drifting --format onnx --out runs/sb3_ppo_drifting.onnx"
 
@@ -288,6 +297,8 @@ COMMANDS: dict[str, Case] = {
     "metarec meta-eval runs/meta_demo --split test --json": Case(
         "metarec meta-eval runs/meta_demo --split test --json", meta_evaluated, needs=(META_TRAIN,)
     ),
+    OBP_LOGS: Case("metarec simulate-logs --users 30 --days 2 --format obp --out runs/feedback.npz",
+                   feedback_written),
     # Export
     EXPORT_RL2: Case(EXPORT_RL2, exported("runs/rl2.pt2", "rl2"), needs=(META_TRAIN,)),
     EXPORT_SB3: Case(EXPORT_SB3, exported("runs/sb3_ppo_drifting.onnx", "slate-scorer"), needs=(TRAIN_SB3,)),

@@ -30,6 +30,9 @@ class RandomRecommender(Recommender):
         slate = torch.topk(keys, k, dim=1).indices  # the first k of a uniform random permutation
         return slate[:, 0] if self.slate_size is None else slate
 
+    def slate_propensity(self, num_candidates: int) -> float:
+        return 1.0 / num_candidates  # a uniform permutation puts each candidate at each position with 1 / N
+
 
 class OracleRecommender(Recommender):
     """Shows the best slate under the true current user state (myopic: one step ahead).
@@ -42,6 +45,9 @@ class OracleRecommender(Recommender):
 
     def __init__(self, single_item: bool = False) -> None:
         self.single_item = single_item
+
+    def slate_propensity(self, num_candidates: int) -> float:
+        return 1.0  # deterministic given the state
 
     def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
         if "oracle_slate" not in info:

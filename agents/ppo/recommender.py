@@ -46,6 +46,9 @@ class PolicyRecommender(Recommender):
         slate = fill_slates(picked, rows, batch)
         return slate[:, 0] if self.single_item else slate
 
+    def slate_propensity(self, num_candidates: int) -> float | None:
+        return 1.0 if self.deterministic else None
+
     def export_module(self, keys: list[str]) -> torch.nn.Module:
         from metarec.agents.export import SlateScorer
 

@@ -114,6 +114,9 @@ class SB3Recommender(Recommender):
         elif self._episode_start is not None:
             self._episode_start |= mask.cpu().numpy().astype(bool)
 
+    def slate_propensity(self, num_candidates: int) -> float | None:
+        return 1.0 if self.deterministic else None
+
     def export_module(self, keys: list[str]) -> torch.nn.Module:
         """The slate network of PPO or A2C (its K best candidates), or DQN's Q-network (its best one)."""
         from metarec.agents.export import SlateScorer
