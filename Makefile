@@ -1,4 +1,5 @@
 # make demo — set up .venv and run the main job; make test — set up .venv and run the tests.
+# make docs — build the documentation site into build/site (mkdocs build --strict).
 # make test-recsim-ng — set up .venv-recsim-ng (the recsim-ng extra: TensorFlow 2.15, NumPy < 2) and run
 # the tests marked recsim_ng.
 PYTHON ?= python3
@@ -14,7 +15,7 @@ DEMO_STAMP := $(VENV)/.metarec-core-installed
 STAMP := $(VENV)/.metarec-installed
 RECSIM_STAMP := $(RECSIM_VENV)/.metarec-installed
 
-.PHONY: demo test test-all test-recsim-ng lint bench clean
+.PHONY: demo test test-all test-recsim-ng docs lint bench clean
 
 $(DEMO_STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +25,7 @@ $(DEMO_STAMP): pyproject.toml Makefile
 	touch $(DEMO_STAMP)
 
 $(STAMP): $(DEMO_STAMP)
-	$(PY) -m pip install -q -e ".[test,sb3,calibrate,text,export,offline]"
+	$(PY) -m pip install -q -e ".[test,sb3,calibrate,text,export,offline,docs]"
 	touch $(STAMP)
 
 $(RECSIM_STAMP): pyproject.toml Makefile
@@ -45,6 +46,9 @@ test-all: $(STAMP)
 
 test-recsim-ng: $(RECSIM_STAMP)
 	$(RECSIM_VENV)/bin/python -m pytest -q -m recsim_ng tests/test_recsim_ng.py
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -255,7 +255,10 @@ class TaskBatchVectorEnv(UserSimVectorEnv):
         tasks: the populations (``SimulatorConfig`` or dicts), e.g. from
             :meth:`metarec.meta.tasks.TaskDistribution.sample`.
         users_per_task: rows per task; ``num_envs = len(tasks) * users_per_task``, task-major.
-        device, single_item, ground_truth, autoreset: as for ``metarec/DriftingUsers-v0``'s vector env.
+        device: as for ``metarec/DriftingUsers-v0``'s vector env.
+        single_item: as for ``metarec/DriftingUsers-v0``'s vector env.
+        ground_truth: as for ``metarec/DriftingUsers-v0``'s vector env.
+        autoreset: as for ``metarec/DriftingUsers-v0``'s vector env.
         item_stats: append to each candidate's features what the recommender has logged of the item
             in this population so far (smoothed CTR and engagement per impression, log impressions),
             counted over all users of its task since the last full ``reset``. A population-level

@@ -53,8 +53,10 @@ class InContextPolicy(RL2Policy):
         slate_size: K.
         hidden: the transformer's width and that of the scorer.
         window: interactions the transformer reads (the newest ones).
-        layers, heads: of the transformer encoder (``heads`` divides ``hidden``).
-        belief, belief_ridge: as :class:`RL2Policy`'s.
+        layers: of the transformer encoder.
+        heads: of the transformer encoder (it divides ``hidden``).
+        belief: as :class:`RL2Policy`'s.
+        belief_ridge: as :class:`RL2Policy`'s.
     """
 
     def __init__(

@@ -98,12 +98,15 @@ def test_bad_numbers_are_rejected_by_the_parser():
 
 
 def test_readme_python_snippets_run(tmp_path, monkeypatch):
-    """Every ```python block of the README runs as written; the SB3 snippet logs to TensorBoard what it says."""
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
-    assert blocks
+    """Every ```python block of the README and the documentation's pages runs as written; the SB3 snippet logs
+    to TensorBoard what it says."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    blocks = [(page, block) for page in pages
+              for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)]  # fmt: skip
+    assert len(blocks) >= 3
     monkeypatch.chdir(tmp_path)
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
+    for page, block in blocks:
+        exec(compile(block, str(page.relative_to(ROOT)), "exec"), {})
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tmp_path / "runs" / "sb3_snippet" / "tb")).Reload()

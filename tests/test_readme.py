@@ -34,15 +34,18 @@ from metarec.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+# The README and the guides of the documentation site: every command line they show is in a table below.
+PAGES = (README, ROOT / "docs" / "index.md", *sorted((ROOT / "docs" / "guide").glob("*.md")))
 # The commands the README shows with --device cuda run on a GPU where there is one, else on the CPU.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 RUNNABLE = ("metarec ", ".venv/bin/metarec ", "torchrun ")
 
 
 def readme_commands() -> list[str]:
-    """Every command line of the README's ```bash / ``` blocks, normalised by shlex."""
+    """Every command line of the ```bash / ``` blocks of the README and the guides, normalised by shlex."""
     lines = []
-    for lang, body in re.findall(r"^```([\w-]*)\n(.*?)^```", README.read_text(), flags=re.S | re.M):
+    text = "\n".join(page.read_text() for page in PAGES)
+    for lang, body in re.findall(r"^```([\w-]*)\n(.*?)^```", text, flags=re.S | re.M):
         if lang not in ("", "bash", "sh", "shell", "console"):
             continue
         for raw in body.replace("\\\n", " ").splitlines():
@@ -444,21 +447,26 @@ def test_readme_command_runs_at_a_small_budget(line: str, workdir: Path) -> None
     COMMANDS[line].check(done)
 
 
-def test_readme_links_and_pictures_exist():
-    """Every local link of the README names a file or a heading there; pictures are PNGs under 200 kB."""
-    text = README.read_text()
-    headings = {
-        re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.*)$", text, re.M)
+def headings_of(path: Path) -> set[str]:
+    """The anchors of a Markdown file's headings."""
+    return {
+        re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+        for h in re.findall(r"^#+ (.*)$", path.read_text(), re.M)
     }
-    links = re.findall(r"(!?)\[[^\]]*\]\(([^)\s]+)\)", text)
+
+
+def test_readme_links_and_pictures_exist():
+    """Every local link of the README names a file, and a heading there where it names one; pictures are PNGs
+    under 200 kB."""
+    links = re.findall(r"(!?)\[[^\]]*\]\(([^)\s]+)\)", README.read_text())
     assert any(bang for bang, _ in links), "the README shows no picture"
     for bang, target in links:
         if target.startswith(("http://", "https://")):
             continue
-        if target.startswith("#"):
-            assert target[1:] in headings, f"no heading for the link {target}"
-            continue
-        path = ROOT / target
+        file, _, anchor = target.partition("#")
+        path = ROOT / file if file else README
         assert path.is_file(), f"the README links to {target}, which does not exist"
+        if anchor:
+            assert anchor in headings_of(path), f"no heading for the link {target}"
         if bang:
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size < 200_000, target
