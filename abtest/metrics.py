@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from metarec.agents.metrics import Relevance, shown_once
+
 COUNTERS = (
     "impressions",  # steps (slates shown)
     "clicks",
@@ -94,14 +96,10 @@ class StepMetrics:
     def __init__(self, env: Any, seed: int) -> None:
         self.env = env
         self.model = env.model
-        self.k = 1 if getattr(env, "single_item", False) else int(self.model.slate_size)
-        config = env.config
-        population = getattr(config, "population", None)
-        self.temperature = float(getattr(population, "choice_temperature", 1.0))
-        self.no_click_utility = getattr(population, "no_click_utility", None)
-        catalog = getattr(config, "catalog", None)
+        self.relevance = Relevance(env)  # precision, recall and NDCG against the ground truth
+        self.k = self.relevance.k
+        catalog = getattr(env.config, "catalog", None)
         self.embedding_dim = getattr(catalog, "embedding_dim", None)
-        self.discount = 1.0 / torch.log2(torch.arange(self.k, device=env.device, dtype=torch.float32) + 2.0)
         self.self_information = natural_self_information(self.model, seed)  # [M] or None
         self.num_items = None if self.self_information is None else int(self.self_information.shape[0])
 
@@ -126,21 +124,9 @@ class StepMetrics:
             out[:, C["diversity"]] = ((1.0 - similarity) * pair).sum((1, 2)) / pairs
         utility = info.get("candidate_utilities")
         if utility is not None:
-            utility = utility.to(torch.float32)
-            if self.no_click_utility is not None:
-                relevant = utility > self.no_click_utility
-            else:
-                top = utility.topk(k, dim=1).indices
-                relevant = torch.zeros_like(utility, dtype=torch.bool).scatter_(1, top, True)
-            hits = (relevant.gather(1, slate) & shown).sum(1).to(torch.float32)
-            count = relevant.sum(1).to(torch.float32)
-            out[:, C["precision"]] = hits / k
-            out[:, C["recall"]] = torch.where(count > 0, hits / count.clamp_min(1.0), 0.0)
-            out[:, C["recall_steps"]] = (count > 0).to(torch.float32)
-            gain = torch.softmax(utility / self.temperature, dim=1)
-            dcg = (gain.gather(1, slate) * shown * self.discount).sum(1)
-            ideal = (gain.topk(k, dim=1).values * self.discount).sum(1)
-            out[:, C["ndcg"]] = dcg / ideal.clamp_min(1e-30)
+            for key, value in self.relevance(utility, slate).items():
+                if key in C:
+                    out[:, C[key]] = value
         return out
 
     def after(self, out: torch.Tensor, reward: torch.Tensor, info: dict[str, Any],
@@ -157,14 +143,6 @@ class StepMetrics:
             items = observation["candidate_ids"].gather(1, chosen[:, None])[:, 0]
             out[:, C["novelty"]] = self.self_information[items] * clicked
         return out
-
-
-def shown_once(slate: torch.Tensor) -> torch.Tensor:
-    """``[B, K]`` bool: True where a slate position shows its index for the first time (repeats are shown once)."""
-    k = slate.shape[1]
-    same = slate[:, :, None] == slate[:, None, :]  # [B, K, K]
-    earlier = torch.ones(k, k, dtype=torch.bool, device=slate.device).tril(-1)
-    return ~(same & earlier).any(2)
 
 
 def natural_self_information(model: Any, seed: int, users: int = 4096) -> torch.Tensor | None:

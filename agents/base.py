@@ -106,6 +106,14 @@ class Recommender(ABC):
         :meth:`observe` whose ``done`` has a True entry; state shared across users (a popularity
         table, learned weights) is kept."""
 
+    def response_prediction(self) -> tuple[str, torch.Tensor, torch.Tensor | None] | None:
+        """What it predicted of the response to the slates it just showed (call after :meth:`act`, before
+        :meth:`observe`): ``(target, predictions, rows)``, with ``target`` ``"reward"`` (the reward at the clicked
+        position, 0 at the others) or ``"click"``, ``predictions`` ``[A, K]`` per shown item, and the ``A`` users
+        they are for (None: every user). None for a recommender that predicts nothing (see
+        :mod:`metarec.agents.metrics`)."""
+        return None
+
     def slate_propensity(self, num_candidates: int) -> float | None:
         """The probability that it shows a given candidate at a given position of its slate, where that is the
         same for every candidate, position and user (offline logs' propensity): ``1 / N`` for uniformly random

@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from metarec.agents import Recommender
+from metarec.agents.metrics import RELEVANCE, Relevance, response_errors
 from metarec.agents.registry import make_recommender
 from metarec.config import short_repr
 from metarec.envs.core.backend import torch_backend
@@ -46,7 +47,10 @@ def evaluate(
     Returns:
         ``env``, ``agent``, ``users``, ``seed``, ``device``, ``mean_return``, ``ci95`` (the 95% Student-t
         interval of the mean return over users, ``[low, high]``), ``std_return``, ``mean_length``,
-        ``click_rate``, ``mean_regret`` (per step, against the myopic oracle), ``processes``.
+        ``click_rate``, ``mean_regret`` (per step, against the myopic oracle), ``engagement_per_step``, ``k``,
+        ``precision_at_k``, ``recall_at_k``, ``f1_at_k``, ``ndcg_at_k`` (against each user's true preferences;
+        None without ground truth: :mod:`metarec.agents.metrics`), ``prediction_mae`` and ``prediction_mse``
+        (of a recommender that predicts its users' responses, else None), ``processes``.
 
     Raises:
         ValueError: before any work, for a bad argument, or for more users than fit in memory (see
@@ -84,19 +88,30 @@ def evaluate(
     recommender.reset()
     dev = base.device
     batch = base.num_envs
-    # per user: return, steps, clicks, regret (float64; exact sums of each user's own steps)
-    sums = torch.zeros((batch, 4), dtype=torch.float64, device=dev)
+    ranking = Relevance(base) if hasattr(base, "model") and hasattr(base, "config") else None
+    # per user (float64; exact sums of each user's own steps): return, steps, clicks, regret, engagement, the
+    # ranking metrics of RELEVANCE, and the absolute and squared errors of predicted responses and their count
+    sums = torch.zeros((batch, 5 + len(RELEVANCE) + 3), dtype=torch.float64, device=dev)
+    ranked = predicted = 0
     running = torch.ones(batch, dtype=torch.bool, device=dev)
     first = shard is None or shard.offset == 0
     bar = tqdm(total=users, desc=progress, unit="user", leave=False, disable=progress is None or not first)
     for _ in range(max_steps):
         action = recommender.act(observation, {**info, "active": running})
+        prediction = recommender.response_prediction()
+        utility = info.get("candidate_utilities")
+        relevance = None if ranking is None or utility is None else ranking(utility, action)
         observation, reward, terminated, truncated, info = env.step(action)
         done = terminated | truncated
+        zeros = torch.zeros_like(reward, device=dev)
+        errors = (zeros, zeros, zeros) if prediction is None else response_errors(prediction, reward, info, batch)
         recommender.observe(reward, done, {**info, "active": running})
-        regret = info["regret"] if "regret" in info else torch.zeros_like(reward)
+        regret = info.get("regret", zeros)
         step = torch.stack([reward.to(dev), torch.ones_like(reward, device=dev), info["clicked"].to(dev),
-                            regret.to(dev)], dim=1).to(torch.float64)  # fmt: skip
+                            regret.to(dev), info.get("engagement", reward).to(dev),
+                            *(zeros if relevance is None else relevance[key] for key in RELEVANCE),
+                            *errors], dim=1).to(torch.float64)  # fmt: skip
+        ranked, predicted = ranked or relevance is not None, predicted or prediction is not None
         sums += step * running[:, None]
         running &= ~done.to(dev)
         left = running.sum()  # users still present, in every process
@@ -127,6 +142,9 @@ def evaluate(
         "mean_length": total_steps / users,
         "click_rate": float(table[:, 2].sum()) / total_steps,
         "mean_regret": float(table[:, 3].sum()) / total_steps,
+        "engagement_per_step": float(table[:, 4].sum()) / total_steps,
+        **_ranking_summary(table[:, 5 : 5 + len(RELEVANCE)], total_steps, ranking.k if ranked else None),
+        **_prediction_summary(table[:, 5 + len(RELEVANCE) :] if predicted else None),
         "processes": group_size() if shard is not None else 1,
     }
 
@@ -210,6 +228,25 @@ def check_users_fit(
     finally:
         probe.close()
     check_memory("users", users, each, limit_gib=memory_limit_gib)
+
+
+def _ranking_summary(columns: np.ndarray, steps: float, k: int | None) -> dict[str, Any]:
+    """The ranking metrics against the ground truth, per user-step (recall over the steps with a relevant
+    candidate); None where the env gives no ground truth."""
+    names = dict(zip(RELEVANCE, columns.sum(0), strict=True))
+    if k is None:
+        return {"k": None, **{f"{name}_at_k": None for name in ("precision", "recall", "f1", "ndcg")}}
+    recall = names["recall"] / names["recall_steps"] if names["recall_steps"] else None
+    return {"k": k, "precision_at_k": names["precision"] / steps, "recall_at_k": recall,
+            "f1_at_k": names["f1"] / steps, "ndcg_at_k": names["ndcg"] / steps}  # fmt: skip
+
+
+def _prediction_summary(columns: np.ndarray | None) -> dict[str, Any]:
+    """MAE and MSE of a recommender's predicted responses (None for one that predicts nothing)."""
+    if columns is None or not columns[:, 2].sum():
+        return {"prediction_mae": None, "prediction_mse": None}
+    count = float(columns[:, 2].sum())
+    return {"prediction_mae": float(columns[:, 0].sum()) / count, "prediction_mse": float(columns[:, 1].sum()) / count}
 
 
 def _gather_users(table: np.ndarray, shard: Shard | None) -> np.ndarray | None:

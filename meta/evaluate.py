@@ -34,6 +34,7 @@ import torch
 from pydantic import Field
 
 from metarec.agents.base import Recommender
+from metarec.agents.metrics import SessionMetrics, session_summary
 from metarec.agents.registry import make_recommender
 from metarec.config import FrozenConfig
 from metarec.envs.core.backend import torch_backend
@@ -239,15 +240,18 @@ def run_protocol(
     alive = torch.ones(users, dtype=torch.bool, device=env.device)
     expected = np.full(config.max_steps, np.nan)
     regret = np.full(config.max_steps, np.nan)
+    metrics = SessionMetrics(env, sessions)  # ranking against the ground truth, clicks, engagement
     for t in range(config.max_steps):
         if t == config.shift_at:
             info = {**info, **shift_interests(env, alive, batch_seed(seed, 1))}  # its own random stream
         session = env.state["session"].clone()
         info = {**info, "active": alive}
         slate = recommender.act(observation, info)
+        utility = info.get("candidate_utilities")
         observation, reward, terminated, truncated, info = env.step(slate)
         live = alive.clone()
         session_return[live, session[live]] += reward[live].double()
+        metrics.add(utility, slate, reward, info, session, live)
         if bool(live.any()):
             expected[t] = float(info["expected_reward"][live].mean())
             regret[t] = float(info["regret"][live].mean())
@@ -256,7 +260,8 @@ def run_protocol(
         alive = live & ~done
         if not bool(alive.any()):
             break
-    return {"session_return": session_return.mean(dim=0).cpu().numpy(), "expected": expected, "regret": regret}
+    return {"session_return": session_return.mean(dim=0).cpu().numpy(), "expected": expected, "regret": regret,
+            "metrics": metrics.sums.cpu().numpy(), "k": metrics.ranking.k}  # fmt: skip
 
 
 def cumulative_regret(regret: np.ndarray) -> np.ndarray:
@@ -321,6 +326,7 @@ def adaptation_curves(
     curves: dict[str, list[np.ndarray]] = {name: [] for name in everything}
     shifts: dict[str, list[dict[str, Any]]] = {name: [] for name in everything}
     regrets: dict[str, list[np.ndarray]] = {name: [] for name in everything}
+    metric_sums: dict[str, list[np.ndarray]] = {name: [] for name in everything}
     for k in range(config.seeds):
         eval_seed = seed + EVAL_SEED_OFFSET + k
         tasks = task_batch(distribution, split, config.tasks, seed, EVAL_SEED_OFFSET + k, sessions)
@@ -330,6 +336,7 @@ def adaptation_curves(
             curves[name].append(run["session_return"])
             shifts[name].append(shift_summary(run, config))
             regrets[name].append(cumulative_regret(run["regret"]))
+            metric_sums[name].append(run["metrics"])
             if progress is not None:
                 progress(f"seed {k + 1}/{config.seeds} {name}: session 1 return {run['session_return'][0]:.3f}")
     low, high = np.stack(curves["random"]), np.stack(curves["oracle"])  # [seeds, sessions]
@@ -346,6 +353,7 @@ def adaptation_curves(
             "raw_return": raw.mean(axis=0).tolist(),
             "per_seed": normalised.tolist(),  # [seeds][sessions], for statistics of one's own
             "regret_after": regret_table(np.stack(regrets[name])),
+            "metrics": session_summary(np.sum(metric_sums[name], axis=0), run["k"]),  # pooled over seeds
             "shift": {
                 **{
                     key: float(np.mean([s[key] for s in shifts[name]]))

@@ -147,7 +147,10 @@ def meta_evaluated(done: Done) -> None:
     meta_learners = {"rl2", "icl", "maml", "fomaml", "reptile"}
     assert {"random", "oracle", "hbayes"} | meta_learners | baselines == set(result["methods"])
     assert result["best_meta_method"] in ("rl2", "icl", "maml", "fomaml", "reptile")
-    assert {"normalised_return", "ci95", "regret_after", "shift"} <= set(result["methods"]["rl2"])
+    assert {"normalised_return", "ci95", "regret_after", "shift", "metrics"} <= set(result["methods"]["rl2"])
+    metrics = result["methods"]["oracle"]["metrics"]
+    assert metrics["k"] == 5 and all(0 <= v <= 1 for v in metrics["ndcg_at_k"] + metrics["precision_at_k"])
+    assert metrics["ndcg_at_k"][0] > result["methods"]["random"]["metrics"]["ndcg_at_k"][0]
     assert result["paired"]["method"] == result["best_meta_method"]
     assert set(result["paired"]["against"]) == baselines | {"hbayes"}
     done.file("runs/meta_demo/eval_test.json")

@@ -259,6 +259,19 @@ class HierarchicalBayesRecommender(Recommender):
         }  # fmt: skip
         return slate
 
+    def response_prediction(self) -> tuple[str, torch.Tensor, torch.Tensor | None] | None:
+        """The model's probability that each shown item is clicked, under the posterior means (the user's
+        interest and the items' offsets), the multinomial logit with position bias and its no-click option."""
+        if self._shown is None:
+            return None
+        shown, p = self._shown, self.prior
+        offset, _ = self.item_posterior(shown["rows"])
+        utility = (shown["e"] * shown["theta"][:, None, :]).sum(-1) + offset
+        weights = torch.exp(torch.clamp(utility / p.temperature, max=60.0)).gather(1, shown["slate"])
+        weights = weights * torch.exp(-p.position_bias * torch.arange(self.k, device=self.device, dtype=torch.float32))
+        no_click = math.exp(min(p.no_click_utility / p.temperature, 60.0))
+        return "click", weights / (no_click + weights.sum(1, keepdim=True)), None
+
     def utility_var(self, e: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         """``[B, N]`` posterior variance of ``θ·e`` within a component (``eᵀ P⁻¹ e``, ``P = L Lᵀ``)."""
         z = torch.linalg.solve_triangular(factor, e.transpose(1, 2), upper=False)  # [B, d, N]

@@ -103,6 +103,14 @@ class LinearBandit(OnlineBandit):
         self._shown = (rows, x.gather(1, picked[:, :, None].expand(-1, -1, x.shape[-1])))
         return fill_slates(picked, rows, batch)
 
+    def response_prediction(self) -> tuple[str, torch.Tensor, torch.Tensor | None] | None:
+        """The ridge estimate's prediction ``x·θ`` of the target of each item just shown."""
+        if self._shown is None or self.inverse is None or self.response is None:
+            return None
+        rows, shown = self._shown
+        theta = self.theta if rows is None else ridge_estimate(self.inverse[rows], self.response[rows])
+        return self.target, (shown * theta[:, None, :]).sum(-1), rows
+
     @abstractmethod
     def scores(self, x: torch.Tensor, inverse: torch.Tensor, response: torch.Tensor, draws: UserDraws) -> torch.Tensor:
         """``[B, N]`` score of each candidate (``x``: ``[B, N, F + 1]``) from the users' ``A⁻¹`` and ``b``

@@ -13,7 +13,7 @@ def run(args: argparse.Namespace) -> int:
     result = meta_eval(args.run, split=args.split, progress=True, seeds=args.seeds)
     if args.json:
         keys = ("split", "sessions", "methods", "best_meta_method", "meta_learner")
-        keep = ("normalised_return", "ci95", "regret_after", "shift")
+        keep = ("normalised_return", "ci95", "regret_after", "shift", "metrics")
         methods = {name: {key: m[key] for key in keep} for name, m in result["methods"].items()}
         paired = {"paired": result["paired"]} if "paired" in result else {}
         print_json({**{k: result[k] for k in keys}, "methods": methods, **paired}, args.json_stream)
