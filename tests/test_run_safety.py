@@ -116,7 +116,7 @@ def test_simulate_logs_refuses_an_existing_file_unless_overwrite(tmp_path, monke
     logs = tmp_path / "logs.csv"
     logs.write_text("precious,logs\n")
     with monkeypatch.context() as patch:
-        no_work(patch, "metarec.commands.simulate_logs.simulate_logs")
+        no_work(patch, "metarec.calibration.synthetic.browse")  # the simulation of every format
         assert main(["simulate-logs", "--users", "5", "--days", "1", "--out", str(logs)]) == 2
         assert f"out: {logs} exists; pass --overwrite" in capsys.readouterr().err
         assert logs.read_text() == "precious,logs\n"

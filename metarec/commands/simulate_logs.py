@@ -39,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
 def _generic(args: argparse.Namespace) -> int:
     from metarec.calibration.synthetic import simulate_logs, write_simulated_logs
 
+    claim_file(args.out, overwrite=args.overwrite)  # before the simulation
     if Path(args.out).suffix not in (".csv", ".parquet"):
         raise ValueError(f"out: expected a name ending in .csv or .parquet for --format generic, got {args.out!r}")
-    claim_file(args.out, overwrite=args.overwrite)  # before the simulation
     columns = simulate_logs(args.env, args.users, args.days, seed=args.seed, agent=args.agent, device=args.device,
                             env_kwargs=args.env_kwargs, progress=True)  # fmt: skip
     path = write_simulated_logs(columns, args.out)
