@@ -33,6 +33,7 @@ def evaluate(
     nproc: int = 1,
     memory_limit_gib: float | None = None,
     progress: str | None = None,
+    metrics: bool = True,
 ) -> dict[str, Any] | None:
     """Runs ``users`` fresh users for one episode each and summarises their returns.
 
@@ -42,7 +43,8 @@ def evaluate(
     processes it started): each steps a contiguous block, drawing every random number for all users
     (``shard``), and the per-user sums are gathered, so the result is exactly one process's. Only
     the first process returns it (the others return None). ``progress`` names a bar on stderr that counts the
-    users who finished (shown by the first process only); None shows none.
+    users who finished (shown by the first process only); None shows none. ``metrics`` False leaves out the
+    ranking metrics against the ground truth and the prediction errors (they cost time; those keys are None).
 
     Returns:
         ``env``, ``agent``, ``users``, ``seed``, ``device``, ``mean_return``, ``ci95`` (the 95% Student-t
@@ -64,7 +66,7 @@ def evaluate(
     if nproc > 1:
         if not isinstance(agent, str):
             raise ValueError("agent: a run split across processes takes the recommender's name or run directory")
-        args = (env_id, agent, users, seed, device, env_kwargs, max_steps, 1, memory_limit_gib, progress)
+        args = (env_id, agent, users, seed, device, env_kwargs, max_steps, 1, memory_limit_gib, progress, metrics)
         return spawn_for_result(_evaluate_worker, args, nproc, device)
     if world > 1:
         torchrun_group(device)
@@ -88,7 +90,7 @@ def evaluate(
     recommender.reset()
     dev = base.device
     batch = base.num_envs
-    ranking = Relevance(base) if hasattr(base, "model") and hasattr(base, "config") else None
+    ranking = Relevance(base) if metrics and hasattr(base, "model") and hasattr(base, "config") else None
     # per user (float64; exact sums of each user's own steps): return, steps, clicks, regret, engagement, the
     # ranking metrics of RELEVANCE, and the absolute and squared errors of predicted responses and their count
     sums = torch.zeros((batch, 5 + len(RELEVANCE) + 3), dtype=torch.float64, device=dev)
@@ -98,7 +100,7 @@ def evaluate(
     bar = tqdm(total=users, desc=progress, unit="user", leave=False, disable=progress is None or not first)
     for _ in range(max_steps):
         action = recommender.act(observation, {**info, "active": running})
-        prediction = recommender.response_prediction()
+        prediction = recommender.response_prediction() if metrics else None
         utility = info.get("candidate_utilities")
         relevance = None if ranking is None or utility is None else ranking(utility, action)
         observation, reward, terminated, truncated, info = env.step(action)

@@ -40,8 +40,9 @@ def split_of(config: MetaTrainConfig, split: str) -> str:
 
 
 def meta_eval(run: str | Path, split: str = "test", progress: bool = False,
-              seeds: int | None = None) -> dict[str, Any]:  # fmt: skip
-    """Evaluates every method of a finished meta-train run on ``split`` (see the module docstring)."""
+              seeds: int | None = None, metrics: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Evaluates every method of a finished meta-train run on ``split`` (see the module docstring); ``metrics``
+    False leaves out the ranking metrics per session (:mod:`metarec.agents.metrics`), which cost time."""
     run = Path(run)
     if not (run / "config.yaml").is_file():
         raise ValueError(f"run: {run} is not a meta-train run directory (no config.yaml)")
@@ -73,7 +74,8 @@ def meta_eval(run: str | Path, split: str = "test", progress: bool = False,
             bar.update(1)
 
         result = adaptation_curves(methods, config.tasks, split_name, config.sessions, eval_config, config.seed, device,
-                          progress=tick, item_stats=config.item_stats, meta_learner=config.meta_learner)  # fmt: skip
+                          progress=tick, item_stats=config.item_stats, meta_learner=config.meta_learner,
+                          metrics=metrics)  # fmt: skip
     result["wall_seconds"] = time.perf_counter() - started
     result = json_safe(result)  # NaN and inf become None: JSON has no such numbers
     write_json(result, run / f"eval_{split}.json")

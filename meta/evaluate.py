@@ -229,10 +229,12 @@ def shift_interests(env: TaskBatchVectorEnv, rows: torch.Tensor, seed: int) -> d
 
 
 def run_protocol(
-    recommender: Recommender, env: TaskBatchVectorEnv, sessions: int, config: EvalConfig, seed: int
+    recommender: Recommender, env: TaskBatchVectorEnv, sessions: int, config: EvalConfig, seed: int,
+    metrics: bool = True,
 ) -> dict[str, Any]:
-    """One method on the env's users (reset with ``seed``): per-session returns, and the per-step
-    expected reward and regret around the shift (means over users still present)."""
+    """One method on the env's users (reset with ``seed``): per-session returns, the per-step expected reward
+    and regret around the shift (means over users still present) and, with ``metrics``, the sums per session
+    of :class:`~metarec.agents.metrics.SessionMetrics`."""
     observation, info = env.reset(seed=seed)
     recommender.reset()
     users = env.num_envs
@@ -240,18 +242,19 @@ def run_protocol(
     alive = torch.ones(users, dtype=torch.bool, device=env.device)
     expected = np.full(config.max_steps, np.nan)
     regret = np.full(config.max_steps, np.nan)
-    metrics = SessionMetrics(env, sessions)  # ranking against the ground truth, clicks, engagement
+    ranked = SessionMetrics(env, sessions) if metrics else None  # ranking against the ground truth, clicks
     for t in range(config.max_steps):
         if t == config.shift_at:
             info = {**info, **shift_interests(env, alive, batch_seed(seed, 1))}  # its own random stream
         session = env.state["session"].clone()
         info = {**info, "active": alive}
         slate = recommender.act(observation, info)
-        utility = info.get("candidate_utilities")
+        utility = info.get("candidate_utilities") if ranked is not None else None
         observation, reward, terminated, truncated, info = env.step(slate)
         live = alive.clone()
         session_return[live, session[live]] += reward[live].double()
-        metrics.add(utility, slate, reward, info, session, live)
+        if ranked is not None:
+            ranked.add(utility, slate, reward, info, session, live)
         if bool(live.any()):
             expected[t] = float(info["expected_reward"][live].mean())
             regret[t] = float(info["regret"][live].mean())
@@ -261,7 +264,8 @@ def run_protocol(
         if not bool(alive.any()):
             break
     return {"session_return": session_return.mean(dim=0).cpu().numpy(), "expected": expected, "regret": regret,
-            "metrics": metrics.sums.cpu().numpy(), "k": metrics.ranking.k}  # fmt: skip
+            "metrics": None if ranked is None else ranked.sums.cpu().numpy(),
+            "k": None if ranked is None else ranked.ranking.k}  # fmt: skip
 
 
 def cumulative_regret(regret: np.ndarray) -> np.ndarray:
@@ -312,6 +316,7 @@ def adaptation_curves(
     progress: Callable[[str], None] | None = None,
     item_stats: bool = False,
     meta_learner: str | None = None,
+    metrics: bool = True,
 ) -> dict[str, Any]:
     """Runs the protocol for every method (plus ``random`` and ``oracle``, the normalisers) over
     ``config.seeds`` seeds; returns the ``meta-eval`` result (JSON-ready). The paired leads are those of
@@ -332,7 +337,7 @@ def adaptation_curves(
         tasks = task_batch(distribution, split, config.tasks, seed, EVAL_SEED_OFFSET + k, sessions)
         env = TaskBatchVectorEnv(tasks, config.users_per_task, device=device, autoreset=False, item_stats=item_stats)
         for name, factory in everything.items():
-            run = run_protocol(factory(env, eval_seed), env, sessions, config, eval_seed)
+            run = run_protocol(factory(env, eval_seed), env, sessions, config, eval_seed, metrics)
             curves[name].append(run["session_return"])
             shifts[name].append(shift_summary(run, config))
             regrets[name].append(cumulative_regret(run["regret"]))
@@ -353,7 +358,7 @@ def adaptation_curves(
             "raw_return": raw.mean(axis=0).tolist(),
             "per_seed": normalised.tolist(),  # [seeds][sessions], for statistics of one's own
             "regret_after": regret_table(np.stack(regrets[name])),
-            "metrics": session_summary(np.sum(metric_sums[name], axis=0), run["k"]),  # pooled over seeds
+            "metrics": session_summary(np.sum(metric_sums[name], axis=0), run["k"]) if metrics else None,
             "shift": {
                 **{
                     key: float(np.mean([s[key] for s in shifts[name]]))

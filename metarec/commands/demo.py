@@ -71,7 +71,9 @@ def run_demo(
     for entry in CORE_ENVIRONMENTS:
         kwargs = DEMO_ENV_KWARGS.get(entry.id)
         results = {
-            a: evaluate(entry.id, a, users, seed=seed, device=device, env_kwargs=kwargs) for a in ("random", "oracle")
+            # the ranking metrics are left out: the demo reports returns, and keeps within its minutes
+            a: evaluate(entry.id, a, users, seed=seed, device=device, env_kwargs=kwargs, metrics=False)
+            for a in ("random", "oracle")
         }
         r, o = results["random"], results["oracle"]
         ratio = o["mean_return"] / r["mean_return"] if r["mean_return"] else float("nan")
@@ -182,14 +184,14 @@ def _demo_meta(out: Path, config: MetaTrainConfig, name: str, overwrite: bool) -
     # OUT/meta is claimed as the demo's, so the next demo may start it over
     trained = meta_train(config, out, progress=True, command="demo", overwrite=overwrite)
     print(f"Adaptation on held-out populations ({config.test_split}, {config.eval.seeds} seeds)")
-    result = meta_eval(out, "test", progress=True)
+    result = meta_eval(out, "test", progress=True, metrics=False)
     # the other held-out splits (a drift regime, a catalogue domain never trained on), on fewer seeds so that
     # the demo stays within minutes; `metarec meta-eval RUN --split NAME` runs the protocol's
     others = {}
     for split in held_out_splits(config):
         seeds = min(OTHER_SPLIT_SEEDS, config.eval.seeds)
         print(f"Adaptation on {split} ({seeds} seeds)")
-        others[split] = meta_eval(out, split, progress=True, seeds=seeds)
+        others[split] = meta_eval(out, split, progress=True, seeds=seeds, metrics=False)
     sessions = [k for k in (1, 2, 5, 10, 20) if k <= len(result["sessions"])]
     print(f"{'method':<10}" + "".join(f"{'session ' + str(k):>12}" for k in sessions))
     for name, curve in result["methods"].items():
