@@ -124,6 +124,7 @@ def evaluate(
         if not left:
             break
     else:
+        bar.close()
         raise RuntimeError(f"evaluation did not finish within max_steps={max_steps}")
     bar.close()
     env.close()

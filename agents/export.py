@@ -16,12 +16,15 @@ users of a call must be ``batch`` users) and ``about()`` (what the file says of 
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from metarec.io import atomic_save, atomic_write
 
 FORMATS = ("torch-export", "onnx", "state-dict")
 SUFFIXES = {"torch-export": ".pt2", "onnx": ".onnx", "state-dict": ".pt"}
@@ -80,9 +83,10 @@ def example_inputs(module: nn.Module, env: Any, batch: int, seed: int = 0) -> tu
 
 
 def exportable(recommender: Any, env: Any) -> nn.Module:
-    """``recommender``'s export module for ``env``'s observations, in evaluation mode and without gradients."""
-    module = recommender.export_module(sorted(env.single_observation_space.spaces))
-    return module.eval().requires_grad_(False)  # a program that serves: its outputs need no gradient
+    """``recommender``'s export module for ``env``'s observations: a copy on the CPU (the recommender itself is
+    left as it was, on its device), in evaluation mode and without gradients (a program that serves)."""
+    module = copy.deepcopy(recommender.export_module(sorted(env.single_observation_space.spaces)))
+    return module.cpu().eval().requires_grad_(False)
 
 
 def export(recommender: Any, env: Any, out: str | Path, format: str, batch: int = 8) -> dict[str, Any]:
@@ -92,7 +96,8 @@ def export(recommender: Any, env: Any, out: str | Path, format: str, batch: int 
     if format not in FORMATS:
         raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {format!r}")
     module = exportable(recommender, env)
-    inputs = example_inputs(module, env, batch)
+    # torch.export makes a traced batch of 1 a constant: a dynamic batch is traced with two users at least
+    inputs = example_inputs(module, env, batch if module.fixed_batch else max(batch, 2))
     with torch.no_grad():
         outputs = module(*inputs)
     names = input_names(module)
@@ -102,14 +107,14 @@ def export(recommender: Any, env: Any, out: str | Path, format: str, batch: int 
              "batch": batch if module.fixed_batch else "dynamic", "slate_size": int(outputs[1].shape[1]),
              "input_shapes": {n: [*t.shape[1:]] for n, t in named},
              "input_dtypes": {n: str(t.dtype).removeprefix("torch.") for n, t in named}}  # fmt: skip
-    out = Path(out)
+    out = Path(out)  # every format is written next to it and renamed over it: a failed export leaves it as it was
     if format == "state-dict":
-        torch.save({"about": json.dumps(about), "state_dict": module.state_dict()}, out)
+        atomic_save({"about": json.dumps(about), "state_dict": module.state_dict()}, out)
         return about
     dims = None if module.fixed_batch else (tuple({0: torch.export.Dim("batch", min=1)} for _ in inputs),)
     if format == "torch-export":
         program = torch.export.export(module, inputs, dynamic_shapes=dims, strict=False)
-        torch.export.save(program, out, extra_files={"about.json": json.dumps(about)})
+        atomic_write(out, lambda tmp: torch.export.save(program, tmp, extra_files={"about.json": json.dumps(about)}))
         return about
     try:
         import onnx  # noqa: F401
@@ -119,5 +124,5 @@ def export(recommender: Any, env: Any, out: str | Path, format: str, batch: int 
     program = torch.onnx.export(module, inputs, dynamo=True, input_names=names, output_names=about["outputs"],
                                 dynamic_shapes=dims)  # fmt: skip
     program.model.metadata_props["metarec"] = json.dumps(about)
-    program.save(str(out))
+    atomic_write(out, lambda tmp: program.save(str(tmp)))
     return about

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,9 @@ EPOCH = np.datetime64("2026-01-01T00:00:00", "us")  # the timestamps of the obd 
 def check_offline_request(
     fmt: str, out: str | Path, env_id: str, agent: str, env_kwargs: dict | None = None
 ) -> Path:
-    """``out``, after the checks made before any work: its ending matches ``fmt``, and a format that needs the
-    logging policy's propensities (obd, obp) gets a policy whose propensities are known (a ValueError naming
-    ``out`` or ``agent``)."""
+    """``out``, after the checks made before any work: its ending matches ``fmt``, the env has catalog ids, the
+    agent is one, and a format that needs the logging policy's propensities (obd, obp) gets a policy whose
+    propensities are known (a ValueError naming ``out``, ``env`` or ``agent``)."""
     out, suffix = Path(out), OFFLINE_FORMATS[fmt]
     if suffix and out.suffix != suffix:
         raise ValueError(f"out: expected a name ending in {suffix} for --format {fmt}, got {out.name!r}")
@@ -61,18 +62,19 @@ def check_offline_request(
         module, how = needs[fmt]
         if importlib.util.find_spec(module) is None:
             raise ImportError(f"format {fmt}: needs {module} ({how})")
-    if fmt in ("obd", "obp"):
-        import gymnasium as gym
+    import gymnasium as gym
 
-        from metarec.agents.registry import make_recommender
+    from metarec.agents.registry import make_recommender
 
-        probe = gym.make_vec(env_id, num_envs=1, vectorization_mode="vector_entry_point", array_backend="torch",
-                             autoreset=False, **(env_kwargs or {}))  # fmt: skip
-        candidates = probe.single_observation_space["candidates"].shape[0]
-        known = make_recommender(agent, probe.unwrapped, 0).slate_propensity(candidates)
-        probe.close()
-        if known is None:
-            raise ValueError(_unknown_propensity(agent, fmt))
+    probe = gym.make_vec(env_id, num_envs=1, vectorization_mode="vector_entry_point", array_backend="torch",
+                         autoreset=False, **(env_kwargs or {}))  # fmt: skip
+    space = probe.single_observation_space
+    if "candidate_ids" not in space.spaces:
+        raise ValueError(f"env: {env_id} has no catalog ids in its observations; expected a DriftingUsers-family id")
+    known = make_recommender(agent, probe.unwrapped, 0).slate_propensity(space["candidates"].shape[0])
+    probe.close()
+    if known is None and fmt in ("obd", "obp"):
+        raise ValueError(_unknown_propensity(agent, fmt))
     return out
 
 
@@ -145,31 +147,34 @@ IMPRESSION_COLUMNS = ("user", "slate", "timestamp", "position", "item", "candida
 def _step_record(t: Any) -> dict[str, Any]:
     return {
         "observation": {key: value.cpu().numpy() for key, value in t.observation.items()},
-        "slate": t.slate.cpu().numpy(),
+        "after": {key: value.cpu().numpy() for key, value in t.after.items()},
+        "action": t.action.cpu().numpy(),
         "reward": t.reward.cpu().numpy(),
         "running": t.running.cpu().numpy(),
-        "done": t.done.cpu().numpy(),
+        "terminated": t.terminated.cpu().numpy(),
+        "truncated": t.truncated.cpu().numpy(),
         "clicked": t.info["clicked"].cpu().numpy(),
         "chosen_position": t.info["chosen_position"].cpu().numpy(),
     }
 
 
 def _episodes(steps: list[dict[str, Any]], users: int) -> list[dict[str, Any]]:
-    """One episode per user: the observations before each of its slates (the last one is repeated as the
-    final observation, which the env does not give once a user has left), slates, rewards and step infos."""
+    """One episode per user, as Minari stores it: the observation before each of its steps and the one after
+    its last (n + 1), its actions as the env took them, rewards, terminations and truncations (n), and the infos
+    of the reset and of each step (n + 1: no click before the first slate)."""
     out = []
     for u in range(users):
         mine = [s for s in steps if s["running"][u]]
-        observations = {key: np.stack([s["observation"][key][u] for s in mine] + [mine[-1]["observation"][key][u]])
+        observations = {key: np.stack([s["observation"][key][u] for s in mine] + [mine[-1]["after"][key][u]])
                         for key in mine[0]["observation"]}  # fmt: skip
         out.append({
             "observations": observations,
-            "actions": np.stack([s["slate"][u] for s in mine]),
+            "actions": np.stack([s["action"][u] for s in mine]),
             "rewards": np.array([s["reward"][u] for s in mine], np.float64),
-            "terminations": np.array([bool(s["done"][u]) for s in mine]),
-            "truncations": np.zeros(len(mine), bool),
-            "infos": {"clicked": np.array([bool(s["clicked"][u]) for s in mine]),
-                      "chosen_position": np.array([int(s["chosen_position"][u]) for s in mine])},
+            "terminations": np.array([bool(s["terminated"][u]) for s in mine]),
+            "truncations": np.array([bool(s["truncated"][u]) for s in mine]),
+            "infos": {"clicked": np.array([False] + [bool(s["clicked"][u]) for s in mine]),
+                      "chosen_position": np.array([-1] + [int(s["chosen_position"][u]) for s in mine])},
         })  # fmt: skip
     return out
 
@@ -244,6 +249,8 @@ def _write_minari(data: dict[str, Any], out: Path, summary: dict[str, Any]) -> N
 
     observation_space, action_space = data["spaces"]
     buffers = [EpisodeBuffer(id=u, **episode) for u, episode in enumerate(data["episodes"])]
+    if (out / MINARI_ID).exists():  # --overwrite of a folder simulate-logs made: its dataset is written afresh
+        shutil.rmtree(out / MINARI_ID)
     previous = os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = str(out.resolve())  # Minari joins a relative one onto itself
     try:

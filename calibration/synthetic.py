@@ -31,8 +31,9 @@ SECONDS_PER_STEP = 60.0
 @dataclass
 class Step:
     """One step of every user under the logging recommender: what was observed before the slates, the slates
-    ``[B, K]``, the reward and step info, which users were still there (``running``, before the step), each
-    user's day and step within it, and who finished with this step."""
+    ``[B, K]`` (and the action as the env took it), the reward and step info, which users were still there
+    (``running``, before the step), each user's day and step within it, who finished with this step (``done``;
+    ``terminated`` and ``truncated`` apart) and what was observed after it."""
 
     observation: dict[str, torch.Tensor]
     slate: torch.Tensor
@@ -42,6 +43,10 @@ class Step:
     day: torch.Tensor
     step: torch.Tensor
     done: torch.Tensor
+    action: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    after: dict[str, torch.Tensor]
 
 
 def browse(
@@ -88,7 +93,8 @@ def browse(
         done = terminated | truncated
         recommender.observe(reward, done, info)
         slate = action if action.ndim == 2 else action[:, None]  # [B, K] candidate indices
-        yield base, recommender, Step(before, slate, reward, info, running.clone(), day, step, done)
+        yield base, recommender, Step(before, slate, reward, info, running.clone(), day, step, done, action,
+                                      terminated, truncated, observation)  # fmt: skip
         running &= ~done
         left = int(running.sum())
         bar.update(users - left - bar.n)

@@ -178,8 +178,9 @@ class MetaTrainRun:
         writer = None
         if not trainer.done:
             writer = summary_writer(self.out / "tb" / name, self.primary, trainer.update if self.resume else None)
-            if trainer.update == 0:  # the HParams tab compares the methods' runs by their reward
-                write_hparams(writer, config, ("charts/reward", "losses/meta_loss"), extra={"method": name})
+            if trainer.update == 0:  # the HParams tab: the config and the method, beside what each method logs
+                metrics = ("charts/reward", "losses/policy_loss", "losses/meta_loss", "charts/reptile_step_norm")
+                write_hparams(writer, config, metrics, extra={"method": name})
         totals = {"rl2": config.rl2.updates, "icl": config.icl.updates + config.icl.rl_updates, "scratch": 0}
         total = totals.get(name, config.gradient.meta_steps)
         bar = tqdm(total=total, initial=trainer.update, desc=name, unit="update", disable=not self.progress)

@@ -17,7 +17,9 @@ from metarec.registration import ENVIRONMENTS
 def build_parser() -> argparse.ArgumentParser:
     from metarec import __version__
 
-    parser = argparse.ArgumentParser(prog="metarec", description=__doc__, formatter_class=HelpFormatter)
+    description = ("Simulated users whose preferences drift, recommenders tested against them, and meta-learned "
+                   "recommenders that adapt to a new user or population. 'metarec COMMAND --help' for each.")
+    parser = argparse.ArgumentParser(prog="metarec", description=description, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"metarec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 

@@ -132,11 +132,33 @@ class VectorEntryPoint:
             array_backend = "numpy" if on_cpu else "torch"
         if array_backend == "torch":
             return env
-        import numpy as np
-        import torch
-        from gymnasium.wrappers.vector import ArrayConversion
+        return numpy_vector_env(env)
 
-        return ArrayConversion(env, env_xp=torch, target_xp=np)
+
+def numpy_vector_env(env: Any) -> Any:
+    """``env`` (torch) behind Gymnasium's ``ArrayConversion`` to numpy, whose outputs are copies: a plain
+    conversion would share memory with the simulator's state, so writing to an observation would change it."""
+    import numpy as np
+    import torch
+    from gymnasium.wrappers.vector import ArrayConversion
+
+    def copied(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            return value.copy()
+        if isinstance(value, dict):
+            return {key: copied(item) for key, item in value.items()}
+        if isinstance(value, tuple):
+            return tuple(copied(item) for item in value)
+        return value
+
+    class NumpyCopies(ArrayConversion):
+        def step(self, actions: Any) -> Any:
+            return copied(super().step(actions))
+
+        def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+            return copied(super().reset(seed=seed, options=options))
+
+    return NumpyCopies(env, env_xp=torch, target_xp=np)
 
 
 def register_envs() -> None:

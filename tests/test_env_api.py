@@ -230,3 +230,15 @@ def test_array_backend_is_checked_by_name():
     with pytest.raises(ValueError, match=r"^array_backend: expected 'numpy' or 'torch', got 'jax'$"):
         gym.make_vec("metarec/DriftingUsers-v0", num_envs=2, vectorization_mode="vector_entry_point",
                      array_backend="jax")  # fmt: skip
+
+
+def test_numpy_outputs_are_copies_that_cannot_change_the_simulator():
+    env = gym.make_vec("metarec/DriftingUsers-v0", num_envs=3, vectorization_mode="vector_entry_point")
+    obs, info = env.reset(seed=0)
+    state = {key: value.clone() for key, value in env.unwrapped.state.items()}
+    obs["candidate_ids"][:] = 0
+    obs["candidates"][:] = 0.0
+    info["oracle_value"][:] = 1e9
+    assert all(torch.equal(state[key], env.unwrapped.state[key]) for key in state)
+    _, _, _, _, info = env.step(env.action_space.sample())
+    assert np.all(info["regret"] < 1e6)  # the oracle's value the env keeps was not the one written to

@@ -188,6 +188,24 @@ def test_bad_export_requests_are_refused_before_anything_is_written(runs, tmp_pa
     assert not (tmp_path / "icl.pt2").exists()
 
 
+def test_export_leaves_the_recommender_as_it_was_and_takes_a_batch_of_one(runs, tmp_path):
+    from metarec.agents.export import export
+
+    env = users()
+    agent = make_recommender(str(runs["ppo"]), env, 0)
+    agent.policy.train()
+    before = {name: p.requires_grad for name, p in agent.policy.named_parameters()}
+    about = export(agent, env, tmp_path / "one.pt2", "torch-export", batch=1)
+    assert about["batch"] == "dynamic" and agent.policy.training
+    assert {name: p.requires_grad for name, p in agent.policy.named_parameters()} == before
+    program = torch.export.load(tmp_path / "one.pt2").module()
+    observation, _ = env.reset(seed=1)
+    keys = sorted(env.single_observation_space.spaces)
+    for batch in (1, 3):
+        scores, slate = program(*[observation[key][:batch] for key in keys])
+        assert slate.shape == (batch, 5) and scores.shape == (batch, 20)
+
+
 def test_a_state_dict_export_holds_weights_only(runs, tmp_path):
     path = tmp_path / "rl2.pt"
     assert main(["export", str(runs["rl2"]), "--format", "state-dict", "--out", str(path)]) == 0

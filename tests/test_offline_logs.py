@@ -103,9 +103,13 @@ def test_minari_dataset_loads_with_minari(tmp_path, capsys, monkeypatch):
     episode = next(iter(dataset))
     steps = len(episode.actions)
     assert episode.actions.shape == (steps, 5) and episode.observations["candidates"].shape == (steps + 1, 20, 17)
-    assert episode.terminations[-1] and not episode.terminations[:-1].any()
+    ended = episode.terminations | episode.truncations
+    assert ended[-1] and not ended[:-1].any()
+    # the last observation is the one the env gave after the user's last slate (fresh candidates), not a repeat
+    assert not np.array_equal(episode.observations["candidate_ids"][-1], episode.observations["candidate_ids"][-2])
     clicked = episode.infos["clicked"]
-    assert ((episode.rewards > 0) == clicked).all()
+    assert len(clicked) == steps + 1 and not clicked[0]  # the reset's info, then each step's
+    assert ((episode.rewards > 0) == clicked[1:]).all()
 
 
 def test_bad_offline_requests_are_refused_before_any_work(tmp_path, capsys):
@@ -115,6 +119,11 @@ def test_bad_offline_requests_are_refused_before_any_work(tmp_path, capsys):
         (["--format", "obp", "--agent", "linucb", "--out", str(tmp_path / "x.npz")],
          "agent: linucb's propensities are unknown"),
         (["--format", "generic", "--out", str(tmp_path / "x.npz")], "ending in .csv or .parquet"),
+        (["--format", "minari", "--out", str(tmp_path / "m"), "--env", "metarec/RecSimInterestEvolution-v0"],
+         "env: metarec/RecSimInterestEvolution-v0 has no catalog ids"),
+        (["--format", "parquet", "--out", str(tmp_path / "x.parquet"), "--agent", "nope"], "agent: expected one of"),
+        (["--format", "parquet", "--out", str(tmp_path / "x.parquet"), "--env-kwargs", '{"array_backend": "numpy"}'],
+         "env_kwargs.array_backend: set by metarec"),
     ]  # fmt: skip
     for extra, message in cases:
         assert main(["simulate-logs", "--users", "5", "--days", "1", *extra]) == 2

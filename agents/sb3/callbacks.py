@@ -78,6 +78,8 @@ SB3_TAGS: dict[str, str | None] = {
     "train/policy_gradient_loss": "losses/policy_loss",
     "train/entropy_loss": "losses/entropy",  # SB3 logs minus the entropy; written as the entropy
     "train/clip_fraction": "losses/clipfrac",
+    "train/clip_range": "charts/clip_range",
+    "train/n_updates": None,  # a counter, not a loss
 }
 
 
@@ -130,6 +132,7 @@ class TensorBoardLog(KVWriter):
 
 def tensorboard_logger(folder: str | Path, purge_after: int | None = None) -> Logger:
     """An SB3 logger that writes TensorBoard into ``folder`` under metarec's tags (:class:`TensorBoardLog`):
-    ``model.set_logger(tensorboard_logger("runs/NAME/tb"))`` before ``model.learn``."""
+    ``model.set_logger(tensorboard_logger("runs/NAME/tb"))`` before ``model.learn``. Episode returns and lengths
+    come from :class:`RecommenderMetricsCallback` (SB3's own ``rollout/ep_*_mean`` are not written)."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     return Logger(str(folder), [TensorBoardLog(folder, purge_after)])

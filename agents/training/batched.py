@@ -56,7 +56,7 @@ class BatchedPPORun:
             self.writer.add_text("hyperparameters", hyperparameter_table(config))
             write_hparams(self.writer, config)
         # a resumed run that had finished already logged its final evaluation at this step
-        self.logged_step = evaluated_step(out) if resume_from is not None else None
+        self.logged_step = evaluated_step(out, config) if resume_from is not None else None
         self.progress = progress
         # None off the first process
         self.references = reference_returns(config, progress) if config.eval.users else None

@@ -172,11 +172,13 @@ def make_vector_env(config: TrainConfig, num_envs: int, **extra: Any) -> Any:
     return env
 
 
-def evaluated_step(out: Path) -> int | None:
-    """The step of the final evaluation ``out/results.json`` records (None without one): a finished run,
-    resumed, has its evaluation at that step in TensorBoard already."""
+def evaluated_step(out: Path, config: TrainConfig) -> int | None:
+    """The step of the final evaluation ``out/results.json`` records, where it evaluated the users ``config``
+    asks for (None otherwise): a finished run, resumed, has that evaluation in TensorBoard already."""
     try:
-        return int(json.loads((out / "results.json").read_text())["env_steps"])
+        results = json.loads((out / "results.json").read_text())
+        same = (results["eval"]["users"], results["eval"]["seed"]) == (config.eval.users, config.eval.seed)
+        return int(results["env_steps"]) if same else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -7,7 +7,8 @@ A run directory holds::
     checkpoints/last.pt  written atomically every ``checkpoint_every`` steps (batched PPO: weights,
                          optimizer, generators, the simulated users, with the config and a SHA-256 of
                          it all, checked on resume; SB3: last.zip)
-    tb/                  TensorBoard events: charts/, losses/, eval/, hyper-parameters as text
+    tb/                  TensorBoard events: charts/, losses/, eval/ (the same tags for batched PPO and SB3),
+                         the hyper-parameters in the HParams tab and as text
     model.pt | model.zip the final policy (what ``--agent RUN_DIR`` loads)
     results.json         final evaluation on fresh users, with random and oracle on the same users
 

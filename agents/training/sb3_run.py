@@ -44,7 +44,7 @@ def train_sb3(config: TrainConfig, out: Path, resume: bool, progress: bool) -> d
     resumed = resume and checkpoint.is_file()
     model = _sb3_model(config, out, checkpoint if resumed else None, replay)
     writer = model.logger.output_formats[0].writer
-    logged_step = evaluated_step(out) if resumed else None  # a finished run, resumed, logged its evaluation
+    logged_step = evaluated_step(out, config) if resumed else None  # a finished run, resumed, logged its evaluation
     references = reference_returns(config, progress)
     # the callback's normalised return only where the scale means something (the oracle above random)
     reference = (references["random"]["mean_return"], references["oracle"]["mean_return"])

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         }
         summary = {"out": str(out), "srm_flagged": results["srm"]["flagged"], "primary_metric": primary,
                    "effects": effects, "wall_seconds": results["wall_seconds"]}  # fmt: skip
-        print_json(summary, args.json_stream)
+        print_json(summary, getattr(args, "json_stream", None))
     else:
         print(summary_table(results))
         print(f"report: {out / 'report.html'}  ({results['wall_seconds']:.0f} s)")

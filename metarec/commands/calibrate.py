@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         progress=True,
     )
     if args.json:
-        print_json(result, args.json_stream)
+        print_json(result, getattr(args, "json_stream", None))
         return 0
     f = result["fidelity"]
     print(f"population: {result['population']}  (gym.make('metarec/Calibrated-v0', population=...))")

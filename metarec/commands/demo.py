@@ -219,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_demo(out=args.out, users=args.users, seed=args.seed, device=args.device, overwrite=args.overwrite,
                        **kwargs)  # fmt: skip
     if args.json:
-        print_json(json_summary(args.out, summary), args.json_stream)
+        print_json(json_summary(args.out, summary), getattr(args, "json_stream", None))
     return 0
 
 

@@ -10,7 +10,8 @@ from metarec.registration import ENVIRONMENTS
 
 def run(args: argparse.Namespace) -> int:
     if args.json:
-        print_json([{"id": e.id, "description": e.description} for e in ENVIRONMENTS], args.json_stream)
+        ids = [{"id": e.id, "description": e.description} for e in ENVIRONMENTS]
+        print_json(ids, getattr(args, "json_stream", None))
         return 0
     width = max(len(e.id) for e in ENVIRONMENTS)
     for entry in ENVIRONMENTS:

@@ -14,7 +14,7 @@ def run(args: argparse.Namespace) -> int:
     if result is None:  # a process of a torchrun group other than the first: it prints nothing
         return 0
     if args.json:
-        print_json(result, args.json_stream)
+        print_json(result, getattr(args, "json_stream", None))
     else:
         print(
             f"{result['env']}  agent={result['agent']}  users={result['users']}  "

@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
         keep = ("normalised_return", "ci95", "regret_after", "shift", "metrics")
         methods = {name: {key: m[key] for key in keep} for name, m in result["methods"].items()}
         paired = {"paired": result["paired"]} if "paired" in result else {}
-        print_json({**{k: result[k] for k in keys}, "methods": methods, **paired}, args.json_stream)
+        print_json({**{k: result[k] for k in keys}, "methods": methods, **paired}, getattr(args, "json_stream", None))
     else:
         for name, m in result["methods"].items():
             curve = " ".join("  nan" if v is None else f"{v:5.2f}" for v in m["normalised_return"][:10])

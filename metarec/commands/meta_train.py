@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
                "wall_seconds": round(results["wall_seconds"], 1),
                "methods": {k: v["updates"] for k, v in results["methods"].items()}}  # fmt: skip
     if args.json:
-        print_json(summary, args.json_stream)
+        print_json(summary, getattr(args, "json_stream", None))
         return 0
     methods = ", ".join(f"{name} ({updates} updates)" for name, updates in summary["methods"].items())
     print(f"meta-trained {methods} in {summary['wall_seconds']} s; params_sha256 {summary['params_sha256'][:12]}; "

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     if "normalisation" in results:
         print(f"metarec train: normalised return {results['normalisation']}", file=sys.stderr)
     if args.json:
-        print_json({**summary, "out": str(out)}, args.json_stream)
+        print_json({**summary, "out": str(out)}, getattr(args, "json_stream", None))
         return 0
     normalised = summary.get("normalised_return")
     scale = "" if normalised is None else f", normalised {normalised:.3f} (random 0, oracle 1)"
