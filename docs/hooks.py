@@ -13,7 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def on_config(config, **kwargs):
+def link_tree() -> None:
+    """(Re)builds ``build/api-src/metarec``."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -32,4 +33,8 @@ def on_config(config, **kwargs):
     for name, folder in mapping.items():
         if name != "metarec":
             (package / name.removeprefix("metarec.")).symlink_to(ROOT / folder)
-    return config
+
+
+# Built when MkDocs loads this hook, while it reads mkdocs.yml: mkdocstrings drops a search path that does not
+# exist when it sets up its handler, which comes before any event a hook could use.
+link_tree()
