@@ -393,3 +393,22 @@ def test_sb3_and_batched_ppo_runs_share_one_tensorboard_layout(tmp_path):
         assert not any(tag.startswith(("rollout/", "train/", "time/", "recommender/")) for tag in scalars), name
         assert "_hparams_/experiment" in hparams, f"{name}: no HParams"
         assert steps["eval/mean_return"] == [2 * 16 * 8, 4 * 16 * 8], f"{name}: {steps['eval/mean_return']}"
+
+
+@pytest.mark.parametrize("algo", ["dqn", "a2c"])
+def test_the_tensorboard_logger_writes_dqn_and_a2c_under_metarecs_tags(algo, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from metarec.agents.sb3 import tensorboard_logger
+
+    env_id, kwargs = (SINGLE, {"learning_starts": 32, "train_freq": 4}) if algo == "dqn" else (SLATE, {"n_steps": 8})
+    model = make_sb3_model(algo, SB3VecEnv(native(env_id, 4, **ENDINGS)), seed=0, algo_kwargs=kwargs,
+                           policy_kwargs={"hidden": 16, "history_encoder": "mlp"})  # fmt: skip
+    model.set_logger(tensorboard_logger(tmp_path / "tb"))
+    model.learn(400, callback=RecommenderMetricsCallback(), log_interval=1)
+    model.logger.dump(model.num_timesteps)
+    tags = set(EventAccumulator(str(tmp_path / "tb")).Reload().Tags()["scalars"])
+    assert {"charts/ctr", "charts/episode_return", "charts/steps_per_second"} <= tags, tags
+    expected = {"charts/exploration_rate", "losses/loss"} if algo == "dqn" else {"losses/value_loss"}
+    assert expected <= tags, tags
+    assert not any(tag.startswith(("rollout/", "train/", "time/", "recommender/")) for tag in tags), tags
