@@ -182,8 +182,16 @@ def test_evaluation_learns_only_from_users_still_there():
     assert float(agent.impressions.sum()) == result["mean_length"] * 64 * 5
 
 
-def test_cli_evaluate_nproc(capsys):
-    assert main(["evaluate", "--env", "metarec/DriftingUsers-v0", "--agent", "linucb", "--users", "40",
-                 "--json", "--nproc", "2"]) == 0  # fmt: skip
-    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert line["processes"] == 2 and line["users"] == 40
+def test_cli_evaluate_nproc(tmp_path):
+    """In its own process, as a user runs it: with --json, stdout is the one JSON line, whatever the two worker
+    processes print (they print to stderr)."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "metarec", "evaluate", "--env", "metarec/DriftingUsers-v0", "--agent", "linucb",
+            "--users", "40", "--json", "--nproc", "2"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (line,) = done.stdout.splitlines()
+    result = json.loads(line)
+    assert result["processes"] == 2 and result["users"] == 40

@@ -80,6 +80,9 @@ def _run_in_group(rank_: int, function: Callable[..., Any], args: tuple[Any, ...
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
     os.environ["METAREC_WORKER"] = "1"  # see metarec.parallel.signals.stop_requests
+    # the launching process speaks for the run on stdout (one JSON line with --json): a worker's prints, and its
+    # libraries' progress, go to stderr
+    sys.stdout = sys.stderr
     # gloo listens for its connections on the interface of the machine's hostname unless told otherwise; the
     # processes are all on this machine, so the loopback interface serves, and nothing listens beyond it
     loopback = loopback_interface()
