@@ -65,6 +65,9 @@ def saved_kind(name: str) -> str | None:
 def make_recommender(name: str, env: Any, seed: int) -> Recommender:
     """The recommender ``name`` for vector env ``env``: a registered name, a training run directory or a
     meta-trained method (``RUN/methods/METHOD.pt``). A named one's generator is seeded apart from the env's."""
+    if not hasattr(env, "device"):  # recommenders step on torch: gym.make_vec's numpy view is for other tools
+        raise ValueError("env: expected a metarec vector env on torch, such as gym.make_vec(ID, num_envs=N, "
+                         "vectorization_mode='vector_entry_point', array_backend='torch')")  # fmt: skip
     if name not in RECOMMENDERS:
         kind = saved_kind(name)
         if kind is None:

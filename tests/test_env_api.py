@@ -242,3 +242,11 @@ def test_numpy_outputs_are_copies_that_cannot_change_the_simulator():
     assert all(torch.equal(state[key], env.unwrapped.state[key]) for key in state)
     _, _, _, _, info = env.step(env.action_space.sample())
     assert np.all(info["regret"] < 1e6)  # the oracle's value the env keeps was not the one written to
+
+
+def test_a_recommender_asks_for_the_torch_env_by_name():
+    from metarec.agents.registry import make_recommender
+
+    numpy_env = gym.make_vec("metarec/DriftingUsers-v0", num_envs=2, vectorization_mode="vector_entry_point")
+    with pytest.raises(ValueError, match=r"^env: expected a metarec vector env on torch, .*array_backend='torch'"):
+        make_recommender("linucb", numpy_env, 0)
