@@ -34,11 +34,12 @@ import torch
 from pydantic import Field
 
 from metarec.agents.base import Recommender
+from metarec.agents.export import with_item_stats
 from metarec.agents.metrics import SessionMetrics, session_summary
 from metarec.agents.registry import make_recommender
 from metarec.config import FrozenConfig
 from metarec.envs.core.backend import torch_backend
-from metarec.envs.task_batch import TaskBatchVectorEnv, item_stat_features, logged_events
+from metarec.envs.task_batch import TaskBatchVectorEnv, logged_events
 from metarec.meta.policy import Memory, RL2Policy
 from metarec.meta.tasks import TaskDistribution, batch_seed, task_batch
 from metarec.parallel import EXACT_SCALE, Shard, add_exact
@@ -194,8 +195,8 @@ class LoggedItemStats(Recommender):
 
     def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
         ids = self.grouped(observation["candidate_ids"].to(torch.int64))  # [B, N] rows of the table
-        extra = item_stat_features(torch, self.stats()[ids])
-        slate = self.inner.act({**observation, "candidates": torch.cat([observation["candidates"], extra], -1)}, info)
+        candidates = with_item_stats(observation["candidates"], self.stats()[ids])  # as the export does
+        slate = self.inner.act({**observation, "candidates": candidates}, info)
         self._shown = (ids, slate, info.get("active"))
         return slate
 
