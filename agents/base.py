@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+import numpy as np
 import torch
 
 from metarec.envs.core.backend import RowSubsetRandom, TorchRandom
@@ -126,6 +127,17 @@ class Recommender(ABC):
         reading the observation entries ``keys`` in that order; a ValueError naming ``run`` where there is none
         (a baseline) or it does not export."""
         raise ValueError(f"run: {self.name} is not a policy network (a baseline, say); nothing to export")
+
+
+def arrived_items(info: dict[str, Any], device: Any, groups: int = 1) -> torch.Tensor | None:
+    """``[groups * M]`` bool: the catalog ids that took a new item at the step ``info`` reports (catalog
+    churn, ``info["item_arrived"]``), repeated for each of ``groups`` tables; None without churn. A table
+    over catalog ids forgets these entries: the item behind the id is new."""
+    arrived = info.get("item_arrived")
+    if arrived is None:
+        return None
+    row = arrived[0] if isinstance(arrived, torch.Tensor) else torch.as_tensor(np.array(arrived[0]))
+    return row.to(device, torch.bool).repeat(groups)
 
 
 def slate_shape(observation: dict[str, torch.Tensor]) -> tuple[int, int]:

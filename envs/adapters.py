@@ -189,7 +189,8 @@ class UserSimEnv(gym.Env):
         self._state, outcome = self.model.step(self._rng, self._state, slate, self._next_truth)
         self._next_truth = None
         if on_numpy:  # every array is [1] (one user): .item() is its Python scalar
-            info = {key: value.item() for key, value in outcome.info.items()}
+            # (a per-item entry, ``item_arrived`` [1, M], stays an array)
+            info = {key: value.item() if value.ndim == 1 else value[0].copy() for key, value in outcome.info.items()}
             reward, terminated, truncated = outcome.reward.item(), outcome.terminated.item(), outcome.truncated.item()
         else:
             info = {key: self._scalar(value) for key, value in outcome.info.items()}
@@ -242,4 +243,5 @@ class UserSimEnv(gym.Env):
         return info
 
     def _scalar(self, value: Any) -> Any:
-        return self.backend.to_numpy(value)[0].item()
+        row = self.backend.to_numpy(value)[0]
+        return row.item() if row.ndim == 0 else np.array(row)

@@ -30,6 +30,7 @@ from metarec.config import validate_config
 from metarec.envs.core.backend import Array, Backend, Random, numpy_backend
 from metarec.envs.core.choice import shown_mask
 from metarec.envs.core.model import State
+from metarec.envs.drifting.churn import CatalogTimeline
 from metarec.envs.drifting.model import DriftingUsersModel, make_world, population_parameters
 from metarec.envs.drifting.params import SimulatorConfig
 from metarec.envs.vector import UserSimVectorEnv
@@ -61,6 +62,13 @@ def check_tasks(tasks: Sequence[Any]) -> list[SimulatorConfig]:
                     f"tasks[{i}].{path}: every task of a batch must have the same value (tasks[0] has {first}), "
                     f"got {_field(config, path)}"
                 )
+    churning = [config.catalog.churn_rate > 0 for config in configs]
+    if any(churning) and not all(churning):
+        i = churning.index(not churning[0])
+        raise ValueError(
+            f"tasks[{i}].catalog.churn_rate: every task of a batch must have churn on (> 0) or off (0) alike, as "
+            f"tasks[0] (it adds the candidates' age to the observation), got {configs[i].catalog.churn_rate}"
+        )
     return configs
 
 
@@ -145,6 +153,8 @@ class TaskBatchModel(DriftingUsersModel):
         world["stratum_size"] = np.stack([w["stratum_size"] for w in worlds])
         world["cluster_offset"] = cluster_offset.astype(np.int64)
         world["num_clusters"] = clusters.astype(np.float32)
+        self._topic_centres = [w["topic_centre"] for w in worlds]
+        self._item_offsets = [int(off) for off in item_offset]
         super().__init__(self.tasks[0], backend, world=world)
         self.num_topics = max(t.catalog.num_topics for t in self.tasks)
         self.topics = backend.asarray(np.arange(self.num_topics))
@@ -159,10 +169,17 @@ class TaskBatchModel(DriftingUsersModel):
         )
         self.record_rows: Array | None = None  # [B] bool: whose steps are logged (None: everyone's)
 
+    def catalog_timeline(self) -> CatalogTimeline | None:
+        if self.tasks[0].catalog.churn_rate == 0:  # check_tasks: all tasks alike
+            return None
+        return CatalogTimeline(self.tasks, self._topic_centres, self._item_offsets)
+
     def step(self, rng: Random, state: State, slate: Array, truth: Any = None) -> tuple[State, Any]:
         new_state, outcome = super().step(rng, state, slate, truth)
         if self.item_stats is not None:  # logged before the next observation is made
             self.record(state["candidates"], slate, outcome.info["chosen_candidate"], outcome.reward)
+            if "item_arrived" in outcome.info:  # a new item's log starts empty
+                self.item_stats[outcome.info["item_arrived"][0]] = 0.0
         return new_state, outcome
 
     def record(self, candidates: Array, slate: Array, chosen: Array, reward: Array) -> None:
@@ -243,9 +260,6 @@ class TaskBatchModel(DriftingUsersModel):
         state = super().initial_state(rng, num_users, task)
         state["task"] = task
         return state
-
-    def fresh_users(self, rng: Random, state: State, index: Array) -> State:
-        return self.initial_state(rng, int(index.shape[0]), state["task"][index])
 
 
 class TaskBatchVectorEnv(UserSimVectorEnv):

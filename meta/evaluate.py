@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from metarec.agents.base import Recommender
+from metarec.agents.base import Recommender, arrived_items
 from metarec.agents.export import with_item_stats
 from metarec.agents.metrics import SessionMetrics, session_summary
 from metarec.agents.registry import make_recommender
@@ -214,6 +214,9 @@ class LoggedItemStats(Recommender):
         if self.shard is not None:
             self.shard.sum_(step)  # every process's users, added exactly
         self.table += step
+        arrived = arrived_items(info, self.table.device, self.groups)
+        if arrived is not None:  # a new item's log starts empty
+            self.table[:, arrived] = 0
         self.inner.observe(reward, done, info)
 
 

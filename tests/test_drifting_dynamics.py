@@ -14,7 +14,18 @@ from metarec.envs.drifting.params import SimulatorConfig, UserPopulation
 STILL = UserPopulation().without_drift().model_copy(update={"fatigue_rate": 0.0})
 
 
+#: What ``model`` puts in the catalog: the drift tests run on a fixed and on a churning catalog (``catalog``).
+CATALOG: dict = {}
+
+
+@pytest.fixture(params=[0.0, 2.0], ids=["fixed-catalog", "churning-catalog"])
+def catalog(request, monkeypatch):
+    """Runs a test on a fixed catalog and on one where 2 items in 50 are replaced each step."""
+    monkeypatch.setitem(CATALOG, "churn_rate", request.param)
+
+
 def model(population=STILL, **config):
+    config = {"catalog": dict(CATALOG), **config}
     return DriftingUsersModel(SimulatorConfig(population=population, **config), torch_backend())
 
 
@@ -85,6 +96,7 @@ def test_engagement_and_reward_are_the_watched_minutes():
     assert (outcome.reward[clicked] > 0).all() and (outcome.reward <= m.config.catalog.max_length).all()
 
 
+@pytest.mark.usefixtures("catalog")
 def test_budgets_end_sessions():
     pop = STILL.model_copy(update={"session_budget": 10.0, "step_cost": 1.0, "budget_bonus": 0.0})
     m = model(population=pop)
@@ -100,6 +112,7 @@ def test_budgets_end_sessions():
     assert (ended_at > 0).all() and (ended_at <= 10).all()
 
 
+@pytest.mark.usefixtures("catalog")
 def test_step_limit_truncates():
     pop = STILL.model_copy(update={"max_session_steps": 3, "session_budget": 1000.0})
     m = model(population=pop)
@@ -123,11 +136,13 @@ def interest_after(population, steps=20, users=2048, slate=None, seed=0):
     return start, state, shifts, m
 
 
+@pytest.mark.usefixtures("catalog")
 def test_every_drift_mechanism_is_inert_at_zero():
     start, state, shifts, _ = interest_after(STILL)
     assert torch.equal(start, state["interest"]) and not shifts.any()
 
 
+@pytest.mark.usefixtures("catalog")
 def test_consumption_pulls_interest_toward_satisfying_items():
     pop = STILL.model_copy(update={"consumption_pull": 0.2})
     m = model(population=pop)
@@ -144,6 +159,7 @@ def test_consumption_pulls_interest_toward_satisfying_items():
     torch.testing.assert_close(new["interest"][clicked], expected[clicked])
 
 
+@pytest.mark.usefixtures("catalog")
 def test_ou_random_walk_reverts_to_the_anchor_with_the_stationary_spread():
     theta, sigma = 0.1, 0.05
     pop = STILL.model_copy(update={"ou_reversion": theta, "ou_noise": sigma})
@@ -154,6 +170,7 @@ def test_ou_random_walk_reverts_to_the_anchor_with_the_stationary_spread():
     assert float(deviation.std()) == pytest.approx(stationary_std, rel=0.05)
 
 
+@pytest.mark.usefixtures("catalog")
 def test_regime_shifts_happen_at_the_hazard_rate():
     hazard, steps, users = 0.02, 20, 8192
     _, _, shifts, _ = interest_after(STILL.model_copy(update={"shift_hazard": hazard}), steps, users)
@@ -161,6 +178,7 @@ def test_regime_shifts_happen_at_the_hazard_rate():
     assert abs(float(shifts.float().mean()) - expected) < 4 * np.sqrt(expected * (1 - expected) / users)
 
 
+@pytest.mark.usefixtures("catalog")
 def test_population_trend_moves_anchors_along_the_cluster_direction():
     pop = STILL.model_copy(update={"trend_rate": 0.5, "steps_per_day": 10})
     start, state, _, m = interest_after(pop, steps=20)
@@ -169,6 +187,7 @@ def test_population_trend_moves_anchors_along_the_cluster_direction():
     torch.testing.assert_close(moved, direction * 0.5 * 20 / 10, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.usefixtures("catalog")
 def test_fatigue_builds_on_consumed_topics_and_recovers():
     pop = STILL.model_copy(update={"fatigue_rate": 0.5, "fatigue_recovery": 0.2})
     m = model(population=pop)
@@ -186,6 +205,7 @@ def test_fatigue_builds_on_consumed_topics_and_recovers():
     torch.testing.assert_close(state2["fatigue"], before * 0.8)
 
 
+@pytest.mark.usefixtures("catalog")
 def test_multi_session_users_return_more_when_satisfied():
     pop = UserPopulation(num_sessions=3, session_budget=8.0, return_bias=0.0, return_sensitivity=10.0)
     m = model(population=pop)
@@ -286,6 +306,7 @@ def test_row_subset_random_gives_each_row_the_full_batch_draw():
         subset.uniform((3,))
 
 
+@pytest.mark.usefixtures("catalog")
 def test_return_luck_is_drawn_once_per_user_and_session():
     """Multi-session users carry one uniform draw per session that decides whether they come back, so the
     same user has the same luck under any policy; single-session users carry none."""

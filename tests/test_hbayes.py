@@ -123,7 +123,8 @@ def test_a_population_pools_its_own_users_only() -> None:
 
 
 #: What a recommender may read of ``info``: the user's response and who is served, never the ground truth.
-RESPONSE_KEYS = {"clicked", "chosen_position", "chosen_candidate", "engagement", "active"}
+# and the catalog's arrivals under churn: a recommender's own system knows which items are new
+RESPONSE_KEYS = {"clicked", "chosen_position", "chosen_candidate", "engagement", "active", "item_arrived"}
 
 
 class ResponseOnly(dict):

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarec.agents.base import Recommender, UserDraws, active_rows, fill_slates
+from metarec.agents.base import Recommender, UserDraws, active_rows, arrived_items, fill_slates
 
 TARGETS = ("reward", "click")
 
@@ -136,6 +136,12 @@ class OnlineBandit(Recommender):
         # passes it: users who left, or are served by another arm, must not teach a shared table)
         self._active = info.get("active")
         self.learn(slate_targets(reward, info, self.k, self.target))
+        if "item_arrived" in info:
+            self.forget_items(info)
+
+    def forget_items(self, info: dict[str, Any]) -> None:
+        """Forgets what it learned of the catalog ids that took a new item at this step (catalog churn,
+        :func:`~metarec.agents.base.arrived_items`); nothing for a bandit that keeps no per-item state."""
 
     @abstractmethod
     def choose(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -272,6 +278,12 @@ class GreedyRecommender(ItemBandit):
             where = (rows[:, None].expand_as(shown_ids), shown_ids)
             self.successes.index_put_(where, targets[rows], accumulate=True)
             self.impressions.index_put_(where, torch.ones_like(targets[rows]), accumulate=True)
+
+    def forget_items(self, info: dict[str, Any]) -> None:
+        arrived = arrived_items(info, self.device)
+        if arrived is not None and self.successes is not None and self.impressions is not None:
+            self.successes[:, arrived] = 0.0
+            self.impressions[:, arrived] = 0.0
 
     def reset(self, mask: torch.Tensor | None = None) -> None:
         if mask is None:

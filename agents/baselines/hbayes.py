@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from metarec.agents.base import Recommender
+from metarec.agents.base import Recommender, arrived_items
 from metarec.envs.core.backend import torch_backend
 from metarec.envs.core.choice import revenue_ordered_slate
 from metarec.parallel import EXACT_SCALE, Shard, add_exact
@@ -303,6 +303,9 @@ class HierarchicalBayesRecommender(Recommender):
             add_exact(step[0], item, weight)
             add_exact(step[1], item, weight * (y - (e * shown["theta"][users]).sum(-1)))
             self.item_table += step
+        arrived = arrived_items(info, self.device, self.item_groups)
+        if arrived is not None:  # a new item behind the id: its quality is unknown again
+            self.item_table[:, arrived] = 0
 
         self.steps += 1
         if self.steps % self.refit_every == 0:

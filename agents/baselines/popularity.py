@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from metarec.agents.base import arrived_items
 from metarec.agents.baselines.bandits import ItemBandit, candidate_ids, top_slate
 from metarec.parallel import EXACT_SCALE, add_exact
 
@@ -16,9 +17,10 @@ class PopularRecommender(ItemBandit):
     per impression by default; click-through rate with ``target="click"``).
 
     One table of summed targets and impressions per catalog id, learned online from every user's
-    feedback and never reset. The sums are int64 fixed point (:func:`~metarec.parallel.add_exact`):
-    exact over millions of users and the same whatever the order of summation, so a run split across
-    processes (each step's sums added up over them) serves exactly as one process does. Arguments as
+    feedback and never reset, except for an id whose item catalog churn replaced: that entry starts afresh.
+    The sums are int64 fixed point (:func:`~metarec.parallel.add_exact`): exact over millions of users and
+    the same whatever the order of summation, so a run split across processes (each step's sums added up
+    over them) serves exactly as one process does. Arguments as
     :class:`ItemBandit`.
     """
 
@@ -74,3 +76,8 @@ class PopularRecommender(ItemBandit):
         if self.shard is not None:
             self.shard.sum_(step)  # every process's users, added exactly
         self.table += step
+
+    def forget_items(self, info: dict[str, Any]) -> None:
+        arrived = arrived_items(info, self.device, self.groups)
+        if arrived is not None:
+            self.table[:, arrived] = 0

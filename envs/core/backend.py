@@ -159,6 +159,13 @@ class Backend:
         rows = table.take(flat, axis=0) if self.name == "numpy" else table.index_select(0, flat)
         return rows.reshape(*index.shape, *table.shape[1:])
 
+    def broadcast_rows(self, row: Array, batch: int) -> Array:
+        """``row`` (``[...]``) as ``[batch, ...]`` without copying it: a read-only view, the same row for
+        every user."""
+        if self.name == "numpy":
+            return np.broadcast_to(row[None], (batch, *row.shape))
+        return row[None].expand(batch, *row.shape)
+
     def take_along(self, values: Array, index: Array) -> Array:
         """``values[b, index[b, j]]`` along the last axis of 2-D arrays: ``[B, J]``."""
         if self.name == "numpy":

@@ -24,7 +24,8 @@ class DriftingUsersEnv(UserSimEnv):
     ``Dict``: ``candidates`` ``Box(N, d + 1)`` (item embedding, length); ``candidate_ids``
     ``Box(N,)`` int64 catalog ids; ``history`` ``Box(H, d + 3)``, the last ``H`` steps oldest first
     (embedding of the consumed item or zeros, engagement, clicked flag, valid flag). The user's
-    interest, fatigue and budget are hidden.
+    interest, fatigue and budget are hidden. With catalog churn (``catalog={"churn_rate": r}``),
+    ``candidate_age`` ``Box(N,)``: days since each candidate entered the catalog.
 
     ## Action Space
     ``MultiDiscrete([N] * K)``: candidate indices, best position first. A repeated index is shown
@@ -52,7 +53,8 @@ class DriftingUsersEnv(UserSimEnv):
     ``info`` after each step: ``clicked``, ``chosen_position``, ``chosen_candidate``,
     ``engagement``, ``satisfaction``, ``expected_reward`` (of the slate shown), ``regret``,
     ``regime_shift``, ``session_ended``, ``returned``; and for the next decision ``oracle_slate``,
-    ``oracle_value``, ``candidate_utilities``.
+    ``oracle_value``, ``candidate_utilities``. With churn, ``item_arrived`` (``[M]`` bool per user, the
+    same for all): the catalog ids that took a new item at this step.
 
     ## Version History
     * v0: initial version.

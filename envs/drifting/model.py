@@ -20,7 +20,11 @@ Drift, each mechanism off at zero:
 3. abrupt shifts: at rate ``shift_hazard`` a user's cluster, anchor and interest are re-drawn;
 4. fatigue per topic, added on consumption and wearing off at ``fatigue_recovery`` per step;
 5. population trends: each cluster's centre, and with it its users' anchors, moves along a fixed
-   direction at ``trend_rate`` per simulated day.
+   direction at ``trend_rate`` per simulated day;
+6. catalog churn: at ``catalog.churn_rate`` of the catalog per simulated day, items retire and new
+   ones from the catalog's prior take their ids (:mod:`metarec.envs.drifting.churn`). With churn on,
+   the state holds the catalog's clock and the embeddings of the items in each user's history (an id
+   may hold another item by the time it is observed), and the observation adds each candidate's age.
 
 Candidates are drawn by stratified sampling: the catalog is shuffled once (by the world seed) into
 N strata of near-equal size and one item is drawn uniformly from each, so the N candidates are
@@ -40,6 +44,7 @@ from metarec.envs.core.backend import Array, Backend, Random
 from metarec.envs.core.choice import per_user_column
 from metarec.envs.core.finite import require_float32
 from metarec.envs.core.model import Choice, ChoiceModel, Outcome, State, UserModel, push_history
+from metarec.envs.drifting.churn import ITEM_KEYS, CatalogTimeline
 from metarec.envs.drifting.params import SimulatorConfig, UserPopulation
 
 NO_CLICK = -1  # history entry of a step without a click
@@ -79,6 +84,7 @@ def make_world(config: SimulatorConfig) -> dict[str, np.ndarray]:
         "trend_direction": trend_direction.astype(np.float32),
         "item_order": item_order.astype(np.int64),
         "item_appeal": item_appeal.astype(np.float32),
+        "topic_centre": topic_centre.astype(np.float32),  # what churn draws new items around
         "stratum_start": bounds[:-1].astype(np.int64),
         "stratum_size": np.diff(bounds).astype(np.float32),
     }
@@ -120,6 +126,21 @@ class DriftingUsersModel(UserModel):
         # Observation lookup tables, so that observing is one gather per key (the hot path at large B):
         # a candidate's row [embedding, length]; a history entry's row [embedding or 0, engagement
         # (filled in per user), consumed, valid], indexed by history_item + 2 (EMPTY -> 0, NO_CLICK -> 1).
+        self._build_tables()
+        self.num_topics = int(max(config.catalog.num_topics, self.world_numpy["item_topic"].max() + 1))
+        self.topics = backend.asarray(np.arange(self.num_topics))
+        self.scalars = population_parameters(config.population, self.slate_size, backend)
+        weight = self.world_numpy.get("cluster_weight")
+        self.cluster_cdf = None if weight is None else backend.asarray(np.cumsum(weight).astype(np.float32))
+        self.churn = self.catalog_timeline()
+        if self.churn is not None:
+            self._initial_items = {key: self.world_numpy[key].copy() for key in ITEM_KEYS}
+            self._birth = self.churn.birth.copy()
+            self.item_birth = backend.asarray(self._birth)
+            self._clock = 0  # the catalog's step that the tables hold
+
+    def _build_tables(self) -> None:
+        backend = self.backend
         emb, length = self.world_numpy["item_embedding"], self.world_numpy["item_length"]
         d = emb.shape[1]
         past = np.zeros((emb.shape[0] + 2, d + 3), dtype=np.float32)
@@ -135,11 +156,67 @@ class DriftingUsersModel(UserModel):
         self.has_appeal = bool(np.any(appeal != 0))
         self.history_table = backend.asarray(past)
         self.num_items = emb.shape[0]
-        self.num_topics = int(max(config.catalog.num_topics, self.world_numpy["item_topic"].max() + 1))
-        self.topics = backend.asarray(np.arange(self.num_topics))
-        self.scalars = population_parameters(config.population, self.slate_size, backend)
-        weight = self.world_numpy.get("cluster_weight")
-        self.cluster_cdf = None if weight is None else backend.asarray(np.cumsum(weight).astype(np.float32))
+
+    # -- catalog churn ----------------------------------------------------------------------
+    def catalog_timeline(self) -> CatalogTimeline | None:
+        """The catalog's churn (None when ``catalog.churn_rate`` is 0)."""
+        if self.config.catalog.churn_rate == 0:
+            return None
+        if "topic_centre" not in self.world_numpy:
+            raise ValueError(
+                "catalog.churn_rate: this catalog has no topic centres to draw new items from (a calibrated "
+                f"catalog is the one fitted to the logs); expected 0, got {self.config.catalog.churn_rate}"
+            )
+        return CatalogTimeline([self.config], [self.world_numpy["topic_centre"]], [0])
+
+    def sync_catalog(self, state: State) -> None:
+        """Brings the item tables to the catalog step of ``state`` (every row holds the same one)."""
+        if self.churn is None:
+            return
+        clock = int(state["catalog_step"][0])
+        if clock == self._clock:
+            return
+        if clock < self._clock:  # a reset, or a checkpoint from earlier: replay from the start
+            for key in ITEM_KEYS:
+                self.world_numpy[key][...] = self._initial_items[key]
+            self._birth[...] = self.churn.birth
+            start, changed = 1, [np.arange(self.num_items)]
+        else:
+            start, changed = self._clock + 1, []
+        for step in range(start, clock + 1):
+            arrived = self.churn.at(step)
+            for key in ITEM_KEYS:
+                self.world_numpy[key][arrived.slots] = arrived.items[key]
+            self._birth[arrived.slots] = step
+            changed.append(arrived.slots)
+        self._clock = clock
+        rows = np.unique(np.concatenate(changed))
+        if rows.shape[0]:
+            self._upload_items(rows)
+
+    def _upload_items(self, rows: np.ndarray) -> None:
+        """Copies the items ``rows`` of the numpy world into the backend's tables."""
+        be, w, d = self.backend, self.world_numpy, self.config.catalog.embedding_dim
+        index = be.asarray(rows)
+        for key in ITEM_KEYS:
+            self.world[key][index] = be.asarray(w[key][rows])
+        emb = w["item_embedding"][rows]
+        self.candidate_table[index] = be.asarray(np.concatenate([emb, w["item_length"][rows, None]], axis=1))
+        self.item_table[index] = be.asarray(
+            np.concatenate(
+                [emb, w["item_length"][rows, None], w["item_quality"][rows, None], w["item_appeal"][rows, None]],
+                axis=1,
+            )
+        )
+        self.history_table[index + 2, :d] = be.asarray(emb)
+        self.item_birth[index] = be.asarray(self._birth[rows])
+
+    def arrived_mask(self, step: int) -> np.ndarray:
+        """``[M]`` bool: the catalog ids that take a new item at ``step``."""
+        mask = np.zeros(self.num_items, dtype=bool)
+        assert self.churn is not None
+        mask[self.churn.at(step).slots] = True
+        return mask
 
     def params(self, state: State) -> Any:
         """The population parameters that apply to each user (see :func:`population_parameters`)."""
@@ -192,14 +269,26 @@ class DriftingUsersModel(UserModel):
             "history_item": xp.full((b, h), EMPTY, dtype=xp.int64, device=self.backend.device),
             "history_engagement": xp.zeros((b, h), dtype=xp.float32, device=self.backend.device),
         }
+        if self.churn is not None:
+            state["catalog_step"] = counts_b
+            state["history_embedding"] = xp.zeros(
+                (b, h, self.config.catalog.embedding_dim), dtype=xp.float32, device=self.backend.device
+            )
         if self.population.num_sessions > 1:
             # whether the user comes back after session s is decided by draw s, fixed when the user is
             # drawn: the same user meets the same luck under every policy (common random numbers)
             state["return_draw"] = rng.uniform((b, self.population.num_sessions))
         return state
 
+    def fresh_users(self, rng: Random, state: State, index: Array) -> State:
+        fresh = self.initial_state(rng, int(index.shape[0]), state["task"][index] if "task" in state else None)
+        if self.churn is not None:  # newcomers join the running catalog
+            fresh["catalog_step"] = state["catalog_step"][index]
+        return fresh
+
     # -- choice -----------------------------------------------------------------------------
     def choice_model(self, state: State, columns: Array | None = None) -> ChoiceModel:
+        self.sync_catalog(state)
         xp, be, w, p = self.xp, self.backend, self.world, self.params(state)
         items = state["candidates"] if columns is None else be.take_along(state["candidates"], columns)  # [B, J]
         rows = be.take_rows(self.item_table, items)  # [B, J, d + 3]: embedding, length, quality, appeal
@@ -219,6 +308,7 @@ class DriftingUsersModel(UserModel):
 
     # -- response and evolution -------------------------------------------------------------
     def respond(self, rng: Random, state: State, on_slate: ChoiceModel, choice: Choice) -> tuple[State, Outcome]:
+        self.sync_catalog(state)
         xp, be, w, p = self.xp, self.backend, self.world, self.params(state)
         task = state.get("task")
         chosen, clicked = choice.candidate, choice.clicked
@@ -303,6 +393,13 @@ class DriftingUsersModel(UserModel):
             "session_ended": session_over,
             "returned": returned,
         }
+        if self.churn is not None:
+            # 6. the catalog's next step: its arrivals are applied before anything reads the next state
+            new_state["catalog_step"] = state["catalog_step"] + 1
+            consumed = be.take_rows(w["item_embedding"], item) * click[:, None]
+            new_state["history_embedding"] = push_history(xp, state["history_embedding"], consumed)
+            arrived = be.asarray(self.arrived_mask(self._clock + 1))
+            info["item_arrived"] = be.broadcast_rows(arrived, b)
         return new_state, Outcome(engagement, terminated, truncated, info)
 
     def trend(self, params: Any, cluster: Array) -> Array:
@@ -312,18 +409,27 @@ class DriftingUsersModel(UserModel):
 
     # -- what the agent sees ----------------------------------------------------------------
     def observe(self, state: State) -> dict[str, Array]:
+        self.sync_catalog(state)
         be, d = self.backend, self.config.catalog.embedding_dim
         items = state["candidates"]
         history = be.take_rows(self.history_table, state["history_item"] - EMPTY)  # a fresh [B, H, d + 3]
         history[..., d] = state["history_engagement"]
-        return {"candidates": be.take_rows(self.candidate_table, items), "candidate_ids": items, "history": history}
+        observation = {"candidates": be.take_rows(self.candidate_table, items), "candidate_ids": items}
+        if self.churn is not None:
+            history[..., :d] = state["history_embedding"]  # the items as they were when consumed
+            xp = self.xp
+            age = xp.astype(state["catalog_step"][:, None] - be.take_rows(self.item_birth, items), xp.float32)
+            observation["candidate_age"] = age / per_user_column(self.params(state).steps_per_day)
+        observation["history"] = history
+        return observation
 
     def observation_space(self) -> spaces.Dict:
         n, h, d = self.num_candidates, self.history_length, self.config.catalog.embedding_dim
-        return spaces.Dict(
-            {
-                "candidates": spaces.Box(-np.inf, np.inf, (n, d + 1), np.float32),
-                "candidate_ids": spaces.Box(0, self.num_items - 1, (n,), np.int64),
-                "history": spaces.Box(-np.inf, np.inf, (h, d + 3), np.float32),
-            }
-        )
+        entries = {
+            "candidates": spaces.Box(-np.inf, np.inf, (n, d + 1), np.float32),
+            "candidate_ids": spaces.Box(0, self.num_items - 1, (n,), np.int64),
+            "history": spaces.Box(-np.inf, np.inf, (h, d + 3), np.float32),
+        }
+        if self.churn is not None:  # days since each candidate entered the catalog
+            entries["candidate_age"] = spaces.Box(0.0, np.inf, (n,), np.float32)
+        return spaces.Dict(entries)

@@ -27,6 +27,13 @@ class CatalogConfig(Float32Config):
         6.0, gt=0, description="Longest item length (minutes); times the slate size at most 1e12 (see SimulatorConfig)."
     )
     seed: int = Field(0, ge=0, description="Seed of the catalog and population geometry (the 'world').")
+    churn_rate: float = Field(
+        0.0,
+        ge=0,
+        description="Share of the catalog replaced per simulated day: each item retires with probability "
+        "churn_rate / population.steps_per_day per step and a new item from the catalog's prior takes its slot "
+        "(0: a fixed catalog).",
+    )
 
     @model_validator(mode="after")
     def _lengths_ordered(self) -> CatalogConfig:
@@ -111,6 +118,11 @@ class SimulatorConfig(Float32Config):
             raise ValueError(
                 f"population.topics_per_cluster: expected <= catalog.num_topics ({self.catalog.num_topics}), "
                 f"got {self.population.topics_per_cluster}"
+            )
+        if self.catalog.churn_rate > self.population.steps_per_day:
+            raise ValueError(
+                f"catalog.churn_rate: expected at most population.steps_per_day ({self.population.steps_per_day}): "
+                f"an item retires at most once a step, got {self.catalog.churn_rate}"
             )
         if self.catalog.max_length * self.slate_size > MAX_LENGTH_TIMES_SLATE:
             raise ValueError(
