@@ -22,6 +22,11 @@ and its 95% t interval (``result["paired"]``). It is the sharper test of "ahead"
 populations, which both methods share, drops out; the separate intervals of the two curves keep it.
 The intervals are per session and per baseline (no correction for reading many at once), and the best
 meta-learner is picked on the same runs, which favours it a little where meta-learners are close.
+
+Each method also gets ``populations``: every population's normalised return over sessions 1-10, their mean and
+worst decile (:func:`~metarec.meta.protocol_summary.population_summary`). On a split whose catalogs churn
+(``meta-test-items``), each method also gets ``item_cold_start``: how it treats
+the items that arrive during the runs (:mod:`metarec.agents.cold_start`), pooled over seeds.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import torch
 from pydantic import Field
 
 from metarec.agents.base import Recommender, arrived_items
+from metarec.agents.cold_start import ItemColdStart, summarise
 from metarec.agents.export import with_item_stats
 from metarec.agents.metrics import SessionMetrics, session_summary
 from metarec.agents.registry import make_recommender
@@ -41,6 +47,7 @@ from metarec.config import FrozenConfig
 from metarec.envs.core.backend import torch_backend
 from metarec.envs.task_batch import TaskBatchVectorEnv, logged_events
 from metarec.meta.policy import Memory, RL2Policy
+from metarec.meta.protocol_summary import cumulative_regret, population_summary, regret_table, shift_summary
 from metarec.meta.tasks import TaskDistribution, batch_seed, task_batch
 from metarec.parallel import EXACT_SCALE, Shard, add_exact
 from metarec.stats import mean_interval
@@ -49,7 +56,6 @@ EVAL_SEED_OFFSET = 10_000  # evaluation seeds never coincide with meta-batch ind
 #: What a meta-learner is compared with, paired by seed: the non-meta baselines, and the reference.
 BASELINES = ("popular", "linucb", "thompson", "greedy", "finetune", "scratch")
 REFERENCES = ("hbayes",)
-REGRET_AFTER = (10, 50, 100)  # interactions after which every method's cumulative regret is reported
 #: The methods that meta-learn (what "the meta-learner" is picked among).
 META_LEARNERS = ("rl2", "icl", "maml", "fomaml", "reptile")
 
@@ -247,6 +253,7 @@ def run_protocol(
     expected = np.full(config.max_steps, np.nan)
     regret = np.full(config.max_steps, np.nan)
     ranked = SessionMetrics(env, sessions) if metrics else None  # ranking against the ground truth, clicks
+    cold = ItemColdStart(env.model.num_items, env.device) if env.model.churn is not None else None
     for t in range(config.max_steps):
         if t == config.shift_at:
             info = {**info, **shift_interests(env, alive, batch_seed(seed, 1))}  # its own random stream
@@ -254,11 +261,14 @@ def run_protocol(
         info = {**info, "active": alive}
         slate = recommender.act(observation, info)
         utility = info.get("candidate_utilities") if ranked is not None else None
+        offered, oracle = observation["candidate_ids"], info["oracle_slate"]
         observation, reward, terminated, truncated, info = env.step(slate)
         live = alive.clone()
         session_return[live, session[live]] += reward[live].double()
         if ranked is not None:
             ranked.add(utility, slate, reward, info, session, live)
+        if cold is not None:
+            cold.add(offered, slate, oracle, info, live)
         if bool(live.any()):
             expected[t] = float(info["expected_reward"][live].mean())
             regret[t] = float(info["regret"][live].mean())
@@ -269,41 +279,9 @@ def run_protocol(
             break
     return {"session_return": session_return.mean(dim=0).cpu().numpy(), "expected": expected, "regret": regret,
             "metrics": None if ranked is None else ranked.sums.cpu().numpy(),
-            "k": None if ranked is None else ranked.ranking.k}  # fmt: skip
-
-
-def cumulative_regret(regret: np.ndarray) -> np.ndarray:
-    """``[len(REGRET_AFTER)]``: the per-step regret, each step's mean over the users still present, summed
-    over the first 10, 50 and 100 interactions (so it counts the users a method kept, and from interaction
-    ``shift_at`` on it includes the shift); NaN where no user was left at that interaction."""
-    out = np.full(len(REGRET_AFTER), np.nan)
-    for i, n in enumerate(REGRET_AFTER):
-        if n <= len(regret) and not np.isnan(regret[n - 1]):
-            out[i] = float(np.nansum(regret[:n]))
-    return out
-
-
-def regret_table(per_seed: np.ndarray) -> dict[str, Any]:
-    """``{"10": {"mean", "ci95"}, ...}`` over the seeds' cumulative regrets (``[seeds, len(REGRET_AFTER)]``)."""
-    mean, ci = mean_interval(per_seed)
-    return {str(n): {"mean": mean[i], "ci95": ci[i]} for i, n in enumerate(REGRET_AFTER)}
-
-
-def shift_summary(run: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
-    """Around the shift: the pre-shift level and the regret over the ``window`` interactions before and
-    after it, the dip (lowest expected reward after the shift over the level) and the interactions
-    until expected reward is back at 90% of the level (0: it never fell below; None: not in the run)."""
-    s, w = config.shift_at, config.window
-    level = float(np.nanmean(run["expected"][max(0, s - w) : s]))
-    after = run["expected"][s:]
-    back = np.nonzero(np.nan_to_num(after, nan=-np.inf) >= 0.9 * level)[0]
-    return {
-        "pre_shift_level": level,
-        "regret_before_shift": float(np.nansum(run["regret"][max(0, s - w) : s])),
-        "regret_after_shift": float(np.nansum(run["regret"][s : s + w])),
-        "dip": float(np.nanmin(after[:w]) / level) if level > 0 else None,
-        "interactions_to_recover_90": int(back[0]) if len(back) else None,
-    }
+            "k": None if ranked is None else ranked.ranking.k,
+            "cold_start": None if cold is None else cold.records_array(),
+            "task_return": session_return.reshape(len(env.tasks), -1, sessions).mean(dim=1).cpu().numpy()}  # fmt: skip
 
 
 Factory = Callable[[TaskBatchVectorEnv, int], Recommender]
@@ -336,6 +314,8 @@ def adaptation_curves(
     shifts: dict[str, list[dict[str, Any]]] = {name: [] for name in everything}
     regrets: dict[str, list[np.ndarray]] = {name: [] for name in everything}
     metric_sums: dict[str, list[np.ndarray]] = {name: [] for name in everything}
+    cold: dict[str, list[np.ndarray]] = {name: [] for name in everything}
+    task_returns: dict[str, list[np.ndarray]] = {name: [] for name in everything}  # [seeds][tasks, sessions]
     for k in range(config.seeds):
         eval_seed = seed + EVAL_SEED_OFFSET + k
         tasks = task_batch(distribution, split, config.tasks, seed, EVAL_SEED_OFFSET + k, sessions)
@@ -346,6 +326,8 @@ def adaptation_curves(
             shifts[name].append(shift_summary(run, config))
             regrets[name].append(cumulative_regret(run["regret"]))
             metric_sums[name].append(run["metrics"])
+            cold[name].append(run["cold_start"])
+            task_returns[name].append(run["task_return"])
             if progress is not None:
                 progress(f"seed {k + 1}/{config.seeds} {name}: session 1 return {run['session_return'][0]:.3f}")
     low, high = np.stack(curves["random"]), np.stack(curves["oracle"])  # [seeds, sessions]
@@ -363,6 +345,8 @@ def adaptation_curves(
             "per_seed": normalised.tolist(),  # [seeds][sessions], for statistics of one's own
             "regret_after": regret_table(np.stack(regrets[name])),
             "metrics": session_summary(np.sum(metric_sums[name], axis=0), run["k"]) if metrics else None,
+            "item_cold_start": None if run["cold_start"] is None else summarise(np.concatenate(cold[name])),
+            "populations": population_summary(task_returns[name], task_returns["random"], task_returns["oracle"]),
             "shift": {
                 **{
                     key: float(np.mean([s[key] for s in shifts[name]]))

@@ -2,6 +2,7 @@
 and with churn at zero every trajectory is the one metarec gave before churn existed."""
 
 import hashlib
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -14,12 +15,15 @@ import metarec  # noqa: F401
 from metarec.agents.baselines.bandits import GreedyRecommender
 from metarec.agents.baselines.hbayes import HierarchicalBayesRecommender
 from metarec.agents.baselines.popularity import PopularRecommender
+from metarec.agents.cold_start import ItemColdStart
+from metarec.config import load_yaml_config
 from metarec.envs.core.backend import torch_backend
 from metarec.envs.drifting.churn import CatalogTimeline, arrivals, initial_birth
 from metarec.envs.drifting.model import DriftingUsersModel, make_world
 from metarec.envs.drifting.params import SimulatorConfig
 from metarec.envs.task_batch import TaskBatchVectorEnv
-from metarec.meta.evaluate import LoggedItemStats
+from metarec.meta.evaluate import EvalConfig, LoggedItemStats, adaptation_curves
+from metarec.meta.tasks import TaskDistribution
 
 # -- with churn at zero, nothing moved ------------------------------------------------------------------------------
 # Digests of seeded trajectories recorded with the code before catalog churn existed.
@@ -228,7 +232,7 @@ def test_age_is_in_each_populations_days():
     g = torch.Generator().manual_seed(0)
     for _ in range(30):
         obs, *_ = env.step(random_slates(env, g))
-    birth = env.model.item_birth[obs["candidate_ids"]]
+    birth = env.model.catalog.item_birth[obs["candidate_ids"]]
     steps_per_day = torch.tensor([10.0] * 4 + [40.0] * 4)[:, None]
     torch.testing.assert_close(obs["candidate_age"], (30 - birth).float() / steps_per_day)
 
@@ -362,3 +366,37 @@ def test_timeline_draws_each_step_once():
     assert timeline.at(7) is first
     again = CatalogTimeline([config], [make_world(config)["topic_centre"]], [0]).at(7)
     np.testing.assert_array_equal(first.slots, again.slots)
+
+
+# -- item cold start -----------------------------------------------------------------------------------------------
+def test_cold_start_counts_targeted_first_impressions_and_catch_up_by_hand():
+    tracker = ItemColdStart(num_items=6, device="cpu", first_impressions=2)
+    arrived = torch.zeros(2, 6, dtype=torch.bool)
+    arrived[:, 4] = True  # item 4 is new from the next step on
+    ids = torch.tensor([[0, 1, 4, 5], [2, 3, 4, 5]])
+    tracker.add(ids, torch.tensor([[0, 1], [0, 1]]), torch.tensor([[0, 1], [0, 1]]), {"item_arrived": arrived})
+    none = {"item_arrived": torch.zeros(2, 6, dtype=torch.bool)}
+    # step 2: both users are shown item 4 (candidate 2); the oracle would show it to user 0 only
+    tracker.add(ids, torch.tensor([[2, 0], [2, 1]]), torch.tensor([[2, 3], [0, 1]]), none)
+    # step 3: user 1 is shown it again (a third impression: past the first two), the oracle shows it to both
+    tracker.add(ids, torch.tensor([[0, 1], [3, 2]]), torch.tensor([[2, 0], [2, 3]]), none)
+    rows = tracker.records_array()
+    # item 4: 2 first impressions, 1 targeted; oracle exposure 1 + 2 = 3; 2 impressions against the oracle's 1 on
+    # the step the oracle first shows it: caught up at once
+    np.testing.assert_array_equal(rows, [[2, 1, 3, 0]])
+    summary = tracker.summary()
+    assert summary["targeted_share"] == 0.5 and summary["median_steps_to_oracle_exposure"] == 0.0
+    assert summary["new_items"] == 1 and summary["reached_oracle_exposure"] == 1.0
+
+
+def test_meta_test_items_reports_cold_start_that_orders_oracle_above_random():
+    distribution = load_yaml_config(TaskDistribution, Path(__file__).parents[1] / "configs" / "meta_tasks.yaml")
+    assert distribution.sample("meta-test-items", 3, seed=0)[0].catalog.churn_rate > 0
+    config = EvalConfig(tasks=2, users_per_task=32, seeds=2, shift_at=8, window=4, max_steps=80)
+    result = adaptation_curves({}, distribution, "meta-test-items", 3, config, seed=0, metrics=False)
+    oracle, random = (result["methods"][name]["item_cold_start"] for name in ("oracle", "random"))
+    assert oracle["new_items"] > 100 and oracle["targeted_share"] == 1.0
+    assert oracle["median_steps_to_oracle_exposure"] == 0.0 and oracle["reached_oracle_exposure"] == 1.0
+    assert random["targeted_share"] < 0.5 < oracle["targeted_share"]
+    fixed = adaptation_curves({}, distribution, "meta-test", 3, config, seed=0, metrics=False)
+    assert fixed["methods"]["oracle"]["item_cold_start"] is None

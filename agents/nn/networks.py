@@ -27,7 +27,9 @@ from torch import nn
 from metarec.agents.nn.distributions import PlackettLuce
 
 HistoryKind = Literal["gru", "transformer", "mlp"]
-IGNORED_KEYS = ("candidates", "candidate_ids")
+# Per-candidate entries, not a description of the user: never flattened into the user context (a catalog's churn
+# adds ``candidate_age``; a policy trained on a fixed catalog serves a churning one unchanged).
+IGNORED_KEYS = ("candidates", "candidate_ids", "candidate_age")
 
 
 def symlog(x: torch.Tensor) -> torch.Tensor:
