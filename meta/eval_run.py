@@ -40,9 +40,10 @@ def split_of(config: MetaTrainConfig, split: str) -> str:
 
 
 def meta_eval(run: str | Path, split: str = "test", progress: bool = False,
-              seeds: int | None = None, metrics: bool = True) -> dict[str, Any]:  # fmt: skip
+              seeds: int | None = None, metrics: bool = True, baselines: bool = True) -> dict[str, Any]:  # fmt: skip
     """Evaluates every method of a finished meta-train run on ``split`` (see the module docstring); ``metrics``
-    False leaves out the ranking metrics per session (:mod:`metarec.agents.metrics`), which cost time."""
+    False leaves out the ranking metrics per session (:mod:`metarec.agents.metrics`), which cost time, and
+    ``baselines`` False the non-meta baselines (random and the oracle stay: they normalise the returns)."""
     run = Path(run)
     if not (run / "config.yaml").is_file():
         raise ValueError(f"run: {run} is not a meta-train run directory (no config.yaml)")
@@ -63,8 +64,9 @@ def meta_eval(run: str | Path, split: str = "test", progress: bool = False,
 
         return factory
 
-    prior = fit_bayes_prior(config.tasks, config.train_split, config.seed)
-    methods = {**{name: make(name) for name in config.methods}, **baseline_factories(prior)}
+    methods = {name: make(name) for name in config.methods}
+    if baselines:
+        methods.update(baseline_factories(fit_bayes_prior(config.tasks, config.train_split, config.seed)))
     started = time.perf_counter()
     runs = eval_config.seeds * (len(methods) + 2)  # + random and oracle
     with tqdm(total=runs, desc=f"meta-eval {split_name}", unit="run", disable=not progress) as bar:

@@ -186,6 +186,9 @@ class InContextConfig(RL2Config):
 
     @model_validator(mode="after")
     def _fits(self) -> InContextConfig:
+        if self.adversarial is not None:
+            raise ValueError("adversarial: adversarial population sampling trains RL² only (rl2.adversarial); "
+                             "expected null")
         if self.hidden % self.heads:
             raise ValueError(f"heads: must divide hidden = {self.hidden}, got {self.heads}")
         if self.tasks_per_batch * self.users_per_task % self.num_minibatches:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import Field, model_validator
 
@@ -32,6 +33,7 @@ from metarec.agents.ppo.config import PPOUpdateConfig
 from metarec.agents.ppo.loss import check_rollout, clipped_terms, ensure_gradients, gradient_step, no_terms
 from metarec.agents.ppo.processes import learner_state, load_learner_state
 from metarec.envs.task_batch import TaskBatchVectorEnv
+from metarec.meta.adversarial import AdversarialConfig, PopulationPool
 from metarec.meta.policy import Belief, Memory, RL2Policy
 from metarec.meta.tasks import TaskDistribution, TaskShare
 from metarec.parallel import all_reduce_
@@ -63,11 +65,21 @@ class RL2Config(PPOUpdateConfig):
         "users, so they are not independent. Needs belief.",
     )
     population_noise: float = Field(1.0, gt=0, description="The reward noise variance the population memory assumes.")
+    adversarial: AdversarialConfig | None = Field(
+        None,
+        description="Train on a pool of populations, drawing more often those the learner does worst on (see "
+        "metarec.meta.adversarial); None: fresh populations, uniformly, for every meta-batch.",
+    )
 
     @model_validator(mode="after")
     def _population_needs_belief(self) -> RL2Config:
         if self.population and not self.belief:
             raise ValueError("population: the population memory pools the users' beliefs; set belief: true")
+        if self.adversarial is not None and self.adversarial.pool < self.tasks_per_batch:
+            raise ValueError(
+                f"adversarial.pool: expected at least tasks_per_batch ({self.tasks_per_batch}), "
+                f"got {self.adversarial.pool}"
+            )
         return self
 
     def make_policy(self, observation_space: Any, slate_size: int) -> RL2Policy:
@@ -110,13 +122,16 @@ class RL2Trainer:
         self.distribution, self.split, self.config = distribution, split, config
         self.sessions, self.seed = sessions, seed
         self.batch_index = 0
+        adversarial = getattr(config, "adversarial", None)
+        self.pool = None if adversarial is None else PopulationPool(adversarial, distribution, split, seed, sessions)
+        self.pool_batch = None if self.pool is None else self.pool.draw(0, config.tasks_per_batch)
         self.share = TaskShare.of_this_process(config.tasks_per_batch, config.users_per_task,
                                                f"{self.name}.tasks_per_batch")  # fmt: skip
         self.rank, self.world = self.share.rank, self.share.world
         self.total_users, self.offset = self.share.total_users, self.share.offset
         # keyed resets in one process too, so that N processes step exactly its users
-        self.env = TaskBatchVectorEnv(
-            self._tasks(0), config.users_per_task, device=device, ground_truth=self.ground_truth,
+        self.env = TaskBatchVectorEnv(  # the sampler measures regret against the oracle: it needs the ground truth
+            self._tasks(0), config.users_per_task, device=device, ground_truth=self.ground_truth or bool(self.pool),
             item_stats=item_stats, shard=self.share.env_shard(), keyed_resets=True,
         )  # fmt: skip
         self.device = self.env.device
@@ -132,8 +147,12 @@ class RL2Trainer:
 
     # ------------------------------------------------------------------ tasks and users
     def _tasks(self, index: int) -> list[Any]:
-        """This process's tasks of meta-batch ``index``."""
-        return self.share.tasks(self.distribution, self.split, self.seed, index, self.sessions)
+        """This process's tasks of meta-batch ``index`` (of the pool's batch drawn for it, when adversarial)."""
+        if self.pool is None:
+            return self.share.tasks(self.distribution, self.split, self.seed, index, self.sessions)
+        assert self.pool_batch is not None
+        mine = self.pool_batch[self.rank * self.share.local_tasks : (self.rank + 1) * self.share.local_tasks]
+        return [self.pool.tasks[i] for i in mine]
 
     def _env_seed(self, index: int) -> int:
         return self.seed * 1_000_003 + index
@@ -144,11 +163,28 @@ class RL2Trainer:
         self.memory = self.policy.initial_memory(users, self.device)
         self.last_reward = torch.zeros(users, device=self.device)
         self.discounted_return = torch.zeros(users, dtype=torch.float64, device=self.device)
+        # regret and oracle value summed per row since the meta-batch started (for the adversarial sampler)
+        self.regret_sums = torch.zeros(2, users, dtype=torch.float64, device=self.device)
 
     def _next_task_batch(self) -> None:
         self.batch_index += 1
+        if self.pool is not None:
+            self._record_regret()
+            self.pool_batch = self.pool.draw(self.batch_index, self.config.tasks_per_batch)
         self.env.set_tasks(self._tasks(self.batch_index))
         self._start_users(self._env_seed(self.batch_index))
+
+    def _record_regret(self) -> None:
+        """Hands the relative regret of this meta-batch's populations, measured over every process's users, to
+        the sampler."""
+        assert self.pool is not None and self.pool_batch is not None
+        c, share = self.config, self.share
+        sums = torch.zeros(2, c.tasks_per_batch, dtype=torch.float64, device=self.device)
+        local = self.regret_sums.reshape(2, share.local_tasks, c.users_per_task).sum(2)
+        sums[:, self.rank * share.local_tasks : (self.rank + 1) * share.local_tasks] = local
+        all_reduce_([sums])
+        regret, value = sums.cpu().numpy()
+        self.pool.record(self.pool_batch, regret / np.maximum(value, 1e-12))
 
     # ------------------------------------------------------------------ rollouts and updates
     def collect(self) -> dict[str, Any]:
@@ -173,6 +209,9 @@ class RL2Trainer:
                     out["beliefs"].append(beliefs)
                 remembered = self.policy.remember(hidden, self.memory.belief, self.observation, slate)
                 observation, reward, terminated, truncated, info = self.env.step(slate)
+                if self.pool is not None:  # the oracle's value of the state the slate was shown in
+                    self.regret_sums[0] += info["regret"]
+                    self.regret_sums[1] += info["regret"] + info["expected_reward"]
                 reward = reward.float()
                 remembered = self.policy.learn(remembered, reward, info["chosen_position"])
                 done = terminated | truncated
@@ -265,6 +304,8 @@ class RL2Trainer:
         self.update += 1
         if self.update % c.resample_every == 0:
             self._next_task_batch()
+        if self.pool is not None:  # the mean over the populations measured so far
+            stats["pool_relative_regret"] = self.pool.summary()["mean_relative_regret"] or 0.0
         return stats
 
     def step(self) -> dict[str, float]:
@@ -284,17 +325,27 @@ class RL2Trainer:
             "memory": memory_state(self.memory),
             "last_reward": self.last_reward.clone(),
             "discounted_return": self.discounted_return.clone(),
+            "regret_sums": self.regret_sums.clone(),
         }
-        return {**learner_state(self, users), "batch_index": self.batch_index}
+        state = {**learner_state(self, users), "batch_index": self.batch_index}
+        if self.pool is not None:
+            assert self.pool_batch is not None
+            state["pool"] = {**self.pool.state_dict(), "batch": torch.from_numpy(self.pool_batch.copy())}
+        return state
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         users = load_learner_state(self, saved)
         self.batch_index = int(saved["batch_index"])
+        if self.pool is not None:
+            self.pool.load_state_dict(saved["pool"])
+            self.pool_batch = saved["pool"]["batch"].numpy().copy()
         self.env.set_tasks(self._tasks(self.batch_index))
         self.observation, self.info = self.env.load_checkpoint(users["env"])
         self.memory = memory_from(users["memory"], self.policy, self.device, f"{self.name}.belief")
         self.last_reward = users["last_reward"].to(self.device)
         self.discounted_return = users["discounted_return"].to(self.device)
+        if "regret_sums" in users:  # (a checkpoint of a version before the adversarial sampler has none)
+            self.regret_sums = users["regret_sums"].to(self.device)
 
 
 BELIEF_KEYS = ("inverse", "response", "shown")

@@ -21,6 +21,7 @@ statistics) starts the id afresh.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -115,3 +116,62 @@ class CatalogTimeline:
         )
         self._last = (step, result)
         return result
+
+
+class ChurningTables:
+    """Keeps a model's item tables (its numpy world, the backend's copies and the lookup tables built from them)
+    at the catalog step its users are at, and each item's arrival step (``item_birth``, on the backend).
+
+    The tables are a function of the step alone: a step ahead applies the arrivals in between, a step behind (a
+    reset, a checkpoint from earlier) replays them from the start.
+    """
+
+    def __init__(self, model: Any, timeline: CatalogTimeline) -> None:
+        self.model, self.timeline = model, timeline
+        self.initial = {key: model.world_numpy[key].copy() for key in ITEM_KEYS}
+        self.birth = timeline.birth.copy()
+        self.item_birth = model.backend.asarray(self.birth)
+        self.clock = 0  # the catalog step the tables hold
+
+    def sync(self, clock: int) -> None:
+        """Brings the tables to catalog step ``clock``."""
+        if clock == self.clock:
+            return
+        world = self.model.world_numpy
+        if clock < self.clock:
+            for key in ITEM_KEYS:
+                world[key][...] = self.initial[key]
+            self.birth[...] = self.timeline.birth
+            start, changed = 1, [np.arange(self.birth.shape[0])]
+        else:
+            start, changed = self.clock + 1, []
+        for step in range(start, clock + 1):
+            arrived = self.timeline.at(step)
+            for key in ITEM_KEYS:
+                world[key][arrived.slots] = arrived.items[key]
+            self.birth[arrived.slots] = step
+            changed.append(arrived.slots)
+        self.clock = clock
+        rows = np.unique(np.concatenate(changed))
+        if rows.shape[0]:
+            self._upload(rows)
+
+    def _upload(self, rows: np.ndarray) -> None:
+        """Copies items ``rows`` of the numpy world into the backend's tables."""
+        m = self.model
+        be, w, d = m.backend, m.world_numpy, m.config.catalog.embedding_dim
+        index = be.asarray(rows)
+        for key in ITEM_KEYS:
+            m.world[key][index] = be.asarray(w[key][rows])
+        emb, length = w["item_embedding"][rows], w["item_length"][rows, None]
+        m.candidate_table[index] = be.asarray(np.concatenate([emb, length], axis=1))
+        extra = [w["item_quality"][rows, None], w["item_appeal"][rows, None]]
+        m.item_table[index] = be.asarray(np.concatenate([emb, length, *extra], axis=1))
+        m.history_table[index + 2, :d] = be.asarray(emb)
+        self.item_birth[index] = be.asarray(self.birth[rows])
+
+    def arrived_mask(self, step: int) -> np.ndarray:
+        """``[M]`` bool: the catalog ids that take a new item at ``step``."""
+        mask = np.zeros(self.birth.shape[0], dtype=bool)
+        mask[self.timeline.at(step).slots] = True
+        return mask

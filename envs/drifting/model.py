@@ -44,7 +44,7 @@ from metarec.envs.core.backend import Array, Backend, Random
 from metarec.envs.core.choice import per_user_column
 from metarec.envs.core.finite import require_float32
 from metarec.envs.core.model import Choice, ChoiceModel, Outcome, State, UserModel, push_history
-from metarec.envs.drifting.churn import ITEM_KEYS, CatalogTimeline
+from metarec.envs.drifting.churn import CatalogTimeline, ChurningTables
 from metarec.envs.drifting.params import SimulatorConfig, UserPopulation
 
 NO_CLICK = -1  # history entry of a step without a click
@@ -133,11 +133,7 @@ class DriftingUsersModel(UserModel):
         weight = self.world_numpy.get("cluster_weight")
         self.cluster_cdf = None if weight is None else backend.asarray(np.cumsum(weight).astype(np.float32))
         self.churn = self.catalog_timeline()
-        if self.churn is not None:
-            self._initial_items = {key: self.world_numpy[key].copy() for key in ITEM_KEYS}
-            self._birth = self.churn.birth.copy()
-            self.item_birth = backend.asarray(self._birth)
-            self._clock = 0  # the catalog's step that the tables hold
+        self.catalog = None if self.churn is None else ChurningTables(self, self.churn)
 
     def _build_tables(self) -> None:
         backend = self.backend
@@ -171,52 +167,8 @@ class DriftingUsersModel(UserModel):
 
     def sync_catalog(self, state: State) -> None:
         """Brings the item tables to the catalog step of ``state`` (every row holds the same one)."""
-        if self.churn is None:
-            return
-        clock = int(state["catalog_step"][0])
-        if clock == self._clock:
-            return
-        if clock < self._clock:  # a reset, or a checkpoint from earlier: replay from the start
-            for key in ITEM_KEYS:
-                self.world_numpy[key][...] = self._initial_items[key]
-            self._birth[...] = self.churn.birth
-            start, changed = 1, [np.arange(self.num_items)]
-        else:
-            start, changed = self._clock + 1, []
-        for step in range(start, clock + 1):
-            arrived = self.churn.at(step)
-            for key in ITEM_KEYS:
-                self.world_numpy[key][arrived.slots] = arrived.items[key]
-            self._birth[arrived.slots] = step
-            changed.append(arrived.slots)
-        self._clock = clock
-        rows = np.unique(np.concatenate(changed))
-        if rows.shape[0]:
-            self._upload_items(rows)
-
-    def _upload_items(self, rows: np.ndarray) -> None:
-        """Copies the items ``rows`` of the numpy world into the backend's tables."""
-        be, w, d = self.backend, self.world_numpy, self.config.catalog.embedding_dim
-        index = be.asarray(rows)
-        for key in ITEM_KEYS:
-            self.world[key][index] = be.asarray(w[key][rows])
-        emb = w["item_embedding"][rows]
-        self.candidate_table[index] = be.asarray(np.concatenate([emb, w["item_length"][rows, None]], axis=1))
-        self.item_table[index] = be.asarray(
-            np.concatenate(
-                [emb, w["item_length"][rows, None], w["item_quality"][rows, None], w["item_appeal"][rows, None]],
-                axis=1,
-            )
-        )
-        self.history_table[index + 2, :d] = be.asarray(emb)
-        self.item_birth[index] = be.asarray(self._birth[rows])
-
-    def arrived_mask(self, step: int) -> np.ndarray:
-        """``[M]`` bool: the catalog ids that take a new item at ``step``."""
-        mask = np.zeros(self.num_items, dtype=bool)
-        assert self.churn is not None
-        mask[self.churn.at(step).slots] = True
-        return mask
+        if self.catalog is not None:
+            self.catalog.sync(int(state["catalog_step"][0]))
 
     def params(self, state: State) -> Any:
         """The population parameters that apply to each user (see :func:`population_parameters`)."""
@@ -398,7 +350,7 @@ class DriftingUsersModel(UserModel):
             new_state["catalog_step"] = state["catalog_step"] + 1
             consumed = be.take_rows(w["item_embedding"], item) * click[:, None]
             new_state["history_embedding"] = push_history(xp, state["history_embedding"], consumed)
-            arrived = be.asarray(self.arrived_mask(self._clock + 1))
+            arrived = be.asarray(self.catalog.arrived_mask(self.catalog.clock + 1))
             info["item_arrived"] = be.broadcast_rows(arrived, b)
         return new_state, Outcome(engagement, terminated, truncated, info)
 
@@ -418,7 +370,7 @@ class DriftingUsersModel(UserModel):
         if self.churn is not None:
             history[..., :d] = state["history_embedding"]  # the items as they were when consumed
             xp = self.xp
-            age = xp.astype(state["catalog_step"][:, None] - be.take_rows(self.item_birth, items), xp.float32)
+            age = xp.astype(state["catalog_step"][:, None] - be.take_rows(self.catalog.item_birth, items), xp.float32)
             observation["candidate_age"] = age / per_user_column(self.params(state).steps_per_day)
         observation["history"] = history
         return observation
