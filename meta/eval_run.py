@@ -21,6 +21,7 @@ from metarec.io import json_safe, write_json
 from metarec.meta.baselines import baseline_factories, fit_bayes_prior
 from metarec.meta.config import MetaTrainConfig
 from metarec.meta.evaluate import adaptation_curves
+from metarec.meta.robustness import PERTURBATIONS, perturbed, robustness_section
 from metarec.meta.serving import build_method, load_method_weights
 from metarec.meta.tasks import TaskDistribution
 
@@ -39,11 +40,13 @@ def split_of(config: MetaTrainConfig, split: str) -> str:
     return split
 
 
-def meta_eval(run: str | Path, split: str = "test", progress: bool = False,
-              seeds: int | None = None, metrics: bool = True, baselines: bool = True) -> dict[str, Any]:  # fmt: skip
+def meta_eval(run: str | Path, split: str = "test", progress: bool = False, seeds: int | None = None,
+              metrics: bool = True, baselines: bool = True, robustness: bool = False) -> dict[str, Any]:  # fmt: skip
     """Evaluates every method of a finished meta-train run on ``split`` (see the module docstring); ``metrics``
     False leaves out the ranking metrics per session (:mod:`metarec.agents.metrics`), which cost time, and
-    ``baselines`` False the non-meta baselines (random and the oracle stay: they normalise the returns)."""
+    ``baselines`` False the non-meta baselines (random and the oracle stay: they normalise the returns).
+    ``robustness`` runs the protocol again under each perturbation of :mod:`metarec.meta.robustness` (once more
+    the time per perturbation) and adds its ``robustness`` section."""
     run = Path(run)
     if not (run / "config.yaml").is_file():
         raise ValueError(f"run: {run} is not a meta-train run directory (no config.yaml)")
@@ -68,16 +71,23 @@ def meta_eval(run: str | Path, split: str = "test", progress: bool = False,
     if baselines:
         methods.update(baseline_factories(fit_bayes_prior(config.tasks, config.train_split, config.seed)))
     started = time.perf_counter()
-    runs = eval_config.seeds * (len(methods) + 2)  # + random and oracle
+    perturbations = list(PERTURBATIONS) if robustness else []
+    runs = eval_config.seeds * (len(methods) + 2) * (1 + len(perturbations))  # + random and oracle
     with tqdm(total=runs, desc=f"meta-eval {split_name}", unit="run", disable=not progress) as bar:
 
         def tick(message: str) -> None:
             bar.set_postfix_str(message.split(": ")[0], refresh=False)
             bar.update(1)
 
-        result = adaptation_curves(methods, config.tasks, split_name, config.sessions, eval_config, config.seed, device,
-                          progress=tick, item_stats=config.item_stats, meta_learner=config.meta_learner,
-                          metrics=metrics)  # fmt: skip
+        def curves(perturb: Any = None, ranked: bool = metrics) -> dict[str, Any]:
+            return adaptation_curves(methods, config.tasks, split_name, config.sessions, eval_config, config.seed,
+                                     device, progress=tick, item_stats=config.item_stats,
+                                     meta_learner=config.meta_learner, metrics=ranked, perturb=perturb)  # fmt: skip
+
+        result = curves()
+        if perturbations:
+            perturbed_runs = {name: curves(perturbed(name), ranked=False) for name in perturbations}
+            result["robustness"] = robustness_section(result, perturbed_runs)
     result["wall_seconds"] = time.perf_counter() - started
     result = json_safe(result)  # NaN and inf become None: JSON has no such numbers
     write_json(result, run / f"eval_{split}.json")

@@ -299,10 +299,12 @@ def adaptation_curves(
     item_stats: bool = False,
     meta_learner: str | None = None,
     metrics: bool = True,
+    perturb: Callable[[list[Any]], list[Any]] | None = None,
 ) -> dict[str, Any]:
     """Runs the protocol for every method (plus ``random`` and ``oracle``, the normalisers) over
     ``config.seeds`` seeds; returns the ``meta-eval`` result (JSON-ready). The paired leads are those of
-    ``meta_learner`` (named before evaluation), else of the best meta-learner of these runs."""
+    ``meta_learner`` (named before evaluation), else of the best meta-learner of these runs. ``perturb``
+    changes each seed's tasks before the users are drawn (see :mod:`metarec.meta.robustness`)."""
     if meta_learner is not None and meta_learner not in methods:
         raise ValueError(f"meta_learner: {meta_learner!r} is not among the methods evaluated ({', '.join(methods)})")
     everything: dict[str, Factory] = {
@@ -319,6 +321,7 @@ def adaptation_curves(
     for k in range(config.seeds):
         eval_seed = seed + EVAL_SEED_OFFSET + k
         tasks = task_batch(distribution, split, config.tasks, seed, EVAL_SEED_OFFSET + k, sessions)
+        tasks = tasks if perturb is None else perturb(tasks)
         env = TaskBatchVectorEnv(tasks, config.users_per_task, device=device, autoreset=False, item_stats=item_stats)
         for name, factory in everything.items():
             run = run_protocol(factory(env, eval_seed), env, sessions, config, eval_seed, metrics)

@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", default="test", help="test, train or any split of the run's task distribution (default: test)"
     )
     me.add_argument("--seeds", type=_positive_int, help="evaluation seeds (default: the config's)")
+    me.add_argument(
+        "--robustness",
+        action="store_true",
+        help="also run the protocol under perturbed populations (choice temperature x1.5, position bias +0.1, "
+        "drift x2), once more the time per perturbation",
+    )
     me.add_argument("--json", action="store_true", help=JSON_HELP)
     me.set_defaults(func="metarec.commands.meta_eval:run")
 

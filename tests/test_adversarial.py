@@ -1,5 +1,5 @@
-"""Adversarial population sampling: the pool, its draws, RL² training on it (determinism, resume, processes),
-and the per-population summary meta-eval reports."""
+"""Adversarial population sampling: the pool, its draws, RL² training on it (determinism, resume), the
+per-population summary meta-eval reports, and meta-eval's robustness section."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ from scipy import stats
 from metarec.config import load_yaml_config, validate_config
 from metarec.meta.adversarial import AdversarialConfig, PopulationPool
 from metarec.meta.config import load_meta_config
+from metarec.meta.eval_run import meta_eval
 from metarec.meta.protocol_summary import population_summary
 from metarec.meta.rl2 import RL2Config, RL2Trainer
+from metarec.meta.robustness import PERTURBATIONS, perturbed
 from metarec.meta.tasks import TaskDistribution
+from metarec.meta.train import meta_train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "meta_tiny.yaml"
@@ -128,3 +131,39 @@ def test_population_summary_by_hand():
     values = np.linspace(0, 1, 20)[:, None].repeat(2, axis=1)
     summary = population_summary([values], [np.zeros((20, 2))], [np.ones((20, 2))])
     assert summary["worst_decile"] == pytest.approx(np.mean(np.linspace(0, 1, 20)[:2]))
+
+
+# -- robustness ----------------------------------------------------------------------------------------------------
+def test_perturbations_move_each_population_by_the_stated_amount(distribution):
+    tasks = distribution.sample("meta-test", 4, seed=0)
+    hotter = perturbed("choice_temperature x1.5")(tasks)
+    lower = perturbed("position_bias +0.1")(tasks)
+    drift = perturbed("drift x2")(tasks)
+    for task, a, b, c in zip(tasks, hotter, lower, drift, strict=True):
+        p = task.population
+        assert a.population.choice_temperature == pytest.approx(1.5 * p.choice_temperature)
+        assert b.population.position_bias == pytest.approx(p.position_bias + 0.1)
+        assert c.population.ou_noise == pytest.approx(2 * p.ou_noise)
+        assert c.population.shift_hazard == pytest.approx(min(1.0, 2 * p.shift_hazard))
+        assert c.population.trend_rate == pytest.approx(2 * p.trend_rate)
+        # nothing else moves
+        assert a.model_copy(update={"population": p}) == task and a.catalog == task.catalog
+    with pytest.raises(ValueError, match=r"perturbation: expected one of choice_temperature x1\.5"):
+        perturbed("louder")
+
+
+def test_meta_eval_robustness_reports_each_perturbation_against_the_unperturbed_run(tmp_path):
+    config = load_meta_config(TINY, ["methods=[rl2]", "rl2.updates=2"])
+    meta_train(config, tmp_path / "run", progress=False)
+    result = meta_eval(tmp_path / "run", "test", metrics=False, baselines=False, robustness=True)
+    section = result["robustness"]
+    assert section["perturbations"] == list(PERTURBATIONS)
+    assert set(section["methods"]) == {"random", "oracle", "rl2"}
+    for name in PERTURBATIONS:
+        assert section["methods"]["oracle"][name]["mean"] == pytest.approx(1.0)
+        entry = section["methods"]["rl2"][name]
+        base = result["methods"]["rl2"]["populations"]
+        assert entry["mean_change"] == pytest.approx(entry["mean"] - base["mean"])
+        assert entry["worst_decile"] <= entry["mean"]
+    # hotter choices change what the users do: the perturbed run is not the unperturbed one
+    assert section["methods"]["rl2"]["choice_temperature x1.5"]["mean_change"] != 0
