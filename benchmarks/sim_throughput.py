@@ -54,16 +54,20 @@ def bench_vector(
         if env.device.type == "cuda":
             torch.cuda.synchronize()
 
+    if env.device.type == "cuda":  # the peak of stepping (what is held already counts: env, state, actions)
+        torch.cuda.reset_peak_memory_stats()
     run(min(10, steps))
     times = [run(steps) for _ in range(runs)]
-    if env.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     state_bytes = env.unwrapped.state_nbytes() if hasattr(env, "unwrapped") else env.state_nbytes()
-    return {
+    out = {
         "seconds": statistics.median(times),
         "runs_seconds": [round(t, 4) for t in times],
         "state_bytes_per_user": state_bytes / users,
     }
+    if env.device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+        out.update(peak_cuda_mb=round(peak / 2**20, 1), peak_cuda_bytes_per_user=round(peak / users, 1))
+    return out
 
 
 def bench_single(env_id: str, steps: int, runs: int, ground_truth: bool) -> dict:
