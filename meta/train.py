@@ -218,6 +218,9 @@ class MetaTrainRun:
             "env_steps_per_s": (trainer.global_step - steps_before) / this_process if this_process > 0 else None,
             "params": {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()},
         }
+        pool = getattr(trainer, "pool", None)
+        if pool is not None:  # what the adversarial sampler measured (metarec.meta.adversarial)
+            self.finished[name]["adversarial"] = pool.summary()
         self.checkpoint(None)
 
     def run(self) -> dict[str, Any]:

@@ -167,3 +167,12 @@ def test_meta_eval_robustness_reports_each_perturbation_against_the_unperturbed_
         assert entry["worst_decile"] <= entry["mean"]
     # hotter choices change what the users do: the perturbed run is not the unperturbed one
     assert section["methods"]["rl2"]["choice_temperature x1.5"]["mean_change"] != 0
+
+
+def test_meta_train_reports_what_the_sampler_measured(tmp_path):
+    config = load_meta_config(TINY, ["methods=[rl2]", "rl2.adversarial={pool: 6, temperature: 0.1}"])
+    results = meta_train(config, tmp_path / "run", progress=False)
+    summary = results["methods"]["rl2"]["adversarial"]
+    assert summary["populations_trained_on"] >= config.rl2.tasks_per_batch
+    assert 0 < summary["mean_relative_regret"] <= summary["worst_decile_relative_regret"] < 1
+    assert 1 <= summary["effective_populations"] <= 6
