@@ -171,7 +171,7 @@ def simulate_arm(
         else:  # this process's users are all gone: no feedback (the last step's, for none of them)
             step_info = {key: value[:0] for key, value in step_info.items()}
             step_reward, done = step_reward[:0], done[:0]
-        feedback = {key: _spread(value, rows, users) for key, value in step_info.items()}
+        feedback = _feedback(model, step_info, rows, users, steps + 1)
         reward, full_done = _spread(step_reward, rows, users), _spread(done, rows, users)
         for recommender, acts, serving in ((arm, arm_acts, serving_arm), (control, control_acts, serving_control)):
             if acts and recommender is not None:
@@ -276,6 +276,18 @@ def merge_runs(run: ArmRun, shard: Shard | None) -> ArmRun | None:
         counters=np.concatenate([b[0] for b in blocks]), pre=np.concatenate([b[1] for b in blocks]),
         impressions=impressions, steps=run.steps, seconds=run.seconds,
     )
+
+
+def _feedback(model: Any, step_info: dict[str, torch.Tensor], rows: torch.Tensor, users: int, step: int) -> dict:
+    """The step's info for every user of the block (:func:`_spread`), and under catalog churn the arrivals of the
+    catalog's step ``step``: every user's, present or gone, and the same in every process (a shared learner
+    forgets the same ids everywhere)."""
+    feedback = {key: _spread(value, rows, users) for key, value in step_info.items() if key != "item_arrived"}
+    catalog = getattr(model, "catalog", None)
+    if catalog is not None:
+        arrived = torch.as_tensor(catalog.arrived_mask(step), device=rows.device)
+        feedback["item_arrived"] = arrived[None].expand(users, -1)
+    return feedback
 
 
 def _spread(value: torch.Tensor, rows: torch.Tensor, users: int) -> torch.Tensor:

@@ -136,7 +136,8 @@ def arrived_items(info: dict[str, Any], device: Any, groups: int = 1) -> torch.T
     arrived = info.get("item_arrived")
     if arrived is None:
         return None
-    row = arrived[0] if isinstance(arrived, torch.Tensor) else torch.as_tensor(np.array(arrived[0]))
+    arrived = arrived if isinstance(arrived, torch.Tensor) else torch.as_tensor(np.array(arrived))
+    row = arrived if arrived.dim() == 1 else arrived[0]  # one user's env gives the row itself
     return row.to(device, torch.bool).repeat(groups)
 
 

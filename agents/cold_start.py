@@ -11,9 +11,9 @@ retires or the run ends. Against the simulator's ground truth of each decision (
 * the item's *oracle exposure* is how many of the same users, at the same steps, the myopic oracle would have
   shown it to. ``reached_oracle_exposure``: the share of new items with some oracle exposure whose impressions
   caught up with it (cumulative impressions at least the cumulative oracle exposure at some step);
-  ``median_steps_to_oracle_exposure``: the median over those items of the steps from the oracle's first exposure
-  of the item to the step the impressions caught up (0: at once, as the oracle itself does), an item that never
-  caught up counting as later than any (None when fewer than half caught up).
+  ``median_steps_to_oracle_exposure``: the number of steps, from the oracle's first exposure of an item, by which
+  half of those items had caught up (0: at once, as the oracle itself does); None when fewer than half ever did.
+* ``new_items`` counts every item that arrived, also those that arrived too late in the run to be offered.
 
 The users counted are those ``active`` marks (the ones the recommender serves); a slate position repeated is one
 impression.
@@ -112,7 +112,8 @@ def summarise(records: np.ndarray, first_impressions: int = FIRST_IMPRESSIONS) -
     early, targeted = int(records[:, 0].sum()), int(records[:, 1].sum())
     exposed = records[records[:, 2] > 0]
     caught = exposed[:, 3] >= 0
-    median = float(np.median(np.where(caught, exposed[:, 3], np.inf))) if len(exposed) else None
+    steps = np.sort(np.where(caught, exposed[:, 3], np.inf))
+    median = float(steps[(len(steps) + 1) // 2 - 1]) if len(exposed) else None  # the lower median: half within it
     return {
         "new_items": len(records),
         "first_impressions": first_impressions,

@@ -41,7 +41,11 @@ class AdversarialConfig(FrozenConfig):
         0.05, gt=0, description="Softmax temperature on the relative regret (0 to 1); lower is greedier."
     )
     uniform_mix: float = Field(
-        0.3, ge=0, le=1, description="Share of each draw's probability spread uniformly over the pool."
+        0.3,
+        gt=0,
+        le=1,
+        description="Share of each draw's probability spread uniformly over the pool (> 0: every population stays "
+        "possible, and the softmax can underflow without leaving too few to draw).",
     )
     refresh: float = Field(0.5, gt=0, le=1, description="Weight of a new regret measurement in the moving average.")
 

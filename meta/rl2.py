@@ -185,6 +185,7 @@ class RL2Trainer:
         all_reduce_([sums])
         regret, value = sums.cpu().numpy()
         self.pool.record(self.pool_batch, regret / np.maximum(value, 1e-12))
+        self.regret_sums.zero_()
 
     # ------------------------------------------------------------------ rollouts and updates
     def collect(self) -> dict[str, Any]:
@@ -304,8 +305,11 @@ class RL2Trainer:
         self.update += 1
         if self.update % c.resample_every == 0:
             self._next_task_batch()
-        if self.pool is not None:  # the mean over the populations measured so far
-            stats["pool_relative_regret"] = self.pool.summary()["mean_relative_regret"] or 0.0
+        elif self.pool is not None and self.done:  # the last meta-batch's regret counts too
+            self._record_regret()
+        measured = None if self.pool is None else self.pool.summary()["mean_relative_regret"]
+        if measured is not None:  # the mean over the populations measured so far
+            stats["pool_relative_regret"] = measured
         return stats
 
     def step(self) -> dict[str, float]:

@@ -117,6 +117,8 @@ def test_bad_adversarial_settings_are_named():
         adversarial_config(pool=3)
     with pytest.raises(ValueError, match="uniform_mix"):
         adversarial_config(uniform_mix=1.5)
+    with pytest.raises(ValueError, match="uniform_mix"):
+        adversarial_config(uniform_mix=0.0)
     with pytest.raises(ValueError, match="adversarial: adversarial population sampling trains RL² only"):
         load_meta_config(TINY, ["icl.adversarial={pool: 8}"])
 
@@ -136,18 +138,22 @@ def test_population_summary_by_hand():
 # -- robustness ----------------------------------------------------------------------------------------------------
 def test_perturbations_move_each_population_by_the_stated_amount(distribution):
     tasks = distribution.sample("meta-test", 4, seed=0)
-    hotter = perturbed("choice_temperature x1.5")(tasks)
-    lower = perturbed("position_bias +0.1")(tasks)
-    drift = perturbed("drift x2")(tasks)
-    for task, a, b, c in zip(tasks, hotter, lower, drift, strict=True):
-        p = task.population
-        assert a.population.choice_temperature == pytest.approx(1.5 * p.choice_temperature)
-        assert b.population.position_bias == pytest.approx(p.position_bias + 0.1)
-        assert c.population.ou_noise == pytest.approx(2 * p.ou_noise)
-        assert c.population.shift_hazard == pytest.approx(min(1.0, 2 * p.shift_hazard))
-        assert c.population.trend_rate == pytest.approx(2 * p.trend_rate)
-        # nothing else moves
-        assert a.model_copy(update={"population": p}) == task and a.catalog == task.catalog
+    expected = {
+        "choice_temperature x1.5": lambda p: {"choice_temperature": 1.5 * p.choice_temperature},
+        "position_bias +0.1": lambda p: {"position_bias": p.position_bias + 0.1},
+        "drift x2": lambda p: {"consumption_pull": min(1.0, 2 * p.consumption_pull), "ou_noise": 2 * p.ou_noise,
+                               "shift_hazard": min(1.0, 2 * p.shift_hazard), "trend_rate": 2 * p.trend_rate},
+    }  # fmt: skip
+    assert set(expected) == set(PERTURBATIONS)
+    for name, change in expected.items():
+        for task, moved in zip(tasks, perturbed(name)(tasks), strict=True):
+            values = task.population.model_dump()
+            for field, value in change(task.population).items():
+                assert getattr(moved.population, field) == pytest.approx(value), (name, field)
+                values[field] = getattr(moved.population, field)
+            # nothing else moves: the catalog, the sizes and every other population field
+            assert moved.population.model_dump() == values and moved.catalog == task.catalog
+            assert moved.num_candidates == task.num_candidates and moved.slate_size == task.slate_size
     with pytest.raises(ValueError, match=r"perturbation: expected one of choice_temperature x1\.5"):
         perturbed("louder")
 
@@ -160,19 +166,25 @@ def test_meta_eval_robustness_reports_each_perturbation_against_the_unperturbed_
     assert section["perturbations"] == list(PERTURBATIONS)
     assert set(section["methods"]) == {"random", "oracle", "rl2"}
     for name in PERTURBATIONS:
+        # normalised again under the perturbation: its own oracle is 1 (the unperturbed oracle would not be)
         assert section["methods"]["oracle"][name]["mean"] == pytest.approx(1.0)
-        entry = section["methods"]["rl2"][name]
-        base = result["methods"]["rl2"]["populations"]
-        assert entry["mean_change"] == pytest.approx(entry["mean"] - base["mean"])
-        assert entry["worst_decile"] <= entry["mean"]
-    # hotter choices change what the users do: the perturbed run is not the unperturbed one
-    assert section["methods"]["rl2"]["choice_temperature x1.5"]["mean_change"] != 0
+        assert section["methods"]["random"][name]["mean"] == pytest.approx(0.0, abs=1e-12)
+    # each perturbation changes what the users do: no perturbed run is the unperturbed one
+    assert all(section["methods"]["rl2"][name]["mean_change"] != 0 for name in PERTURBATIONS)
 
 
-def test_meta_train_reports_what_the_sampler_measured(tmp_path):
-    config = load_meta_config(TINY, ["methods=[rl2]", "rl2.adversarial={pool: 6, temperature: 0.1}"])
+def test_meta_train_reports_what_the_sampler_measured_including_the_last_meta_batch(tmp_path):
+    overrides = ["methods=[rl2]", "rl2.adversarial={pool: 6, temperature: 0.1}", "rl2.updates=3"]
+    config = load_meta_config(TINY, overrides)
     results = meta_train(config, tmp_path / "run", progress=False)
-    summary = results["methods"]["rl2"]["adversarial"]
-    assert summary["populations_trained_on"] >= config.rl2.tasks_per_batch
-    assert 0 < summary["mean_relative_regret"] <= summary["worst_decile_relative_regret"] < 1
-    assert 1 <= summary["effective_populations"] <= 6
+    trainer = RL2Trainer(config.tasks, config.train_split, config.rl2, config.sessions, seed=config.seed,
+                         item_stats=config.item_stats)  # as meta-train builds it
+    batches = [set(trainer.pool_batch.tolist())]
+    while not trainer.done:
+        trainer.step()
+        batches.append(set(trainer.pool_batch.tolist()))
+    # 3 updates, a new meta-batch after the second: both batches measured, the last one when training ends
+    assert results["methods"]["rl2"]["adversarial"] == trainer.pool.summary()
+    assert batches[0] == batches[1] and batches[2] == batches[3]
+    assert trainer.pool.summary()["populations_trained_on"] == len(batches[0] | batches[2])
+

@@ -12,10 +12,11 @@ from gymnasium.utils.env_checker import check_env
 from scipy import stats
 
 import metarec  # noqa: F401
+from metarec.agents.base import arrived_items
 from metarec.agents.baselines.bandits import GreedyRecommender
 from metarec.agents.baselines.hbayes import HierarchicalBayesRecommender
 from metarec.agents.baselines.popularity import PopularRecommender
-from metarec.agents.cold_start import ItemColdStart
+from metarec.agents.cold_start import ItemColdStart, summarise
 from metarec.config import load_yaml_config
 from metarec.envs.core.backend import torch_backend
 from metarec.envs.drifting.churn import CatalogTimeline, arrivals, initial_birth
@@ -330,7 +331,7 @@ def test_agents_forget_what_they_learned_of_a_replaced_item(name):
         agent = HierarchicalBayesRecommender(5, items, 16, g)
 
         def table():
-            return agent.item_table
+            return agent.item_table[:, :-1]  # the last entry: where clicks on replaced items point (the prior)
     else:
         agent = LoggedItemStats(PopularRecommender(5, items, g), items, env.device)
 
@@ -343,6 +344,9 @@ def test_agents_forget_what_they_learned_of_a_replaced_item(name):
     t = table()
     columns = arrived.repeat(t.shape[-1] // items)
     assert torch.all(t[..., columns] == 0) and t[..., ~columns].abs().sum() > 0
+    if name == "hbayes":  # remembered clicks on a replaced item keep the prior's offset, not the new item's
+        assert not torch.isin(agent.clicks_id, torch.nonzero(arrived)[:, 0]).any()
+        assert (agent.clicks_id == agent.retired).any() and torch.all(agent.item_table[:, -1] == 0)
 
 
 # -- bad input -----------------------------------------------------------------------------------------------------
@@ -389,6 +393,21 @@ def test_cold_start_counts_targeted_first_impressions_and_catch_up_by_hand():
     assert summary["new_items"] == 1 and summary["reached_oracle_exposure"] == 1.0
 
 
+def test_cold_start_summary_median_is_the_step_by_which_half_caught_up():
+    rows = np.array([[2, 1, 3, 0], [2, 0, 4, -1]])  # one item caught up at once, one never
+    assert summarise(rows, 2)["median_steps_to_oracle_exposure"] == 0.0
+    assert summarise(rows[[1, 1, 0]], 2)["median_steps_to_oracle_exposure"] is None  # a third caught up
+    assert summarise(rows, 2)["reached_oracle_exposure"] == 0.5 and summarise(rows, 2)["targeted_share"] == 0.25
+
+
+def test_arrived_items_reads_a_batch_or_one_users_row():
+    assert arrived_items({}, "cpu") is None
+    batch = torch.tensor([[True, False, True]]).expand(4, 3)
+    assert arrived_items({"item_arrived": batch}, "cpu", groups=2).tolist() == [True, False, True] * 2
+    one_user = np.array([False, True, False])  # what the single-user env's info holds
+    assert arrived_items({"item_arrived": one_user}, "cpu").tolist() == [False, True, False]
+
+
 def test_meta_test_items_reports_cold_start_that_orders_oracle_above_random():
     distribution = load_yaml_config(TaskDistribution, Path(__file__).parents[1] / "configs" / "meta_tasks.yaml")
     assert distribution.sample("meta-test-items", 3, seed=0)[0].catalog.churn_rate > 0
@@ -400,3 +419,28 @@ def test_meta_test_items_reports_cold_start_that_orders_oracle_above_random():
     assert random["targeted_share"] < 0.5 < oracle["targeted_share"]
     fixed = adaptation_curves({}, distribution, "meta-test", 3, config, seed=0, metrics=False)
     assert fixed["methods"]["oracle"]["item_cold_start"] is None
+
+
+def test_an_ab_test_hands_every_arm_the_catalogs_arrivals_after_its_first_users_leave(monkeypatch):
+    """The arrivals reach a shared learner whoever is left: not only while the first user is present."""
+    from metarec.abtest.simulate import simulate_arm
+
+    seen = []
+    original = PopularRecommender.forget_items
+
+    def spy(self, info):
+        seen.append(info["item_arrived"].clone())
+        original(self, info)
+
+    monkeypatch.setattr(PopularRecommender, "forget_items", spy)
+    kwargs = {"catalog": {"churn_rate": 10.0, "num_items": 200}, "population": {"session_budget": 15.0}}
+    simulate_arm("metarec/DriftingUsers-v0", kwargs, "popular", None, users=16, days=1, pre_period_days=0,
+                 env_seed=0, agent_seed=0, control_seed=0)  # fmt: skip
+    assert len(seen) >= 8  # users leave from the third step on; the last stay to the tenth
+    config = SimulatorConfig(catalog=kwargs["catalog"], population=kwargs["population"])
+    timeline = CatalogTimeline([config], [make_world(config)["topic_centre"]], [0])
+    for step, arrived in enumerate(seen, start=1):
+        assert torch.equal(arrived, arrived[:1].expand_as(arrived))  # every user's row alike
+        expected = np.zeros(200, dtype=bool)
+        expected[timeline.at(step).slots] = True
+        np.testing.assert_array_equal(arrived[0].numpy(), expected)

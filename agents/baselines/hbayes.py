@@ -136,7 +136,10 @@ class HierarchicalBayesRecommender(Recommender):
         # per item of every group's catalogue, in fixed point: clicks weighted by how well the user's affinity
         # was known (noise / (noise + its posterior variance)), and the residual logits summed with those weights
         self.item_groups = 1 if distinct_ids else self.groups
-        self.item_table = torch.zeros((2, self.item_groups * self.num_items), dtype=torch.int64, device=self.device)
+        # one entry more, never updated, so always at the prior: where a remembered click points once catalog churn
+        # has put a new item behind its id (the new item's evidence says nothing of the one clicked)
+        self.retired = self.item_groups * self.num_items
+        self.item_table = torch.zeros((2, self.retired + 1), dtype=torch.int64, device=self.device)
         self.mixture: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # means, log weights, var
         self.batch: int | None = None
         self.steps = 0
@@ -305,7 +308,10 @@ class HierarchicalBayesRecommender(Recommender):
             self.item_table += step
         arrived = arrived_items(info, self.device, self.item_groups)
         if arrived is not None:  # a new item behind the id: its quality is unknown again
+            arrived = torch.cat([arrived, arrived.new_zeros(1)])
             self.item_table[:, arrived] = 0
+            if self.batch is not None:  # the clicks remembered on the old item keep the prior's offset
+                self.clicks_id[(self.clicks_id >= 0) & arrived[self.clicks_id.clamp(min=0)]] = self.retired
 
         self.steps += 1
         if self.steps % self.refit_every == 0:

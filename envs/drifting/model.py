@@ -134,6 +134,7 @@ class DriftingUsersModel(UserModel):
         self.cluster_cdf = None if weight is None else backend.asarray(np.cumsum(weight).astype(np.float32))
         self.churn = self.catalog_timeline()
         self.catalog = None if self.churn is None else ChurningTables(self, self.churn)
+        self._synced_clock: Array | None = None  # the state clock the tables were last brought to
 
     def _build_tables(self) -> None:
         backend = self.backend
@@ -166,9 +167,13 @@ class DriftingUsersModel(UserModel):
         return CatalogTimeline([self.config], [self.world_numpy["topic_centre"]], [0])
 
     def sync_catalog(self, state: State) -> None:
-        """Brings the item tables to the catalog step of ``state`` (every row holds the same one)."""
-        if self.catalog is not None:
-            self.catalog.sync(int(state["catalog_step"][0]))
+        """Brings the item tables to the catalog step of ``state`` (every row holds the same one). Reading the
+        step is a device sync on a GPU, so a state whose clock was read last is not read again."""
+        clock = None if self.catalog is None else state["catalog_step"]
+        if clock is None or clock is self._synced_clock or clock.shape[0] == 0:
+            return
+        self.catalog.sync(int(clock[0]))
+        self._synced_clock = clock
 
     def params(self, state: State) -> Any:
         """The population parameters that apply to each user (see :func:`population_parameters`)."""
