@@ -115,7 +115,7 @@ def test_a_population_pools_its_own_users_only() -> None:
         slate = agent.act(observation, {**info, "active": active})
         observation, reward, terminated, truncated, info = env.step(slate)
         agent.observe(reward, terminated | truncated, {**info, "active": active})
-    clicks = agent.item_table[0].reshape(2, -1)
+    clicks = agent.item_table[0, :-1].reshape(2, -1)  # (the last entry: clicks on replaced items, at the prior)
     assert clicks[0].sum() == 0 and clicks[1].sum() > 0
     assert agent.mixture is not None and agent.fitted.tolist() == [False, True]
     broad = agent.mixture[0][0]
@@ -228,7 +228,7 @@ def test_observe_recovers_the_satisfaction_logit_of_each_click_and_reset_forgets
     agent = make_recommender("hbayes", env, 0)
     observation, info = env.reset(seed=1)
     # a task batch's catalogue ids are distinct across its populations: one item table, indexed by id
-    assert agent.groups == 2 and agent.item_table.shape == (2, env.model.num_items)
+    assert agent.groups == 2 and agent.item_table.shape == (2, env.model.num_items + 1)  # + the prior's entry
     observation_ids = observation["candidate_ids"].to(torch.int64)
     slate = agent.act(observation, info)
     observation, reward, terminated, truncated, info = env.step(slate)
