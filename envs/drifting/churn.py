@@ -53,8 +53,24 @@ class Arrivals:
     items: dict[str, np.ndarray]
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit(x: np.ndarray) -> np.ndarray:
+    """``x`` scaled to unit norm along its last axis (a zero row stays zero)."""
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def draw_items(
+    rng: np.random.Generator, catalog: Any, topic_centre: np.ndarray, count: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``count`` items from the catalog's prior, drawn in this order: topics (uniform), embeddings around their
+    topic's centre (``topic_spread``), qualities (``quality_std``) and lengths (uniform in the length range),
+    as float64 arrays. The world's items (:func:`~metarec.envs.drifting.model.make_world`) and churn's new
+    items are both these draws."""
+    topic = rng.integers(0, topic_centre.shape[0], count)
+    noise = rng.standard_normal((count, topic_centre.shape[1]))
+    embedding = unit(topic_centre[topic] + catalog.topic_spread * noise)
+    quality = catalog.quality_std * rng.standard_normal(count)
+    length = rng.uniform(catalog.min_length, catalog.max_length, count)
+    return topic, embedding, quality, length
 
 
 def arrivals(config: SimulatorConfig, topic_centre: np.ndarray, step: int, offset: int = 0) -> Arrivals:
@@ -63,11 +79,8 @@ def arrivals(config: SimulatorConfig, topic_centre: np.ndarray, step: int, offse
     cat = config.catalog
     rng = np.random.default_rng([cat.seed, CHURN_STREAM, step])
     slots = np.flatnonzero(rng.random(cat.num_items) < retire_probability(config))
-    k, d = slots.shape[0], topic_centre.shape[1]
-    topic = rng.integers(0, topic_centre.shape[0], k)
-    embedding = _unit(topic_centre[topic] + cat.topic_spread * rng.standard_normal((k, d)))
-    quality = cat.quality_std * rng.standard_normal(k)
-    length = rng.uniform(cat.min_length, cat.max_length, k)
+    k = slots.shape[0]
+    topic, embedding, quality, length = draw_items(rng, cat, topic_centre, k)
     appeal = cat.appeal_std * rng.standard_normal(k) if cat.appeal_std > 0 else np.zeros(k)
     items = {
         "item_embedding": embedding.astype(np.float32),

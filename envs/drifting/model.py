@@ -44,7 +44,7 @@ from metarec.envs.core.backend import Array, Backend, Random
 from metarec.envs.core.choice import per_user_column
 from metarec.envs.core.finite import require_float32
 from metarec.envs.core.model import Choice, ChoiceModel, Outcome, State, UserModel, push_history
-from metarec.envs.drifting.churn import CatalogTimeline, ChurningTables
+from metarec.envs.drifting.churn import CatalogTimeline, ChurningTables, draw_items, unit
 from metarec.envs.drifting.params import SimulatorConfig, UserPopulation
 
 NO_CLICK = -1  # history entry of a step without a click
@@ -58,15 +58,12 @@ def make_world(config: SimulatorConfig) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(cat.seed)
     d, t, m = cat.embedding_dim, cat.num_topics, cat.num_items
 
-    topic_centre = _unit(rng.standard_normal((t, d)))
-    item_topic = rng.integers(0, t, m)
-    item_embedding = _unit(topic_centre[item_topic] + cat.topic_spread * rng.standard_normal((m, d)))
-    item_quality = cat.quality_std * rng.standard_normal(m)
-    item_length = rng.uniform(cat.min_length, cat.max_length, m)
+    topic_centre = unit(rng.standard_normal((t, d)))
+    item_topic, item_embedding, item_quality, item_length = draw_items(rng, cat, topic_centre, m)
 
     cluster_topics = np.stack([rng.choice(t, pop.topics_per_cluster, replace=False) for _ in range(pop.num_clusters)])
-    cluster_centre = pop.interest_scale * _unit(topic_centre[cluster_topics].sum(axis=1))
-    trend_direction = _unit(rng.standard_normal((pop.num_clusters, d)))
+    cluster_centre = pop.interest_scale * unit(topic_centre[cluster_topics].sum(axis=1))
+    trend_direction = unit(rng.standard_normal((pop.num_clusters, d)))
 
     # Stratified candidate sampling: stratum s holds item_order[start[s] : start[s] + size[s]].
     bounds = (np.arange(config.num_candidates + 1) * m) // config.num_candidates
@@ -88,10 +85,6 @@ def make_world(config: SimulatorConfig) -> dict[str, np.ndarray]:
         "stratum_start": bounds[:-1].astype(np.int64),
         "stratum_size": np.diff(bounds).astype(np.float32),
     }
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def population_parameters(population: UserPopulation, slate_size: int, backend: Backend) -> SimpleNamespace:
