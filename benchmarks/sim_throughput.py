@@ -8,7 +8,8 @@ Prints one JSON line: env, users, steps, seconds, user_steps_per_s, device, api 
   legal actions pre-drawn in one array (RecSim's benchmark likewise times its random agent's steps),
   resetting whenever an episode ends (reset cost included, as in RecSim's benchmark).
 
-The first steps warm up and are not timed; the median of ``--runs`` timed runs is reported.
+The first steps warm up and are not timed; the median of ``--runs`` timed runs is reported. The allocator is
+tuned as the ``metarec`` command tunes it (:mod:`metarec.allocator`; ``METAREC_TUNE_MALLOC=0`` measures without).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 import metarec  # noqa: F401
+from metarec.allocator import tune_allocator
 
 
 def bench_vector(
@@ -119,6 +121,7 @@ def main() -> None:
         help="vector env: draw newcomers for every row each step (what a run split across processes does)",
     )
     args = parser.parse_args()
+    tuned = tune_allocator()
     if args.api == "single":
         users, result = 1, bench_single(args.env, args.steps, args.runs, not args.no_ground_truth)
     else:
@@ -138,6 +141,7 @@ def main() -> None:
                 "api": args.api,
                 "ground_truth": not args.no_ground_truth,
                 "keyed_resets": bool(args.keyed_resets),
+                "allocator_tuned": tuned,
                 **result,
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "torch_threads": torch.get_num_threads(),

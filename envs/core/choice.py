@@ -105,14 +105,52 @@ def revenue_ordered_slate(
     Returns:
         ``(slate [B, K] int64, value [B])``: the oracle's slate and its expected reward.
     """
+    return assortment_in_order(
+        be, revenue_order(be, weights, revenue, slate_size), weights, revenue, no_click_weight, position_weight
+    )
+
+
+def revenue_order(be: Backend, weights: Array, revenue: Array, slate_size: int) -> Array:
+    """The ``[B, K]`` candidates of highest revenue, best first, ties broken by choice weight: the order in
+    which :func:`revenue_ordered_slate` fills a slate."""
     xp = be.xp
-    # Revenue order, ties broken by choice weight (with equal revenues the heavier item is better):
-    # a float64 key whose weight term, at most 1e-9 of the largest revenue, only separates equal
-    # float32 revenues. A top-k, not a full sort: N can be large and K is small.
-    r64, w64 = xp.astype(revenue, xp.float64), xp.astype(weights, xp.float64)
-    scale = 1e-9 * (xp.max(xp.abs(r64), axis=1, keepdims=True) + 1e-30)
-    key = r64 + scale * w64 / (xp.max(w64, axis=1, keepdims=True) + 1e-30)
-    order = be.top_k(key, slate_size)  # [B, K], best first
+    # A float64 key whose weight term, at most 1e-9 of the largest revenue, separates equal float32 revenues.
+    # The row maxima are taken in float32 (exact: abs and max round nothing), not over float64 copies. A top-k,
+    # not a full sort: N can be large and K is small.
+    largest = xp.maximum(xp.max(revenue, axis=1, keepdims=True), -xp.min(revenue, axis=1, keepdims=True))
+    scale = 1e-9 * (xp.astype(largest, xp.float64) + 1e-30)
+    heaviest = xp.astype(xp.max(weights, axis=1, keepdims=True), xp.float64)
+    key = xp.astype(revenue, xp.float64) + scale * xp.astype(weights, xp.float64) / (heaviest + 1e-30)
+    return be.top_k(key, slate_size)
+
+
+def shared_revenue_order(revenue: np.ndarray, slate_size: int) -> np.ndarray | None:
+    """:func:`revenue_order` for every user at once, where a model knows it in advance: ``revenue`` (``[N]``)
+    is the same for every user, and its ``K + 1`` highest values lie further apart than the tie-break on
+    choice weight (at most 1e-9 of the largest revenue) can bridge, so no user's weights can reorder them.
+    Returns the ``[K]`` order (int64), or None where that does not hold (the oracle then orders per user).
+    The order agrees with :func:`revenue_order` for any finite non-negative weights."""
+    r = np.asarray(revenue, dtype=np.float64).reshape(-1)
+    if r.size < slate_size or not np.all(np.isfinite(r)):
+        return None
+    largest = float(np.max(np.abs(r)))
+    order = np.argsort(-r, kind="stable")[: slate_size + 1]
+    # each key is its revenue plus a term in [0, 1e-9 * largest], rounded in float64: twice that is room enough
+    margin = 2e-9 * (largest + 1e-30) + 8 * float(np.spacing(largest))
+    if np.any(-np.diff(r[order]) <= margin):
+        return None
+    return order[:slate_size].astype(np.int64)
+
+
+def assortment_in_order(
+    be: Backend, order: Array, weights: Array, revenue: Array, no_click_weight: Array, position_weight: Array
+) -> tuple[Array, Array]:
+    """The best revenue-ordered assortment given the order (``[B, K]``, from :func:`revenue_order`, or a
+    shared ``[K]`` one broadcast to every user): ``(slate [B, K], value [B])`` as :func:`revenue_ordered_slate`."""
+    xp = be.xp
+    if order.ndim == 1:
+        order = be.broadcast_rows(order, weights.shape[0])
+    slate_size = order.shape[1]
     w = be.take_along(weights, order) * per_user_rows(position_weight)
     r = be.take_along(revenue, order)
     numerator = xp.cumulative_sum(w * r, axis=1)

@@ -26,10 +26,11 @@ from gymnasium import spaces
 
 from metarec.envs.core.backend import Array, Backend, Random
 from metarec.envs.core.choice import (
+    assortment_in_order,
     choice_probabilities,
     per_user_rows,
     positions_like,
-    revenue_ordered_slate,
+    revenue_order,
     sample_categorical,
     shown_mask,
 )
@@ -123,6 +124,9 @@ class UserModel(ABC):
     num_candidates: int
     slate_size: int
     guarded_keys: tuple[str, ...] = ()  # float state the NaN guard checks each step (metarec.envs.core.finite)
+    #: The oracle's revenue order ``[K]``, where it is the same for every user and known in advance (see
+    #: :func:`~metarec.envs.core.choice.shared_revenue_order`); None: the oracle orders each user's candidates.
+    oracle_order: Array | None = None
 
     @property
     def xp(self) -> Any:
@@ -192,8 +196,11 @@ class UserModel(ABC):
         """The myopic oracle's slate ``[B, K]`` for the current candidates, its expected reward ``[B]``
         and the ground truth it was computed from."""
         truth = self.choice_model(state)
-        slate, value = revenue_ordered_slate(
-            self.backend, truth.weights, truth.revenue, truth.no_click_weight, truth.position_weight, self.slate_size
+        order = self.oracle_order
+        if order is None:
+            order = revenue_order(self.backend, truth.weights, truth.revenue, self.slate_size)
+        slate, value = assortment_in_order(
+            self.backend, order, truth.weights, truth.revenue, truth.no_click_weight, truth.position_weight
         )
         return slate, value, truth
 

@@ -17,6 +17,7 @@ from pydantic import Field
 
 from metarec.envs.adapters import UserSimEnv
 from metarec.envs.core.backend import Array, Backend, Random
+from metarec.envs.core.choice import shared_revenue_order
 from metarec.envs.core.finite import Float32Config, require_float32
 from metarec.envs.core.model import Choice, ChoiceModel, Outcome, State, UserModel
 from metarec.envs.vector import UserSimVectorEnv
@@ -74,6 +75,9 @@ class NGInterestEvolutionModel(UserModel):
         self.doc_observation = backend.asarray(
             np.concatenate([corpus["features"], corpus["quality"][:, None], corpus["length"][:, None]], axis=1)
         )
+        # the revenue of a document (its consumed time) is the same for every user, so the oracle's order is too
+        order = shared_revenue_order(self.backend.to_numpy(self.consumed_if_chosen), config.slate_size)
+        self.oracle_order = None if order is None else backend.asarray(order)
         self.position_weight = backend.asarray(np.ones(config.slate_size), np.float32)
         self.no_click_weight = backend.asarray(np.exp(config.no_click_mass), np.float32)
 
@@ -116,7 +120,7 @@ class NGInterestEvolutionModel(UserModel):
                 - 2.0 * (interest @ xp.permute_dims(self.doc_features, (1, 0)))
                 + xp.sum(self.doc_features * self.doc_features, axis=1)[None, :]
             )
-            revenue = self.consumed_if_chosen[None, :] + xp.zeros_like(squared)
+            revenue = be.broadcast_rows(self.consumed_if_chosen, squared.shape[0])  # a view, not a copy per user
         else:
             difference = interest[:, None, :] - be.take_rows(self.doc_features, columns)  # [B, J, T]
             squared = xp.sum(difference * difference, axis=2)

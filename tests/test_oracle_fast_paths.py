@@ -1,0 +1,108 @@
+"""The myopic oracle's fast paths give what the plain computation gives, bit for bit: a revenue order
+shared by every user where a model knows it in advance, and the order key built from float32 maxima."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import metarec  # noqa: F401
+from metarec.envs.core.backend import numpy_backend, torch_backend
+from metarec.envs.core.choice import assortment_in_order, revenue_order, shared_revenue_order
+
+
+def plain_order(weights, revenue, k, backend=None):
+    """The revenue order as first written: the key's maxima taken over float64 copies, then the backend's
+    top-k (numpy's stable sort by default; torch may break exact ties of the key otherwise)."""
+    r64, w64 = revenue.astype(np.float64), weights.astype(np.float64)
+    scale = 1e-9 * (np.max(np.abs(r64), axis=1, keepdims=True) + 1e-30)
+    key = r64 + scale * w64 / (np.max(w64, axis=1, keepdims=True) + 1e-30)
+    backend = backend or numpy_backend()
+    return backend.to_numpy(backend.top_k(backend.asarray(key), k))
+
+
+@pytest.mark.parametrize("backend", [numpy_backend(), torch_backend()], ids=["numpy", "torch"])
+def test_the_order_key_from_float32_maxima_is_the_plain_one(backend):
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        b, n, k = 64, int(rng.integers(2, 40)), 0
+        k = int(rng.integers(1, n + 1))
+        revenue = (rng.standard_normal((b, n)) * 10.0 ** rng.uniform(-3, 3)).astype(np.float32)
+        revenue[:, : n // 3] = revenue[:, :1]  # equal revenues, which only the weights separate
+        weights = rng.gamma(0.5, 1.0, (b, n)).astype(np.float32)
+        weights[::7] = 0.0
+        got = backend.to_numpy(revenue_order(backend, backend.asarray(weights), backend.asarray(revenue), k))
+        np.testing.assert_array_equal(got, plain_order(weights, revenue, k, backend))
+
+
+def test_a_shared_order_is_every_users_order_whatever_their_weights():
+    rng = np.random.default_rng(1)
+    revenue = rng.uniform(0.2, 3.0, 100).astype(np.float32)
+    order = shared_revenue_order(revenue, 4)
+    assert order is not None and order.tolist() == np.argsort(-revenue)[:4].tolist()
+    weights = np.concatenate(
+        [
+            rng.gamma(0.3, 1.0, (500, 100)),
+            np.zeros((1, 100)),
+            np.full((1, 100), 3e38),
+            np.eye(100)[:50] * 1e30,  # one candidate outweighing every other
+        ]
+    ).astype(np.float32)
+    rows = np.broadcast_to(revenue, weights.shape)
+    np.testing.assert_array_equal(plain_order(weights, rows, 4), np.broadcast_to(order, (weights.shape[0], 4)))
+
+
+def test_revenues_the_weights_can_reorder_get_no_shared_order():
+    # 1e-3 and its float32 neighbour are 1.2e-10 apart, closer than the weight term's 1e-9 of the top revenue
+    close = np.array([1.0, 1e-3, np.nextafter(np.float32(1e-3), np.float32(1.0)), 0.5], dtype=np.float32)
+    assert shared_revenue_order(close, 3) is None
+    favour_1 = np.array([[1, 1, 0, 1]], np.float32)
+    favour_2 = np.array([[1, 0, 1, 1]], np.float32)
+    assert plain_order(favour_1, close[None], 4).tolist() == [[0, 3, 1, 2]]
+    assert plain_order(favour_2, close[None], 4).tolist() == [[0, 3, 2, 1]]
+    assert shared_revenue_order(np.array([2.0, 1.0, 1.0], np.float32), 2) is None  # a tie at the cut
+    assert shared_revenue_order(np.array([2.0, 1.0, 1.0], np.float32), 1) is not None  # the tie is below it
+    assert shared_revenue_order(np.array([2.0, np.nan, 1.0], np.float32), 1) is None
+
+
+def test_the_shared_order_gives_the_per_user_slates_and_values():
+    be = torch_backend()
+    rng = np.random.default_rng(2)
+    revenue = rng.uniform(0.2, 3.0, 30).astype(np.float32)
+    weights = torch.as_tensor(rng.gamma(0.5, 1.0, (256, 30)).astype(np.float32))
+    rows = be.broadcast_rows(torch.as_tensor(revenue), 256)
+    position = torch.tensor([1.0, 0.8, 0.6])
+    shared = assortment_in_order(be, torch.as_tensor(shared_revenue_order(revenue, 3)), weights, rows, 2.0, position)
+    per_user = assortment_in_order(be, revenue_order(be, weights, rows, 3), weights, rows, 2.0, position)
+    assert torch.equal(shared[0], per_user[0]) and torch.equal(shared[1], per_user[1])
+
+
+def ng_trajectory(users, oracle_order_off, **config):
+    env = gym.make_vec(
+        "metarec/RecSimNGInterestEvolution-v0",
+        num_envs=users,
+        vectorization_mode="vector_entry_point",
+        array_backend="torch",
+        **config,
+    )
+    if oracle_order_off:
+        env.unwrapped.model.oracle_order = None
+    g = torch.Generator().manual_seed(3)
+    _, info = env.reset(seed=5)
+    out = []
+    for t in range(40):
+        k = env.unwrapped.model.slate_size
+        action = info["oracle_slate"] if t % 2 else torch.randint(100, (users, k), generator=g)
+        obs, reward, _, _, info = env.step(action)
+        out += [obs["response"], reward] + [info[key] for key in ("oracle_slate", "oracle_value", "regret")]
+    return out
+
+
+@pytest.mark.parametrize("config", [{}, {"slate_size": 5, "no_click_mass": 1.0}], ids=["default", "slate-5"])
+def test_the_recsim_ng_port_knows_its_oracle_order_and_nothing_moves(config):
+    env = gym.make_vec(
+        "metarec/RecSimNGInterestEvolution-v0", num_envs=2, vectorization_mode="vector_entry_point", **config
+    )
+    assert env.unwrapped.model.oracle_order is not None
+    fast, plain = ng_trajectory(300, False, **config), ng_trajectory(300, True, **config)
+    assert all(torch.equal(a, b) for a, b in zip(fast, plain, strict=True))
