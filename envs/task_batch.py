@@ -372,10 +372,10 @@ class TaskBatchVectorEnv(UserSimVectorEnv):
         self.model = self.build_model(self.backend)
         space = self.model.observation_space()
         if space != self.single_observation_space:  # candidate_ids' range follows the catalogues' size
-            from gymnasium.vector.utils import batch_space
+            from metarec.envs.vector import batch_space_views
 
             self.single_observation_space = space
-            self.observation_space = batch_space(space, self.num_envs)
+            self.observation_space = batch_space_views(space, self.num_envs)
         self._state = None
         self._next_truth = None
 

@@ -12,9 +12,11 @@ users stay as they are until ``reset(options={"reset_mask": mask})``.
 
 from __future__ import annotations
 
+from copy import deepcopy
 from typing import Any
 
 import numpy as np
+from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from pydantic import BaseModel
@@ -38,6 +40,25 @@ def check_vector_arguments(num_envs: Any, render_mode: str | None, memory_limit_
         raise ValueError(f"num_envs: expected a positive integer, got {short_repr(num_envs)}")
     check_memory("num_envs", int(num_envs), MIN_BYTES_PER_ENV, limit_gib=memory_limit_gib)
     return int(num_envs)
+
+
+def batch_space_views(space: spaces.Space, n: int) -> spaces.Space:
+    """Gymnasium's ``batch_space(space, n)``, with the bounds of each batched ``Box`` (and of the ``Box`` a
+    ``MultiDiscrete`` batches into) held as read-only broadcast views of one row's bounds instead of ``n``
+    copies. Gymnasium tiles them: at a million users the spaces of ``DriftingUsers-v0`` alone held 5.7 GB
+    of bounds and their flags, more than the users' state and observation together. Equal to
+    ``batch_space``'s space; sampling and ``contains`` work as there."""
+    if isinstance(space, spaces.Dict):
+        batched = {key: batch_space_views(sub, n) for key, sub in space.items()}
+        return spaces.Dict(batched, seed=deepcopy(space.np_random))
+    if not isinstance(space, spaces.Box | spaces.MultiDiscrete):
+        return batch_space(space, n)
+    batched = batch_space(space, 1)  # a Box of [1, ...] bounds
+    shape = (n, *batched.shape[1:])
+    for name in ("low", "high", "bounded_below", "bounded_above"):
+        setattr(batched, name, np.broadcast_to(getattr(batched, name), shape))
+    batched._shape = shape
+    return batched
 
 
 def where_rows(rows: Any, new: State, old: State) -> State:
@@ -100,9 +121,9 @@ class UserSimVectorEnv(VectorEnv):
             "autoreset_mode": AutoresetMode.SAME_STEP if autoreset else AutoresetMode.DISABLED,
         }
         self.single_observation_space = self.model.observation_space()
-        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.observation_space = batch_space_views(self.single_observation_space, self.num_envs)
         self.single_action_space = action_space_of(self.model, single_item)
-        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.action_space = batch_space_views(self.single_action_space, self.num_envs)
         self._rng: Random | None = None
         self._state: State | None = None
         self._next_truth: ChoiceModel | None = None

@@ -105,15 +105,14 @@ def test_the_quality_blind_planner_ignores_item_quality_and_leaves_the_env_alone
     weight = env.model.task_params.quality_weight.clone()
     blind, sighted = InformedOracle(env, "interest", quality=False), InformedOracle(env, "interest", quality=True)
     before_blind, before_sighted = blind.act({}, {}), sighted.act({}, {})
-    d = env.model.config.catalog.embedding_dim
-    table = env.model.item_table
-    original = table[:, d + 1].clone()
-    table[:, d + 1] = torch.randn(table.shape[0], generator=torch.Generator().manual_seed(1))  # other qualities
+    quality = env.model.world["item_quality"]
+    original = quality.clone()
+    quality.copy_(torch.randn(quality.shape[0], generator=torch.Generator().manual_seed(1)))  # other qualities
     try:
         assert torch.equal(blind.act({}, {}), before_blind)
         assert not torch.equal(sighted.act({}, {}), before_sighted)
     finally:
-        table[:, d + 1] = original
+        quality.copy_(original)
     assert torch.equal(env.model.task_params.quality_weight, weight)
     assert torch.count_nonzero(quality_blind(env.model).task_params.quality_weight) == 0
 

@@ -159,6 +159,29 @@ class Backend:
         rows = table.take(flat, axis=0) if self.name == "numpy" else table.index_select(0, flat)
         return rows.reshape(*index.shape, *table.shape[1:])
 
+    def row_dots(self, table: Array, index: Array, vectors: Array) -> Array:
+        """``sum(table[index] * vectors[:, None, :], axis=2)``: ``[B, J]`` dot products of each user's vector
+        (``vectors``, ``[B, d]``) with the rows ``index`` (``[B, J]``) of ``table`` (``[M, d]``), e.g. every
+        candidate's affinity. On a CPU the users go in blocks of :data:`ROW_BLOCK_ELEMENTS` products, so
+        that the ``[B, J, d]`` intermediate stays in cache instead of streaming through memory three times;
+        every element is the same product and the same sum, so the result is the same bit for bit."""
+        b, j = index.shape
+        d = table.shape[1]
+        if self.name == "numpy" or self.device.type != "cpu" or b * j * d <= ROW_BLOCK_ELEMENTS:
+            products = self.take_rows(table, index)
+            products *= vectors[:, None, :]
+            return self.xp.sum(products, axis=2)
+        import torch
+
+        out = torch.empty((b, j), dtype=torch.result_type(table, vectors), device=self.device)
+        step = max(1, ROW_BLOCK_ELEMENTS // (j * d))
+        for start in range(0, b, step):
+            stop = min(b, start + step)
+            products = table.index_select(0, index[start:stop].reshape(-1)).reshape(stop - start, j, d)
+            products *= vectors[start:stop, None, :]
+            torch.sum(products, dim=2, out=out[start:stop])
+        return out
+
     def broadcast_rows(self, row: Array, batch: int) -> Array:
         """``row`` (``[...]``) as ``[batch, ...]`` without copying it: a read-only view, the same row for
         every user."""
@@ -193,6 +216,11 @@ class Backend:
         else:
             generator.manual_seed(int(seed))
         return TorchRandom(generator)
+
+
+#: How many products :meth:`Backend.row_dots` computes per block on a CPU: 256k float32, 1 MiB, about what a core's
+#: L2 cache holds.
+ROW_BLOCK_ELEMENTS = 1 << 20
 
 
 @lru_cache(maxsize=64)

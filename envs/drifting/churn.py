@@ -178,8 +178,6 @@ class ChurningTables:
             m.world[key][index] = be.asarray(w[key][rows])
         emb, length = w["item_embedding"][rows], w["item_length"][rows, None]
         m.candidate_table[index] = be.asarray(np.concatenate([emb, length], axis=1))
-        extra = [w["item_quality"][rows, None], w["item_appeal"][rows, None]]
-        m.item_table[index] = be.asarray(np.concatenate([emb, length, *extra], axis=1))
         m.history_table[index + 2, :d] = be.asarray(emb)
         self.item_birth[index] = be.asarray(self.birth[rows])
 

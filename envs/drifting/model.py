@@ -137,13 +137,8 @@ class DriftingUsersModel(UserModel):
         past[1:, d + 2] = 1.0  # valid: a step was taken
         past[2:, d + 1] = 1.0  # consumed: an item was clicked
         past[2:, :d] = emb
-        quality, appeal = self.world_numpy["item_quality"], self.world_numpy["item_appeal"]
         self.candidate_table = backend.asarray(np.concatenate([emb, length[:, None]], axis=1))
-        # what the choice model reads of each candidate, in one gather: [embedding, length, quality, appeal]
-        self.item_table = backend.asarray(
-            np.concatenate([emb, length[:, None], quality[:, None], appeal[:, None]], axis=1)
-        )
-        self.has_appeal = bool(np.any(appeal != 0))
+        self.has_appeal = bool(np.any(self.world_numpy["item_appeal"] != 0))
         self.history_table = backend.asarray(past)
         self.num_items = emb.shape[0]
 
@@ -241,19 +236,18 @@ class DriftingUsersModel(UserModel):
         self.sync_catalog(state)
         xp, be, w, p = self.xp, self.backend, self.world, self.params(state)
         items = state["candidates"] if columns is None else be.take_along(state["candidates"], columns)  # [B, J]
-        rows = be.take_rows(self.item_table, items)  # [B, J, d + 3]: embedding, length, quality, appeal
-        d = self.config.catalog.embedding_dim
-        affinity = xp.sum(rows[..., :d] * state["interest"][:, None, :], axis=2)
+        # a gather per column: one of [B, J, d + 3] rows would write and read them all through memory again
+        affinity = be.row_dots(w["item_embedding"], items, state["interest"])
         fatigue = be.take_along(state["fatigue"], be.take_rows(w["item_topic"], items))
         utility = (
             affinity
-            + per_user_column(p.quality_weight) * rows[..., d + 1]
+            + per_user_column(p.quality_weight) * be.take_rows(w["item_quality"], items)
             - per_user_column(p.fatigue_weight) * fatigue
         )
         # appeal draws the click but is not what the user gets from the item (satisfaction uses utility)
-        attraction = utility + rows[..., d + 2] if self.has_appeal else utility
+        attraction = utility + be.take_rows(w["item_appeal"], items) if self.has_appeal else utility
         weights = xp.exp(xp.minimum(attraction / per_user_column(p.choice_temperature), 60.0))  # [B, N]
-        revenue = rows[..., d] / (1.0 + xp.exp(-utility * per_user_column(p.revenue_scale)))
+        revenue = be.take_rows(w["item_length"], items) / (1.0 + xp.exp(-utility * per_user_column(p.revenue_scale)))
         return ChoiceModel(weights, revenue, p.no_click_weight, p.position_weight, utility)
 
     # -- response and evolution -------------------------------------------------------------

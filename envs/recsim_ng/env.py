@@ -17,14 +17,13 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
-from gymnasium.vector.utils import batch_space
 from pydantic import Field, model_validator
 
 from metarec.config import validate_config
 from metarec.envs.adapters import check_slates
 from metarec.envs.core.finite import Float32Config
 from metarec.envs.recsim_ng.port import NGInterestEvolutionConfig, NGInterestEvolutionModel
-from metarec.envs.vector import check_vector_arguments
+from metarec.envs.vector import batch_space_views, check_vector_arguments
 
 Simulation = Literal["interest_evolution", "ecosystem"]
 EXTRA_HINT = (
@@ -217,9 +216,9 @@ class RecSimNGVectorEnv(VectorEnv):
         if self.config.simulation == "ecosystem":
             single["user"] = spaces.Box(-np.inf, np.inf, (self.config.num_topics,), np.float32)
         self.single_observation_space = spaces.Dict(single)
-        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.observation_space = batch_space_views(self.single_observation_space, self.num_envs)
         self.single_action_space = spaces.MultiDiscrete(np.full(self.slate_size, self.num_candidates, dtype=np.int64))
-        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.action_space = batch_space_views(self.single_action_space, self.num_envs)
         self._previous: dict | None = None
         self._current: dict | None = None
         self._response = torch.zeros(self.num_envs, self.slate_size, 2, device=self.device)

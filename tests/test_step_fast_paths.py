@@ -1,12 +1,15 @@
-"""The myopic oracle's fast paths give what the plain computation gives, bit for bit: a revenue order
-shared by every user where a model knows it in advance, and the order key built from float32 maxima."""
+"""The step's fast paths give what the plain computation gives, bit for bit: the myopic oracle's revenue order
+shared by every user where a model knows it in advance, the order key built from float32 maxima, and the
+affinities computed in cache-sized blocks of users. The batched spaces hold one row of bounds, not one per user."""
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from gymnasium.vector.utils import batch_space
 
 import metarec  # noqa: F401
+from metarec.envs.core import backend as backend_module
 from metarec.envs.core.backend import numpy_backend, torch_backend
 from metarec.envs.core.choice import assortment_in_order, revenue_order, shared_revenue_order
 
@@ -106,3 +109,49 @@ def test_the_recsim_ng_port_knows_its_oracle_order_and_nothing_moves(config):
     assert env.unwrapped.model.oracle_order is not None
     fast, plain = ng_trajectory(300, False, **config), ng_trajectory(300, True, **config)
     assert all(torch.equal(a, b) for a, b in zip(fast, plain, strict=True))
+
+
+@pytest.mark.parametrize("block", [1 << 10, 1 << 13, 1 << 30], ids=["small-blocks", "blocks", "one-block"])
+def test_affinities_in_blocks_of_users_are_the_plain_ones(block, monkeypatch):
+    monkeypatch.setattr(backend_module, "ROW_BLOCK_ELEMENTS", block)
+    g = torch.Generator().manual_seed(4)
+    table, vectors = torch.randn(300, 16, generator=g), torch.randn(5003, 16, generator=g)
+    index = torch.randint(300, (5003, 20), generator=g)
+    plain = (table[index] * vectors[:, None, :]).sum(dim=2)
+    assert torch.equal(torch_backend().row_dots(table, index, vectors), plain)
+    numpy = numpy_backend().row_dots(table.numpy(), index.numpy(), vectors.numpy())
+    np.testing.assert_array_equal(numpy, (table.numpy()[index.numpy()] * vectors.numpy()[:, None, :]).sum(axis=2))
+
+
+def test_blocked_affinities_leave_the_flagship_trajectories_alone(monkeypatch):
+    def trajectory():
+        env = gym.make_vec(
+            "metarec/DriftingUsers-v0", num_envs=700, vectorization_mode="vector_entry_point", array_backend="torch"
+        )
+        _, info = env.reset(seed=2)
+        g = torch.Generator().manual_seed(1)
+        out = []
+        for _ in range(15):
+            obs, reward, _, _, info = env.step(torch.rand(700, 20, generator=g).argsort(1)[:, :5])
+            out += [obs["history"], reward, info["candidate_utilities"], info["oracle_slate"], info["regret"]]
+        return out
+
+    monkeypatch.setattr(backend_module, "ROW_BLOCK_ELEMENTS", 1 << 30)
+    plain = trajectory()
+    monkeypatch.setattr(backend_module, "ROW_BLOCK_ELEMENTS", 4096)  # 700 users x 20 x 16: 55 blocks
+    assert all(torch.equal(a, b) for a, b in zip(trajectory(), plain, strict=True))
+
+
+@pytest.mark.parametrize("env_id", ["metarec/DriftingUsers-v0", "metarec/RecSimNGInterestEvolution-v0"])
+def test_batched_spaces_hold_one_row_of_bounds(env_id):
+    env = gym.make_vec(env_id, num_envs=3, vectorization_mode="vector_entry_point").unwrapped
+    assert env.observation_space == batch_space(env.single_observation_space, 3)
+    assert env.action_space == batch_space(env.single_action_space, 3)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains({key: value.numpy() for key, value in obs.items()})
+    assert env.observation_space.contains(env.observation_space.sample())
+    big = gym.make_vec(env_id, num_envs=1_000_000, vectorization_mode="vector_entry_point").unwrapped
+    boxes = [*big.observation_space.spaces.values(), big.action_space]
+    held = sum(np.asarray(b.low).base.nbytes + np.asarray(b.high).base.nbytes for b in boxes)
+    assert held < 100_000  # a row's bounds (a million copies: gigabytes)
+    assert all(b.shape[0] == 1_000_000 for b in boxes)
