@@ -155,3 +155,13 @@ def test_batched_spaces_hold_one_row_of_bounds(env_id):
     held = sum(np.asarray(b.low).base.nbytes + np.asarray(b.high).base.nbytes for b in boxes)
     assert held < 100_000  # a row's bounds (a million copies: gigabytes)
     assert all(b.shape[0] == 1_000_000 for b in boxes)
+
+
+def test_the_order_in_blocks_of_users_is_the_whole_batchs(monkeypatch):
+    g = torch.Generator().manual_seed(6)
+    weights, revenue = torch.rand(3001, 20, generator=g), torch.rand(3001, 20, generator=g) - 0.3
+    revenue[::5, :4] = 0.5  # ties for the weights to break
+    whole = revenue_order(torch_backend(), weights, revenue, 5)
+    monkeypatch.setattr(backend_module, "ROW_BLOCK_ELEMENTS", 1000)  # 50 users a block
+    assert len(torch_backend().row_blocks(3001, 20)) == 61
+    assert torch.equal(revenue_order(torch_backend(), weights, revenue, 5), whole)

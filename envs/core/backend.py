@@ -159,24 +159,32 @@ class Backend:
         rows = table.take(flat, axis=0) if self.name == "numpy" else table.index_select(0, flat)
         return rows.reshape(*index.shape, *table.shape[1:])
 
+    def row_blocks(self, rows: int, per_row: int) -> list[tuple[int, int]]:
+        """``[(start, stop), ...]``: the rows of a batch in blocks of at most :data:`ROW_BLOCK_ELEMENTS`
+        elements of work (``per_row`` each) on a CPU, so that a computation's intermediates stay in cache
+        and its temporaries stay small; one block on numpy and on an accelerator."""
+        if self.name == "numpy" or self.device.type != "cpu" or rows * per_row <= ROW_BLOCK_ELEMENTS:
+            return [(0, rows)]
+        step = max(1, ROW_BLOCK_ELEMENTS // per_row)
+        return [(start, min(rows, start + step)) for start in range(0, rows, step)]
+
     def row_dots(self, table: Array, index: Array, vectors: Array) -> Array:
         """``sum(table[index] * vectors[:, None, :], axis=2)``: ``[B, J]`` dot products of each user's vector
         (``vectors``, ``[B, d]``) with the rows ``index`` (``[B, J]``) of ``table`` (``[M, d]``), e.g. every
-        candidate's affinity. On a CPU the users go in blocks of :data:`ROW_BLOCK_ELEMENTS` products, so
-        that the ``[B, J, d]`` intermediate stays in cache instead of streaming through memory three times;
-        every element is the same product and the same sum, so the result is the same bit for bit."""
+        candidate's affinity. The users go in :meth:`row_blocks`, so that on a CPU the ``[B, J, d]``
+        products stay in cache instead of streaming through memory three times; every element is the same
+        product and the same sum, so the result is the same bit for bit."""
         b, j = index.shape
         d = table.shape[1]
-        if self.name == "numpy" or self.device.type != "cpu" or b * j * d <= ROW_BLOCK_ELEMENTS:
+        blocks = self.row_blocks(b, j * d)
+        if len(blocks) == 1:
             products = self.take_rows(table, index)
             products *= vectors[:, None, :]
             return self.xp.sum(products, axis=2)
         import torch
 
         out = torch.empty((b, j), dtype=torch.result_type(table, vectors), device=self.device)
-        step = max(1, ROW_BLOCK_ELEMENTS // (j * d))
-        for start in range(0, b, step):
-            stop = min(b, start + step)
+        for start, stop in blocks:
             products = table.index_select(0, index[start:stop].reshape(-1)).reshape(stop - start, j, d)
             products *= vectors[start:stop, None, :]
             torch.sum(products, dim=2, out=out[start:stop])
@@ -218,8 +226,7 @@ class Backend:
         return TorchRandom(generator)
 
 
-#: How many products :meth:`Backend.row_dots` computes per block on a CPU: 256k float32, 1 MiB, about what a core's
-#: L2 cache holds.
+#: How many elements of work a block of :meth:`Backend.row_blocks` holds on a CPU: a million, 4 MiB of float32.
 ROW_BLOCK_ELEMENTS = 1 << 20
 
 
