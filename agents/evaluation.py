@@ -86,7 +86,10 @@ def evaluate(
     base = env.unwrapped if hasattr(env, "unwrapped") else env
     recommender = make_recommender(agent, base, seed) if isinstance(agent, str) else agent
     recommender.place(shard)
+    # recommenders see full observations; an env with compact ones expands them (the PPO policy gathers its own)
+    full = base.expand if getattr(base, "compact_observation", False) else (lambda observation: observation)
     observation, info = env.reset(seed=seed)
+    observation = full(observation)
     recommender.reset()
     dev = base.device
     batch = base.num_envs
@@ -104,6 +107,7 @@ def evaluate(
         utility = info.get("candidate_utilities")
         relevance = None if ranking is None or utility is None else ranking(utility, action)
         observation, reward, terminated, truncated, info = env.step(action)
+        observation = full(observation)
         done = terminated | truncated
         zeros = torch.zeros_like(reward, device=dev)
         errors = (zeros, zeros, zeros) if prediction is None else response_errors(prediction, reward, info, batch)

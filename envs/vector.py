@@ -99,6 +99,7 @@ class UserSimVectorEnv(VectorEnv):
         autoreset: bool = True,
         shard: tuple[int, Any] | None = None,
         keyed_resets: bool = False,
+        compact_observation: bool = False,
         render_mode: str | None = None,
         **overrides: Any,
     ) -> None:
@@ -120,7 +121,12 @@ class UserSimVectorEnv(VectorEnv):
             **type(self).metadata,
             "autoreset_mode": AutoresetMode.SAME_STEP if autoreset else AutoresetMode.DISABLED,
         }
-        self.single_observation_space = self.model.observation_space()
+        self.compact_observation = self._check_compact(compact_observation)
+        #: the space of the default observation, which :meth:`expand` gives back from a compact one
+        self.full_observation_space = self.model.observation_space()
+        self.single_observation_space = (
+            self.model.compact_observation_space() if self.compact_observation else self.full_observation_space
+        )
         self.observation_space = batch_space_views(self.single_observation_space, self.num_envs)
         self.single_action_space = action_space_of(self.model, single_item)
         self.action_space = batch_space_views(self.single_action_space, self.num_envs)
@@ -129,6 +135,28 @@ class UserSimVectorEnv(VectorEnv):
         self._next_truth: ChoiceModel | None = None
         self._oracle_value: Any = None
         self._steps = 0  # steps since the last full reset (for the NaN guard's report)
+
+    def _check_compact(self, compact: Any) -> bool:
+        if not isinstance(compact, bool):
+            raise ValueError(f"compact_observation: expected true or false, got {short_repr(compact)}")
+        reason = getattr(self.model, "compact_observation_refused", "this environment has none")
+        if compact and reason is not None:
+            raise ValueError(f"compact_observation: {reason}; expected false")
+        return compact
+
+    def _observe(self, state: State) -> dict[str, Any]:
+        return self.model.observe_compact(state) if self.compact_observation else self.model.observe(state)
+
+    @property
+    def observation_tables(self) -> dict[str, Any]:
+        """With ``compact_observation``: the tables a compact observation indexes, shared by every user."""
+        if not self.compact_observation:
+            raise AttributeError("observation_tables: this env returns full observations (compact_observation=False)")
+        return self.model.observation_tables()
+
+    def expand(self, observation: dict[str, Any]) -> dict[str, Any]:
+        """The default observation from a compact one (bit for bit); a full observation as it is."""
+        return self.model.expand_observation(observation) if "candidates" not in observation else observation
 
     def build_model(self, backend: Backend) -> UserModel:
         """The user model this environment adapts, on ``backend``."""
@@ -159,7 +187,7 @@ class UserSimVectorEnv(VectorEnv):
         self._next_truth = None
         if mask is None:
             self._steps = 0
-        return self.model.observe(self._state), self._truth({})
+        return self._observe(self._state), self._truth({})
 
     def step(self, actions: Any) -> tuple[dict, Any, Any, Any, dict]:
         if self._state is None or self._rng is None:
@@ -174,7 +202,7 @@ class UserSimVectorEnv(VectorEnv):
         infos = dict(outcome.info)
         if self.ground_truth:
             infos["regret"] = self._oracle_value - infos["expected_reward"]
-        observation = self.model.observe(self._state)
+        observation = self._observe(self._state)
         done = outcome.terminated | outcome.truncated
         self._steps += 1
         # one device sync for both questions: did anyone finish, and is everything finite (the NaN guard:
@@ -240,7 +268,7 @@ class UserSimVectorEnv(VectorEnv):
         import torch
 
         index = torch.nonzero(rows)[:, 0]
-        fresh = self.model.observe({key: value[index] for key, value in self._state.items()})
+        fresh = self._observe({key: value[index] for key, value in self._state.items()})
         return {key: value.index_copy(0, index, fresh[key]) for key, value in observation.items()}
 
     def get_checkpoint(self) -> dict[str, Any]:
@@ -266,4 +294,4 @@ class UserSimVectorEnv(VectorEnv):
         self._rng = rng
         self._state = {key: value.to(self.device) for key, value in checkpoint["state"].items()}
         self._next_truth = None
-        return self.model.observe(self._state), self._truth({})
+        return self._observe(self._state), self._truth({})

@@ -25,6 +25,7 @@ from gymnasium import spaces
 from torch import nn
 
 from metarec.agents.nn.distributions import PlackettLuce
+from metarec.envs.drifting.compact import expand_observation
 
 HistoryKind = Literal["gru", "transformer", "mlp"]
 # Per-candidate entries, not a description of the user: never flattened into the user context (a catalog's churn
@@ -88,6 +89,10 @@ class SlatePolicy(nn.Module):
         slate_size: ``K``; 1 for single-item environments.
         hidden: width of every layer.
         history_encoder: how a ``history`` entry is encoded (see :class:`HistoryEncoder`).
+        tables: an env's ``observation_tables`` where it returns compact observations
+            (:mod:`metarec.envs.drifting.compact`): the policy then gathers the features itself, and takes
+            compact and full observations alike. ``observation_space`` is the full one (the env's
+            ``full_observation_space``). The tables are not saved with the weights.
     """
 
     def __init__(
@@ -96,8 +101,12 @@ class SlatePolicy(nn.Module):
         slate_size: int,
         hidden: int = 64,
         history_encoder: HistoryKind = "gru",
+        tables: dict[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
+        self.compact = tables is not None
+        for name, table in (tables or {}).items():
+            self.register_buffer(f"table_{name}", table, persistent=False)
         if not isinstance(observation_space, spaces.Dict) or "candidates" not in observation_space.spaces:
             raise ValueError("observation_space: expected a Dict space with a 'candidates' entry of shape (N, F)")
         candidates = observation_space["candidates"].shape
@@ -133,9 +142,16 @@ class SlatePolicy(nn.Module):
 
     def forward(self, observation: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits [B, N], value [B])``."""
+        if self.compact and "candidates" not in observation:
+            observation = self.expand(observation)
         context = self.context(observation)
         items = self.candidate_features(observation)
         return self.logits(items, context), self.state_value(items, context)
+
+    def expand(self, observation: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A compact observation's full features, gathered from the tables."""
+        tables = {"candidates": self.table_candidates, "history": self.table_history}
+        return expand_observation(observation, tables)
 
     def candidate_features(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[B, N, hidden]``: each candidate's hidden layer (its embedding is ``candidate_out`` of it)."""

@@ -73,9 +73,12 @@ class BatchedPPO:
         self.total_steps = total_steps
         torch.manual_seed(seed)  # initial weights only; everything after uses the generators below
         slate_size = slate_size_of(env) or 1
-        self.policy = SlatePolicy(env.single_observation_space, slate_size, config.hidden, config.history_encoder).to(
-            self.device
-        )
+        base = getattr(env, "unwrapped", env)
+        if getattr(base, "compact_observation", False):  # rollouts keep indices; the policy gathers the features
+            space, tables = base.full_observation_space, base.observation_tables
+        else:
+            space, tables = env.single_observation_space, None
+        self.policy = SlatePolicy(space, slate_size, config.hidden, config.history_encoder, tables).to(self.device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
         self.generator = torch.Generator(device=self.device).manual_seed(seed + 7919)
         self.global_step = 0

@@ -44,6 +44,7 @@ from metarec.envs.core.backend import Array, Backend, Random
 from metarec.envs.core.choice import per_user_column
 from metarec.envs.core.finite import require_float32
 from metarec.envs.core.model import Choice, ChoiceModel, Outcome, State, UserModel, push_history
+from metarec.envs.drifting import compact
 from metarec.envs.drifting.churn import CatalogTimeline, ChurningTables, draw_items, unit
 from metarec.envs.drifting.params import SimulatorConfig, UserPopulation
 
@@ -366,6 +367,24 @@ class DriftingUsersModel(UserModel):
             observation["candidate_age"] = age / per_user_column(self.params(state).steps_per_day)
         observation["history"] = history
         return observation
+
+    # the compact observation (metarec.envs.drifting.compact): indices into tables shared by every user
+    @property
+    def compact_observation_refused(self) -> str | None:
+        """Why this model has no compact observation, or None."""
+        return None if self.churn is None else "a churning catalog (catalog.churn_rate > 0) changes the item tables"
+
+    def compact_observation_space(self) -> spaces.Dict:
+        return compact.compact_observation_space(self.num_candidates, self.history_length, self.num_items)
+
+    def observe_compact(self, state: State) -> dict[str, Array]:
+        return compact.observe_compact(state)
+
+    def observation_tables(self) -> dict[str, Array]:
+        return compact.observation_tables(self.candidate_table, self.history_table)
+
+    def expand_observation(self, observation: dict[str, Array]) -> dict[str, Array]:
+        return compact.expand_observation(observation, self.observation_tables())
 
     def observation_space(self) -> spaces.Dict:
         n, h, d = self.num_candidates, self.history_length, self.config.catalog.embedding_dim

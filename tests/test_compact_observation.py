@@ -1,0 +1,90 @@
+"""The compact observation of ``DriftingUsers-v0``: indices into shared tables that expand to the default
+observation bit for bit, so that a policy trained on it learns what it learns on the full one, and
+environments that cannot give it say so."""
+
+import gymnasium as gym
+import pytest
+import torch
+
+import metarec  # noqa: F401
+from metarec.agents.evaluation import evaluate
+from metarec.agents.ppo import BatchedPPO, PPOConfig
+
+FLAGSHIP = "metarec/DriftingUsers-v0"
+
+
+def vector_env(users=200, **kwargs):
+    kwargs = {"vectorization_mode": "vector_entry_point", "array_backend": "torch", **kwargs}
+    return gym.make_vec(FLAGSHIP, num_envs=users, **kwargs)
+
+
+@pytest.mark.parametrize("population", [{}, {"num_sessions": 3}], ids=["one-session", "sessions"])
+def test_a_compact_observation_expands_to_the_full_one_and_nothing_else_moves(population):
+    full, compact = vector_env(population=population), vector_env(population=population, compact_observation=True)
+    assert set(compact.single_observation_space.spaces) == {"candidate_ids", "history_ids", "history_engagement"}
+    assert compact.unwrapped.full_observation_space == full.single_observation_space
+    observed = [full.reset(seed=4), compact.reset(seed=4)]
+    g = torch.Generator().manual_seed(2)
+    finals = 0
+    for _ in range(80):
+        expanded = compact.unwrapped.expand(observed[1][0])
+        assert all(torch.equal(expanded[key], observed[0][0][key]) for key in observed[0][0])
+        assert compact.single_observation_space.contains({k: v[0].numpy() for k, v in observed[1][0].items()})
+        slate = torch.rand(200, 20, generator=g).argsort(1)[:, :5]
+        observed = [full.step(slate), compact.step(slate)]
+        assert all(torch.equal(a, b) for a, b in zip(observed[0][1:4], observed[1][1:4], strict=True))
+        assert torch.equal(observed[0][4]["oracle_slate"], observed[1][4]["oracle_slate"])
+        if "final_obs" in observed[0][4]:
+            finals += 1
+            last = compact.unwrapped.expand(observed[1][4]["final_obs"])
+            rows = observed[0][4]["_final_obs"]
+            assert all(torch.equal(last[k][rows], observed[0][4]["final_obs"][k][rows]) for k in last)
+    assert finals > 0  # autoreset was exercised
+
+
+def test_the_observation_is_compact():
+    full, compact = vector_env(1000), vector_env(1000, compact_observation=True)
+    size = lambda observation: sum(v.element_size() * v.nelement() for v in observation.values())  # noqa: E731
+    assert size(compact.reset(seed=0)[0]) * 6 < size(full.reset(seed=0)[0])
+
+
+def test_ppo_on_compact_observations_learns_the_same_weights():
+    def trained(compact):
+        env = vector_env(64, ground_truth=False, compact_observation=compact)
+        ppo = BatchedPPO(env, PPOConfig(num_envs=64, rollout_steps=8, hidden=16, history_encoder="mlp"), 0, 10_000)
+        ppo.train(2 * 64 * 8)
+        return ppo
+
+    full, compact = trained(False), trained(True)
+    assert compact.policy.compact and not full.policy.compact
+    for a, b in zip(full.policy.parameters(), compact.policy.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert set(compact.policy.state_dict()) == set(full.policy.state_dict())  # the tables are not weights
+    scores = [evaluate(FLAGSHIP, ppo.recommender(), 100, seed=5)["mean_return"] for ppo in (full, compact)]
+    on_compact = evaluate(FLAGSHIP, compact.recommender(), 100, seed=5, env_kwargs={"compact_observation": True})
+    assert scores[0] == scores[1] == on_compact["mean_return"]
+
+
+def test_recommenders_are_evaluated_on_compact_envs_as_on_full_ones():
+    plain = evaluate(FLAGSHIP, "linucb", 150, seed=3)
+    compact = evaluate(FLAGSHIP, "linucb", 150, seed=3, env_kwargs={"compact_observation": True})
+    assert plain["mean_return"] == compact["mean_return"]
+
+
+@pytest.mark.parametrize(
+    ("env_id", "kwargs", "message"),
+    [
+        (FLAGSHIP, {"catalog": {"churn_rate": 1.0}}, "compact_observation: a churning catalog"),
+        ("metarec/RecSimNGInterestEvolution-v0", {}, "compact_observation: this environment has none; expected false"),
+        (FLAGSHIP, {"compact_observation": "yes"}, "compact_observation: expected true or false, got 'yes'"),
+    ],
+)
+def test_envs_without_a_compact_observation_say_so(env_id, kwargs, message):
+    kwargs = {"compact_observation": True, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        gym.make_vec(env_id, num_envs=2, vectorization_mode="vector_entry_point", **kwargs)
+
+
+def test_a_full_env_has_no_tables():
+    with pytest.raises(AttributeError, match="observation_tables: this env returns full observations"):
+        vector_env(2).unwrapped.observation_tables  # noqa: B018
