@@ -9,6 +9,7 @@ import torch
 import metarec  # noqa: F401
 from metarec.agents.evaluation import evaluate
 from metarec.agents.ppo import BatchedPPO, PPOConfig
+from metarec.agents.sb3 import make_sb3_model
 
 FLAGSHIP = "metarec/DriftingUsers-v0"
 
@@ -88,3 +89,14 @@ def test_envs_without_a_compact_observation_say_so(env_id, kwargs, message):
 def test_a_full_env_has_no_tables():
     with pytest.raises(AttributeError, match="observation_tables: this env returns full observations"):
         vector_env(2).unwrapped.observation_tables  # noqa: B018
+
+
+def test_sb3_sees_full_observations_of_a_compact_env_and_learns_the_same_weights():
+    def learned(compact):
+        env = vector_env(4, ground_truth=False, compact_observation=compact)
+        model = make_sb3_model("ppo", env, seed=7, algo_kwargs={"n_steps": 16, "batch_size": 32, "n_epochs": 2})
+        assert set(model.observation_space.spaces) == {"candidates", "candidate_ids", "history"}
+        model.learn(128)
+        return torch.nn.utils.parameters_to_vector(model.policy.parameters())
+
+    assert torch.equal(learned(True), learned(False))

@@ -28,6 +28,9 @@ class SB3VecEnv(VecEnv):
     ``s`` (SB3's per-env seeds ``s + i`` collapse to the first), ``get_attr`` reads the shared environment, and
     ``set_attr`` / ``env_method`` apply to the whole batch, so they refuse a subset of ``indices``.
 
+    An env with compact observations (``compact_observation=True``) steps on indices, and SB3 sees the full
+    observation (expanded here), whose space it is built with: SB3's policies and rollout buffer take features.
+
     Args:
         vector_env: a metarec vector env, e.g. ``gym.make_vec(id, num_envs=B,
             vectorization_mode="vector_entry_point")``, in its default ``SAME_STEP`` autoreset mode.
@@ -38,7 +41,10 @@ class SB3VecEnv(VecEnv):
         if mode != AutoresetMode.SAME_STEP:
             raise ValueError(f"vector_env: expected the SAME_STEP autoreset mode (autoreset=True), got {mode}")
         self.venv = vector_env
-        super().__init__(vector_env.num_envs, vector_env.single_observation_space, vector_env.single_action_space)
+        base = getattr(vector_env, "unwrapped", vector_env)
+        self._expand = base.expand if getattr(base, "compact_observation", False) else None
+        space = base.full_observation_space if self._expand else vector_env.single_observation_space
+        super().__init__(vector_env.num_envs, space, vector_env.single_action_space)
         self.keys = list(self.observation_space.spaces)
         self._actions: np.ndarray | None = None
         self._returns = np.zeros(self.num_envs)
@@ -118,6 +124,8 @@ class SB3VecEnv(VecEnv):
             )
 
     def _numpy(self, observation: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        if self._expand is not None:
+            observation = self._expand({key: torch.as_tensor(value) for key, value in observation.items()})
         # Copies: on CPU, numpy() shares memory with the simulator's state, which no caller may write to.
         return {key: np.array(_array(observation[key])) for key in self.keys}
 
