@@ -28,6 +28,7 @@ done
 # The flagship env at 100,000 users with ground truth on (the oracle, true utilities and regret in info every
 # step), against RecSim NG's rate at 10,000 users.
 run $PY benchmarks/sim_throughput.py --env metarec/DriftingUsers-v0 --users 100000 --steps 50 --runs $RUNS
+run $PY benchmarks/sim_throughput.py --env metarec/DriftingUsers-v0 --users 100000 --steps 50 --runs $RUNS --compact-observation
 [ -x "$PEERS/venv-rsng/bin/python" ] && run "$PEERS/venv-rsng/bin/python" "$HERE/peers/bench_recsim_ng.py" --app interest_evolution --users 100 1000 10000 --steps 100 --runs $RUNS
 
 $PY - "$out" <<'PY'
@@ -48,10 +49,14 @@ for users in (100, 1000, 10000):
         mine = rate(lambda r, u=users, g=gt: r.get("api") == "vector" and r["users"] == u and r["ground_truth"] == g)
         if ng and mine:
             summary[f"vector_vs_recsim_ng_{users}{'_ground_truth' if gt else ''}"] = round(mine / ng, 2)
-flagship = rate(lambda r: r.get("env") == "metarec/DriftingUsers-v0" and r["users"] == 100000)
 ng = rate(lambda r: r.get("peer") == "recsim-ng" and r["users"] == 10000)
-if flagship and ng:
-    summary["flagship_100000_ground_truth_vs_recsim_ng_10000"] = round(flagship / ng, 2)
+for compact in (False, True):
+    flagship = rate(
+        lambda r, c=compact: r.get("env") == "metarec/DriftingUsers-v0" and r.get("compact_observation") == c
+    )
+    if flagship and ng:
+        name = "flagship_100000_ground_truth" + ("_compact" if compact else "") + "_vs_recsim_ng_10000"
+        summary[name] = round(flagship / ng, 2)
 print(json.dumps(summary))
 PY
 rm -f "$out"

@@ -7,7 +7,8 @@
 # It installs metarec and its pure-Python dependencies into a venv that sees the machine's own torch (and
 # numpy), then runs, each under its own time limit:
 #   * the tests marked gpu: CPU-CUDA agreement of every core env, a churning catalog, the slate policy and RL²;
-#   * simulator throughput of the flagship env at 1M and 10M users (user-steps/s, peak CUDA memory per user);
+#   * simulator throughput of the flagship env at 1M users and, with the compact observation, 10M users
+#     (user-steps/s, peak CUDA memory per user);
 #   * batched PPO's env-steps/s on the flagship env;
 #   * RL² meta-training throughput on configs/meta_gpu.yaml, a fixed number of updates.
 # Logs and each benchmark's own JSON line go to $OUT (or build/gpu_suite). Record the figures in BENCHMARKS.md.
@@ -58,7 +59,7 @@ step() {  # step NAME SECONDS COMMAND...: runs a step under a limit; its last st
 
 step tests 210 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py --junitxml "$LOGS/tests.xml"
 step sim_1m 60 "$PY" benchmarks/sim_throughput.py --device "$DEVICE" --users "${SIM_USERS[0]}" --steps 50 --runs 3
-step sim_10m 90 "$PY" benchmarks/sim_throughput.py --device "$DEVICE" --users "${SIM_USERS[1]}" --steps 20 --runs 2
+step sim_10m 90 "$PY" benchmarks/sim_throughput.py --device "$DEVICE" --users "${SIM_USERS[1]}" --steps 20 --runs 2 --compact-observation
 step ppo 90 "$PY" benchmarks/train_throughput.py --algo batched-ppo --device "$DEVICE" --num-envs "$PPO_ENVS" --steps "$PPO_STEPS"
 step meta 90 "$PY" benchmarks/meta_throughput.py --config configs/meta_gpu.yaml --device "$DEVICE" --updates 3
 
