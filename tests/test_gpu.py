@@ -87,3 +87,22 @@ def test_rl2_reads_and_scores_alike_on_both_devices():
         results.append((hidden.cpu(), logits.cpu(), value.cpu()))
     for cpu, cuda in zip(*results, strict=True):
         torch.testing.assert_close(cuda, cpu, rtol=1e-4, atol=1e-4)
+
+
+def test_a_compact_observation_expands_on_cuda_and_the_policy_gathers_it_there():
+    kwargs = {"vectorization_mode": "vector_entry_point", "array_backend": "torch", "device": "cuda"}
+    full = gym.make_vec("metarec/DriftingUsers-v0", num_envs=256, **kwargs)
+    compact = gym.make_vec("metarec/DriftingUsers-v0", num_envs=256, compact_observation=True, **kwargs)
+    seen, indices = full.reset(seed=3)[0], compact.reset(seed=3)[0]
+    expanded = compact.unwrapped.expand(indices)
+    assert all(torch.equal(seen[key], expanded[key]) for key in seen)
+    tables = compact.unwrapped.observation_tables
+    policy = SlatePolicy(compact.unwrapped.full_observation_space, 5, 32, "mlp", tables).to("cuda")
+    with torch.no_grad():
+        assert torch.equal(policy(indices)[0], policy(seen)[0])
+    plain = evaluate("metarec/DriftingUsers-v0", "linucb", USERS, seed=0, device="cuda", metrics=False)
+    small = evaluate(
+        "metarec/DriftingUsers-v0", "linucb", USERS, seed=0, device="cuda", metrics=False,
+        env_kwargs={"compact_observation": True},
+    )  # fmt: skip
+    assert plain["mean_return"] == small["mean_return"]

@@ -43,6 +43,7 @@ class SB3VecEnv(VecEnv):
         self.venv = vector_env
         base = getattr(vector_env, "unwrapped", vector_env)
         self._expand = base.expand if getattr(base, "compact_observation", False) else None
+        self._device = getattr(base, "device", None)
         space = base.full_observation_space if self._expand else vector_env.single_observation_space
         super().__init__(vector_env.num_envs, space, vector_env.single_action_space)
         self.keys = list(self.observation_space.spaces)
@@ -125,7 +126,8 @@ class SB3VecEnv(VecEnv):
 
     def _numpy(self, observation: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         if self._expand is not None:
-            observation = self._expand({key: torch.as_tensor(value) for key, value in observation.items()})
+            observation = {key: torch.as_tensor(value, device=self._device) for key, value in observation.items()}
+            observation = self._expand(observation)
         # Copies: on CPU, numpy() shares memory with the simulator's state, which no caller may write to.
         return {key: np.array(_array(observation[key])) for key in self.keys}
 
