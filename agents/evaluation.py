@@ -16,6 +16,7 @@ from metarec.agents.metrics import RELEVANCE, Relevance, response_errors
 from metarec.agents.registry import make_recommender
 from metarec.config import short_repr
 from metarec.envs.core.backend import torch_backend
+from metarec.envs.vector import recommender_space
 from metarec.parallel import Shard, group_size, spawn_for_result, torchrun_group, world_size
 from metarec.registration import VectorEntryPoint
 from metarec.resources import MIN_BYTES_PER_ENV, bytes_per_user, check_memory
@@ -86,7 +87,7 @@ def evaluate(
     base = env.unwrapped if hasattr(env, "unwrapped") else env
     recommender = make_recommender(agent, base, seed) if isinstance(agent, str) else agent
     recommender.place(shard)
-    # recommenders see full observations; an env with compact ones expands them (the PPO policy gathers its own)
+    # recommenders see full observations, built for recommender_space(env): compact ones are expanded here
     full = base.expand if getattr(base, "compact_observation", False) else (lambda observation: observation)
     observation, info = env.reset(seed=seed)
     observation = full(observation)
@@ -231,7 +232,8 @@ def check_users_fit(
         **dict(env_kwargs or {}),
     )
     try:
-        each = bytes_per_user(probe.single_observation_space)
+        # a compact observation is expanded every step, so the full one is what a step holds
+        each = bytes_per_user(recommender_space(probe))
     finally:
         probe.close()
     check_memory("users", users, each, limit_gib=memory_limit_gib)

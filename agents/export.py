@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from metarec.envs.vector import recommender_space
 from metarec.io import atomic_save, atomic_write
 
 FORMATS = ("torch-export", "onnx", "state-dict")
@@ -85,7 +86,7 @@ def example_inputs(module: nn.Module, env: Any, batch: int, seed: int = 0) -> tu
 def exportable(recommender: Any, env: Any) -> nn.Module:
     """``recommender``'s export module for ``env``'s observations: a copy on the CPU (the recommender itself is
     left as it was, on its device), in evaluation mode and without gradients (a program that serves)."""
-    module = copy.deepcopy(recommender.export_module(sorted(env.single_observation_space.spaces)))
+    module = copy.deepcopy(recommender.export_module(sorted(recommender_space(env).spaces)))
     return module.cpu().eval().requires_grad_(False)
 
 

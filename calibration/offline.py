@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from metarec.calibration.synthetic import SECONDS_PER_DAY, SECONDS_PER_STEP, browse
+from metarec.envs.vector import recommender_space
 
 #: Each format and the ending its ``--out`` must have ("" for a folder).
 OFFLINE_FORMATS = {"parquet": ".parquet", "obd": ".csv", "obp": ".npz", "minari": ""}
@@ -68,7 +69,7 @@ def check_offline_request(
 
     probe = gym.make_vec(env_id, num_envs=1, vectorization_mode="vector_entry_point", array_backend="torch",
                          autoreset=False, **(env_kwargs or {}))  # fmt: skip
-    space = probe.single_observation_space
+    space = recommender_space(probe)
     if "candidate_ids" not in space.spaces:
         raise ValueError(f"env: {env_id} has no catalog ids in its observations; expected a DriftingUsers-family id")
     known = make_recommender(agent, probe.unwrapped, 0).slate_propensity(space["candidates"].shape[0])
@@ -98,7 +99,7 @@ def collect(
         propensity = math.nan if known is None else known
         if action_context is None:
             action_context = np.zeros((int(env.model.num_items), t.observation["candidates"].shape[2]), np.float32)
-            spaces = env.single_observation_space, env.single_action_space
+            spaces = recommender_space(env), env.single_action_space
         if episodes:
             steps.append(_step_record(t))
         active = t.running.cpu().numpy()

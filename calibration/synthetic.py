@@ -80,6 +80,7 @@ def browse(
         raise ValueError(f"env: {env_id} has no catalog ids in its observations; expected a DriftingUsers-family id")
     recommender = make_recommender(agent, base, seed)
     observation, info = env.reset(seed=seed)
+    observation = base.expand(observation)  # logs and recommenders see full observations, also from compact ones
     recommender.reset()
     running = torch.ones(users, dtype=torch.bool, device=base.device)
     limit = days * base.config.population.max_session_steps + days
@@ -90,6 +91,7 @@ def browse(
         before = observation
         action = recommender.act(observation, info)
         observation, reward, terminated, truncated, info = env.step(action)
+        observation = base.expand(observation)
         done = terminated | truncated
         recommender.observe(reward, done, info)
         slate = action if action.ndim == 2 else action[:, None]  # [B, K] candidate indices

@@ -223,7 +223,10 @@ class CalibratedVectorEnv(_Calibrated, DriftingUsersVectorEnv):
     def __init__(self, num_envs: int, population: str | Path | None = None, config: Any = None, **kwargs: Any) -> None:
         own = {
             k: kwargs.pop(k)
-            for k in ("single_item", "ground_truth", "device", "autoreset", "render_mode")
+            for k in (
+                "single_item", "ground_truth", "device", "autoreset", "render_mode", "shard", "keyed_resets",
+                "compact_observation",
+            )
             if k in kwargs
         }
         merged = self._load(population, config, kwargs)

@@ -61,6 +61,15 @@ def batch_space_views(space: spaces.Space, n: int) -> spaces.Space:
     return batched
 
 
+def recommender_space(env: Any) -> spaces.Space:
+    """The single-user observation space a recommender is built for on the vector env ``env``: the default
+    (full) observation's, also where ``env`` returns compact observations, which are expanded
+    (:meth:`UserSimVectorEnv.expand`) before a recommender sees them."""
+    base = getattr(env, "unwrapped", env)
+    full = getattr(base, "full_observation_space", None)
+    return env.single_observation_space if full is None else full
+
+
 def where_rows(rows: Any, new: State, old: State) -> State:
     """``new``'s users where ``rows`` (``[B]`` bool), ``old``'s elsewhere."""
     import torch
@@ -155,8 +164,14 @@ class UserSimVectorEnv(VectorEnv):
         return self.model.observation_tables()
 
     def expand(self, observation: dict[str, Any]) -> dict[str, Any]:
-        """The default observation from a compact one (bit for bit); a full observation as it is."""
-        return self.model.expand_observation(observation) if "candidates" not in observation else observation
+        """The default observation from a compact one (bit for bit); a full observation as it is. NumPy arrays
+        (what ``gym.make_vec`` returns on a CPU unless ``array_backend="torch"``) come back as NumPy arrays."""
+        if "candidates" in observation:
+            return observation
+        if not any(isinstance(value, np.ndarray) for value in observation.values()):
+            return self.model.expand_observation(observation)
+        on_device = {key: self.backend.asarray(value) for key, value in observation.items()}
+        return {key: self.backend.to_numpy(value) for key, value in self.model.expand_observation(on_device).items()}
 
     def build_model(self, backend: Backend) -> UserModel:
         """The user model this environment adapts, on ``backend``."""

@@ -35,6 +35,7 @@ from gymnasium import spaces
 from metarec.agents.base import Recommender, slate_size_of
 from metarec.config import validate_config
 from metarec.envs.task_batch import TaskBatchVectorEnv
+from metarec.envs.vector import recommender_space
 from metarec.meta.config import MEMORY_METHODS, MetaTrainConfig
 from metarec.meta.evaluate import LoggedItemStats, RL2Recommender
 from metarec.meta.gradient_rl import AdaptingRecommender
@@ -153,7 +154,7 @@ def served_space(config: MetaTrainConfig, env: Any, method: str, logs_stats: boo
     if served != slate_size:
         shown = "one item per step" if served is None else f"slates of {served}"
         raise ValueError(f"agent: {method} was trained on slates of {slate_size}; this env takes {shown}")
-    observed = getattr(env.single_observation_space, "spaces", {})
+    observed = getattr(recommender_space(env), "spaces", {})
     n, f = trained["candidates"].shape
     extra = STAT_FEATURES if logs_stats else 0
     if "candidates" not in observed or len(observed["candidates"].shape) != 2:
@@ -171,7 +172,7 @@ def served_space(config: MetaTrainConfig, env: Any, method: str, logs_stats: boo
             has = f"shape {observed[key].shape}" if key in observed else "none"
             raise ValueError(f"agent: {method} was trained on {key} of shape {box.shape}; this env's has {has}")
     if not extra:
-        return env.single_observation_space, slate_size
+        return recommender_space(env), slate_size
     if "candidate_ids" not in observed:  # what its item statistics are kept by
         raise ValueError(f"agent: {method} logs item statistics by candidate_ids; this env has none")
     box = spaces.Box(-np.inf, np.inf, (n, f), np.float32)

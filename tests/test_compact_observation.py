@@ -3,8 +3,10 @@ observation bit for bit, so that a policy trained on it learns what it learns on
 environments that cannot give it say so."""
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
+import yaml
 
 import metarec  # noqa: F401
 from metarec.agents.evaluation import evaluate
@@ -100,3 +102,86 @@ def test_sb3_sees_full_observations_of_a_compact_env_and_learns_the_same_weights
         return torch.nn.utils.parameters_to_vector(model.policy.parameters())
 
     assert torch.equal(learned(True), learned(False))
+
+
+def test_a_policy_trained_on_compact_observations_is_an_agent_on_either_observation(tmp_path):
+    from metarec.cli import main
+
+    config = {
+        "algo": "ppo", "env": FLAGSHIP, "env_kwargs": {"compact_observation": True}, "total_steps": 2 * 32 * 8,
+        "seed": 3, "ppo": {"num_envs": 32, "rollout_steps": 8, "hidden": 16, "history_encoder": "gru"},
+        "eval": {"users": 16},
+    }  # fmt: skip
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run"), "--quiet", "--json"]) == 0
+    run = str(tmp_path / "run")
+    full = evaluate(FLAGSHIP, run, 40, seed=1)
+    compact = evaluate(FLAGSHIP, run, 40, seed=1, env_kwargs={"compact_observation": True})
+    assert full["agent"] == compact["agent"] == "ppo:run" and full["mean_return"] == compact["mean_return"]
+
+
+def test_logs_of_a_compact_env_are_those_of_the_full_one():
+    from metarec.calibration.offline import collect
+
+    def same(a, b, where):
+        if isinstance(a, dict):
+            assert a.keys() == b.keys(), where
+            return sum(same(a[k], b[k], f"{where}.{k}") for k in a)
+        if isinstance(a, list | tuple):
+            assert len(a) == len(b), where
+            return sum(same(x, y, f"{where}[{i}]") for i, (x, y) in enumerate(zip(a, b, strict=True)))
+        if isinstance(a, np.ndarray | torch.Tensor):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=where)
+            return 1
+        assert a == b, where
+        return 0
+
+    plain = collect(FLAGSHIP, 30, 2, seed=4, agent="popular", episodes=True)
+    compact = collect(FLAGSHIP, 30, 2, seed=4, agent="popular", episodes=True, env_kwargs={"compact_observation": True})
+    assert compact["spaces"][0] == plain["spaces"][0] and "candidates" in plain["spaces"][0].spaces
+    assert same(plain, compact, "logs") > 10  # the impressions, the items' context and every step's observation
+
+
+def test_a_calibrated_population_takes_the_compact_observation(tmp_path):
+    from metarec.envs.calibrated import save_population
+    from metarec.envs.drifting.model import make_world
+    from metarec.envs.drifting.params import SimulatorConfig
+
+    config = SimulatorConfig.model_validate({"catalog": {"num_items": 60, "embedding_dim": 8, "seed": 5}})
+    clusters = config.population.num_clusters
+    world = {**make_world(config), "cluster_weight": np.full(clusters, 1.0 / clusters, dtype=np.float32)}
+    population = str(save_population(tmp_path / "population", config, world, {}))
+    kwargs = {"vectorization_mode": "vector_entry_point", "array_backend": "torch", "population": population}
+    full = gym.make_vec("metarec/Calibrated-v0", num_envs=16, **kwargs)
+    compact = gym.make_vec("metarec/Calibrated-v0", num_envs=16, compact_observation=True, **kwargs)
+    assert set(compact.single_observation_space.spaces) == {"candidate_ids", "history_ids", "history_engagement"}
+    seen, indices = full.reset(seed=2)[0], compact.reset(seed=2)[0]
+    expanded = compact.unwrapped.expand(indices)
+    assert all(torch.equal(seen[key], expanded[key]) for key in seen)
+
+
+def test_numpy_observations_expand_to_numpy_ones():
+    kwargs = {"vectorization_mode": "vector_entry_point"}  # on a CPU, Gymnasium's conversion to NumPy
+    full = gym.make_vec(FLAGSHIP, num_envs=8, **kwargs)
+    compact = gym.make_vec(FLAGSHIP, num_envs=8, compact_observation=True, **kwargs)
+    seen, indices = full.reset(seed=6)[0], compact.reset(seed=6)[0]
+    assert isinstance(indices["history_ids"], np.ndarray)
+    expanded = compact.unwrapped.expand(indices)
+    assert set(expanded) == set(seen)
+    for key in seen:
+        assert isinstance(expanded[key], np.ndarray)
+        np.testing.assert_array_equal(expanded[key], seen[key], err_msg=key)
+
+
+def test_the_memory_check_counts_the_expanded_observation():
+    from metarec.agents.evaluation import PROBE_ABOVE_USERS, check_users_fit
+    from metarec.resources import bytes_per_user
+
+    small, large = vector_env(1, compact_observation=True), vector_env(1)
+    compact_bytes = bytes_per_user(small.single_observation_space)
+    full_bytes = bytes_per_user(large.single_observation_space)
+    assert compact_bytes < full_bytes
+    users = 4 * PROBE_ABOVE_USERS
+    limit = users * (compact_bytes + full_bytes) / 2 / 2**30  # room for compact observations only
+    with pytest.raises(ValueError, match="^users: "):
+        check_users_fit(FLAGSHIP, users, {"compact_observation": True}, memory_limit_gib=limit)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from metarec.agents.base import Recommender, UserDraws, active_rows, arrived_items, fill_slates
+from metarec.envs.vector import recommender_space
 
 TARGETS = ("reward", "click")
 
@@ -41,7 +42,7 @@ def num_items_of(env: Any, agent: str) -> int:
     Raises:
         ValueError: ``env`` observes no ``candidate_ids``.
     """
-    space = getattr(env, "single_observation_space", None)
+    space = recommender_space(env) if hasattr(env, "single_observation_space") else None
     if space is None or "candidate_ids" not in getattr(space, "spaces", {}):
         raise ValueError(_needs_ids(agent))
     return int(np.max(space["candidate_ids"].high)) + 1

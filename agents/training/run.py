@@ -32,6 +32,7 @@ from metarec.agents.training.batched import train_batched_ppo, train_worker
 from metarec.agents.training.config import RESUMABLE_CHANGES, TrainConfig
 from metarec.agents.training.sb3_run import load_sb3_recommender, train_sb3
 from metarec.config import validate_config
+from metarec.envs.vector import recommender_space
 from metarec.parallel import TrainingInterrupted, rank, spawn_for_result, torchrun_group, world_size
 from metarec.runs import load_checkpoint, prepare_run, restartable
 
@@ -121,7 +122,7 @@ def _check_same_spaces(run_dir: Path, config: TrainConfig, env: Any, spec_id: st
         config.env, num_envs=1, vectorization_mode="vector_entry_point", array_backend="torch", **config.env_kwargs
     )
     same = (
-        trained.single_observation_space == env.single_observation_space
+        recommender_space(trained) == recommender_space(env)
         and trained.single_action_space == env.single_action_space
     )
     trained.close()
@@ -143,7 +144,7 @@ def load_recommender(run_dir: str | Path, env: Any, seed: int = 0) -> Recommende
             _check_same_spaces(run_dir, config, env, spec_id)
         single_item = bool(getattr(env, "single_item", False))
         policy = SlatePolicy(
-            env.single_observation_space,
+            recommender_space(env),
             1 if single_item else int(env.single_action_space.shape[0]),
             config.ppo.hidden,
             config.ppo.history_encoder,

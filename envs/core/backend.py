@@ -183,7 +183,7 @@ class Backend:
             return self.xp.sum(products, axis=2)
         import torch
 
-        out = torch.empty((b, j), dtype=torch.result_type(table, vectors), device=self.device)
+        out = torch.empty((b, j), dtype=table.dtype, device=self.device)  # the products are in place, as above
         for start, stop in blocks:
             products = table.index_select(0, index[start:stop].reshape(-1)).reshape(stop - start, j, d)
             products *= vectors[start:stop, None, :]
