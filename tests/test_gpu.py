@@ -110,3 +110,12 @@ def test_a_compact_observation_expands_on_cuda_and_the_policy_gathers_it_there()
         env_kwargs={"compact_observation": True},
     )  # fmt: skip
     assert math.isclose(plain["mean_return"], small["mean_return"], rel_tol=1e-5)
+
+
+def test_cumulative_sums_of_short_rows_on_cuda_are_the_cpus():
+    from array_api_compat import torch as xp
+
+    from metarec.envs.core.choice import row_cumsum
+
+    rows = torch.rand(100_000, 6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(row_cumsum(xp, rows.to("cuda")).cpu(), torch.cumsum(rows, dim=1))

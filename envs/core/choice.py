@@ -60,9 +60,19 @@ def per_user_rows(value: Array) -> Array:
     return value[None, :] if value.ndim == 1 else value
 
 
+def row_cumsum(xp: Any, x: Array) -> Array:
+    """Cumulative sums along each row of ``x`` (``[B, C]``), added left to right. On a GPU the rows are
+    scanned as the columns of the transpose: torch's scan along the last dimension is slow for short rows
+    (about 6 ms for a million rows of 6 on an H200, against well under 1 ms this way), and each of its
+    columns is added in order, as on the CPU."""
+    if getattr(getattr(x, "device", None), "type", "cpu") == "cpu":
+        return xp.cumulative_sum(x, axis=1)
+    return xp.cumulative_sum(x.T.contiguous(), axis=0).T
+
+
 def sample_categorical(xp: Any, rng: Random, probs: Array) -> Array:
     """One draw per row of ``probs`` (``[B, C]``, rows summing to 1) by inverting the CDF: ``[B]`` int64."""
-    cdf = xp.cumulative_sum(probs, axis=1)
+    cdf = row_cumsum(xp, probs)
     u = rng.uniform((probs.shape[0], 1)) * cdf[:, -1:]
     index = xp.sum(xp.astype(cdf <= u, xp.int64), axis=1)
     return xp.minimum(index, probs.shape[1] - 1)
@@ -162,8 +172,8 @@ def assortment_in_order(
     slate_size = order.shape[1]
     w = be.take_along(weights, order) * per_user_rows(position_weight)
     r = be.take_along(revenue, order)
-    numerator = xp.cumulative_sum(w * r, axis=1)
-    denominator = per_user_column(no_click_weight) + xp.zeros_like(w[:, :1]) + xp.cumulative_sum(w, axis=1)
+    numerator = row_cumsum(xp, w * r)
+    denominator = per_user_column(no_click_weight) + xp.zeros_like(w[:, :1]) + row_cumsum(xp, w)
     values = numerator / denominator  # [B, K]: value of showing the top r = 1..K
     best = xp.argmax(values, axis=1)  # [B]
     keep = positions_like(xp, slate_size, order)[None, :] <= best[:, None]
