@@ -27,13 +27,27 @@ from metarec.meta.evaluate import EvalConfig, LoggedItemStats, adaptation_curves
 from metarec.meta.tasks import TaskDistribution
 
 # -- with churn at zero, nothing moved ------------------------------------------------------------------------------
-# Digests of seeded trajectories recorded with the code before catalog churn existed.
+# Digests of seeded trajectories recorded with the code before catalog churn existed, on the two kinds of CPU the
+# tests run on: torch's CPU kernels round differently on an AMD EPYC (AVX2) and an Intel Xeon (AVX-512), so a
+# trajectory is bit-identical per kind of machine. The NumPy single-user env gives one digest on both.
 FIXED_CATALOG_DIGESTS = {
-    "vector": "d5637ebbc9102a3c147d7141a992ae950e7dde00e7d397afce1dca863c7f4564",
-    "vector-sessions": "4f5edacb5b8c684f7e94cc53200bb31019b427fd626fb69f2126bc989ab5bd3e",
-    "vector-small-catalog": "6822a4c6b0a78ae28ac62f355f33cf9ab26cb7c71b9d6a70c96c513d4d7ec885",
-    "single": "4abfd7b3cd9c3101af82aa44df925e32e782a011219f6875b140b06150f65a1f",
-    "task-batch": "235ad827a21bc7a9f1add1f9ad21c2171316a03aed5975cf10f3a5fdb471efd9",
+    "vector": (
+        "d5637ebbc9102a3c147d7141a992ae950e7dde00e7d397afce1dca863c7f4564",  # AMD EPYC
+        "75a72fa41882e8c6fc8a70b82a13ae4fe7e5be0896c5f12d819cbf0c6b0b77eb",  # Intel Xeon, AVX-512
+    ),
+    "vector-sessions": (
+        "4f5edacb5b8c684f7e94cc53200bb31019b427fd626fb69f2126bc989ab5bd3e",
+        "232305db8d64bcf776fbc884703bbc37570c7f7eda0c76ca2813ac7b77c012de",
+    ),
+    "vector-small-catalog": (
+        "6822a4c6b0a78ae28ac62f355f33cf9ab26cb7c71b9d6a70c96c513d4d7ec885",
+        "66cdb4ddaa9a94504d1fb84845bbbea1b7bef944a9f8b13bbea9ed50d7e0491b",
+    ),
+    "single": ("4abfd7b3cd9c3101af82aa44df925e32e782a011219f6875b140b06150f65a1f",),
+    "task-batch": (
+        "235ad827a21bc7a9f1add1f9ad21c2171316a03aed5975cf10f3a5fdb471efd9",
+        "59a55f8319c2012dba14eb1ffad24f98400427425af4957c5b080823b712016b",
+    ),
 }
 OBSERVED = ("candidates", "candidate_ids", "history")
 INFO = ("clicked", "chosen_position", "engagement", "satisfaction", "regret", "oracle_slate", "oracle_value")
@@ -90,11 +104,18 @@ def task_batch_digest(steps=80):
 
 
 def test_with_churn_at_zero_trajectories_are_bit_identical_to_before():
-    assert vector_digest() == FIXED_CATALOG_DIGESTS["vector"]
-    assert vector_digest(population={"num_sessions": 3}) == FIXED_CATALOG_DIGESTS["vector-sessions"]
-    assert vector_digest(steps=60, catalog={"num_items": 300}) == FIXED_CATALOG_DIGESTS["vector-small-catalog"]
-    assert single_digest() == FIXED_CATALOG_DIGESTS["single"]
-    assert task_batch_digest() == FIXED_CATALOG_DIGESTS["task-batch"]
+    seen = {
+        "vector": vector_digest(),
+        "vector-sessions": vector_digest(population={"num_sessions": 3}),
+        "vector-small-catalog": vector_digest(steps=60, catalog={"num_items": 300}),
+        "single": single_digest(),
+        "task-batch": task_batch_digest(),
+    }
+    assert seen["vector"] in FIXED_CATALOG_DIGESTS["vector"], "the default vector env's trajectory moved"
+    kind = FIXED_CATALOG_DIGESTS["vector"].index(seen["vector"])  # every digest from this kind of machine
+    for key, digest in seen.items():
+        recorded = FIXED_CATALOG_DIGESTS[key]
+        assert digest == recorded[min(kind, len(recorded) - 1)], key
 
 
 def test_observation_space_changes_only_with_churn_on():
