@@ -183,5 +183,5 @@ def test_the_memory_check_counts_the_expanded_observation():
     assert compact_bytes < full_bytes
     users = 4 * PROBE_ABOVE_USERS
     limit = users * (compact_bytes + full_bytes) / 2 / 2**30  # room for compact observations only
-    with pytest.raises(ValueError, match="^users: "):
+    with pytest.raises(ValueError, match=r"^users: "):
         check_users_fit(FLAGSHIP, users, {"compact_observation": True}, memory_limit_gib=limit)
