@@ -9,6 +9,7 @@
 #   * the tests marked gpu: CPU-CUDA agreement of every core env, a churning catalog, the slate policy and RL²;
 #   * simulator throughput of the flagship env at 1M users and, with the compact observation, 10M users
 #     (user-steps/s, peak CUDA memory per user), and at 10M users with ground truth off;
+#   * where a 1M-user step's time goes, and the step compiled (benchmarks/step_profile.py);
 #   * batched PPO's env-steps/s on the flagship env;
 #   * RL² meta-training throughput on configs/meta_gpu.yaml, a fixed number of updates.
 # Logs and each benchmark's own JSON line go to $OUT (or build/gpu_suite). Record the figures in BENCHMARKS.md.
@@ -74,6 +75,7 @@ step tests "${GPU_SUITE_TESTS_LIMIT:-150}" "$PY" -P -m pytest -q $WORKERS --dura
 step sim_1m 60 "$PY" benchmarks/sim_throughput.py --device "$DEVICE" --users "${SIM_USERS[0]}" --steps 50 --runs 3
 step sim_10m 90 "$PY" benchmarks/sim_throughput.py --device "$DEVICE" --users "${SIM_USERS[1]}" --steps 20 --runs 2 --compact-observation
 step sim_10m_no_gt 60 "$PY" benchmarks/sim_throughput.py --device "$DEVICE" --users "${SIM_USERS[1]}" --steps 20 --runs 2 --compact-observation --no-ground-truth
+step profile 120 "$PY" -P benchmarks/step_profile.py --device "$DEVICE" --users "${SIM_USERS[0]}" --steps 10 --top 8
 step ppo 90 "$PY" benchmarks/train_throughput.py --algo batched-ppo --device "$DEVICE" --num-envs "$PPO_ENVS" --steps "$PPO_STEPS"
 step meta 90 "$PY" benchmarks/meta_throughput.py --config configs/meta_gpu.yaml --device "$DEVICE" --updates 3
 
@@ -84,7 +86,7 @@ from pathlib import Path
 
 logs, started = Path(sys.argv[1]), float(sys.argv[2])
 line = {"suite": "gpu", "logs": str(logs)}
-for name in ("tests", "sim_1m", "sim_10m", "sim_10m_no_gt", "ppo", "meta"):
+for name in ("tests", "sim_1m", "sim_10m", "sim_10m_no_gt", "profile", "ppo", "meta"):
     if not (logs / f"{name}.status").is_file():  # left out by GPU_SUITE_ONLY
         continue
     code, seconds = (logs / f"{name}.status").read_text().split()

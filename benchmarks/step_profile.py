@@ -6,8 +6,9 @@ the user model's step and oracle compiled by ``torch.compile``. Prints one JSON 
 
 The line holds the wall time per step, the operators that take the most device time (CUDA kernels on a GPU,
 CPU time on a CPU) with their calls per step, how many kernels a step launches, and the share of the wall time
-the device was busy. With ``--compile`` (the default) it also times the step with the model's ``step`` and
-``oracle`` compiled, and says so when compiling fails.
+the device was busy. Unless ``--no-compile`` it also times the step with the model's ``step`` and ``oracle``
+compiled (``torch.compile``), compares five of its steps with the eager step's from the same seed and slates, and
+says so when compiling fails.
 """
 
 from __future__ import annotations
@@ -75,6 +76,36 @@ def top_operators(prof: Any, steps: int, on_gpu: bool, count: int) -> tuple[list
     return top, busy / 1e6 / steps, round(kernels / steps)
 
 
+def compiled(args: argparse.Namespace, actions: torch.Tensor) -> dict[str, Any]:
+    """The step with the model's ``step`` and ``oracle`` compiled: how long it takes to compile, its speed, and how
+    far it strays from the eager step on the same seed and slates (compiled code may round otherwise)."""
+    eager, fast = make_env(args), make_env(args)
+    model = fast.unwrapped.model
+    try:
+        model.step = torch.compile(model.step, dynamic=False)
+        model.oracle = torch.compile(model.oracle, dynamic=False)
+        eager.reset(seed=1)
+        fast.reset(seed=1)
+        start = time.perf_counter()
+        rewards, clicks = 0.0, []
+        for t in range(5):  # the first steps compile
+            a, b = eager.step(actions[t % actions.shape[0]]), fast.step(actions[t % actions.shape[0]])
+            rewards = max(rewards, float((a[1] - b[1]).abs().max()))
+            clicks.append(float((a[4]["clicked"] == b[4]["clicked"]).float().mean()))
+        sync(fast)
+        out: dict[str, Any] = {"compile_seconds": round(time.perf_counter() - start, 1)}
+        seconds = timed(fast, actions, args.steps)
+    except Exception as error:  # reported, not raised: the eager figures stand
+        return {"compile_error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
+    out.update(
+        compiled_ms_per_step=round(seconds * 1e3, 3),
+        compiled_user_steps_per_s=round(args.users / seconds, 1),
+        compiled_reward_max_abs_difference=rewards,  # over 5 steps from the same seed, against eager
+        compiled_same_click_share=round(min(clicks), 6),
+    )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="metarec/DriftingUsers-v0")
@@ -114,18 +145,7 @@ def main() -> None:
         "top": top,
     }
     if args.compile:
-        model = env.unwrapped.model
-        try:
-            model.step = torch.compile(model.step, dynamic=False)
-            model.oracle = torch.compile(model.oracle, dynamic=False)
-            start = time.perf_counter()
-            timed(env, actions, 5)  # compiles
-            line["compile_seconds"] = round(time.perf_counter() - start, 1)
-            compiled = timed(env, actions, args.steps)
-            line["compiled_ms_per_step"] = round(compiled * 1e3, 3)
-            line["compiled_user_steps_per_s"] = round(args.users / compiled, 1)
-        except Exception as error:  # reported, not raised: the eager figures stand
-            line["compile_error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+        line.update(compiled(args, actions))
     line.update(
         torch=torch.__version__, machine=platform.machine(), threads=torch.get_num_threads(),
         gpu=torch.cuda.get_device_name() if on_gpu else None,
