@@ -77,6 +77,9 @@ def example_inputs(module: nn.Module, env: Any, batch: int, seed: int = 0) -> tu
     """Inputs for one call on ``batch`` users: ``env``'s first observation, no item statistics yet, and what
     the module adds (a new user's memory, say)."""
     observation, _ = env.reset(seed=seed)
+    base = getattr(env, "unwrapped", env)
+    if getattr(base, "compact_observation", False):  # the policy reads full observations
+        observation = base.expand(observation)
     tensors = [observation[key][:batch].cpu() for key in module.keys]
     if module.item_stats:
         tensors.append(torch.zeros(batch, observation["candidates"].shape[1], 3))

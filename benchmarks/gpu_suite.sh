@@ -17,6 +17,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 LOGS=${OUT:-build/gpu_suite}
 mkdir -p "$LOGS"
+rm -f "$LOGS"/*.status "$LOGS/tests.xml"  # a step left out (GPU_SUITE_ONLY) must not report an earlier run
 VENV=build/gpu-venv
 WHEELS=build/gpu_wheels
 started=$(date +%s)
@@ -49,10 +50,11 @@ else
     rm -rf "$VENV"
     "$BASE" -m venv --without-pip "$VENV" >> "$LOGS/install.log" 2>&1 || fail "venv" "$LOGS/install.log"
     PY=$VENV/bin/python
-    "$BASE" -c 'import sysconfig; print("\n".join(dict.fromkeys(sysconfig.get_path(k) for k in ("purelib", "platlib"))))' \
+    # site.addsitedir, not bare paths: the .pth files of the machine's site-packages (editable installs) apply too
+    "$BASE" -c 'import sysconfig; print("\n".join(f"import site; site.addsitedir({p!r})" for p in dict.fromkeys(sysconfig.get_path(k) for k in ("purelib", "platlib"))))' \
         > "$("$PY" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/machine-site.pth" \
         || fail "linking the machine's site-packages" "$LOGS/install.log"
-    "$PY" -m pip install -q --no-index --find-links "$WHEELS" --no-deps metarec >> "$LOGS/install.log" 2>&1 \
+    "$PY" -m pip install -q --no-index --find-links "$WHEELS" --no-deps --force-reinstall metarec >> "$LOGS/install.log" 2>&1 \
         || fail "installing metarec's wheel" "$LOGS/install.log"
     "$PY" -m pip install -q --no-index --find-links "$WHEELS" -r benchmarks/gpu_requirements.txt \
         >> "$LOGS/install.log" 2>&1 || fail "installing the dependencies from $WHEELS" "$LOGS/install.log"
@@ -75,7 +77,7 @@ step tests "${GPU_SUITE_TESTS_LIMIT:-150}" "$PY" -P -m pytest -q $WORKERS --dura
 step sim_1m 60 "$PY" benchmarks/sim_throughput.py --device "$DEVICE" --users "${SIM_USERS[0]}" --steps 50 --runs 3
 step sim_10m 90 "$PY" benchmarks/sim_throughput.py --device "$DEVICE" --users "${SIM_USERS[1]}" --steps 20 --runs 2 --compact-observation
 step sim_10m_no_gt 60 "$PY" benchmarks/sim_throughput.py --device "$DEVICE" --users "${SIM_USERS[1]}" --steps 20 --runs 2 --compact-observation --no-ground-truth
-step profile 120 "$PY" -P benchmarks/step_profile.py --device "$DEVICE" --users "${SIM_USERS[0]}" --steps 10 --top 8
+step profile 120 "$PY" benchmarks/step_profile.py --device "$DEVICE" --users "${SIM_USERS[0]}" --steps 10 --top 8
 step ppo 90 "$PY" benchmarks/train_throughput.py --algo batched-ppo --device "$DEVICE" --num-envs "$PPO_ENVS" --steps "$PPO_STEPS"
 step meta 90 "$PY" benchmarks/meta_throughput.py --config configs/meta_gpu.yaml --device "$DEVICE" --updates 3
 

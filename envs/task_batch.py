@@ -374,7 +374,7 @@ class TaskBatchVectorEnv(UserSimVectorEnv):
         if space != self.single_observation_space:  # candidate_ids' range follows the catalogues' size
             from metarec.envs.vector import batch_space_views
 
-            self.single_observation_space = space
+            self.single_observation_space = self.full_observation_space = space
             self.observation_space = batch_space_views(space, self.num_envs)
         self._state = None
         self._next_truth = None

@@ -66,8 +66,7 @@ def recommender_space(env: Any) -> spaces.Space:
     (full) observation's, also where ``env`` returns compact observations, which are expanded
     (:meth:`UserSimVectorEnv.expand`) before a recommender sees them."""
     base = getattr(env, "unwrapped", env)
-    full = getattr(base, "full_observation_space", None)
-    return env.single_observation_space if full is None else full
+    return base.full_observation_space if getattr(base, "compact_observation", False) else env.single_observation_space
 
 
 def where_rows(rows: Any, new: State, old: State) -> State:

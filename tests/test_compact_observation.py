@@ -118,6 +118,14 @@ def test_a_policy_trained_on_compact_observations_is_an_agent_on_either_observat
     full = evaluate(FLAGSHIP, run, 40, seed=1)
     compact = evaluate(FLAGSHIP, run, 40, seed=1, env_kwargs={"compact_observation": True})
     assert full["agent"] == compact["agent"] == "ppo:run" and full["mean_return"] == compact["mean_return"]
+    # it exports from either observation, as the same weights
+    saved = []
+    for name, kwargs in (("full", "{}"), ("compact", '{"compact_observation": true}')):
+        out = tmp_path / f"{name}.pt"
+        assert main(["export", run, "--format", "state-dict", "--out", str(out), "--env-kwargs", kwargs, "--json"]) == 0
+        saved.append(torch.load(out, weights_only=True))
+    assert saved[0]["about"] == saved[1]["about"]
+    assert all(torch.equal(a, saved[1]["state_dict"][key]) for key, a in saved[0]["state_dict"].items())
 
 
 def test_logs_of_a_compact_env_are_those_of_the_full_one():

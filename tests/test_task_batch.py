@@ -209,3 +209,14 @@ def test_nan_guard_names_the_quantity_the_step_and_the_users() -> None:
         FloatingPointError, match=r"env step 2 in .*state\['interest'\] of 2 users \(first: \[3, 11\]\)"
     ):
         env.step(random_slates(generator, 16))
+
+
+def test_recommenders_see_the_catalogues_of_the_tasks_set_last() -> None:
+    from metarec.agents.baselines.bandits import num_items_of
+    from metarec.envs.vector import recommender_space
+
+    env = TaskBatchVectorEnv([TASK_A, TASK_A], 4)
+    assert num_items_of(env, "popular") == 600
+    env.set_tasks([TASK_B, TASK_B])  # larger catalogues: ids reach further
+    assert recommender_space(env) == env.single_observation_space
+    assert num_items_of(env, "popular") == 1000
