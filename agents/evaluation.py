@@ -16,7 +16,7 @@ from metarec.agents.metrics import RELEVANCE, Relevance, response_errors
 from metarec.agents.registry import make_recommender
 from metarec.config import short_repr
 from metarec.envs.core.backend import torch_backend
-from metarec.envs.vector import recommender_space
+from metarec.envs.vector import recommender_observation, recommender_space
 from metarec.parallel import Shard, group_size, spawn_for_result, torchrun_group, world_size
 from metarec.registration import VectorEntryPoint
 from metarec.resources import MIN_BYTES_PER_ENV, bytes_per_user, check_memory
@@ -87,10 +87,8 @@ def evaluate(
     base = env.unwrapped if hasattr(env, "unwrapped") else env
     recommender = make_recommender(agent, base, seed) if isinstance(agent, str) else agent
     recommender.place(shard)
-    # recommenders see full observations, built for recommender_space(env): compact ones are expanded here
-    full = base.expand if getattr(base, "compact_observation", False) else (lambda observation: observation)
     observation, info = env.reset(seed=seed)
-    observation = full(observation)
+    observation = recommender_observation(base, observation)
     recommender.reset()
     dev = base.device
     batch = base.num_envs
@@ -108,7 +106,7 @@ def evaluate(
         utility = info.get("candidate_utilities")
         relevance = None if ranking is None or utility is None else ranking(utility, action)
         observation, reward, terminated, truncated, info = env.step(action)
-        observation = full(observation)
+        observation = recommender_observation(base, observation)
         done = terminated | truncated
         zeros = torch.zeros_like(reward, device=dev)
         errors = (zeros, zeros, zeros) if prediction is None else response_errors(prediction, reward, info, batch)

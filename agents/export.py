@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metarec.envs.vector import recommender_space
+from metarec.envs.vector import recommender_observation, recommender_space
 from metarec.io import atomic_save, atomic_write
 
 FORMATS = ("torch-export", "onnx", "state-dict")
@@ -76,10 +76,7 @@ def input_names(module: nn.Module) -> list[str]:
 def example_inputs(module: nn.Module, env: Any, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """Inputs for one call on ``batch`` users: ``env``'s first observation, no item statistics yet, and what
     the module adds (a new user's memory, say)."""
-    observation, _ = env.reset(seed=seed)
-    base = getattr(env, "unwrapped", env)
-    if getattr(base, "compact_observation", False):  # the policy reads full observations
-        observation = base.expand(observation)
+    observation = recommender_observation(env, env.reset(seed=seed)[0])
     tensors = [observation[key][:batch].cpu() for key in module.keys]
     if module.item_stats:
         tensors.append(torch.zeros(batch, observation["candidates"].shape[1], 3))

@@ -51,8 +51,8 @@ def sync(env: Any) -> None:
 
 
 def top_operators(prof: Any, steps: int, on_gpu: bool, count: int) -> tuple[list[dict], float, int]:
-    """The ``count`` operators with the most self time on the device, the device's busy seconds per step and the
-    kernels launched per step."""
+    """The ``count`` operators with the most self time on the device (the CPU's time on a CPU), and on a GPU its
+    busy seconds per step and the kernels launched per step."""
     rows = []
     busy = 0.0
     kernels = 0
@@ -65,8 +65,6 @@ def top_operators(prof: Any, steps: int, on_gpu: bool, count: int) -> tuple[list
             busy += device_us
             kernels += event.count
         rows.append((own, event))
-    if not on_gpu:
-        busy = sum(own for own, event in rows if "::" in event.key)
     rows.sort(key=lambda pair: pair[0], reverse=True)
     top = [
         {"op": event.key[:80], "ms_per_step": round(own / 1e3 / steps, 3), "calls_per_step": event.count / steps}

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from metarec.agents.registry import make_recommender
 from metarec.envs.calibrated import with_population_fields
+from metarec.envs.vector import recommender_observation
 
 SECONDS_PER_DAY = 86_400.0
 SECONDS_PER_STEP = 60.0
@@ -80,7 +81,7 @@ def browse(
         raise ValueError(f"env: {env_id} has no catalog ids in its observations; expected a DriftingUsers-family id")
     recommender = make_recommender(agent, base, seed)
     observation, info = env.reset(seed=seed)
-    observation = base.expand(observation)  # logs and recommenders see full observations, also from compact ones
+    observation = recommender_observation(base, observation)  # logs see what recommenders see: full observations
     recommender.reset()
     running = torch.ones(users, dtype=torch.bool, device=base.device)
     limit = days * base.config.population.max_session_steps + days
@@ -91,7 +92,7 @@ def browse(
         before = observation
         action = recommender.act(observation, info)
         observation, reward, terminated, truncated, info = env.step(action)
-        observation = base.expand(observation)
+        observation = recommender_observation(base, observation)
         done = terminated | truncated
         recommender.observe(reward, done, info)
         slate = action if action.ndim == 2 else action[:, None]  # [B, K] candidate indices

@@ -69,6 +69,13 @@ def recommender_space(env: Any) -> spaces.Space:
     return base.full_observation_space if getattr(base, "compact_observation", False) else env.single_observation_space
 
 
+def recommender_observation(env: Any, observation: dict[str, Any]) -> dict[str, Any]:
+    """``observation`` of the vector env ``env`` as a recommender sees it (of :func:`recommender_space`): expanded
+    where ``env`` returns compact observations, as it is elsewhere."""
+    base = getattr(env, "unwrapped", env)
+    return base.expand(observation) if getattr(base, "compact_observation", False) else observation
+
+
 def where_rows(rows: Any, new: State, old: State) -> State:
     """``new``'s users where ``rows`` (``[B]`` bool), ``old``'s elsewhere."""
     import torch

@@ -12,6 +12,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
+from metarec.envs.vector import recommender_observation, recommender_space
+
 
 class SB3VecEnv(VecEnv):
     """An SB3 ``VecEnv`` over a native metarec vector env: SB3 sees one environment per simulated user.
@@ -41,11 +43,7 @@ class SB3VecEnv(VecEnv):
         if mode != AutoresetMode.SAME_STEP:
             raise ValueError(f"vector_env: expected the SAME_STEP autoreset mode (autoreset=True), got {mode}")
         self.venv = vector_env
-        base = getattr(vector_env, "unwrapped", vector_env)
-        self._expand = base.expand if getattr(base, "compact_observation", False) else None
-        self._device = getattr(base, "device", None)
-        space = base.full_observation_space if self._expand else vector_env.single_observation_space
-        super().__init__(vector_env.num_envs, space, vector_env.single_action_space)
+        super().__init__(vector_env.num_envs, recommender_space(vector_env), vector_env.single_action_space)
         self.keys = list(self.observation_space.spaces)
         self._actions: np.ndarray | None = None
         self._returns = np.zeros(self.num_envs)
@@ -125,9 +123,7 @@ class SB3VecEnv(VecEnv):
             )
 
     def _numpy(self, observation: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        if self._expand is not None:
-            observation = {key: torch.as_tensor(value, device=self._device) for key, value in observation.items()}
-            observation = self._expand(observation)
+        observation = recommender_observation(self.venv, observation)
         # Copies: on CPU, numpy() shares memory with the simulator's state, which no caller may write to.
         return {key: np.array(_array(observation[key])) for key in self.keys}
 
