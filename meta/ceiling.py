@@ -59,11 +59,13 @@ class InformedOracle(Recommender):
         self.planner = self.model if quality else quality_blind(self.model)
         if user == "population":
             self.population_mean, self.population_trend = population_mean_interest(self.model)  # [T, d] each
-        self._seen: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # step, anchor, anchor when drawn
+        self.redraws = RedrawTracker(self.model)
+        self._drawn: torch.Tensor | None = None  # each user's anchor when last drawn
 
     def reset(self, mask: torch.Tensor | None = None) -> None:
         if mask is None:  # a new run; a user replaced in a running one shows by its step count
-            self._seen = None
+            self.redraws.reset()
+            self._drawn = None
 
     def planning_interest(self, state: dict[str, Any]) -> torch.Tensor:
         """``[B, d]``: the interest this rung plans with for the users in ``state``."""
@@ -81,26 +83,46 @@ class InformedOracle(Recommender):
 
     def _anchor_when_drawn(self, state: dict[str, Any]) -> torch.Tensor:
         """Each user's anchor as last drawn (new user, abrupt shift): what the anchor has moved since is
-        the population's trend, which the cluster rung knows. Follows the users step by step (act() is
-        called at every step, as in the protocol); a user not seen at the step before counts as redrawn."""
-        step, anchor = state["step"], state["anchor"]
-        if self._seen is None or self._seen[0].shape != step.shape:
-            drawn = anchor.clone()
-        else:
-            last_step, last_anchor, drawn = self._seen
-            trend = self.model.trend(self.model.params(state), state["cluster"])
-            moved_by_trend = (anchor - last_anchor - trend).abs().amax(dim=-1) <= REDRAWN_TOLERANCE
-            same = step == last_step  # no step since the last look
-            kept = (same & (anchor == last_anchor).all(dim=-1)) | ((step == last_step + 1) & moved_by_trend)
-            drawn = torch.where(kept[:, None], drawn, anchor)
-        self._seen = (step.clone(), anchor.clone(), drawn)
-        return drawn
+        the population's trend, which the cluster rung knows."""
+        redrawn = self.redraws.update(state)
+        if self._drawn is None or self._drawn.shape != state["anchor"].shape:
+            self._drawn = state["anchor"].clone()
+        self._drawn = torch.where(redrawn[:, None], state["anchor"], self._drawn)
+        return self._drawn
 
     def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
         state = dict(self.env.state)
         state["interest"] = self.planning_interest(state)
         slate, _, _ = self.planner.oracle(state)
         return slate
+
+
+class RedrawTracker:
+    """Which users' interests were drawn anew (a new user, an abrupt shift) since the last look. Follows the
+    users step by step (``update`` at every step, as the protocol calls ``act``): an anchor that moved by
+    the population's trend from one step to the next, or not at all without a step, was kept; a user not
+    seen at the step before counts as redrawn."""
+
+    def __init__(self, model: TaskBatchModel) -> None:
+        self.model = model
+        self._seen: tuple[torch.Tensor, torch.Tensor] | None = None  # step, anchor
+
+    def reset(self) -> None:
+        self._seen = None
+
+    def update(self, state: dict[str, Any]) -> torch.Tensor:
+        """``[B]`` bool: the users whose interests were drawn since the last call (all of them at the first)."""
+        step, anchor = state["step"], state["anchor"]
+        if self._seen is None or self._seen[0].shape != step.shape:
+            redrawn = torch.ones(step.shape, dtype=torch.bool, device=step.device)
+        else:
+            last_step, last_anchor = self._seen
+            trend = self.model.trend(self.model.params(state), state["cluster"])
+            moved_by_trend = (anchor - last_anchor - trend).abs().amax(dim=-1) <= REDRAWN_TOLERANCE
+            same = step == last_step  # no step since the last look
+            redrawn = ~((same & (anchor == last_anchor).all(dim=-1)) | ((step == last_step + 1) & moved_by_trend))
+        self._seen = (step.clone(), anchor.clone())
+        return redrawn
 
 
 def quality_blind(model: TaskBatchModel) -> TaskBatchModel:
