@@ -1,0 +1,465 @@
+"""The information ladder's Bayesian rungs: myopic planners that know every population parameter and infer
+each user from that user's own responses.
+
+The ladder's other rungs (:mod:`metarec.meta.ceiling`) are told part of the hidden state. These are told
+none of the user's state, only how the population's users are made and how they move, and learn the rest
+as a Bayesian filter would:
+
+* **What they know**: what the ``cluster`` rung knows but the user's cluster: every population parameter
+  (the cluster centres, their spread, the choice temperature, the position bias, the utility of not
+  clicking, the satisfaction's noise, the drift and its trend, the fatigue's rates and its state, the items'
+  embeddings, lengths and appeal), and when a user's interests were drawn anew (a new user, an abrupt
+  shift), though not what was drawn.
+* **What they infer of the user**: a mixture with one Gaussian component per cluster of the population over
+  the user's current interest, started at the clusters' centres and spread. After each step, the choice (an
+  item, or none) updates each component by an online Laplace step of the multinomial logit at its mean, the
+  satisfaction of a click (engagement over the item's length) by an exact Kalman update of its logit, and
+  each component's weight by the likelihood of both. Between steps each component moves as the model's users
+  do: the consumption pull toward the item consumed, the reversion toward the cluster's centre with the
+  anchor's spread and the noise added to the covariance, and the cluster's trend.
+* **What they know of item quality**, one rung each: ``none`` (``posterior``) plans and infers as if every
+  item had the prior mean quality, 0, with the quality it does not know added to the satisfaction's noise;
+  ``learned`` (``posterior+learned quality``) keeps a Gaussian posterior over every item's quality, pooled
+  over the population's users (:class:`ItemQualityPosterior`); ``true`` (``posterior+quality``) knows it.
+* **How they act**: the slate of highest expected reward under ``samples`` draws from the posterior, among
+  the myopic oracle's slates for the posterior mean and for the ``components`` heaviest components' means.
+
+So ``posterior+learned quality`` learns from exactly what a recommender observes (the population's slates
+and responses), and is told only the population's parameters: its score is what knowing the population
+perfectly is worth to a myopic learner, and what is left between a meta-learner and it is the population's
+parameters that the meta-learner has to infer. Like every rung it is not an upper bound: the filter is an
+approximation (Laplace steps, the mean-field split of user and item), and a learner may plan better
+(looking ahead, exploring).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from metarec.agents.base import Recommender
+from metarec.envs.core.choice import shown_mask
+from metarec.envs.task_batch import TaskBatchModel, TaskBatchVectorEnv
+from metarec.meta.ceiling import RedrawTracker, quality_blind
+
+QUALITY: tuple[str, ...] = ("none", "learned", "true")  # what the Bayesian rung knows of item quality
+PRIORS: tuple[str, ...] = ("clusters", "moments", "topics")  # what it knows of the population's clusters
+POOL_PRIOR = 0.1  # Dirichlet pseudo-count of each component when a population's weights are pooled
+
+
+class PosteriorOracle(Recommender):
+    """See the module docstring. Reads the population parameters and the fatigue from ``env``, never the
+    user's cluster, anchor or interest; for measurement only, like the ladder's other rungs.
+
+    Args:
+        env: the task batch it serves.
+        quality: whether it knows every item's true quality.
+        seed: of its own draws (the posterior samples that score the slates).
+        samples: posterior draws per user that score the candidate slates.
+        components: of the mixture whose slates are candidates besides the posterior mean's (the heaviest).
+        prior: what it knows of the population's clusters. ``"clusters"``: their centres. ``"moments"``: only
+            the mean and covariance of the population's interests (every component starts at the mean of the
+            centres, with their covariance plus a cluster's spread). ``"topics"``: only the model family's
+            rule, that a cluster's centre is the normalised sum of ``topics_per_cluster`` topics' centres,
+            scaled to ``interest_scale``: one equally weighted component for every such set of the catalogue's
+            topics, each topic's centre the mean direction of its items' embeddings; no trend is known.
+        typical: plan and infer with the typical population's parameters (each the mean over the env's
+            populations) instead of this population's own: its choice temperature, position bias, utility of
+            not clicking, noise, spread, drift and fatigue. The clusters' centres and the catalogue stay known.
+        pool: learn each population's weights of the prior's components from its users (empirical Bayes: one
+            EM step after each of its steps), instead of keeping the prior's; with ``prior="topics"`` this is
+            how the population's other users reveal which sets of topics its clusters are.
+        observable: know nothing of the user's state beyond the responses: plan and infer as if no topic
+            tired the user (fatigue 0), and start a user's belief afresh only at their first step, never at
+            an abrupt shift (which it is not told of).
+    """
+
+    shares_state_across_users = False
+
+    def __init__(
+        self,
+        env: TaskBatchVectorEnv,
+        quality: str,
+        seed: int,
+        samples: int = 32,
+        components: int = 3,
+        prior: str = "clusters",
+        typical: bool = False,
+        pool: bool = False,
+        observable: bool = False,
+    ) -> None:
+        if quality not in QUALITY:
+            raise ValueError(f"quality: expected one of {', '.join(QUALITY)}, got {quality!r}")
+        if not isinstance(env.model, TaskBatchModel):
+            raise TypeError(f"env: expected a TaskBatchVectorEnv, got {type(env).__name__}")
+        for name, value in (("samples", samples), ("components", components)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        self.env, self.model, self.quality = env, env.model, quality
+        if prior not in PRIORS:
+            raise ValueError(f"prior: expected one of {', '.join(PRIORS)}, got {prior!r}")
+        self.name = posterior_name(quality, prior, typical, pool, observable)
+        self.prior, self.pool, self.observable = prior, pool, observable
+        self.view = typical_population(self.model) if typical else self.model  # whose parameters it uses
+        if quality == "true":
+            self.planner = self.view
+        elif quality == "none":
+            self.planner = quality_blind(self.view)
+        else:  # plans with the posterior mean of every item's quality, learned from the population's responses
+            self.planner = copy.copy(self.view)
+            estimate = torch.zeros_like(self.model.world["item_quality"])
+            self.planner.world = {**self.model.world, "item_quality": estimate}
+        self.items = ItemQualityPosterior(self.model) if quality == "learned" else None
+        self.samples = samples
+        world = self.model.world
+        self.c = int(world["num_clusters"].max())
+        count = world["num_clusters"].long()
+        if prior == "topics":
+            self.topic_sets, count = topic_set_centres(self.model)  # [T, C, d], [T]
+            self.c = self.topic_sets.shape[1]
+        self.valid = torch.arange(self.c, device=env.device)[None, :] < count[:, None]  # [T, C]: real components
+        self.top = min(components, self.c)
+        self.generator = torch.Generator(device=env.device).manual_seed(seed)
+        self.redraws = RedrawTracker(self.model)
+        unknown = [t.catalog.quality_std if quality == "none" else 0.0 for t in self.model.tasks]
+        self.unknown_quality = torch.tensor(unknown, device=env.device)  # [T]: quality std left out of the utility
+        self.belief: dict[str, torch.Tensor] | None = None
+        self._share: torch.Tensor | None = None  # [T, C]: each population's pooled log weights (``pool``)
+        self._shown: dict[str, Any] | None = None
+
+    def reset(self, mask: torch.Tensor | None = None) -> None:
+        if mask is None:
+            self.belief, self._shown, self._share = None, None, None
+            self.redraws.reset()
+            if self.items is not None:
+                self.items.reset()
+                self.planner.world["item_quality"].zero_()
+
+    # -- the prior -------------------------------------------------------------------------------------
+    def _prior(self, task: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The belief about users of tasks ``task`` (``[n]``) whose interests were just drawn: one component per
+        cluster of their population at its centre, the cluster's spread around it, equal weights."""
+        world, params = self.model.world, self.view._params_of(task)
+        n, d = task.shape[0], self.model.config.catalog.embedding_dim
+        local = torch.arange(self.c, device=task.device)
+        count = world["num_clusters"][task].long()
+        cluster = world["cluster_offset"][task][:, None] + local.clamp(max=count[:, None] - 1)  # [n, C]
+        mean = world["cluster_centre"][cluster]
+        eye = torch.eye(d, device=task.device)
+        cov = (params.cluster_spread**2)[:, None, None, None] * eye.expand(n, self.c, d, d)
+        valid = local[None, :] < count[:, None]
+        log_weight = torch.where(valid, -torch.log(count.float())[:, None], -math.inf)
+        trend = world["trend_direction"][cluster]
+        if self.prior == "topics":  # every set of topics the family could have made a cluster of
+            mean, valid = self.topic_sets[task], self.valid[task]
+            log_weight = torch.where(valid, -torch.log(valid.float().sum(1, keepdim=True)), -math.inf)
+            cluster, trend = torch.full_like(cluster[:, :1], -1).expand(-1, self.c).clone(), torch.zeros_like(mean)
+        elif self.prior == "moments":  # the population's moments in every component
+            share = valid.float() / count.float()[:, None]  # [n, C]
+            centre = torch.einsum("nc,ncd->nd", share, mean)
+            apart = mean - centre[:, None]
+            between = torch.einsum("nc,ncd,nce->nde", share, apart, apart)
+            mean = centre[:, None].expand(-1, self.c, -1).clone()
+            cov = cov + between[:, None]
+        return {"cluster": cluster, "mean": mean, "cov": cov.clone(), "anchor": mean.clone(), "log_prior": log_weight,
+                "log_lik": torch.zeros_like(log_weight), "trend": trend,
+                "seen": torch.zeros(n, dtype=torch.bool, device=task.device)}  # fmt: skip
+
+    def _restart(self, state: dict[str, Any]) -> None:
+        redrawn = self.redraws.update(state)
+        if self.observable:  # only a user seen for the first time (the first step of a row) starts afresh
+            redrawn = state["step"] == 0
+        if self.belief is None or self.belief["mean"].shape[0] != redrawn.shape[0]:
+            self.belief = self._prior(state["task"])
+            return
+        rows = torch.nonzero(redrawn)[:, 0]
+        if len(rows):
+            for key, value in self._prior(state["task"][rows]).items():
+                self.belief[key][rows] = value
+            if self._share is not None:  # what the population's users revealed stays the prior of its new users
+                self.belief["log_prior"][rows] = self._share[state["task"][rows]]
+
+    def _choice_models(self, state: dict[str, Any], interest: torch.Tensor) -> Any:
+        """The planner's choice model of every candidate for ``interest`` ``[B, M, d]`` (M per user)."""
+        b, m, d = interest.shape
+        rows = {k: v.repeat_interleave(m, dim=0) for k, v in state.items()}
+        return self.planner.choice_model({**rows, "interest": interest.reshape(b * m, d)})
+
+    # -- acting ----------------------------------------------------------------------------------------
+    def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
+        if self.env.model is not self.model:
+            raise RuntimeError(
+                "env: its model was rebuilt (set_tasks) after this PosteriorOracle was made; make a new one"
+            )
+        state = dict(self.env.state)
+        self._restart(state)
+        if self.observable:  # fatigue is the user's hidden state too
+            state["fatigue"] = torch.zeros_like(state["fatigue"])
+        belief = self.belief
+        b, _, d = belief["mean"].shape
+        weight = self.weights()  # [B, C]
+        mean = (weight[..., None] * belief["mean"]).sum(1)
+        heaviest = weight.topk(self.top, dim=1).indices
+        centres = belief["mean"].gather(1, heaviest[..., None].expand(-1, -1, d))
+        plans = torch.cat([mean[:, None], centres], dim=1)  # [B, 1 + top, d]
+        slates, _, _ = self.planner.oracle(
+            {**{k: v.repeat_interleave(plans.shape[1], dim=0) for k, v in state.items()},
+             "interest": plans.reshape(-1, d)})  # fmt: skip
+        slates = slates.reshape(b, plans.shape[1], -1)
+        draws = self._draws(belief, weight)  # [B, S, d]
+        truth = self._choice_models(state, draws)
+        n = truth.weights.shape[1]
+        no_click = torch.as_tensor(truth.no_click_weight).reshape(-1)
+        no_click = no_click.expand(b * self.samples).reshape(b, self.samples)[:, 0]
+        position = torch.as_tensor(truth.position_weight)
+        position = position.reshape(b, self.samples, -1)[:, 0] if position.dim() == 2 else position.expand(b, -1)
+        value = slate_values(truth.weights.reshape(b, self.samples, n), truth.revenue.reshape(b, self.samples, n),
+                             no_click, position, slates)  # fmt: skip
+        slate = slates[torch.arange(b), value.mean(2).argmax(1)]
+        self._shown = {"state": state, "slate": slate, "no_click": no_click, "position": position}
+        return slate
+
+    def _draws(self, belief: dict[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
+        """``[B, S, d]`` draws of each user's interest from the mixture."""
+        b, _, d = belief["mean"].shape
+        pick = torch.multinomial(weight, self.samples, replacement=True, generator=self.generator)  # [B, S]
+        factor = torch.linalg.cholesky(belief["cov"] + 1e-6 * torch.eye(d, device=weight.device))  # [B, C, d, d]
+        z = torch.randn((b, self.samples, d), generator=self.generator, device=weight.device)
+        mean = belief["mean"].gather(1, pick[..., None].expand(-1, -1, d))
+        chol = factor.gather(1, pick[..., None, None].expand(-1, -1, d, d))
+        return mean + (chol @ z[..., None])[..., 0]
+
+    # -- learning from the response -----------------------------------------------------------------
+    def observe(self, reward: torch.Tensor, done: torch.Tensor, info: dict[str, Any]) -> None:
+        if self._shown is None:
+            raise RuntimeError("observe() called before act()")
+        shown, self._shown = self._shown, None
+        state, slate, belief = shown["state"], shown["slate"], self.belief
+        b, c, d = belief["mean"].shape
+        rows = torch.arange(b)
+        active = info.get("active")
+        active = torch.ones(b, dtype=torch.bool) if active is None else active.to(torch.bool)
+        position = info["chosen_position"].to(torch.int64)
+        clicked = position >= 0
+        world, params = self.model.world, self.view.params(state)
+        items = state["candidates"].gather(1, slate)  # [B, K]
+        e = world["item_embedding"][items]  # [B, K, d]
+        temperature = params.choice_temperature
+        # 1. the choice: an online Laplace step of the multinomial logit, per component, at its mean
+        truth = self._choice_models(state, belief["mean"])
+        on_slate = truth.weights.reshape(b, c, -1).gather(2, slate[:, None, :].expand(-1, c, -1))
+        on_slate = on_slate * shown["position"][:, None, :] * shown_mask(torch, slate)[:, None, :].float()
+        total = on_slate.sum(2) + shown["no_click"][:, None]
+        prob = on_slate / total[..., None]  # [B, C, K]
+        pos = position.clamp(min=0)
+        chosen = torch.where(clicked[:, None], on_slate[rows, :, pos], shown["no_click"][:, None])
+        log_choice = torch.log(chosen.clamp(min=1e-30)) - torch.log(total)
+        expected_e = torch.einsum("bck,bkd->bcd", prob, e)
+        picked = torch.where(clicked[:, None], e[rows, pos], 0.0)[:, None, :]  # [B, 1, d]
+        gradient = (picked - expected_e) / temperature[:, None, None]
+        second = torch.einsum("bck,bkd,bke->bcde", prob, e, e) - expected_e[..., :, None] * expected_e[..., None, :]
+        precision = torch.linalg.inv(belief["cov"]) + second / (temperature**2)[:, None, None, None]
+        cov = torch.linalg.inv(precision)
+        cov = 0.5 * (cov + cov.transpose(-1, -2))
+        mean = belief["mean"] + (cov @ gradient[..., None])[..., 0]
+        log_lik = belief["log_lik"] + log_choice
+        # 2. the satisfaction of a click: a Kalman update of the (linear) satisfaction logit
+        length = world["item_length"][items[rows, pos]].clamp(min=1e-6)
+        satisfaction = (reward.float() / length).clamp(1e-6, 1 - 1e-6)
+        y = torch.log(satisfaction) - torch.log1p(-satisfaction)
+        offset = truth.utilities.reshape(b, c, -1)[rows, :, slate[rows, pos]] - (
+            belief["mean"] * e[rows, pos][:, None, :]).sum(-1)  # [B, C]: utility less the affinity  # fmt: skip
+        unknown = self.unknown_quality[state["task"]] ** 2
+        if self.items is not None:
+            unknown = self.items.variance()[items[rows, pos]]
+        noise = params.engagement_noise**2 + params.quality_weight**2 * unknown
+        ec = e[rows, pos][:, None, :, None]  # [B, 1, d, 1]
+        cov_e = (cov @ ec)[..., 0]  # [B, C, d]
+        spread = (cov_e * ec[..., 0]).sum(-1) + noise.clamp(min=1e-4)[:, None]
+        residual = y[:, None] - (mean * ec[..., 0]).sum(-1) - offset
+        gain = cov_e / spread[..., None]
+        sat_mean = mean + gain * residual[..., None]
+        sat_cov = cov - gain[..., :, None] * cov_e[..., None, :]
+        sat_log = -0.5 * residual**2 / spread - 0.5 * torch.log(2 * math.pi * spread)
+        hit = clicked[:, None, None]
+        mean = torch.where(hit, sat_mean, mean)
+        cov = torch.where(hit[..., None], sat_cov, cov)
+        log_lik = torch.where(clicked[:, None], log_lik + sat_log, log_lik)
+        log_lik = log_lik - log_lik.amax(1, keepdim=True)  # only differences between components matter
+        if self.items is not None:  # the population's evidence on the items shown, under the belief before this step
+            weight = self.weights()
+            self.items.update(state, items, e, weight, belief, prob, position, y, active, params)
+            self.planner.world["item_quality"].copy_(self.items.mean())
+        # 3. the drift between steps: consumption pull, reversion toward the anchor, the cluster's trend
+        pull = (params.consumption_pull * clicked.float() * (2 * satisfaction - 1))[:, None, None]
+        mean = (1 - pull) * mean + pull * params.interest_scale[:, None, None] * ec[:, :, :, 0]
+        cov = (1 - pull[..., None]) ** 2 * cov
+        r = params.ou_reversion[:, None, None]
+        mean = (1 - r) * mean + r * belief["anchor"]
+        eye = torch.eye(d, device=mean.device)
+        diffusion = (r * params.cluster_spread[:, None, None]) ** 2 + params.ou_noise[:, None, None] ** 2
+        cov = (1 - r[..., None]) ** 2 * cov + diffusion[..., None] * eye
+        trend = params.drift_per_step[:, None, None] * belief["trend"]
+        keep = ~active
+        belief["mean"] = torch.where(keep[:, None, None], belief["mean"], mean + trend)
+        belief["cov"] = torch.where(keep[:, None, None, None], belief["cov"], cov)
+        belief["anchor"] = torch.where(keep[:, None, None], belief["anchor"], belief["anchor"] + trend)
+        belief["log_lik"] = torch.where(keep[:, None], belief["log_lik"], log_lik)
+        belief["seen"] = belief["seen"] | active
+        if self.pool:
+            self._pool(state["task"])
+
+    def weights(self) -> torch.Tensor:
+        """``[B, C]``: each user's posterior weight of each component."""
+        return torch.softmax(self.belief["log_prior"] + self.belief["log_lik"], dim=1)
+
+    def _pool(self, task: torch.Tensor) -> None:
+        """One EM step of each population's weights of the components (a Dirichlet prior of ``POOL_PRIOR`` each):
+        the mean responsibility of its users who have responded at least once, shared by all its users."""
+        belief = self.belief
+        seen = belief["seen"].float()[:, None]
+        mass = torch.zeros((self.model.num_tasks, self.c), device=seen.device)
+        mass.index_add_(0, task, self.weights() * seen)
+        users = torch.zeros(self.model.num_tasks, device=seen.device).index_add_(0, task, seen[:, 0])
+        prior = POOL_PRIOR * self.valid.float()
+        share = (mass + prior) / (users[:, None] + prior.sum(1, keepdim=True))
+        self._share = torch.where(self.valid, torch.log(share), -math.inf)
+        belief["log_prior"] = self._share[task]
+
+
+def slate_values(
+    weights: torch.Tensor, revenue: torch.Tensor, no_click: torch.Tensor, position: torch.Tensor, slates: torch.Tensor
+) -> torch.Tensor:
+    """``[B, S, P]``: the expected reward of each of ``slates`` (``[B, S, K]`` candidate indices) under each
+    of P draws' choice weights and revenues (``[B, P, N]``), with no-click weights ``[B]`` and position weights
+    ``[B, K]``; a position that repeats an earlier item is empty, as in the env."""
+    b, s, k = slates.shape
+    p, n = weights.shape[1:]
+    index = slates[:, :, None, :].expand(b, s, p, k)
+    w = weights[:, None].expand(b, s, p, n).gather(3, index)
+    r = revenue[:, None].expand(b, s, p, n).gather(3, index)
+    shown = shown_mask(torch, slates.reshape(b * s, k)).reshape(b, s, 1, k).to(w.dtype)
+    w = w * position[:, None, None, :] * shown
+    return (w * r).sum(3) / (w.sum(3) + no_click[:, None, None])
+
+
+def typical_population(model: TaskBatchModel) -> TaskBatchModel:
+    """A view of ``model`` in which every task has the mean of the tasks' parameters; it shares the world
+    and everything else with ``model``, and changes nothing of it."""
+    view = copy.copy(model)
+    params = vars(model.task_params)
+    view.task_params = SimpleNamespace(**{k: v.mean(0, keepdim=True).expand_as(v).clone() for k, v in params.items()})
+    return view
+
+
+def topic_set_centres(model: TaskBatchModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([T, C, d], [T])``: for each task, the centre the model family would give a cluster of every set of
+    ``topics_per_cluster`` of its catalogue's topics (``interest_scale`` times their normalised sum), each
+    topic's centre the normalised mean of its items' embeddings, and how many sets it has; C is the most
+    sets any task has (a task with fewer repeats its last)."""
+    world, sets = model.world, []
+    start = 0
+    for task in model.tasks:
+        items = slice(start, start + task.catalog.num_items)
+        start += task.catalog.num_items
+        embedding, topic = world["item_embedding"][items], world["item_topic"][items]
+        sums = torch.zeros((task.catalog.num_topics, embedding.shape[1]), device=embedding.device)
+        centre = torch.nn.functional.normalize(sums.index_add_(0, topic, embedding), dim=1)
+        combos = torch.combinations(torch.arange(task.catalog.num_topics), task.population.topics_per_cluster)
+        summed = centre[combos.to(centre.device)].sum(1)
+        sets.append(task.population.interest_scale * torch.nn.functional.normalize(summed, dim=1))
+    count = torch.tensor([s.shape[0] for s in sets], device=sets[0].device)
+    most = int(count.max())
+    return torch.stack([torch.cat([s, s[-1:].expand(most - s.shape[0], -1)]) for s in sets]), count
+
+
+def posterior_name(
+    quality: str, prior: str = "clusters", typical: bool = False, pool: bool = False, observable: bool = False
+) -> str:
+    user = "posterior" + ("-typical" if typical else "") + ("" if prior == "clusters" else f"-{prior}")
+    user += ("-pooled" if pool else "") + ("-observable" if observable else "")
+    return user + {"none": "", "learned": "+learned quality", "true": "+quality"}[quality]
+
+
+def posterior_rungs(samples: int = 32) -> dict[str, Any]:
+    """``{name: factory(env, seed)}`` for the Bayesian rungs: blind to quality, learning it, knowing it, and
+    learning it without knowing the clusters' centres or without the population's own parameters."""
+    rungs = [(q, "clusters", False, False, False) for q in QUALITY]
+    rungs += [("learned", "moments", False, False, False), ("learned", "clusters", True, False, False),
+              ("learned", "topics", True, False, False), ("learned", "topics", True, True, False),
+              ("learned", "topics", True, True, True)]  # fmt: skip
+    return {
+        posterior_name(*r): (
+            lambda env, seed, r=r: PosteriorOracle(
+                env, r[0], seed, samples, prior=r[1], typical=r[2], pool=r[3], observable=r[4]
+            )
+        )
+        for r in rungs
+    }
+
+
+class ItemQualityPosterior:
+    """A Gaussian posterior over every item's quality, ``N(0, quality_std²)`` a priori, pooled over the
+    population's users (ids are distinct across a task batch's catalogues): the satisfaction of each click,
+    less the user's expected affinity (its uncertainty added to the noise), and an online Laplace step of
+    the multinomial logit's choice for every item shown, both at the users' posterior means. Kept in
+    natural parameters (precision, precision x mean), so the users of a step add up in any order."""
+
+    def __init__(self, model: TaskBatchModel) -> None:
+        self.model = model
+        device = model.world["item_quality"].device
+        counts = torch.tensor([t.catalog.num_items for t in model.tasks], device=device)
+        task_of_item = torch.repeat_interleave(torch.arange(model.num_tasks, device=device), counts)
+        std = torch.tensor([t.catalog.quality_std for t in model.tasks], device=device)[task_of_item]
+        self.prior_precision = 1.0 / (std**2).clamp(min=1e-6)
+        self.reset()
+
+    def reset(self) -> None:
+        self.precision = self.prior_precision.clone()
+        self.shift = torch.zeros_like(self.precision)  # precision x mean
+
+    def mean(self) -> torch.Tensor:
+        return self.shift / self.precision
+
+    def variance(self) -> torch.Tensor:
+        return 1.0 / self.precision
+
+    def update(
+        self, state: dict[str, Any], items: torch.Tensor, e: torch.Tensor, weight: torch.Tensor,
+        belief: dict[str, torch.Tensor], prob: torch.Tensor, position: torch.Tensor, y: torch.Tensor,
+        active: torch.Tensor, params: Any,
+    ) -> None:  # fmt: skip
+        """``items`` ``[B, K]`` shown (embeddings ``e``), the belief's component weights ``[B, C]``, each
+        component's choice probabilities ``prob`` ``[B, C, K]``, the position chosen (-1: none) and the
+        satisfaction logit ``y`` of a click."""
+        k = items.shape[1]
+        mean_q = self.mean()
+        w_q = params.quality_weight  # [B]
+        p = (weight[..., None] * prob).sum(1)  # [B, K]: the choice probabilities under the belief
+        chosen = (torch.arange(k, device=items.device)[None, :] == position[:, None]).float()
+        t = params.choice_temperature[:, None]
+        gradient = (chosen - p) * w_q[:, None] / t
+        curvature = p * (1 - p) * (w_q[:, None] / t) ** 2
+        live = active[:, None].float()
+        shift = (gradient + curvature * mean_q[items]) * live
+        precision = curvature * live
+        clicked = (position >= 0) & active & (w_q > 1e-6)
+        users = torch.nonzero(clicked)[:, 0]
+        self.precision.index_add_(0, items.reshape(-1), precision.reshape(-1))
+        self.shift.index_add_(0, items.reshape(-1), shift.reshape(-1))
+        if len(users):
+            pos = position[users]
+            item, ec = items[users, pos], e[users, pos]
+            theta = (weight[users, :, None] * belief["mean"][users]).sum(1)
+            spread = torch.einsum("ucde,ud,ue->uc", belief["cov"][users], ec, ec)
+            affinity_var = (weight[users] * spread).sum(1)
+            topic = self.model.world["item_topic"][item]
+            fatigue = state["fatigue"][users].gather(1, topic[:, None])[:, 0] * params.fatigue_weight[users]
+            residual = y[users] - (theta * ec).sum(-1) + fatigue  # w_q * q + noise
+            var = params.engagement_noise[users] ** 2 + affinity_var
+            self.precision.index_add_(0, item, w_q[users] ** 2 / var)
+            self.shift.index_add_(0, item, w_q[users] * residual / var)
