@@ -14,9 +14,11 @@ as a Bayesian filter would:
   the user's current interest, started at the clusters' centres and spread. After each step, the choice (an
   item, or none) updates each component by an online Laplace step of the multinomial logit at its mean, the
   satisfaction of a click (engagement over the item's length) by an exact Kalman update of its logit, and
-  each component's weight by the likelihood of both. Between steps each component moves as the model's users
-  do: the consumption pull toward the item consumed, the reversion toward the cluster's centre with the
-  anchor's spread and the noise added to the covariance, and the cluster's trend.
+  each component's weight by the likelihood of both (the choice's at the component's mean, not integrated
+  over it). Between steps each component moves as the model's users do: the consumption pull toward the item
+  consumed, the reversion toward the user's anchor with its noise added to the covariance, and the cluster's
+  trend. The anchor's estimate takes the same steps as the interest's, as if the two were fully correlated
+  (they are equal when a user is drawn, and the anchor moves only with the trend).
 * **What they know of item quality**, one rung each: ``none`` (``posterior``) plans and infers as if every
   item had the prior mean quality, 0, with the quality it does not know added to the satisfaction's noise;
   ``learned`` (``posterior+learned quality``) keeps a Gaussian posterior over every item's quality, pooled
@@ -24,12 +26,11 @@ as a Bayesian filter would:
 * **How they act**: the slate of highest expected reward under ``samples`` draws from the posterior, among
   the myopic oracle's slates for the posterior mean and for the ``components`` heaviest components' means.
 
-So ``posterior+learned quality`` learns from exactly what a recommender observes (the population's slates
-and responses), and is told only the population's parameters: its score is what knowing the population
-perfectly is worth to a myopic learner, and what is left between a meta-learner and it is the population's
-parameters that the meta-learner has to infer. Like every rung it is not an upper bound: the filter is an
-approximation (Laplace steps, the mean-field split of user and item), and a learner may plan better
-(looking ahead, exploring).
+So ``posterior+learned quality`` learns the user and the items from the population's slates and responses,
+and is told the population's parameters, the fatigue and when users were redrawn: its score is about what
+knowing the population is worth to a myopic learner. Options tell it less (``prior``, ``typical``, ``pool``,
+``observable``). Like every rung it is not an upper bound: the filter is an approximation (Laplace steps,
+the mean-field split of user and item), and a learner may plan better (looking ahead, exploring).
 """
 
 from __future__ import annotations
@@ -39,14 +40,20 @@ import math
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 
 from metarec.agents.base import Recommender
+from metarec.envs.core.backend import numpy_backend
 from metarec.envs.core.choice import shown_mask
+from metarec.envs.drifting.model import population_parameters
 from metarec.envs.task_batch import TaskBatchModel, TaskBatchVectorEnv
 from metarec.meta.ceiling import RedrawTracker, quality_blind
 
 QUALITY: tuple[str, ...] = ("none", "learned", "true")  # what the Bayesian rung knows of item quality
+#: What of the env's state the rungs read besides the population parameters: the candidates, the fatigue (unless
+#: ``observable``, which sets it to 0), the user's population and step count (and the catalogue's clock)
+VISIBLE: tuple[str, ...] = ("candidates", "fatigue", "task", "step", "catalog_step")
 PRIORS: tuple[str, ...] = ("clusters", "moments", "topics")  # what it knows of the population's clusters
 POOL_PRIOR = 0.1  # Dirichlet pseudo-count of each component when a population's weights are pooled
 
@@ -165,14 +172,17 @@ class PosteriorOracle(Recommender):
             between = torch.einsum("nc,ncd,nce->nde", share, apart, apart)
             mean = centre[:, None].expand(-1, self.c, -1).clone()
             cov = cov + between[:, None]
+            trend = torch.einsum("nc,ncd->nd", share, trend)[:, None].expand(-1, self.c, -1).clone()  # the mean's
         return {"cluster": cluster, "mean": mean, "cov": cov.clone(), "anchor": mean.clone(), "log_prior": log_weight,
                 "log_lik": torch.zeros_like(log_weight), "trend": trend,
                 "seen": torch.zeros(n, dtype=torch.bool, device=task.device)}  # fmt: skip
 
     def _restart(self, state: dict[str, Any]) -> None:
-        redrawn = self.redraws.update(state)
-        if self.observable:  # only a user seen for the first time (the first step of a row) starts afresh
-            redrawn = state["step"] == 0
+        """Starts afresh the beliefs of the users whose interests were drawn: told when (never what) from the
+        users' anchors by :class:`~metarec.meta.ceiling.RedrawTracker`, or, when ``observable``, only at a
+        user's first step."""
+        # only a user seen for the first time (the first step of a row) starts afresh when observable
+        redrawn = state["step"] == 0 if self.observable else self.redraws.update(state)
         if self.belief is None or self.belief["mean"].shape[0] != redrawn.shape[0]:
             self.belief = self._prior(state["task"])
             return
@@ -195,8 +205,9 @@ class PosteriorOracle(Recommender):
             raise RuntimeError(
                 "env: its model was rebuilt (set_tasks) after this PosteriorOracle was made; make a new one"
             )
-        state = dict(self.env.state)
-        self._restart(state)
+        full = self.env.state
+        state = {key: full[key] for key in VISIBLE if key in full}  # never the user's cluster, anchor or interest
+        self._restart(state if self.observable else full)
         if self.observable:  # fatigue is the user's hidden state too
             state["fatigue"] = torch.zeros_like(state["fatigue"])
         belief = self.belief
@@ -258,14 +269,8 @@ class PosteriorOracle(Recommender):
         pos = position.clamp(min=0)
         chosen = torch.where(clicked[:, None], on_slate[rows, :, pos], shown["no_click"][:, None])
         log_choice = torch.log(chosen.clamp(min=1e-30)) - torch.log(total)
-        expected_e = torch.einsum("bck,bkd->bcd", prob, e)
-        picked = torch.where(clicked[:, None], e[rows, pos], 0.0)[:, None, :]  # [B, 1, d]
-        gradient = (picked - expected_e) / temperature[:, None, None]
-        second = torch.einsum("bck,bkd,bke->bcde", prob, e, e) - expected_e[..., :, None] * expected_e[..., None, :]
-        precision = torch.linalg.inv(belief["cov"]) + second / (temperature**2)[:, None, None, None]
-        cov = torch.linalg.inv(precision)
-        cov = 0.5 * (cov + cov.transpose(-1, -2))
-        mean = belief["mean"] + (cov @ gradient[..., None])[..., 0]
+        picked = torch.where(clicked[:, None], e[rows, pos], 0.0)  # [B, d]
+        mean, cov = laplace_choice_step(belief["mean"], belief["cov"], e, prob, picked, temperature)
         log_lik = belief["log_lik"] + log_choice
         # 2. the satisfaction of a click: a Kalman update of the (linear) satisfaction logit
         length = world["item_length"][items[rows, pos]].clamp(min=1e-6)
@@ -276,15 +281,8 @@ class PosteriorOracle(Recommender):
         unknown = self.unknown_quality[state["task"]] ** 2
         if self.items is not None:
             unknown = self.items.variance()[items[rows, pos]]
-        noise = params.engagement_noise**2 + params.quality_weight**2 * unknown
-        ec = e[rows, pos][:, None, :, None]  # [B, 1, d, 1]
-        cov_e = (cov @ ec)[..., 0]  # [B, C, d]
-        spread = (cov_e * ec[..., 0]).sum(-1) + noise.clamp(min=1e-4)[:, None]
-        residual = y[:, None] - (mean * ec[..., 0]).sum(-1) - offset
-        gain = cov_e / spread[..., None]
-        sat_mean = mean + gain * residual[..., None]
-        sat_cov = cov - gain[..., :, None] * cov_e[..., None, :]
-        sat_log = -0.5 * residual**2 / spread - 0.5 * torch.log(2 * math.pi * spread)
+        noise = (params.engagement_noise**2 + params.quality_weight**2 * unknown).clamp(min=1e-4)
+        sat_mean, sat_cov, sat_log = kalman_step(mean, cov, e[rows, pos], y[:, None] - offset, noise)
         hit = clicked[:, None, None]
         mean = torch.where(hit, sat_mean, mean)
         cov = torch.where(hit[..., None], sat_cov, cov)
@@ -294,20 +292,24 @@ class PosteriorOracle(Recommender):
             weight = self.weights()
             self.items.update(state, items, e, weight, belief, prob, position, y, active, params)
             self.planner.world["item_quality"].copy_(self.items.mean())
+        # what the response taught of the interest it teaches of the anchor too: the two start equal and the
+        # anchor moves only with the trend, so they are taken as fully correlated (the anchor's estimate
+        # takes the same step, and reverting toward it adds no uncertainty of its own)
+        anchor = belief["anchor"] + (mean - belief["mean"])
         # 3. the drift between steps: consumption pull, reversion toward the anchor, the cluster's trend
         pull = (params.consumption_pull * clicked.float() * (2 * satisfaction - 1))[:, None, None]
-        mean = (1 - pull) * mean + pull * params.interest_scale[:, None, None] * ec[:, :, :, 0]
+        target = params.interest_scale[:, None, None] * e[rows, pos][:, None, :]
+        mean = (1 - pull) * mean + pull * target
         cov = (1 - pull[..., None]) ** 2 * cov
         r = params.ou_reversion[:, None, None]
-        mean = (1 - r) * mean + r * belief["anchor"]
+        mean = (1 - r) * mean + r * anchor
         eye = torch.eye(d, device=mean.device)
-        diffusion = (r * params.cluster_spread[:, None, None]) ** 2 + params.ou_noise[:, None, None] ** 2
-        cov = (1 - r[..., None]) ** 2 * cov + diffusion[..., None] * eye
+        cov = cov + (params.ou_noise**2)[:, None, None, None] * eye
         trend = params.drift_per_step[:, None, None] * belief["trend"]
         keep = ~active
         belief["mean"] = torch.where(keep[:, None, None], belief["mean"], mean + trend)
         belief["cov"] = torch.where(keep[:, None, None, None], belief["cov"], cov)
-        belief["anchor"] = torch.where(keep[:, None, None], belief["anchor"], belief["anchor"] + trend)
+        belief["anchor"] = torch.where(keep[:, None, None], belief["anchor"], anchor + trend)
         belief["log_lik"] = torch.where(keep[:, None], belief["log_lik"], log_lik)
         belief["seen"] = belief["seen"] | active
         if self.pool:
@@ -331,6 +333,38 @@ class PosteriorOracle(Recommender):
         belief["log_prior"] = self._share[task]
 
 
+def laplace_choice_step(
+    mean: torch.Tensor, cov: torch.Tensor, e: torch.Tensor, prob: torch.Tensor, picked: torch.Tensor,
+    temperature: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """One online Laplace (Newton) step of a Gaussian belief ``N(mean [B, C, d], cov [B, C, d, d])`` over the
+    interest after a multinomial-logit choice: items ``e`` ``[B, K, d]`` shown, their choice probabilities at the
+    mean ``prob`` ``[B, C, K]``, the embedding of the item chosen ``picked`` ``[B, d]`` (0 for no click, whose
+    weight does not depend on the interest), weights ``exp(e·θ / temperature)``. The log-likelihood's gradient
+    is ``(picked - Σ p e) / T`` and minus its Hessian ``(Σ p e eᵀ - (Σ p e)(Σ p e)ᵀ) / T²``."""
+    t = temperature[:, None, None]
+    expected = torch.einsum("bck,bkd->bcd", prob, e)
+    gradient = (picked[:, None, :] - expected) / t
+    second = torch.einsum("bck,bkd,bke->bcde", prob, e, e) - expected[..., :, None] * expected[..., None, :]
+    posterior = torch.linalg.inv(torch.linalg.inv(cov) + second / (t * t)[..., None])
+    posterior = 0.5 * (posterior + posterior.transpose(-1, -2))
+    return mean + (posterior @ gradient[..., None])[..., 0], posterior
+
+
+def kalman_step(
+    mean: torch.Tensor, cov: torch.Tensor, e: torch.Tensor, target: torch.Tensor, noise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The conjugate update of ``N(mean [B, C, d], cov [B, C, d, d])`` after observing ``θ·e + ε = target``
+    (``e`` ``[B, d]``, ``target`` ``[B, C]``, ``ε ~ N(0, noise [B])``): the posterior mean, covariance and the
+    observation's log marginal likelihood ``[B, C]``."""
+    cov_e = (cov @ e[:, None, :, None])[..., 0]  # [B, C, d]
+    spread = (cov_e * e[:, None, :]).sum(-1) + noise[:, None]
+    residual = target - (mean * e[:, None, :]).sum(-1)
+    gain = cov_e / spread[..., None]
+    log_lik = -0.5 * residual**2 / spread - 0.5 * torch.log(2 * math.pi * spread)
+    return mean + gain * residual[..., None], cov - gain[..., :, None] * cov_e[..., None, :], log_lik
+
+
 def slate_values(
     weights: torch.Tensor, revenue: torch.Tensor, no_click: torch.Tensor, position: torch.Tensor, slates: torch.Tensor
 ) -> torch.Tensor:
@@ -348,11 +382,25 @@ def slate_values(
 
 
 def typical_population(model: TaskBatchModel) -> TaskBatchModel:
-    """A view of ``model`` in which every task has the mean of the tasks' parameters; it shares the world
-    and everything else with ``model``, and changes nothing of it."""
+    """A view of ``model`` in which every task has the typical population: each of the population's parameters
+    the mean over the tasks (choice temperature, utility of not clicking, position bias, quality weight, noise,
+    spread, drift, fatigue, budgets), and what the dynamics derive from them (the no-click weight, the position
+    weights, the trend per step) derived from those means. It shares the world and everything else with
+    ``model``, and changes nothing of it."""
+    populations = [t.population for t in model.tasks]
+    typical = {
+        key: float(np.mean([getattr(p, key) for p in populations]))
+        for key, value in populations[0].model_dump().items()
+        if isinstance(value, float)
+    }
+    host = population_parameters(populations[0].model_copy(update=typical), model.slate_size, numpy_backend())
+    reference = vars(model.task_params)
     view = copy.copy(model)
-    params = vars(model.task_params)
-    view.task_params = SimpleNamespace(**{k: v.mean(0, keepdim=True).expand_as(v).clone() for k, v in params.items()})
+    view.task_params = SimpleNamespace(**{
+        key: torch.as_tensor(np.asarray(getattr(host, key), dtype=np.float32), device=value.device)
+        .expand_as(value).clone()
+        for key, value in reference.items()
+    })  # fmt: skip
     return view
 
 

@@ -47,14 +47,85 @@ def _run(env: TaskBatchVectorEnv, rung, steps: int, seed: int = 7) -> tuple[list
     return slates, total / steps
 
 
-def test_the_rung_never_reads_the_users_hidden_state() -> None:
-    env = _env()
-    rung = PosteriorOracle(env, "true", seed=0)
-    first = rung.act({}, {})
-    other = torch.randn(env.state["interest"].shape, generator=torch.Generator().manual_seed(1))
-    env._state = {**env.state, "interest": other, "cluster": env.state["cluster"].flip(0)}  # anchors as before
-    again = PosteriorOracle(env, "true", seed=0)
-    assert torch.equal(again.act({}, {}), first)
+def test_the_rung_never_reads_the_users_hidden_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    from metarec.meta.ceiling import RedrawTracker
+
+    env = _env(consumption_pull=0.1, ou_reversion=0.05, ou_noise=0.05, trend_rate=0.5)
+    rungs = [PosteriorOracle(env, "learned", seed=0), PosteriorOracle(env, "learned", 0, observable=True)]
+    read: list[set[str]] = []
+    for rung in rungs:
+        plan = rung.planner.choice_model
+        monkeypatch.setattr(
+            rung.planner, "choice_model", lambda state, *a, plan=plan: read.append(set(state)) or plan(state, *a)
+        )
+    told = []
+    monkeypatch.setattr(
+        RedrawTracker, "update", lambda self, state: told.append(self) or torch.zeros(64, dtype=torch.bool)
+    )
+    _, info = env.reset(seed=7)
+    for _ in range(6):
+        slates = [rung.act({}, info) for rung in rungs]
+        _, reward, terminated, truncated, info = env.step(slates[0])
+        rungs[1]._shown["slate"] = slates[0]
+        for rung in rungs:
+            rung.observe(reward, terminated | truncated, info)
+    # what the planner is given: the belief's interest, never the user's state
+    assert read and all(keys <= {"candidates", "fatigue", "task", "step", "interest"} for keys in read)
+    assert told and all(tracker is rungs[0].redraws for tracker in told)  # only the one told of redraws asks
+
+
+def test_the_laplace_step_is_a_newton_step_of_the_choice_likelihood() -> None:
+    from metarec.meta.posterior_rung import laplace_choice_step
+
+    generator = torch.Generator().manual_seed(0)
+    d, k = 4, 3
+    mean = torch.randn(1, 1, d, generator=generator, dtype=torch.float64)
+    cov = 0.5 * torch.eye(d, dtype=torch.float64)[None, None]
+    e = torch.randn(1, k, d, generator=generator, dtype=torch.float64)
+    temperature, no_click, position = torch.tensor([0.4], dtype=torch.float64), 2.0, torch.tensor([1.0, 0.8, 0.6])
+
+    def log_lik(theta: torch.Tensor, chosen: int | None) -> torch.Tensor:
+        weights = torch.exp(e[0] @ theta / temperature) * position
+        numerator = no_click if chosen is None else weights[chosen]
+        return torch.log(torch.as_tensor(numerator)) - torch.log(weights.sum() + no_click)
+
+    weights = torch.exp(e[0] @ mean[0, 0] / temperature) * position
+    prob = (weights / (weights.sum() + no_click))[None, None]
+    for chosen in (1, None):
+        picked = e[:, chosen] if chosen is not None else torch.zeros(1, d, dtype=torch.float64)
+        new_mean, new_cov = laplace_choice_step(mean, cov, e, prob, picked, temperature)
+        gradient = torch.autograd.functional.jacobian(lambda t, c=chosen: log_lik(t, c), mean[0, 0])
+        hessian = torch.autograd.functional.hessian(lambda t, c=chosen: log_lik(t, c), mean[0, 0])
+        expected_cov = torch.linalg.inv(torch.linalg.inv(cov[0, 0]) - hessian)
+        torch.testing.assert_close(new_cov[0, 0], expected_cov)
+        torch.testing.assert_close(new_mean[0, 0], mean[0, 0] + expected_cov @ gradient)
+
+
+def test_kalman_steps_give_the_batch_posterior_of_a_linear_gaussian_model() -> None:
+    from metarec.meta.posterior_rung import kalman_step
+
+    generator = torch.Generator().manual_seed(1)
+    d, n, noise = 3, 7, 0.09
+    prior_mean, prior_cov = (
+        torch.randn(d, generator=generator, dtype=torch.float64),
+        0.4 * torch.eye(d, dtype=torch.float64),
+    )
+    x = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    y = torch.randn(n, generator=generator, dtype=torch.float64)
+    mean, cov, evidence = prior_mean[None, None], prior_cov[None, None], 0.0
+    for i in range(n):
+        mean, cov, log_lik = kalman_step(
+            mean, cov, x[i : i + 1], y[i].reshape(1, 1), torch.tensor([noise], dtype=torch.float64)
+        )
+        evidence += float(log_lik)
+    precision = torch.linalg.inv(prior_cov) + x.T @ x / noise
+    batch_cov = torch.linalg.inv(precision)
+    torch.testing.assert_close(cov[0, 0], batch_cov)
+    torch.testing.assert_close(mean[0, 0], batch_cov @ (torch.linalg.inv(prior_cov) @ prior_mean + x.T @ y / noise))
+    marginal = torch.distributions.MultivariateNormal(
+        x @ prior_mean, x @ prior_cov @ x.T + noise * torch.eye(n, dtype=torch.float64)
+    )
+    assert abs(evidence - float(marginal.log_prob(y))) < 1e-9  # the steps' likelihoods chain to the evidence
 
 
 def test_the_belief_finds_the_users_cluster_and_the_learned_quality_the_items() -> None:
@@ -123,18 +194,23 @@ def test_without_the_clusters_the_prior_is_the_populations_moments() -> None:
         torch.testing.assert_close(prior["cov"][t, 0], second, rtol=0, atol=1e-5)
 
 
-def test_the_typical_population_has_every_tasks_mean_and_leaves_the_model_alone() -> None:
+def test_the_typical_population_averages_the_parameters_and_leaves_the_model_alone() -> None:
+    import math
+
     from metarec.meta.posterior_rung import typical_population
 
-    env = _env(quality_weight=0.5)
-    env.set_tasks([_task(3, 2, choice_temperature=0.25), _task(4, 5, choice_temperature=1.0)])
+    env = _env()
+    env.set_tasks([_task(3, 2, choice_temperature=0.25, no_click_utility=0.0, quality_weight=0.5),
+                   _task(4, 5, choice_temperature=1.0, no_click_utility=2.0, quality_weight=1.5)])  # fmt: skip
     model = env.model
     before = {k: v.clone() for k, v in vars(model.task_params).items()}
     view = typical_population(model)
     torch.testing.assert_close(view.task_params.choice_temperature, torch.tensor([0.625, 0.625]))
-    for key, value in vars(view.task_params).items():
-        torch.testing.assert_close(value, before[key].mean(0, keepdim=True).expand_as(value))
-        assert torch.equal(getattr(model.task_params, key), before[key])
+    # derived from the mean parameters (exp(1 / 0.625)), not the mean of the tasks' weights (1 and e²)
+    torch.testing.assert_close(view.task_params.no_click_weight, torch.full((2,), math.exp(1.6)))
+    torch.testing.assert_close(view.task_params.quality_weight, torch.tensor([1.0, 1.0]))
+    for key, value in vars(model.task_params).items():
+        assert torch.equal(value, before[key])
     assert view.world is model.world
 
 
