@@ -75,7 +75,7 @@ def test_the_rung_never_reads_the_users_hidden_state(monkeypatch: pytest.MonkeyP
 
 
 def test_the_laplace_step_is_a_newton_step_of_the_choice_likelihood() -> None:
-    from metarec.meta.posterior_rung import laplace_choice_step
+    from metarec.meta.bayes_filter import laplace_choice_step
 
     generator = torch.Generator().manual_seed(0)
     d, k = 4, 3
@@ -102,7 +102,7 @@ def test_the_laplace_step_is_a_newton_step_of_the_choice_likelihood() -> None:
 
 
 def test_kalman_steps_give_the_batch_posterior_of_a_linear_gaussian_model() -> None:
-    from metarec.meta.posterior_rung import kalman_step
+    from metarec.meta.bayes_filter import kalman_step
 
     generator = torch.Generator().manual_seed(1)
     d, n, noise = 3, 7, 0.09
@@ -197,7 +197,7 @@ def test_without_the_clusters_the_prior_is_the_populations_moments() -> None:
 def test_the_typical_population_averages_the_parameters_and_leaves_the_model_alone() -> None:
     import math
 
-    from metarec.meta.posterior_rung import typical_population
+    from metarec.meta.bayes_filter import typical_population
 
     env = _env()
     env.set_tasks([_task(3, 2, choice_temperature=0.25, no_click_utility=0.0, quality_weight=0.5),
@@ -215,7 +215,7 @@ def test_the_typical_population_averages_the_parameters_and_leaves_the_model_alo
 
 
 def test_the_family_topic_sets_hold_the_clusters_and_pooling_finds_them() -> None:
-    from metarec.meta.posterior_rung import topic_set_centres
+    from metarec.meta.bayes_filter import topic_set_centres
 
     env = _env(users=48, items=600, **STATIC)
     model = env.model
