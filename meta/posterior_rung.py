@@ -198,11 +198,11 @@ class PosteriorOracle(Recommender):
             if self._share is not None:  # what the population's users revealed stays the prior of its new users
                 self.belief["log_prior"][rows] = self._share[state["task"][rows]]
 
-    def _choice_models(self, state: dict[str, Any], interest: torch.Tensor) -> Any:
-        """The planner's choice model of every candidate for ``interest`` ``[B, M, d]`` (M per user)."""
+    @staticmethod
+    def _rows(state: dict[str, Any], interest: torch.Tensor) -> dict[str, Any]:
+        """``state`` with each user's row repeated for each of their M interests ``[B, M, d]``, set to it."""
         b, m, d = interest.shape
-        rows = {k: v.repeat_interleave(m, dim=0) for k, v in state.items()}
-        return self.planner.choice_model({**rows, "interest": interest.reshape(b * m, d)})
+        return {**{k: v.repeat_interleave(m, dim=0) for k, v in state.items()}, "interest": interest.reshape(b * m, d)}
 
     # -- acting ----------------------------------------------------------------------------------------
     def act(self, observation: dict[str, torch.Tensor], info: dict[str, Any]) -> torch.Tensor:
@@ -222,17 +222,12 @@ class PosteriorOracle(Recommender):
         heaviest = weight.topk(self.top, dim=1).indices
         centres = belief["mean"].gather(1, heaviest[..., None].expand(-1, -1, d))
         plans = torch.cat([mean[:, None], centres], dim=1)  # [B, 1 + top, d]
-        slates, _, _ = self.planner.oracle(
-            {**{k: v.repeat_interleave(plans.shape[1], dim=0) for k, v in state.items()},
-             "interest": plans.reshape(-1, d)})  # fmt: skip
+        slates, _, _ = self.planner.oracle(self._rows(state, plans))
         slates = slates.reshape(b, plans.shape[1], -1)
-        draws = self._draws(belief, weight)  # [B, S, d]
-        truth = self._choice_models(state, draws)
+        truth = self.planner.choice_model(self._rows(state, self._draws(belief, weight)))
         n = truth.weights.shape[1]
-        no_click = torch.as_tensor(truth.no_click_weight).reshape(-1)
-        no_click = no_click.expand(b * self.samples).reshape(b, self.samples)[:, 0]
-        position = torch.as_tensor(truth.position_weight)
-        position = position.reshape(b, self.samples, -1)[:, 0] if position.dim() == 2 else position.expand(b, -1)
+        params = self.planner.params(state)
+        no_click, position = params.no_click_weight, params.position_weight  # [B], [B, K]
         value = slate_values(truth.weights.reshape(b, self.samples, n), truth.revenue.reshape(b, self.samples, n),
                              no_click, position, slates)  # fmt: skip
         slate = slates[torch.arange(b), value.mean(2).argmax(1)]
@@ -266,8 +261,8 @@ class PosteriorOracle(Recommender):
         e = world["item_embedding"][items]  # [B, K, d]
         temperature = params.choice_temperature
         # 1. the choice: an online Laplace step of the multinomial logit, per component, at its mean
-        truth = self._choice_models(state, belief["mean"])
-        on_slate = truth.weights.reshape(b, c, -1).gather(2, slate[:, None, :].expand(-1, c, -1))
+        truth = self.planner.choice_model(self._rows(state, belief["mean"]), slate.repeat_interleave(c, dim=0))
+        on_slate = truth.weights.reshape(b, c, -1)  # [B, C, K]: the shown items only
         on_slate = on_slate * shown["position"][:, None, :] * shown_mask(torch, slate)[:, None, :].float()
         total = on_slate.sum(2) + shown["no_click"][:, None]
         prob = on_slate / total[..., None]  # [B, C, K]
@@ -281,7 +276,7 @@ class PosteriorOracle(Recommender):
         length = world["item_length"][items[rows, pos]].clamp(min=1e-6)
         satisfaction = (reward.float() / length).clamp(1e-6, 1 - 1e-6)
         y = torch.log(satisfaction) - torch.log1p(-satisfaction)
-        offset = truth.utilities.reshape(b, c, -1)[rows, :, slate[rows, pos]] - (
+        offset = truth.utilities.reshape(b, c, -1)[rows, :, pos] - (
             belief["mean"] * e[rows, pos][:, None, :]).sum(-1)  # [B, C]: utility less the affinity  # fmt: skip
         unknown = self.unknown_quality[state["task"]] ** 2
         if self.items is not None:
