@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     me.set_defaults(func="metarec.commands.meta_eval:run")
 
     from metarec.calibration.logs import FORMATS
+    from metarec.calibration.recommenders import STANDARD
 
     ca = sub.add_parser("calibrate", help="fit a user population to interaction logs and report its fidelity")
     ca.add_argument("logs", help="a log file or directory (MovieLens or the generic CSV/Parquet schema)")
@@ -110,6 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fitting option (repeatable)")
     ca.add_argument("--json", action="store_true", help=JSON_HELP)
     ca.set_defaults(func="metarec.commands.calibrate:run")
+
+    va = sub.add_parser(
+        "validate", help="does the calibrated simulator rank standard recommenders as the logs' real future does?"
+    )
+    va.add_argument("logs", help="a log file or directory (MovieLens or the generic CSV/Parquet schema)")
+    va.add_argument("--format", required=True, choices=FORMATS, help="the logs' layout")
+    va.add_argument("--items", help="item file (titles, features); MovieLens directories bring their own")
+    va.add_argument("--holdout-frac", type=float, default=0.2, help="latest share of events held out (default 0.2)")
+    va.add_argument("--recommenders", default=",".join(STANDARD),
+                    help=f"comma-separated, popularity among them (default {','.join(STANDARD)})")
+    va.add_argument("--out", required=True, help="output directory (validation.json, validation.html, lifts.png)")
+    va.add_argument("--overwrite", action="store_true", help="write into a non-empty --out not made by validate")
+    va.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="an option of metarec.calibration.validate.ValidateConfig: k, max_steps, bootstrap, seed, "
+                    "fit.KEY (as calibrate's --set), recommenders.KEY (repeatable)")
+    va.add_argument("--json", action="store_true", help=JSON_HELP)
+    va.set_defaults(func="metarec.commands.validate:run")
 
     sl = sub.add_parser("simulate-logs", help="write simulated interaction logs in the generic schema")
     sl.add_argument("--env", default="metarec/DriftingUsers-v0", choices=[e.id for e in ENVIRONMENTS], metavar="ID",

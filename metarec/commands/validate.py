@@ -1,0 +1,65 @@
+"""``metarec validate LOGS``: calibrate on the past of a log and check that the simulator ranks standard
+recommenders as the log's real future does."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from metarec.calibration.recommenders import STANDARD
+from metarec.calibration.validate import ValidateConfig, run_validation
+from metarec.calibration.validate_report import write_validation_report
+from metarec.config import parse_override, short_repr, validate_config
+from metarec.io import json_safe, print_json, write_json
+from metarec.runs import claim_out
+
+
+def _config(overrides: list[str]) -> ValidateConfig:
+    values: dict = {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = values
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {short_repr(text, 40)}: {key} is not a mapping")
+        node[keys[-1]] = value
+    return validate_config(ValidateConfig, values, where="--set")
+
+
+def _recommenders(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in STANDARD]
+    if unknown or len(set(names)) != len(names) or "popularity" not in names:
+        raise ValueError(
+            f"--recommenders: expected distinct names among {','.join(STANDARD)}, popularity one of them; "
+            f"got {short_repr(text)}"
+        )
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    config = _config(args.set or [])
+    names = _recommenders(args.recommenders)
+    if not 0 < args.holdout_frac < 1:
+        raise ValueError(f"--holdout-frac: expected a share in (0, 1), got {args.holdout_frac}")
+    if not Path(args.logs).exists():
+        raise ValueError(f"logs: no such file or directory {str(args.logs)!r}")
+    out = claim_out(args.out, "validate", overwrite=args.overwrite)  # before the logs are read and fitted
+    result = run_validation(
+        args.logs, args.format, items=args.items, holdout_frac=args.holdout_frac, config=config, names=names,
+        progress=True,
+    )  # fmt: skip
+    write_json(result, out / "validation.json")
+    write_validation_report(out, json_safe(result))
+    if args.json:
+        print_json(result, getattr(args, "json_stream", None))
+        return 0
+    print(f"{'recommender':<18}{'real ndcg':>10}{'sim offline':>12}{'sim slates':>11}")
+    for name, scores in result["recommenders"].items():
+        row = (scores[key]["mean"] for key in ("ndcg", "sim_offline_ndcg", "sim_ndcg"))
+        print(f"{name:<18}" + "".join(f"{value:>11.4f}" for value in row))
+    for key, agreement in result["agreement"].items():
+        print(f"Kendall's tau, real ndcg against {key}: {agreement['kendall_tau']:.2f}")
+    print(f"report: {out / 'validation.html'}")
+    return 0

@@ -1,0 +1,149 @@
+"""metarec validate: ranking metrics, the standard recommenders, the simulated slates, the statistics and the
+command, on logs the tests simulate themselves."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("implicit", reason="metarec validate needs the calibrate extra (implicit)")
+
+from metarec.calibration.fit import FitConfig, calibrate
+from metarec.calibration.logs import load_logs
+from metarec.calibration.recommenders import RecommenderConfig, fit_recommenders
+from metarec.calibration.synthetic import simulate_logs, write_simulated_logs
+from metarec.calibration.validate import (
+    bootstrap_summary,
+    clear_pairs,
+    list_metrics,
+    ranked_lists,
+    simulate_slates,
+    simulation_model,
+    within_target,
+)
+from metarec.cli import main
+
+
+@pytest.fixture(scope="module")
+def logs_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("validate") / "logs.csv"
+    columns = simulate_logs("metarec/DriftingUsers-v0", 300, 3, seed=0)
+    columns.pop("env"), columns.pop("user_steps")
+    write_simulated_logs(columns, path)
+    return path
+
+
+def test_list_metrics_count_hits_against_the_ideal_list():
+    lists = np.array([[3, 1, 2, 0], [0, 1, 2, 3], [2, 3, 0, 1]])
+    relevant = np.zeros((3, 4), dtype=bool)
+    relevant[0, [1, 2]] = True  # hit at the second position only (k = 2)
+    relevant[1, 0] = True  # hit at the first position
+    out = list_metrics(lists, relevant, k=2)
+    d = 1.0 / np.log2([2.0, 3.0])
+    assert out["recall"][:2] == pytest.approx([0.5, 1.0])
+    assert out["ndcg"][:2] == pytest.approx([d[1] / (d[0] + d[1]), 1.0])
+    assert math.isnan(out["recall"][2]) and math.isnan(out["ndcg"][2])  # nothing to find: not evaluated
+
+
+def test_ranked_lists_sort_by_score_break_ties_by_code_and_put_exclusions_last():
+    scores = np.array([[0.5, 0.9, 0.5, 0.1, 0.9]])
+    assert ranked_lists(scores, None, 5).tolist() == [[1, 4, 0, 2, 3]]
+    exclude = np.array([[False, True, False, False, False]])
+    assert ranked_lists(scores, exclude, 3).tolist() == [[4, 0, 2]]
+    assert ranked_lists(scores, exclude, 5)[0, -1] == 1
+
+
+def test_recommenders_learn_what_they_should():
+    # items 0 and 1 are always consumed together; item 2 is the most popular; item 3 only lately
+    user = np.array([0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 7, 7])
+    item = np.array([0, 1, 0, 1, 0, 1, 2, 2, 2, 2, 3, 3])
+    stamp = np.array([0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 9, 9], dtype=float)
+    fitted = fit_recommenders(
+        user, item, stamp, 10, 5, RecommenderConfig(recent_frac=0.2, knn_neighbours=5), np.random.default_rng(0)
+    )
+    assert ranked_lists(fitted["popularity"](np.array([9])), None, 5)[0, 0] == 2
+    assert ranked_lists(fitted["recent-popularity"](np.array([9])), None, 5)[0, 0] == 3
+    seen = np.zeros((1, 5), dtype=bool)
+    seen[0, 0] = True
+    knn = fitted["item-knn"](np.array([8]))  # user 8 has no events: the popularity order
+    assert ranked_lists(knn, None, 5)[0, 0] == 2
+    scores = fitted["item-knn"](np.array([0]))
+    assert ranked_lists(scores, np.array([[True, False, False, False, False]]), 4)[0, 0] == 1
+    again = fit_recommenders(user, item, stamp, 10, 5, RecommenderConfig(), np.random.default_rng(0))
+    first = fit_recommenders(user, item, stamp, 10, 5, RecommenderConfig(), np.random.default_rng(0))
+    np.testing.assert_array_equal(first["als"](np.arange(10)), again["als"](np.arange(10)))  # seeded
+    with pytest.raises(ValueError, match="recommenders: unknown bpr"):
+        fit_recommenders(user, item, stamp, 10, 5, RecommenderConfig(), np.random.default_rng(0), ("bpr",))
+
+
+def test_bootstrap_lifts_and_clear_pairs():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.1, 1.0, 200)
+    values = {"popularity": {"ndcg": base}, "double": {"ndcg": 2 * base}, "same": {"ndcg": base.copy()}}
+    summary = bootstrap_summary(values, "popularity", 200, np.random.default_rng(1))
+    assert summary["double"]["ndcg"]["lift"] == pytest.approx(1.0)
+    assert summary["double"]["ndcg"]["lift_ci"] == pytest.approx([1.0, 1.0])  # paired: every resample doubles
+    assert summary["popularity"]["ndcg"]["ci"][0] < base.mean() < summary["popularity"]["ndcg"]["ci"][1]
+    pairs = clear_pairs({name: v["ndcg"] for name, v in values.items()}, 200, np.random.default_rng(2))
+    assert sorted(pairs) == [("double", "popularity"), ("double", "same")]
+    assert within_target(0.40, 0.31) and not within_target(0.40, 0.29) and within_target(0.01, -0.009)
+
+
+def test_slates_users_like_are_chosen_more_seeded_and_limited_to_their_steps(logs_file):
+    logs = load_logs(logs_file, "csv")
+    fitted = calibrate(logs, FitConfig(epochs=3, max_clusters=3))
+    model = simulation_model(fitted, 5)
+    users = np.arange(60)
+    best_first = np.argsort(-fitted.scores(users), axis=1, kind="stable")[:, :30]
+    worst_first = np.argsort(fitted.scores(users), axis=1, kind="stable")[:, :30]
+    steps = np.full(60, 20)
+    steps[:5] = 0
+    good = simulate_slates(model, fitted.user_factors[users], best_first, steps, seed=3)
+    bad = simulate_slates(model, fitted.user_factors[users], worst_first, steps, seed=3)
+    assert good["hit_rate"][5:].mean() > bad["hit_rate"][5:].mean() + 0.1
+    assert good["engagement"][5:].mean() > bad["engagement"][5:].mean()
+    assert np.all(good["hit_rate"][:5] == 0) and np.all((good["hit_rate"] >= 0) & (good["hit_rate"] <= 1))
+    again = simulate_slates(model, fitted.user_factors[users], best_first, steps, seed=3)
+    for key in good:
+        np.testing.assert_array_equal(good[key], again[key])
+    with pytest.raises(ValueError, match="lists: expected at least 24 items"):
+        simulate_slates(model, fitted.user_factors[users], best_first[:, :10], steps, seed=3)
+    with pytest.raises(ValueError, match="k: expected at most"):
+        simulation_model(fitted, fitted.config.catalog.num_items + 1)
+
+
+def test_validate_command_reports_every_recommender_and_refuses_bad_input(logs_file, tmp_path, capsys):
+    out = tmp_path / "val"
+    base = ["validate", str(logs_file), "--format", "csv", "--out", str(out)]
+    fast = ["--set", "fit.epochs=3", "--set", "fit.max_clusters=3", "--set", "bootstrap=50", "--set", "max_steps=10"]
+    for bad, named in (
+        (["--set", "fit.epochz=3"], "fit.epochz"),
+        (["--set", "k=0"], "k"),
+        (["--recommenders", "random,als"], "--recommenders"),
+        (["--holdout-frac", "1.5"], "--holdout-frac"),
+    ):
+        assert main([*base, *bad]) == 2
+        assert named in capsys.readouterr().err
+        assert not out.exists()  # refused before any work: nothing written
+    assert main(["validate", str(tmp_path / "missing.csv"), "--format", "csv", "--out", str(out)]) == 2
+    assert "missing.csv" in capsys.readouterr().err and not out.exists()
+    assert main([*base, *fast, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    scores = result["recommenders"]
+    assert set(scores) == {"random", "popularity", "recent-popularity", "item-knn", "als"}
+    assert result["users_evaluated"] > 50
+    for key in ("ndcg", "sim_offline_ndcg", "sim_ndcg", "sim_hit_rate"):
+        assert min(scores, key=lambda name: scores[name][key]["mean"]) == "random", key
+        assert scores["popularity"][key]["lift"] == 0.0
+    assert -1.0 <= result["agreement"]["sim_ndcg"]["kendall_tau"] <= 1.0
+    for name in ("validation.json", "validation.html", "validation.md", "lifts.png"):
+        assert (out / name).is_file()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert main(["validate", str(logs_file), "--format", "csv", "--out", str(foreign), *fast]) == 2
+    assert "--overwrite" in capsys.readouterr().err  # what validate did not make is not written over
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
