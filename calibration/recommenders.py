@@ -72,10 +72,26 @@ def _implicit_scorer(model: Any, user_items: Any, counts: np.ndarray) -> Scorer:
         out = np.zeros((len(users), num_items), dtype=np.float32)
         if len(users):
             ids, values = model.recommend(users, user_items[users], N=num_items, filter_already_liked_items=False)
-            np.put_along_axis(out, np.asarray(ids, dtype=np.int64), np.asarray(values, dtype=np.float32), axis=1)
+            ids, values = np.asarray(ids, dtype=np.int64), np.asarray(values, dtype=np.float32)
+            valid = ids >= 0  # implicit pads a short answer with id -1 (and the lowest float score)
+            out[np.nonzero(valid)[0], ids[valid]] = values[valid]
         return out + tie[None, :]
 
     return scores
+
+
+def check_recommenders(names: tuple[str, ...]) -> None:
+    """Refuses unknown names, and the learned ones where ``implicit`` is missing, before any work."""
+    unknown = sorted(set(names) - set(STANDARD))
+    if unknown:
+        raise ValueError(f"recommenders: unknown {', '.join(unknown)}; expected some of {', '.join(STANDARD)}")
+    if {"item-knn", "als"} & set(names):
+        try:
+            import implicit  # noqa: F401
+        except ImportError as err:
+            raise ImportError(
+                f"recommenders: item-knn and als need the 'implicit' package: pip install 'metarec[calibrate]' ({err})"
+            ) from None
 
 
 def fit_recommenders(
@@ -90,9 +106,7 @@ def fit_recommenders(
 ) -> dict[str, Scorer]:
     """The named recommenders trained on the events ``(user, item, timestamp)`` (codes ``< num_users``,
     ``< num_items``); ``generator`` draws the random recommender's scores and seeds ALS."""
-    unknown = sorted(set(names) - set(STANDARD))
-    if unknown:
-        raise ValueError(f"recommenders: unknown {', '.join(unknown)}; expected some of {', '.join(STANDARD)}")
+    check_recommenders(names)
     counts = np.bincount(item, minlength=num_items).astype(np.float32)
     cut = np.quantile(timestamp, 1.0 - config.recent_frac) if len(timestamp) else 0.0
     recent = np.bincount(item[timestamp >= cut], minlength=num_items).astype(np.float32)

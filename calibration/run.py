@@ -175,7 +175,9 @@ def run_calibration(
     fit_config = fit_config or FitConfig()
     calibration = calibrate(train, fit_config, progress=progress)
     fit_seconds = time.perf_counter() - started
-    population = save_population(out / "population", calibration.config, calibration.world, calibration.fit)
+    fitted = np.unique(clicked(train).user)  # users with a clicked training row: the ones with fitted factors
+    users = {"user_id": train.user_ids[fitted], "interest": calibration.user_factors[fitted]}
+    population = save_population(out / "population", calibration.config, calibration.world, calibration.fit, users)
     say(f"population written to {population}; measuring its fidelity on the held-out events")
     fidelity, plots = evaluate_fidelity(calibration, train, test, seed=fit_config.seed)
     fidelity["calibration_seconds"] = round(fit_seconds, 2)

@@ -40,7 +40,7 @@ from pydantic import Field
 
 from metarec.calibration.fit import Calibration, FitConfig, calibrate
 from metarec.calibration.logs import load_logs, time_split
-from metarec.calibration.recommenders import STANDARD, RecommenderConfig, fit_recommenders
+from metarec.calibration.recommenders import STANDARD, RecommenderConfig, check_recommenders, fit_recommenders
 from metarec.calibration.run import clicked, repeat_rate, simulate_future
 from metarec.config import FrozenConfig
 from metarec.envs.calibrated import candidate_strata
@@ -72,10 +72,17 @@ def ranked_lists(scores: np.ndarray, exclude: np.ndarray | None, length: int) ->
     if exclude is not None:
         scores[exclude] = -np.inf
     length = min(length, scores.shape[1])
-    top = np.argpartition(-scores, length - 1, axis=1)[:, :length]
-    keys = np.take_along_axis(scores, top, axis=1)
-    order = np.lexsort((top, -keys), axis=1)
-    return np.take_along_axis(top, order, axis=1)
+    return np.argsort(-scores, axis=1, kind="stable")[:, :length]  # stable: ties keep the lower code first
+
+
+def _lists(scorer: Any, users: np.ndarray, exclude: np.ndarray | None, length: int, chunk: int = 2048) -> np.ndarray:
+    """:func:`ranked_lists` of ``scorer``'s scores, ``chunk`` users at a time (a user-by-catalogue score matrix is
+    the largest array validation makes)."""
+    parts = [
+        ranked_lists(scorer(users[i : i + chunk]), None if exclude is None else exclude[i : i + chunk], length)
+        for i in range(0, len(users), chunk)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, length), dtype=np.int64)
 
 
 def list_metrics(lists: np.ndarray, relevant: np.ndarray, k: int) -> dict[str, np.ndarray]:
@@ -238,6 +245,7 @@ def run_validation(
     """Loads and splits the logs, calibrates and trains on the past, scores every recommender on the real and
     the simulated future; returns the report's numbers (strict-JSON-safe but for NaN, which ``write_json`` maps)."""
     config = config or ValidateConfig()
+    check_recommenders(names)
     if "popularity" not in names:
         raise ValueError("recommenders: expected popularity among them (lifts are measured over it)")
     started = time.perf_counter()
@@ -247,6 +255,11 @@ def run_validation(
             print(f"validate: {text} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
 
     logs = load_logs(logs_path, format, items=items)
+    if logs.num_items < config.k + config.max_steps - 1:
+        raise ValueError(
+            f"k, max_steps: a user's list needs k + max_steps - 1 = {config.k + config.max_steps - 1} items; "
+            f"the logs have {logs.num_items}"
+        )
     train, test = time_split(logs, holdout_frac)
     say(f"{logs.num_events:,} events; calibrating on the past {train.num_events:,}")
     calibration = calibrate(train, config.fit, progress=progress)
@@ -280,11 +293,12 @@ def run_validation(
     # users new in the held-out period: no history for the recommenders, drawn from the fitted prior in the simulator
     new = np.setdiff1d(np.unique(test.user), np.unique(train.user))
     new_future = _matrix(new, test.user, test.item, m)
-    new_steps = np.minimum(new_future.sum(axis=1), config.max_steps)
+    mine = np.isin(test.user, new)
+    new_steps = np.minimum(np.bincount(np.searchsorted(new, test.user[mine]), minlength=len(new)), config.max_steps)
     values: dict[str, dict[str, np.ndarray]] = {}
     cold: dict[str, dict[str, np.ndarray]] = {}
     for name, scorer in recommenders.items():
-        lists = ranked_lists(scorer(users), None if repeats else seen, length)
+        lists = _lists(scorer, users, None if repeats else seen, length)
         real = list_metrics(lists, future, config.k)
         off = list_metrics(lists, offline, config.k)
         slates = simulate_slates(model, calibration.user_factors[users], lists, steps, config.seed)
@@ -297,7 +311,7 @@ def run_validation(
         }
         say(f"{name}: real ndcg@{config.k} {np.nanmean(real['ndcg']):.4f}, simulated {np.nanmean(slates['ndcg']):.4f}")
         if len(new):
-            lists = ranked_lists(scorer(new), None, length)
+            lists = _lists(scorer, new, None, length)
             slates = simulate_slates(model, None, lists, new_steps, config.seed)
             cold[name] = {**list_metrics(lists, new_future, config.k), **{f"sim_{k}": v for k, v in slates.items()}}
     summary = bootstrap_summary(values, "popularity", config.bootstrap, generator)
@@ -307,7 +321,7 @@ def run_validation(
     for metric in ("sim_offline_ndcg", "sim_ndcg"):
         agreement[metric] = {
             "kendall_tau": _tau(means["ndcg"], means[metric]),
-            "clear_pairs_same_order": all(means[metric][a] > means[metric][b] for a, b in clear),
+            "clear_pairs_same_order": all(means[metric][a] > means[metric][b] for a, b in clear) if clear else None,
             "lifts_within_target": {
                 n: within_target(summary[n]["ndcg"]["lift"], summary[n][metric]["lift"]) for n in names
             },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ SCORES = (
     ("sim_hit_rate", "simulated hit rate"),
     ("sim_engagement", "simulated engagement"),
 )
+ORDER = {True: "all in the same order", False: "not all in the same order", None: "none"}
 SIMULATED_NDCG = (("sim_offline_ndcg", "simulated offline"), ("sim_ndcg", "simulated slates"))
 
 
@@ -43,13 +45,21 @@ def _lift_table(recommenders: dict[str, Any], keys: tuple[tuple[str, str], ...])
 def _lift_figure(recommenders: dict[str, Any], path: Path) -> Image:
     fig, ax = plt.subplots(figsize=(5.5, 5))
     try:
+        def finite(value: Any) -> bool:
+            return isinstance(value, int | float) and math.isfinite(value)
+
         real = [scores["ndcg"]["lift"] for scores in recommenders.values()]
         for (key, label), marker in zip(SIMULATED_NDCG, ("o", "s"), strict=True):
-            simulated = [scores[key]["lift"] for scores in recommenders.values()]
-            ax.scatter(real, simulated, marker=marker, label=label)
-            for name, x, y in zip(recommenders, real, simulated, strict=True):
+            points = [
+                (name, x, scores[key]["lift"])
+                for (name, scores), x in zip(recommenders.items(), real, strict=True)
+                if finite(x) and finite(scores[key]["lift"])  # a lift over a popularity that scored 0 is undefined
+            ]
+            ax.scatter([x for _, x, _ in points], [y for _, _, y in points], marker=marker, label=label)
+            for name, x, y in points:
                 ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ends = [min([*real, -0.1]), max([*real, 0.1])]
+        shown = [x for x in real if finite(x)]
+        ends = [min([*shown, -0.1]), max([*shown, 0.1])]
         ax.plot(ends, ends, color="grey", linewidth=0.8, label="simulated = real")
         ax.set_xlabel("real lift of NDCG@k over popularity")
         ax.set_ylabel("simulated lift over popularity")
@@ -72,7 +82,7 @@ def write_validation_report(out_dir: Path, result: dict[str, Any]) -> dict[str, 
         within = [name for name, ok in a["lifts_within_target"].items() if ok]
         lines.append(
             f"{label}: Kendall's tau {fmt(a['kendall_tau'])} with the real NDCG ranking; clear real pairs "
-            f"{'all' if a['clear_pairs_same_order'] else 'not all'} in the same order; lifts within "
+            f"{ORDER[a['clear_pairs_same_order']]}; lifts within "
             f"max(25%, 0.02) of the real: {', '.join(within) or 'none'}"
         )
     about = Paragraph(

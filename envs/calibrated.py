@@ -2,11 +2,14 @@
 
 A calibrated population is a directory written by ``metarec calibrate`` (or :func:`save_population`):
 
-* ``population.json``: ``{"format": "metarec-population/1", "config": SimulatorConfig fields,
-  "fit": {...how it was fitted...}}``;
+* ``population.json``: ``{"format": "metarec-population/2", "config": SimulatorConfig fields,
+  "fit": {...how it was fitted...}}`` (format 1, written before fitted users were kept, still loads);
 * ``world.npz``: the world arrays of :func:`metarec.envs.drifting.model.make_world` (item embeddings,
   topics, quality, length, appeal, cluster centres, trend directions, candidate strata), plus
-  ``cluster_weight`` (the share of users in each interest cluster).
+  ``cluster_weight`` (the share of users in each interest cluster);
+* ``users.npz`` (format 2, optional): the fitted users, ``user_id`` (the logs' labels, as text) and
+  ``interest`` (``[U, d]``, each user's fitted factors). ``users="fitted"`` draws new users among them instead
+  of from the fitted mixture.
 
 It loads as just another population: the dynamics are :class:`~metarec.envs.drifting.model.DriftingUsersModel`'s.
 The files are read with ``json`` and ``numpy.load(allow_pickle=False)``; nothing in them runs.
@@ -27,7 +30,9 @@ from metarec.envs.drifting.model import DriftingUsersModel
 from metarec.envs.drifting.params import SimulatorConfig
 from metarec.io import atomic_write, atomic_write_bytes, json_safe
 
-FORMAT = "metarec-population/1"
+FORMAT = "metarec-population/2"
+READABLE_FORMATS = ("metarec-population/1", FORMAT)
+USER_MODES = ("prior", "fitted")
 # world key -> (dtype kind, shape in terms of M items, d dims, C clusters, N candidates)
 WORLD_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
     "item_embedding": ("f", ("M", "d")),
@@ -95,18 +100,72 @@ def check_world(world: dict[str, np.ndarray], config: SimulatorConfig, where: st
     return out
 
 
+def check_users(users: dict[str, np.ndarray], config: SimulatorConfig, where: str = "users") -> dict[str, np.ndarray]:
+    """The fitted users' arrays (``user_id`` as text, ``interest`` ``[U, d]`` float32), or a ValueError naming
+    the array and what was expected."""
+    missing = [key for key in ("user_id", "interest") if key not in users]
+    if missing:
+        raise ValueError(f"{where}: missing array '{missing[0]}' (expected user_id [U] and interest [U, d])")
+    interest = np.asarray(users["interest"])
+    d = config.catalog.embedding_dim
+    if interest.ndim != 2 or interest.shape[1] != d or interest.shape[0] < 1:
+        raise ValueError(f"{where}['interest']: expected shape (U, {d}) with U >= 1, got {interest.shape}")
+    if interest.dtype.kind not in "fiu" or not np.all(np.isfinite(interest)):
+        raise ValueError(f"{where}['interest']: expected finite numbers")
+    user_id = np.asarray(users["user_id"]).astype(str)
+    if user_id.shape != (interest.shape[0],):
+        raise ValueError(f"{where}['user_id']: expected shape ({interest.shape[0]},), got {user_id.shape}")
+    return {"user_id": user_id, "interest": interest.astype(np.float32)}
+
+
 def save_population(
-    path: str | Path, config: SimulatorConfig, world: dict[str, np.ndarray], fit: dict[str, Any] | None = None
+    path: str | Path,
+    config: SimulatorConfig,
+    world: dict[str, np.ndarray],
+    fit: dict[str, Any] | None = None,
+    users: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """Writes a calibrated population directory (atomically per file) and returns it. Non-finite numbers
-    in ``fit`` are written as null."""
+    """Writes a calibrated population directory (atomically per file) and returns it: ``users`` (``user_id``,
+    ``interest``), where given, go to ``users.npz``. Non-finite numbers in ``fit`` are written as null."""
     path = Path(path)
     world = check_world(world, config)
+    users = None if users is None else check_users(users, config)
     path.mkdir(parents=True, exist_ok=True)
     document = {"format": FORMAT, "config": config.model_dump(), "fit": json_safe(fit or {})}
-    atomic_write_bytes(json.dumps(document, indent=2, allow_nan=False).encode(), path / "population.json")
     atomic_write(path / "world.npz", lambda tmp: np.savez(tmp, **world))
+    if users is not None:
+        atomic_write(path / "users.npz", lambda tmp: np.savez(tmp, **users))
+    else:  # an earlier fit's users do not belong to this one
+        (path / "users.npz").unlink(missing_ok=True)
+    # last: a directory whose population.json is there was written whole
+    atomic_write_bytes(json.dumps(document, indent=2, allow_nan=False).encode(), path / "population.json")
     return path
+
+
+def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
+            raise ValueError(f"expected an .npz archive, got one {type(loaded).__name__}")
+        with loaded as arrays:
+            return {key: arrays[key] for key in arrays.files}
+    except Exception as err:
+        # truncated, corrupt or not an .npz at all: numpy, zipfile, zlib and numpy's header parser say so in
+        # many ways (ValueError, BadZipFile, EOFError, zlib.error, SyntaxError, TokenError, MemoryError, ...)
+        if isinstance(err, OSError) and err.errno is not None:  # the file cannot be read: not its content
+            raise
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        if "pickle" in reason:  # numpy's fallback for a file that is neither .npz nor .npy
+            reason = "neither an .npz nor an .npy file"
+        raise ValueError(f"population: {path} is not a readable .npz of {what} ({reason})") from None
+
+
+def load_fitted_users(path: str | Path, config: SimulatorConfig) -> dict[str, np.ndarray] | None:
+    """The fitted users of a calibrated population directory (``user_id``, ``interest``), None if it has none."""
+    users_path = Path(path) / "users.npz"
+    if not users_path.is_file():
+        return None
+    return check_users(_read_npz(users_path, "fitted users"), config, where=str(users_path))
 
 
 def load_population(path: str | Path) -> tuple[SimulatorConfig, dict[str, np.ndarray], dict[str, Any]]:
@@ -122,24 +181,11 @@ def load_population(path: str | Path) -> tuple[SimulatorConfig, dict[str, np.nda
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise ValueError(f"population: {document_path} is not valid JSON ({err})") from None
     found = document.get("format") if isinstance(document, dict) else type(document).__name__
-    if found != FORMAT:
-        raise ValueError(f"population: {document_path} has format {short_repr(found)}, expected {FORMAT!r}")
+    if found not in READABLE_FORMATS:
+        expected = " or ".join(repr(f) for f in READABLE_FORMATS)
+        raise ValueError(f"population: {document_path} has format {short_repr(found)}, expected {expected}")
     config = build_config(SimulatorConfig, document.get("config"), {})
-    try:
-        loaded = np.load(world_path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
-            raise ValueError(f"expected an .npz archive, got one {type(loaded).__name__}")
-        with loaded as arrays:
-            world = {key: arrays[key] for key in arrays.files}
-    except Exception as err:
-        # truncated, corrupt or not an .npz at all: numpy, zipfile, zlib and numpy's header parser say so in
-        # many ways (ValueError, BadZipFile, EOFError, zlib.error, SyntaxError, TokenError, MemoryError, ...)
-        if isinstance(err, OSError) and err.errno is not None:  # the file cannot be read: not its content
-            raise
-        reason = " ".join(str(err).split())[:200] or type(err).__name__
-        if "pickle" in reason:  # numpy's fallback for a file that is neither .npz nor .npy
-            reason = "neither an .npz nor an .npy file"
-        raise ValueError(f"population: {world_path} is not a readable .npz of world arrays ({reason})") from None
+    world = _read_npz(world_path, "world arrays")
     return config, check_world(world, config, where=str(world_path)), document.get("fit", {})
 
 
@@ -167,9 +213,21 @@ class _Calibrated:
                 f"population: expected the directory of a calibrated population, got {type(population).__name__}; "
                 "override the population's fields with population_fields={...}"
             )
+        users = overrides.pop("users", "prior")
+        if users not in USER_MODES:
+            raise ValueError(f"users: expected one of {', '.join(USER_MODES)}, got {short_repr(users)}")
         loaded, world, fit = load_population(population)
         self._world = world
         self.calibration = fit
+        self._fitted_interest = None
+        if users == "fitted":
+            fitted = load_fitted_users(population, loaded)
+            if fitted is None:
+                raise ValueError(
+                    f"users: 'fitted' needs the fitted users, and {population} has none (no users.npz: a population "
+                    "written before they were kept); calibrate again, or use users='prior'"
+                )
+            self._fitted_interest = fitted["interest"]
         fields = overrides.pop("population_fields", None) or {}
         merged = build_config(SimulatorConfig, loaded, {**overrides, "population": fields})
         for field in ("num_items", "embedding_dim"):
@@ -185,7 +243,27 @@ class _Calibrated:
         return merged
 
     def build_model(self, backend: Any) -> DriftingUsersModel:
+        if self._fitted_interest is not None:
+            return FittedUsersModel(self.config, backend, self._world, self._fitted_interest)
         return DriftingUsersModel(self.config, backend, world=self._world)
+
+
+class FittedUsersModel(DriftingUsersModel):
+    """DriftingUsers dynamics whose new users (and users whose interests shift) are drawn uniformly among the
+    users fitted to the logs: the anchor is a fitted user's factors, the cluster the nearest fitted centre."""
+
+    def __init__(
+        self, config: SimulatorConfig, backend: Any, world: dict[str, np.ndarray], interest: np.ndarray
+    ) -> None:
+        super().__init__(config, backend, world=world)
+        centres = world["cluster_centre"]
+        nearest = ((interest[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+        self.fitted_interest = backend.asarray(np.asarray(interest, dtype=np.float32))
+        self.fitted_cluster = backend.asarray(nearest.astype(np.int64))
+
+    def _draw_users(self, rng: Any, num_users: int, task: Any = None) -> tuple[Any, Any]:
+        index = rng.integers(int(self.fitted_interest.shape[0]), (num_users,))
+        return self.backend.take_rows(self.fitted_cluster, index), self.backend.take_rows(self.fitted_interest, index)
 
 
 class CalibratedEnv(_Calibrated, DriftingUsersEnv):
@@ -203,12 +281,14 @@ class CalibratedEnv(_Calibrated, DriftingUsersEnv):
 
     ## Arguments
     ``population`` (required: a directory with ``population.json`` and ``world.npz``),
+    ``users`` (``"prior"``, the default: new users drawn from the fitted mixture; ``"fitted"``: drawn among
+    the users fitted to the logs, which needs the population's ``users.npz``),
     ``population_fields`` (overrides of the population's fields, for instance ``{"num_sessions": 7}``)
     and keyword overrides of the other config fields; the catalog's size, embedding dimension and the
     number of clusters are fixed by the fit.
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version; ``users="fitted"`` added later (the default draws users as before).
     """
 
     def __init__(self, population: str | Path | None = None, config: Any = None, **kwargs: Any) -> None:

@@ -106,6 +106,7 @@ def test_simulate_logs_and_calibrate_from_the_command_line(tmp_path, capsys):
     assert all(v is None or np.isfinite(v) for v in result["fidelity"].values() if isinstance(v, float))
     assert result["fidelity"]["logged_click_rate_holdout"] is None  # clicks only: no impressions to rate
     assert (out / "fidelity.json").is_file() and (out / "fidelity.html").is_file()
+    assert (out / "population" / "users.npz").is_file()  # the fitted users are kept with the population
     env = gym.make("metarec/Calibrated-v0", population=result["population"])
     env.reset(seed=0)
     assert env.observation_space["candidates"].shape == (20, 17)  # 16 fitted dimensions + length
@@ -264,3 +265,38 @@ def test_a_calibrated_population_serves_every_part_of_metarec(tmp_path):
     assert set(results["effects"]) == {"linucb"} and results["days"] == 2
     with pytest.raises(ValueError, match="population: expected the directory of a calibrated population, got dict"):
         gym.make("metarec/Calibrated-v0", population={"num_sessions": 3})
+
+
+def test_fitted_users_are_kept_and_drawn_and_format_1_still_loads(tmp_path):
+    from metarec.envs.calibrated import load_fitted_users
+
+    path = known_population(tmp_path)
+    config, world, fit = load_population(path)
+    interest = np.random.default_rng(0).normal(size=(7, config.catalog.embedding_dim)).astype(np.float32)
+    fitted = {"user_id": np.arange(7), "interest": interest}
+    with_users = save_population(tmp_path / "with_users", config, world, fit, fitted)
+    users = load_fitted_users(with_users, config)
+    assert users["user_id"].tolist() == [str(i) for i in range(7)] and np.array_equal(users["interest"], interest)
+    env = gym.make_vec("metarec/Calibrated-v0", num_envs=64, vectorization_mode="vector_entry_point",
+                       population=str(with_users), users="fitted", array_backend="torch")  # fmt: skip
+    env.reset(seed=0)
+    anchors = env.unwrapped._state["anchor"].numpy()
+    matches = (np.abs(anchors[:, None, :] - interest[None]) < 1e-6).all(axis=2)
+    assert np.all(matches.sum(axis=1) == 1)  # every new user is one of the fitted users, as fitted
+    assert len(set(matches.argmax(axis=1).tolist())) >= 5  # drawn among them, not always the same
+    prior = gym.make_vec("metarec/Calibrated-v0", num_envs=64, vectorization_mode="vector_entry_point",
+                         population=str(with_users), array_backend="torch")  # fmt: skip
+    prior.reset(seed=0)
+    assert not (np.abs(prior.unwrapped._state["anchor"].numpy()[:, None, :] - interest[None]) < 1e-6).all(2).any()
+    # a population written in format 1 (no users.npz) still loads; asking it for fitted users is named
+    document = json.loads((path / "population.json").read_text())
+    document["format"] = "metarec-population/1"
+    (path / "population.json").write_text(json.dumps(document))
+    assert load_population(path)[0] == config and load_fitted_users(path, config) is None
+    with pytest.raises(ValueError, match="users: 'fitted' needs the fitted users"):
+        gym.make("metarec/Calibrated-v0", population=str(path), users="fitted")
+    with pytest.raises(ValueError, match="users: expected one of prior, fitted"):
+        gym.make("metarec/Calibrated-v0", population=str(path), users="everyone")
+    with pytest.raises(ValueError, match=r"users\['interest'\]: expected shape"):
+        save_population(tmp_path / "bad", config, world, fit, {"user_id": np.arange(2), "interest": interest[:, :3]})
+    assert not (tmp_path / "bad").exists()

@@ -225,6 +225,14 @@ def logs_written(done: Done) -> None:
     assert {"user", "item", "timestamp"} <= set(header) and {"rating", "click"} & set(header)
 
 
+def validated(done: Done) -> None:
+    result = done.json()
+    assert set(result["recommenders"]) == {"random", "popularity", "recent-popularity", "item-knn", "als"}
+    assert result["users_evaluated"] > 0 and {"sim_offline_ndcg", "sim_ndcg"} == set(result["agreement"])
+    done.file("runs/validated/validation.json")
+    assert "<html" in done.file("runs/validated/validation.html").read_text()
+
+
 def calibrated(done: Done) -> None:
     result = done.json()
     assert result["population"] == "runs/calibrated/population"
@@ -314,6 +322,12 @@ COMMANDS: dict[str, Case] = {
         "metarec calibrate runs/logs.csv --format csv --holdout-frac 0.2 --out runs/calibrated --json "
         "--set epochs=2 --set refit_steps=20",
         calibrated,
+        needs=(LOGS,),
+    ),
+    "metarec validate runs/logs.csv --format csv --holdout-frac 0.2 --out runs/validated --json": Case(
+        "metarec validate runs/logs.csv --format csv --holdout-frac 0.2 --out runs/validated --json "
+        "--set fit.epochs=2 --set fit.refit_steps=20 --set bootstrap=50 --set max_steps=5",
+        validated,
         needs=(LOGS,),
     ),
     # GPU: the same command lines on the CPU where there is no GPU

@@ -54,29 +54,32 @@ def test_ranked_lists_sort_by_score_break_ties_by_code_and_put_exclusions_last()
     exclude = np.array([[False, True, False, False, False]])
     assert ranked_lists(scores, exclude, 3).tolist() == [[4, 0, 2]]
     assert ranked_lists(scores, exclude, 5)[0, -1] == 1
+    tied = np.zeros((1, 40))
+    tied[0, [7, 30]] = 1.0
+    assert ranked_lists(tied, None, 5).tolist() == [[7, 30, 0, 1, 2]]  # ties at the cut keep the lower codes
 
 
 def test_recommenders_learn_what_they_should():
-    # items 0 and 1 are always consumed together; item 2 is the most popular; item 3 only lately
-    user = np.array([0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 7, 7])
-    item = np.array([0, 1, 0, 1, 0, 1, 2, 2, 2, 2, 3, 3])
-    stamp = np.array([0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 9, 9], dtype=float)
+    # items 0 and 1 are always consumed together; item 2 is the most popular; item 3 only lately; item 4 (the
+    # last code) early, by users who consumed nothing else
+    user = np.array([0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 7, 7, 10, 11])
+    item = np.array([0, 1, 0, 1, 0, 1, 2, 2, 2, 2, 3, 3, 4, 4])
+    stamp = np.array([0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 9, 9, 0, 0], dtype=float)
     fitted = fit_recommenders(
-        user, item, stamp, 10, 5, RecommenderConfig(recent_frac=0.2, knn_neighbours=5), np.random.default_rng(0)
+        user, item, stamp, 12, 5, RecommenderConfig(recent_frac=0.2, knn_neighbours=5), np.random.default_rng(0)
     )
-    assert ranked_lists(fitted["popularity"](np.array([9])), None, 5)[0, 0] == 2
+    popular = ranked_lists(fitted["popularity"](np.array([9])), None, 5)
+    assert popular[0, 0] == 2
     assert ranked_lists(fitted["recent-popularity"](np.array([9])), None, 5)[0, 0] == 3
-    seen = np.zeros((1, 5), dtype=bool)
-    seen[0, 0] = True
-    knn = fitted["item-knn"](np.array([8]))  # user 8 has no events: the popularity order
-    assert ranked_lists(knn, None, 5)[0, 0] == 2
+    for name in ("item-knn", "als"):  # user 8 has no events: the popularity order, every item in its place
+        np.testing.assert_array_equal(ranked_lists(fitted[name](np.array([8])), None, 5), popular)
     scores = fitted["item-knn"](np.array([0]))
     assert ranked_lists(scores, np.array([[True, False, False, False, False]]), 4)[0, 0] == 1
-    again = fit_recommenders(user, item, stamp, 10, 5, RecommenderConfig(), np.random.default_rng(0))
-    first = fit_recommenders(user, item, stamp, 10, 5, RecommenderConfig(), np.random.default_rng(0))
-    np.testing.assert_array_equal(first["als"](np.arange(10)), again["als"](np.arange(10)))  # seeded
+    again = fit_recommenders(user, item, stamp, 12, 5, RecommenderConfig(), np.random.default_rng(0))
+    first = fit_recommenders(user, item, stamp, 12, 5, RecommenderConfig(), np.random.default_rng(0))
+    np.testing.assert_array_equal(first["als"](np.arange(12)), again["als"](np.arange(12)))  # seeded
     with pytest.raises(ValueError, match="recommenders: unknown bpr"):
-        fit_recommenders(user, item, stamp, 10, 5, RecommenderConfig(), np.random.default_rng(0), ("bpr",))
+        fit_recommenders(user, item, stamp, 12, 5, RecommenderConfig(), np.random.default_rng(0), ("bpr",))
 
 
 def test_bootstrap_lifts_and_clear_pairs():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from metarec.calibration.recommenders import STANDARD
+from metarec.calibration.recommenders import STANDARD, check_recommenders
 from metarec.calibration.validate import ValidateConfig, run_validation
 from metarec.calibration.validate_report import write_validation_report
 from metarec.config import parse_override, short_repr, validate_config
@@ -41,6 +41,7 @@ def _recommenders(text: str) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     config = _config(args.set or [])
     names = _recommenders(args.recommenders)
+    check_recommenders(names)  # implicit installed, before any work
     if not 0 < args.holdout_frac < 1:
         raise ValueError(f"--holdout-frac: expected a share in (0, 1), got {args.holdout_frac}")
     if not Path(args.logs).exists():
