@@ -69,7 +69,7 @@ from scipy.special import expit
 
 from metarec.calibration.fit_config import Calibration, FitConfig
 from metarec.calibration.fit_dynamics import fit_drift, topics_and_fatigue
-from metarec.calibration.fit_interests import fit_mixture, softmax_mf
+from metarec.calibration.fit_interests import fit_mixture, recent_item_bias, softmax_mf
 from metarec.calibration.fit_utility import (
     prior_slates,
     satisfaction_target,
@@ -142,6 +142,17 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
                                               progress="calibrate: interests" if progress else None)  # fmt: skip
     factors = np.zeros((logs.num_users, config.embedding_dim), dtype=np.float32)
     factors[active] = users.numpy()
+    recency = None
+    if config.recency_half_life is not None:  # quality as of the end of the logs (step 1b)
+        span = max(float(logs.timestamp.max() - logs.timestamp.min()), 1e-9)
+        age = torch.from_numpy((logs.timestamp.max() - logs.timestamp) / span)
+        weight = (0.5 ** (age / config.recency_half_life)).float()
+        current = recent_item_bias(users, vectors, bias, user, item, weight, config, generator)
+        recency = {
+            "half_life_share_of_span": config.recency_half_life,
+            "effective_events": float(weight.sum() ** 2 / (weight * weight).sum()),
+            "corr_with_all_time_quality": float(np.corrcoef(bias.numpy(), current.numpy())[0, 1]),
+        }
     # the prior is fitted to users with enough events that their factors say who they are: the factors
     # of users with a handful of events are mostly the regulariser's pull toward zero
     counts = np.bincount(logs.user, minlength=logs.num_users)[active]
@@ -159,7 +170,8 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
     num_topics = int(topic.max()) + 1
     # item lengths: the logs say nothing of them; every item lasts the same (engagement = satisfaction)
     lengths = np.ones(logs.num_items, dtype=np.float32)
-    item_vectors, item_bias = vectors.numpy(), bias.numpy()
+    # the simulator's quality: the fit's, or as of the end of the logs (drift and topics used the fit's)
+    item_vectors, item_bias = vectors.numpy(), (bias if recency is None else current).numpy()
     population = {
         "num_clusters": len(centres),
         "topics_per_cluster": 1,
@@ -179,7 +191,7 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
             "num_items": logs.num_items,
             "num_topics": num_topics,
             "embedding_dim": config.embedding_dim,
-            "quality_std": float(bias.std()),
+            "quality_std": float(item_bias.std()),
             "min_length": 1.0,
             "max_length": 1.0,
             "seed": config.seed,
@@ -243,6 +255,7 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
         "fatigue": fatigue,
         "rating_quantiles": None if quantiles is None else quantiles.tolist(),
         "text_features": text,
+        "recency": recency,
         "utility_offset": {
             "offset": offset,
             "satisfaction_median": target,

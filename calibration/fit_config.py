@@ -26,6 +26,13 @@ class FitConfig(FrozenConfig):
     min_events_for_drift: int = Field(20, ge=4, description="Users with fewer events are left out of drift.")
     num_candidates: int = Field(20, ge=1, description="Candidates per step in the simulator.")
     slate_size: int = Field(5, ge=1, description="Items per slate in the simulator.")
+    recency_half_life: float | None = Field(
+        None,
+        gt=0,
+        description="Item quality as of the end of the logs: after the fit, the items' quality alone is refitted "
+        "with each event weighted by 0.5 ** (age / (recency_half_life x the logs' time span)), so items chosen "
+        "lately rank higher (null: every event counts the same).",
+    )
     text_features: bool = Field(
         False,
         description="Use the items' text (titles) as side information: each item's embedding and quality get a "

@@ -90,3 +90,34 @@ def fit_mixture(factors: np.ndarray, config: FitConfig) -> tuple[Any, list[float
         if best is None or bics[-1] < min(bics[:-1], default=math.inf):
             best = model
     return best, bics
+
+
+def recent_item_bias(
+    user_factors: torch.Tensor,
+    vectors: torch.Tensor,
+    bias: torch.Tensor,
+    user: torch.Tensor,
+    item: torch.Tensor,
+    weight: torch.Tensor,
+    config: FitConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The item biases refitted alone (users' and items' factors fixed) by the full-softmax likelihood of the
+    events, each weighted by ``weight`` (``[E]``, e.g. by recency), from ``bias``: ``config.epochs`` passes of
+    Adam over minibatches of events."""
+    fitted = torch.nn.Parameter(bias.clone())
+    optimizer = torch.optim.Adam([fitted], lr=config.learning_rate)
+    events = user.shape[0]
+    batch = min(config.batch_size, events)
+    affinity_users, vectors = user_factors.detach(), vectors.detach()
+    for _ in range(config.epochs):
+        order = torch.randperm(events, generator=generator)
+        for start in range(0, events, batch):
+            index = order[start : start + batch]
+            logits = affinity_users[user[index]] @ vectors.T + fitted[None, :]
+            losses = torch.nn.functional.cross_entropy(logits, item[index], reduction="none")
+            w = weight[index]
+            ((losses * w).sum() / w.sum().clamp_min(1e-12)).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return fitted.detach()

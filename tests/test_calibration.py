@@ -300,3 +300,37 @@ def test_fitted_users_are_kept_and_drawn_and_format_1_still_loads(tmp_path):
     with pytest.raises(ValueError, match=r"users\['interest'\]: expected shape"):
         save_population(tmp_path / "bad", config, world, fit, {"user_id": np.arange(2), "interest": interest[:, :3]})
     assert not (tmp_path / "bad").exists()
+
+
+def test_recency_half_life_gives_items_chosen_lately_the_higher_quality():
+    """Item 0 is chosen often early and seldom late, item 1 the other way round, as often overall: the fit's
+    quality cannot tell them apart, quality as of the end of the logs ranks item 1 first."""
+    from metarec.calibration.logs import Logs
+
+    rng = np.random.default_rng(0)
+    events = 6000
+    stamp = np.sort(rng.uniform(0, 100, events))
+    late = stamp > 50
+    item = rng.integers(2, 40, events)
+    chosen = rng.uniform(size=events) < 0.3
+    item[chosen & ~late] = np.where(rng.uniform(size=(chosen & ~late).sum()) < 0.8, 0, 1)
+    item[chosen & late] = np.where(rng.uniform(size=(chosen & late).sum()) < 0.8, 1, 0)
+    logs = Logs(
+        user=rng.integers(0, 200, events).astype(np.int64),
+        item=item.astype(np.int64),
+        timestamp=stamp,
+        rating=np.full(events, np.nan, dtype=np.float32),
+        click=np.ones(events, dtype=np.float32),
+        user_ids=np.arange(200),
+        item_ids=np.arange(40),
+        item_features=None,
+        item_text=None,
+    )
+    small = {"epochs": 30, "refit_steps": 50, "max_clusters": 2, "embedding_dim": 4}
+    flat = calibrate(logs, FitConfig(**small))
+    recent = calibrate(logs, FitConfig(**small, recency_half_life=0.1))
+    assert abs(flat.item_bias[1] - flat.item_bias[0]) < 0.3
+    assert recent.item_bias[1] - recent.item_bias[0] > 1.0
+    assert recent.fit["recency"]["half_life_share_of_span"] == 0.1 and flat.fit["recency"] is None
+    # only quality moves: the items' factors are the fit's
+    np.testing.assert_allclose(recent.item_factors, flat.item_factors, atol=1e-6)
