@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarec.calibration.fidelity import compare, popularity_scores, ranking_metrics
+from metarec.calibration.fidelity import compare, ks_distance, popularity_scores, ranking_metrics
 from metarec.calibration.fit import Calibration, FitConfig, calibrate, slate_click_rate
 from metarec.calibration.logs import Logs, check_holdout_users, load_logs, time_split
 from metarec.calibration.report import write_fidelity_report
@@ -34,25 +34,41 @@ def repeat_rate(logs: Logs) -> float:
     return 1.0 - len(np.unique(pairs)) / max(len(pairs), 1)
 
 
+def _choices(
+    scores: torch.Tensor, most: int, seen: np.ndarray | None, generator: torch.Generator
+) -> np.ndarray:
+    """``[U, most]`` items each user chooses in turn by the calibrated choice model: with replacement where
+    ``seen`` is None (users come back to items), else distinct items not in ``seen`` (Gumbel top-k)."""
+    if seen is None:
+        probs = torch.softmax(scores.double(), dim=1)
+        return torch.multinomial(probs, most, replacement=True, generator=generator).numpy()
+    gumbel = -torch.log(-torch.log(torch.rand(scores.shape, generator=generator).clamp_min(1e-12)))
+    keys = (scores + gumbel).masked_fill(torch.from_numpy(seen), -torch.inf)
+    return keys.topk(min(most, scores.shape[1]), dim=1).indices.numpy()  # best first
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
 def simulate_future(calibration: Calibration, train: Logs, future: Logs, seed: int = 0) -> dict[str, np.ndarray]:
     """Simulated counterparts of the ``future`` events: each user with a training history chooses as
     many new items as they really did, by the calibrated choice model over the items they have not
     consumed (Gumbel top-k: choices without repeats), in the order of their real events; each choice
-    gets a simulated rating (satisfaction through the training ratings' quantiles). Where the training
-    logs show users choosing an item again, choices are drawn with replacement instead."""
+    gets a simulated rating. Where the training logs show users choosing an item again, choices are drawn
+    with replacement instead.
+
+    The rating is the simulated satisfaction (``sigmoid(utility + noise)``) through a quantile link: its
+    quantile among the satisfactions of the choices the calibrated users make in place of their *training*
+    events (drawn the same way), mapped to the same quantile of the training ratings. Both sides of the link
+    are choices of the model, so the fitted factors' optimism about the very events they were fitted to
+    does not lower every simulated rating."""
     generator = torch.Generator().manual_seed(seed)
+    repeats = repeat_rate(train) > 0.01
     users, per_user = np.unique(future.user, return_counts=True)
     scores = torch.from_numpy(calibration.scores(users).astype(np.float32))
-    if repeat_rate(train) > 0.01:  # users come back to items: choices with replacement
-        most = int(per_user.max())
-        probs = torch.softmax(scores.double(), dim=1)
-        ranked = torch.multinomial(probs, most, replacement=True, generator=generator).numpy()
-    else:  # each item once per user (ratings logs): Gumbel top-k over the items not yet consumed
-        seen = torch.from_numpy(_seen(train, users))
-        gumbel = -torch.log(-torch.log(torch.rand(scores.shape, generator=generator).clamp_min(1e-12)))
-        keys = (scores + gumbel).masked_fill(seen, -torch.inf)
-        most = int(min(per_user.max(), calibration.item_factors.shape[0]))
-        ranked = keys.topk(most, dim=1).indices.numpy()  # [U, most], best first
+    ranked = _choices(scores, int(per_user.max()), None if repeats else _seen(train, users), generator)
+    most = ranked.shape[1]
     order = np.lexsort((future.timestamp, future.user))
     user_sorted = future.user[order]
     rank = np.arange(len(order)) - np.searchsorted(user_sorted, user_sorted)
@@ -62,14 +78,36 @@ def simulate_future(calibration: Calibration, train: Logs, future: Logs, seed: i
     noise = calibration.config.population.engagement_noise
     out = {"user": user_sorted, "item": item, "timestamp": future.timestamp[order]}
     if calibration.rating_quantiles is not None:
-        satisfaction = 1.0 / (1.0 + np.exp(-(utility + noise * torch.randn(len(utility), generator=generator).numpy())))
-        # the same link on the training events sets satisfaction's quantiles against the ratings'
-        train_utility = np.sum(calibration.user_factors[train.user] * calibration.item_factors[train.item], axis=1)
-        train_utility += calibration.item_bias[train.item]
-        train_satisfaction = 1.0 / (1.0 + np.exp(-train_utility))
-        levels = np.quantile(train_satisfaction, np.linspace(0, 1, 101))
+        satisfaction = _sigmoid(utility + noise * torch.randn(len(utility), generator=generator).numpy())
+        # the link's reference: the model's choices in place of the training events, as many per user
+        known, counts = np.unique(train.user, return_counts=True)
+        known_scores = torch.from_numpy(calibration.scores(known).astype(np.float32))
+        in_place = _choices(known_scores, int(counts.max()), None if repeats else np.zeros(known_scores.shape, bool),
+                            generator)  # fmt: skip
+        taken = np.arange(in_place.shape[1])[None, :] < counts[:, None]
+        reference_utility = np.take_along_axis(known_scores.numpy(), in_place, axis=1)[taken]
+        reference_noise = noise * torch.randn(len(reference_utility), generator=generator).numpy()
+        reference = _sigmoid(reference_utility + reference_noise)
+        levels = np.quantile(reference, np.linspace(0, 1, 101))
         where = np.interp(satisfaction, levels, np.linspace(0, 1, 101))
         out["rating"] = np.interp(where, np.linspace(0, 1, 101), calibration.rating_quantiles)
+    return out
+
+
+def rating_ks_by_popularity(
+    train: Logs, future: Logs, simulated: dict[str, np.ndarray], min_events: int = 20
+) -> dict[str, float | None]:
+    """Rating KS within each quintile of item popularity (the items' training events; quintile 1 the least
+    popular): ``rating_ks_popularity_q1`` .. ``q5``, None where either side has fewer than ``min_events``."""
+    counts = np.bincount(train.item, minlength=train.num_items)
+    edges = np.quantile(counts[counts > 0], [0.2, 0.4, 0.6, 0.8]) if np.any(counts > 0) else np.zeros(4)
+    real_q = np.searchsorted(edges, counts[future.item], side="right")
+    sim_q = np.searchsorted(edges, counts[simulated["item"]], side="right")
+    out: dict[str, float | None] = {}
+    for q in range(5):
+        real, sim = future.rating[real_q == q], simulated["rating"][sim_q == q]
+        enough = min(np.isfinite(real).sum(), np.isfinite(sim).sum()) >= min_events
+        out[f"rating_ks_popularity_q{q + 1}"] = ks_distance(real, sim) if enough else None
     return out
 
 
@@ -115,6 +153,8 @@ def evaluate_fidelity(calibration: Calibration, train: Logs, test: Logs, seed: i
     real = side(future.user, future.item, future.timestamp, future.rating if has_ratings else None)
     sim = side(simulated["user"], simulated["item"], simulated["timestamp"], simulated.get("rating"))
     fidelity: dict[str, Any] = compare(real, sim)
+    if has_ratings:
+        fidelity.update(rating_ks_by_popularity(train, future, simulated))
     # next-item prediction: each user's first held-out item
     order = np.lexsort((future.timestamp, future.user))
     users, first = np.unique(future.user[order], return_index=True)

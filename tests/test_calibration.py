@@ -334,3 +334,18 @@ def test_recency_half_life_gives_items_chosen_lately_the_higher_quality():
     assert recent.fit["recency"]["half_life_share_of_span"] == 0.1 and flat.fit["recency"] is None
     # only quality moves: the items' factors are the fit's
     np.testing.assert_allclose(recent.item_factors, flat.item_factors, atol=1e-6)
+
+
+def test_simulated_ratings_link_choices_of_the_model_to_the_logged_ratings(tmp_path):
+    """Simulating the training period itself (the same users, as many events each) gives back the training
+    ratings' distribution: the link maps the model's choices, not the events its factors were fitted to."""
+    from metarec.calibration.run import simulate_future
+
+    columns = simulate_logs("metarec/DriftingUsers-v0", 300, 3, seed=1)
+    columns.pop("env"), columns.pop("user_steps")
+    write_simulated_logs(columns, tmp_path / "logs.csv")
+    logs = load_logs(tmp_path / "logs.csv", "csv")
+    fitted = calibrate(logs, FitConfig(epochs=10, max_clusters=3, refit_steps=50))
+    simulated = simulate_future(fitted, logs, logs, seed=0)
+    assert stats.ks_2samp(simulated["rating"], logs.rating).statistic < 0.04
+    assert abs(np.median(simulated["rating"]) - np.median(logs.rating)) < 0.02
