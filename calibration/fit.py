@@ -20,7 +20,12 @@ softmax over the catalog (every logged event is a choice of one item), in torch:
 4. **Fatigue**: how much less often a user's next event repeats the topic of the previous one
    than the user's own topic mix predicts (topics are k-means clusters of the item embeddings).
 5. **Ratings**: simulated satisfaction is mapped to the rating scale by the training ratings'
-   quantiles (a monotone link), so simulated ratings use the logs' scale.
+   quantiles (a monotone link), so simulated ratings use the logs' scale. Where the logs have ratings
+   (``quality_from_ratings``), each item's fitted bias is split into **quality** and **appeal**: quality is
+   the mean, over the item's rated events, of the rating's logit (of its mid-rank quantile) less the rater's
+   fitted affinity, shrunk toward the mean of all items by ``quality_prior_events``; appeal is the bias less
+   the quality. The choice logit (utility plus appeal) is the fit's; satisfaction follows utility alone, so
+   an item chosen often but rated low satisfies as its ratings say.
 6. **Where utilities sit, and the no-click utility**: the softmax over the catalog is unchanged by
    adding a constant to every item's quality, so the fit leaves the utilities' zero point arbitrary
    (quality near -log M). The simulator reads them as absolute: satisfaction is ``sigmoid(u)``, and a
@@ -72,6 +77,7 @@ from metarec.calibration.fit_dynamics import fit_drift, topics_and_fatigue
 from metarec.calibration.fit_interests import fit_mixture, recent_item_bias, softmax_mf
 from metarec.calibration.fit_utility import (
     prior_slates,
+    quality_from_ratings,
     satisfaction_target,
     slate_click_rate,
     slate_weights,
@@ -211,20 +217,34 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
         "trend_direction": np.zeros_like(centres),
         **candidate_strata(logs.num_items, config.num_candidates, config.seed),
     }
+    # Quality and appeal (step 5b): where the logs have ratings, the choice logit's item term is split into
+    # quality, which the ratings say, and appeal, the rest. Choices are unchanged.
+    split = None
+    if config.quality_from_ratings:
+        affinity = np.sum(factors[logs.user] * item_vectors[logs.item], axis=1)
+        split = quality_from_ratings(logs, affinity, config.quality_prior_events)
+    appeal = None
+    if split is not None:
+        quality, about = split
+        appeal = (item_bias - quality).astype(np.float32)
+        world["item_quality"], world["item_appeal"] = quality, appeal
+        quality_split = {**about, "corr_quality_with_choice_bias": float(np.corrcoef(quality, item_bias)[0, 1])}
+    else:
+        quality_split = None
     # Where utilities sit (module docstring, step 6): random slates shown to new users of the prior are
     # clicked at the logged rate, and those clicks satisfy as the logged ones did. The click rate fixes
     # v - offset, so v is found first with no offset, then both move by the offset.
     draft = SimulatorConfig.model_validate(sim_fields)
     rate = config.assumed_click_rate if logged_rate is None else float(np.clip(logged_rate["click_rate"], 1e-3, 0.999))
-    utility = prior_slates(world, draft, config.seed)
-    log_s, position = slate_weights(utility, draft.population.position_bias)
+    utility, logits = prior_slates(world, draft, config.seed)
+    log_s, position = slate_weights(logits, draft.population.position_bias)
     no_click_utility = solve_no_click_utility(log_s, rate)
     clicks = position * expit(log_s - no_click_utility)[:, None]  # P(this position is clicked)
     noise = draft.population.engagement_noise * np.random.default_rng(config.seed).standard_normal(utility.shape)
     median_utility = weighted_median(utility + noise, clicks)
     target, target_source = satisfaction_target(logs, config)
     offset = math.log(target / (1.0 - target)) - median_utility
-    world["item_quality"] = (item_bias + offset).astype(np.float32)
+    world["item_quality"] = (world["item_quality"] + offset).astype(np.float32)
     population["no_click_utility"] = no_click_utility + offset
     sim = SimulatorConfig.model_validate(sim_fields)
     logged_utility = np.sum(factors[logs.user] * item_vectors[logs.item], axis=1) + item_bias[logs.item]
@@ -256,6 +276,7 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
         "rating_quantiles": None if quantiles is None else quantiles.tolist(),
         "text_features": text,
         "recency": recency,
+        "quality_from_ratings": quality_split,
         "utility_offset": {
             "offset": offset,
             "satisfaction_median": target,
@@ -265,7 +286,7 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
         },
         "no_click": no_click,
     }
-    return Calibration(sim, world, factors, item_vectors, world["item_quality"], quantiles, fit)
+    return Calibration(sim, world, factors, item_vectors, world["item_quality"], quantiles, fit, appeal)
 
 
 def summary(calibration: Calibration) -> dict[str, Any]:

@@ -33,6 +33,15 @@ class FitConfig(FrozenConfig):
         "with each event weighted by 0.5 ** (age / (recency_half_life x the logs' time span)), so items chosen "
         "lately rank higher (null: every event counts the same).",
     )
+    quality_from_ratings: bool = Field(
+        True,
+        description="In logs with ratings, split each item's fitted bias into quality (what satisfies, fitted to "
+        "the ratings the item got beyond what its raters' interests explain) and appeal (the rest: what draws the "
+        "choice). Choices stay as fitted; satisfaction, and so ratings, follow quality.",
+    )
+    quality_prior_events: float = Field(
+        10.0, gt=0, description="Ratings' worth of shrinkage of an item's quality toward the mean of all items."
+    )
     text_features: bool = Field(
         False,
         description="Use the items' text (titles) as side information: each item's embedding and quality get a "
@@ -67,7 +76,15 @@ class Calibration:
     item_bias: np.ndarray  # [num_items]: the simulator's item quality (the fitted bias plus the offset)
     rating_quantiles: np.ndarray | None  # [101] quantiles of training ratings (None: no ratings)
     fit: dict[str, Any] = field(default_factory=dict)
+    item_appeal: np.ndarray | None = None  # [num_items]: what draws the choice beyond quality (None: nothing)
+
+    def utilities(self, users: np.ndarray) -> np.ndarray:
+        """``[len(users), num_items]`` the users' utility of each item, what satisfaction follows (the simulator's,
+        before fatigue)."""
+        return self.user_factors[users] @ self.item_factors.T + self.item_bias[None, :]
 
     def scores(self, users: np.ndarray) -> np.ndarray:
-        """``[len(users), num_items]`` utilities of the calibrated choice model (the simulator's, before fatigue)."""
-        return self.user_factors[users] @ self.item_factors.T + self.item_bias[None, :]
+        """``[len(users), num_items]`` the logits of the calibrated choice model: utility plus appeal (the
+        simulator's, before fatigue)."""
+        utility = self.utilities(users)
+        return utility if self.item_appeal is None else utility + self.item_appeal[None, :]

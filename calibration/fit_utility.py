@@ -52,21 +52,26 @@ def satisfaction_target(logs: Logs, config: FitConfig) -> tuple[float, str]:
     return float(np.clip(target, 0.02, 0.98)), source
 
 
-def prior_slates(world: dict[str, np.ndarray], config: SimulatorConfig, seed: int, samples: int = 16_384) -> np.ndarray:
+def prior_slates(
+    world: dict[str, np.ndarray], config: SimulatorConfig, seed: int, samples: int = 16_384
+) -> tuple[np.ndarray, np.ndarray]:
     """``[samples, k]`` utilities of random slates (``k`` distinct candidates in random order) shown to
-    new users: users and candidates drawn by the simulator itself (:class:`DriftingUsersModel` on this
-    world), utilities as its choice model computes them."""
+    new users, and the same slates' choice logits (utility plus appeal, over the choice temperature): users
+    and candidates drawn by the simulator itself (:class:`DriftingUsersModel` on this world), both as its
+    choice model computes them."""
     rng = np.random.default_rng(seed)
     model = DriftingUsersModel(config, numpy_backend(), world)
-    utility = model.choice_model(model.initial_state(NumpyRandom(rng), samples)).utilities  # [samples, N]
-    slate = np.argsort(rng.random(utility.shape), axis=1)[:, : config.slate_size]
-    return np.take_along_axis(utility, slate, axis=1).astype(np.float64)
+    choice = model.choice_model(model.initial_state(NumpyRandom(rng), samples))  # [samples, N]
+    slate = np.argsort(rng.random(choice.utilities.shape), axis=1)[:, : config.slate_size]
+    utility = np.take_along_axis(choice.utilities, slate, axis=1).astype(np.float64)
+    logits = np.log(np.take_along_axis(choice.weights, slate, axis=1).astype(np.float64))
+    return utility, logits
 
 
-def slate_weights(utility: np.ndarray, position_bias: float) -> tuple[np.ndarray, np.ndarray]:
-    """``log S`` ``[B]`` of slates with ``utility`` ``[B, k]`` (the simulator's position-weighted choice
+def slate_weights(logits: np.ndarray, position_bias: float) -> tuple[np.ndarray, np.ndarray]:
+    """``log S`` ``[B]`` of slates with choice ``logits`` ``[B, k]`` (the simulator's position-weighted choice
     weights) and ``[B, k]`` the probability of each position given a click."""
-    log_weight = np.minimum(utility, 60.0) - position_bias * np.arange(utility.shape[1])[None, :]
+    log_weight = np.minimum(logits, 60.0) - position_bias * np.arange(logits.shape[1])[None, :]
     log_s = np.logaddexp.reduce(log_weight, axis=1)
     return log_s, np.exp(log_weight - log_s[:, None])
 
@@ -83,3 +88,25 @@ def solve_no_click_utility(log_s: np.ndarray, rate: float) -> float:
 
     low, high = float(log_s.min()) - 40.0, float(log_s.max()) + 40.0
     return float(brentq(lambda v: float(np.mean(expit(log_s - v))) - rate, low, high, xtol=1e-10))
+
+
+def quality_from_ratings(
+    logs: Logs, affinity: np.ndarray, prior_events: float
+) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """Each item's quality on the satisfaction logit's scale, from the ratings it got: every rated event's
+    rating becomes the logit of its mid-rank quantile among the logs' ratings, less the rater's fitted affinity
+    for the item (``affinity``, ``[E]``); an item's quality is the mean of these over its events, shrunk toward
+    the mean over all events by ``prior_events`` events' worth. None where the logs have no ratings."""
+    from scipy.stats import rankdata
+
+    rated = np.isfinite(logs.rating)
+    if not np.any(rated):
+        return None
+    level = (rankdata(logs.rating[rated]) - 0.5) / int(rated.sum())
+    residual = np.log(level / (1.0 - level)) - affinity[rated]
+    items = logs.item[rated]
+    total = np.bincount(items, weights=residual, minlength=logs.num_items)
+    count = np.bincount(items, minlength=logs.num_items)
+    mean = float(residual.mean())
+    quality = (total + prior_events * mean) / (count + prior_events)
+    return quality.astype(np.float32), {"rated_events": int(rated.sum()), "prior_events": prior_events}

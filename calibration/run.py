@@ -74,7 +74,7 @@ def simulate_future(calibration: Calibration, train: Logs, future: Logs, seed: i
     rank = np.arange(len(order)) - np.searchsorted(user_sorted, user_sorted)
     row = np.searchsorted(users, user_sorted)
     item = ranked[row, np.minimum(rank, most - 1)]
-    utility = scores.numpy()[row, item]
+    utility = calibration.utilities(users)[row, item]  # satisfaction follows utility; the choice, utility + appeal
     noise = calibration.config.population.engagement_noise
     out = {"user": user_sorted, "item": item, "timestamp": future.timestamp[order]}
     if calibration.rating_quantiles is not None:
@@ -85,7 +85,7 @@ def simulate_future(calibration: Calibration, train: Logs, future: Logs, seed: i
         in_place = _choices(known_scores, int(counts.max()), None if repeats else np.zeros(known_scores.shape, bool),
                             generator)  # fmt: skip
         taken = np.arange(in_place.shape[1])[None, :] < counts[:, None]
-        reference_utility = np.take_along_axis(known_scores.numpy(), in_place, axis=1)[taken]
+        reference_utility = np.take_along_axis(calibration.utilities(known), in_place, axis=1)[taken]
         reference_noise = noise * torch.randn(len(reference_utility), generator=generator).numpy()
         reference = _sigmoid(reference_utility + reference_noise)
         levels = np.quantile(reference, np.linspace(0, 1, 101))

@@ -231,7 +231,7 @@ def test_impressions_without_clicks_set_the_no_click_utility():
     assert fitted.config.population.no_click_utility == pytest.approx(no_click["utility"])
     # the simulator's random slates for users of the prior, position weights included, click at that rate
     bias = fitted.config.population.position_bias
-    log_s, _ = slate_weights(prior_slates(fitted.world, fitted.config, seed=1), bias)
+    log_s, _ = slate_weights(prior_slates(fitted.world, fitted.config, seed=1)[1], bias)
     assert np.mean(expit(log_s - no_click["utility"])) == pytest.approx(0.5, abs=0.01)
     # an impression at the time of a click is on the clicked slate: every slate was clicked
     every = calibrate(with_impressions(0.0), config).fit["no_click"]
@@ -349,3 +349,45 @@ def test_simulated_ratings_link_choices_of_the_model_to_the_logged_ratings(tmp_p
     simulated = simulate_future(fitted, logs, logs, seed=0)
     assert stats.ks_2samp(simulated["rating"], logs.rating).statistic < 0.04
     assert abs(np.median(simulated["rating"]) - np.median(logs.rating)) < 0.02
+
+
+def test_quality_follows_the_ratings_and_appeal_keeps_the_choices():
+    """Every item is chosen about as often, the first half rated high and the second low: with ratings split
+    from choices, quality follows the ratings, appeal makes up the rest so the choice logits are the fit's,
+    and simulated ratings of the well-rated items are higher; without the split they are not."""
+    from metarec.calibration.logs import Logs
+    from metarec.calibration.run import simulate_future
+
+    rng = np.random.default_rng(3)
+    events = 8000
+    item = rng.integers(0, 40, events)
+    good = item < 20
+    rating = np.where(good, rng.choice([4, 5], events), rng.choice([1, 2], events)).astype(np.float32)
+    logs = Logs(
+        user=rng.integers(0, 200, events).astype(np.int64),
+        item=item.astype(np.int64),
+        timestamp=np.arange(events, dtype=np.float64),
+        rating=rating,
+        click=np.ones(events, dtype=np.float32),
+        user_ids=np.arange(200),
+        item_ids=np.arange(40),
+        item_features=None,
+        item_text=None,
+    )
+    small = {"epochs": 10, "refit_steps": 50, "max_clusters": 2, "embedding_dim": 4}
+    split = calibrate(logs, FitConfig(**small))
+    flat = calibrate(logs, FitConfig(**small, quality_from_ratings=False))
+    assert split.item_bias[:20].mean() > split.item_bias[20:].mean() + 1.0
+    assert flat.item_appeal is None and split.fit["quality_from_ratings"]["rated_events"] == events
+    users = np.arange(200)
+    np.testing.assert_allclose(  # the same choice model, up to the constant every logit shares
+        split.scores(users) - split.scores(users).mean(), flat.scores(users) - flat.scores(users).mean(), atol=1e-4
+    )
+    for fitted, gap in ((split, 1.5), (flat, None)):
+        simulated = simulate_future(fitted, logs, logs, seed=0)
+        well_rated = simulated["item"] < 20
+        difference = simulated["rating"][well_rated].mean() - simulated["rating"][~well_rated].mean()
+        if gap is None:
+            assert abs(difference) < 0.5, difference
+        else:
+            assert difference > gap, difference
