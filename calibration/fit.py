@@ -32,7 +32,8 @@ softmax over the catalog (every logged event is a choice of one item), in torch:
    slate is clicked against ``no_click_utility``. Two constants are set after the fit, both against
    the simulator's own reference: new users and their candidates drawn by the simulator itself on the
    fitted world, shown random slates (``slate_size`` distinct candidates, position weights
-   ``exp(-position_bias k)``), S a slate's position-weighted sum of ``exp(u)``.
+   ``exp(-position_bias k)``), S a slate's position-weighted sum of ``exp(u + appeal)`` (the choice
+   logits; the choice temperature of a calibrated population is 1).
 
    * the **no-click utility** v is the root (``brentq``) of ``mean(S / (S + e^v)) = r``: random slates
      are clicked at rate r. r is the logged share of slates with a click, a slate being the rows of
@@ -153,7 +154,9 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
         span = max(float(logs.timestamp.max() - logs.timestamp.min()), 1e-9)
         age = torch.from_numpy((logs.timestamp.max() - logs.timestamp) / span)
         weight = (0.5 ** (age / config.recency_half_life)).float()
-        current = recent_item_bias(users, vectors, bias, user, item, weight, config, generator)
+        # its own generator: turning it on leaves every later step's draws (the drift's refits) as they were
+        own = torch.Generator().manual_seed(config.seed + 1)
+        current = recent_item_bias(users, vectors, bias, user, item, weight, config, own)
         recency = {
             "half_life_share_of_span": config.recency_half_life,
             "effective_events": float(weight.sum() ** 2 / (weight * weight).sum()),
@@ -282,7 +285,7 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
             "satisfaction_median": target,
             "source": target_source,
             "median_click_utility_random_slates": median_utility,  # before the offset, noise included
-            "median_logged_click_utility": float(np.median(logged_utility)),  # the fit's, before the offset
+            "median_logged_click_logit": float(np.median(logged_utility)),  # the fit's choice logit, before the offset
         },
         "no_click": no_click,
     }

@@ -29,9 +29,10 @@ class FitConfig(FrozenConfig):
     recency_half_life: float | None = Field(
         None,
         gt=0,
-        description="Item quality as of the end of the logs: after the fit, the items' quality alone is refitted "
+        description="Items' choice bias as of the end of the logs: after the fit, the items' bias alone is refitted "
         "with each event weighted by 0.5 ** (age / (recency_half_life x the logs' time span)), so items chosen "
-        "lately rank higher (null: every event counts the same).",
+        "lately are chosen more (with quality_from_ratings, satisfaction still follows the ratings; null: every "
+        "event counts the same).",
     )
     quality_from_ratings: bool = Field(
         True,
@@ -73,7 +74,7 @@ class Calibration:
     world: dict[str, np.ndarray]
     user_factors: np.ndarray  # [num_users, d] of the training users (zeros for users without a clicked row)
     item_factors: np.ndarray  # [num_items, d]
-    item_bias: np.ndarray  # [num_items]: the simulator's item quality (the fitted bias plus the offset)
+    item_bias: np.ndarray  # [num_items]: the simulator's item quality (the fit's quality plus the offset)
     rating_quantiles: np.ndarray | None  # [101] quantiles of training ratings (None: no ratings)
     fit: dict[str, Any] = field(default_factory=dict)
     item_appeal: np.ndarray | None = None  # [num_items]: what draws the choice beyond quality (None: nothing)

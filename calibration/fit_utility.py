@@ -59,6 +59,9 @@ def prior_slates(
     new users, and the same slates' choice logits (utility plus appeal, over the choice temperature): users
     and candidates drawn by the simulator itself (:class:`DriftingUsersModel` on this world), both as its
     choice model computes them."""
+    if config.population.choice_temperature != 1.0:  # the no-click utility is solved in logit units
+        raise ValueError(f"population.choice_temperature: expected 1 (a calibrated population's), got "
+                         f"{config.population.choice_temperature}")  # fmt: skip
     rng = np.random.default_rng(seed)
     model = DriftingUsersModel(config, numpy_backend(), world)
     choice = model.choice_model(model.initial_state(NumpyRandom(rng), samples))  # [samples, N]

@@ -115,7 +115,7 @@ def test_the_calibrated_env_clicks_at_the_logged_rate_and_satisfies_as_the_ratin
     assert no_click["logged"]["row_click_rate"] < no_click["click_rate"] / 4
     # the fit's zero point (item quality near -log M) moved up to where satisfaction is the logs'
     assert fitted.fit["utility_offset"]["offset"] > 2.0
-    assert np.array_equal(fitted.item_bias, fitted.world["item_quality"])  # scores are the simulator's utilities
+    assert np.array_equal(fitted.item_bias, fitted.world["item_quality"])  # utilities are the simulator's
 
 
 def test_logs_of_choices_click_at_the_assumed_rate(impressions, tmp_path):
