@@ -134,14 +134,10 @@ def _fit_implicit(
     generator: np.random.Generator,
     counts: np.ndarray,
 ) -> Scorer:
-    try:
-        from implicit.als import AlternatingLeastSquares
-        from implicit.nearest_neighbours import CosineRecommender
-        from threadpoolctl import threadpool_limits
-    except ImportError as err:
-        raise ImportError(
-            f"recommenders: {name} needs the 'implicit' package: pip install 'metarec[calibrate]' ({err})"
-        ) from None
+    from implicit.als import AlternatingLeastSquares  # check_recommenders has named a missing package
+    from implicit.nearest_neighbours import CosineRecommender
+    from threadpoolctl import threadpool_limits
+
     user_items = _user_items(user, item, num_users, num_items)
     with threadpool_limits(1, "blas"), warnings.catch_warnings():  # implicit's threads do the work, not BLAS's
         warnings.filterwarnings("ignore", message="Method expects CSR input")  # its own conversion inside fit

@@ -18,14 +18,21 @@ from metarec.envs.calibrated import save_population
 from metarec.io import json_safe, write_json
 
 
+def user_item_matrix(users: np.ndarray, user: np.ndarray, item: np.ndarray, num_items: int) -> np.ndarray:
+    """bool ``[len(users), num_items]``: which items each of ``users`` (codes) has among the events ``(user, item)``."""
+    out = np.zeros((len(users), num_items), dtype=bool)
+    if len(users) == 0 or len(user) == 0:
+        return out
+    row = np.full(int(max(users.max(), user.max())) + 1, -1, dtype=np.int64)
+    row[users] = np.arange(len(users))
+    mine = row[user] >= 0
+    out[row[user[mine]], item[mine]] = True
+    return out
+
+
 def _seen(logs: Logs, users: np.ndarray) -> np.ndarray:
     """``[len(users), num_items]``: which items each of ``users`` has in ``logs``."""
-    row = np.full(logs.num_users, -1, dtype=np.int64)
-    row[users] = np.arange(len(users))
-    mine = row[logs.user] >= 0
-    seen = np.zeros((len(users), logs.num_items), dtype=bool)
-    seen[row[logs.user[mine]], logs.item[mine]] = True
-    return seen
+    return user_item_matrix(users, logs.user, logs.item, logs.num_items)
 
 
 def repeat_rate(logs: Logs) -> float:

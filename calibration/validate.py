@@ -41,7 +41,7 @@ from pydantic import Field
 from metarec.calibration.fit import Calibration, FitConfig, calibrate
 from metarec.calibration.logs import load_logs, time_split
 from metarec.calibration.recommenders import STANDARD, RecommenderConfig, check_recommenders, fit_recommenders
-from metarec.calibration.run import clicked, repeat_rate, simulate_future
+from metarec.calibration.run import clicked, repeat_rate, simulate_future, user_item_matrix
 from metarec.config import FrozenConfig
 from metarec.envs.calibrated import candidate_strata
 from metarec.envs.core.backend import TorchRandom, torch_backend
@@ -97,17 +97,6 @@ def list_metrics(lists: np.ndarray, relevant: np.ndarray, k: int) -> dict[str, n
         recall = hit.sum(axis=1) / np.minimum(count, k)
         ndcg = (hit * discount[None, :]).sum(axis=1) / ideal
     return {"recall": np.where(count > 0, recall, np.nan), "ndcg": np.where(count > 0, ndcg, np.nan)}
-
-
-def _matrix(users: np.ndarray, user: np.ndarray, item: np.ndarray, num_items: int) -> np.ndarray:
-    """bool ``[len(users), num_items]``: which items each of ``users`` (sorted codes) has among the events."""
-    out = np.zeros((len(users), num_items), dtype=bool)
-    if len(users) == 0:
-        return out
-    row = np.searchsorted(users, user)
-    keep = (row < len(users)) & (users[np.minimum(row, len(users) - 1)] == user)
-    out[row[keep], item[keep]] = True
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -184,12 +173,13 @@ def bootstrap_summary(
     minus 1) with its interval; the same resampled users for every recommender."""
     users = len(next(iter(next(iter(values.values())).values())))
     picks = generator.integers(0, users, size=(draws, users))
+    bases = {metric: np.nanmean(per_user[picks], axis=1) for metric, per_user in values[baseline].items()}
     out: dict[str, dict[str, Any]] = {}
     for name, metrics in values.items():
         out[name] = {}
         for metric, per_user in metrics.items():
             means = np.nanmean(per_user[picks], axis=1)
-            base = np.nanmean(values[baseline][metric][picks], axis=1)
+            base = bases[metric]
             mean, base_mean = float(np.nanmean(per_user)), float(np.nanmean(values[baseline][metric]))
             with np.errstate(invalid="ignore", divide="ignore"):
                 lifts = means / base - 1.0
@@ -268,8 +258,8 @@ def run_validation(
     repeats = repeat_rate(train) > 0.01
     m = train.num_items
     users = np.intersect1d(np.unique(test.user), np.unique(train.user))
-    seen = _matrix(users, train.user, train.item, m)
-    future = _matrix(users, test.user, test.item, m)
+    seen = user_item_matrix(users, train.user, train.item, m)
+    future = user_item_matrix(users, test.user, test.item, m)
     if not repeats:
         future &= ~seen
     keep = future.any(axis=1)
@@ -279,7 +269,7 @@ def run_validation(
     row = np.searchsorted(users, test.user).clip(0, len(users) - 1)
     held = test.subset((users[row] == test.user) & (repeats | ~seen[row, test.item]))  # what the users are scored on
     simulated = simulate_future(calibration, train, held, seed=config.seed)
-    offline = _matrix(users, simulated["user"], simulated["item"], m)
+    offline = user_item_matrix(users, simulated["user"], simulated["item"], m)
     if not repeats:
         offline &= ~seen
     steps = np.minimum(np.bincount(np.searchsorted(users, held.user), minlength=len(users)), config.max_steps)
@@ -292,7 +282,7 @@ def run_validation(
     length = config.k + config.max_steps
     # users new in the held-out period: no history for the recommenders, drawn from the fitted prior in the simulator
     new = np.setdiff1d(np.unique(test.user), np.unique(train.user))
-    new_future = _matrix(new, test.user, test.item, m)
+    new_future = user_item_matrix(new, test.user, test.item, m)
     mine = np.isin(test.user, new)
     new_steps = np.minimum(np.bincount(np.searchsorted(new, test.user[mine]), minlength=len(new)), config.max_steps)
     values: dict[str, dict[str, np.ndarray]] = {}

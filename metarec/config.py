@@ -195,6 +195,12 @@ def load_yaml_config(model: type[Any], path: str | Path, overrides: list[str] = 
     values = read_yaml_file(path) or {}
     if not isinstance(values, dict):
         raise ValueError(f"config: expected a mapping at the top of {path}, got {type(values).__name__}")
+    return validate_config(model, apply_overrides(values, overrides))
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``values`` (changed in place, and returned) with each ``--set KEY.SUB=VALUE`` of ``overrides`` set in
+    its nested mapping."""
     for text in overrides:
         keys, value = parse_override(text)
         node = values
@@ -203,4 +209,4 @@ def load_yaml_config(model: type[Any], path: str | Path, overrides: list[str] = 
             if not isinstance(node, dict):
                 raise ValueError(f"--set {short_repr(text, 40)}: {key} is not a mapping")
         node[keys[-1]] = value
-    return validate_config(model, values)
+    return values

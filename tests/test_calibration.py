@@ -302,11 +302,26 @@ def test_fitted_users_are_kept_and_drawn_and_format_1_still_loads(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def choice_logs(user: np.ndarray, item: np.ndarray, stamp: np.ndarray, rating: np.ndarray):
+    """Logs of chosen items (every row clicked) by 200 users among 40 items."""
+    from metarec.calibration.logs import Logs
+
+    return Logs(
+        user=np.asarray(user, dtype=np.int64),
+        item=np.asarray(item, dtype=np.int64),
+        timestamp=np.asarray(stamp, dtype=np.float64),
+        rating=np.asarray(rating, dtype=np.float32),
+        click=np.ones(len(user), dtype=np.float32),
+        user_ids=np.arange(200),
+        item_ids=np.arange(40),
+        item_features=None,
+        item_text=None,
+    )
+
+
 def test_recency_half_life_gives_items_chosen_lately_the_higher_quality():
     """Item 0 is chosen often early and seldom late, item 1 the other way round, as often overall: the fit's
     quality cannot tell them apart, quality as of the end of the logs ranks item 1 first."""
-    from metarec.calibration.logs import Logs
-
     rng = np.random.default_rng(0)
     events = 6000
     stamp = np.sort(rng.uniform(0, 100, events))
@@ -315,17 +330,7 @@ def test_recency_half_life_gives_items_chosen_lately_the_higher_quality():
     chosen = rng.uniform(size=events) < 0.3
     item[chosen & ~late] = np.where(rng.uniform(size=(chosen & ~late).sum()) < 0.8, 0, 1)
     item[chosen & late] = np.where(rng.uniform(size=(chosen & late).sum()) < 0.8, 1, 0)
-    logs = Logs(
-        user=rng.integers(0, 200, events).astype(np.int64),
-        item=item.astype(np.int64),
-        timestamp=stamp,
-        rating=np.full(events, np.nan, dtype=np.float32),
-        click=np.ones(events, dtype=np.float32),
-        user_ids=np.arange(200),
-        item_ids=np.arange(40),
-        item_features=None,
-        item_text=None,
-    )
+    logs = choice_logs(rng.integers(0, 200, events), item, stamp, np.full(events, np.nan))
     small = {"epochs": 30, "refit_steps": 50, "max_clusters": 2, "embedding_dim": 4}
     flat = calibrate(logs, FitConfig(**small))
     recent = calibrate(logs, FitConfig(**small, recency_half_life=0.1))
@@ -355,7 +360,6 @@ def test_quality_follows_the_ratings_and_appeal_keeps_the_choices():
     """Every item is chosen about as often, the first half rated high and the second low: with ratings split
     from choices, quality follows the ratings, appeal makes up the rest so the choice logits are the fit's,
     and simulated ratings of the well-rated items are higher; without the split they are not."""
-    from metarec.calibration.logs import Logs
     from metarec.calibration.run import simulate_future
 
     rng = np.random.default_rng(3)
@@ -363,17 +367,7 @@ def test_quality_follows_the_ratings_and_appeal_keeps_the_choices():
     item = rng.integers(0, 40, events)
     good = item < 20
     rating = np.where(good, rng.choice([4, 5], events), rng.choice([1, 2], events)).astype(np.float32)
-    logs = Logs(
-        user=rng.integers(0, 200, events).astype(np.int64),
-        item=item.astype(np.int64),
-        timestamp=np.arange(events, dtype=np.float64),
-        rating=rating,
-        click=np.ones(events, dtype=np.float32),
-        user_ids=np.arange(200),
-        item_ids=np.arange(40),
-        item_features=None,
-        item_text=None,
-    )
+    logs = choice_logs(rng.integers(0, 200, events), item, np.arange(events, dtype=np.float64), rating)
     small = {"epochs": 10, "refit_steps": 50, "max_clusters": 2, "embedding_dim": 4}
     split = calibrate(logs, FitConfig(**small))
     flat = calibrate(logs, FitConfig(**small, quality_from_ratings=False))

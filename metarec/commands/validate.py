@@ -9,22 +9,13 @@ from pathlib import Path
 from metarec.calibration.recommenders import STANDARD, check_recommenders
 from metarec.calibration.validate import ValidateConfig, run_validation
 from metarec.calibration.validate_report import write_validation_report
-from metarec.config import parse_override, short_repr, validate_config
+from metarec.config import apply_overrides, short_repr, validate_config
 from metarec.io import json_safe, print_json, write_json
 from metarec.runs import claim_out
 
 
 def _config(overrides: list[str]) -> ValidateConfig:
-    values: dict = {}
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = values
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {short_repr(text, 40)}: {key} is not a mapping")
-        node[keys[-1]] = value
-    return validate_config(ValidateConfig, values, where="--set")
+    return validate_config(ValidateConfig, apply_overrides({}, overrides), where="--set")
 
 
 def _recommenders(text: str) -> tuple[str, ...]:
