@@ -19,7 +19,7 @@ from metarec.agents.base import Recommender, slate_size_of
 from metarec.agents.baselines.bandits import EpsilonGreedyRecommender, GreedyRecommender, num_items_of
 from metarec.agents.baselines.hbayes import BayesPrior, HierarchicalBayesRecommender
 from metarec.agents.baselines.linear import LinUCBRecommender, ThompsonRecommender
-from metarec.agents.baselines.popularity import PopularRecommender
+from metarec.agents.baselines.popularity import BernoulliTSRecommender, PopularRecommender
 from metarec.agents.baselines.reference import OracleRecommender, RandomRecommender
 
 # name -> factory(env, generator) building the recommender for a vector environment.
@@ -98,6 +98,9 @@ def _popular_ctr(env: Any, generator: torch.Generator) -> Recommender:
 
 
 register_recommender("popular-ctr", _popular_ctr)
+register_recommender(
+    "bts", lambda env, generator: BernoulliTSRecommender(slate_size_of(env), num_items_of(env, "bts"), generator)
+)
 register_recommender(
     "greedy", lambda env, generator: GreedyRecommender(slate_size_of(env), num_items_of(env, "greedy"), generator)
 )

@@ -12,7 +12,10 @@ uniformly random logging policy (``1 / N`` for ``N`` candidates) and for a deter
   (``offered``) as fixed-size list columns; the file's metadata (key
   ``metarec``) says how it was made.
 * ``obd``: the Open Bandit Dataset's CSV layout (an index column, then ``timestamp``, ``item_id``,
-  ``position`` from 1, ``click``, ``propensity_score``, ``user_feature_0 ..``).
+  ``position`` from 1, ``click``, ``propensity_score``, ``user_feature_0`` (the user's id) and
+  ``user-item_affinity_0 ..`` (the user's clicks of each item on earlier slates: one column per catalog item)),
+  with ``item_context.csv`` beside it (``item_id``, ``item_feature_0 ..``: each item's candidate features as
+  first shown, zeros for items never shown). ``load_logs(out, "obd")`` reads it back.
 * ``obp``: Open Bandit Pipeline's bandit feedback dict (``n_rounds``, ``n_actions``, ``action``, ``position``,
   ``reward`` (the click), ``pscore``, ``context``, ``action_context``, ``len_list``, plus ``user``, ``timestamp``,
   ``engagement`` and ``offered``, the catalog ids of the round's candidates) as a NumPy ``.npz`` archive, never a
@@ -41,6 +44,7 @@ from metarec.envs.vector import recommender_space
 #: Each format and the ending its ``--out`` must have ("" for a folder).
 OFFLINE_FORMATS = {"parquet": ".parquet", "obd": ".csv", "obp": ".npz", "minari": ""}
 MINARI_ID = "metarec/simulation-v0"
+OBD_ITEM_FILE = "item_context.csv"  # --format obd writes it beside --out
 EPOCH = np.datetime64("2026-01-01T00:00:00", "us")  # the timestamps of the obd layout count from here
 
 
@@ -191,7 +195,7 @@ def write_offline(fmt: str, data: dict[str, Any], out: Path, about: dict[str, An
     if fmt == "parquet":
         _write_parquet(table, out, summary)
     elif fmt == "obd":
-        _write_obd(table, out)
+        _write_obd(table, data["action_context"], out)
     elif fmt == "obp":
         np.savez(out, **bandit_feedback(table, data["action_context"], data["slate_size"]))
     else:
@@ -231,17 +235,41 @@ def _write_parquet(table: dict[str, np.ndarray], out: Path, summary: dict[str, A
     pq.write_table(arrow, out)
 
 
-def _write_obd(table: dict[str, np.ndarray], out: Path) -> None:
-    context = table["context"]
-    stamps = (EPOCH + (table["timestamp"] * 1e6).astype("timedelta64[us]")).astype(str)
-    header = ["", "timestamp", "item_id", "position", "click", "propensity_score"]
-    header += [f"user_feature_{j}" for j in range(context.shape[1])]
+def _write_obd(table: dict[str, np.ndarray], action_context: np.ndarray, out: Path) -> None:
+    """The impressions in the Open Bandit Dataset's ``all.csv`` layout, and ``item_context.csv`` beside it (see
+    :mod:`metarec.calibration.logs.obd`, which reads both back). The user's only feature is their id; the
+    affinity columns count the user's clicks of each item on earlier slates."""
+    users, items = table["user"], table["item"]
+    num_users = int(users.max()) + 1 if len(users) else 0
+    num_items = len(action_context)
+    stamps = np.char.add((EPOCH + (table["timestamp"] * 1e6).astype("timedelta64[us]")).astype(str), "+00:00")
+    header = ["", "timestamp", "item_id", "position", "click", "propensity_score", "user_feature_0"]
+    header += [f"user-item_affinity_{j}" for j in range(num_items)]
+    counts = np.zeros((num_users, num_items), np.int32)  # clicks so far, by user and item
     with open(out, "w") as handle:
         handle.write(",".join(header) + "\n")
-        for i in range(len(stamps)):
-            features = ",".join(f"{x:.6g}" for x in context[i])
-            handle.write(f"{i},{stamps[i]}+00:00,{table['item'][i]},{table['position'][i] + 1},{table['click'][i]},"
-                         f"{table['propensity'][i]:.6g},{features}\n")  # fmt: skip
+        for rows in _step_blocks(users, int(table["position"].max()) + 1 if len(users) else 1):
+            affinity = counts[users[rows]]
+            for r, row in enumerate(rows):
+                handle.write(f"{row},{stamps[row]},{items[row]},{table['position'][row] + 1},{table['click'][row]},"
+                             f"{table['propensity'][row]:.6g},{users[row]},"
+                             + ",".join(map(str, affinity[r].tolist())) + "\n")  # fmt: skip
+            clicked = rows[table["click"][rows] == 1]
+            np.add.at(counts, (users[clicked], items[clicked]), 1)
+    item_header = ["", "item_id"] + [f"item_feature_{j}" for j in range(action_context.shape[1])]
+    with open(out.parent / OBD_ITEM_FILE, "w") as handle:
+        handle.write(",".join(item_header) + "\n")
+        for item, features in enumerate(action_context):
+            handle.write(f"{item},{item}," + ",".join(f"{x:.6g}" for x in features) + "\n")
+
+
+def _step_blocks(users: np.ndarray, slate_size: int) -> list[np.ndarray]:
+    """The impressions' rows, one block per simulated step: a step lists its users in increasing order, so the
+    next step begins where a slate's user is not above the one before."""
+    slate_user = users[::slate_size]
+    starts = np.flatnonzero(np.r_[True, slate_user[1:] <= slate_user[:-1]])
+    ends = np.r_[starts[1:], len(slate_user)]
+    return [np.arange(a * slate_size, b * slate_size) for a, b in zip(starts, ends, strict=True)]
 
 
 def _write_minari(data: dict[str, Any], out: Path, summary: dict[str, Any]) -> None:

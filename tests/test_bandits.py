@@ -16,7 +16,7 @@ from metarec.agents.registry import RECOMMENDERS, make_recommender
 from metarec.envs.drifting.params import UserPopulation
 from metarec.registration import CORE_ENVIRONMENTS as ENVIRONMENTS
 
-BANDITS = ("popular", "greedy", "epsilon-greedy", "linucb", "thompson")
+BANDITS = ("popular", "bts", "greedy", "epsilon-greedy", "linucb", "thompson")
 STEPS = 150
 # Stationary users (no drift, no fatigue) who stay exactly STEPS steps, shown 3 of a 20-item
 # catalog: every item is a candidate at every step, so id-keyed agents can learn per user.

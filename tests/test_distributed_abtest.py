@@ -25,10 +25,10 @@ TIMINGS = ("seconds", "wall_seconds", "processes")
 
 def _config(**overrides) -> ABTestConfig:
     values = {
-        # popular and popular-ctr learn one table from every user (and rl2 logs one), the shared state
-        # summed over processes; thompson, epsilon-greedy, random and rl2 draw random numbers each step
-        "arms": {"popular": "popular", "ctr": "popular-ctr", "thompson": "thompson", "eps": "epsilon-greedy",
-                 "random": "random"},
+        # popular, popular-ctr and bts learn one table from every user (and rl2 logs one), the shared state
+        # summed over processes; bts, thompson, epsilon-greedy, random and rl2 draw random numbers each step
+        "arms": {"popular": "popular", "ctr": "popular-ctr", "bts": "bts", "thompson": "thompson",
+                 "eps": "epsilon-greedy", "random": "random"},
         "control": "popular", "users": 101, "days": 3, "pre_period_days": 1, "env_kwargs": SHORT, "seed": 5,
         "torch_threads": 1, "replicates": 5,  # popular shares its table across users: replicates are the unit
     }  # fmt: skip

@@ -88,7 +88,9 @@ def test_obd_layout_is_the_open_bandit_datasets(tmp_path, capsys):
     summary = simulate(tmp_path, capsys, "obd", "obd.csv", "--agent", "oracle")
     frame = pd.read_csv(tmp_path / "obd.csv", index_col=0)
     assert list(frame.columns[:5]) == ["timestamp", "item_id", "position", "click", "propensity_score"]
-    assert list(frame.columns[5:8]) == ["user_feature_0", "user_feature_1", "user_feature_2"]
+    assert list(frame.columns[5:7]) == ["user_feature_0", "user-item_affinity_0"]  # the user's id, past clicks
+    items = pd.read_csv(tmp_path / "item_context.csv", index_col=0)
+    assert list(items.columns[:2]) == ["item_id", "item_feature_0"] and items["item_id"].tolist() == list(range(1000))
     assert len(frame) == summary["impressions"] and set(frame["position"]) == {1, 2, 3, 4, 5}
     assert (frame["propensity_score"] == 1.0).all()  # the oracle is deterministic
     assert pd.to_datetime(frame["timestamp"]).dt.tz is not None

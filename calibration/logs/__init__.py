@@ -15,6 +15,8 @@ Formats:
     csv: a ``.csv`` or ``.parquet`` file with columns ``user``, ``item``, ``timestamp`` (seconds since the
         epoch or ISO-8601, UTC when no offset is given) and ``rating`` and/or ``click`` (0/1). Its item file
         (``items=``) has a column ``item``, an optional ``text`` and numeric feature columns.
+    obd: the Open Bandit Dataset's ``all.csv`` (or its directory) and ``item_context.csv`` beside it; a user is
+        a segment of rows sharing every ``user_feature_*`` value (see :mod:`metarec.calibration.logs.obd`).
 
 Parsing uses pandas, imported only when a file is read (``pip install "metarec[calibrate]"``).
 """

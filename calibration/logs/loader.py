@@ -7,10 +7,11 @@ from pathlib import Path
 
 from metarec.calibration.logs.generic import read_generic
 from metarec.calibration.logs.movielens import read_movielens_1m, read_movielens_100k, read_movielens_latest
+from metarec.calibration.logs.obd import read_obd
 from metarec.calibration.logs.readers import require_pandas
 from metarec.calibration.logs.schema import Events, ItemTable, Logs, assemble
 
-FORMATS = ("movielens-100k", "movielens-1m", "movielens-latest", "csv")
+FORMATS = ("movielens-100k", "movielens-1m", "movielens-latest", "csv", "obd")
 
 
 def load_logs(path: str | Path, format: str, items: str | Path | None = None) -> Logs:
@@ -20,7 +21,8 @@ def load_logs(path: str | Path, format: str, items: str | Path | None = None) ->
         path: The log file, or for the MovieLens formats the directory holding it.
         format: One of ``FORMATS``.
         items: An item file that replaces the one found beside the log, in the format's own layout
-            (``u.item``, ``movies.dat``, ``movies.csv``, or the generic item schema for ``csv``).
+            (``u.item``, ``movies.dat``, ``movies.csv``, the generic item schema for ``csv``, ``item_context.csv``
+            for ``obd``).
 
     Returns:
         The events in file order, coded by first appearance in time.
@@ -42,4 +44,5 @@ _READERS: dict[str, Callable[[Path, Path | None], tuple[Events, ItemTable | None
     "movielens-1m": read_movielens_1m,
     "movielens-latest": read_movielens_latest,
     "csv": read_generic,
+    "obd": read_obd,
 }

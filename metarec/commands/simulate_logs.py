@@ -22,6 +22,10 @@ def run(args: argparse.Namespace) -> int:
         claim_out(out, "simulate-logs", overwrite=args.overwrite)  # before the simulation
     else:
         claim_file(out, overwrite=args.overwrite)
+        if args.format == "obd":  # and the item file beside it
+            from metarec.calibration.offline import OBD_ITEM_FILE
+
+            claim_file(out.parent / OBD_ITEM_FILE, overwrite=args.overwrite)
     data = collect(args.env, args.users, args.days, seed=args.seed, agent=args.agent, env_kwargs=args.env_kwargs,
                    device=args.device, episodes=args.format == "minari", progress=True)  # fmt: skip
     about = {"env": args.env, "agent": args.agent, "users": args.users, "days": args.days, "seed": args.seed,
