@@ -17,6 +17,12 @@ softmax over the catalog (every logged event is a choice of one item), in torch:
    for n events); one logged event counts as one simulated step. This gives ``ou_noise``; the other
    drift mechanisms are left off (their rates are not identifiable from a log of choices alone). The
    random halves also measure the factors' estimation noise, which is taken out of the cluster spread.
+3b. **Items' click-through rates** (``ctr_from_impressions``), after the mixture: where the logs have rows with
+   ``click`` 0, the items' rates when shown say how strongly each item draws clicks, which the softmax over
+   clicked rows cannot (it sees an item's share of clicks, not of impressions). Each item's rate is shrunk
+   toward the mean by a Beta prior fitted across items (empirical Bayes), and its bias moves so that its pull on
+   the fitted population (cluster centres and spread) follows the shrunk rate
+   (:func:`~metarec.calibration.fit_utility.item_ctr_correction`).
 4. **Fatigue**: how much less often a user's next event repeats the topic of the previous one
    than the user's own topic mix predicts (topics are k-means clusters of the item embeddings).
 5. **Ratings**: simulated satisfaction is mapped to the rating scale by the training ratings'
@@ -77,6 +83,7 @@ from metarec.calibration.fit_config import Calibration, FitConfig
 from metarec.calibration.fit_dynamics import fit_drift, topics_and_fatigue
 from metarec.calibration.fit_interests import fit_mixture, recent_item_bias, softmax_mf
 from metarec.calibration.fit_utility import (
+    item_ctr_correction,
     prior_slates,
     quality_from_ratings,
     satisfaction_target,
@@ -116,6 +123,7 @@ def calibrate(logs: Logs, config: FitConfig | None = None, progress: bool = Fals
 
 def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibration:
     logged_rate = slate_click_rate(logs)  # from every logged row, chosen or not
+    rows = logs  # every row, for the items' click-through rates (step 1c)
     if np.any(logs.click == 0):  # impressions without a click: what was chosen is the choice data
         logs = logs.subset(logs.click > 0)
     if logs.num_events < 2 or logs.num_items < config.num_candidates:
@@ -181,6 +189,13 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
     lengths = np.ones(logs.num_items, dtype=np.float32)
     # the simulator's quality: the fit's, or as of the end of the logs (drift and topics used the fit's)
     item_vectors, item_bias = vectors.numpy(), (bias if recency is None else current).numpy()
+    # the items' pull on the population, where impressions say it (step 3b)
+    ctr = None
+    if config.ctr_from_impressions:
+        shares = mixture.weights_ / mixture.weights_.sum()
+        corrected = item_ctr_correction(rows, item_bias, item_vectors, centres, shares, spread)
+        if corrected is not None:
+            item_bias, ctr = corrected
     population = {
         "num_clusters": len(centres),
         "topics_per_cluster": 1,
@@ -279,6 +294,7 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
         "rating_quantiles": None if quantiles is None else quantiles.tolist(),
         "text_features": text,
         "recency": recency,
+        "ctr_from_impressions": ctr,
         "quality_from_ratings": quality_split,
         "utility_offset": {
             "offset": offset,

@@ -34,6 +34,13 @@ class FitConfig(FrozenConfig):
         "lately are chosen more (with quality_from_ratings, satisfaction still follows the ratings; null: every "
         "event counts the same).",
     )
+    ctr_from_impressions: bool = Field(
+        True,
+        description="In logs with rows of click 0 (impressions), move each item's choice bias so that its pull on "
+        "the fitted population follows its click-through rate when shown, shrunk toward the mean rate by a Beta "
+        "prior fitted across items: the softmax fit sees only clicks, so an item clicked twice in few impressions "
+        "would otherwise draw far more than its rate says.",
+    )
     quality_from_ratings: bool = Field(
         True,
         description="In logs with ratings, split each item's fitted bias into quality (what satisfies, fitted to "

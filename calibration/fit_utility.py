@@ -4,10 +4,11 @@ slates of the simulator's own users, and the satisfaction the utility offset aim
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
-from scipy.special import expit
+from scipy.special import expit, logsumexp
 
 from metarec.calibration.fit_config import FitConfig
 from metarec.calibration.logs import Logs
@@ -113,3 +114,49 @@ def quality_from_ratings(
     mean = float(residual.mean())
     quality = (total + prior_events * mean) / (count + prior_events)
     return quality.astype(np.float32), {"rated_events": int(rated.sum()), "prior_events": prior_events}
+
+
+def item_ctr_correction(
+    rows: Logs, bias: np.ndarray, vectors: np.ndarray, centres: np.ndarray, weights: np.ndarray, spread: float
+) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """Step 3b of :mod:`metarec.calibration.fit`: in logs with impressions, each item's choice bias moved so that
+    the item draws the population's clicks in proportion to its click-through rate when shown, shrunk.
+
+    Returns the new bias (``[M]``) and what was measured, or None where every row is a click. An item's rate is
+    its clicked rows over its rows, shrunk toward the mean rate by a Beta prior whose strength is set by the
+    method of moments across items (the items' rates spread beyond their binomial noise; no spread beyond it
+    shrinks every item to the mean). The fitted model's pull of item ``j`` on the population is
+    ``sum_c w_c exp(b_j + m_c . v_j + s^2 |v_j|^2 / 2)`` over the interest clusters (centre ``m_c``, weight ``w_c``,
+    spread ``s``: the mean of ``exp(u)`` over a Gaussian cluster). At low click rates a shown item's click
+    probability is about its pull over the no-click's, so the bias moves by the log of the shrunk rate over the
+    pull (less the mean move: step 6 sets the level). Users' interests, and so personalisation, are left as fitted.
+    """
+    if rows.num_events == 0 or not np.any(rows.click <= 0):
+        return None
+    shown = np.bincount(rows.item, minlength=len(bias)).astype(np.float64)
+    clicks = np.bincount(rows.item, weights=(rows.click > 0).astype(np.float64), minlength=len(bias))
+    seen = shown > 0
+    rate = float(clicks[seen].sum() / shown[seen].sum())
+    if rate == 0.0:
+        return None  # not one click: nothing to say about items
+    observed = clicks[seen] / shown[seen]
+    noise = float(np.mean(rate * (1.0 - rate) / shown[seen]))
+    between = float(np.var(observed)) - noise
+    strength = math.inf if between <= 0 or rate == 1.0 else max(rate * (1.0 - rate) / between - 1.0, 0.0)
+    shrunk = np.full(len(bias), rate)
+    if math.isfinite(strength):
+        shrunk[seen] = (clicks[seen] + strength * rate) / (shown[seen] + strength)
+    pull = (np.log(weights)[:, None] + centres @ vectors.T + 0.5 * spread**2 * np.sum(vectors**2, axis=1)[None, :])
+    log_pull = bias + logsumexp(pull, axis=0)
+    move = np.log(shrunk) - log_pull
+    move -= move.mean()
+    about = {
+        "items_shown": int(seen.sum()),
+        "rows": int(rows.num_events),
+        "click_rate": rate,
+        "between_item_sd": math.sqrt(max(between, 0.0)),
+        "prior_strength_rows": None if not math.isfinite(strength) else strength,
+        "pull_sd_before": float(np.std(log_pull)),
+        "pull_sd_after": float(np.std(log_pull + move)),
+    }
+    return (bias + move).astype(np.float32), about
