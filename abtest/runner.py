@@ -22,6 +22,7 @@ import torch
 
 from metarec.abtest.analysis import analyse
 from metarec.abtest.config import MIN_REPLICATES, ABTestConfig
+from metarec.abtest.metrics import C
 from metarec.abtest.replicates import analyse_replicates
 from metarec.abtest.report import write_report
 from metarec.abtest.simulate import ArmRun, make_env, merge_runs, simulate_arm
@@ -162,6 +163,9 @@ def run_abtest(
         "correction": config.correction,
         "aa": config.aa,
         "steps": {name: sum(runs[name].steps for runs in replicates) for name in config.arms},
+        # slates shown to the arm's users, over every replicate
+        "slates": {name: int(sum(runs[name].counters[..., C["impressions"]].sum() for runs in replicates))
+                   for name in config.arms},
     }
     simulated = time.perf_counter()
     results.update(analyse(config, replicates[0]) if config.replicates == 1 else analyse_replicates(config, replicates))

@@ -129,6 +129,23 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--json", action="store_true", help=JSON_HELP)
     va.set_defaults(func="metarec.commands.validate:run")
 
+    vb = sub.add_parser(
+        "validate-ab", help="predict a logged A/B test's lift from the control's logs alone, beside the observed lift"
+    )
+    vb.add_argument("control", help="the control policy's log: every row it showed, clicked or not")
+    vb.add_argument("treatment", help="the treatment policy's log over the same period")
+    vb.add_argument("--format", required=True, choices=FORMATS, help="the logs' layout")
+    vb.add_argument("--items", help="item file (features), for both logs; MovieLens and obd folders bring their own")
+    vb.add_argument("--arms", default="random,bts", help="the logged policies as metarec recommenders, "
+                    "CONTROL,TREATMENT (default random,bts: the Open Bandit Dataset's A/B test)")  # fmt: skip
+    vb.add_argument("--out", required=True, help="output directory (validate_ab.json, population/, abtest/)")
+    vb.add_argument("--overwrite", action="store_true", help="write into a non-empty --out not made by validate-ab")
+    vb.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="an option of metarec.calibration.validate_ab.ValidateABConfig: users, days, slate_size, "
+                    "num_candidates, replicates, bootstrap, alpha, seed, fit.KEY (repeatable)")  # fmt: skip
+    vb.add_argument("--json", action="store_true", help=JSON_HELP)
+    vb.set_defaults(func="metarec.commands.validate_ab:run")
+
     sl = sub.add_parser("simulate-logs", help="write simulated interaction logs in the generic schema")
     sl.add_argument("--env", default="metarec/DriftingUsers-v0", choices=[e.id for e in ENVIRONMENTS], metavar="ID",
                     help=ENV_HELP)  # fmt: skip

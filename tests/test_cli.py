@@ -164,7 +164,7 @@ def test_every_command_takes_json_and_every_option_says_what_it_is_and_its_defau
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     assert set(commands) == {"envs", "evaluate", "train", "abtest", "meta-train", "meta-eval", "calibrate", "validate",
-                             "export", "simulate-logs", "demo"}  # fmt: skip
+                             "validate-ab", "export", "simulate-logs", "demo"}  # fmt: skip
     for name, command in commands.items():
         assert "--json" in command._option_string_actions, f"metarec {name} has no --json"
         text = " ".join(command.format_help().split())

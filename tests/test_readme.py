@@ -225,6 +225,30 @@ def logs_written(done: Done) -> None:
     assert {"user", "item", "timestamp"} <= set(header) and {"rating", "click"} & set(header)
 
 
+def impressions_written(path: str, agent: str) -> Callable[[Done], None]:
+    def check(done: Done) -> None:
+        assert re.search(rf"^wrote [\d,]+ impressions \([\d,]+ slates\) of 40 users over 1 days to {path} "
+                         r"\(parquet\)$", done.out, flags=re.M), done.out  # fmt: skip
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(done.file(path))
+        assert {"user", "item", "timestamp", "click"} <= set(table.column_names)
+        assert json.loads(table.schema.metadata[b"metarec"])["agent"] == agent
+
+    return check
+
+
+def ab_validated(done: Done) -> None:
+    result = done.json()
+    assert result["control"]["agent"] == "random" and result["treatment"]["agent"] == "bts"
+    for part in ("observed", "predicted"):
+        low, high = result[part]["ci"]
+        assert low <= result[part]["lift"] <= high, result[part]
+    assert result["predicted"]["unit"] == "replicate" and result["predicted"]["replicates"] == 5
+    done.file("runs/validated_ab/validate_ab.json")
+    done.file("runs/validated_ab/abtest/report.html")
+
+
 def validated(done: Done) -> None:
     result = done.json()
     assert set(result["recommenders"]) == {"random", "popularity", "recent-popularity", "item-knn", "als"}
@@ -277,6 +301,8 @@ ABTEST = "metarec abtest configs/abtest_demo.yaml --out runs/abtest_demo"
 META_TRAIN = "metarec meta-train configs/meta_demo.yaml --out runs/meta_demo"
 META_2P_CMD = "metarec meta-train configs/meta_demo.yaml --out runs/meta_demo_2p --nproc 2"
 LOGS = "metarec simulate-logs --users 1000 --days 10 --out runs/logs.csv"
+AB_RANDOM = "metarec simulate-logs --users 300 --days 1 --agent random --format parquet --out runs/ab_random.parquet"
+AB_BTS = "metarec simulate-logs --users 300 --days 1 --agent bts --format parquet --out runs/ab_bts.parquet"
 OBP_LOGS = "metarec simulate-logs --users 1000 --days 10 --format obp --out runs/feedback.npz"
 EXPORT_RL2 = "metarec export runs/meta_demo/methods/rl2.pt --format torch-export --out runs/rl2.pt2"
 EXPORT_SB3 = "metarec export runs/sb3_ppo_drifting --format onnx --out runs/sb3_ppo_drifting.onnx"
@@ -329,6 +355,15 @@ COMMANDS: dict[str, Case] = {
         "--set fit.epochs=2 --set fit.refit_steps=20 --set bootstrap=50 --set max_steps=5",
         validated,
         needs=(LOGS,),
+    ),
+    AB_RANDOM: Case(AB_RANDOM.replace("--users 300", "--users 40"),
+                    impressions_written("runs/ab_random.parquet", "random")),
+    AB_BTS: Case(AB_BTS.replace("--users 300", "--users 40"), impressions_written("runs/ab_bts.parquet", "bts")),
+    "metarec validate-ab runs/ab_random.parquet runs/ab_bts.parquet --format csv --out runs/validated_ab --json": Case(
+        "metarec validate-ab runs/ab_random.parquet runs/ab_bts.parquet --format csv --out runs/validated_ab --json "
+        "--set fit.epochs=2 --set fit.refit_steps=20 --set replicates=5 --set bootstrap=100",
+        ab_validated,
+        needs=(AB_RANDOM, AB_BTS),
     ),
     # GPU: the same command lines on the CPU where there is no GPU
     "metarec evaluate --env metarec/DriftingUsers-v0 --agent linucb --users 100000 --device cuda --json": Case(

@@ -154,11 +154,12 @@ def test_demo_refuses_a_meta_folder_it_did_not_make(tmp_path, monkeypatch, capsy
         (["abtest", str(ABTEST), *AB_SMALL], "metarec.commands.abtest.run_abtest"),
         (["calibrate", "logs.csv", "--format", "csv"], "metarec.commands.calibrate.run_calibration"),
         (["validate", __file__, "--format", "csv"], "metarec.commands.validate.run_validation"),
+        (["validate-ab", __file__, __file__, "--format", "csv"], "metarec.commands.validate_ab._validate"),
         (["demo", "--users", "200", "--meta-config", "none"], "metarec.commands.demo.evaluate"),
         (["train", str(PPO), *PPO_SMALL], "metarec.agents.training.run.train_batched_ppo"),
         (["meta-train", str(TINY_META), "--quiet"], "metarec.meta.train.MetaTrainRun"),
     ],
-    ids=["abtest", "calibrate", "validate", "demo", "train", "meta-train"],
+    ids=["abtest", "calibrate", "validate", "validate-ab", "demo", "train", "meta-train"],
 )
 def test_out_that_is_a_file_exits_2_before_any_work(tmp_path, monkeypatch, capsys, argv, work):
     target = tmp_path / "results.txt"

@@ -1,0 +1,175 @@
+"""The logs' side of ``metarec validate-ab``: what two policies' logs of one period say about their A/B lift, and
+the population fitted to the control's logs alone that the simulated A/B test runs on.
+
+Each log is one arm of a real A/B test: the rows its policy showed (``click`` 0 or 1) over the same period. The
+**observed lift** is the treatment's click-through rate (clicks per shown row) over the control's, minus 1.
+Its interval is a percentile bootstrap that resamples each log's users with replacement, independently per
+log: the user is the unit, as in the logs' own randomisation. It assumes users are independent given the
+logged policies; a policy that learned across users (Bernoulli Thompson sampling) made its users dependent, and
+that run-to-run randomness of its learning is not in this interval (the simulated test's replicates count it).
+
+The simulated test's traffic follows the logs where not set: each arm shows as many slates as the treatment's log
+holds, to users who come for one session each (one day), on slates as long as the control's longest (rows of one
+user and timestamp), from every item of the catalogue as candidates (up to :data:`MAX_CANDIDATES`). One session a
+user keeps the traffic the same in both arms, as in the logs, where each arm's click-through rate is over the
+impressions it was given; over several days a simulated arm that pleases its users brings more of them back, and
+its click-through rate then also weighs the users who return.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from metarec.calibration.fit import FitConfig, calibrate
+from metarec.calibration.logs import Logs
+from metarec.calibration.run import clicked
+from metarec.config import FrozenConfig
+from metarec.envs.calibrated import save_population, with_population_fields
+
+MAX_CANDIDATES = 1000  # a larger catalogue is offered through the population's own candidate count
+PROBE_USERS = 256  # users of the probe that measures a simulated user's slates
+
+
+class ValidateABConfig(FrozenConfig):
+    """What ``metarec validate-ab`` does (``--set KEY=VALUE``; ``fit.KEY`` reaches the fit)."""
+
+    users: int | None = Field(
+        None, ge=2, description="Simulated users per arm (None: as many as show the treatment log's slates)."
+    )
+    days: int | None = Field(None, ge=1, description="Simulated days, a session each (None: 1).")
+    slate_size: int | None = Field(None, ge=1, description="Slate length (None: the control log's longest slate).")
+    num_candidates: int | None = Field(
+        None, ge=1, description=f"Candidates per slate (None: every item, up to {MAX_CANDIDATES})."
+    )
+    replicates: int = Field(10, ge=2, description="Independent replicates of the simulated test.")
+    bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples of the observed lift.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Two-sided level of both intervals.")
+    seed: int = Field(0, ge=0, description="Seeds the fit, the simulated test and the bootstrap.")
+    fit: FitConfig = Field(default_factory=FitConfig)
+
+
+def check_impressions(logs: Logs, which: str) -> None:
+    """A ValueError unless ``logs`` hold shown rows that were not clicked (a click-through rate needs them)."""
+    if logs.num_events == 0:
+        raise ValueError(f"{which}: the log holds no rows; expected the rows its policy showed")
+    if not np.any(logs.click <= 0):
+        raise ValueError(
+            f"{which}: every row is a click; expected the rows the policy showed, clicked or not (click 0 or 1), "
+            "since a click-through rate needs the impressions"
+        )
+
+
+def summary(logs: Logs) -> dict[str, Any]:
+    """Users, rows, slates, clicks, click-through rate (clicks per row) and the period of a log."""
+    slates = len(np.unique(np.stack([logs.user.astype(np.float64), logs.timestamp]), axis=1)[0])
+    return {
+        "users": int(logs.num_users),
+        "rows": int(logs.num_events),
+        "slates": int(slates),
+        "clicks": int(logs.click.sum()),
+        "ctr": float(logs.click.mean()),
+        "first": float(logs.timestamp.min()),
+        "last": float(logs.timestamp.max()),
+    }
+
+
+def longest_slate(logs: Logs) -> int:
+    """The most rows one user has at one timestamp."""
+    _, counts = np.unique(np.stack([logs.user.astype(np.float64), logs.timestamp]), axis=1, return_counts=True)
+    return int(counts.max())
+
+
+def observed_lift(control: Logs, treatment: Logs, bootstrap: int, alpha: float, seed: int) -> dict[str, Any]:
+    """The treatment's click-through rate over the control's, minus 1, with a percentile bootstrap interval over
+    each log's users (see the module docstring)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
+    rates = [_user_bootstrap(logs, bootstrap, rng) for logs in (control, treatment)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lifts = rates[1] / rates[0] - 1.0
+    lift = float(treatment.click.mean() / control.click.mean() - 1.0) if control.click.sum() > 0 else math.nan
+    finite = lifts[np.isfinite(lifts)]
+    low, high = np.quantile(finite, [alpha / 2, 1 - alpha / 2]) if len(finite) else (math.nan, math.nan)
+    return {
+        "lift": lift,
+        "ci": [float(low), float(high)],
+        "unit": "user",
+        "bootstrap": bootstrap,
+        "undefined_resamples": int(len(lifts) - len(finite)),  # the control's resample had no click
+    }
+
+
+def _user_bootstrap(logs: Logs, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """``[resamples]`` click-through rates of the log with its users drawn with replacement."""
+    clicks = np.bincount(logs.user, weights=logs.click, minlength=logs.num_users)
+    rows = np.bincount(logs.user, minlength=logs.num_users).astype(np.float64)
+    present = rows > 0
+    clicks, rows = clicks[present], rows[present]
+    n = len(rows)
+    out = np.empty(resamples)
+    chunk = max(1, 2_000_000 // n)
+    for start in range(0, resamples, chunk):
+        draw = rng.integers(0, n, (min(chunk, resamples - start), n))
+        out[start : start + len(draw)] = clicks[draw].sum(axis=1) / rows[draw].sum(axis=1)
+    return out
+
+
+def fit_control(control: Logs, config: ValidateABConfig, out: Path, progress: bool = False) -> dict[str, Any]:
+    """Calibrates on every row of the control's log and writes the population to ``out``; returns the env
+    keyword arguments of the simulated test and what was fitted. The fit's slate size and candidate count are
+    the simulated test's, so its no-click utility gives the logged click rate on the slates the test shows."""
+    candidates = config.num_candidates or min(control.num_items, MAX_CANDIDATES)
+    slate = config.slate_size or longest_slate(control)
+    if candidates > control.num_items:
+        raise ValueError(f"num_candidates: expected at most the logs' {control.num_items} items, got {candidates}")
+    if slate > candidates:
+        raise ValueError(f"slate_size: {slate} is more than the {candidates} candidates; expected at most that many")
+    fit = config.fit.model_copy(update={"slate_size": slate, "num_candidates": candidates})
+    calibration = calibrate(control, fit, progress=progress)
+    fitted = np.unique(clicked(control).user)
+    users = {"user_id": control.user_ids[fitted], "interest": calibration.user_factors[fitted]}
+    path = save_population(out, calibration.config, calibration.world, calibration.fit, users)
+    return {
+        "env_kwargs": {"population": str(path)},
+        "num_items": calibration.config.catalog.num_items,
+        "slate_size": slate,
+        "num_candidates": candidates,
+        "num_clusters": calibration.fit["num_clusters"],
+        "click_rate_calibrated": calibration.fit.get("no_click", {}).get("click_rate"),
+        "ctr_from_impressions": calibration.fit.get("ctr_from_impressions"),
+    }
+
+
+def traffic(
+    config: ValidateABConfig, treatment: Logs, env_kwargs: dict[str, Any], control_agent: str
+) -> dict[str, Any]:
+    """Simulated users per arm and days. Where not set: one day, and as many users as give the treatment log's
+    slates, a user's session being as long as the control's in a probe of :data:`PROBE_USERS` users."""
+    days = config.days or 1
+    if config.users is not None:
+        return {"users": config.users, "days": days, "session_length": None}
+    from metarec.agents.evaluation import evaluate
+
+    probe = evaluate("metarec/Calibrated-v0", control_agent, PROBE_USERS, seed=config.seed,
+                     env_kwargs=with_population_fields(env_kwargs, {"num_sessions": days}), metrics=False)  # fmt: skip
+    assert probe is not None  # one process
+    length = float(probe["mean_length"])
+    users = max(2, math.ceil(summary(treatment)["slates"] / max(length, 1.0)))
+    return {"users": users, "days": days, "session_length": length}
+
+
+def agreement(observed: dict[str, Any], predicted: dict[str, Any]) -> dict[str, Any]:
+    """How the simulated test's lift compares with the logs'."""
+    o, p = observed["lift"], predicted["lift"]
+    (o_low, o_high), (p_low, p_high) = observed["ci"], predicted["ci"]
+    finite = all(math.isfinite(x) for x in (o, p, o_low, o_high, p_low, p_high))
+    return {
+        "error": p - o,  # predicted minus observed lift
+        "observed_in_predicted_ci": finite and p_low <= o <= p_high,
+        "intervals_overlap": finite and p_low <= o_high and o_low <= p_high,
+        "same_sign": finite and np.sign(p) == np.sign(o),
+    }

@@ -1,0 +1,147 @@
+"""``metarec validate-ab CONTROL TREATMENT``: a real A/B test's logs, one per arm. The simulator is calibrated on the
+control's logs alone and runs the same test; its predicted lift in click-through rate, with an interval that counts
+the learners' own randomness (independent replicates), is set beside the lift observed in the logs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from metarec.config import apply_overrides, short_repr, validate_config
+from metarec.io import json_safe, print_json, write_json
+from metarec.runs import claim_out
+
+#: The arms' names in the simulated test.
+CONTROL, TREATMENT = "control", "treatment"
+
+
+def _arms(text: str) -> tuple[str, str]:
+    from metarec.agents.registry import RECOMMENDERS
+
+    names = tuple(name.strip() for name in text.split(","))
+    if len(names) != 2 or any(name not in RECOMMENDERS for name in names):
+        raise ValueError(
+            f"--arms: expected CONTROL,TREATMENT, two recommenders among {', '.join(sorted(RECOMMENDERS))} standing "
+            f"for the logged policies; got {short_repr(text)}"
+        )
+    return names[0], names[1]
+
+
+def run(args: argparse.Namespace) -> int:
+    from metarec.abtest.config import MIN_REPLICATES, ABTestConfig
+    from metarec.calibration.validate_ab import ValidateABConfig
+
+    started = time.perf_counter()
+    config = validate_config(ValidateABConfig, apply_overrides({}, args.set or []), where="--set")
+    agents = _arms(args.arms)
+    if config.replicates < MIN_REPLICATES:
+        raise ValueError(
+            f"replicates: expected at least {MIN_REPLICATES} (independent copies of the simulated test: an arm that "
+            f"learns across users makes its users dependent), got {config.replicates}"
+        )
+    for which, path in (("control", args.control), ("treatment", args.treatment)):
+        if not Path(path).exists():
+            raise ValueError(f"{which}: no such file or directory {str(path)!r}")
+    validate_config(ABTestConfig, _abtest(config, agents, {}, 2, 1))  # its own checks, before any work
+    out = claim_out(args.out, "validate-ab", overwrite=args.overwrite)
+    result = _validate(args, config, agents, out, progress=not args.json)
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    write_json(result, out / "validate_ab.json")
+    if args.json:
+        print_json(result, getattr(args, "json_stream", None))
+        return 0
+    observed, predicted = result["observed"], result["predicted"]
+    print(f"{agents[1]} over {agents[0]}, click-through rate:")
+    print(f"  observed in the logs     {_lift(observed)}")
+    print(f"  predicted by simulation  {_lift(predicted)} ({predicted['replicates']} replicates)")
+    within = result["agreement"]["observed_in_predicted_ci"]
+    print(f"  observed within the predicted interval: {'yes' if within else 'no'}")
+    print(f"results: {out / 'validate_ab.json'}; the simulated test's report: {out / 'abtest' / 'report.html'}")
+    return 0
+
+
+def _lift(part: dict[str, Any]) -> str:
+    low, high = part["ci"]
+    return f"{part['lift']:+.1%} [{low:+.1%}, {high:+.1%}]"
+
+
+def _abtest(config: Any, agents: tuple[str, str], env_kwargs: dict[str, Any], users: int, days: int) -> dict[str, Any]:
+    return {
+        "name": "validate-ab",
+        "env": "metarec/Calibrated-v0",
+        "env_kwargs": env_kwargs,
+        "arms": {CONTROL: {"agent": agents[0]}, TREATMENT: {"agent": agents[1]}},
+        "control": CONTROL,
+        "users": users,
+        "days": days,
+        "pre_period_days": 0,
+        "primary_metric": "ctr",
+        "alpha": config.alpha,
+        "replicates": config.replicates,
+        "seed": config.seed,
+    }
+
+
+def _validate(args: argparse.Namespace, config: Any, agents: tuple[str, str], out: Path,
+              progress: bool) -> dict[str, Any]:  # fmt: skip
+    from metarec.abtest.config import ABTestConfig
+    from metarec.abtest.runner import run_abtest
+    from metarec.calibration.logs import load_logs
+    from metarec.calibration.validate_ab import (
+        agreement,
+        check_impressions,
+        fit_control,
+        observed_lift,
+        summary,
+        traffic,
+    )
+
+    def say(text: str) -> None:
+        if progress:
+            print(f"validate-ab: {text}", file=sys.stderr, flush=True)
+
+    control = load_logs(args.control, args.format, items=args.items)
+    treatment = load_logs(args.treatment, args.format, items=args.items)
+    check_impressions(control, "control")
+    check_impressions(treatment, "treatment")
+    observed = observed_lift(control, treatment, config.bootstrap, config.alpha, config.seed)
+    say(f"observed lift {_lift(observed)}; calibrating on the control's {control.num_events:,} rows")
+    fitted = fit_control(control, config, out / "population", progress=progress)
+    env_kwargs = fitted.pop("env_kwargs")
+    plan = traffic(config, treatment, env_kwargs, agents[0])
+    users, days = plan["users"], plan["days"]
+    ab = validate_config(ABTestConfig, _abtest(config, agents, env_kwargs, users, days))
+    say(f"simulating the test: {users:,} users per arm, {days} days, {config.replicates} replicates")
+    results = run_abtest(ab, out / "abtest", quiet=not progress)
+    assert results is not None  # one process
+    effect = results["effects"][TREATMENT]["ctr"]
+    predicted = {
+        "lift": effect["relative"],
+        "ci": effect["relative_ci"],
+        "p_value": effect["p_value"],
+        "unit": results["unit"],
+        "replicates": config.replicates,
+        "users_per_arm": users,
+        "days": days,
+        "session_length_probe": plan["session_length"],
+        "ctr": {
+            CONTROL: results["arms"][CONTROL]["metrics"]["ctr"],
+            TREATMENT: results["arms"][TREATMENT]["metrics"]["ctr"],
+        },
+        "slates_per_replicate": {arm: results["slates"][arm] / config.replicates for arm in (CONTROL, TREATMENT)},
+    }
+    return json_safe({
+        "control": {"logs": str(args.control), "agent": agents[0], **summary(control)},
+        "treatment": {"logs": str(args.treatment), "agent": agents[1], **summary(treatment)},
+        "format": args.format,
+        "observed": observed,
+        "predicted": predicted,
+        "agreement": agreement(observed, predicted),
+        "fit": fitted,
+        "population": str(out / "population"),
+        "abtest": {"config": ab.model_dump(mode="json"), "results": str(out / "abtest" / "results.json")},
+        "config": config.model_dump(mode="json"),
+    })  # fmt: skip

@@ -1,0 +1,148 @@
+"""``metarec validate-ab``: the lift two policies' logs show, the lift the simulator calibrated on the control's
+logs alone predicts, and the fit's use of impressions that the prediction rests on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+
+from metarec.calibration.logs import Logs
+from metarec.cli import main
+
+pytest.importorskip("pandas")
+pytest.importorskip("sklearn")
+
+
+def impressions(ctr: np.ndarray, users: int, rows_per_user: int, seed: int) -> Logs:
+    """A log of single-item slates, each item shown uniformly at random and clicked with its rate ``ctr``."""
+    rng = np.random.default_rng(seed)
+    n = users * rows_per_user
+    user = np.repeat(np.arange(users), rows_per_user)
+    item = rng.integers(0, len(ctr), n)
+    click = (rng.random(n) < ctr[item]).astype(np.float32)
+    return Logs(user, item, np.arange(n, dtype=np.float64), np.full(n, np.nan, np.float32), click,
+                np.arange(users), np.arange(len(ctr)), None, None)  # fmt: skip
+
+
+def item_pull(calibration) -> np.ndarray:
+    """log of each item's mean exp(utility + appeal) over the fitted population (see item_ctr_correction)."""
+    world, spread = calibration.world, calibration.config.population.cluster_spread
+    v = world["item_embedding"].astype(np.float64)
+    terms = np.log(world["cluster_weight"])[:, None] + world["cluster_centre"] @ v.T + 0.5 * spread**2 * (v**2).sum(1)
+    return world["item_quality"] + world["item_appeal"] + logsumexp(terms, axis=0)
+
+
+def test_items_draw_clicks_as_their_shrunk_click_through_rates_say():
+    from metarec.calibration.fit import FitConfig, calibrate
+
+    ctr = np.where(np.arange(40) < 20, 0.02, 0.005)  # two groups of items, 4x apart
+    logs = impressions(ctr, users=300, rows_per_user=400, seed=0)
+    config = FitConfig(num_candidates=20, epochs=5, refit_steps=50)
+    fitted = calibrate(logs, config)
+    about = fitted.fit["ctr_from_impressions"]
+    assert about["items_shown"] == 40 and about["click_rate"] == pytest.approx(logs.click.mean())
+    pull = item_pull(fitted)
+    gap = pull[:20].mean() - pull[20:].mean()
+    assert gap == pytest.approx(np.log(4), abs=0.25), gap  # 3,000 rows an item: little shrinkage
+    # without it, the softmax over clicks alone spreads the items by their click counts' noise as well
+    plain = calibrate(logs, config.model_copy(update={"ctr_from_impressions": False}))
+    assert plain.fit["ctr_from_impressions"] is None
+    within = [np.std(item_pull(c)[:20]) for c in (fitted, plain)]
+    assert within[0] < within[1], within
+
+
+def test_items_alike_in_their_rates_are_shrunk_together():
+    from metarec.calibration.fit import FitConfig, calibrate
+
+    logs = impressions(np.full(30, 0.01), users=100, rows_per_user=100, seed=1)  # about 3 clicks an item
+    fitted = calibrate(logs, FitConfig(num_candidates=20, epochs=20, refit_steps=50))
+    about = fitted.fit["ctr_from_impressions"]
+    assert about["pull_sd_before"] > 0.5 and about["pull_sd_after"] < 0.25 * about["pull_sd_before"], about
+
+
+def test_observed_lift_is_the_ratio_of_rates_with_users_resampled():
+    from metarec.calibration.validate_ab import observed_lift
+
+    control = impressions(np.full(10, 0.05), users=200, rows_per_user=50, seed=2)
+    treatment = impressions(np.full(10, 0.075), users=200, rows_per_user=50, seed=3)
+    lift = observed_lift(control, treatment, bootstrap=500, alpha=0.05, seed=0)
+    assert lift["lift"] == pytest.approx(treatment.click.mean() / control.click.mean() - 1)
+    low, high = lift["ci"]
+    assert low < lift["lift"] < high and low < 0.5 < high and high - low < 0.6
+    assert observed_lift(control, treatment, bootstrap=500, alpha=0.05, seed=0) == lift  # seeded
+
+
+def _write_log(path: Path, agent: str, seed: int) -> None:
+    import pandas as pd
+
+    from metarec.calibration.offline import collect
+
+    rows = collect("metarec/DriftingUsers-v0", 20, 1, seed=seed, agent=agent,
+                   env_kwargs={"catalog": {"num_items": 60}})["impressions"]  # fmt: skip
+    frame = pd.DataFrame({key: rows[key] for key in ("user", "item", "timestamp", "click")})
+    frame.to_csv(path, index=False)
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("ab_logs")
+    _write_log(folder / "control.csv", "random", 0)
+    _write_log(folder / "treatment.csv", "popular-ctr", 1)
+    return folder / "control.csv", folder / "treatment.csv"
+
+
+def test_validate_ab_predicts_a_lift_beside_the_observed_one(logs, tmp_path, capsys):
+    control, treatment = logs
+    out = tmp_path / "out"
+    argv = ["validate-ab", str(control), str(treatment), "--format", "csv", "--arms", "random,popular-ctr",
+            "--out", str(out), "--set", "replicates=5", "--set", "fit.epochs=5", "--set", "fit.refit_steps=50",
+            "--json"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result == json.loads((out / "validate_ab.json").read_text())
+    observed, predicted = result["observed"], result["predicted"]
+    assert observed["lift"] == pytest.approx(result["treatment"]["ctr"] / result["control"]["ctr"] - 1)
+    assert observed["ci"][0] <= observed["lift"] <= observed["ci"][1]
+    assert predicted["replicates"] == 5 and predicted["unit"] == "replicate" and predicted["days"] == 1
+    assert predicted["ci"][0] <= predicted["lift"] <= predicted["ci"][1]
+    assert predicted["lift"] == pytest.approx(predicted["ctr"]["treatment"] / predicted["ctr"]["control"] - 1)
+    # each arm shows about as many slates as the treatment's log holds
+    slates = result["treatment"]["slates"]
+    assert all(0.5 * slates < n < 2 * slates for n in predicted["slates_per_replicate"].values())
+    assert result["fit"]["slate_size"] == 5 and result["fit"]["num_candidates"] == 60
+    assert set(result["agreement"]) == {"error", "observed_in_predicted_ci", "intervals_overlap", "same_sign"}
+    assert (out / "population" / "population.json").is_file() and (out / "abtest" / "results.json").is_file()
+    abtest = json.loads((out / "abtest" / "results.json").read_text())
+    assert abtest["env"] == "metarec/Calibrated-v0" and abtest["shared_state_arms"] == ["treatment"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--arms", "random,nope"], "--arms: expected CONTROL,TREATMENT, two recommenders among"),
+        (["--arms", "random"], "--arms: expected CONTROL,TREATMENT"),
+        (["--set", "replicates=3"], "replicates: expected at least 5"),
+        (["--set", "bootstrap=5"], "bootstrap"),
+        (["--set", "fit.nope=1"], "fit.nope"),
+    ],
+)
+def test_bad_requests_are_refused_before_anything_is_written(logs, tmp_path, capsys, extra, message):
+    control, treatment = logs
+    out = tmp_path / "out"
+    assert main(["validate-ab", str(control), str(treatment), "--format", "csv", "--out", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_missing_logs_and_logs_of_clicks_only_are_named(logs, tmp_path, capsys):
+    control, _ = logs
+    out = tmp_path / "out"
+    assert main(["validate-ab", str(control), str(tmp_path / "none.csv"), "--format", "csv", "--out", str(out)]) == 2
+    assert "treatment: no such file or directory" in capsys.readouterr().err and not out.exists()
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text("user,item,timestamp,click\n1,2,10,1\n1,3,11,1\n2,2,12,1\n")
+    assert main(["validate-ab", str(clicks), str(control), "--format", "csv", "--out", str(out)]) == 2
+    assert "control: every row is a click; expected the rows the policy showed" in capsys.readouterr().err
