@@ -22,7 +22,10 @@ softmax over the catalog (every logged event is a choice of one item), in torch:
    clicked rows cannot (it sees an item's share of clicks, not of impressions). Each item's rate is shrunk
    toward the mean by a Beta prior fitted across items (empirical Bayes), and its bias moves so that its pull on
    the fitted population (cluster centres and spread) follows the shrunk rate
-   (:func:`~metarec.calibration.fit_utility.item_ctr_correction`).
+   (:func:`~metarec.calibration.fit_utility.item_ctr_correction`). That reading is linear; in step 6, a few
+   rounds on the simulator's own random slates then match each item's click-through rate to its shrunk rate
+   where items compete for a slate's one click and positions differ
+   (:func:`~metarec.calibration.fit_utility.match_item_ctr`).
 4. **Fatigue**: how much less often a user's next event repeats the topic of the previous one
    than the user's own topic mix predicts (topics are k-means clusters of the item embeddings).
 5. **Ratings**: simulated satisfaction is mapped to the rating scale by the training ratings'
@@ -84,6 +87,7 @@ from metarec.calibration.fit_dynamics import fit_drift, topics_and_fatigue
 from metarec.calibration.fit_interests import fit_mixture, recent_item_bias, softmax_mf
 from metarec.calibration.fit_utility import (
     item_ctr_correction,
+    match_item_ctr,
     prior_slates,
     quality_from_ratings,
     satisfaction_target,
@@ -195,7 +199,7 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
         shares = mixture.weights_ / mixture.weights_.sum()
         corrected = item_ctr_correction(rows, item_bias, item_vectors, centres, shares, spread)
         if corrected is not None:
-            item_bias, ctr = corrected
+            item_bias, ctr, ctr_target = corrected
     population = {
         "num_clusters": len(centres),
         "topics_per_cluster": 1,
@@ -254,6 +258,14 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
     # v - offset, so v is found first with no offset, then both move by the offset.
     draft = SimulatorConfig.model_validate(sim_fields)
     rate = config.assumed_click_rate if logged_rate is None else float(np.clip(logged_rate["click_rate"], 1e-3, 0.999))
+    if ctr is not None:  # step 3b's rates, matched on the simulator's own random slates
+        key = "item_quality" if split is None else "item_appeal"
+        ctr.update(match_item_ctr(world, draft, ctr_target, rate, key, config.seed))
+        if split is None:
+            item_bias = world["item_quality"].copy()
+        else:
+            appeal = world["item_appeal"]
+            item_bias = world["item_quality"] + appeal
     utility, logits = prior_slates(world, draft, config.seed)
     log_s, position = slate_weights(logits, draft.population.position_bias)
     no_click_utility = solve_no_click_utility(log_s, rate)

@@ -39,7 +39,8 @@ class FitConfig(FrozenConfig):
         description="In logs with rows of click 0 (impressions), move each item's choice bias so that its pull on "
         "the fitted population follows its click-through rate when shown, shrunk toward the mean rate by a Beta "
         "prior fitted across items: the softmax fit sees only clicks, so an item clicked twice in few impressions "
-        "would otherwise draw far more than its rate says.",
+        "would otherwise draw far more than its rate says. The rates are then matched on the simulator's own random "
+        "slates.",
     )
     quality_from_ratings: bool = Field(
         True,

@@ -12,6 +12,7 @@ from scipy.special import expit, logsumexp
 
 from metarec.calibration.fit_config import FitConfig
 from metarec.calibration.logs import Logs
+from metarec.envs.calibrated import candidate_strata
 from metarec.envs.core.backend import NumpyRandom, numpy_backend
 from metarec.envs.drifting.model import DriftingUsersModel
 from metarec.envs.drifting.params import SimulatorConfig
@@ -60,16 +61,25 @@ def prior_slates(
     new users, and the same slates' choice logits (utility plus appeal, over the choice temperature): users
     and candidates drawn by the simulator itself (:class:`DriftingUsersModel` on this world), both as its
     choice model computes them."""
+    utility, logits, _ = random_slates(world, config, seed, samples)
+    return utility, logits
+
+
+def random_slates(
+    world: dict[str, np.ndarray], config: SimulatorConfig, seed: int, samples: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`prior_slates`, and the slates' catalogue items (``[samples, k]``)."""
     if config.population.choice_temperature != 1.0:  # the no-click utility is solved in logit units
         raise ValueError(f"population.choice_temperature: expected 1 (a calibrated population's), got "
                          f"{config.population.choice_temperature}")  # fmt: skip
     rng = np.random.default_rng(seed)
     model = DriftingUsersModel(config, numpy_backend(), world)
-    choice = model.choice_model(model.initial_state(NumpyRandom(rng), samples))  # [samples, N]
+    state = model.initial_state(NumpyRandom(rng), samples)
+    choice = model.choice_model(state)  # [samples, N]
     slate = np.argsort(rng.random(choice.utilities.shape), axis=1)[:, : config.slate_size]
     utility = np.take_along_axis(choice.utilities, slate, axis=1).astype(np.float64)
     logits = np.log(np.take_along_axis(choice.weights, slate, axis=1).astype(np.float64))
-    return utility, logits
+    return utility, logits, np.take_along_axis(np.asarray(state["candidates"]), slate, axis=1)
 
 
 def slate_weights(logits: np.ndarray, position_bias: float) -> tuple[np.ndarray, np.ndarray]:
@@ -159,4 +169,40 @@ def item_ctr_correction(
         "pull_sd_before": float(np.std(log_pull)),
         "pull_sd_after": float(np.std(log_pull + move)),
     }
-    return (bias + move).astype(np.float32), about
+    return (bias + move).astype(np.float32), about, shrunk
+
+
+def match_item_ctr(
+    world: dict[str, np.ndarray], config: SimulatorConfig, target: np.ndarray, rate: float, key: str, seed: int,
+    rounds: int = 5,
+) -> dict[str, Any]:  # fmt: skip
+    """Moves ``world[key]`` (the items' choice term) so that random slates of the simulator's own new users click
+    each item, when shown, at its ``target`` rate relative to the mean: step 3b's rates matched where the linear
+    reading of :func:`item_ctr_correction` is off (slates clicked often, where items compete for the one click,
+    and position bias). Each round solves the no-click utility for the logged ``rate``, computes each item's
+    expected click-through rate on the same random slates (common random numbers: enough slates that every item
+    is shown about 200 times, at least 16,384) and moves each shown item by the log of its target over its rate.
+    Returns the relative error of the items' rates before the first round and after the last."""
+    k = config.slate_size
+    samples = max(16_384, -(-200 * len(target) // k))
+    # random slates need only k candidates a user: one from each of k strata, every item as often as before
+    few = config.model_copy(update={"num_candidates": k})
+    local = {**world, **candidate_strata(config.catalog.num_items, k, config.catalog.seed)}
+    errors = []
+    for _ in range(rounds + 1):
+        _, logits, items = random_slates(local, few, seed, samples)
+        log_s, position = slate_weights(logits, config.population.position_bias)
+        clicks = position * expit(log_s - solve_no_click_utility(log_s, rate))[:, None]
+        shown = np.bincount(items.ravel(), minlength=len(target)).astype(np.float64)
+        clicked = np.bincount(items.ravel(), weights=clicks.ravel(), minlength=len(target))
+        seen = shown > 0
+        simulated = clicked[seen] / shown[seen]
+        wanted = target[seen] * simulated.mean() / target[seen].mean()  # the level is the no-click utility's
+        errors.append(float(np.sqrt(np.mean((simulated / wanted - 1.0) ** 2))))
+        if len(errors) > rounds:
+            break
+        step = np.zeros(len(target))
+        step[seen] = np.log(wanted / np.maximum(simulated, 1e-12))
+        local[key] = (local[key] + step).astype(np.float32)
+    world[key] = local[key]
+    return {"rate_rel_error_before": errors[0], "rate_rel_error_after": errors[-1], "rounds": rounds}

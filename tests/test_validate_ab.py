@@ -48,11 +48,24 @@ def test_items_draw_clicks_as_their_shrunk_click_through_rates_say():
     pull = item_pull(fitted)
     gap = pull[:20].mean() - pull[20:].mean()
     assert gap == pytest.approx(np.log(4), abs=0.25), gap  # 3,000 rows an item: little shrinkage
+    assert about["rate_rel_error_after"] < 0.02  # the simulator's random slates click each item at its rate
     # without it, the softmax over clicks alone spreads the items by their click counts' noise as well
     plain = calibrate(logs, config.model_copy(update={"ctr_from_impressions": False}))
     assert plain.fit["ctr_from_impressions"] is None
     within = [np.std(item_pull(c)[:20]) for c in (fitted, plain)]
     assert within[0] < within[1], within
+
+
+def test_items_rates_are_matched_where_slates_are_clicked_often():
+    from metarec.calibration.fit import FitConfig, calibrate
+
+    # half the rows clicked: the items of a simulated slate compete for its one click, so an item's rate is not
+    # proportional to its pull; the rounds on the simulator's own slates match the rates all the same
+    ctr = np.where(np.arange(40) < 20, 0.6, 0.3)
+    fitted = calibrate(impressions(ctr, users=200, rows_per_user=300, seed=4),
+                       FitConfig(num_candidates=20, epochs=5, refit_steps=50))  # fmt: skip
+    about = fitted.fit["ctr_from_impressions"]
+    assert about["rate_rel_error_after"] < min(0.01, about["rate_rel_error_before"] / 3), about
 
 
 def test_items_alike_in_their_rates_are_shrunk_together():
