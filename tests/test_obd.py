@@ -69,11 +69,21 @@ def test_bad_logs_name_the_file_column_and_line(tmp_path, header, rows, message)
         load_logs(write(tmp_path / "all", rows, header=header), "obd")
 
 
+def test_a_campaign_folder_holds_its_own_log(tmp_path):
+    from metarec.calibration.logs import load_logs
+
+    folder = tmp_path / "men"
+    write(folder, ROWS)
+    (folder / "all.csv").rename(folder / "men.csv")
+    logs = load_logs(folder, "obd")
+    assert logs.num_events == 4 and logs.feature_names[0] == "item_feature_0"
+
+
 def test_bad_paths_and_item_files_are_named(tmp_path):
     from metarec.calibration.logs import load_logs
 
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match=r"empty: expected a directory holding all.csv"):
+    with pytest.raises(ValueError, match=r"empty: expected a directory holding empty.csv or all.csv"):
         load_logs(tmp_path / "empty", "obd")
     folder = write(tmp_path / "all", ROWS, items=[",item,item_feature_0", "0,1,0.5"])
     with pytest.raises(ValueError, match=r"item_context.csv: missing column 'item_id'"):

@@ -1,10 +1,10 @@
-"""The Open Bandit Dataset's layout (``obd``): a campaign's ``all.csv`` and its ``item_context.csv``.
+"""The Open Bandit Dataset's layout (``obd``): a campaign's log and its ``item_context.csv``.
 
-``all.csv`` holds one row per impression: an unnamed index column, ``timestamp`` (ISO-8601), ``item_id``,
-``position`` (from 1), ``click`` (0/1), ``propensity_score`` (the logging policy's probability of showing that
-item at that position), ``user_feature_0 ..`` (categorical, hashed in the published data) and
-``user-item_affinity_0 ..`` (the user's past clicks of each item). ``item_context.csv`` holds an unnamed index
-column, ``item_id`` and ``item_feature_0 ..``.
+The log (``all.csv``; a campaign's folder holds ``CAMPAIGN.csv``: ``all``, ``men``, ``women``) holds one row per
+impression: an unnamed index column, ``timestamp`` (ISO-8601), ``item_id``, ``position`` (from 1), ``click`` (0/1),
+``propensity_score`` (the logging policy's probability of showing that item at that position),
+``user_feature_0 ..`` (categorical, hashed in the published data) and ``user-item_affinity_0 ..`` (the user's past
+clicks of each item). ``item_context.csv`` holds an unnamed index column, ``item_id`` and ``item_feature_0 ..``.
 
 The dataset has no user ids. A user here is a **segment**: the rows that share every ``user_feature_*`` value
 (``|``-joined into the user's label). A slate is then a segment's rows at one timestamp. Positions and
@@ -36,9 +36,14 @@ _SEGMENT = "\0segment"  # the column of user labels added to the parsed table; n
 
 
 def read_obd(path: Path, items: Path | None) -> tuple[Events, ItemTable | None]:
-    log = path / LOG_FILE if path.is_dir() else path
-    if path.is_dir() and not log.is_file():
-        raise ValueError(f"{path}: expected a directory holding {LOG_FILE}, found no {LOG_FILE} in it")
+    log = path
+    if path.is_dir():  # a campaign's folder: all/all.csv, men/men.csv, women/women.csv
+        names = list(dict.fromkeys([f"{path.name}.csv", LOG_FILE]))
+        found = [path / name for name in names if (path / name).is_file()]
+        if not found:
+            wanted = " or ".join(names)
+            raise ValueError(f"{path}: expected a directory holding {wanted} (a campaign's log); none there")
+        log = found[0]
     if log.suffix.lower() != ".csv":
         raise ValueError(f"{log}: expected the .csv file of the Open Bandit Dataset's layout, got {log.suffix!r}")
     table = read_delimited(log, dtype=str)  # hashed features stay text; numbers are parsed column by column
