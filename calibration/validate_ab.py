@@ -33,6 +33,7 @@ from metarec.envs.calibrated import save_population, with_population_fields
 
 MAX_CANDIDATES = 1000  # a larger catalogue is offered through the population's own candidate count
 PROBE_USERS = 256  # users of the probe that measures a simulated user's slates
+MIN_FIT_BOOTSTRAP = 10  # the fewest calibrations a percentile interval of their lifts rests on
 
 
 class ValidateABConfig(FrozenConfig):
@@ -47,10 +48,38 @@ class ValidateABConfig(FrozenConfig):
         None, ge=1, description=f"Candidates per slate (None: every item, up to {MAX_CANDIDATES})."
     )
     replicates: int = Field(10, ge=2, description="Independent replicates of the simulated test.")
+    fit_bootstrap: int = Field(
+        0,
+        ge=0,
+        description="Calibrations on bootstrap resamples of the control log's users, each running its own simulated "
+        "test: the predicted interval is then the percentile interval of their lifts, which counts the fit's "
+        "uncertainty too (0: one calibration; the interval counts the simulation's randomness only; else at least "
+        f"{MIN_FIT_BOOTSTRAP}).",
+    )
     bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples of the observed lift.")
     alpha: float = Field(0.05, gt=0, lt=1, description="Two-sided level of both intervals.")
     seed: int = Field(0, ge=0, description="Seeds the fit, the simulated test and the bootstrap.")
     fit: FitConfig = Field(default_factory=FitConfig)
+
+
+def check_fit_bootstrap(config: ValidateABConfig) -> None:
+    if 0 < config.fit_bootstrap < MIN_FIT_BOOTSTRAP:
+        raise ValueError(f"fit_bootstrap: expected 0 or at least {MIN_FIT_BOOTSTRAP}, got {config.fit_bootstrap}")
+
+
+def resample_users(logs: Logs, rng: np.random.Generator) -> Logs:
+    """The log of ``num_users`` users drawn with replacement from those with rows, each draw a user of its own
+    (codes ``0..``, in draw order), with every row of the user drawn."""
+    users = np.unique(logs.user)
+    drawn = users[rng.integers(0, len(users), len(users))]
+    order = np.argsort(logs.user, kind="stable")
+    starts = np.searchsorted(logs.user[order], drawn)
+    ends = np.searchsorted(logs.user[order], drawn, side="right")
+    rows = np.concatenate([order[a:b] for a, b in zip(starts, ends, strict=True)])
+    code = np.repeat(np.arange(len(drawn)), ends - starts)
+    return Logs(code, logs.item[rows], logs.timestamp[rows], logs.rating[rows], logs.click[rows],
+                np.arange(len(drawn)), logs.item_ids, logs.item_features, logs.item_text,
+                logs.feature_names)  # fmt: skip
 
 
 def check_impressions(logs: Logs, which: str) -> None:
@@ -160,6 +189,13 @@ def traffic(
     length = float(probe["mean_length"])
     users = max(2, math.ceil(summary(treatment)["slates"] / max(length, 1.0)))
     return {"users": users, "days": days, "session_length": length}
+
+
+def percentile_interval(values: list[float], alpha: float) -> list[float]:
+    finite = np.asarray([v for v in values if math.isfinite(v)])
+    if len(finite) == 0:
+        return [math.nan, math.nan]
+    return [float(x) for x in np.quantile(finite, [alpha / 2, 1 - alpha / 2])]
 
 
 def agreement(observed: dict[str, Any], predicted: dict[str, Any]) -> dict[str, Any]:

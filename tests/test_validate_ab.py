@@ -133,6 +133,33 @@ def test_validate_ab_predicts_a_lift_beside_the_observed_one(logs, tmp_path, cap
     assert abtest["env"] == "metarec/Calibrated-v0" and abtest["shared_state_arms"] == ["treatment"]
 
 
+def test_the_fit_bootstrap_interval_is_the_percentiles_of_the_refits_lifts(logs, tmp_path, capsys):
+    control, treatment = logs
+    argv = ["validate-ab", str(control), str(treatment), "--format", "csv", "--arms", "random,popular-ctr",
+            "--out", str(tmp_path / "out"), "--set", "replicates=5", "--set", "fit.epochs=3", "--set",
+            "fit.refit_steps=20", "--set", "fit_bootstrap=10", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    predicted = json.loads(capsys.readouterr().out)["predicted"]
+    lifts = np.array(predicted["bootstrap_lifts"])
+    assert len(lifts) == 10 and len(np.unique(lifts)) > 1 and predicted["interval"].startswith("percentile over 10")
+    assert predicted["ci"] == pytest.approx(np.quantile(lifts, [0.025, 0.975]).tolist())
+    assert len(list((tmp_path / "out" / "bootstrap").glob("*/population/population.json"))) == 10
+
+
+def test_resampled_users_are_users_of_their_own_with_every_row():
+    from metarec.calibration.validate_ab import resample_users
+
+    logs = impressions(np.full(5, 0.3), users=6, rows_per_user=4, seed=5)
+    drawn = resample_users(logs, np.random.default_rng(0))
+    assert drawn.num_users == 6 and drawn.num_events == 24 and np.array_equal(np.bincount(drawn.user), [4] * 6)
+    originals = [int(logs.user[(logs.timestamp == drawn.timestamp[drawn.user == u][0])][0]) for u in range(6)]
+    assert len(set(originals)) < 6  # drawn with replacement: some user twice (for this seed)
+    for u, original in enumerate(originals):
+        mine, theirs = drawn.user == u, logs.user == original
+        assert np.array_equal(drawn.item[mine], logs.item[theirs])
+        assert np.array_equal(drawn.click[mine], logs.click[theirs])
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -141,6 +168,7 @@ def test_validate_ab_predicts_a_lift_beside_the_observed_one(logs, tmp_path, cap
         (["--set", "replicates=3"], "replicates: expected at least 5"),
         (["--set", "bootstrap=5"], "bootstrap"),
         (["--set", "fit.nope=1"], "fit.nope"),
+        (["--set", "fit_bootstrap=3"], "fit_bootstrap: expected 0 or at least 10, got 3"),
     ],
 )
 def test_bad_requests_are_refused_before_anything_is_written(logs, tmp_path, capsys, extra, message):

@@ -32,11 +32,12 @@ def _arms(text: str) -> tuple[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from metarec.abtest.config import MIN_REPLICATES, ABTestConfig
-    from metarec.calibration.validate_ab import ValidateABConfig
+    from metarec.calibration.validate_ab import ValidateABConfig, check_fit_bootstrap
 
     started = time.perf_counter()
     config = validate_config(ValidateABConfig, apply_overrides({}, args.set or []), where="--set")
     agents = _arms(args.arms)
+    check_fit_bootstrap(config)
     if config.replicates < MIN_REPLICATES:
         raise ValueError(
             f"replicates: expected at least {MIN_REPLICATES} (independent copies of the simulated test: an arm that "
@@ -95,6 +96,7 @@ def _validate(args: argparse.Namespace, config: Any, agents: tuple[str, str], ou
         check_impressions,
         fit_control,
         observed_lift,
+        percentile_interval,
         summary,
         traffic,
     )
@@ -118,9 +120,14 @@ def _validate(args: argparse.Namespace, config: Any, agents: tuple[str, str], ou
     results = run_abtest(ab, out / "abtest", quiet=not progress)
     assert results is not None  # one process
     effect = results["effects"][TREATMENT]["ctr"]
+    bootstrap = _fit_bootstrap(control, config, agents, users, days, out, say) if config.fit_bootstrap else None
     predicted = {
         "lift": effect["relative"],
-        "ci": effect["relative_ci"],
+        "ci": effect["relative_ci"] if bootstrap is None else percentile_interval(bootstrap, config.alpha),
+        "interval": "replicates of the test on one calibration" if bootstrap is None
+        else f"percentile over {config.fit_bootstrap} calibrations on resamples of the control log's users",
+        "simulation_ci": effect["relative_ci"],
+        "bootstrap_lifts": bootstrap,
         "p_value": effect["p_value"],
         "unit": results["unit"],
         "replicates": config.replicates,
@@ -145,3 +152,24 @@ def _validate(args: argparse.Namespace, config: Any, agents: tuple[str, str], ou
         "abtest": {"config": ab.model_dump(mode="json"), "results": str(out / "abtest" / "results.json")},
         "config": config.model_dump(mode="json"),
     })  # fmt: skip
+
+
+def _fit_bootstrap(control: Any, config: Any, agents: tuple[str, str], users: int, days: int, out: Path,
+                   say: Any) -> list[float]:  # fmt: skip
+    """The simulated test's lift after each calibration on a bootstrap resample of the control log's users."""
+    import numpy as np
+
+    from metarec.abtest.config import ABTestConfig
+    from metarec.abtest.runner import run_abtest
+    from metarec.calibration.validate_ab import fit_control, resample_users
+
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 13]))
+    lifts = []
+    for b in range(config.fit_bootstrap):
+        say(f"calibration {b + 1} of {config.fit_bootstrap} on resampled users")
+        fitted = fit_control(resample_users(control, rng), config, out / "bootstrap" / f"{b:03d}" / "population")
+        ab = validate_config(ABTestConfig, _abtest(config, agents, fitted["env_kwargs"], users, days))
+        results = run_abtest(ab, None, quiet=True)
+        assert results is not None
+        lifts.append(float(results["effects"][TREATMENT]["ctr"]["relative"]))
+    return lifts
