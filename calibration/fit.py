@@ -94,6 +94,7 @@ from metarec.calibration.fit_utility import (
     slate_click_rate,
     slate_weights,
     solve_no_click_utility,
+    target_click_rate,
     weighted_median,
 )
 from metarec.calibration.logs import Logs
@@ -127,7 +128,7 @@ def calibrate(logs: Logs, config: FitConfig | None = None, progress: bool = Fals
 
 def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibration:
     logged_rate = slate_click_rate(logs)  # from every logged row, chosen or not
-    rows = logs  # every row, for the items' click-through rates (step 1c)
+    rows = logs  # every row, for the items' click-through rates (step 3b)
     if np.any(logs.click == 0):  # impressions without a click: what was chosen is the choice data
         logs = logs.subset(logs.click > 0)
     if logs.num_events < 2 or logs.num_items < config.num_candidates:
@@ -257,7 +258,7 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
     # clicked at the logged rate, and those clicks satisfy as the logged ones did. The click rate fixes
     # v - offset, so v is found first with no offset, then both move by the offset.
     draft = SimulatorConfig.model_validate(sim_fields)
-    rate = config.assumed_click_rate if logged_rate is None else float(np.clip(logged_rate["click_rate"], 1e-3, 0.999))
+    rate, rate_source = target_click_rate(logged_rate, config)
     if ctr is not None:  # step 3b's rates, matched on the simulator's own random slates
         key = "item_quality" if split is None else "item_appeal"
         ctr.update(match_item_ctr(world, draft, ctr_target, rate, key, config.seed))
@@ -281,10 +282,8 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
     no_click = {
         "utility": no_click_utility + offset,
         "click_rate": rate,
-        "identified": logged_rate is not None,
-        "source": "assumed_click_rate (the logs have no rows with click 0)"
-        if logged_rate is None
-        else "logs: share of slates (rows of one user and timestamp) with a click",
+        "identified": logged_rate is not None or config.slate_click_rate is not None,
+        "source": rate_source,
         "logged": logged_rate,
         "position_bias": draft.population.position_bias,
         "slate_size": draft.slate_size,

@@ -64,6 +64,14 @@ class FitConfig(FrozenConfig):
         description="Share of random slates the simulated users click, where the logs cannot tell (no rows with "
         "click 0): the no-click utility is set to give it.",
     )
+    slate_click_rate: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Share of slates with a click that the no-click utility is set to give, in place of the logs' "
+        "(rows of one user and timestamp): for logs whose rows were sampled from slates, where the rows of a slate "
+        "are no longer together (null: from the logs, or assumed_click_rate where they cannot tell).",
+    )
     assumed_satisfaction: float = Field(
         0.5,
         gt=0,

@@ -39,6 +39,16 @@ def slate_click_rate(logs: Logs) -> dict[str, Any] | None:
     }
 
 
+def target_click_rate(logged: dict[str, Any] | None, config: FitConfig) -> tuple[float, str]:
+    """The share of random slates the no-click utility is set to have clicked, and where it comes from."""
+    if config.slate_click_rate is not None:
+        return config.slate_click_rate, "slate_click_rate (set)"
+    if logged is None:
+        return config.assumed_click_rate, "assumed_click_rate (the logs have no rows with click 0)"
+    rate = float(np.clip(logged["click_rate"], 1e-3, 0.999))
+    return rate, "logs: share of slates (rows of one user and timestamp) with a click"
+
+
 def satisfaction_target(logs: Logs, config: FitConfig) -> tuple[float, str]:
     """The median satisfaction of a clicked item (see the module docstring, step 6) and where it comes from."""
     ratings = logs.rating[np.isfinite(logs.rating)]
@@ -128,35 +138,42 @@ def quality_from_ratings(
 
 def item_ctr_correction(
     rows: Logs, bias: np.ndarray, vectors: np.ndarray, centres: np.ndarray, weights: np.ndarray, spread: float
-) -> tuple[np.ndarray, dict[str, Any]] | None:
+) -> tuple[np.ndarray, dict[str, Any], np.ndarray] | None:
     """Step 3b of :mod:`metarec.calibration.fit`: in logs with impressions, each item's choice bias moved so that
     the item draws the population's clicks in proportion to its click-through rate when shown, shrunk.
 
-    Returns the new bias (``[M]``) and what was measured, or None where every row is a click. An item's rate is
-    its clicked rows over its rows, shrunk toward the mean rate by a Beta prior whose strength is set by the
-    method of moments across items (the items' rates spread beyond their binomial noise; no spread beyond it
-    shrinks every item to the mean). The fitted model's pull of item ``j`` on the population is
-    ``sum_c w_c exp(b_j + m_c . v_j + s^2 |v_j|^2 / 2)`` over the interest clusters (centre ``m_c``, weight ``w_c``,
-    spread ``s``: the mean of ``exp(u)`` over a Gaussian cluster). At low click rates a shown item's click
-    probability is about its pull over the no-click's, so the bias moves by the log of the shrunk rate over the
-    pull (less the mean move: step 6 sets the level). Users' interests, and so personalisation, are left as fitted.
+    Returns the new bias (``[M]``), what was measured, and the shrunk rates (``[M]``); None where every row is a
+    click, or none is. An item's rate is its clicked rows over its rows, shrunk toward the mean rate ``p`` by a
+    Beta prior worth ``m`` rows: ``(clicks + m p) / (rows + m)``. ``m = p (1 - p) / t^2 - 1`` (at least 1), where
+    ``t^2``, the spread of the items' true rates, comes from the method of moments weighted by rows:
+    ``sum n_j (r_j - p)^2 = (N - sum n_j^2 / N) t^2 + (J - 1) p (1 - p)`` over the ``J`` items shown (``N`` rows),
+    so items shown a few times weigh little; no spread beyond the binomial noise shrinks every item to ``p``.
+    The fitted model's pull of item ``j`` on the population is ``sum_c w_c exp(b_j + m_c . v_j + s^2 |v_j|^2 / 2)``
+    over the interest clusters (centre ``m_c``, weight ``w_c``, spread ``s``: the mean of ``exp(u)`` over a
+    Gaussian cluster). At low click rates a shown item's click probability is about its pull over the no-click's,
+    so the bias moves by the log of the shrunk rate over the pull (less the mean move: step 6 sets the level, and
+    :func:`match_item_ctr` then corrects this linear reading on the simulator's own slates). Users' interests, and
+    so personalisation, are left as fitted. The rates are read as those of random slates shown to random users:
+    a logging policy that chose items for users makes an item's rate partly its audience's.
     """
     if rows.num_events == 0 or not np.any(rows.click <= 0):
         return None
     shown = np.bincount(rows.item, minlength=len(bias)).astype(np.float64)
     clicks = np.bincount(rows.item, weights=(rows.click > 0).astype(np.float64), minlength=len(bias))
     seen = shown > 0
-    rate = float(clicks[seen].sum() / shown[seen].sum())
+    n, total = shown[seen], float(shown.sum())
+    rate = float(clicks[seen].sum() / total)
     if rate == 0.0:
         return None  # not one click: nothing to say about items
-    observed = clicks[seen] / shown[seen]
-    noise = float(np.mean(rate * (1.0 - rate) / shown[seen]))
-    between = float(np.var(observed)) - noise
-    strength = math.inf if between <= 0 or rate == 1.0 else max(rate * (1.0 - rate) / between - 1.0, 0.0)
+    observed = clicks[seen] / n
+    binomial = rate * (1.0 - rate)
+    spread_rows = total - float(np.sum(n * n)) / total
+    between = (float(np.sum(n * (observed - rate) ** 2)) - (len(n) - 1) * binomial) / max(spread_rows, 1e-12)
+    strength = math.inf if between <= 0 or rate == 1.0 else max(binomial / between - 1.0, 1.0)
     shrunk = np.full(len(bias), rate)
     if math.isfinite(strength):
-        shrunk[seen] = (clicks[seen] + strength * rate) / (shown[seen] + strength)
-    pull = (np.log(weights)[:, None] + centres @ vectors.T + 0.5 * spread**2 * np.sum(vectors**2, axis=1)[None, :])
+        shrunk[seen] = (clicks[seen] + strength * rate) / (n + strength)
+    pull = np.log(weights)[:, None] + centres @ vectors.T + 0.5 * spread**2 * np.sum(vectors**2, axis=1)[None, :]
     log_pull = bias + logsumexp(pull, axis=0)
     move = np.log(shrunk) - log_pull
     move -= move.mean()

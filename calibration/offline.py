@@ -57,6 +57,9 @@ def check_offline_request(
     out, suffix = Path(out), OFFLINE_FORMATS[fmt]
     if suffix and out.suffix != suffix:
         raise ValueError(f"out: expected a name ending in {suffix} for --format {fmt}, got {out.name!r}")
+    if fmt == "obd" and out.name == OBD_ITEM_FILE:
+        raise ValueError(f"out: {OBD_ITEM_FILE} is the item file --format obd writes beside the log; expected "
+                         "another name, such as all.csv")  # fmt: skip
     if not suffix and out.suffix:
         raise ValueError(f"out: --format minari writes a dataset folder; expected a name without a suffix, "
                          f"got {out.name!r}")  # fmt: skip

@@ -10,10 +10,10 @@ that run-to-run randomness of its learning is not in this interval (the simulate
 
 The simulated test's traffic follows the logs where not set: each arm shows as many slates as the treatment's log
 holds, to users who come for one session each (one day), on slates as long as the control's longest (rows of one
-user and timestamp), from every item of the catalogue as candidates (up to :data:`MAX_CANDIDATES`). One session a
-user keeps the traffic the same in both arms, as in the logs, where each arm's click-through rate is over the
-impressions it was given; over several days a simulated arm that pleases its users brings more of them back, and
-its click-through rate then also weighs the users who return.
+user and timestamp, or the last position shown where the log has positions), from every item of the catalogue as
+candidates (up to :data:`MAX_CANDIDATES`). One session a user keeps the traffic the same in both arms, as in the
+logs, where each arm's click-through rate is over the impressions it was given; over several days a simulated arm
+that pleases its users brings more of them back, and its click-through rate then also weighs the users who return.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class ValidateABConfig(FrozenConfig):
     )
     bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples of the observed lift.")
     alpha: float = Field(0.05, gt=0, lt=1, description="Two-sided level of both intervals.")
-    seed: int = Field(0, ge=0, description="Seeds the fit, the simulated test and the bootstrap.")
+    seed: int = Field(0, ge=0, description="Seeds the fit, the simulated test and the bootstraps.")
     fit: FitConfig = Field(default_factory=FitConfig)
 
 
@@ -78,8 +78,8 @@ def resample_users(logs: Logs, rng: np.random.Generator) -> Logs:
     rows = np.concatenate([order[a:b] for a, b in zip(starts, ends, strict=True)])
     code = np.repeat(np.arange(len(drawn)), ends - starts)
     return Logs(code, logs.item[rows], logs.timestamp[rows], logs.rating[rows], logs.click[rows],
-                np.arange(len(drawn)), logs.item_ids, logs.item_features, logs.item_text,
-                logs.feature_names)  # fmt: skip
+                np.arange(len(drawn)), logs.item_ids, logs.item_features, logs.item_text, logs.feature_names,
+                None if logs.position is None else logs.position[rows])  # fmt: skip
 
 
 def check_impressions(logs: Logs, which: str) -> None:
@@ -108,9 +108,11 @@ def summary(logs: Logs) -> dict[str, Any]:
 
 
 def longest_slate(logs: Logs) -> int:
-    """The most rows one user has at one timestamp."""
+    """The most rows one user has at one timestamp, or the last position shown where the log has positions
+    (a log sampled by rows keeps its positions, not its slates), whichever is more."""
     _, counts = np.unique(np.stack([logs.user.astype(np.float64), logs.timestamp]), axis=1, return_counts=True)
-    return int(counts.max())
+    shown = 0 if logs.position is None else int(logs.position.max()) + 1
+    return max(int(counts.max()), shown)
 
 
 def observed_lift(control: Logs, treatment: Logs, bootstrap: int, alpha: float, seed: int) -> dict[str, Any]:
@@ -121,14 +123,14 @@ def observed_lift(control: Logs, treatment: Logs, bootstrap: int, alpha: float, 
     with np.errstate(divide="ignore", invalid="ignore"):
         lifts = rates[1] / rates[0] - 1.0
     lift = float(treatment.click.mean() / control.click.mean() - 1.0) if control.click.sum() > 0 else math.nan
-    finite = lifts[np.isfinite(lifts)]
-    low, high = np.quantile(finite, [alpha / 2, 1 - alpha / 2]) if len(finite) else (math.nan, math.nan)
+    defined = lifts[~np.isnan(lifts)]  # +inf (a resample of the control without a click) stays in the tail
+    low, high = np.quantile(defined, [alpha / 2, 1 - alpha / 2]) if len(defined) else (math.nan, math.nan)
     return {
         "lift": lift,
         "ci": [float(low), float(high)],
         "unit": "user",
         "bootstrap": bootstrap,
-        "undefined_resamples": int(len(lifts) - len(finite)),  # the control's resample had no click
+        "control_resamples_without_clicks": int(np.sum(rates[0] == 0)),
     }
 
 
@@ -147,26 +149,45 @@ def _user_bootstrap(logs: Logs, resamples: int, rng: np.random.Generator) -> np.
     return out
 
 
-def fit_control(control: Logs, config: ValidateABConfig, out: Path, progress: bool = False) -> dict[str, Any]:
-    """Calibrates on every row of the control's log and writes the population to ``out``; returns the env
-    keyword arguments of the simulated test and what was fitted. The fit's slate size and candidate count are
-    the simulated test's, so its no-click utility gives the logged click rate on the slates the test shows."""
+def slate_plan(control: Logs, config: ValidateABConfig) -> dict[str, Any]:
+    """The simulated test's slate size and candidates (see the module docstring), and whether the control's rows
+    were sampled from its slates (positions up to ``slate_size``, but no user with that many rows at one time):
+    then a slate is ``slate_size`` rows and its click rate ``1 - (1 - row rate) ** slate_size``. A ValueError
+    names a size the logs cannot take."""
     candidates = config.num_candidates or min(control.num_items, MAX_CANDIDATES)
     slate = config.slate_size or longest_slate(control)
     if candidates > control.num_items:
         raise ValueError(f"num_candidates: expected at most the logs' {control.num_items} items, got {candidates}")
     if slate > candidates:
         raise ValueError(f"slate_size: {slate} is more than the {candidates} candidates; expected at most that many")
-    fit = config.fit.model_copy(update={"slate_size": slate, "num_candidates": candidates})
-    calibration = calibrate(control, fit, progress=progress)
+    _, counts = np.unique(np.stack([control.user.astype(np.float64), control.timestamp]), axis=1, return_counts=True)
+    sampled = control.position is not None and int(counts.max()) < slate  # no slate is there whole
+    return {"slate_size": slate, "num_candidates": candidates, "rows_sampled": sampled}
+
+
+def logged_slates(logs: Logs, plan: dict[str, Any]) -> float:
+    """The slates a log holds: its rows over the slate size where rows were sampled from slates."""
+    return logs.num_events / plan["slate_size"] if plan["rows_sampled"] else float(summary(logs)["slates"])
+
+
+def fit_control(
+    control: Logs, config: ValidateABConfig, plan: dict[str, Any], out: Path, progress: bool = False, seed: int = 0
+) -> dict[str, Any]:
+    """Calibrates on every row of the control's log (fit seeded ``seed``) and writes the population to ``out``;
+    returns the env keyword arguments of the simulated test and what was fitted. The fit's slate size and
+    candidate count are the simulated test's, so its no-click utility gives the logged click rate on the slates
+    the test shows (for rows sampled from slates, the rate of whole slates)."""
+    update: dict[str, Any] = {"slate_size": plan["slate_size"], "num_candidates": plan["num_candidates"], "seed": seed}
+    if plan["rows_sampled"]:
+        update["slate_click_rate"] = float(1.0 - (1.0 - control.click.mean()) ** plan["slate_size"])
+    calibration = calibrate(control, config.fit.model_copy(update=update), progress=progress)
     fitted = np.unique(clicked(control).user)
     users = {"user_id": control.user_ids[fitted], "interest": calibration.user_factors[fitted]}
     path = save_population(out, calibration.config, calibration.world, calibration.fit, users)
     return {
         "env_kwargs": {"population": str(path)},
         "num_items": calibration.config.catalog.num_items,
-        "slate_size": slate,
-        "num_candidates": candidates,
+        **plan,
         "num_clusters": calibration.fit["num_clusters"],
         "click_rate_calibrated": calibration.fit.get("no_click", {}).get("click_rate"),
         "ctr_from_impressions": calibration.fit.get("ctr_from_impressions"),
@@ -174,7 +195,7 @@ def fit_control(control: Logs, config: ValidateABConfig, out: Path, progress: bo
 
 
 def traffic(
-    config: ValidateABConfig, treatment: Logs, env_kwargs: dict[str, Any], control_agent: str
+    config: ValidateABConfig, treatment: Logs, env_kwargs: dict[str, Any], control_agent: str, plan: dict[str, Any]
 ) -> dict[str, Any]:
     """Simulated users per arm and days. Where not set: one day, and as many users as give the treatment log's
     slates, a user's session being as long as the control's in a probe of :data:`PROBE_USERS` users."""
@@ -187,7 +208,7 @@ def traffic(
                      env_kwargs=with_population_fields(env_kwargs, {"num_sessions": days}), metrics=False)  # fmt: skip
     assert probe is not None  # one process
     length = float(probe["mean_length"])
-    users = max(2, math.ceil(summary(treatment)["slates"] / max(length, 1.0)))
+    users = max(2, math.ceil(logged_slates(treatment, plan) / max(length, 1.0)))
     return {"users": users, "days": days, "session_length": length}
 
 

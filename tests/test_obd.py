@@ -41,7 +41,8 @@ def test_segments_are_users_and_item_categories_are_one_hot(tmp_path):
     logs = load_logs(write(tmp_path / "all", ROWS), "obd")
     assert list(logs.user_ids) == ["a|x", "b|x"] and list(logs.item_ids) == [3, 1, 2]
     assert logs.user.tolist() == [0, 1, 0, 0] and logs.item.tolist() == [0, 1, 0, 2]
-    assert logs.click.tolist() == [0, 1, 0, 1] and not logs.has_ratings
+    assert logs.click.tolist() == [0, 1, 0, 1] and not logs.has_ratings and logs.position.tolist() == [0, 1, 0, 1]
+    assert logs.subset(logs.click > 0).position.tolist() == [1, 1]
     assert logs.timestamp[0] == pytest.approx(1574553605.5) and logs.timestamp[3] - logs.timestamp[0] == 3.5
     assert logs.feature_names == ("item_feature_0", "item_feature_1=blue", "item_feature_1=red")
     # rows of the item table by the log's item codes (3, 1, 2)
@@ -128,6 +129,9 @@ def test_simulated_obd_logs_read_back_as_the_simulation_made_them(tmp_path, caps
     (tmp_path / "random" / "all.csv").unlink()
     assert main(["simulate-logs", "--format", "obd", "--out", str(out), "--users", "2", "--days", "1"]) == 2
     assert "item_context.csv exists; pass --overwrite" in capsys.readouterr().err and not out.exists()
+    clash = tmp_path / "other" / "item_context.csv"
+    assert main(["simulate-logs", "--format", "obd", "--out", str(clash), "--users", "2", "--days", "1"]) == 2
+    assert "out: item_context.csv is the item file --format obd writes beside the log" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("shape", [0.2, 1.0, 3.5, 250.0])

@@ -68,6 +68,25 @@ def test_items_rates_are_matched_where_slates_are_clicked_often():
     assert about["rate_rel_error_after"] < min(0.01, about["rate_rel_error_before"] / 3), about
 
 
+def test_items_shown_a_few_times_weigh_little_in_the_prior():
+    from metarec.calibration.fit import FitConfig, calibrate
+
+    # six items shown twice and clicked once each, one shown thirty times and never clicked, the rest shown often
+    rng = np.random.default_rng(7)
+    item = np.r_[np.repeat(np.arange(6), 2), np.full(30, 6), rng.integers(7, 30, 3000)]
+    click = np.r_[np.tile([1.0, 0.0], 6), np.zeros(30), (rng.random(3000) < 0.05)].astype(np.float32)
+    n = len(item)
+    user = rng.integers(0, 60, n)
+    logs = Logs(user, item, np.arange(n, dtype=np.float64), np.full(n, np.nan, np.float32), click, np.arange(60),
+                np.arange(30), None, None)  # fmt: skip
+    fitted = calibrate(logs, FitConfig(num_candidates=20, epochs=3, refit_steps=20))
+    about = fitted.fit["ctr_from_impressions"]
+    assert about["prior_strength_rows"] is None or about["prior_strength_rows"] >= 1
+    assert np.isfinite(fitted.world["item_quality"]).all()
+    pull = item_pull(fitted)
+    assert abs(pull[:6].mean() - pull[7:].mean()) < 1.0  # half the rows clicked, in two rows: barely above the rest
+
+
 def test_items_alike_in_their_rates_are_shrunk_together():
     from metarec.calibration.fit import FitConfig, calibrate
 
@@ -187,3 +206,29 @@ def test_missing_logs_and_logs_of_clicks_only_are_named(logs, tmp_path, capsys):
     clicks.write_text("user,item,timestamp,click\n1,2,10,1\n1,3,11,1\n2,2,12,1\n")
     assert main(["validate-ab", str(clicks), str(control), "--format", "csv", "--out", str(out)]) == 2
     assert "control: every row is a click; expected the rows the policy showed" in capsys.readouterr().err
+    assert not out.exists()
+    too_many = ["--set", "num_candidates=1000"]  # the logs hold 60 items
+    assert main(["validate-ab", str(control), str(control), "--format", "csv", "--out", str(out), *too_many]) == 2
+    assert "num_candidates: expected at most the logs' 60 items, got 1000" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_slates_are_as_long_as_the_last_position_a_sampled_log_shows():
+    import dataclasses
+
+    from metarec.calibration.validate_ab import ValidateABConfig, logged_slates, longest_slate, slate_plan
+
+    logs = impressions(np.full(5, 0.3), users=4, rows_per_user=6, seed=6)  # a row a slate
+    assert longest_slate(logs) == 1
+    positions = np.tile(np.arange(3), 8)  # rows sampled from slates of three
+    sampled = dataclasses.replace(logs, position=positions)
+    assert longest_slate(sampled) == 3
+    config = ValidateABConfig()
+    plan = slate_plan(sampled, config)
+    assert plan == {"slate_size": 3, "num_candidates": 5, "rows_sampled": True}
+    assert logged_slates(sampled, plan) == 24 / 3  # a slate is three rows
+    whole = dataclasses.replace(sampled, timestamp=np.repeat(np.arange(8.0), 3))  # every slate there whole
+    assert slate_plan(whole, config)["rows_sampled"] is False
+    assert logged_slates(whole, plan | {"rows_sampled": False}) == 8
+    with pytest.raises(ValueError, match="slate_size: 3 is more than the 2 candidates"):
+        slate_plan(sampled, ValidateABConfig(num_candidates=2))

@@ -8,8 +8,9 @@ clicks of each item). ``item_context.csv`` holds an unnamed index column, ``item
 
 The dataset has no user ids. A user here is a **segment**: the rows that share every ``user_feature_*`` value
 (``|``-joined into the user's label). A slate is then a segment's rows at one timestamp. Positions and
-propensities are checked (an integer >= 1, a number in (0, 1]) but the fit does not use them, nor the affinity
-columns, which only restate earlier clicks. Item features that are numbers in every row stay numbers; any
+propensities are checked (an integer >= 1, a number in (0, 1]); positions are kept (``Logs.position``, from 0:
+``validate-ab`` sizes its slates by them), propensities and the affinity columns, which only restate earlier
+clicks, are not. Item features that are numbers in every row stay numbers; any
 other ``item_feature_*`` column becomes one 0/1 column per value (named ``column=value``).
 """
 
@@ -71,7 +72,7 @@ def read_obd(path: Path, items: Path | None) -> tuple[Events, ItemTable | None]:
     frame[_SEGMENT] = segments.to_numpy(dtype=object)
     events = make_events(dataclasses.replace(table, frame=frame), _SEGMENT, "item_id", "timestamp", None, "click",
                          integer_ids=False)  # fmt: skip
-    events = dataclasses.replace(events, item=integer_id_column(table, "item_id"))
+    events = dataclasses.replace(events, item=integer_id_column(table, "item_id"), position=position - 1)
     item_file = items if items is not None else (log.parent / ITEM_FILE if (log.parent / ITEM_FILE).is_file() else None)
     return events, None if item_file is None else read_item_context(item_file)
 

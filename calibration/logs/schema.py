@@ -39,10 +39,11 @@ class Logs:
     item_features: np.ndarray | None  # float32 [num_items, F]; zeros for items the item file lacks
     item_text: list[str] | None  # [num_items]; "" for items the item file lacks
     feature_names: tuple[str, ...] = ()
+    position: np.ndarray | None = None  # int64 [E], 0 first, where the format says where each row was shown
 
     def __post_init__(self) -> None:
-        for name in ("item", "timestamp", "rating", "click"):
-            if len(getattr(self, name)) != len(self.user):
+        for name in ("item", "timestamp", "rating", "click", "position"):
+            if getattr(self, name) is not None and len(getattr(self, name)) != len(self.user):
                 raise ValueError(
                     f"Logs.{name}: expected {len(self.user)} entries (one per event), got {len(getattr(self, name))}"
                 )
@@ -96,6 +97,7 @@ class Logs:
             timestamp=self.timestamp[rows],
             rating=self.rating[rows],
             click=self.click[rows],
+            position=None if self.position is None else self.position[rows],
         )
 
 
@@ -152,6 +154,7 @@ class Events:
     timestamp: np.ndarray  # float64 [E]
     rating: np.ndarray  # float32 [E]
     click: np.ndarray  # float32 [E]
+    position: np.ndarray | None = None  # int64 [E], 0 first
 
 
 @dataclass(frozen=True)
@@ -250,4 +253,5 @@ def assemble(events: Events, items: ItemTable | None) -> Logs:
             names = items.feature_names
         if items.text is not None:
             text = [items.text[r] if r >= 0 else "" for r in row]
-    return Logs(user, item, events.timestamp, events.rating, events.click, user_ids, item_ids, features, text, names)
+    return Logs(user, item, events.timestamp, events.rating, events.click, user_ids, item_ids, features, text, names,
+                events.position)  # fmt: skip

@@ -47,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
         if not Path(path).exists():
             raise ValueError(f"{which}: no such file or directory {str(path)!r}")
     validate_config(ABTestConfig, _abtest(config, agents, {}, 2, 1))  # its own checks, before any work
+    logs, plan = _read(args, config)  # and the logs', before anything is written
     out = claim_out(args.out, "validate-ab", overwrite=args.overwrite)
-    result = _validate(args, config, agents, out, progress=not args.json)
+    result = _validate(args, config, agents, out, logs, plan, progress=not args.json)
     result["seconds"] = round(time.perf_counter() - started, 2)
     write_json(result, out / "validate_ab.json")
     if args.json:
@@ -69,7 +70,20 @@ def _lift(part: dict[str, Any]) -> str:
     return f"{part['lift']:+.1%} [{low:+.1%}, {high:+.1%}]"
 
 
-def _abtest(config: Any, agents: tuple[str, str], env_kwargs: dict[str, Any], users: int, days: int) -> dict[str, Any]:
+def _read(args: argparse.Namespace, config: Any) -> tuple[tuple[Any, Any], dict[str, Any]]:
+    """Both logs, checked, and the simulated test's slates (ValueErrors name the log or the field)."""
+    from metarec.calibration.logs import load_logs
+    from metarec.calibration.validate_ab import check_impressions, slate_plan
+
+    control = load_logs(args.control, args.format, items=args.items)
+    treatment = load_logs(args.treatment, args.format, items=args.items)
+    check_impressions(control, "control")
+    check_impressions(treatment, "treatment")
+    return (control, treatment), slate_plan(control, config)
+
+
+def _abtest(config: Any, agents: tuple[str, str], env_kwargs: dict[str, Any], users: int, days: int,
+            seed: int | None = None) -> dict[str, Any]:  # fmt: skip
     return {
         "name": "validate-ab",
         "env": "metarec/Calibrated-v0",
@@ -82,19 +96,18 @@ def _abtest(config: Any, agents: tuple[str, str], env_kwargs: dict[str, Any], us
         "primary_metric": "ctr",
         "alpha": config.alpha,
         "replicates": config.replicates,
-        "seed": config.seed,
+        "seed": config.seed if seed is None else seed,
     }
 
 
-def _validate(args: argparse.Namespace, config: Any, agents: tuple[str, str], out: Path,
-              progress: bool) -> dict[str, Any]:  # fmt: skip
+def _validate(args: argparse.Namespace, config: Any, agents: tuple[str, str], out: Path, logs: tuple[Any, Any],
+              plan: dict[str, Any], progress: bool) -> dict[str, Any]:  # fmt: skip
     from metarec.abtest.config import ABTestConfig
     from metarec.abtest.runner import run_abtest
-    from metarec.calibration.logs import load_logs
     from metarec.calibration.validate_ab import (
         agreement,
-        check_impressions,
         fit_control,
+        logged_slates,
         observed_lift,
         percentile_interval,
         summary,
@@ -105,26 +118,24 @@ def _validate(args: argparse.Namespace, config: Any, agents: tuple[str, str], ou
         if progress:
             print(f"validate-ab: {text}", file=sys.stderr, flush=True)
 
-    control = load_logs(args.control, args.format, items=args.items)
-    treatment = load_logs(args.treatment, args.format, items=args.items)
-    check_impressions(control, "control")
-    check_impressions(treatment, "treatment")
+    control, treatment = logs
     observed = observed_lift(control, treatment, config.bootstrap, config.alpha, config.seed)
     say(f"observed lift {_lift(observed)}; calibrating on the control's {control.num_events:,} rows")
-    fitted = fit_control(control, config, out / "population", progress=progress)
+    fitted = fit_control(control, config, plan, out / "population", progress=progress, seed=config.seed)
     env_kwargs = fitted.pop("env_kwargs")
-    plan = traffic(config, treatment, env_kwargs, agents[0])
-    users, days = plan["users"], plan["days"]
+    sizes = traffic(config, treatment, env_kwargs, agents[0], plan)
+    users, days = sizes["users"], sizes["days"]
     ab = validate_config(ABTestConfig, _abtest(config, agents, env_kwargs, users, days))
     say(f"simulating the test: {users:,} users per arm, {days} days, {config.replicates} replicates")
     results = run_abtest(ab, out / "abtest", quiet=not progress)
     assert results is not None  # one process
     effect = results["effects"][TREATMENT]["ctr"]
-    bootstrap = _fit_bootstrap(control, config, agents, users, days, out, say) if config.fit_bootstrap else None
+    bootstrap = _fit_bootstrap(control, config, plan, agents, users, days, out, say) if config.fit_bootstrap else None
     predicted = {
         "lift": effect["relative"],
         "ci": effect["relative_ci"] if bootstrap is None else percentile_interval(bootstrap, config.alpha),
-        "interval": "replicates of the test on one calibration" if bootstrap is None
+        "interval": "replicates of the test on one calibration"
+        if bootstrap is None
         else f"percentile over {config.fit_bootstrap} calibrations on resamples of the control log's users",
         "simulation_ci": effect["relative_ci"],
         "bootstrap_lifts": bootstrap,
@@ -133,7 +144,8 @@ def _validate(args: argparse.Namespace, config: Any, agents: tuple[str, str], ou
         "replicates": config.replicates,
         "users_per_arm": users,
         "days": days,
-        "session_length_probe": plan["session_length"],
+        "session_length_probe": sizes["session_length"],
+        "logged_treatment_slates": logged_slates(treatment, plan),
         "ctr": {
             CONTROL: results["arms"][CONTROL]["metrics"]["ctr"],
             TREATMENT: results["arms"][TREATMENT]["metrics"]["ctr"],
@@ -154,9 +166,10 @@ def _validate(args: argparse.Namespace, config: Any, agents: tuple[str, str], ou
     })  # fmt: skip
 
 
-def _fit_bootstrap(control: Any, config: Any, agents: tuple[str, str], users: int, days: int, out: Path,
-                   say: Any) -> list[float]:  # fmt: skip
-    """The simulated test's lift after each calibration on a bootstrap resample of the control log's users."""
+def _fit_bootstrap(control: Any, config: Any, plan: dict[str, Any], agents: tuple[str, str], users: int, days: int,
+                   out: Path, say: Any) -> list[float]:  # fmt: skip
+    """The simulated test's lift after each calibration on a bootstrap resample of the control log's users; the
+    ``b``-th fit and test seeded ``seed + 1 + b``."""
     import numpy as np
 
     from metarec.abtest.config import ABTestConfig
@@ -167,8 +180,10 @@ def _fit_bootstrap(control: Any, config: Any, agents: tuple[str, str], users: in
     lifts = []
     for b in range(config.fit_bootstrap):
         say(f"calibration {b + 1} of {config.fit_bootstrap} on resampled users")
-        fitted = fit_control(resample_users(control, rng), config, out / "bootstrap" / f"{b:03d}" / "population")
-        ab = validate_config(ABTestConfig, _abtest(config, agents, fitted["env_kwargs"], users, days))
+        seed = config.seed + 1 + b
+        fitted = fit_control(resample_users(control, rng), config, plan, out / "bootstrap" / f"{b:03d}" / "population",
+                             seed=seed)  # fmt: skip
+        ab = validate_config(ABTestConfig, _abtest(config, agents, fitted["env_kwargs"], users, days, seed))
         results = run_abtest(ab, None, quiet=True)
         assert results is not None
         lifts.append(float(results["effects"][TREATMENT]["ctr"]["relative"]))
