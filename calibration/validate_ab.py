@@ -9,11 +9,14 @@ logged policies; a policy that learned across users (Bernoulli Thompson sampling
 that run-to-run randomness of its learning is not in this interval (the simulated test's replicates count it).
 
 The simulated test's traffic follows the logs where not set: each arm shows as many slates as the treatment's log
-holds, to users who come for one session each (one day), on slates as long as the control's longest (rows of one
-user and timestamp, or the last position shown where the log has positions), from every item of the catalogue as
-candidates (up to :data:`MAX_CANDIDATES`). One session a user keeps the traffic the same in both arms, as in the
-logs, where each arm's click-through rate is over the impressions it was given; over several days a simulated arm
-that pleases its users brings more of them back, and its click-through rate then also weighs the users who return.
+holds, to users who come for one session each (one day) of at most as many slates as the log's users saw on average
+(the population's ``max_session_steps``; as many users as that takes, a session's length measured by a probe), on
+slates as long as the control's longest (rows of one user and timestamp, or the last position shown where the log
+has positions), from every item of the catalogue as candidates (up to :data:`MAX_CANDIDATES`). Sessions as short as
+the logs' keep a learner shared across users from learning each user's own taste within a long session, which a log
+of many users does not let it do. One session a user keeps the traffic the same in both arms, as in the logs, where
+each arm's click-through rate is over the impressions it was given; over several days a simulated arm that pleases
+its users brings more of them back, and its click-through rate then also weighs the users who return.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ class ValidateABConfig(FrozenConfig):
         None, ge=2, description="Simulated users per arm (None: as many as show the treatment log's slates)."
     )
     days: int | None = Field(None, ge=1, description="Simulated days, a session each (None: 1).")
+    slates_per_user: int | None = Field(
+        None, ge=1, description="Most slates in a simulated session (None: the treatment log's slates per user)."
+    )
     slate_size: int | None = Field(None, ge=1, description="Slate length (None: the control log's longest slate).")
     num_candidates: int | None = Field(
         None, ge=1, description=f"Candidates per slate (None: every item, up to {MAX_CANDIDATES})."
@@ -197,19 +203,24 @@ def fit_control(
 def traffic(
     config: ValidateABConfig, treatment: Logs, env_kwargs: dict[str, Any], control_agent: str, plan: dict[str, Any]
 ) -> dict[str, Any]:
-    """Simulated users per arm and days. Where not set: one day, and as many users as give the treatment log's
-    slates, a user's session being as long as the control's in a probe of :data:`PROBE_USERS` users."""
+    """Simulated users per arm, days, and the most slates in a user's session (see the module docstring), with the
+    env keyword arguments that cut sessions there. Where not set: one day; as many slates a session as the
+    treatment log's users saw on average; and as many users as give the treatment log's slates, a session being
+    as long as the control's in a probe of :data:`PROBE_USERS` users."""
     days = config.days or 1
+    slates = logged_slates(treatment, plan)
+    per_user = config.slates_per_user or max(1, math.ceil(slates / treatment.num_users))
+    kwargs = with_population_fields(env_kwargs, {"max_session_steps": per_user})
+    out = {"days": days, "slates_per_user": per_user, "env_kwargs": kwargs}
     if config.users is not None:
-        return {"users": config.users, "days": days, "session_length": None}
+        return {**out, "users": config.users, "session_length": None}
     from metarec.agents.evaluation import evaluate
 
     probe = evaluate("metarec/Calibrated-v0", control_agent, PROBE_USERS, seed=config.seed,
-                     env_kwargs=with_population_fields(env_kwargs, {"num_sessions": days}), metrics=False)  # fmt: skip
+                     env_kwargs=with_population_fields(kwargs, {"num_sessions": days}), metrics=False)  # fmt: skip
     assert probe is not None  # one process
     length = float(probe["mean_length"])
-    users = max(2, math.ceil(logged_slates(treatment, plan) / max(length, 1.0)))
-    return {"users": users, "days": days, "session_length": length}
+    return {**out, "users": max(2, math.ceil(slates / max(length, 1.0))), "session_length": length}
 
 
 def percentile_interval(values: list[float], alpha: float) -> list[float]:

@@ -142,8 +142,10 @@ def test_validate_ab_predicts_a_lift_beside_the_observed_one(logs, tmp_path, cap
     assert predicted["replicates"] == 5 and predicted["unit"] == "replicate" and predicted["days"] == 1
     assert predicted["ci"][0] <= predicted["lift"] <= predicted["ci"][1]
     assert predicted["lift"] == pytest.approx(predicted["ctr"]["treatment"] / predicted["ctr"]["control"] - 1)
-    # each arm shows about as many slates as the treatment's log holds
+    # each arm shows about as many slates as the treatment's log holds, in sessions as long as its users' were
     slates = result["treatment"]["slates"]
+    assert predicted["slates_per_user"] == -(-slates // result["treatment"]["users"])
+    assert predicted["session_length_probe"] <= predicted["slates_per_user"]
     assert all(0.5 * slates < n < 2 * slates for n in predicted["slates_per_replicate"].values())
     assert result["fit"]["slate_size"] == 5 and result["fit"]["num_candidates"] == 60
     assert set(result["agreement"]) == {"error", "observed_in_predicted_ci", "intervals_overlap", "same_sign"}

@@ -12,7 +12,7 @@ from typing import Any
 
 from metarec.config import apply_overrides, short_repr, validate_config
 from metarec.io import json_safe, print_json, write_json
-from metarec.runs import claim_out
+from metarec.runs import check_out, claim_out
 
 #: The arms' names in the simulated test.
 CONTROL, TREATMENT = "control", "treatment"
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         if not Path(path).exists():
             raise ValueError(f"{which}: no such file or directory {str(path)!r}")
     validate_config(ABTestConfig, _abtest(config, agents, {}, 2, 1))  # its own checks, before any work
+    check_out(args.out, "validate-ab", overwrite=args.overwrite)
     logs, plan = _read(args, config)  # and the logs', before anything is written
     out = claim_out(args.out, "validate-ab", overwrite=args.overwrite)
     result = _validate(args, config, agents, out, logs, plan, progress=not args.json)
@@ -124,13 +125,15 @@ def _validate(args: argparse.Namespace, config: Any, agents: tuple[str, str], ou
     fitted = fit_control(control, config, plan, out / "population", progress=progress, seed=config.seed)
     env_kwargs = fitted.pop("env_kwargs")
     sizes = traffic(config, treatment, env_kwargs, agents[0], plan)
-    users, days = sizes["users"], sizes["days"]
+    users, days, env_kwargs = sizes["users"], sizes["days"], sizes["env_kwargs"]
     ab = validate_config(ABTestConfig, _abtest(config, agents, env_kwargs, users, days))
     say(f"simulating the test: {users:,} users per arm, {days} days, {config.replicates} replicates")
     results = run_abtest(ab, out / "abtest", quiet=not progress)
     assert results is not None  # one process
     effect = results["effects"][TREATMENT]["ctr"]
-    bootstrap = _fit_bootstrap(control, config, plan, agents, users, days, out, say) if config.fit_bootstrap else None
+    bootstrap = None
+    if config.fit_bootstrap:
+        bootstrap = _fit_bootstrap(control, config, plan, agents, (users, days, sizes["slates_per_user"]), out, say)
     predicted = {
         "lift": effect["relative"],
         "ci": effect["relative_ci"] if bootstrap is None else percentile_interval(bootstrap, config.alpha),
@@ -144,6 +147,7 @@ def _validate(args: argparse.Namespace, config: Any, agents: tuple[str, str], ou
         "replicates": config.replicates,
         "users_per_arm": users,
         "days": days,
+        "slates_per_user": sizes["slates_per_user"],
         "session_length_probe": sizes["session_length"],
         "logged_treatment_slates": logged_slates(treatment, plan),
         "ctr": {
@@ -166,8 +170,8 @@ def _validate(args: argparse.Namespace, config: Any, agents: tuple[str, str], ou
     })  # fmt: skip
 
 
-def _fit_bootstrap(control: Any, config: Any, plan: dict[str, Any], agents: tuple[str, str], users: int, days: int,
-                   out: Path, say: Any) -> list[float]:  # fmt: skip
+def _fit_bootstrap(control: Any, config: Any, plan: dict[str, Any], agents: tuple[str, str],
+                   sizes: tuple[int, int, int], out: Path, say: Any) -> list[float]:  # fmt: skip
     """The simulated test's lift after each calibration on a bootstrap resample of the control log's users; the
     ``b``-th fit and test seeded ``seed + 1 + b``."""
     import numpy as np
@@ -175,6 +179,7 @@ def _fit_bootstrap(control: Any, config: Any, plan: dict[str, Any], agents: tupl
     from metarec.abtest.config import ABTestConfig
     from metarec.abtest.runner import run_abtest
     from metarec.calibration.validate_ab import fit_control, resample_users
+    from metarec.envs.calibrated import with_population_fields
 
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 13]))
     lifts = []
@@ -183,7 +188,9 @@ def _fit_bootstrap(control: Any, config: Any, plan: dict[str, Any], agents: tupl
         seed = config.seed + 1 + b
         fitted = fit_control(resample_users(control, rng), config, plan, out / "bootstrap" / f"{b:03d}" / "population",
                              seed=seed)  # fmt: skip
-        ab = validate_config(ABTestConfig, _abtest(config, agents, fitted["env_kwargs"], users, days, seed))
+        users, days, per_user = sizes
+        kwargs = with_population_fields(fitted["env_kwargs"], {"max_session_steps": per_user})
+        ab = validate_config(ABTestConfig, _abtest(config, agents, kwargs, users, days, seed))
         results = run_abtest(ab, None, quiet=True)
         assert results is not None
         lifts.append(float(results["effects"][TREATMENT]["ctr"]["relative"]))
