@@ -165,6 +165,10 @@ def test_the_fit_bootstrap_interval_is_the_percentiles_of_the_refits_lifts(logs,
     assert len(lifts) == 10 and len(np.unique(lifts)) > 1 and predicted["interval"].startswith("percentile over 10")
     assert predicted["ci"] == pytest.approx(np.quantile(lifts, [0.025, 0.975]).tolist())
     assert len(list((tmp_path / "out" / "bootstrap").glob("*/population/population.json"))) == 10
+    # again into the same folder with no refits: the earlier refits are gone, not mixed in
+    argv[argv.index("fit_bootstrap=10")] = "fit_bootstrap=0"
+    assert main(argv) == 0 and json.loads(capsys.readouterr().out)["predicted"]["bootstrap_lifts"] is None
+    assert not (tmp_path / "out" / "bootstrap").exists()
 
 
 def test_resampled_users_are_users_of_their_own_with_every_row():

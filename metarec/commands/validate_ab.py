@@ -5,6 +5,7 @@ the learners' own randomness (independent replicates), is set beside the lift ob
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 from metarec.config import apply_overrides, short_repr, validate_config
 from metarec.io import json_safe, print_json, write_json
-from metarec.runs import check_out, claim_out
+from metarec.runs import check_out, claim_out, made_by
 
 #: The arms' names in the simulated test.
 CONTROL, TREATMENT = "control", "treatment"
@@ -49,7 +50,10 @@ def run(args: argparse.Namespace) -> int:
     validate_config(ABTestConfig, _abtest(config, agents, {}, 2, 1))  # its own checks, before any work
     check_out(args.out, "validate-ab", overwrite=args.overwrite)
     logs, plan = _read(args, config)  # and the logs', before anything is written
+    made_here = made_by(args.out, "validate-ab")
     out = claim_out(args.out, "validate-ab", overwrite=args.overwrite)
+    if made_here and (out / "bootstrap").is_dir():  # an earlier run's refits, which this run's must not mix with
+        shutil.rmtree(out / "bootstrap")
     result = _validate(args, config, agents, out, logs, plan, progress=not args.json)
     result["seconds"] = round(time.perf_counter() - started, 2)
     write_json(result, out / "validate_ab.json")
