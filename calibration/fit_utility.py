@@ -18,6 +18,14 @@ from metarec.envs.drifting.model import DriftingUsersModel
 from metarec.envs.drifting.params import SimulatorConfig
 
 
+def slate_starts(logs: Logs) -> tuple[np.ndarray, np.ndarray]:
+    """The rows in order of (user, timestamp), and where each slate (the rows of one user and timestamp) starts
+    in that order; ``np.diff`` of the starts and the row count gives each slate's rows."""
+    order = np.lexsort((logs.timestamp, logs.user))
+    user, stamp = logs.user[order], logs.timestamp[order]
+    return order, np.flatnonzero(np.r_[True, (np.diff(user) != 0) | (np.diff(stamp) != 0)])
+
+
 def slate_click_rate(logs: Logs) -> dict[str, Any] | None:
     """The logged click rate per slate, or None where the logs have no row with ``click`` 0 (a log of
     choices: every row was clicked, so the rate is not in it).
@@ -27,15 +35,13 @@ def slate_click_rate(logs: Logs) -> dict[str, Any] | None:
     rate is the share of slates with at least one clicked row."""
     if logs.num_events == 0 or not np.any(logs.click == 0):
         return None
-    order = np.lexsort((logs.timestamp, logs.user))
-    user, stamp, click = logs.user[order], logs.timestamp[order], logs.click[order] > 0
-    starts = np.flatnonzero(np.r_[True, (np.diff(user) != 0) | (np.diff(stamp) != 0)])
-    clicked = np.maximum.reduceat(click.astype(np.int8), starts) > 0
+    order, starts = slate_starts(logs)
+    clicked = np.maximum.reduceat((logs.click[order] > 0).astype(np.int8), starts) > 0
     return {
         "click_rate": float(np.mean(clicked)),
         "slates": len(starts),
         "rows": int(logs.num_events),
-        "row_click_rate": float(np.mean(click)),
+        "row_click_rate": float(np.mean(logs.click > 0)),
     }
 
 

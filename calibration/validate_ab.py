@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import Field
 
 from metarec.calibration.fit import FitConfig, calibrate
+from metarec.calibration.fit_utility import slate_starts
 from metarec.calibration.logs import Logs
 from metarec.calibration.run import clicked
 from metarec.config import FrozenConfig
@@ -101,7 +102,7 @@ def check_impressions(logs: Logs, which: str) -> None:
 
 def summary(logs: Logs) -> dict[str, Any]:
     """Users, rows, slates, clicks, click-through rate (clicks per row) and the period of a log."""
-    slates = len(np.unique(np.stack([logs.user.astype(np.float64), logs.timestamp]), axis=1)[0])
+    slates = len(slate_starts(logs)[1]) if logs.num_events else 0
     return {
         "users": int(logs.num_users),
         "rows": int(logs.num_events),
@@ -116,9 +117,14 @@ def summary(logs: Logs) -> dict[str, Any]:
 def longest_slate(logs: Logs) -> int:
     """The most rows one user has at one timestamp, or the last position shown where the log has positions
     (a log sampled by rows keeps its positions, not its slates), whichever is more."""
-    _, counts = np.unique(np.stack([logs.user.astype(np.float64), logs.timestamp]), axis=1, return_counts=True)
     shown = 0 if logs.position is None else int(logs.position.max()) + 1
-    return max(int(counts.max()), shown)
+    return max(_most_rows_at_once(logs), shown)
+
+
+def _most_rows_at_once(logs: Logs) -> int:
+    """The most rows one user has at one timestamp."""
+    starts = slate_starts(logs)[1]
+    return int(np.diff(np.r_[starts, logs.num_events]).max())
 
 
 def observed_lift(control: Logs, treatment: Logs, bootstrap: int, alpha: float, seed: int) -> dict[str, Any]:
@@ -166,8 +172,7 @@ def slate_plan(control: Logs, config: ValidateABConfig) -> dict[str, Any]:
         raise ValueError(f"num_candidates: expected at most the logs' {control.num_items} items, got {candidates}")
     if slate > candidates:
         raise ValueError(f"slate_size: {slate} is more than the {candidates} candidates; expected at most that many")
-    _, counts = np.unique(np.stack([control.user.astype(np.float64), control.timestamp]), axis=1, return_counts=True)
-    sampled = control.position is not None and int(counts.max()) < slate  # no slate is there whole
+    sampled = control.position is not None and _most_rows_at_once(control) < slate  # no slate is there whole
     return {"slate_size": slate, "num_candidates": candidates, "rows_sampled": sampled}
 
 

@@ -50,10 +50,14 @@ class PopularRecommender(ItemBandit):
 
     def choose(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
         ids = self.grouped(candidate_ids(observation, self.name, self.num_items))  # [B, N] rows of the table
-        scores = self.score(self.successes[ids], self.impressions[ids])
-        slate = top_slate(scores, self.k, self.draws(self.generator, ids.shape[0]))
+        draws = self.draws(self.generator, ids.shape[0])
+        slate = top_slate(self.slate_scores(ids, draws), self.k, draws)
         self._shown = (None, ids.gather(1, slate))
         return slate
+
+    def slate_scores(self, ids: torch.Tensor, draws: UserDraws) -> torch.Tensor:
+        """``[B, N]`` the candidates' scores (rows ``ids`` of the table): the Beta-prior mean."""
+        return self.score(self.successes[ids], self.impressions[ids])
 
     def grouped(self, ids: torch.Tensor) -> torch.Tensor:
         """``[B, N]`` catalog ids as entries of the table of each user's group."""
@@ -116,13 +120,8 @@ class BernoulliTSRecommender(PopularRecommender):
         first, second = gamma_draws(clicks, draws, self.proposals), gamma_draws(misses, draws, self.proposals)
         return torch.nan_to_num(first / (first + second), nan=0.5)  # 0 / 0: both boosts drew U = 0
 
-    def choose(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
-        ids = self.grouped(candidate_ids(observation, self.name, self.num_items))
-        draws = self.draws(self.generator, ids.shape[0])
-        scores = self.score_draws(self.successes[ids], self.impressions[ids], draws)
-        slate = top_slate(scores, self.k, draws)
-        self._shown = (None, ids.gather(1, slate))
-        return slate
+    def slate_scores(self, ids: torch.Tensor, draws: UserDraws) -> torch.Tensor:
+        return self.score_draws(self.successes[ids], self.impressions[ids], draws)
 
 
 def gamma_draws(shape: torch.Tensor, draws: UserDraws, proposals: int) -> torch.Tensor:
