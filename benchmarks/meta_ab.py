@@ -23,6 +23,7 @@ import yaml
 from metarec.abtest.config import ABTestConfig
 from metarec.abtest.runner import run_abtest
 from metarec.config import validate_config
+from metarec.envs.fitted_task import task_env
 from metarec.io import json_safe
 from metarec.meta.config import MetaTrainConfig
 
@@ -50,12 +51,13 @@ def main() -> None:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="meta_ab_"))
     started, tests = time.perf_counter(), {}
     for seed in plan["population_seeds"]:
-        population = meta.tasks.sample(plan["split"], 1, seed)[0]
+        env, env_kwargs = task_env(meta.tasks.sample(plan["split"], 1, seed)[0])
         config = validate_config(
             ABTestConfig,
             {
                 "name": f"{plan['meta_learner']} on {plan['split']} population {seed}",
-                "env_kwargs": population.model_dump(),
+                "env": env,
+                "env_kwargs": env_kwargs,
                 "arms": {"control": "popular", "linucb": "linucb", plan["meta_learner"]: str(learner)},
                 "users": plan["users"],
                 "days": plan["days"],

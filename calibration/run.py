@@ -123,6 +123,19 @@ def clicked(logs: Logs) -> Logs:
     return logs if np.all(logs.click > 0) else logs.subset(logs.click > 0)
 
 
+def fitted_users(logs: Logs, calibration: Calibration) -> dict[str, np.ndarray]:
+    """What a saved population keeps of the users ``calibration`` fitted on ``logs`` (those with a clicked row,
+    the ones with fitted factors): their labels, factors and first timestamp in ``logs``."""
+    fitted = np.unique(clicked(logs).user)
+    first_seen = np.full(logs.num_users, np.inf)
+    np.minimum.at(first_seen, logs.user, logs.timestamp)
+    return {
+        "user_id": logs.user_ids[fitted],
+        "interest": calibration.user_factors[fitted],
+        "first_seen": first_seen[fitted],
+    }
+
+
 def evaluate_fidelity(calibration: Calibration, train: Logs, test: Logs, seed: int = 0) -> tuple[dict, dict]:
     """Fidelity numbers of ``calibration`` on the held-out ``test`` logs, and the arrays to plot.
 
@@ -222,8 +235,7 @@ def run_calibration(
     fit_config = fit_config or FitConfig()
     calibration = calibrate(train, fit_config, progress=progress)
     fit_seconds = time.perf_counter() - started
-    fitted = np.unique(clicked(train).user)  # users with a clicked training row: the ones with fitted factors
-    users = {"user_id": train.user_ids[fitted], "interest": calibration.user_factors[fitted]}
+    users = fitted_users(train, calibration)
     population = save_population(out / "population", calibration.config, calibration.world, calibration.fit, users)
     say(f"population written to {population}; measuring its fidelity on the held-out events")
     fidelity, plots = evaluate_fidelity(calibration, train, test, seed=fit_config.seed)

@@ -31,7 +31,7 @@ from pydantic import Field
 from metarec.calibration.fit import FitConfig, calibrate
 from metarec.calibration.fit_utility import slate_starts
 from metarec.calibration.logs import Logs
-from metarec.calibration.run import clicked
+from metarec.calibration.run import fitted_users
 from metarec.config import FrozenConfig
 from metarec.envs.calibrated import save_population, with_population_fields
 
@@ -192,8 +192,7 @@ def fit_control(
     if plan["rows_sampled"]:
         update["slate_click_rate"] = float(1.0 - (1.0 - control.click.mean()) ** plan["slate_size"])
     calibration = calibrate(control, config.fit.model_copy(update=update), progress=progress)
-    fitted = np.unique(clicked(control).user)
-    users = {"user_id": control.user_ids[fitted], "interest": calibration.user_factors[fitted]}
+    users = fitted_users(control, calibration)
     path = save_population(out, calibration.config, calibration.world, calibration.fit, users)
     return {
         "env_kwargs": {"population": str(path)},

@@ -32,6 +32,7 @@ from metarec.config import validate_config
 from metarec.envs.core.backend import Backend, NumpyRandom, Random, numpy_backend, torch_backend
 from metarec.envs.core.finite import finite_flag, host_finite_quick, non_finite_report, step_quantities
 from metarec.envs.core.model import State, UserModel
+from metarec.envs.fitted_task import FittedTask
 
 
 def build_config(
@@ -39,6 +40,11 @@ def build_config(
 ) -> Any:
     """A validated ``config_class`` from a config object or dict plus keyword overrides (nested
     dicts merge into the defaults). Errors name the field."""
+    if isinstance(config, FittedTask):  # its world and users are not in its fields
+        raise ValueError(
+            "config: a task of fitted users runs on metarec/Calibrated-v0 over its population "
+            "(metarec.envs.fitted_task.task_env gives the env and its arguments)"
+        )
     if isinstance(config, config_class):
         base = config.model_dump()
     elif config is None:

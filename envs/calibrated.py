@@ -7,9 +7,11 @@ A calibrated population is a directory written by ``metarec calibrate`` (or :fun
 * ``world.npz``: the world arrays of :func:`metarec.envs.drifting.model.make_world` (item embeddings,
   topics, quality, length, appeal, cluster centres, trend directions, candidate strata), plus
   ``cluster_weight`` (the share of users in each interest cluster);
-* ``users.npz`` (format 2, optional): the fitted users, ``user_id`` (the logs' labels, as text) and
-  ``interest`` (``[U, d]``, each user's fitted factors). ``users="fitted"`` draws new users among them instead
-  of from the fitted mixture.
+* ``users.npz`` (format 2, optional): the fitted users, ``user_id`` (the logs' labels, as text),
+  ``interest`` (``[U, d]``, each user's fitted factors) and, in populations written since it was added,
+  ``first_seen`` (``[U]``, each user's first timestamp in the logs the fit saw). ``users="fitted"`` draws new
+  users among them instead of from the fitted mixture; meta-RL tasks can be drawn from groups of them
+  (:mod:`metarec.meta.fitted_tasks`).
 
 It loads as just another population: the dynamics are :class:`~metarec.envs.drifting.model.DriftingUsersModel`'s.
 The files are read with ``json`` and ``numpy.load(allow_pickle=False)``; nothing in them runs.
@@ -101,8 +103,9 @@ def check_world(world: dict[str, np.ndarray], config: SimulatorConfig, where: st
 
 
 def check_users(users: dict[str, np.ndarray], config: SimulatorConfig, where: str = "users") -> dict[str, np.ndarray]:
-    """The fitted users' arrays (``user_id`` as text, ``interest`` ``[U, d]`` float32), or a ValueError naming
-    the array and what was expected."""
+    """The fitted users' arrays (``user_id`` as text, ``interest`` ``[U, d]`` float32 and, where the fit kept
+    it, ``first_seen`` ``[U]``, each user's first logged timestamp), or a ValueError naming the array and what
+    was expected."""
     missing = [key for key in ("user_id", "interest") if key not in users]
     if missing:
         raise ValueError(f"{where}: missing array '{missing[0]}' (expected user_id [U] and interest [U, d])")
@@ -115,7 +118,14 @@ def check_users(users: dict[str, np.ndarray], config: SimulatorConfig, where: st
     user_id = np.asarray(users["user_id"]).astype(str)
     if user_id.shape != (interest.shape[0],):
         raise ValueError(f"{where}['user_id']: expected shape ({interest.shape[0]},), got {user_id.shape}")
-    return {"user_id": user_id, "interest": interest.astype(np.float32)}
+    out = {"user_id": user_id, "interest": interest.astype(np.float32)}
+    if "first_seen" in users:
+        first_seen = np.asarray(users["first_seen"])
+        numbers = first_seen.dtype.kind in "fiu" and bool(np.all(np.isfinite(first_seen)))
+        if first_seen.shape != user_id.shape or not numbers:
+            raise ValueError(f"{where}['first_seen']: expected {user_id.shape[0]} finite timestamps (one per user)")
+        out["first_seen"] = first_seen.astype(np.float64)
+    return out
 
 
 def save_population(
@@ -202,44 +212,74 @@ def with_population_fields(env_kwargs: dict[str, Any], fields: dict[str, Any]) -
     return kwargs
 
 
+def load_calibrated(
+    population: str | Path | None, overrides: dict[str, Any], users: Any = "prior", where: str = "population"
+) -> tuple[SimulatorConfig, dict[str, np.ndarray], dict[str, Any], dict[str, np.ndarray] | None]:
+    """``(config, world, fit, fitted users or None)`` of a calibrated population directory with ``overrides``
+    of its config (``population_fields`` for the population's fields, any other key a config field):
+    what ``metarec/Calibrated-v0`` and a meta-RL task drawn from fitted users both build on. The catalogue's size
+    and embedding dimension and the number of clusters are fixed by the fit; another ``num_candidates`` gets
+    its own candidate strata. ``users`` is ``"prior"`` (no fitted users asked for), ``"fitted"`` (the
+    directory must hold them) or a list of fitted users' indices (those users only). Errors name ``where`` and
+    the field."""
+    if population is not None and not isinstance(population, str | Path):
+        raise ValueError(
+            f"{where}: expected the directory of a calibrated population, got {type(population).__name__}; "
+            "override the population's fields with population_fields={...}"
+        )
+    rows = _user_rows(users)
+    overrides = dict(overrides)
+    loaded, world, fit = load_population(population)
+    fitted = None
+    if rows is not None or users == "fitted":
+        fitted = load_fitted_users(population, loaded)
+        if fitted is None:
+            raise ValueError(
+                f"users: {short_repr(users)} needs the fitted users, and {population} has none (no users.npz: a "
+                "population written before they were kept); calibrate again, or use users='prior'"
+            )
+        if rows is not None:
+            count = len(fitted["interest"])
+            if rows.max() >= count:
+                raise ValueError(f"users: {population} has fitted users 0..{count - 1}, got index {int(rows.max())}")
+            fitted = {key: value[rows] for key, value in fitted.items()}
+    fields = overrides.pop("population_fields", None) or {}
+    merged = build_config(SimulatorConfig, loaded, {**overrides, "population": fields})
+    for field in ("num_items", "embedding_dim"):
+        if getattr(merged.catalog, field) != getattr(loaded.catalog, field):
+            raise ValueError(f"catalog.{field}: fixed by the calibrated population, cannot be overridden")
+    if merged.population.num_clusters != loaded.population.num_clusters:
+        raise ValueError("population.num_clusters: fixed by the calibrated population, cannot be overridden")
+    if merged.num_candidates != loaded.num_candidates:
+        world = {**world, **candidate_strata(merged.catalog.num_items, merged.num_candidates, merged.catalog.seed)}
+    return merged, world, fit, fitted
+
+
+def _user_rows(users: Any) -> np.ndarray | None:
+    """The fitted users' indices a ``users`` list names (None for a mode), or a ValueError saying what was
+    expected."""
+    if isinstance(users, str) and users in USER_MODES:
+        return None
+    expected = f"one of {', '.join(USER_MODES)} or a list of fitted users' indices"
+    if isinstance(users, str) or not isinstance(users, list | tuple | np.ndarray) or len(users) == 0:
+        raise ValueError(f"users: expected {expected}, got {short_repr(users)}")
+    if not all(isinstance(u, int | np.integer) and not isinstance(u, bool) and u >= 0 for u in users):
+        raise ValueError(f"users: expected {expected} (integers >= 0), got {short_repr(users)}")
+    rows = np.asarray(users, dtype=np.int64)
+    if len(np.unique(rows)) != len(rows):
+        raise ValueError(f"users: expected distinct indices, got {short_repr(users)}")
+    return rows
+
+
 class _Calibrated:
     """Shared by the single-user and vector classes: the population comes from a directory."""
 
     def _load(self, population: str | Path | None, config: Any, overrides: dict[str, Any]) -> Any:
         if config is not None:
             raise ValueError("config: Calibrated-v0 takes its config from population=DIR; pass field overrides instead")
-        if population is not None and not isinstance(population, str | Path):
-            raise ValueError(
-                f"population: expected the directory of a calibrated population, got {type(population).__name__}; "
-                "override the population's fields with population_fields={...}"
-            )
         users = overrides.pop("users", "prior")
-        if users not in USER_MODES:
-            raise ValueError(f"users: expected one of {', '.join(USER_MODES)}, got {short_repr(users)}")
-        loaded, world, fit = load_population(population)
-        self._world = world
-        self.calibration = fit
-        self._fitted_interest = None
-        if users == "fitted":
-            fitted = load_fitted_users(population, loaded)
-            if fitted is None:
-                raise ValueError(
-                    f"users: 'fitted' needs the fitted users, and {population} has none (no users.npz: a population "
-                    "written before they were kept); calibrate again, or use users='prior'"
-                )
-            self._fitted_interest = fitted["interest"]
-        fields = overrides.pop("population_fields", None) or {}
-        merged = build_config(SimulatorConfig, loaded, {**overrides, "population": fields})
-        for field in ("num_items", "embedding_dim"):
-            if getattr(merged.catalog, field) != getattr(loaded.catalog, field):
-                raise ValueError(f"catalog.{field}: fixed by the calibrated population, cannot be overridden")
-        if merged.population.num_clusters != loaded.population.num_clusters:
-            raise ValueError("population.num_clusters: fixed by the calibrated population, cannot be overridden")
-        if merged.num_candidates != loaded.num_candidates:
-            self._world = {
-                **world,
-                **candidate_strata(merged.catalog.num_items, merged.num_candidates, merged.catalog.seed),
-            }
+        merged, self._world, self.calibration, fitted = load_calibrated(population, overrides, users)
+        self._fitted_interest = None if fitted is None else fitted["interest"]
         return merged
 
     def build_model(self, backend: Any) -> DriftingUsersModel:
@@ -282,13 +322,15 @@ class CalibratedEnv(_Calibrated, DriftingUsersEnv):
     ## Arguments
     ``population`` (required: a directory with ``population.json`` and ``world.npz``),
     ``users`` (``"prior"``, the default: new users drawn from the fitted mixture; ``"fitted"``: drawn among
-    the users fitted to the logs, which needs the population's ``users.npz``),
+    the users fitted to the logs, which needs the population's ``users.npz``; a list of indices: drawn among
+    those fitted users only, as a meta-RL task of a group of them is),
     ``population_fields`` (overrides of the population's fields, for instance ``{"num_sessions": 7}``)
     and keyword overrides of the other config fields; the catalog's size, embedding dimension and the
     number of clusters are fixed by the fit.
 
     ## Version History
-    * v0: initial version; ``users="fitted"`` added later (the default draws users as before).
+    * v0: initial version; ``users="fitted"`` and lists of fitted users added later (the default draws users as
+      before).
     """
 
     def __init__(self, population: str | Path | None = None, config: Any = None, **kwargs: Any) -> None:

@@ -16,6 +16,10 @@ Tasks must agree on what shapes the spaces: ``num_candidates``, ``slate_size``, 
 ``catalog.embedding_dim`` and ``population.num_sessions``. Catalogues may differ in size and in their
 number of topics (fatigue is kept over the largest number; a task never touches the topics it lacks).
 The task a user belongs to is hidden from the policy, which must infer it from behaviour.
+
+A task may be a :class:`~metarec.envs.fitted_task.FittedTask`: its world is the one fitted to logs, and its
+users are drawn among a group of the users fitted there (the same uniform draw that picks a cluster picks one
+of them), so a meta-batch can hold populations of real users' fitted factors.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from metarec.envs.core.model import State
 from metarec.envs.drifting.churn import CatalogTimeline
 from metarec.envs.drifting.model import DriftingUsersModel, make_world, population_parameters
 from metarec.envs.drifting.params import SimulatorConfig
+from metarec.envs.fitted_task import FittedTask, user_pools
 from metarec.envs.vector import UserSimVectorEnv
 
 SHARED_FIELDS = ("num_candidates", "slate_size", "history_length", "catalog.embedding_dim", "population.num_sessions")
@@ -126,7 +131,7 @@ class TaskBatchModel(DriftingUsersModel):
         self.tasks = check_tasks(tasks)
         self.num_tasks = len(self.tasks)
         self.users_per_task = users_per_task
-        worlds = [make_world(t) for t in self.tasks]
+        worlds = [t.pool.world if isinstance(t, FittedTask) else make_world(t) for t in self.tasks]
         items = np.array([w["item_embedding"].shape[0] for w in worlds])
         clusters = np.array([w["cluster_centre"].shape[0] for w in worlds])
         item_offset = np.concatenate([[0], np.cumsum(items)[:-1]])
@@ -153,7 +158,8 @@ class TaskBatchModel(DriftingUsersModel):
         world["stratum_size"] = np.stack([w["stratum_size"] for w in worlds])
         world["cluster_offset"] = cluster_offset.astype(np.int64)
         world["num_clusters"] = clusters.astype(np.float32)
-        self._topic_centres = [w["topic_centre"] for w in worlds]
+        world.update(user_pools(self.tasks, cluster_offset))
+        self._topic_centres = [w.get("topic_centre") for w in worlds]
         self._item_offsets = [int(off) for off in item_offset]
         super().__init__(self.tasks[0], backend, world=world)
         self.num_topics = max(t.catalog.num_topics for t in self.tasks)
@@ -229,13 +235,22 @@ class TaskBatchModel(DriftingUsersModel):
         xp, be, w = self.xp, self.backend, self.world
         task = self._tasks_or_rows(task, num_users)
         count = be.take_rows(w["num_clusters"], task)
-        local = xp.minimum(
-            xp.astype(xp.floor(rng.uniform((num_users,)) * count), xp.int64), xp.astype(count, xp.int64) - 1
-        )
+        uniform = rng.uniform((num_users,))
+        local = xp.minimum(xp.astype(xp.floor(uniform * count), xp.int64), xp.astype(count, xp.int64) - 1)
         cluster = be.take_rows(w["cluster_offset"], task) + local
         noise = rng.normal((num_users, self.config.catalog.embedding_dim))
         spread = be.take_rows(self.task_params.cluster_spread, task)
-        return cluster, be.take_rows(w["cluster_centre"], cluster) + spread[:, None] * noise
+        anchor = be.take_rows(w["cluster_centre"], cluster) + spread[:, None] * noise
+        if "pool_size" not in w:
+            return cluster, anchor
+        # a fitted task's user is one of its fitted users, picked by the same uniform draw as the cluster
+        size = be.take_rows(w["pool_size"], task)
+        fitted, none = size > 0, xp.zeros_like(local)
+        last = xp.maximum(xp.astype(size, xp.int64) - 1, none)
+        pick = xp.minimum(xp.astype(xp.floor(uniform * size), xp.int64), last)
+        index = xp.where(fitted, be.take_rows(w["pool_start"], task) + pick, none)  # other tasks' rows: any user
+        cluster = xp.where(fitted, be.take_rows(w["pool_cluster"], index), cluster)
+        return cluster, xp.where(fitted[:, None], be.take_rows(w["pool_interest"], index), anchor)
 
     def _draw_candidates(self, rng: Random, num_users: int, task: Array | None = None) -> Array:
         xp, be, w = self.xp, self.backend, self.world
@@ -312,7 +327,7 @@ class TaskBatchVectorEnv(UserSimVectorEnv):
         self.num_tasks = len(self.tasks)
         super().__init__(
             self.num_tasks * self.users_per_task,
-            self.tasks[0],
+            SimulatorConfig.model_validate(self.tasks[0].model_dump()),  # the fields (a fitted world is the model's)
             device=device,
             single_item=single_item,
             ground_truth=ground_truth,

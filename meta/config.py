@@ -72,12 +72,17 @@ class MetaTrainConfig(FrozenConfig):
 
 def load_meta_config(path: str | Path, overrides: list[str] = ()) -> MetaTrainConfig:
     """Reads a meta-train YAML (safe loader), applies ``--set`` overrides, resolves ``tasks`` (a path
-    relative to the config file) into its distribution, and validates everything; errors name the key."""
+    relative to the config file) into its distribution, makes the paths of its fitted sources absolute (relative
+    to the file that names them), and validates everything; errors name the key."""
     path = Path(path)
     config = load_yaml_config(MetaTrainConfig, path, list(overrides))
     if isinstance(config.tasks, str):
         tasks_path = (path.parent / config.tasks).resolve()
-        distribution = load_yaml_config(TaskDistribution, tasks_path)
+        distribution = load_yaml_config(TaskDistribution, tasks_path).resolved(tasks_path.parent)
+    else:
+        distribution = config.tasks.resolved(path.parent.resolve())
+    distribution.check_sources()
+    if distribution is not config.tasks:
         values = config.model_dump()
         values["tasks"] = distribution.model_dump()
         config = validate_config(MetaTrainConfig, values)

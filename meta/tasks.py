@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -29,6 +30,8 @@ from pydantic import Field, model_validator
 
 from metarec.config import FrozenConfig, validate_config
 from metarec.envs.drifting.params import CatalogConfig, SimulatorConfig, UserPopulation
+from metarec.envs.fitted_task import with_fields_of
+from metarec.meta.fitted_tasks import FittedSource, fitted_task, load_source
 from metarec.parallel import group_size, rank
 
 WORLD_SEED_BAND = 1_000_000  # split k draws world seeds from [k * band, (k + 1) * band)
@@ -98,24 +101,56 @@ class PopulationPrior(FrozenConfig):
 
 
 class TaskSplit(FrozenConfig):
-    """One split of the prior: the regimes and domains its tasks use, and what it holds out.
+    """One split: the regimes and domains its tasks use, or the groups of fitted users they are drawn from,
+    and what it holds out.
 
     World seeds (so interest-cluster structures and catalogues) come from the split's own band and never
     repeat in another split. A split that ``holds_out`` ``regimes`` (or ``domains``) must share none of
-    them with any training split (one that holds nothing out).
+    them with any training split (one that holds nothing out). A split of fitted users (``fitted``: a source
+    of the distribution's ``fitted``) draws its tasks from the source's ``groups``, under its ``regimes`` if
+    it names any (else the fitted drift as it is), in the fitted catalogue; one that holds out ``users``
+    shares no group with a training split of the same source.
     """
 
-    regimes: list[str] = Field(min_length=1, description="Drift regimes of this split's tasks.")
-    domains: list[str] = Field(min_length=1, description="Catalogue domains of this split's tasks.")
-    holds_out: list[Literal["clusters", "regimes", "domains"]] = Field(
+    regimes: list[str] = Field(
+        default_factory=list, description="Drift regimes of this split's tasks (a split of fitted users: optional)."
+    )
+    domains: list[str] = Field(
+        default_factory=list, description="Catalogue domains of this split's tasks (not for a split of fitted users)."
+    )
+    fitted: str | None = Field(None, description="A source of fitted users (a key of the distribution's `fitted`).")
+    groups: list[int] = Field(default_factory=list, description="The source's groups this split's tasks come from.")
+    holds_out: list[Literal["clusters", "regimes", "domains", "users"]] = Field(
         default_factory=list, description="What this split's tasks have that no training split has."
     )
+
+    @model_validator(mode="after")
+    def _kind(self) -> TaskSplit:
+        if self.fitted is None:
+            for key in ("regimes", "domains"):
+                if not getattr(self, key):
+                    raise ValueError(f"{key}: expected at least one (or `fitted: SOURCE` and its `groups`)")
+            for key, value in (("groups", self.groups), ("holds_out", [h for h in self.holds_out if h == "users"])):
+                if value:
+                    raise ValueError(f"{key}: only a split of fitted users (`fitted: SOURCE`) has {key} {value}")
+            return self
+        if self.domains:
+            raise ValueError("domains: a split of fitted users browses the fitted catalogue; leave domains out")
+        if not self.groups or len(set(self.groups)) != len(self.groups) or min(self.groups) < 0:
+            raise ValueError(f"groups: expected distinct group numbers >= 0 of fitted.{self.fitted}, got {self.groups}")
+        wrong = [h for h in self.holds_out if h not in ("users", "regimes")]
+        if wrong:
+            raise ValueError(f"holds_out: a split of fitted users can hold out users or regimes, got {wrong}")
+        return self
 
 
 class TaskDistribution(FrozenConfig):
     """A prior and its named splits (e.g. ``meta-train``, ``meta-test-regimes``, ``meta-test-domain``)."""
 
     prior: PopulationPrior = Field(default_factory=PopulationPrior)
+    fitted: dict[str, FittedSource] = Field(
+        default_factory=dict, description="Sources of users fitted to logs, by name (see metarec.meta.fitted_tasks)."
+    )
     splits: dict[str, TaskSplit] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -127,18 +162,31 @@ class TaskDistribution(FrozenConfig):
                         raise ValueError(
                             f"splits.{name}.{kind}: {value!r} is not one of the prior's ({', '.join(known)})"
                         )
+            if split.fitted is not None:
+                self._check_source(name, split)
         training = {name: split for name, split in self.splits.items() if not split.holds_out}
         for name, split in self.splits.items():
             for kind in split.holds_out:
                 if kind == "clusters":  # guaranteed by the seed bands
                     continue
                 for other, train in training.items():
-                    shared = sorted(set(getattr(split, kind)) & set(getattr(train, kind)))
+                    shared = _shared(split, train, kind)
                     if shared:
-                        raise ValueError(
-                            f"splits.{name}.{kind}: holds out {', '.join(shared)}, which training split {other!r} uses"
-                        )
+                        users = kind == "users"
+                        field = "groups" if users else kind
+                        what = f"groups {shared} of fitted.{split.fitted}" if users else ", ".join(shared)
+                        raise ValueError(f"splits.{name}.{field}: holds out {what}, which training split {other!r} "
+                                         "uses")  # fmt: skip
         return self
+
+    def _check_source(self, name: str, split: TaskSplit) -> None:
+        if split.fitted not in self.fitted:
+            known = ", ".join(self.fitted) or "none"
+            raise ValueError(f"splits.{name}.fitted: {split.fitted!r} is not a source of fitted users ({known})")
+        count = self.fitted[split.fitted].num_groups
+        if count is not None and max(split.groups) >= count:
+            raise ValueError(f"splits.{name}.groups: fitted.{split.fitted} has groups 0..{count - 1}, "
+                             f"got {max(split.groups)}")  # fmt: skip
 
     def sample(self, split: str, n: int, seed: int) -> list[SimulatorConfig]:
         """``n`` tasks of ``split``, reproducibly from ``seed`` (independent of the other splits' draws)."""
@@ -149,7 +197,33 @@ class TaskDistribution(FrozenConfig):
         index = list(self.splits).index(split)
         rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
         chosen = self.splits[split]
+        if chosen.fitted is not None:
+            return [self._fitted_task(rng, split, chosen) for _ in range(n)]
         return [self._task(rng, chosen, index) for _ in range(n)]
+
+    def _fitted_task(self, rng: np.random.Generator, name: str, split: TaskSplit) -> SimulatorConfig:
+        assert split.fitted is not None
+        group = split.groups[int(rng.integers(len(split.groups)))]
+        regime = split.regimes[int(rng.integers(len(split.regimes)))] if split.regimes else None
+        where = f"splits.{name}"
+        source = self.fitted[split.fitted]
+        return fitted_task(split.fitted, source, group, None if regime is None else self.prior.regimes[regime], where)
+
+    def check_sources(self) -> None:
+        """Reads every source of fitted users a split names and checks that its groups have users: what
+        ``meta-train`` does before any work, so a missing population or an empty group stops it at once."""
+        for name, split in self.splits.items():
+            if split.fitted is not None:
+                loaded = load_source(split.fitted, self.fitted[split.fitted])
+                for group in split.groups:
+                    loaded.pool(group, f"splits.{name}")
+
+    def resolved(self, base: Path) -> TaskDistribution:
+        """This distribution with its fitted sources' paths made absolute, relative ones read from ``base`` (the
+        directory of the file that holds it)."""
+        if not self.fitted:
+            return self
+        return self.model_copy(update={"fitted": {k: v.resolved(base) for k, v in self.fitted.items()}})
 
     def _task(self, rng: np.random.Generator, split: TaskSplit, index: int) -> SimulatorConfig:
         prior = self.prior
@@ -165,6 +239,13 @@ class TaskDistribution(FrozenConfig):
         return validate_config(SimulatorConfig, values, where="task")
 
 
+def _shared(split: TaskSplit, train: TaskSplit, kind: str) -> list[Any]:
+    """What held-out ``split`` shares with training split ``train`` of what it holds out (``kind``)."""
+    if kind == "users":
+        return sorted(set(split.groups) & set(train.groups)) if train.fitted == split.fitted else []
+    return sorted(set(getattr(split, kind)) & set(getattr(train, kind)))
+
+
 def with_sessions(tasks: list[SimulatorConfig], sessions: int) -> list[SimulatorConfig]:
     """The tasks with ``population.num_sessions`` set to ``sessions`` (meta-RL episodes are a user's
     lifetime of sessions, the same number in every task of a batch)."""
@@ -172,7 +253,7 @@ def with_sessions(tasks: list[SimulatorConfig], sessions: int) -> list[Simulator
     for i, task in enumerate(tasks):
         values = task.model_dump()
         values["population"]["num_sessions"] = sessions
-        out.append(validate_config(SimulatorConfig, values, where=f"tasks[{i}]"))
+        out.append(with_fields_of(task, validate_config(SimulatorConfig, values, where=f"tasks[{i}]")))
     return out
 
 

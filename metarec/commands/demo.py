@@ -24,6 +24,7 @@ from metarec.abtest.runner import run_abtest
 from metarec.agents.evaluation import evaluate
 from metarec.commands.demo_report import write_demo_report
 from metarec.config import config_path, validate_config
+from metarec.envs.fitted_task import task_env
 from metarec.io import json_safe, print_json, write_json
 from metarec.meta.config import MetaTrainConfig, load_meta_config
 from metarec.meta.eval_run import meta_eval
@@ -114,15 +115,17 @@ def _demo_abtest(
     env_kwargs: dict | None = None,
     days: int = 14,
     name: str = "demo A/B test",
+    env: str = "metarec/DriftingUsers-v0",
 ) -> dict:
     """A paired A/B test of popularity (control) against ``arms`` (default LinUCB and a per-user
-    greedy bandit), ``days`` days."""
+    greedy bandit), ``days`` days, on ``env``."""
 
     arms = {"control": "popular", **(arms or {"linucb": "linucb", "greedy": "greedy"})}
     config = validate_config(
         ABTestConfig,
         {
             "name": name,
+            "env": env,
             "env_kwargs": env_kwargs or {"population": {"session_budget": 20.0, "steps_per_day": 10}},
             "arms": arms,
             "users": users,
@@ -162,9 +165,9 @@ def _demo_meta_abtest(out: Path, meta_run: Path, users: int, seed: int, device: 
     days = min(config.sessions, 10)
     arms = {"linucb": "linucb", arm: str(meta_run / "methods" / f"{arm}.pt")}
     title = {"rl2": "RL²", "icl": "the in-context recommender"}.get(arm, arm)
-    return _demo_abtest(
-        out, users, seed, device, arms, population.model_dump(), days, f"meta-learned {title} on {config.test_split}"
-    )
+    env, env_kwargs = task_env(population)
+    name = f"meta-learned {title} on {config.test_split}"
+    return _demo_abtest(out, users, seed, device, arms, env_kwargs, days, name, env)
 
 
 def _meta_config(path: Path, seed: int, device: str) -> MetaTrainConfig:
