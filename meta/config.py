@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -77,10 +78,10 @@ def load_meta_config(path: str | Path, overrides: list[str] = ()) -> MetaTrainCo
     path = Path(path)
     config = load_yaml_config(MetaTrainConfig, path, list(overrides))
     if isinstance(config.tasks, str):
-        tasks_path = (path.parent / config.tasks).resolve()
+        tasks_path = Path(os.path.abspath(path.parent / config.tasks))  # as named: a linked folder stays linked
         distribution = load_yaml_config(TaskDistribution, tasks_path).resolved(tasks_path.parent)
     else:
-        distribution = config.tasks.resolved(path.parent.resolve())
+        distribution = config.tasks.resolved(Path(os.path.abspath(path.parent)))
     distribution.check_sources()
     if distribution is not config.tasks:
         values = config.model_dump()

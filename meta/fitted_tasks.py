@@ -21,6 +21,7 @@ The population's files are read with ``json`` and ``numpy.load(allow_pickle=Fals
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,9 +75,9 @@ class FittedSource(FrozenConfig):
         return self.groups or DEFAULT_GROUPS
 
     def resolved(self, base: Path) -> FittedSource:
-        """This source with its population's path made absolute, relative paths read from ``base``."""
-        path = Path(self.population).expanduser()
-        return self.model_copy(update={"population": str(path if path.is_absolute() else (base / path).resolve())})
+        """This source with its population's path made absolute, a relative one read from ``base`` as it is
+        written (``..`` taken lexically, links not followed)."""
+        return self.model_copy(update={"population": os.path.abspath(base / Path(self.population).expanduser())})
 
 
 class LoadedSource:

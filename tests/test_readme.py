@@ -140,6 +140,15 @@ def meta_trained(out: str, methods: set[str], device: str = "cpu") -> Callable[[
     return check
 
 
+def meta_evaluated_on_fitted_users(done: Done) -> None:
+    result = done.json()
+    assert result["split"] == "meta-test" and result["sessions"] == [1, 2]
+    assert {"random", "oracle", "rl2", "popular", "linucb", "hbayes"} <= set(result["methods"])
+    assert all(np.isfinite(m["normalised_return"][0]) for m in result["methods"].values())
+    config = done.file("runs/meta_fitted/config.yaml").read_text()
+    assert str(done.file("runs/calibrated/population")) in config  # the fitted users of the calibrate line
+
+
 def meta_evaluated(done: Done) -> None:
     result = done.json()
     assert result["split"] == "meta-test" and result["sessions"] == [1, 2, 3, 4]
@@ -300,6 +309,13 @@ TRAIN_SB3 = "metarec train configs/sb3_ppo_drifting.yaml --out runs/sb3_ppo_drif
 ABTEST = "metarec abtest configs/abtest_demo.yaml --out runs/abtest_demo"
 META_TRAIN = "metarec meta-train configs/meta_demo.yaml --out runs/meta_demo"
 META_2P_CMD = "metarec meta-train configs/meta_demo.yaml --out runs/meta_demo_2p --nproc 2"
+META_FITTED = "metarec meta-train configs/meta_fitted.yaml --out runs/meta_fitted"
+META_FITTED_SMALL = (
+    "--set methods=[rl2] --set meta_learner=rl2 --set sessions=2 --set rl2.tasks_per_batch=4 "
+    "--set rl2.users_per_task=8 --set rl2.rollout_steps=8 --set rl2.updates=2 --set rl2.num_minibatches=2 "
+    "--set rl2.hidden=16 --set eval.tasks=2 --set eval.users_per_task=4 --set eval.seeds=2 --set eval.shift_at=6 "
+    f"--set eval.window=3 --set eval.max_steps=20 {THREADS} --quiet"
+)
 LOGS = "metarec simulate-logs --users 1000 --days 10 --out runs/logs.csv"
 AB_RANDOM = "metarec simulate-logs --users 300 --days 1 --agent random --format parquet --out runs/ab_random.parquet"
 AB_BTS = "metarec simulate-logs --users 300 --days 1 --agent bts --format parquet --out runs/ab_bts.parquet"
@@ -355,6 +371,13 @@ COMMANDS: dict[str, Case] = {
         "--set fit.epochs=2 --set fit.refit_steps=20 --set bootstrap=50 --set max_steps=5",
         validated,
         needs=(LOGS,),
+    ),
+    META_FITTED: Case(f"{META_FITTED} {META_FITTED_SMALL}", meta_trained("runs/meta_fitted", {"rl2"}),
+                      needs=("metarec calibrate runs/logs.csv --format csv --holdout-frac 0.2 --out runs/calibrated "
+                             "--json",)),
+    "metarec meta-eval runs/meta_fitted --split meta-test --json": Case(
+        "metarec meta-eval runs/meta_fitted --split meta-test --json", meta_evaluated_on_fitted_users,
+        needs=(META_FITTED,),
     ),
     AB_RANDOM: Case(AB_RANDOM.replace("--users 300", "--users 40"),
                     impressions_written("runs/ab_random.parquet", "random")),
