@@ -164,7 +164,7 @@ RUN_ENV_ARGUMENTS = {
     "array_backend": "metarec (its recommenders step on torch)",
 }
 #: Keyword arguments an env takes that its constructors do not declare by name.
-EXTRA_ENV_ARGUMENTS = {"metarec/Calibrated-v0": ("population_fields",)}
+EXTRA_ENV_ARGUMENTS = {"metarec/Calibrated-v0": ("population_fields", "users")}
 
 
 def env_arguments(env_id: str) -> frozenset[str] | None:

@@ -87,7 +87,14 @@ class LoadedSource:
         where = f"fitted.{name}.population"
         if not Path(source.population).is_dir():
             raise ValueError(f"{where}: {source.population} is not a directory (a calibrated population)")
-        self.config, world, _, users = load_calibrated(source.population, source.fields, "fitted", where)
+        if not (Path(source.population) / "users.npz").is_file():
+            raise ValueError(f"{where}: {source.population} keeps no fitted users (no users.npz: written before they "
+                             "were kept); calibrate again")  # fmt: skip
+        try:
+            self.config, world, _, users = load_calibrated(source.population, source.fields, "fitted", where)
+        except ValueError as err:  # name the source: an override of its fields where the files load without them
+            overrides = bool(source.fields) and _loads(source.population)
+            raise ValueError(f"{f'fitted.{name}.fields' if overrides else where}: {err}") from None
         if self.config.catalog.churn_rate != 0:
             raise ValueError(
                 f"fitted.{name}.fields: a fitted catalogue does not churn; expected catalog.churn_rate 0, got "
@@ -141,19 +148,34 @@ def split_users(
 
 
 @functools.lru_cache(maxsize=8)
-def _load(name: str, source_json: str, stamp: tuple[int, ...]) -> LoadedSource:
+def _load(name: str, source_json: str, stamp: tuple[tuple[int, int, int], ...]) -> LoadedSource:
     del stamp  # part of the key only: files changed since the last load are read again
     return LoadedSource(name, FittedSource.model_validate_json(source_json))
 
 
 def load_source(name: str, source: FittedSource) -> LoadedSource:
-    """``source`` loaded (cached while its files are unchanged)."""
+    """``source`` loaded (cached while its files are unchanged: the same inode, size and modification time; a
+    population written again replaces its files)."""
+    source = source.model_copy(update={"population": os.path.abspath(source.population)})
     folder = Path(source.population)
-    stamp = tuple(
-        (folder / f).stat().st_mtime_ns if (folder / f).is_file() else -1
-        for f in ("population.json", "world.npz", "users.npz")
-    )
+    stamp = tuple(_file_stamp(folder / f) for f in ("population.json", "world.npz", "users.npz"))
     return _load(name, source.model_dump_json(), stamp)
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int]:
+    if not path.is_file():
+        return (-1, -1, -1)
+    stat = path.stat()
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _loads(population: str) -> bool:
+    """Whether the population's own files load (with its fitted users), no overrides applied."""
+    try:
+        load_calibrated(population, {}, "fitted")
+    except ValueError:
+        return False
+    return True
 
 
 def fitted_task(

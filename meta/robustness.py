@@ -21,6 +21,7 @@ from typing import Any
 
 from metarec.config import validate_config
 from metarec.envs.drifting.params import SimulatorConfig, UserPopulation
+from metarec.envs.fitted_task import with_fields_of
 
 Change = Callable[[UserPopulation], dict[str, float]]
 
@@ -52,7 +53,7 @@ def perturbed(name: str) -> Callable[[list[SimulatorConfig]], list[SimulatorConf
         for i, task in enumerate(tasks):
             values = task.model_dump()
             values["population"].update(PERTURBATIONS[name](task.population))
-            out.append(validate_config(SimulatorConfig, values, where=f"tasks[{i}] ({name})"))
+            out.append(with_fields_of(task, validate_config(SimulatorConfig, values, where=f"tasks[{i}] ({name})")))
         return out
 
     return apply

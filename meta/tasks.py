@@ -20,6 +20,7 @@ training split (the config is rejected otherwise). Sampling is reproducible from
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -141,6 +142,8 @@ class TaskSplit(FrozenConfig):
         wrong = [h for h in self.holds_out if h not in ("users", "regimes")]
         if wrong:
             raise ValueError(f"holds_out: a split of fitted users can hold out users or regimes, got {wrong}")
+        if "regimes" in self.holds_out and not self.regimes:
+            raise ValueError("holds_out: holds out regimes, but the split names none (it runs the fitted drift)")
         return self
 
 
@@ -170,14 +173,30 @@ class TaskDistribution(FrozenConfig):
                 if kind == "clusters":  # guaranteed by the seed bands
                     continue
                 for other, train in training.items():
-                    shared = _shared(split, train, kind)
+                    if kind == "users":
+                        self._check_held_out_users(name, split, other, train)
+                        continue
+                    shared = sorted(set(getattr(split, kind)) & set(getattr(train, kind)))
                     if shared:
-                        users = kind == "users"
-                        field = "groups" if users else kind
-                        what = f"groups {shared} of fitted.{split.fitted}" if users else ", ".join(shared)
-                        raise ValueError(f"splits.{name}.{field}: holds out {what}, which training split {other!r} "
-                                         "uses")  # fmt: skip
+                        raise ValueError(
+                            f"splits.{name}.{kind}: holds out {', '.join(shared)}, which training split {other!r} uses"
+                        )
         return self
+
+    def _check_held_out_users(self, name: str, split: TaskSplit, other: str, train: TaskSplit) -> None:
+        if train.fitted is None:
+            return
+        if train.fitted == split.fitted:
+            shared = sorted(set(split.groups) & set(train.groups))
+            if shared:
+                raise ValueError(f"splits.{name}.groups: holds out groups {shared} of fitted.{split.fitted}, which "
+                                 f"training split {other!r} uses")  # fmt: skip
+            return
+        assert split.fitted is not None
+        mine, theirs = (os.path.abspath(self.fitted[s].population) for s in (split.fitted, train.fitted))
+        if mine == theirs:
+            raise ValueError(f"splits.{name}.fitted: holds out users, but training split {other!r} draws users of the "
+                             f"same population through fitted.{train.fitted}; hold out other groups of one source")
 
     def _check_source(self, name: str, split: TaskSplit) -> None:
         if split.fitted not in self.fitted:
@@ -237,13 +256,6 @@ class TaskDistribution(FrozenConfig):
         catalog["seed"] = index * WORLD_SEED_BAND + int(rng.integers(WORLD_SEED_BAND))
         values = {**prior.base.model_dump(), "population": population, "catalog": catalog}
         return validate_config(SimulatorConfig, values, where="task")
-
-
-def _shared(split: TaskSplit, train: TaskSplit, kind: str) -> list[Any]:
-    """What held-out ``split`` shares with training split ``train`` of what it holds out (``kind``)."""
-    if kind == "users":
-        return sorted(set(split.groups) & set(train.groups)) if train.fitted == split.fitted else []
-    return sorted(set(getattr(split, kind)) & set(getattr(train, kind)))
 
 
 def with_sessions(tasks: list[SimulatorConfig], sessions: int) -> list[SimulatorConfig]:

@@ -250,7 +250,7 @@ def test_meta_train_and_meta_eval_run_on_fitted_users_named_relative_to_the_task
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["tasks"]["fitted"]["logs"]["population"] == str(path.resolve())  # absolute: the run is portable
+    assert saved["tasks"]["fitted"]["logs"]["population"] == str(path.resolve())  # absolute: read from anywhere
     done = subprocess.run([*metarec, "meta-eval", "run", "--split", "meta-test", "--json"], cwd=tmp_path,
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -262,3 +262,54 @@ def test_meta_train_and_meta_eval_run_on_fitted_users_named_relative_to_the_task
     done = subprocess.run([*metarec, "meta-eval", "run", "--split", "meta-test-domain"], cwd=tmp_path,
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode != 0 and "task distribution (meta-test, meta-train), got 'meta-test-domain'" in done.stderr
+
+
+def test_an_ab_test_and_the_robustness_runs_keep_a_fitted_tasks_world_and_users(tmp_path):
+    from metarec.abtest.config import ABTestConfig
+    from metarec.abtest.runner import run_abtest
+    from metarec.meta.robustness import perturbed
+
+    path, _ = fitted_population(tmp_path / "population")
+    task = distribution(str(path)).sample("meta-test", 1, seed=0)[0]
+    env_id, kwargs = task_env(task)
+    config = validate_config(ABTestConfig, {
+        "env": env_id, "env_kwargs": kwargs, "arms": {"control": "random", "linucb": "linucb"}, "users": 40,
+        "days": 1, "seed": 0,
+    })  # fmt: skip
+    assert set(run_abtest(config, tmp_path / "ab", quiet=True)["effects"]) == {"linucb"}
+    (moved,) = perturbed("choice_temperature x1.5")([task])
+    assert isinstance(moved, FittedTask) and moved.pool is task.pool
+    assert moved.population.choice_temperature == pytest.approx(1.5 * task.population.choice_temperature)
+
+
+def test_a_sources_bad_files_or_fields_are_named_by_the_source(tmp_path):
+    path, _ = fitted_population(tmp_path / "population")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"fitted\.logs\.population: .*empty keeps no fitted users"):
+        distribution(str(tmp_path / "empty"), "random").check_sources()
+    (path / "users.npz").rename(tmp_path / "users.npz")
+    with pytest.raises(ValueError, match=r"fitted\.logs\.population: .* keeps no fitted users"):
+        distribution(str(path), "random").check_sources()
+    (tmp_path / "users.npz").rename(path / "users.npz")
+    (path / "users.npz").write_bytes(b"not an archive")
+    with pytest.raises(ValueError, match=r"fitted\.logs\.population: .*users\.npz is not a readable \.npz"):
+        distribution(str(path), "random").check_sources()
+    path, _ = fitted_population(tmp_path / "other")
+    source = {"population": str(path), "split_by": "random", "fields": {"num_candidatez": 3}}
+    bad = validate_config(TaskDistribution, {"fitted": {"logs": source},
+                                             "splits": {"t": {"fitted": "logs", "groups": [0]}}})  # fmt: skip
+    with pytest.raises(ValueError, match=r"fitted\.logs\.fields: (.|\n)*num_candidatez: unknown field"):
+        bad.check_sources()
+
+
+def test_held_out_checks_cannot_be_slipped_past(tmp_path):
+    with pytest.raises(ValueError, match="holds out regimes, but the split names none"):
+        distribution(str(tmp_path), "random", 4, train={"fitted": "logs", "groups": [0]},
+                     test={"fitted": "logs", "groups": [1], "holds_out": ["regimes"]})  # fmt: skip
+    twice = {
+        "fitted": {"a": {"population": str(tmp_path)}, "b": {"population": str(tmp_path / ".." / tmp_path.name)}},
+        "splits": {"train": {"fitted": "a", "groups": [0]},
+                   "test": {"fitted": "b", "groups": [1], "holds_out": ["users"]}},
+    }  # fmt: skip
+    with pytest.raises(ValueError, match=r"splits\.test\.fitted: holds out users, but training split 'train' draws"):
+        validate_config(TaskDistribution, twice)
