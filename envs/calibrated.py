@@ -30,6 +30,7 @@ from metarec.envs.adapters import build_config
 from metarec.envs.drifting.env import DriftingUsersEnv, DriftingUsersVectorEnv
 from metarec.envs.drifting.model import DriftingUsersModel
 from metarec.envs.drifting.params import SimulatorConfig
+from metarec.envs.fitted_task import nearest_centre
 from metarec.io import atomic_write, atomic_write_bytes, json_safe
 
 FORMAT = "metarec-population/2"
@@ -296,10 +297,8 @@ class FittedUsersModel(DriftingUsersModel):
         self, config: SimulatorConfig, backend: Any, world: dict[str, np.ndarray], interest: np.ndarray
     ) -> None:
         super().__init__(config, backend, world=world)
-        centres = world["cluster_centre"]
-        nearest = ((interest[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
         self.fitted_interest = backend.asarray(np.asarray(interest, dtype=np.float32))
-        self.fitted_cluster = backend.asarray(nearest.astype(np.int64))
+        self.fitted_cluster = backend.asarray(nearest_centre(interest, world["cluster_centre"]))
 
     def _draw_users(self, rng: Any, num_users: int, task: Any = None) -> tuple[Any, Any]:
         index = rng.integers(int(self.fitted_interest.shape[0]), (num_users,))

@@ -47,9 +47,14 @@ class FittedPool:
         interest = np.asarray(interest, dtype=np.float32)
         if interest.ndim != 2 or interest.shape[0] < 1:
             raise ValueError(f"{name}: expected at least one fitted user, got interests of shape {interest.shape}")
-        centres = world["cluster_centre"]
-        nearest = ((interest[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
-        return cls(name, str(population), np.asarray(rows, dtype=np.int64), world, interest, nearest.astype(np.int64))
+        cluster = nearest_centre(interest, world["cluster_centre"])
+        return cls(name, str(population), np.asarray(rows, dtype=np.int64), world, interest, cluster)
+
+
+def nearest_centre(interest: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """``[U]`` int64: the index of the centre (``[C, d]``) nearest to each fitted user's factors (``[U, d]``), the
+    cluster a fitted user belongs to."""
+    return ((interest[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).argmin(axis=1).astype(np.int64)
 
 
 class FittedTask(SimulatorConfig):

@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 from metarec.config import FrozenConfig, validate_config
 from metarec.envs.calibrated import load_calibrated
 from metarec.envs.drifting.params import SimulatorConfig
-from metarec.envs.fitted_task import FittedPool, FittedTask
+from metarec.envs.fitted_task import FittedPool, FittedTask, nearest_centre
 
 DEFAULT_GROUPS = 4
 
@@ -101,12 +101,11 @@ class LoadedSource:
                 f"{self.config.catalog.churn_rate}"
             )
         assert users is not None  # load_calibrated asked for them
-        everyone = FittedPool.of(f"fitted.{name}", source.population, np.arange(len(users["interest"])), world,
-                                 users["interest"])  # fmt: skip
-        self.groups = split_users(name, source, users, everyone.cluster, self.config.population.num_clusters)
+        cluster = nearest_centre(users["interest"], world["cluster_centre"])
+        self.groups = split_users(name, source, users, cluster, self.config.population.num_clusters)
         self.pools = [
-            FittedPool(f"fitted.{name} group {g}", source.population, rows, world, everyone.interest[rows],
-                       everyone.cluster[rows]) if len(rows) else None
+            FittedPool.of(f"fitted.{name} group {g}", source.population, rows, world, users["interest"][rows])
+            if len(rows) else None
             for g, rows in enumerate(self.groups)
         ]  # fmt: skip
         self.name = name
