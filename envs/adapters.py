@@ -30,7 +30,13 @@ from pydantic import BaseModel
 
 from metarec.config import validate_config
 from metarec.envs.core.backend import Backend, NumpyRandom, Random, numpy_backend, torch_backend
-from metarec.envs.core.finite import finite_flag, host_finite_quick, non_finite_report, step_quantities
+from metarec.envs.core.finite import (
+    confirmed_finite,
+    finite_flag,
+    host_finite_quick,
+    non_finite_report,
+    step_quantities,
+)
 from metarec.envs.core.model import State, UserModel
 from metarec.envs.fitted_task import FittedTask
 
@@ -218,7 +224,7 @@ class UserSimEnv(gym.Env):
         if self.backend.name == "numpy" and host_finite_quick(reward, info, state, keys):
             return info
         quantities = step_quantities(reward, info, state, keys)
-        if not finite_flag(quantities):
+        if not confirmed_finite(quantities, finite_flag(quantities)):
             raise FloatingPointError(non_finite_report(quantities, self._steps, per_user=False))
         return info
 

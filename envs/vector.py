@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from metarec.config import short_repr
 from metarec.envs.adapters import action_space_of, build_config, check_slates
 from metarec.envs.core.backend import Backend, Random, RowSubsetRandom, torch_backend
-from metarec.envs.core.finite import finite_flag, non_finite_report, step_quantities
+from metarec.envs.core.finite import confirmed_finite, finite_flag, non_finite_report, step_quantities
 from metarec.envs.core.model import ChoiceModel, State, UserModel
 from metarec.resources import MIN_BYTES_PER_ENV, check_memory
 
@@ -234,7 +234,7 @@ class UserSimVectorEnv(VectorEnv):
             quantities.append(("info['candidate_utilities'] returned before this step", truth.utilities))
         finite = torch.as_tensor(finite_flag(quantities), device=self.device)
         any_done, all_finite = torch.stack([done.any(), finite]).tolist()
-        if not all_finite:
+        if not confirmed_finite(quantities, all_finite):
             raise FloatingPointError(non_finite_report(quantities, self._steps, self._report_users()))
         if self.autoreset and any_done:
             infos["final_obs"] = observation

@@ -195,3 +195,19 @@ def test_check_finite_outcome_names_the_quantity_and_the_users_given():
     regret[0] = float("inf")
     with pytest.raises(FloatingPointError, match=r"info\['regret'\] of 1 users \(first: \[0\]\)"):
         check_finite_outcome(model, new_state, outcome, step=1, info={**outcome.info, "regret": regret})
+
+
+def test_finite_values_whose_float32_sum_overflows_are_not_reported():
+    from metarec.envs.core.finite import confirmed_finite, finite_flag
+
+    huge = torch.full((4,), 3.0e38)  # each finite, their float32 sum is not
+    quantities = [("reward", huge)]
+    assert not bool(finite_flag(quantities))  # the fast float32 sum overflows...
+    assert confirmed_finite(quantities, finite_flag(quantities))  # ...and the exact check clears it
+    assert not confirmed_finite([("reward", torch.tensor([1.0, float("nan")]))], False)
+    # in a step: every user's budget near float32's limit, finite, steps on
+    env = DriftingUsersVectorEnv(8)
+    env.reset(seed=4)
+    env._state = {**env.state, "budget": torch.full((8,), 3.0e38)}
+    env.step(_random_slates(torch.Generator().manual_seed(4), 8))
+    assert torch.isfinite(env.state["budget"]).all()

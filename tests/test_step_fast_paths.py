@@ -1,6 +1,7 @@
 """The step's fast paths give what the plain computation gives, bit for bit: the myopic oracle's revenue order
 shared by every user where a model knows it in advance, the order key built from float32 maxima, and the
-affinities computed in cache-sized blocks of users. The batched spaces hold one row of bounds, not one per user."""
+affinities computed in cache-sized blocks of users, the choice models computed in place, and choice weights computed
+only for the columns a step reads. The batched spaces hold one row of bounds, not one per user."""
 
 import gymnasium as gym
 import numpy as np
@@ -12,6 +13,7 @@ import metarec  # noqa: F401
 from metarec.envs.core import backend as backend_module
 from metarec.envs.core.backend import numpy_backend, torch_backend
 from metarec.envs.core.choice import assortment_in_order, revenue_order, shared_revenue_order
+from metarec.envs.task_batch import TaskBatchVectorEnv
 
 
 def plain_order(weights, revenue, k, backend=None):
@@ -165,3 +167,63 @@ def test_the_order_in_blocks_of_users_is_the_whole_batchs(monkeypatch):
     monkeypatch.setattr(backend_module, "ROW_BLOCK_ELEMENTS", 1000)  # 50 users a block
     assert len(torch_backend().row_blocks(3001, 20)) == 61
     assert torch.equal(revenue_order(torch_backend(), weights, revenue, 5), whole)
+
+
+def plain_drifting_truth(model, state):
+    """DriftingUsers' choice model as first written, one out-of-place expression per quantity."""
+    be, w, p = model.backend, model.world, model.params(state)
+    xp, items = model.xp, state["candidates"]
+    col = lambda v: v[:, None] if getattr(v, "ndim", 0) == 1 else v  # noqa: E731
+    affinity = be.row_dots(w["item_embedding"], items, state["interest"])
+    fatigue = be.take_along(state["fatigue"], be.take_rows(w["item_topic"], items))
+    quality = be.take_rows(w["item_quality"], items)
+    utility = affinity + col(p.quality_weight) * quality - col(p.fatigue_weight) * fatigue
+    attraction = utility + be.take_rows(w["item_appeal"], items) if model.has_appeal else utility
+    weights = xp.exp(xp.minimum(attraction / col(p.choice_temperature), 60.0))
+    revenue = be.take_rows(w["item_length"], items) / (1.0 + xp.exp(-utility * col(p.revenue_scale)))
+    return weights, revenue, utility
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gym.make_vec("metarec/DriftingUsers-v0", num_envs=400, vectorization_mode="vector_entry_point",
+                             array_backend="torch", catalog={"appeal_std": 0.5}),
+        lambda: TaskBatchVectorEnv([{}, {"population": {"choice_temperature": 0.3, "fatigue_weight": 2.0}}], 200),
+    ],
+    ids=["appeal", "task-batch"],
+)  # fmt: skip
+def test_the_in_place_drifting_choice_model_is_the_plain_one(make):
+    env = make()
+    env.reset(seed=6)
+    g = torch.Generator().manual_seed(6)
+    for _ in range(12):  # fatigue and drift away from the first state
+        env.step(torch.rand(400, 20, generator=g).argsort(1)[:, :5])
+    model, state = env.unwrapped.model, env.unwrapped.state
+    state = {**state, "interest": state["interest"] * 200.0}  # large utilities: the 60 cap and saturated revenues
+    truth = model.choice_model(state)
+    fast = (truth.weights, truth.revenue, truth.utilities)
+    assert all(torch.equal(a, b) for a, b in zip(fast, plain_drifting_truth(model, state), strict=True))
+    assert (truth.weights == torch.exp(torch.tensor(60.0))).any()  # the cap was reached
+
+
+def test_the_in_place_port_choice_model_is_the_plain_one_and_its_weights_are_lazy():
+    env = gym.make_vec("metarec/RecSimNGInterestEvolution-v0", num_envs=300, vectorization_mode="vector_entry_point",
+                       array_backend="torch")  # fmt: skip
+    env.reset(seed=8)
+    model, state = env.unwrapped.model, env.unwrapped.state
+    u, f = state["interest"], model.doc_features
+    squared = (u * u).sum(1)[:, None] - 2.0 * (u @ f.T) + (f * f).sum(1)[None, :]
+    affinity = -torch.sqrt(torch.maximum(squared, torch.tensor(0.0)))
+    truth = model.choice_model(state)
+    assert truth._weights is None  # computed where read
+    slate = torch.randint(100, (300, 2), generator=torch.Generator().manual_seed(8))
+    on_slate = truth.columns(model.backend, slate)
+    assert truth._weights is None
+    weights = torch.exp(affinity + model.config.logit_offset)
+    assert torch.equal(truth.utilities, affinity)
+    assert torch.equal(on_slate.weights, weights.gather(1, slate))
+    assert torch.equal(on_slate.utilities, affinity.gather(1, slate))
+    assert torch.equal(truth.weights, weights)  # and all of them, when read
+    shared = truth.columns(model.backend, model.oracle_order)  # [K] columns, the same for every user
+    assert torch.equal(shared.weights, weights[:, model.oracle_order])

@@ -144,6 +144,28 @@ class Backend:
 
         return torch.from_numpy(np.ascontiguousarray(value)).to(self.device)
 
+    def apply_(self, name: str, value: Array) -> Array:
+        """``value`` with the elementwise function ``name`` (``"exp"``, ``"sqrt"``, ``"negative"``) applied in
+        place, and returned: for a fresh array nothing else holds, where a new one would be one more pass
+        through memory and one more allocation. The result is the out-of-place function's, bit for bit."""
+        if self.name == "numpy":
+            return getattr(np, name)(value, out=value)
+        import torch
+
+        return getattr(torch, name)(value, out=value)
+
+    def clamp_min_(self, value: Array, low: float) -> Array:
+        """``maximum(value, low)`` in place (see :meth:`apply_`); NaN stays NaN, as with ``maximum``."""
+        if self.name == "numpy":
+            return np.maximum(value, low, out=value)
+        return value.clamp_min_(low)
+
+    def clamp_max_(self, value: Array, high: float) -> Array:
+        """``minimum(value, high)`` in place (see :meth:`apply_`); NaN stays NaN, as with ``minimum``."""
+        if self.name == "numpy":
+            return np.minimum(value, high, out=value)
+        return value.clamp_max_(high)
+
     def to_numpy(self, value: Array) -> np.ndarray:
         if self.name == "numpy":
             return np.asarray(value)
@@ -205,6 +227,12 @@ class Backend:
             # Plain fancy indexing: np.take_along_axis builds its index in Python, several µs a call.
             return values[_row_index(index.shape[0]), index]
         return values.gather(1, index)
+
+    def take_columns(self, values: Array, columns: Array) -> Array:
+        """``values[:, columns]``: the same columns (``[J]``) of every row of a 2-D array, ``[B, J]``."""
+        if self.name == "numpy":
+            return values.take(columns, axis=1)
+        return values.index_select(1, columns)
 
     def top_k(self, key: Array, k: int) -> Array:
         """Indices ``[B, k]`` of the ``k`` largest entries of each row of ``key``, largest first."""

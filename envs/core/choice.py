@@ -167,12 +167,22 @@ def assortment_in_order(
 ) -> tuple[Array, Array]:
     """The best revenue-ordered assortment given the order (``[B, K]``, from :func:`revenue_order`, or a
     shared ``[K]`` one broadcast to every user): ``(slate [B, K], value [B])`` as :func:`revenue_ordered_slate`."""
-    xp = be.xp
     if order.ndim == 1:
         order = be.broadcast_rows(order, weights.shape[0])
+    return assortment_of_ordered(
+        be, order, be.take_along(weights, order), be.take_along(revenue, order), no_click_weight, position_weight
+    )
+
+
+def assortment_of_ordered(
+    be: Backend, order: Array, weights: Array, revenue: Array, no_click_weight: Array, position_weight: Array | None
+) -> tuple[Array, Array]:
+    """:func:`assortment_in_order` given the weights and revenues of the ordered candidates (``[B, K]``, in the
+    order of ``order``), where the caller has them; ``position_weight`` None where every position weighs 1."""
+    xp = be.xp
     slate_size = order.shape[1]
-    w = be.take_along(weights, order) * per_user_rows(position_weight)
-    r = be.take_along(revenue, order)
+    w = weights if position_weight is None else weights * per_user_rows(position_weight)
+    r = revenue
     numerator = row_cumsum(xp, w * r)
     denominator = per_user_column(no_click_weight) + xp.zeros_like(w[:, :1]) + row_cumsum(xp, w)
     values = numerator / denominator  # [B, K]: value of showing the top r = 1..K

@@ -140,18 +140,22 @@ def _host_sum(value: Any) -> float:
     return float(value)
 
 
-def finite_flag(quantities: Iterable[Quantity]) -> Any:
+def finite_flag(quantities: Iterable[Quantity], exact: bool = False) -> Any:
     """Whether every quantity is finite: a Python bool on the host, a 0-d bool tensor (not synced) where any
     quantity is a torch tensor (all on one device), so that a vector env can fold it into the one sync its step
-    makes. A tensor is reduced to one float64 sum, NaN or infinite exactly when one of its elements is (a sum of
-    float32 numbers cannot overflow a double; a float64 tensor is multiplied by 0 first): one pass over it."""
+    makes. A tensor is reduced to one sum, NaN or infinite when one of its elements is: one pass over it.
+
+    The sum is taken in the tensor's own float32, several times faster on a CPU than in float64, so a False can
+    also mean finite numbers whose sum passes float32's range (about 3.4e38). Confirm a False with
+    ``exact=True`` before reporting it: that sums in float64, which finite float32 numbers cannot overflow (a
+    float64 tensor is multiplied by 0 first), so it is NaN or infinite exactly when an element is."""
     sums = []
     for _, value in quantities:
         ok = _host_finite(value)
         if ok is False:
             return False
         if ok is None and value.is_floating_point():  # a torch tensor (integers are always finite)
-            sums.append(_sum64(value))
+            sums.append(_sum(value, exact))
     if not sums:
         return True
     import torch
@@ -159,10 +163,18 @@ def finite_flag(quantities: Iterable[Quantity]) -> Any:
     return torch.stack(sums).isfinite().all()
 
 
-def _sum64(tensor: Any) -> Any:
+def _sum(tensor: Any, exact: bool) -> Any:
     import torch
 
-    return (tensor * 0 if tensor.dtype == torch.float64 else tensor).sum(dtype=torch.float64)
+    if tensor.dtype == torch.float64:
+        return (tensor * 0).sum()
+    return tensor.sum(dtype=torch.float64) if exact else tensor.sum()  # torch.stack promotes the float32 sums
+
+
+def confirmed_finite(quantities: Sequence[Quantity], flag: Any) -> bool:
+    """Whether the quantities are finite, given :func:`finite_flag`'s fast verdict ``flag`` (synced to a bool or
+    not): a False is checked again exactly, so finite values whose float32 sum overflows are not reported."""
+    return bool(flag) or bool(finite_flag(quantities, exact=True))
 
 
 def non_finite_report(quantities: Iterable[Quantity], step: int, users: Any = None, per_user: bool = True) -> str:
@@ -195,7 +207,7 @@ def _host(value: Any) -> Any:
 def check_finite(quantities: Sequence[Quantity], step: int, users: Any = None) -> None:
     """Raises ``FloatingPointError`` (:func:`non_finite_report`) unless every quantity is finite; one
     device sync where the quantities are on a device."""
-    if not bool(finite_flag(quantities)):
+    if not confirmed_finite(quantities, finite_flag(quantities)):
         raise FloatingPointError(non_finite_report(quantities, step, users))
 
 

@@ -18,6 +18,7 @@ here; a model supplies :meth:`UserModel.choice_model` and :meth:`UserModel.respo
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,7 +27,7 @@ from gymnasium import spaces
 
 from metarec.envs.core.backend import Array, Backend, Random
 from metarec.envs.core.choice import (
-    assortment_in_order,
+    assortment_of_ordered,
     choice_probabilities,
     per_user_rows,
     positions_like,
@@ -38,7 +39,6 @@ from metarec.envs.core.choice import (
 State = dict[str, Array]
 
 
-@dataclass(frozen=True)
 class ChoiceModel:
     """What a user would do with any candidate, in the current state (ground truth).
 
@@ -48,13 +48,43 @@ class ChoiceModel:
         no_click_weight: ``[B]`` (or scalar) weight of choosing nothing.
         position_weight: ``[K]`` (or per user ``[B, K]``) multiplicative position bias.
         utilities: ``[B, N]`` the user's true utility of each candidate (reported in ``info``).
+
+    A model may pass ``weights=None`` and ``weight_of``, an elementwise function of the utilities that gives the
+    weights: they are then computed when first read, and :meth:`columns` applies the function to the columns it
+    takes only. A step reads a few columns of the whole candidate set's ground truth (the slate shown, the
+    oracle's order where every user shares it), so a model whose weights are an elementwise function of its
+    utilities computes them for those columns, not for every candidate (the same numbers, bit for bit).
     """
 
-    weights: Array
-    revenue: Array
-    no_click_weight: Array
-    position_weight: Array
-    utilities: Array
+    __slots__ = ("_weights", "no_click_weight", "position_weight", "revenue", "utilities", "weight_of")
+
+    def __init__(
+        self, weights: Array | None, revenue: Array, no_click_weight: Array, position_weight: Array,
+        utilities: Array, weight_of: Callable[[Array], Array] | None = None,
+    ) -> None:  # fmt: skip
+        if weights is None and weight_of is None:
+            raise ValueError("weights: expected an array, or weight_of to compute them from the utilities")
+        self._weights = weights
+        self.revenue = revenue
+        self.no_click_weight = no_click_weight
+        self.position_weight = position_weight
+        self.utilities = utilities
+        self.weight_of = weight_of
+
+    @property
+    def weights(self) -> Array:
+        if self._weights is None:
+            assert self.weight_of is not None
+            self._weights = self.weight_of(self.utilities)
+        return self._weights
+
+    def columns(self, backend: Backend, index: Array) -> ChoiceModel:
+        """The ground truth of candidates ``index`` (``[B, J]``, or ``[J]`` the same for every user): ``[B, J]``
+        weights, revenues and utilities."""
+        take = backend.take_columns if index.ndim == 1 else backend.take_along
+        utilities = take(self.utilities, index)
+        weights = self.weight_of(utilities) if self._weights is None and self.weight_of else take(self.weights, index)
+        return ChoiceModel(weights, take(self.revenue, index), self.no_click_weight, self.position_weight, utilities)
 
 
 @dataclass(frozen=True)
@@ -127,6 +157,8 @@ class UserModel(ABC):
     #: The oracle's revenue order ``[K]``, where it is the same for every user and known in advance (see
     #: :func:`~metarec.envs.core.choice.shared_revenue_order`); None: the oracle orders each user's candidates.
     oracle_order: Array | None = None
+    #: Whether every position weight is 1 (no position bias), so that a step need not multiply by them.
+    neutral_positions: bool = False
 
     @property
     def xp(self) -> Any:
@@ -165,17 +197,13 @@ class UserModel(ABC):
         computed it for the oracle), so it is not computed twice.
         """
         xp, be = self.xp, self.backend
-        if truth is None:
-            on_slate = self.choice_model(state, slate)  # only the K shown candidates
-        else:
-            on_slate = ChoiceModel(
-                *(be.take_along(v, slate) for v in (truth.weights, truth.revenue)),
-                truth.no_click_weight,
-                truth.position_weight,
-                be.take_along(truth.utilities, slate),
-            )
+        # the ground truth of the K shown candidates only
+        on_slate = self.choice_model(state, slate) if truth is None else truth.columns(be, slate)
         shown = xp.astype(shown_mask(xp, slate), on_slate.weights.dtype)  # [B, K]
-        weights = on_slate.weights * per_user_rows(on_slate.position_weight) * shown
+        weights = on_slate.weights
+        if not self.neutral_positions:
+            weights = weights * per_user_rows(on_slate.position_weight)
+        weights = weights * shown
         probs = choice_probabilities(xp, weights, on_slate.no_click_weight)  # [B, K + 1]
         choice = sample_categorical(xp, rng, probs)  # [B], K means no click
         clicked = choice < self.slate_size
@@ -195,12 +223,17 @@ class UserModel(ABC):
     def oracle(self, state: State) -> tuple[Array, Array, ChoiceModel]:
         """The myopic oracle's slate ``[B, K]`` for the current candidates, its expected reward ``[B]``
         and the ground truth it was computed from."""
-        truth = self.choice_model(state)
+        be, truth = self.backend, self.choice_model(state)
+        # where every user's order is known, only its K columns of the ground truth are read
         order = self.oracle_order
         if order is None:
-            order = revenue_order(self.backend, truth.weights, truth.revenue, self.slate_size)
-        slate, value = assortment_in_order(
-            self.backend, order, truth.weights, truth.revenue, truth.no_click_weight, truth.position_weight
+            order = revenue_order(be, truth.weights, truth.revenue, self.slate_size)
+        ordered = truth.columns(be, order)
+        if order.ndim == 1:
+            order = be.broadcast_rows(order, truth.utilities.shape[0])
+        position = None if self.neutral_positions else truth.position_weight
+        slate, value = assortment_of_ordered(
+            be, order, ordered.weights, ordered.revenue, truth.no_click_weight, position
         )
         return slate, value, truth
 

@@ -235,20 +235,30 @@ class DriftingUsersModel(UserModel):
     # -- choice -----------------------------------------------------------------------------
     def choice_model(self, state: State, columns: Array | None = None) -> ChoiceModel:
         self.sync_catalog(state)
-        xp, be, w, p = self.xp, self.backend, self.world, self.params(state)
+        be, w, p = self.backend, self.world, self.params(state)
         items = state["candidates"] if columns is None else be.take_along(state["candidates"], columns)  # [B, J]
         # a gather per column: one of [B, J, d + 3] rows would write and read them all through memory again
-        affinity = be.row_dots(w["item_embedding"], items, state["interest"])
+        # Every [B, J] array below is fresh, and each pass after the first is in place on one of them: the
+        # arithmetic of (affinity + qw q) - fw f, exp(min(attraction / T, 60)) and length / (1 + exp(-u s)),
+        # rounding for rounding (a product is the same either way round or with the sign moved across it).
+        utility = be.row_dots(w["item_embedding"], items, state["interest"])  # the affinity, to start with
+        quality = be.take_rows(w["item_quality"], items)
+        quality *= per_user_column(p.quality_weight)
+        utility += quality
         fatigue = be.take_along(state["fatigue"], be.take_rows(w["item_topic"], items))
-        utility = (
-            affinity
-            + per_user_column(p.quality_weight) * be.take_rows(w["item_quality"], items)
-            - per_user_column(p.fatigue_weight) * fatigue
-        )
+        fatigue *= per_user_column(p.fatigue_weight)
+        utility -= fatigue
         # appeal draws the click but is not what the user gets from the item (satisfaction uses utility)
-        attraction = utility + be.take_rows(w["item_appeal"], items) if self.has_appeal else utility
-        weights = xp.exp(xp.minimum(attraction / per_user_column(p.choice_temperature), 60.0))  # [B, N]
-        revenue = be.take_rows(w["item_length"], items) / (1.0 + xp.exp(-utility * per_user_column(p.revenue_scale)))
+        if self.has_appeal:
+            weights = utility + be.take_rows(w["item_appeal"], items)
+            weights /= per_user_column(p.choice_temperature)
+        else:
+            weights = utility / per_user_column(p.choice_temperature)
+        weights = be.apply_("exp", be.clamp_max_(weights, 60.0))  # [B, N]
+        decay = be.apply_("exp", utility * -per_user_column(p.revenue_scale))
+        decay += 1.0
+        revenue = be.take_rows(w["item_length"], items)
+        revenue /= decay
         return ChoiceModel(weights, revenue, p.no_click_weight, p.position_weight, utility)
 
     # -- response and evolution -------------------------------------------------------------

@@ -67,6 +67,7 @@ class NGInterestEvolutionModel(UserModel):
         self.slate_size = config.slate_size
         corpus = self.make_corpus(config)
         self.doc_features = backend.asarray(corpus["features"])  # [N, T]
+        self.doc_squared_norm = self.xp.sum(self.doc_features * self.doc_features, axis=1)  # [N]
         self.doc_quality = backend.asarray(corpus["quality"])  # [N]
         self.doc_length = backend.asarray(corpus["length"])  # [N]
         self.consumed_if_chosen = backend.asarray(
@@ -79,6 +80,7 @@ class NGInterestEvolutionModel(UserModel):
         order = shared_revenue_order(self.backend.to_numpy(self.consumed_if_chosen), config.slate_size)
         self.oracle_order = None if order is None else backend.asarray(order)
         self.position_weight = backend.asarray(np.ones(config.slate_size), np.float32)
+        self.neutral_positions = True
         self.no_click_weight = backend.asarray(np.exp(config.no_click_mass), np.float32)
 
     @staticmethod
@@ -114,20 +116,26 @@ class NGInterestEvolutionModel(UserModel):
         xp, be = self.xp, self.backend
         interest = state["interest"]  # [B, T]
         if columns is None:
-            # ||u - f||² = |u|² - 2 u·f + |f|² over the whole corpus, without materialising [B, N, T].
-            squared = (
-                xp.sum(interest * interest, axis=1)[:, None]
-                - 2.0 * (interest @ xp.permute_dims(self.doc_features, (1, 0)))
-                + xp.sum(self.doc_features * self.doc_features, axis=1)[None, :]
-            )
+            # ||u - f||² = |u|² - 2 u·f + |f|² over the whole corpus, without materialising [B, N, T]. Every pass
+            # after the product is in place on it: the same roundings as (|u|² - 2 u·f) + |f|², as -2x + a is
+            # a - 2x exactly, with one [B, N] array written instead of seven.
+            squared = interest @ xp.permute_dims(self.doc_features, (1, 0))
+            squared *= -2.0
+            squared += xp.sum(interest * interest, axis=1)[:, None]
+            squared += self.doc_squared_norm[None, :]
             revenue = be.broadcast_rows(self.consumed_if_chosen, squared.shape[0])  # a view, not a copy per user
         else:
             difference = interest[:, None, :] - be.take_rows(self.doc_features, columns)  # [B, J, T]
             squared = xp.sum(difference * difference, axis=2)
             revenue = be.take_rows(self.consumed_if_chosen, columns)
-        affinity = -xp.sqrt(xp.maximum(squared, 0.0))  # [B, J]
-        weights = xp.exp(affinity + self.config.logit_offset)
-        return ChoiceModel(weights, revenue, self.no_click_weight, self.position_weight, affinity)
+        # -sqrt(max(squared, 0)), in place on the fresh array; the weights exp(affinity + offset) are computed
+        # only where read (a step reads the slate's and the oracle's columns of the whole corpus' ground truth)
+        affinity = be.apply_("negative", be.apply_("sqrt", be.clamp_min_(squared, 0.0)))
+        return ChoiceModel(None, revenue, self.no_click_weight, self.position_weight, affinity, self.weight_of)
+
+    def weight_of(self, affinity: Array) -> Array:
+        """The choice weights of candidates of these affinities: ``exp(affinity + logit_offset)``."""
+        return self.backend.apply_("exp", affinity + self.config.logit_offset)
 
     def respond(self, rng: Random, state: State, on_slate: ChoiceModel, choice: Choice) -> tuple[State, Outcome]:
         xp, be, cfg = self.xp, self.backend, self.config
