@@ -12,6 +12,7 @@ users stay as they are until ``reset(options={"reset_mask": mask})``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from copy import deepcopy
 from typing import Any
 
@@ -74,6 +75,11 @@ def recommender_observation(env: Any, observation: dict[str, Any]) -> dict[str, 
     where ``env`` returns compact observations, as it is elsewhere."""
     base = getattr(env, "unwrapped", env)
     return base.expand(observation) if getattr(base, "compact_observation", False) else observation
+
+
+def storages(values: Any) -> set[int]:
+    """The addresses of the memory the tensors among ``values`` view (a view shares its base's)."""
+    return {value.untyped_storage().data_ptr() for value in values if hasattr(value, "untyped_storage")}
 
 
 def where_rows(rows: Any, new: State, old: State) -> State:
@@ -217,9 +223,13 @@ class UserSimVectorEnv(VectorEnv):
 
         slate = check_slates(actions, self.model.num_candidates, self.model.slate_size, self.num_envs, self.single_item)
         slate = slate.to(self.device) if isinstance(slate, torch.Tensor) else self.backend.asarray(slate)
-        truth = self._next_truth  # the ground truth the last call returned (checked below, with the step)
+        # the ground truth the last call returned: the step reads the slate's columns of it and releases the rest,
+        # and its utilities are checked below, with the step
+        truth, self._next_truth = self._next_truth, None
+        earlier_utilities = None if truth is None else truth.utilities
+        before = storages(self._state.values())
         self._state, outcome = self.model.step(self._rng, self._state, slate, truth)
-        self._next_truth = None
+        del truth
         infos = dict(outcome.info)
         if self.ground_truth:
             infos["regret"] = self._oracle_value - infos["expected_reward"]
@@ -230,8 +240,8 @@ class UserSimVectorEnv(VectorEnv):
         # reward, expected reward, regret, the model's guarded state and the ground truth the last call
         # returned, which the regret holds the oracle's value of; see metarec.envs.core.finite)
         quantities = step_quantities(outcome.reward, infos, self._state, self.model.guarded_keys)
-        if truth is not None:
-            quantities.append(("info['candidate_utilities'] returned before this step", truth.utilities))
+        if earlier_utilities is not None:
+            quantities.append(("info['candidate_utilities'] returned before this step", earlier_utilities))
         finite = torch.as_tensor(finite_flag(quantities), device=self.device)
         any_done, all_finite = torch.stack([done.any(), finite]).tolist()
         if not confirmed_finite(quantities, all_finite):
@@ -239,7 +249,11 @@ class UserSimVectorEnv(VectorEnv):
         if self.autoreset and any_done:
             infos["final_obs"] = observation
             infos["_final_obs"] = done
-            self._state = self._new_users(done)
+            # arrays this step made that nothing returned shares memory with (the observation and info may hold some
+            # of the state's) take the newcomers in place; the others are copied
+            shared = before | storages(observation.values()) | storages(infos.values())
+            own = [key for key, value in self._state.items() if value.untyped_storage().data_ptr() not in shared]
+            self._state = self._new_users(done, own)
             observation = self._observe_rows(observation, done)  # only the fresh users are observed
         elif self.autoreset and self.keyed_resets:
             # keyed resets draw newcomers every step, so the stream never depends on who finished (in
@@ -272,10 +286,11 @@ class UserSimVectorEnv(VectorEnv):
         """Bytes of simulator state held for all users."""
         return self.model.state_nbytes(self.state)
 
-    def _new_users(self, done: Any) -> State:
-        """The state with the users where ``done`` replaced by fresh ones (see ``keyed_resets``)."""
+    def _new_users(self, done: Any, in_place: Sequence[str] = ()) -> State:
+        """The state with the users where ``done`` replaced by fresh ones (see ``keyed_resets``); the arrays of
+        ``in_place`` take them in place."""
         if not self.keyed_resets:
-            return self.model.reset_users(self._rng, self._state, done)
+            return self.model.reset_users(self._rng, self._state, done, in_place)
         return where_rows(done, self._keyed_fresh_users(), self._state)
 
     def _keyed_fresh_users(self) -> State:

@@ -160,6 +160,14 @@ class Backend:
             return np.maximum(value, low, out=value)
         return value.clamp_min_(low)
 
+    def minimum_(self, value: Array, other: Array) -> Array:
+        """``minimum(value, other)`` in place (see :meth:`apply_`), ``other`` broadcast to ``value``'s shape."""
+        if self.name == "numpy":
+            return np.minimum(value, other, out=value)
+        import torch
+
+        return torch.minimum(value, other, out=value)
+
     def clamp_max_(self, value: Array, high: float) -> Array:
         """``minimum(value, high)`` in place (see :meth:`apply_`); NaN stays NaN, as with ``minimum``."""
         if self.name == "numpy":

@@ -18,7 +18,7 @@ here; a model supplies :meth:`UserModel.choice_model` and :meth:`UserModel.respo
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -77,6 +77,13 @@ class ChoiceModel:
             assert self.weight_of is not None
             self._weights = self.weight_of(self.utilities)
         return self._weights
+
+    def release(self) -> None:
+        """Lets go of the weights and revenues of every candidate, once what was needed of them was read (a step
+        reads the slate's columns): at a million users they are hundreds of MB. The utilities stay."""
+        self._weights = None
+        self.revenue = None
+        self.weight_of = None
 
     def columns(self, backend: Backend, index: Array) -> ChoiceModel:
         """The ground truth of candidates ``index`` (``[B, J]``, or ``[J]`` the same for every user): ``[B, J]``
@@ -194,11 +201,14 @@ class UserModel(ABC):
         """Advances every user one step with the given slates (``[B, K]`` int64, already validated).
 
         ``truth`` may pass in ``choice_model(state)`` when the caller already has it (the adapters
-        computed it for the oracle), so it is not computed twice.
+        computed it for the oracle), so it is not computed twice. The step reads the slate's columns of it and then
+        releases its weights and revenues (:meth:`ChoiceModel.release`); its utilities stay.
         """
         xp, be = self.xp, self.backend
         # the ground truth of the K shown candidates only
         on_slate = self.choice_model(state, slate) if truth is None else truth.columns(be, slate)
+        if truth is not None:
+            truth.release()
         shown = xp.astype(shown_mask(xp, slate), on_slate.weights.dtype)  # [B, K]
         weights = on_slate.weights
         if not self.neutral_positions:
@@ -237,15 +247,18 @@ class UserModel(ABC):
         )
         return slate, value, truth
 
-    def reset_users(self, rng: Random, state: State, done: Array) -> State:
-        """Replaces the users where ``done`` (``[B]`` bool) by fresh ones; the others are untouched."""
+    def reset_users(self, rng: Random, state: State, done: Array, in_place: Collection[str] = ()) -> State:
+        """Replaces the users where ``done`` (``[B]`` bool) by fresh ones; the others are untouched. The arrays of
+        the keys ``in_place`` (ones the caller made and nothing else holds) take the newcomers in place; the
+        others are copied first, so ``state`` itself is left as it was."""
         index = self.xp.nonzero(done)[0]
         if index.shape[0] == 0:
             return state
         fresh = self.fresh_users(rng, state, index)
         merged = {}
         for key, value in state.items():
-            value = value.copy() if self.backend.name == "numpy" else value.clone()
+            if key not in in_place:
+                value = value.copy() if self.backend.name == "numpy" else value.clone()
             value[index] = fresh[key]
             merged[key] = value
         return merged

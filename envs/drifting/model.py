@@ -33,8 +33,6 @@ distinct and every item is equally likely to be offered, at O(N) cost per user.
 
 from __future__ import annotations
 
-import math
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -42,65 +40,14 @@ from gymnasium import spaces
 
 from metarec.envs.core.backend import Array, Backend, Random
 from metarec.envs.core.choice import per_user_column
-from metarec.envs.core.finite import require_float32
 from metarec.envs.core.model import Choice, ChoiceModel, Outcome, State, UserModel, push_history
 from metarec.envs.drifting import compact
-from metarec.envs.drifting.churn import CatalogTimeline, ChurningTables, draw_items, unit
-from metarec.envs.drifting.params import SimulatorConfig, UserPopulation
+from metarec.envs.drifting.churn import CatalogTimeline, ChurningTables
+from metarec.envs.drifting.params import SimulatorConfig
+from metarec.envs.drifting.world import make_world, population_parameters
 
 NO_CLICK = -1  # history entry of a step without a click
 EMPTY = -2  # history entry before the first step
-
-
-def make_world(config: SimulatorConfig) -> dict[str, np.ndarray]:
-    """The fixed geometry of catalog and population, drawn from ``config.catalog.seed`` with numpy so
-    that every backend and device sees the same world."""
-    cat, pop = config.catalog, config.population
-    rng = np.random.default_rng(cat.seed)
-    d, t, m = cat.embedding_dim, cat.num_topics, cat.num_items
-
-    topic_centre = unit(rng.standard_normal((t, d)))
-    item_topic, item_embedding, item_quality, item_length = draw_items(rng, cat, topic_centre, m)
-
-    cluster_topics = np.stack([rng.choice(t, pop.topics_per_cluster, replace=False) for _ in range(pop.num_clusters)])
-    cluster_centre = pop.interest_scale * unit(topic_centre[cluster_topics].sum(axis=1))
-    trend_direction = unit(rng.standard_normal((pop.num_clusters, d)))
-
-    # Stratified candidate sampling: stratum s holds item_order[start[s] : start[s] + size[s]].
-    bounds = (np.arange(config.num_candidates + 1) * m) // config.num_candidates
-    item_order = rng.permutation(m)
-    # drawn last, so that the rest of the world does not depend on whether appeal is on
-    item_appeal = cat.appeal_std * rng.standard_normal(m) if cat.appeal_std > 0 else np.zeros(m)
-    require_float32(item_quality, "catalog.quality_std", "item qualities (std x a normal draw)")
-    require_float32(item_appeal, "catalog.appeal_std", "item appeals (std x a normal draw)")
-    return {
-        "item_embedding": item_embedding.astype(np.float32),
-        "item_topic": item_topic.astype(np.int64),
-        "item_quality": item_quality.astype(np.float32),
-        "item_length": item_length.astype(np.float32),
-        "cluster_centre": cluster_centre.astype(np.float32),
-        "trend_direction": trend_direction.astype(np.float32),
-        "item_order": item_order.astype(np.int64),
-        "item_appeal": item_appeal.astype(np.float32),
-        "topic_centre": topic_centre.astype(np.float32),  # what churn draws new items around
-        "stratum_start": bounds[:-1].astype(np.int64),
-        "stratum_size": np.diff(bounds).astype(np.float32),
-    }
-
-
-def population_parameters(population: UserPopulation, slate_size: int, backend: Backend) -> SimpleNamespace:
-    """What the dynamics read of a population: its fields as Python floats, plus what is derived from
-    them once: ``no_click_weight`` (scalar array), ``position_weight`` (``[K]``), ``revenue_scale``
-    and ``drift_per_step``."""
-    p = population
-    return SimpleNamespace(
-        **p.model_dump(),
-        no_click_weight=backend.asarray(math.exp(min(p.no_click_utility / p.choice_temperature, 60.0)), np.float32),
-        position_weight=backend.asarray(np.exp(-p.position_bias * np.arange(slate_size)), np.float32),
-        # E[sigmoid(u + N(0, s^2))] ~ sigmoid(u / sqrt(1 + pi s^2 / 8)) (probit approximation).
-        revenue_scale=1.0 / math.sqrt(1.0 + math.pi * p.engagement_noise**2 / 8.0),
-        drift_per_step=p.trend_rate / p.steps_per_day,
-    )
 
 
 class DriftingUsersModel(UserModel):
@@ -126,6 +73,7 @@ class DriftingUsersModel(UserModel):
         self.scalars = population_parameters(config.population, self.slate_size, backend)
         weight = self.world_numpy.get("cluster_weight")
         self.cluster_cdf = None if weight is None else backend.asarray(np.cumsum(weight).astype(np.float32))
+        self._stratum_last = self.xp.astype(self.world["stratum_size"], self.xp.int64) - 1  # each stratum's last offset
         self.churn = self.catalog_timeline()
         self.catalog = None if self.churn is None else ChurningTables(self, self.churn)
         self._synced_clock: Array | None = None  # the state clock the tables were last brought to
@@ -188,11 +136,12 @@ class DriftingUsersModel(UserModel):
 
     def _draw_candidates(self, rng: Random, num_users: int, task: Array | None = None) -> Array:
         """``[B, N]`` distinct catalog items, one uniformly from each stratum."""
-        xp, w = self.xp, self.world
-        u = rng.uniform((num_users, self.num_candidates))
-        offset = xp.astype(xp.floor(u * w["stratum_size"][None, :]), xp.int64)
-        offset = xp.minimum(offset, xp.astype(w["stratum_size"], xp.int64)[None, :] - 1)
-        return self.backend.take_rows(w["item_order"], w["stratum_start"][None, :] + offset)
+        xp, be, w = self.xp, self.backend, self.world
+        u = rng.uniform((num_users, self.num_candidates))  # a fresh draw, scaled and floored in place
+        u *= w["stratum_size"][None, :]
+        offset = be.minimum_(xp.astype(be.apply_("floor", u), xp.int64), self._stratum_last[None, :])
+        offset += w["stratum_start"][None, :]
+        return be.take_rows(w["item_order"], offset)
 
     def initial_state(self, rng: Random, num_users: int, task: Array | None = None) -> State:
         xp, b, h = self.xp, num_users, self.history_length
@@ -282,18 +231,25 @@ class DriftingUsersModel(UserModel):
         topic_onehot = xp.astype(be.take_rows(w["item_topic"], item)[:, None] == self.topics[None, :], f32)
         recovered = state["fatigue"] * (1.0 - per_user_column(p.fatigue_recovery))
         fatigue = recovered + per_user_column(p.fatigue_rate) * click[:, None] * topic_onehot
+        # interest + pull (target - interest), then + reversion (anchor - interest) + noise, then + trend: each
+        # [B, d] pass after the first in place on a fresh array, rounding for rounding as written out of place
         interest, anchor = state["interest"], state["anchor"]
-        target = per_user_column(p.interest_scale) * be.take_rows(w["item_embedding"], item)
         pull = p.consumption_pull * click * (2.0 * satisfaction - 1.0)
-        interest = interest + pull[:, None] * (target - interest)
-        interest = (
-            interest
-            + per_user_column(p.ou_reversion) * (anchor - interest)
-            + per_user_column(p.ou_noise) * rng.normal(interest.shape)
-        )
+        moved = be.take_rows(w["item_embedding"], item)
+        moved *= per_user_column(p.interest_scale)  # the target
+        moved -= interest
+        moved *= pull[:, None]
+        moved += interest
+        reverting = anchor - moved
+        reverting *= per_user_column(p.ou_reversion)
+        moved += reverting
+        noise = rng.normal(interest.shape)
+        noise *= per_user_column(p.ou_noise)
+        moved += noise
         trend = self.trend(p, state["cluster"])
         anchor = anchor + trend
-        interest = interest + trend
+        moved += trend
+        interest = moved
         shifted = rng.uniform((b,)) < p.shift_hazard
         new_cluster, new_anchor = self._draw_users(rng, b, task)
         cluster = xp.where(shifted, new_cluster, state["cluster"])
