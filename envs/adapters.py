@@ -112,9 +112,12 @@ def check_slates(action: Any, num_candidates: int, slate_size: int, batch: int |
         if batch is not None:
             form += f" per user, shape {expected}"
         raise ValueError(f"action: expected {form}, got shape {tuple(action.shape)}")
-    bad = (action < 0) | (action >= num_candidates)
-    if bool(bad.any()):
-        raise ValueError(f"action: {in_range}, got {int(action[bad].reshape(-1)[0])}")
+    if action.numel() if is_tensor else action.size:
+        # both bounds in one reduction (and one device sync)
+        low, high = torch.stack(torch.aminmax(action)).tolist() if is_tensor else (action.min(), action.max())
+        if low < 0 or high >= num_candidates:
+            bad = (action < 0) | (action >= num_candidates)
+            raise ValueError(f"action: {in_range}, got {int(action[bad].reshape(-1)[0])}")
     slate = action.to(torch.int64).contiguous() if is_tensor else action.astype(np.int64, copy=False)
     return slate.reshape(out_shape)
 

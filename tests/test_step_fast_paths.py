@@ -12,7 +12,7 @@ from gymnasium.vector.utils import batch_space
 import metarec  # noqa: F401
 from metarec.envs.core import backend as backend_module
 from metarec.envs.core.backend import numpy_backend, torch_backend
-from metarec.envs.core.choice import assortment_in_order, revenue_order, shared_revenue_order
+from metarec.envs.core.choice import assortment_in_order, revenue_order, shared_revenue_order, shown_mask
 from metarec.envs.task_batch import TaskBatchVectorEnv
 
 
@@ -227,3 +227,16 @@ def test_the_in_place_port_choice_model_is_the_plain_one_and_its_weights_are_laz
     assert torch.equal(truth.weights, weights)  # and all of them, when read
     shared = truth.columns(model.backend, model.oracle_order)  # [K] columns, the same for every user
     assert torch.equal(shared.weights, weights[:, model.oracle_order])
+
+
+@pytest.mark.parametrize("backend", [numpy_backend(), torch_backend()], ids=["numpy", "torch"])
+@pytest.mark.parametrize("k", [1, 2, 5, 8])
+def test_the_shown_mask_of_a_large_batch_is_the_pairwise_one(backend, k):
+    # 600 users take the pass per position; blocks of 100 the [B, K, K] comparison
+    slate = backend.asarray(np.random.default_rng(k).integers(0, 4, size=(600, k)))  # many repeats
+    whole = backend.to_numpy(shown_mask(backend.xp, slate))
+    blocks = np.concatenate([backend.to_numpy(shown_mask(backend.xp, slate[i : i + 100])) for i in range(0, 600, 100)])
+    np.testing.assert_array_equal(whole, blocks)
+    first = backend.to_numpy(slate)
+    expected = [[row[j] not in row[:j] for j in range(k)] for row in first.tolist()]
+    np.testing.assert_array_equal(whole, np.array(expected))

@@ -237,9 +237,14 @@ class Backend:
         return values.gather(1, index)
 
     def take_columns(self, values: Array, columns: Array) -> Array:
-        """``values[:, columns]``: the same columns (``[J]``) of every row of a 2-D array, ``[B, J]``."""
+        """``values[:, columns]``: the same columns (``[J]``) of every row of a 2-D array, ``[B, J]``. Of a row
+        broadcast to every user (:meth:`broadcast_rows`), the row's columns broadcast in turn, not copied."""
         if self.name == "numpy":
+            if values.strides[0] == 0:
+                return self.broadcast_rows(values[0].take(columns), values.shape[0])
             return values.take(columns, axis=1)
+        if values.stride(0) == 0:
+            return self.broadcast_rows(values[0].index_select(0, columns), values.shape[0])
         return values.index_select(1, columns)
 
     def top_k(self, key: Array, k: int) -> Array:
