@@ -240,3 +240,29 @@ def test_the_shown_mask_of_a_large_batch_is_the_pairwise_one(backend, k):
     first = backend.to_numpy(slate)
     expected = [[row[j] not in row[:j] for j in range(k)] for row in first.tolist()]
     np.testing.assert_array_equal(whole, np.array(expected))
+
+
+def test_the_clicked_mask_by_scatter_is_the_compared_one():
+    from metarec.envs.core.model import Choice
+
+    g = torch.Generator().manual_seed(3)
+    slate = torch.randint(0, 9, (500, 4), generator=g)
+    position = torch.randint(0, 4, (500,), generator=g)
+    clicked = torch.rand(500, generator=g) < 0.6
+    chosen = slate.gather(1, position[:, None])[:, 0]
+    mask = Choice(slate, position, chosen, clicked).clicked_mask(torch_backend().xp)  # torch: by scatter
+    numpy = Choice(slate.numpy(), position.numpy(), chosen.numpy(), clicked.numpy()).clicked_mask(np)
+    assert mask.dtype == torch.float32 and numpy.dtype == np.float32
+    np.testing.assert_array_equal(mask.numpy(), numpy)
+    assert mask.sum() == clicked.sum() and (mask.sum(1) == clicked.float()).all()
+
+
+@pytest.mark.parametrize("backend", [numpy_backend(), torch_backend()], ids=["numpy", "torch"])
+def test_row_argmax_is_argmax_with_its_value_nan_and_ties_included(backend):
+    values = np.random.default_rng(5).integers(0, 3, size=(400, 5)).astype(np.float32)  # many ties
+    values[::7, 2] = np.nan
+    values[::11, 4] = np.inf
+    index, largest = backend.row_argmax(backend.asarray(values))
+    expected = np.argmax(values, axis=1)  # the first largest, a NaN counting as the largest
+    np.testing.assert_array_equal(backend.to_numpy(index), expected)
+    np.testing.assert_array_equal(backend.to_numpy(largest), values[np.arange(400), expected])

@@ -247,6 +247,16 @@ class Backend:
             return self.broadcast_rows(values[0].index_select(0, columns), values.shape[0])
         return values.index_select(1, columns)
 
+    def row_argmax(self, values: Array) -> tuple[Array, Array]:
+        """``(argmax, max)`` of each row of a 2-D array: the first largest entry's column and its value (a NaN
+        counts as the largest, the first NaN's column, as with ``argmax``). torch gives both in one reduction,
+        several times faster than ``argmax`` alone on short rows."""
+        if self.name == "numpy":
+            index = self.xp.argmax(values, axis=1)
+            return index, self.take_along(values, index[:, None])[:, 0]
+        largest, index = values.max(dim=1)
+        return index, largest
+
     def top_k(self, key: Array, k: int) -> Array:
         """Indices ``[B, k]`` of the ``k`` largest entries of each row of ``key``, largest first."""
         if self.name == "numpy":

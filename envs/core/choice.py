@@ -195,10 +195,9 @@ def assortment_of_ordered(
     numerator = row_cumsum(xp, w * r)
     denominator = per_user_column(no_click_weight) + xp.zeros_like(w[:, :1]) + row_cumsum(xp, w)
     values = numerator / denominator  # [B, K]: value of showing the top r = 1..K
-    best = xp.argmax(values, axis=1)  # [B]
+    best, value = be.row_argmax(values)  # [B]
     keep = positions_like(xp, slate_size, order)[None, :] <= best[:, None]
     slate = xp.where(keep, order, order[:, :1])
-    value = be.take_along(values, best[:, None])[:, 0]
     return slate, value
 
 

@@ -112,6 +112,9 @@ class Choice:
 
     def clicked_mask(self, xp: Any) -> Array:
         """``[B, K]`` float32: 1 at the slate position the user chose, 0 elsewhere (and for no click)."""
+        if hasattr(self.slate, "scatter_"):  # torch: one write a row, several times faster than comparing [B, K]
+            mask = xp.zeros(self.slate.shape, dtype=xp.float32, device=self.slate.device)
+            return mask.scatter_(1, self.position[:, None], xp.astype(self.clicked, xp.float32)[:, None])
         positions = positions_like(xp, self.slate.shape[1], self.slate)
         return xp.astype((positions[None, :] == self.position[:, None]) & self.clicked[:, None], xp.float32)
 
