@@ -207,9 +207,10 @@ def test_the_in_place_drifting_choice_model_is_the_plain_one(make):
     assert (truth.weights == torch.exp(torch.tensor(60.0))).any()  # the cap was reached
 
 
-def test_the_in_place_port_choice_model_is_the_plain_one_and_its_weights_are_lazy():
+@pytest.mark.parametrize("topics", [2, 3])
+def test_the_in_place_port_choice_model_is_the_plain_one_and_its_weights_are_lazy(topics):
     env = gym.make_vec("metarec/RecSimNGInterestEvolution-v0", num_envs=300, vectorization_mode="vector_entry_point",
-                       array_backend="torch")  # fmt: skip
+                       array_backend="torch", num_topics=topics)  # fmt: skip
     env.reset(seed=8)
     model, state = env.unwrapped.model, env.unwrapped.state
     u, f = state["interest"], model.doc_features

@@ -193,7 +193,7 @@ def assortment_of_ordered(
     w = weights if position_weight is None else weights * per_user_rows(position_weight)
     r = revenue
     numerator = row_cumsum(xp, w * r)
-    denominator = per_user_column(no_click_weight) + xp.zeros_like(w[:, :1]) + row_cumsum(xp, w)
+    denominator = row_cumsum(xp, w) + per_user_column(no_click_weight)  # no-click + each cumulative sum: one rounding
     values = numerator / denominator  # [B, K]: value of showing the top r = 1..K
     best, value = be.row_argmax(values)  # [B]
     keep = positions_like(xp, slate_size, order)[None, :] <= best[:, None]

@@ -121,7 +121,7 @@ class NGInterestEvolutionModel(UserModel):
             # a - 2x exactly, with one [B, N] array written instead of seven.
             squared = interest @ xp.permute_dims(self.doc_features, (1, 0))
             squared *= -2.0
-            squared += xp.sum(interest * interest, axis=1)[:, None]
+            squared += self._squared_norms(interest)[:, None]
             squared += self.doc_squared_norm[None, :]
             revenue = be.broadcast_rows(self.consumed_if_chosen, squared.shape[0])  # a view, not a copy per user
         else:
@@ -132,6 +132,14 @@ class NGInterestEvolutionModel(UserModel):
         # only where read (a step reads the slate's and the oracle's columns of the whole corpus' ground truth)
         affinity = be.apply_("negative", be.apply_("sqrt", be.clamp_min_(squared, 0.0)))
         return ChoiceModel(None, revenue, self.no_click_weight, self.position_weight, affinity, self.weight_of)
+
+    def _squared_norms(self, interest: Array) -> Array:
+        """``sum(interest * interest, axis=1)``. With two topics, the one addition of the two columns: the same
+        number (one rounding either way), several times faster than torch's sum along rows of two."""
+        squares = interest * interest
+        if squares.shape[1] == 2:
+            return squares[:, 0] + squares[:, 1]
+        return self.xp.sum(squares, axis=1)
 
     def weight_of(self, affinity: Array) -> Array:
         """The choice weights of candidates of these affinities: ``exp(affinity + logit_offset)``."""
