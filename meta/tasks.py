@@ -110,7 +110,8 @@ class TaskSplit(FrozenConfig):
     them with any training split (one that holds nothing out). A split of fitted users (``fitted``: a source
     of the distribution's ``fitted``) draws its tasks from the source's ``groups``, under its ``regimes`` if
     it names any (else the fitted drift as it is), in the fitted catalogue; one that holds out ``users``
-    shares no group with a training split of the same source.
+    shares no group with a training split of the same source. ``fitted: {A: [0, 1], B: [2]}`` draws from
+    several sources, each ``(source, group)`` as likely (each task is one group of one source).
     """
 
     regimes: list[str] = Field(
@@ -119,7 +120,11 @@ class TaskSplit(FrozenConfig):
     domains: list[str] = Field(
         default_factory=list, description="Catalogue domains of this split's tasks (not for a split of fitted users)."
     )
-    fitted: str | None = Field(None, description="A source of fitted users (a key of the distribution's `fitted`).")
+    fitted: str | dict[str, list[int]] | None = Field(
+        None,
+        description="A source of fitted users (a key of the distribution's `fitted`), with `groups`; or several, "
+        "each with its groups: `{SOURCE: [GROUP, ...], ...}`.",
+    )
     groups: list[int] = Field(default_factory=list, description="The source's groups this split's tasks come from.")
     holds_out: list[Literal["clusters", "regimes", "domains", "users"]] = Field(
         default_factory=list, description="What this split's tasks have that no training split has."
@@ -137,14 +142,36 @@ class TaskSplit(FrozenConfig):
             return self
         if self.domains:
             raise ValueError("domains: a split of fitted users browses the fitted catalogue; leave domains out")
-        if not self.groups or len(set(self.groups)) != len(self.groups) or min(self.groups) < 0:
-            raise ValueError(f"groups: expected distinct group numbers >= 0 of fitted.{self.fitted}, got {self.groups}")
+        self._check_groups()
         wrong = [h for h in self.holds_out if h not in ("users", "regimes")]
         if wrong:
             raise ValueError(f"holds_out: a split of fitted users can hold out users or regimes, got {wrong}")
         if "regimes" in self.holds_out and not self.regimes:
             raise ValueError("holds_out: holds out regimes, but the split names none (it runs the fitted drift)")
         return self
+
+    def _check_groups(self) -> None:
+        if isinstance(self.fitted, dict):
+            if not self.fitted:
+                raise ValueError("fitted: expected a source's name, or at least one SOURCE: [GROUP, ...]")
+            if self.groups:
+                raise ValueError("groups: a split of several sources lists each one's groups under `fitted`")
+        for source, groups in self.sources.items():
+            if not groups or len(set(groups)) != len(groups) or min(groups) < 0:
+                key = "groups" if isinstance(self.fitted, str) else f"fitted.{source}"
+                raise ValueError(f"{key}: expected distinct group numbers >= 0 of fitted.{source}, got {groups}")
+
+    @property
+    def sources(self) -> dict[str, list[int]]:
+        """``{source: groups}`` this split's tasks come from (empty for a split of the synthetic prior)."""
+        if self.fitted is None:
+            return {}
+        return {self.fitted: list(self.groups)} if isinstance(self.fitted, str) else dict(self.fitted)
+
+    @property
+    def draws(self) -> list[tuple[str, int]]:
+        """Every ``(source, group)`` a task of this split can be, each as likely."""
+        return [(source, group) for source, groups in self.sources.items() for group in groups]
 
 
 class TaskDistribution(FrozenConfig):
@@ -184,28 +211,28 @@ class TaskDistribution(FrozenConfig):
         return self
 
     def _check_held_out_users(self, name: str, split: TaskSplit, other: str, train: TaskSplit) -> None:
-        if train.fitted is None:
-            return
-        if train.fitted == split.fitted:
-            shared = sorted(set(split.groups) & set(train.groups))
-            if shared:
-                raise ValueError(f"splits.{name}.groups: holds out groups {shared} of fitted.{split.fitted}, which "
-                                 f"training split {other!r} uses")  # fmt: skip
-            return
-        assert split.fitted is not None
-        mine, theirs = (os.path.abspath(self.fitted[s].population) for s in (split.fitted, train.fitted))
-        if mine == theirs:
-            raise ValueError(f"splits.{name}.fitted: holds out users, but training split {other!r} draws users of the "
-                             f"same population through fitted.{train.fitted}; hold out other groups of one source")
+        for source, groups in split.sources.items():
+            key = f"splits.{name}.groups" if isinstance(split.fitted, str) else f"splits.{name}.fitted.{source}"
+            for theirs, their_groups in train.sources.items():
+                if theirs == source:
+                    shared = sorted(set(groups) & set(their_groups))
+                    if shared:
+                        raise ValueError(f"{key}: holds out groups {shared} of fitted.{source}, which training split "
+                                         f"{other!r} uses")  # fmt: skip
+                elif os.path.abspath(self.fitted[source].population) == os.path.abspath(self.fitted[theirs].population):
+                    raise ValueError(f"splits.{name}.fitted: holds out users of fitted.{source}, but training split "
+                                     f"{other!r} draws users of the same population through fitted.{theirs}; hold out "
+                                     "other groups of one source")  # fmt: skip
 
     def _check_source(self, name: str, split: TaskSplit) -> None:
-        if split.fitted not in self.fitted:
-            known = ", ".join(self.fitted) or "none"
-            raise ValueError(f"splits.{name}.fitted: {split.fitted!r} is not a source of fitted users ({known})")
-        count = self.fitted[split.fitted].num_groups
-        if count is not None and max(split.groups) >= count:
-            raise ValueError(f"splits.{name}.groups: fitted.{split.fitted} has groups 0..{count - 1}, "
-                             f"got {max(split.groups)}")  # fmt: skip
+        for source, groups in split.sources.items():
+            if source not in self.fitted:
+                known = ", ".join(self.fitted) or "none"
+                raise ValueError(f"splits.{name}.fitted: {source!r} is not a source of fitted users ({known})")
+            count = self.fitted[source].num_groups
+            if count is not None and max(groups) >= count:
+                key = f"splits.{name}.groups" if isinstance(split.fitted, str) else f"splits.{name}.fitted.{source}"
+                raise ValueError(f"{key}: fitted.{source} has groups 0..{count - 1}, got {max(groups)}")
 
     def sample(self, split: str, n: int, seed: int) -> list[SimulatorConfig]:
         """``n`` tasks of ``split``, reproducibly from ``seed`` (independent of the other splits' draws)."""
@@ -221,20 +248,19 @@ class TaskDistribution(FrozenConfig):
         return [self._task(rng, chosen, index) for _ in range(n)]
 
     def _fitted_task(self, rng: np.random.Generator, name: str, split: TaskSplit) -> SimulatorConfig:
-        assert split.fitted is not None
-        group = split.groups[int(rng.integers(len(split.groups)))]
+        draws = split.draws
+        source, group = draws[int(rng.integers(len(draws)))]
         regime = split.regimes[int(rng.integers(len(split.regimes)))] if split.regimes else None
-        where = f"splits.{name}"
-        source = self.fitted[split.fitted]
-        return fitted_task(split.fitted, source, group, None if regime is None else self.prior.regimes[regime], where)
+        values = None if regime is None else self.prior.regimes[regime]
+        return fitted_task(source, self.fitted[source], group, values, f"splits.{name}")
 
     def check_sources(self) -> None:
         """Reads every source of fitted users a split names and checks that its groups have users: what
         ``meta-train`` does before any work, so a missing population or an empty group stops it at once."""
         for name, split in self.splits.items():
-            if split.fitted is not None:
-                loaded = load_source(split.fitted, self.fitted[split.fitted])
-                for group in split.groups:
+            for source, groups in split.sources.items():
+                loaded = load_source(source, self.fitted[source])
+                for group in groups:
                     loaded.pool(group, f"splits.{name}")
 
     def resolved(self, base: Path) -> TaskDistribution:

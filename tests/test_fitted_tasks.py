@@ -311,5 +311,51 @@ def test_held_out_checks_cannot_be_slipped_past(tmp_path):
         "splits": {"train": {"fitted": "a", "groups": [0]},
                    "test": {"fitted": "b", "groups": [1], "holds_out": ["users"]}},
     }  # fmt: skip
-    with pytest.raises(ValueError, match=r"splits\.test\.fitted: holds out users, but training split 'train' draws"):
+    with pytest.raises(ValueError, match=r"splits\.test\.fitted: holds out users of fitted\.b, but training split "
+                                         r"'train' draws"):  # fmt: skip
         validate_config(TaskDistribution, twice)
+
+
+def test_a_split_draws_from_several_sources_each_group_as_likely(tmp_path):
+    first, _ = fitted_population(tmp_path / "first")
+    second, _ = fitted_population(tmp_path / "second")
+    fitted = {"a": {"population": str(first), "split_by": "time", "groups": 4},
+              "b": {"population": str(second), "split_by": "random", "groups": 2}}
+    splits = {"meta-train": {"fitted": {"a": [0, 1], "b": [0]}},
+              "meta-test": {"fitted": {"a": [3], "b": [1]}, "holds_out": ["users"]}}
+    tasks = validate_config(TaskDistribution, {"fitted": fitted, "splits": splits})  # fmt: skip
+    drawn = [t.pool.name for t in tasks.sample("meta-train", 300, seed=0)]
+    counts = {name: drawn.count(name) for name in set(drawn)}
+    assert set(counts) == {"fitted.a group 0", "fitted.a group 1", "fitted.b group 0"}
+    assert all(70 <= c <= 130 for c in counts.values())  # 100 each expected; 3.9 standard deviations either side
+    assert [t.pool.name for t in tasks.sample("meta-train", 300, seed=0)] == drawn  # a seed reproduces them
+    held_out = {t.pool.name for t in tasks.sample("meta-test", 40, seed=1)}
+    assert held_out == {"fitted.a group 3", "fitted.b group 1"}
+    assert tasks.splits["meta-test"].draws == [("a", 3), ("b", 1)]
+    tasks.check_sources()  # both read, every group has users
+    env = TaskBatchVectorEnv(task_batch(tasks, "meta-train", 3, seed=0, index=0, sessions=2), 8)
+    env.reset(seed=0)
+    _, reward, *_ = env.step(torch.zeros((24, 5), dtype=torch.int64) + torch.arange(5))
+    assert bool(torch.isfinite(reward).all())
+
+
+@pytest.mark.parametrize(
+    ("splits", "message"),
+    [
+        ({"test": {"fitted": {"a": [1]}, "holds_out": ["users"]}},
+         r"splits\.test\.fitted\.a: holds out groups \[1\] of fitted\.a, which training split 'train' uses"),
+        ({"test": {"fitted": {"b": [0]}, "holds_out": ["users"]}},
+         r"splits\.test\.fitted: holds out users of fitted\.b, but training split 'train' draws users of the same"),
+        ({"test": {"fitted": {"a": [2], "c": [0]}}}, r"splits\.test\.fitted: 'c' is not a source of fitted users"),
+        ({"test": {"fitted": {"a": [7]}}}, r"splits\.test\.fitted\.a: fitted\.a has groups 0\.\.3, got 7"),
+        ({"test": {"fitted": {"a": [2, 2]}}}, r"fitted\.a: expected distinct group numbers >= 0 of fitted\.a"),
+        ({"test": {"fitted": {"a": []}}}, r"fitted\.a: expected distinct group numbers"),
+        ({"test": {"fitted": {}}}, r"fitted: expected a source's name, or at least one SOURCE"),
+        ({"test": {"fitted": {"a": [2]}, "groups": [2]}}, r"groups: a split of several sources lists each one's"),
+    ],
+)  # fmt: skip
+def test_bad_splits_of_several_sources_name_the_source(tmp_path, splits, message):
+    fitted = {"a": {"population": str(tmp_path / "one"), "groups": 4},
+              "b": {"population": str(tmp_path / "one"), "groups": 4}}  # the same population twice
+    with pytest.raises(ValueError, match=message):
+        validate_config(TaskDistribution, {"fitted": fitted, "splits": {"train": {"fitted": {"a": [0, 1]}}, **splits}})
