@@ -251,7 +251,8 @@ class UserSimVectorEnv(VectorEnv):
             infos["_final_obs"] = done
             # arrays this step made that nothing returned shares memory with (the observation and info may hold some
             # of the state's) take the newcomers in place; the others are copied
-            shared = before | storages(observation.values()) | storages(infos.values())
+            returned = (outcome.reward, outcome.terminated, outcome.truncated)
+            shared = before | storages(observation.values()) | storages(infos.values()) | storages(returned)
             own = [key for key, value in self._state.items() if value.untyped_storage().data_ptr() not in shared]
             self._state = self._new_users(done, own)
             observation = self._observe_rows(observation, done)  # only the fresh users are observed

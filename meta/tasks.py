@@ -255,13 +255,25 @@ class TaskDistribution(FrozenConfig):
         return fitted_task(source, self.fitted[source], group, values, f"splits.{name}")
 
     def check_sources(self) -> None:
-        """Reads every source of fitted users a split names and checks that its groups have users: what
-        ``meta-train`` does before any work, so a missing population or an empty group stops it at once."""
+        """Reads every source of fitted users a split names and checks that its groups have users, and that the
+        sources of one split can share a batch (the same candidates, slate, history and embedding dimension):
+        what ``meta-train`` does before any work, so a missing population or an empty group stops it at once."""
         for name, split in self.splits.items():
+            shapes: dict[str, tuple[Any, ...]] = {}
             for source, groups in split.sources.items():
                 loaded = load_source(source, self.fitted[source])
                 for group in groups:
                     loaded.pool(group, f"splits.{name}")
+                c = loaded.config
+                shapes[source] = (c.num_candidates, c.slate_size, c.history_length, c.catalog.embedding_dim)
+            first = next(iter(shapes), None)
+            for source, shape in shapes.items():
+                if shape != shapes[first]:
+                    raise ValueError(
+                        f"splits.{name}.fitted.{source}: its tasks share batches with fitted.{first}'s, so they need "
+                        f"the same num_candidates, slate_size, history_length and catalog.embedding_dim "
+                        f"({shapes[first]}), got {shape}"
+                    )
 
     def resolved(self, base: Path) -> TaskDistribution:
         """This distribution with its fitted sources' paths made absolute, relative ones read from ``base`` (the

@@ -359,3 +359,19 @@ def test_bad_splits_of_several_sources_name_the_source(tmp_path, splits, message
               "b": {"population": str(tmp_path / "one"), "groups": 4}}  # the same population twice
     with pytest.raises(ValueError, match=message):
         validate_config(TaskDistribution, {"fitted": fitted, "splits": {"train": {"fitted": {"a": [0, 1]}}, **splits}})
+
+
+def test_sources_of_one_split_that_cannot_share_a_batch_are_named_before_any_work(tmp_path):
+    first, _ = fitted_population(tmp_path / "first")
+    fields = {**FIELDS, "catalog": {**FIELDS["catalog"], "embedding_dim": 4}}
+    config = SimulatorConfig.model_validate(fields)
+    world = {**make_world(config), "cluster_weight": np.array([0.5, 0.3, 0.2], dtype=np.float32)}
+    interest = world["cluster_centre"][np.arange(USERS) % 3].astype(np.float32)
+    save_population(tmp_path / "narrow", config, world, {}, {"user_id": np.arange(USERS), "interest": interest})
+    fitted = {"a": {"population": str(first), "split_by": "random", "groups": 2},
+              "b": {"population": str(tmp_path / "narrow"), "split_by": "random", "groups": 2}}
+    tasks = validate_config(TaskDistribution, {"fitted": fitted, "splits": {"train": {"fitted": {"a": [0], "b": [0]}}}})
+    with pytest.raises(ValueError, match=r"splits\.train\.fitted\.b: its tasks share batches with fitted\.a's, so "
+                                         r"they need the same .*catalog\.embedding_dim \(\(20, 5, 10, 6\)\), got "
+                                         r"\(20, 5, 10, 4\)"):  # fmt: skip
+        tasks.check_sources()

@@ -267,3 +267,17 @@ def test_row_argmax_is_argmax_with_its_value_nan_and_ties_included(backend):
     expected = np.argmax(values, axis=1)  # the first largest, a NaN counting as the largest
     np.testing.assert_array_equal(backend.to_numpy(index), expected)
     np.testing.assert_array_equal(backend.to_numpy(largest), values[np.arange(400), expected])
+
+
+def test_a_truth_handed_to_a_step_keeps_its_utilities_and_says_what_it_released():
+    env = gym.make_vec("metarec/RecSimNGInterestEvolution-v0", num_envs=50, vectorization_mode="vector_entry_point",
+                       array_backend="torch")  # fmt: skip
+    env.reset(seed=2)
+    model, state = env.unwrapped.model, env.unwrapped.state
+    _, _, truth = model.oracle(state)
+    utilities = truth.utilities.clone()
+    model.step(env.unwrapped._rng, state, torch.zeros((50, 2), dtype=torch.int64) + torch.arange(2), truth)
+    assert torch.equal(truth.utilities, utilities)
+    for attribute in ("weights", "revenue"):
+        with pytest.raises(ValueError, match=rf"truth\.{attribute}: released by the UserModel\.step it was passed to"):
+            getattr(truth, attribute)

@@ -39,6 +39,12 @@ from metarec.envs.core.choice import (
 State = dict[str, Array]
 
 
+_RELEASED = (
+    "truth.{}: released by the UserModel.step it was passed to (a step reads the slate's columns and lets go of the "
+    "rest); only its utilities stay, so compute choice_model(state) again for more"
+)
+
+
 class ChoiceModel:
     """What a user would do with any candidate, in the current state (ground truth).
 
@@ -56,7 +62,7 @@ class ChoiceModel:
     utilities computes them for those columns, not for every candidate (the same numbers, bit for bit).
     """
 
-    __slots__ = ("_weights", "no_click_weight", "position_weight", "revenue", "utilities", "weight_of")
+    __slots__ = ("_revenue", "_weights", "no_click_weight", "position_weight", "utilities", "weight_of")
 
     def __init__(
         self, weights: Array | None, revenue: Array, no_click_weight: Array, position_weight: Array,
@@ -65,7 +71,7 @@ class ChoiceModel:
         if weights is None and weight_of is None:
             raise ValueError("weights: expected an array, or weight_of to compute them from the utilities")
         self._weights = weights
-        self.revenue = revenue
+        self._revenue = revenue
         self.no_click_weight = no_click_weight
         self.position_weight = position_weight
         self.utilities = utilities
@@ -74,15 +80,22 @@ class ChoiceModel:
     @property
     def weights(self) -> Array:
         if self._weights is None:
-            assert self.weight_of is not None
+            if self.weight_of is None:
+                raise ValueError(_RELEASED.format("weights"))
             self._weights = self.weight_of(self.utilities)
         return self._weights
+
+    @property
+    def revenue(self) -> Array:
+        if self._revenue is None:
+            raise ValueError(_RELEASED.format("revenue"))
+        return self._revenue
 
     def release(self) -> None:
         """Lets go of the weights and revenues of every candidate, once what was needed of them was read (a step
         reads the slate's columns): at a million users they are hundreds of MB. The utilities stay."""
         self._weights = None
-        self.revenue = None
+        self._revenue = None
         self.weight_of = None
 
     def columns(self, backend: Backend, index: Array) -> ChoiceModel:
