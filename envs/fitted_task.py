@@ -40,14 +40,16 @@ class FittedPool:
 
     @classmethod
     def of(
-        cls, name: str, population: str, rows: np.ndarray, world: dict[str, np.ndarray], interest: np.ndarray
-    ) -> FittedPool:
+        cls, name: str, population: str, rows: np.ndarray, world: dict[str, np.ndarray], interest: np.ndarray,
+        cluster: np.ndarray | None = None,
+    ) -> FittedPool:  # fmt: skip
         """The pool of fitted users ``rows`` with factors ``interest`` in ``world``, each in the cluster of the
-        nearest centre."""
+        nearest centre (``cluster``, where the caller has it already: :func:`nearest_centre` of ``interest``)."""
         interest = np.asarray(interest, dtype=np.float32)
         if interest.ndim != 2 or interest.shape[0] < 1:
             raise ValueError(f"{name}: expected at least one fitted user, got interests of shape {interest.shape}")
-        cluster = nearest_centre(interest, world["cluster_centre"])
+        if cluster is None:
+            cluster = nearest_centre(interest, world["cluster_centre"])
         return cls(name, str(population), np.asarray(rows, dtype=np.int64), world, interest, cluster)
 
 

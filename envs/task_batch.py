@@ -25,6 +25,7 @@ of them), so a meta-batch can hold populations of real users' fitted factors.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter
 from types import SimpleNamespace
 from typing import Any
 
@@ -40,14 +41,9 @@ from metarec.envs.drifting.params import SimulatorConfig
 from metarec.envs.fitted_task import FittedTask, user_pools
 from metarec.envs.vector import UserSimVectorEnv
 
-SHARED_FIELDS = ("num_candidates", "slate_size", "history_length", "catalog.embedding_dim", "population.num_sessions")
-
-
-def _field(config: SimulatorConfig, path: str) -> Any:
-    value: Any = config
-    for part in path.split("."):
-        value = getattr(value, part)
-    return value
+#: What every task of a batch must share: the shapes of its observations and actions, and the sessions per user.
+SHAPE_FIELDS = ("num_candidates", "slate_size", "history_length", "catalog.embedding_dim")
+SHARED_FIELDS = (*SHAPE_FIELDS, "population.num_sessions")
 
 
 def check_tasks(tasks: Sequence[Any]) -> list[SimulatorConfig]:
@@ -60,12 +56,13 @@ def check_tasks(tasks: Sequence[Any]) -> list[SimulatorConfig]:
         for i, t in enumerate(tasks)
     ]
     for path in SHARED_FIELDS:
-        first = _field(configs[0], path)
+        field = attrgetter(path)
+        first = field(configs[0])
         for i, config in enumerate(configs[1:], start=1):
-            if _field(config, path) != first:
+            if field(config) != first:
                 raise ValueError(
                     f"tasks[{i}].{path}: every task of a batch must have the same value (tasks[0] has {first}), "
-                    f"got {_field(config, path)}"
+                    f"got {field(config)}"
                 )
     churning = [config.catalog.churn_rate > 0 for config in configs]
     if any(churning) and not all(churning):

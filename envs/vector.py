@@ -227,7 +227,8 @@ class UserSimVectorEnv(VectorEnv):
         # and its utilities are checked below, with the step
         truth, self._next_truth = self._next_truth, None
         earlier_utilities = None if truth is None else truth.utilities
-        before = storages(self._state.values())
+        # what the previous state's arrays are, for resets in place (keyed resets merge newcomers with a `where`)
+        before = storages(self._state.values()) if self.autoreset and not self.keyed_resets else set()
         self._state, outcome = self.model.step(self._rng, self._state, slate, truth)
         del truth
         infos = dict(outcome.info)

@@ -101,10 +101,11 @@ class LoadedSource:
                 f"{self.config.catalog.churn_rate}"
             )
         assert users is not None  # load_calibrated asked for them
-        cluster = nearest_centre(users["interest"], world["cluster_centre"])
+        interest = np.asarray(users["interest"], dtype=np.float32)  # as a pool holds them
+        cluster = nearest_centre(interest, world["cluster_centre"])
         self.groups = split_users(name, source, users, cluster, self.config.population.num_clusters)
         self.pools = [
-            FittedPool.of(f"fitted.{name} group {g}", source.population, rows, world, users["interest"][rows])
+            FittedPool.of(f"fitted.{name} group {g}", source.population, rows, world, interest[rows], cluster[rows])
             if len(rows) else None
             for g, rows in enumerate(self.groups)
         ]  # fmt: skip

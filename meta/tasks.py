@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +33,7 @@ from pydantic import Field, model_validator
 from metarec.config import FrozenConfig, validate_config
 from metarec.envs.drifting.params import CatalogConfig, SimulatorConfig, UserPopulation
 from metarec.envs.fitted_task import with_fields_of
+from metarec.envs.task_batch import SHAPE_FIELDS
 from metarec.meta.fitted_tasks import FittedSource, fitted_task, load_source
 from metarec.parallel import group_size, rank
 
@@ -158,8 +160,12 @@ class TaskSplit(FrozenConfig):
                 raise ValueError("groups: a split of several sources lists each one's groups under `fitted`")
         for source, groups in self.sources.items():
             if not groups or len(set(groups)) != len(groups) or min(groups) < 0:
-                key = "groups" if isinstance(self.fitted, str) else f"fitted.{source}"
-                raise ValueError(f"{key}: expected distinct group numbers >= 0 of fitted.{source}, got {groups}")
+                raise ValueError(f"{self.groups_field(source)}: expected distinct group numbers >= 0 of "
+                                 f"fitted.{source}, got {groups}")  # fmt: skip
+
+    def groups_field(self, source: str) -> str:
+        """Where this split lists ``source``'s groups: ``groups``, or ``fitted.SOURCE`` in a split of several."""
+        return "groups" if isinstance(self.fitted, str) else f"fitted.{source}"
 
     @property
     def sources(self) -> dict[str, list[int]]:
@@ -212,7 +218,7 @@ class TaskDistribution(FrozenConfig):
 
     def _check_held_out_users(self, name: str, split: TaskSplit, other: str, train: TaskSplit) -> None:
         for source, groups in split.sources.items():
-            key = f"splits.{name}.groups" if isinstance(split.fitted, str) else f"splits.{name}.fitted.{source}"
+            key = f"splits.{name}.{split.groups_field(source)}"
             for theirs, their_groups in train.sources.items():
                 if theirs == source:
                     shared = sorted(set(groups) & set(their_groups))
@@ -231,8 +237,8 @@ class TaskDistribution(FrozenConfig):
                 raise ValueError(f"splits.{name}.fitted: {source!r} is not a source of fitted users ({known})")
             count = self.fitted[source].num_groups
             if count is not None and max(groups) >= count:
-                key = f"splits.{name}.groups" if isinstance(split.fitted, str) else f"splits.{name}.fitted.{source}"
-                raise ValueError(f"{key}: fitted.{source} has groups 0..{count - 1}, got {max(groups)}")
+                raise ValueError(f"splits.{name}.{split.groups_field(source)}: fitted.{source} has groups "
+                                 f"0..{count - 1}, got {max(groups)}")  # fmt: skip
 
     def sample(self, split: str, n: int, seed: int) -> list[SimulatorConfig]:
         """``n`` tasks of ``split``, reproducibly from ``seed`` (independent of the other splits' draws)."""
@@ -264,15 +270,13 @@ class TaskDistribution(FrozenConfig):
                 loaded = load_source(source, self.fitted[source])
                 for group in groups:
                     loaded.pool(group, f"splits.{name}")
-                c = loaded.config
-                shapes[source] = (c.num_candidates, c.slate_size, c.history_length, c.catalog.embedding_dim)
+                shapes[source] = tuple(attrgetter(path)(loaded.config) for path in SHAPE_FIELDS)
             first = next(iter(shapes), None)
             for source, shape in shapes.items():
                 if shape != shapes[first]:
                     raise ValueError(
                         f"splits.{name}.fitted.{source}: its tasks share batches with fitted.{first}'s, so they need "
-                        f"the same num_candidates, slate_size, history_length and catalog.embedding_dim "
-                        f"({shapes[first]}), got {shape}"
+                        f"the same {', '.join(SHAPE_FIELDS[:-1])} and {SHAPE_FIELDS[-1]} ({shapes[first]}), got {shape}"
                     )
 
     def resolved(self, base: Path) -> TaskDistribution:

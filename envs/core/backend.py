@@ -31,7 +31,8 @@ Array = Any  # a numpy.ndarray or a torch.Tensor
 
 
 class Random(Protocol):
-    """A source of random arrays on one backend, bound to one explicit generator."""
+    """A source of random arrays on one backend, bound to one explicit generator. Every draw is a fresh array
+    that the caller owns: the dynamics scale and shift some of them in place."""
 
     def uniform(self, shape: tuple[int, ...]) -> Array:
         """Float32 draws from U[0, 1)."""

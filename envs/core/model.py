@@ -20,6 +20,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -180,12 +181,17 @@ class UserModel(ABC):
     #: The oracle's revenue order ``[K]``, where it is the same for every user and known in advance (see
     #: :func:`~metarec.envs.core.choice.shared_revenue_order`); None: the oracle orders each user's candidates.
     oracle_order: Array | None = None
-    #: Whether every position weight is 1 (no position bias), so that a step need not multiply by them.
-    neutral_positions: bool = False
 
     @property
     def xp(self) -> Any:
         return self.backend.xp
+
+    @cached_property
+    def neutral_positions(self) -> bool:
+        """Whether every position weighs 1 (no position bias), so that a step need not multiply by the weights:
+        read once from the model's ``position_weight``, where it has one that every user shares."""
+        weight = getattr(self, "position_weight", None)
+        return weight is not None and bool(np.all(self.backend.to_numpy(weight) == 1.0))
 
     # -- what a model defines ---------------------------------------------------------------
     @abstractmethod

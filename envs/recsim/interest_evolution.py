@@ -73,7 +73,6 @@ class InterestEvolutionModel(UserModel):
         self.cluster_mean = backend.asarray(means, np.float32)
         self.clusters = backend.asarray(np.arange(c))
         self.position_weight = backend.asarray(np.ones(config.slate_size), np.float32)
-        self.neutral_positions = True
         self.no_click_weight = backend.asarray(config.no_click_mass - config.min_normalizer, np.float32)
 
     def _draw_documents(self, rng: Random, num_users: int) -> tuple[Array, Array]:

@@ -85,7 +85,6 @@ class InterestExplorationModel(UserModel):
         self.quality_mean = backend.asarray(np.array(config.topic_quality_mean), np.float32)
         self.quality_std = backend.asarray(np.array(config.topic_quality_stddev), np.float32)
         self.position_weight = backend.asarray(np.ones(config.slate_size), np.float32)
-        self.neutral_positions = True
         self.no_click_weight = backend.asarray(math.exp(config.no_click_mass), np.float32)
 
     def _categorical(self, rng: Random, cdf: Array, shape: tuple[int, ...]) -> Array:

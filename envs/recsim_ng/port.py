@@ -80,7 +80,6 @@ class NGInterestEvolutionModel(UserModel):
         order = shared_revenue_order(self.backend.to_numpy(self.consumed_if_chosen), config.slate_size)
         self.oracle_order = None if order is None else backend.asarray(order)
         self.position_weight = backend.asarray(np.ones(config.slate_size), np.float32)
-        self.neutral_positions = True
         self.no_click_weight = backend.asarray(np.exp(config.no_click_mass), np.float32)
 
     @staticmethod
