@@ -89,12 +89,13 @@ class RL2Recommender(Recommender):
     ) -> None:
         self.policy, self.generator, self.deterministic = policy, generator, deterministic
         self.population = population
-        self.shares_state_across_users = policy.population
+        self.shares_state_across_users = policy.population or policy.item_memory
         self.memory: Memory | None = None
 
     def place(self, shard: Shard | None) -> None:
-        if shard is not None and self.policy.population:  # its population memory would see this process's users
-            raise ValueError(f"agent: {self.name}'s population memory reads every user of a population, so it "
+        if shard is not None and self.shares_state_across_users:  # its memory would see this process's users only
+            memory = "population memory" if self.policy.population else "item memory"
+            raise ValueError(f"agent: {self.name}'s {memory} reads every user of a population, so it "
                              "serves in one process; run it without --nproc")  # fmt: skip
         super().place(shard)
 

@@ -25,6 +25,9 @@ class RL2Step(nn.Module):
         super().__init__()
         if type(policy) is not RL2Policy:
             raise ValueError(f"run: {type(policy).__name__} keeps another memory than RL²'s; it does not export yet")
+        if policy.item_memory:
+            raise ValueError("run: rl2.item_memory keeps a table over the catalogue that grows as items are seen; "
+                             "a policy with it does not export yet")  # fmt: skip
         self.policy, self.keys, self.item_stats = policy, list(keys), item_stats
         self.fixed_batch = policy.population
 

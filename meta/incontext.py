@@ -56,7 +56,7 @@ class InContextPolicy(RL2Policy):
         layers: of the transformer encoder.
         heads: of the transformer encoder (it divides ``hidden``).
         belief: as :class:`RL2Policy`'s.
-        belief_ridge: as :class:`RL2Policy`'s.
+        belief_ridge, population, population_noise, item_memory, item_prior: as :class:`RL2Policy`'s.
     """
 
     def __init__(
@@ -71,13 +71,16 @@ class InContextPolicy(RL2Policy):
         belief_ridge: float = 1.0,
         population: bool = False,
         population_noise: float = 1.0,
+        item_memory: bool = False,
+        item_prior: float = 2.0,
     ) -> None:
         for name, value in (("window", window), ("layers", layers), ("heads", heads)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
         if hidden % heads:
             raise ValueError(f"heads: must divide hidden = {hidden}, got {heads}")
-        super().__init__(observation_space, slate_size, hidden, belief, belief_ridge, population, population_noise)
+        super().__init__(observation_space, slate_size, hidden, belief, belief_ridge, population, population_noise,
+                         item_memory, item_prior)  # fmt: skip
         del self.cell  # the transformer is the memory
         self.window = window
         self.token_inputs = self.candidate_dim + self.response_dim + 1
@@ -201,4 +204,5 @@ class InContextConfig(RL2Config):
     def make_policy(self, observation_space: Any, slate_size: int) -> InContextPolicy:
         """The policy these settings train (weights drawn from torch's global generator)."""
         return InContextPolicy(observation_space, slate_size, self.hidden, self.window, self.layers, self.heads,
-                               self.belief, self.belief_ridge, self.population, self.population_noise)  # fmt: skip
+                               self.belief, self.belief_ridge, self.population, self.population_noise,
+                               self.item_memory, self.item_prior)  # fmt: skip

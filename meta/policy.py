@@ -26,6 +26,14 @@ from torch import nn
 from metarec.agents.baselines.bandits import slate_targets
 from metarec.agents.baselines.linear import LinearBandit, ridge_prediction
 from metarec.agents.nn.networks import SlatePolicy, symlog
+from metarec.meta.beliefs import (  # noqa: F401 (Belief, LARGE_POPULATION, quadratic_fits: re-exported)
+    LARGE_POPULATION,
+    Belief,
+    item_memory_features,
+    population_predictions,
+    quadratic_fits,
+    remember_residuals,
+)
 
 
 class AffinityPolicy(SlatePolicy):
@@ -77,24 +85,6 @@ def feedforward_policy(observation_space: spaces.Dict, slate_size: int, hidden: 
 
 
 @dataclass
-class Belief:
-    """What a user's responses say about them, in closed form: a ridge regression of the reward on the
-    features of every item shown to them (the clicked item's engagement, 0 for the others), as LinUCB
-    keeps it. ``inverse`` ``[B, F, F]`` is ``A⁻¹`` (``A = ridge·I + Σ x xᵀ``), ``response`` ``[B, F]`` is
-    ``b = Σ reward·x``, and ``shown`` ``[B, K, F]`` the features of the slate shown last, waiting for the
-    response to it (zeros: nothing to learn). ``F`` counts the candidate features and a constant 1;
-    ``ridge`` is λ, the prior precision a new user starts from."""
-
-    inverse: torch.Tensor
-    response: torch.Tensor
-    shown: torch.Tensor
-    ridge: float
-
-    def clone(self) -> Belief:
-        return Belief(self.inverse.clone(), self.response.clone(), self.shown.clone(), self.ridge)
-
-
-@dataclass
 class Memory:
     """What RL² carries from one step to the next, per user: the GRU state ``[B, hidden]``, the mean
     features of the slate shown last ``[B, F]`` (zeros before a user's first step) and, for a policy
@@ -126,10 +116,17 @@ class RL2Policy(AffinityPolicy):
             candidate features. The caller then says how many consecutive rows form a population
             (:meth:`believe`'s ``population``).
         population_noise: the reward's noise variance σ² the population memory assumes (``> 0``).
+        item_memory: with ``belief``, also score each candidate with an item memory pooled over the users of
+            the batch: the mean of what the item earned, wherever it was shown, beyond what the belief of the user
+            it was shown to predicted, shrunk toward 0, and how little is known of it
+            (:func:`remember_residuals`, :func:`item_memory_features`), two more candidate features. Items are
+            told apart by ``candidate_ids``, which a task batch keeps distinct across its populations.
+        item_prior: pseudo-counts shrinking the item memory's mean toward 0 (``> 0``).
     """
 
     BELIEF_FEATURES = 2  # a candidate's predicted reward and its standard deviation
     POPULATION_FEATURES = 2  # what the user's likely neighbours predict, and what the whole population does
+    ITEM_FEATURES = 2  # what the item earned beyond its viewers' beliefs, and how little is known of it
 
     def __init__(
         self,
@@ -140,13 +137,20 @@ class RL2Policy(AffinityPolicy):
         belief_ridge: float = 1.0,
         population: bool = False,
         population_noise: float = 1.0,
+        item_memory: bool = False,
+        item_prior: float = 2.0,
     ) -> None:
         raw = observation_space["candidates"].shape[1]
         if population and not belief:
             raise ValueError("population: the population memory pools the users' beliefs; set belief: true")
         if not population_noise > 0:
             raise ValueError(f"population_noise: expected a number > 0, got {population_noise!r}")
+        if item_memory and not belief:
+            raise ValueError("item_memory: the item memory pools the residuals of the users' beliefs; set belief: true")
+        if not item_prior > 0:
+            raise ValueError(f"item_prior: expected a number > 0, got {item_prior!r}")
         scores = self.BELIEF_FEATURES + (self.POPULATION_FEATURES if population else 0)
+        scores += self.ITEM_FEATURES if item_memory else 0
         if belief:
             if not belief_ridge > 0:
                 raise ValueError(f"belief_ridge: expected a number > 0, got {belief_ridge!r}")
@@ -156,6 +160,7 @@ class RL2Policy(AffinityPolicy):
         super().__init__(observation_space, slate_size, hidden)
         self.belief, self.belief_ridge = belief, float(belief_ridge)
         self.population, self.population_noise = population, float(population_noise)
+        self.item_memory, self.item_prior = item_memory, float(item_prior)
         self.scores = scores  # what believe() gives per candidate
         self.candidate_dim = raw  # what the memory reads of a slate: the environment's features
         self.response_dim = observation_space["history"].shape[1]
@@ -237,6 +242,8 @@ class RL2Policy(AffinityPolicy):
                 raise ValueError("population: this policy keeps a population memory; say how many consecutive "
                                  "users form a population")  # fmt: skip
             scores.extend(population_predictions(features, belief, population, self.population_noise))
+        if self.item_memory:
+            scores.extend(item_memory_features(belief.items, observation["candidate_ids"], self.item_prior))
         return torch.stack(scores, dim=-1)
 
     def learn(
@@ -251,9 +258,13 @@ class RL2Policy(AffinityPolicy):
             return memory
         shown = belief.shown if rows is None else belief.shown * rows.to(belief.shown.dtype)[:, None, None]
         targets = slate_targets(reward, {"chosen_position": position}, self.slate_size, "reward")
+        items = belief.items
+        if self.item_memory and belief.shown_ids is not None:
+            items = remember_residuals(belief, shown, targets, rows)
         b = belief.response.clone()
         inverse = LinearBandit.update(belief.inverse.clone(), b, shown, targets)
-        return replace(memory, belief=replace(belief, inverse=inverse, response=b, shown=torch.zeros_like(shown)))
+        return replace(memory, belief=replace(belief, inverse=inverse, response=b, shown=torch.zeros_like(shown),
+                                              shown_ids=None, items=items))  # fmt: skip
 
     @staticmethod
     def regression_features(observation: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -268,7 +279,8 @@ class RL2Policy(AffinityPolicy):
         (:meth:`learn`)."""
         shown = self.shown_features(observation, slate)  # [B, K, F]
         if belief is not None:
-            belief = replace(belief, shown=with_constant(shown))
+            ids = observation["candidate_ids"].long().gather(1, slate) if self.item_memory else None
+            belief = replace(belief, shown=with_constant(shown), shown_ids=ids)
         return Memory(hidden, shown.mean(dim=1), belief)
 
     def act_from(
@@ -296,64 +308,6 @@ class RL2Policy(AffinityPolicy):
         the action)."""
         candidates = observation["candidates"].float()
         return candidates.gather(1, slate[:, :, None].expand(-1, -1, candidates.shape[2]))
-
-
-def population_predictions(
-    features: torch.Tensor, belief: Belief, population: int, noise: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The population memory: ``([B, N], [B, N])`` what the other users of each user's population predict of
-    the candidates ``features`` (``[B, N, F]``), from their beliefs alone (their responses, never the
-    simulator's ground truth). Rows ``g·population .. (g+1)·population - 1`` are population ``g``.
-
-    * *Neighbours*: each other user ``v`` with responses of their own is a hypothesis of what this user ``u``
-      is like, weighted by how well ``v``'s estimate ``θ_v`` explains ``u``'s responses: the Gaussian
-      log-likelihood ``(2 θ_vᵀ b_u − θ_vᵀ X_uᵀX_u θ_v) / 2σ²`` (up to what does not depend on ``v``), through
-      a softmax over ``v``. The prediction is ``x · Σ_v w_uv θ_v``. A new user's responses explain every
-      neighbour equally, so it starts as the population's average user and moves to those like them.
-    * *Population*: the ridge regression of every user of the population pooled, ``x · (λI + Σ_v X_vᵀX_v)⁻¹
-      Σ_v b_v``.
-
-    Users without a response yet (prior beliefs) are no one's neighbour; a user with no such neighbour
-    gets 0."""
-    batch, f = belief.response.shape
-    if population < 1 or batch % population:
-        raise ValueError(f"population: expected a number of users that divides the batch of {batch}, got {population}")
-    groups = batch // population
-    eye = torch.eye(f, device=features.device, dtype=belief.inverse.dtype)
-    gram = torch.linalg.inv(belief.inverse) - belief.ridge * eye  # [B, F, F] Xᵀ X of each user's responses
-    theta = (belief.inverse @ belief.response[:, :, None])[:, :, 0]  # [B, F]
-    known = gram.diagonal(dim1=1, dim2=2).sum(-1) > 1e-3  # [B] users with a response
-    g_theta = theta.reshape(groups, population, f)
-    g_gram = gram.reshape(groups, population, f, f)
-    cross = belief.response.reshape(groups, population, f) @ g_theta.transpose(1, 2)  # [G, u, v] θ_vᵀ b_u
-    quad = quadratic_fits(g_gram, g_theta)  # θ_vᵀ X_uᵀX_u θ_v
-    fit = (2.0 * cross - quad) / (2.0 * noise)
-    self_or_unknown = torch.eye(population, dtype=torch.bool, device=fit.device) | ~known.reshape(groups, 1, population)
-    fit = fit.masked_fill(self_or_unknown, float("-inf"))
-    any_neighbour = ~self_or_unknown.all(dim=-1, keepdim=True)
-    weights = torch.softmax(fit.masked_fill(~any_neighbour, 0.0), dim=-1) * any_neighbour
-    neighbours = (weights @ g_theta).reshape(batch, f)
-    pooled_gram = g_gram.sum(1) + belief.ridge * eye  # [G, F, F]
-    pooled = torch.linalg.solve(pooled_gram, belief.response.reshape(groups, population, f).sum(1))  # [G, F]
-    pooled = pooled.repeat_interleave(population, dim=0)
-    return (features @ neighbours[:, :, None])[:, :, 0], (features @ pooled[:, :, None])[:, :, 0]
-
-
-#: Populations larger than this compute their pairwise fits as one matrix product (see :func:`quadratic_fits`).
-LARGE_POPULATION = 256
-
-
-def quadratic_fits(gram: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """``[G, P, P]``: ``θ_vᵀ X_uᵀX_u θ_v`` for every pair of users ``u``, ``v`` of each population, from their
-    Gram matrices ``[G, P, F, F]`` and estimates ``[G, P, F]``. Up to :data:`LARGE_POPULATION` users (the
-    populations meta-training sees) by an ``einsum``; beyond, as ``vec(X_uᵀX_u) · vec(θ_v θ_vᵀ)``, one matrix
-    product whose memory grows as ``P²`` rather than ``P² F`` (an A/B arm's thousands of users). The two agree
-    to float rounding."""
-    groups, population, f, _ = gram.shape
-    if population <= LARGE_POPULATION:
-        return torch.einsum("guij,gvi,gvj->guv", gram, theta, theta)
-    outer = (theta[..., :, None] * theta[..., None, :]).reshape(groups, population, f * f)
-    return gram.reshape(groups, population, f * f) @ outer.transpose(1, 2)
 
 
 def with_constant(x: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,13 @@ class RL2Config(PPOUpdateConfig):
         "users, so they are not independent. Needs belief.",
     )
     population_noise: float = Field(1.0, gt=0, description="The reward noise variance the population memory assumes.")
+    item_memory: bool = Field(
+        False,
+        description="An item memory beside the belief: each candidate is also scored with what it earned beyond "
+        "what the beliefs of the users it was shown to predicted, pooled over the population's users (see "
+        "remember_residuals). It pools the population's users, like the population memory.",
+    )
+    item_prior: float = Field(2.0, gt=0, description="Pseudo-counts that shrink the item memory's mean toward 0.")
     adversarial: AdversarialConfig | None = Field(
         None,
         description="Train on a pool of populations, drawing more often those the learner does worst on (see "
@@ -75,6 +82,8 @@ class RL2Config(PPOUpdateConfig):
     def _population_needs_belief(self) -> RL2Config:
         if self.population and not self.belief:
             raise ValueError("population: the population memory pools the users' beliefs; set belief: true")
+        if self.item_memory and not self.belief:
+            raise ValueError("item_memory: the item memory pools the residuals of the users' beliefs; set belief: true")
         if self.adversarial is not None and self.adversarial.pool < self.tasks_per_batch:
             raise ValueError(
                 f"adversarial.pool: expected at least tasks_per_batch ({self.tasks_per_batch}), "
@@ -85,7 +94,7 @@ class RL2Config(PPOUpdateConfig):
     def make_policy(self, observation_space: Any, slate_size: int) -> RL2Policy:
         """The policy these settings train (weights drawn from torch's global generator)."""
         return RL2Policy(observation_space, slate_size, self.hidden, self.belief, self.belief_ridge, self.population,
-                         self.population_noise)  # fmt: skip
+                         self.population_noise, self.item_memory, self.item_prior)  # fmt: skip
 
 
 class RL2Trainer:
@@ -360,6 +369,9 @@ def memory_state(memory: Memory) -> dict[str, torch.Tensor]:
     state = {"hidden": memory.hidden.clone(), "last_slate": memory.last_slate.clone()}
     if memory.belief is not None:
         state.update({key: getattr(memory.belief, key).clone() for key in BELIEF_KEYS})
+        for key in ("shown_ids", "items"):  # the item memory's, where it keeps one
+            if getattr(memory.belief, key) is not None:
+                state[key] = getattr(memory.belief, key).clone()
     return state
 
 
@@ -371,7 +383,11 @@ def memory_from(state: dict[str, torch.Tensor], policy: RL2Policy, device: Any, 
             f"checkpoint: its memory {'has' if 'inverse' in state else 'has no'} belief, but {field} is "
             f"{policy.belief}; resume with the settings it was saved with"
         )
+    if "items" in state and not policy.item_memory:
+        raise ValueError("checkpoint: its memory has an item memory, but rl2.item_memory is False; resume with the "
+                         "settings it was saved with")  # fmt: skip
     belief = None
     if policy.belief:
-        belief = Belief(*(state[key].to(device) for key in BELIEF_KEYS), policy.belief_ridge)
+        extra = {key: state[key].to(device) for key in ("shown_ids", "items") if key in state}
+        belief = Belief(*(state[key].to(device) for key in BELIEF_KEYS), policy.belief_ridge, **extra)
     return Memory(state["hidden"].to(device), state["last_slate"].to(device), belief)

@@ -1,0 +1,135 @@
+"""What RL²'s memory (:class:`~metarec.meta.policy.RL2Policy`) knows of a user in closed form, the
+:class:`Belief`, and what it pools over the users of a population: the population memory (what the other
+users' beliefs predict of a user, :func:`population_predictions`) and the item memory (what each item earned
+beyond its viewers' beliefs, :func:`remember_residuals`). Both read the users' responses only, never the
+simulator's ground truth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Belief:
+    """What a user's responses say about them, in closed form: a ridge regression of the reward on the
+    features of every item shown to them (the clicked item's engagement, 0 for the others), as LinUCB
+    keeps it. ``inverse`` ``[B, F, F]`` is ``A⁻¹`` (``A = ridge·I + Σ x xᵀ``), ``response`` ``[B, F]`` is
+    ``b = Σ reward·x``, and ``shown`` ``[B, K, F]`` the features of the slate shown last, waiting for the
+    response to it (zeros: nothing to learn). ``F`` counts the candidate features and a constant 1;
+    ``ridge`` is λ, the prior precision a new user starts from."""
+
+    inverse: torch.Tensor
+    response: torch.Tensor
+    shown: torch.Tensor
+    ridge: float
+    shown_ids: torch.Tensor | None = None  # [B, K] catalog ids of the slate shown last (-1: no item)
+    items: torch.Tensor | None = None  # [num_items, 2] the item memory: summed residuals and their count
+
+    def clone(self) -> Belief:
+        return Belief(self.inverse.clone(), self.response.clone(), self.shown.clone(), self.ridge,
+                      None if self.shown_ids is None else self.shown_ids.clone(),
+                      None if self.items is None else self.items.clone())  # fmt: skip
+
+
+def population_predictions(
+    features: torch.Tensor, belief: Belief, population: int, noise: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The population memory: ``([B, N], [B, N])`` what the other users of each user's population predict of
+    the candidates ``features`` (``[B, N, F]``), from their beliefs alone (their responses, never the
+    simulator's ground truth). Rows ``g·population .. (g+1)·population - 1`` are population ``g``.
+
+    * *Neighbours*: each other user ``v`` with responses of their own is a hypothesis of what this user ``u``
+      is like, weighted by how well ``v``'s estimate ``θ_v`` explains ``u``'s responses: the Gaussian
+      log-likelihood ``(2 θ_vᵀ b_u − θ_vᵀ X_uᵀX_u θ_v) / 2σ²`` (up to what does not depend on ``v``), through
+      a softmax over ``v``. The prediction is ``x · Σ_v w_uv θ_v``. A new user's responses explain every
+      neighbour equally, so it starts as the population's average user and moves to those like them.
+    * *Population*: the ridge regression of every user of the population pooled, ``x · (λI + Σ_v X_vᵀX_v)⁻¹
+      Σ_v b_v``.
+
+    Users without a response yet (prior beliefs) are no one's neighbour; a user with no such neighbour
+    gets 0."""
+    batch, f = belief.response.shape
+    if population < 1 or batch % population:
+        raise ValueError(f"population: expected a number of users that divides the batch of {batch}, got {population}")
+    groups = batch // population
+    eye = torch.eye(f, device=features.device, dtype=belief.inverse.dtype)
+    gram = torch.linalg.inv(belief.inverse) - belief.ridge * eye  # [B, F, F] Xᵀ X of each user's responses
+    theta = (belief.inverse @ belief.response[:, :, None])[:, :, 0]  # [B, F]
+    known = gram.diagonal(dim1=1, dim2=2).sum(-1) > 1e-3  # [B] users with a response
+    g_theta = theta.reshape(groups, population, f)
+    g_gram = gram.reshape(groups, population, f, f)
+    cross = belief.response.reshape(groups, population, f) @ g_theta.transpose(1, 2)  # [G, u, v] θ_vᵀ b_u
+    quad = quadratic_fits(g_gram, g_theta)  # θ_vᵀ X_uᵀX_u θ_v
+    fit = (2.0 * cross - quad) / (2.0 * noise)
+    self_or_unknown = torch.eye(population, dtype=torch.bool, device=fit.device) | ~known.reshape(groups, 1, population)
+    fit = fit.masked_fill(self_or_unknown, float("-inf"))
+    any_neighbour = ~self_or_unknown.all(dim=-1, keepdim=True)
+    weights = torch.softmax(fit.masked_fill(~any_neighbour, 0.0), dim=-1) * any_neighbour
+    neighbours = (weights @ g_theta).reshape(batch, f)
+    pooled_gram = g_gram.sum(1) + belief.ridge * eye  # [G, F, F]
+    pooled = torch.linalg.solve(pooled_gram, belief.response.reshape(groups, population, f).sum(1))  # [G, F]
+    pooled = pooled.repeat_interleave(population, dim=0)
+    return (features @ neighbours[:, :, None])[:, :, 0], (features @ pooled[:, :, None])[:, :, 0]
+
+
+#: Populations larger than this compute their pairwise fits as one matrix product (see :func:`quadratic_fits`).
+LARGE_POPULATION = 256
+
+
+def quadratic_fits(gram: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """``[G, P, P]``: ``θ_vᵀ X_uᵀX_u θ_v`` for every pair of users ``u``, ``v`` of each population, from their
+    Gram matrices ``[G, P, F, F]`` and estimates ``[G, P, F]``. Up to :data:`LARGE_POPULATION` users (the
+    populations meta-training sees) by an ``einsum``; beyond, as ``vec(X_uᵀX_u) · vec(θ_v θ_vᵀ)``, one matrix
+    product whose memory grows as ``P²`` rather than ``P² F`` (an A/B arm's thousands of users). The two agree
+    to float rounding."""
+    groups, population, f, _ = gram.shape
+    if population <= LARGE_POPULATION:
+        return torch.einsum("guij,gvi,gvj->guv", gram, theta, theta)
+    outer = (theta[..., :, None] * theta[..., None, :]).reshape(groups, population, f * f)
+    return gram.reshape(groups, population, f * f) @ outer.transpose(1, 2)
+
+
+def remember_residuals(
+    belief: Belief, shown: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The item memory once a slate's responses are in: each item shown adds its residual, the response
+    ``targets`` ``[B, K]`` less what the viewer's belief predicted of it before this response
+    (``shown`` ``[B, K, F]`` its features, zeros where nothing is to be learned), and a count of 1. The memory
+    ``[num_items, 2]`` grows to the largest id it meets; ids below 0 are empty positions."""
+    assert belief.shown_ids is not None
+    theta = (belief.inverse @ belief.response[:, :, None])[:, :, 0]  # [B, F]
+    residual = targets.to(theta.dtype) - (shown @ theta[:, :, None])[:, :, 0]  # [B, K]
+    ids = belief.shown_ids
+    valid = (ids >= 0) & (shown.abs().sum(-1) > 0)
+    if rows is not None:
+        valid = valid & rows[:, None]
+    items = belief.items
+    size = int(ids.max()) + 1 if ids.numel() else 0
+    if items is None or items.shape[0] < size:
+        grown = torch.zeros(max(size, 1), 2, dtype=torch.float64, device=ids.device)
+        if items is not None:
+            grown[: items.shape[0]] = items
+        items = grown
+    else:
+        items = items.clone()
+    chosen = ids[valid]
+    items[:, 0].index_add_(0, chosen, residual[valid].double())
+    items[:, 1].index_add_(0, chosen, torch.ones_like(chosen, dtype=torch.float64))
+    return items
+
+
+def item_memory_features(items: torch.Tensor | None, ids: torch.Tensor, prior: float) -> list[torch.Tensor]:
+    """What the item memory says of the candidates ``ids`` ``[B, N]``: the mean residual shrunk toward 0 by
+    ``prior`` pseudo-counts, ``Σ r / (n + prior)``, and ``sqrt(prior / (n + prior))``, which falls from 1 as the
+    item is seen (both ``[B, N]``)."""
+    ids = ids.long()
+    sums = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+    counts = torch.zeros_like(sums)
+    if items is not None:
+        known = ids < items.shape[0]
+        rows = items[ids.clamp(max=items.shape[0] - 1)].float()
+        sums = torch.where(known, rows[..., 0], 0.0)
+        counts = torch.where(known, rows[..., 1], 0.0)
+    return [sums / (counts + prior), torch.sqrt(prior / (counts + prior))]
