@@ -87,7 +87,9 @@ class PosteriorOracle(Recommender):
             how the population's other users reveal which sets of topics its clusters are.
         observable: know nothing of the user's state beyond the responses: plan and infer as if no topic
             tired the user (fatigue 0), and start a user's belief afresh only at their first step, never at
-            an abrupt shift (which it is not told of).
+            an abrupt shift (which it is not told of). Both ``no_fatigue`` and ``no_shifts``.
+        no_fatigue: the first half of ``observable`` alone: plan and infer with fatigue 0.
+        no_shifts: the second half alone: start a user's belief afresh only at their first step.
     """
 
     shares_state_across_users = False
@@ -103,6 +105,8 @@ class PosteriorOracle(Recommender):
         typical: bool = False,
         pool: bool = False,
         observable: bool = False,
+        no_fatigue: bool = False,
+        no_shifts: bool = False,
     ) -> None:
         if quality not in QUALITY:
             raise ValueError(f"quality: expected one of {', '.join(QUALITY)}, got {quality!r}")
@@ -114,8 +118,9 @@ class PosteriorOracle(Recommender):
         self.env, self.model, self.quality = env, env.model, quality
         if prior not in PRIORS:
             raise ValueError(f"prior: expected one of {', '.join(PRIORS)}, got {prior!r}")
-        self.name = posterior_name(quality, prior, typical, pool, observable)
+        self.name = posterior_name(quality, prior, typical, pool, observable, no_fatigue, no_shifts)
         self.prior, self.pool, self.observable = prior, pool, observable
+        self.no_fatigue, self.no_shifts = no_fatigue or observable, no_shifts or observable
         self.view = typical_population(self.model) if typical else self.model  # whose parameters it uses
         if quality == "true":
             self.planner = self.view
@@ -184,10 +189,10 @@ class PosteriorOracle(Recommender):
 
     def _restart(self, state: dict[str, Any]) -> None:
         """Starts afresh the beliefs of the users whose interests were drawn: told when (never what) from the
-        users' anchors by :class:`~metarec.meta.ceiling.RedrawTracker`, or, when ``observable``, only at a
-        user's first step."""
-        # only a user seen for the first time (the first step of a row) starts afresh when observable
-        redrawn = state["step"] == 0 if self.observable else self.redraws.update(state)
+        users' anchors by :class:`~metarec.meta.ceiling.RedrawTracker`, or, when ``no_shifts`` (or
+        ``observable``), only at a user's first step."""
+        # only a user seen for the first time (the first step of a row) starts afresh when no_shifts
+        redrawn = state["step"] == 0 if self.no_shifts else self.redraws.update(state)
         if self.belief is None or self.belief["mean"].shape[0] != redrawn.shape[0]:
             self.belief = self._prior(state["task"])
             return
@@ -212,8 +217,8 @@ class PosteriorOracle(Recommender):
             )
         full = self.env.state
         state = {key: full[key] for key in VISIBLE if key in full}  # never the user's cluster, anchor or interest
-        self._restart(state if self.observable else full)
-        if self.observable:  # fatigue is the user's hidden state too
+        self._restart(state if self.no_shifts else full)
+        if self.no_fatigue:  # fatigue is the user's hidden state too
             state["fatigue"] = torch.zeros_like(state["fatigue"])
         belief = self.belief
         b, _, d = belief["mean"].shape
@@ -334,10 +339,13 @@ class PosteriorOracle(Recommender):
 
 
 def posterior_name(
-    quality: str, prior: str = "clusters", typical: bool = False, pool: bool = False, observable: bool = False
-) -> str:
+    quality: str, prior: str = "clusters", typical: bool = False, pool: bool = False, observable: bool = False,
+    no_fatigue: bool = False, no_shifts: bool = False,
+) -> str:  # fmt: skip
     user = "posterior" + ("-typical" if typical else "") + ("" if prior == "clusters" else f"-{prior}")
     user += ("-pooled" if pool else "") + ("-observable" if observable else "")
+    if not observable:
+        user += ("-no-fatigue" if no_fatigue else "") + ("-no-shifts" if no_shifts else "")
     return user + {"none": "", "learned": "+learned quality", "true": "+quality"}[quality]
 
 
@@ -348,10 +356,14 @@ def posterior_rungs(samples: int = 32) -> dict[str, Any]:
     rungs += [("learned", "moments", False, False, False), ("learned", "clusters", True, False, False),
               ("learned", "topics", True, False, False), ("learned", "topics", True, True, False),
               ("learned", "topics", True, True, True)]  # fmt: skip
+    rungs = [(*r, False, False) for r in rungs]
+    rungs += [("learned", "topics", True, True, False, True, False),  # told when users were redrawn, not the fatigue
+              ("learned", "topics", True, True, False, False, True)]  # told the fatigue, not the redraws  # fmt: skip
     return {
         posterior_name(*r): (
             lambda env, seed, r=r: PosteriorOracle(
-                env, r[0], seed, samples, prior=r[1], typical=r[2], pool=r[3], observable=r[4]
+                env, r[0], seed, samples, prior=r[1], typical=r[2], pool=r[3], observable=r[4], no_fatigue=r[5],
+                no_shifts=r[6],
             )
         )
         for r in rungs

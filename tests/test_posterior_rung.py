@@ -161,6 +161,8 @@ def test_the_rungs_are_named_and_bad_arguments_refused_by_name() -> None:
         "posterior", "posterior+learned quality", "posterior+quality", "posterior-moments+learned quality",
         "posterior-typical+learned quality", "posterior-typical-topics+learned quality",
         "posterior-typical-topics-pooled+learned quality", "posterior-typical-topics-pooled-observable+learned quality",
+        "posterior-typical-topics-pooled-no-fatigue+learned quality",
+        "posterior-typical-topics-pooled-no-shifts+learned quality",
     ]  # fmt: skip
     with pytest.raises(ValueError, match=r"quality: expected one of none, learned, true, got 'some'"):
         PosteriorOracle(env, "some", seed=0)
@@ -236,12 +238,18 @@ def test_the_family_topic_sets_hold_the_clusters_and_pooling_finds_them() -> Non
         assert float(share[task, nearest].sum()) > 0.75
 
 
-def test_the_observable_rung_reads_neither_fatigue_nor_shifts() -> None:
+@pytest.mark.parametrize(
+    ("blind", "fatigue_blind", "shift_blind"),
+    [({"observable": True}, True, True), ({"no_fatigue": True}, True, False), ({"no_shifts": True}, False, True)],
+)
+def test_the_observable_rung_reads_neither_fatigue_nor_shifts_and_each_half_one_of_them(
+    blind, fatigue_blind, shift_blind
+) -> None:
     from metarec.meta.evaluate import shift_interests
 
     env = _env(fatigue_rate=0.6, fatigue_weight=2.0)
-    rungs = {seen: PosteriorOracle(env, "learned", 0, prior="topics", typical=True, pool=True, observable=seen)
-             for seen in (False, True)}  # fmt: skip
+    told = {"prior": "topics", "typical": True, "pool": True}
+    rungs = {seen: PosteriorOracle(env, "learned", 0, **told, **(blind if seen else {})) for seen in (False, True)}
     _, info = env.reset(seed=7)
     for _ in range(12):  # both learn from the same slates and responses
         slate = rungs[True].act({}, info)
@@ -257,9 +265,10 @@ def test_the_observable_rung_reads_neither_fatigue_nor_shifts() -> None:
         for seen, rung in rungs.items():
             rung.generator.manual_seed(5)
             slates[seen, tired] = rung.act({}, info)
-    assert torch.equal(slates[True, False], slates[True, True])
+    assert torch.equal(slates[True, False], slates[True, True]) == fatigue_blind
     assert not torch.equal(slates[False, False], slates[False, True])
     shift_interests(env, torch.ones(env.num_envs, dtype=torch.bool), seed=3)
     for seen, rung in rungs.items():
         rung.act({}, info)
-        assert bool((rung.belief["log_lik"] == 0).all()) != seen  # only the rung told of the shift starts afresh
+        # only a rung told of the shift starts afresh
+        assert bool((rung.belief["log_lik"] == 0).all()) == (not seen or not shift_blind)
