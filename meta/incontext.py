@@ -192,6 +192,9 @@ class InContextConfig(RL2Config):
         if self.adversarial is not None:
             raise ValueError("adversarial: adversarial population sampling trains RL² only (rl2.adversarial); "
                              "expected null")
+        if self.redraw_hazard:
+            raise ValueError("redraw_hazard: users drawn anew in training are RL²'s only (rl2.redraw_hazard); "
+                             "expected 0")  # fmt: skip
         if self.hidden % self.heads:
             raise ValueError(f"heads: must divide hidden = {self.hidden}, got {self.heads}")
         if self.tasks_per_batch * self.users_per_task % self.num_minibatches:

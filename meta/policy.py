@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -313,3 +314,35 @@ class RL2Policy(AffinityPolicy):
 def with_constant(x: torch.Tensor) -> torch.Tensor:
     """``x`` with a constant 1 appended to its last axis (a regression's intercept)."""
     return torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
+
+
+BELIEF_KEYS = ("inverse", "response", "shown")
+
+
+def memory_state(memory: Memory) -> dict[str, torch.Tensor]:
+    """A checkpoint's copy of an RL² memory (its belief's tensors too, where it keeps one)."""
+    state = {"hidden": memory.hidden.clone(), "last_slate": memory.last_slate.clone()}
+    if memory.belief is not None:
+        state.update({key: getattr(memory.belief, key).clone() for key in BELIEF_KEYS})
+        for key in ("shown_ids", "items"):  # the item memory's, where it keeps one
+            if getattr(memory.belief, key) is not None:
+                state[key] = getattr(memory.belief, key).clone()
+    return state
+
+
+def memory_from(state: dict[str, torch.Tensor], policy: RL2Policy, device: Any, field: str = "rl2.belief") -> Memory:
+    """The memory :func:`memory_state` saved, for ``policy``; a checkpoint without the belief the policy
+    keeps (or with one it does not) is refused, naming the setting ``field``."""
+    if policy.belief != ("inverse" in state):
+        raise ValueError(
+            f"checkpoint: its memory {'has' if 'inverse' in state else 'has no'} belief, but {field} is "
+            f"{policy.belief}; resume with the settings it was saved with"
+        )
+    if "items" in state and not policy.item_memory:
+        raise ValueError("checkpoint: its memory has an item memory, but rl2.item_memory is False; resume with the "
+                         "settings it was saved with")  # fmt: skip
+    belief = None
+    if policy.belief:
+        extra = {key: state[key].to(device) for key in ("shown_ids", "items") if key in state}
+        belief = Belief(*(state[key].to(device) for key in BELIEF_KEYS), policy.belief_ridge, **extra)
+    return Memory(state["hidden"].to(device), state["last_slate"].to(device), belief)

@@ -34,7 +34,8 @@ from metarec.agents.ppo.loss import check_rollout, clipped_terms, ensure_gradien
 from metarec.agents.ppo.processes import learner_state, load_learner_state
 from metarec.envs.task_batch import TaskBatchVectorEnv
 from metarec.meta.adversarial import AdversarialConfig, PopulationPool
-from metarec.meta.policy import Belief, Memory, RL2Policy
+from metarec.meta.evaluate import shift_interests
+from metarec.meta.policy import Memory, RL2Policy, memory_from, memory_state  # noqa: F401 (re-exported)
 from metarec.meta.tasks import TaskDistribution, TaskShare
 from metarec.parallel import all_reduce_
 
@@ -72,6 +73,12 @@ class RL2Config(PPOUpdateConfig):
         "remember_residuals). It pools the population's users, like the population memory.",
     )
     item_prior: float = Field(2.0, gt=0, description="Pseudo-counts that shrink the item memory's mean toward 0.")
+    redraw_hazard: float = Field(
+        0.0, ge=0, lt=1,
+        description="Training only: at each step, each user's interests are drawn anew (a new cluster, as the "
+        "adaptation protocol's shift and the model's abrupt shifts do) with this probability, so that the memory "
+        "learns to notice a changed user. 0: never.",
+    )  # fmt: skip
     adversarial: AdversarialConfig | None = Field(
         None,
         description="Train on a pool of populations, drawing more often those the learner does worst on (see "
@@ -196,6 +203,20 @@ class RL2Trainer:
         self.pool.record(self.pool_batch, regret / np.maximum(value, 1e-12))
         self.regret_sums.zero_()
 
+    def _redraw_users(self, done: torch.Tensor) -> None:
+        """Draws anew the interests of the users still present that ``rl2.redraw_hazard`` picks (drawn for the
+        whole batch, so every process picks the same users)."""
+        hazard = self.config.redraw_hazard
+        if hazard == 0:
+            return
+        draw = torch.rand(self.total_users, generator=self.generator, device=self.device)
+        seed = int(torch.randint(2**31 - 1, (1,), generator=self.generator, device=self.device))
+        if self.rows_of is not None:
+            draw = draw[self.rows_of[1]]
+        rows = (draw < hazard) & ~done
+        if bool(rows.any()):
+            shift_interests(self.env, rows, seed)
+
     # ------------------------------------------------------------------ rollouts and updates
     def collect(self) -> dict[str, Any]:
         """One rollout of ``rollout_steps`` steps from every user; tensors ``[L, B, ...]``."""
@@ -225,6 +246,7 @@ class RL2Trainer:
                 reward = reward.float()
                 remembered = self.policy.learn(remembered, reward, info["chosen_position"])
                 done = terminated | truncated
+                self._redraw_users(done)
                 self.discounted_return = self.discounted_return * c.gamma + reward
                 self.return_stats.update(self.discounted_return, reduce=all_reduce_)
                 self.discounted_return.masked_fill_(done, 0)
@@ -359,35 +381,3 @@ class RL2Trainer:
         self.discounted_return = users["discounted_return"].to(self.device)
         if "regret_sums" in users:  # (a checkpoint of a version before the adversarial sampler has none)
             self.regret_sums = users["regret_sums"].to(self.device)
-
-
-BELIEF_KEYS = ("inverse", "response", "shown")
-
-
-def memory_state(memory: Memory) -> dict[str, torch.Tensor]:
-    """A checkpoint's copy of an RL² memory (its belief's tensors too, where it keeps one)."""
-    state = {"hidden": memory.hidden.clone(), "last_slate": memory.last_slate.clone()}
-    if memory.belief is not None:
-        state.update({key: getattr(memory.belief, key).clone() for key in BELIEF_KEYS})
-        for key in ("shown_ids", "items"):  # the item memory's, where it keeps one
-            if getattr(memory.belief, key) is not None:
-                state[key] = getattr(memory.belief, key).clone()
-    return state
-
-
-def memory_from(state: dict[str, torch.Tensor], policy: RL2Policy, device: Any, field: str = "rl2.belief") -> Memory:
-    """The memory :func:`memory_state` saved, for ``policy``; a checkpoint without the belief the policy
-    keeps (or with one it does not) is refused, naming the setting ``field``."""
-    if policy.belief != ("inverse" in state):
-        raise ValueError(
-            f"checkpoint: its memory {'has' if 'inverse' in state else 'has no'} belief, but {field} is "
-            f"{policy.belief}; resume with the settings it was saved with"
-        )
-    if "items" in state and not policy.item_memory:
-        raise ValueError("checkpoint: its memory has an item memory, but rl2.item_memory is False; resume with the "
-                         "settings it was saved with")  # fmt: skip
-    belief = None
-    if policy.belief:
-        extra = {key: state[key].to(device) for key in ("shown_ids", "items") if key in state}
-        belief = Belief(*(state[key].to(device) for key in BELIEF_KEYS), policy.belief_ridge, **extra)
-    return Memory(state["hidden"].to(device), state["last_slate"].to(device), belief)
