@@ -56,7 +56,11 @@ class InContextPolicy(RL2Policy):
         layers: of the transformer encoder.
         heads: of the transformer encoder (it divides ``hidden``).
         belief: as :class:`RL2Policy`'s.
-        belief_ridge, population, population_noise, item_memory, item_prior: as :class:`RL2Policy`'s.
+        belief_ridge: as :class:`RL2Policy`'s.
+        population: as :class:`RL2Policy`'s.
+        population_noise: as :class:`RL2Policy`'s.
+        item_memory: as :class:`RL2Policy`'s.
+        item_prior: as :class:`RL2Policy`'s.
     """
 
     def __init__(
