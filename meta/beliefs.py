@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
+from metarec.agents.baselines.linear import ridge_estimate
+
+ITEM_MEMORY_KEYS = ("shown_ids", "items")  # the Belief's fields that only the item memory fills
+
 
 @dataclass
 class Belief:
@@ -24,13 +28,14 @@ class Belief:
     response: torch.Tensor
     shown: torch.Tensor
     ridge: float
-    shown_ids: torch.Tensor | None = None  # [B, K] catalog ids of the slate shown last (-1: no item)
-    items: torch.Tensor | None = None  # [num_items, 2] the item memory: summed residuals and their count
+    #: the item memory's (:func:`remember_residuals`), None without one: the catalog ids of the slate shown last
+    #: ``[B, K]`` (-1: no item), and the summed residuals and their count per item ``[num_items, 2]``
+    shown_ids: torch.Tensor | None = None
+    items: torch.Tensor | None = None
 
     def clone(self) -> Belief:
-        return Belief(self.inverse.clone(), self.response.clone(), self.shown.clone(), self.ridge,
-                      None if self.shown_ids is None else self.shown_ids.clone(),
-                      None if self.items is None else self.items.clone())  # fmt: skip
+        extra = {key: getattr(self, key).clone() for key in ITEM_MEMORY_KEYS if getattr(self, key) is not None}
+        return Belief(self.inverse.clone(), self.response.clone(), self.shown.clone(), self.ridge, **extra)
 
 
 def population_predictions(
@@ -56,7 +61,7 @@ def population_predictions(
     groups = batch // population
     eye = torch.eye(f, device=features.device, dtype=belief.inverse.dtype)
     gram = torch.linalg.inv(belief.inverse) - belief.ridge * eye  # [B, F, F] Xᵀ X of each user's responses
-    theta = (belief.inverse @ belief.response[:, :, None])[:, :, 0]  # [B, F]
+    theta = ridge_estimate(belief.inverse, belief.response)  # [B, F]
     known = gram.diagonal(dim1=1, dim2=2).sum(-1) > 1e-3  # [B] users with a response
     g_theta = theta.reshape(groups, population, f)
     g_gram = gram.reshape(groups, population, f, f)
@@ -99,7 +104,7 @@ def remember_residuals(
     (``shown`` ``[B, K, F]`` its features, zeros where nothing is to be learned), and a count of 1. The memory
     ``[num_items, 2]`` grows to the largest id it meets; ids below 0 are empty positions."""
     assert belief.shown_ids is not None
-    theta = (belief.inverse @ belief.response[:, :, None])[:, :, 0]  # [B, F]
+    theta = ridge_estimate(belief.inverse, belief.response)  # [B, F]
     residual = targets.to(theta.dtype) - (shown @ theta[:, :, None])[:, :, 0]  # [B, K]
     ids = belief.shown_ids
     valid = (ids >= 0) & (shown.abs().sum(-1) > 0)

@@ -118,9 +118,9 @@ class PosteriorOracle(Recommender):
         self.env, self.model, self.quality = env, env.model, quality
         if prior not in PRIORS:
             raise ValueError(f"prior: expected one of {', '.join(PRIORS)}, got {prior!r}")
-        self.name = posterior_name(quality, prior, typical, pool, observable, no_fatigue, no_shifts)
-        self.prior, self.pool, self.observable = prior, pool, observable
         self.no_fatigue, self.no_shifts = no_fatigue or observable, no_shifts or observable
+        self.name = posterior_name(quality, prior, typical, pool, self.no_fatigue, self.no_shifts)
+        self.prior, self.pool = prior, pool
         self.view = typical_population(self.model) if typical else self.model  # whose parameters it uses
         if quality == "true":
             self.planner = self.view
@@ -339,12 +339,15 @@ class PosteriorOracle(Recommender):
 
 
 def posterior_name(
-    quality: str, prior: str = "clusters", typical: bool = False, pool: bool = False, observable: bool = False,
-    no_fatigue: bool = False, no_shifts: bool = False,
+    quality: str, prior: str = "clusters", typical: bool = False, pool: bool = False, no_fatigue: bool = False,
+    no_shifts: bool = False,
 ) -> str:  # fmt: skip
+    """The rung's name; blind to both the fatigue and the shifts, it is ``-observable``."""
     user = "posterior" + ("-typical" if typical else "") + ("" if prior == "clusters" else f"-{prior}")
-    user += ("-pooled" if pool else "") + ("-observable" if observable else "")
-    if not observable:
+    user += "-pooled" if pool else ""
+    if no_fatigue and no_shifts:
+        user += "-observable"
+    else:
         user += ("-no-fatigue" if no_fatigue else "") + ("-no-shifts" if no_shifts else "")
     return user + {"none": "", "learned": "+learned quality", "true": "+quality"}[quality]
 
@@ -352,18 +355,17 @@ def posterior_name(
 def posterior_rungs(samples: int = 32) -> dict[str, Any]:
     """``{name: factory(env, seed)}`` for the Bayesian rungs: blind to quality, learning it, knowing it, and
     learning it without knowing the clusters' centres or without the population's own parameters."""
-    rungs = [(q, "clusters", False, False, False) for q in QUALITY]
-    rungs += [("learned", "moments", False, False, False), ("learned", "clusters", True, False, False),
-              ("learned", "topics", True, False, False), ("learned", "topics", True, True, False),
-              ("learned", "topics", True, True, True)]  # fmt: skip
-    rungs = [(*r, False, False) for r in rungs]
-    rungs += [("learned", "topics", True, True, False, True, False),  # told when users were redrawn, not the fatigue
-              ("learned", "topics", True, True, False, False, True)]  # told the fatigue, not the redraws  # fmt: skip
+    rungs = [(q, "clusters", False, False) for q in QUALITY]
+    rungs += [("learned", "moments", False, False), ("learned", "clusters", True, False),
+              ("learned", "topics", True, False), ("learned", "topics", True, True)]  # fmt: skip
+    rungs = [(*r, False, False) for r in rungs]  # told the fatigue and when users were redrawn
+    rungs += [("learned", "topics", True, True, True, True),  # told neither: -observable
+              ("learned", "topics", True, True, True, False),  # told when users were redrawn, not the fatigue
+              ("learned", "topics", True, True, False, True)]  # told the fatigue, not the redraws  # fmt: skip
     return {
         posterior_name(*r): (
             lambda env, seed, r=r: PosteriorOracle(
-                env, r[0], seed, samples, prior=r[1], typical=r[2], pool=r[3], observable=r[4], no_fatigue=r[5],
-                no_shifts=r[6],
+                env, r[0], seed, samples, prior=r[1], typical=r[2], pool=r[3], no_fatigue=r[4], no_shifts=r[5]
             )
         )
         for r in rungs

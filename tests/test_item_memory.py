@@ -1,6 +1,7 @@
 """RL²'s item memory (``rl2.item_memory``): what each item earned, wherever it was shown, beyond what the belief
 of the user it was shown to predicted, pooled over the users and shrunk toward 0. Checked against the
-definition on hand-made beliefs, for what it must not learn from, end to end, and for what it refuses."""
+definition on hand-made beliefs, for what it must not learn from, and for what it refuses (end to end with the
+population memory, in test_population_memory.py)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,8 @@ import torch
 from gymnasium import spaces
 from pydantic import ValidationError
 
-from metarec.envs.task_batch import TaskBatchVectorEnv
-from metarec.meta.config import load_meta_config
-from metarec.meta.eval_run import meta_eval
-from metarec.meta.evaluate import RL2Recommender
-from metarec.meta.export_step import RL2Step
 from metarec.meta.policy import Belief, Memory, RL2Policy, item_memory_features, remember_residuals
 from metarec.meta.rl2 import RL2Config, memory_from, memory_state
-from metarec.meta.serving import build_method, load_method_weights, trained_space
-from metarec.meta.tasks import task_batch
-from metarec.meta.train import meta_train
-from metarec.parallel import Shard
 
 ROOT = Path(__file__).parents[1]
 F = 3
@@ -119,23 +111,3 @@ def test_bad_item_memory_settings_are_refused_by_name() -> None:
         RL2Config(item_memory=True, item_prior=0)
     with pytest.raises(ValueError, match=r"^item_prior: expected a number > 0, got 0"):
         RL2Policy(_space(), 2, 8, belief=True, item_memory=True, item_prior=0)
-
-
-def test_rl2_with_an_item_memory_learns_on_meta_tiny_and_serves_in_one_process(tmp_path) -> None:
-    overrides = ["torch_threads=null", "methods=[rl2]", "rl2.item_memory=true"]
-    config = load_meta_config(ROOT / "configs" / "meta_tiny.yaml", overrides)
-    first = meta_train(config, tmp_path / "a", progress=False)
-    assert meta_train(config, tmp_path / "b", progress=False)["params_sha256"] == first["params_sha256"]
-    result = meta_eval(tmp_path / "a", "test")
-    assert np.mean(result["methods"]["rl2"]["normalised_return"]) > 0.2  # random is 0
-    served = load_meta_config(tmp_path / "a" / "config.yaml")
-    tasks = task_batch(served.tasks, served.test_split, 2, served.seed, 5, served.sessions)
-    env = TaskBatchVectorEnv(tasks, 4, item_stats=True)
-    space, slate_size = trained_space(served)
-    recommender = build_method(served, tmp_path / "a", "rl2", load_method_weights(tmp_path / "a", "rl2"), env, space,
-                               slate_size, torch.Generator().manual_seed(0))  # fmt: skip
-    assert isinstance(recommender, RL2Recommender) and recommender.shares_state_across_users
-    with pytest.raises(ValueError, match=r"^agent: rl2's item memory reads every user of a population"):
-        recommender.place(Shard(8, 0, 4))
-    with pytest.raises(ValueError, match=r"^run: rl2.item_memory keeps a table over the catalogue"):
-        RL2Step(recommender.policy, ["candidates", "candidate_ids", "history"])

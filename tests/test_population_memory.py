@@ -1,6 +1,7 @@
 """RL²'s population memory (``rl2.population``): what the beliefs of a population's other users predict for
 a user, weighted by how well each explains that user's responses, and their pooled regression. Checked
-against brute force on the raw data, for the isolation of populations, and end to end."""
+against brute force on the raw data, for the isolation of populations, and end to end (with the item memory,
+which pools users too)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from metarec.envs.task_batch import TaskBatchVectorEnv
 from metarec.meta.config import load_meta_config
 from metarec.meta.eval_run import meta_eval
 from metarec.meta.evaluate import RL2Recommender
+from metarec.meta.export_step import RL2Step
 from metarec.meta.policy import LARGE_POPULATION, Belief, population_predictions, quadratic_fits
 from metarec.meta.rl2 import RL2Config
 from metarec.meta.serving import build_method, load_method_weights, trained_space
@@ -131,8 +133,11 @@ def test_bad_population_settings_are_refused_by_name() -> None:
         population_predictions(torch.zeros(6, 2, F), _beliefs(_data(torch.Generator(), [1] * 6)), 4, NOISE)
 
 
-def test_rl2_with_a_population_memory_learns_on_meta_tiny_and_serves_in_one_process(tmp_path) -> None:
-    overrides = ["torch_threads=null", "methods=[rl2]", "rl2.population=true"]
+@pytest.mark.parametrize("memory", ["population", "item_memory"])
+def test_rl2_with_a_pooled_memory_learns_on_meta_tiny_and_serves_in_one_process(tmp_path, memory) -> None:
+    """The population memory and the item memory (``rl2.item_memory``) alike: seeded training that learns, and
+    serving that pools a population's users and so stays in one process."""
+    overrides = ["torch_threads=null", "methods=[rl2]", f"rl2.{memory}=true"]
     config = load_meta_config(ROOT / "configs" / "meta_tiny.yaml", overrides)
     first = meta_train(config, tmp_path / "a", progress=False)
     assert meta_train(config, tmp_path / "b", progress=False)["params_sha256"] == first["params_sha256"]
@@ -144,8 +149,14 @@ def test_rl2_with_a_population_memory_learns_on_meta_tiny_and_serves_in_one_proc
     space, slate_size = trained_space(served)
     recommender = build_method(served, tmp_path / "a", "rl2", load_method_weights(tmp_path / "a", "rl2"), env, space,
                                slate_size, torch.Generator().manual_seed(0))  # fmt: skip
-    assert isinstance(recommender, RL2Recommender) and recommender.population == 4
+    assert isinstance(recommender, RL2Recommender)
     assert recommender.shares_state_across_users  # it pools a population's users
-    with pytest.raises(ValueError, match=r"^agent: rl2's population memory reads every user of a population"):
+    named = memory.replace("_", " ") + (" memory" if memory == "population" else "")
+    with pytest.raises(ValueError, match=rf"^agent: rl2's {named} reads every user of a population"):
         recommender.place(Shard(8, 0, 4))
+    if memory == "population":
+        assert recommender.population == 4
+    else:  # its table grows with the catalogue
+        with pytest.raises(ValueError, match=r"^run: rl2.item_memory keeps a table over the catalogue"):
+            RL2Step(recommender.policy, ["candidates", "candidate_ids", "history"])
 
