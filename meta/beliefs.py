@@ -6,13 +6,14 @@ simulator's ground truth."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from metarec.agents.baselines.linear import ridge_estimate
 
 ITEM_MEMORY_KEYS = ("shown_ids", "items")  # the Belief's fields that only the item memory fills
+CHANGE_KEYS = ("recent", "recent_response", "evidence")  # the Belief's fields that only the change test fills
 
 
 @dataclass
@@ -32,9 +33,15 @@ class Belief:
     #: ``[B, K]`` (-1: no item), and the summed residuals and their count per item ``[num_items, 2]``
     shown_ids: torch.Tensor | None = None
     items: torch.Tensor | None = None
+    #: the change test's (:func:`detect_change`), None without one: a belief that forgets, ``A`` ``[B, F, F]``
+    #: (not its inverse) and ``b`` ``[B, F]``, and the evidence ``[B]`` that the user changed
+    recent: torch.Tensor | None = None
+    recent_response: torch.Tensor | None = None
+    evidence: torch.Tensor | None = None
 
     def clone(self) -> Belief:
-        extra = {key: getattr(self, key).clone() for key in ITEM_MEMORY_KEYS if getattr(self, key) is not None}
+        extra = {key: getattr(self, key).clone() for key in ITEM_MEMORY_KEYS + CHANGE_KEYS
+                 if getattr(self, key) is not None}  # fmt: skip
         return Belief(self.inverse.clone(), self.response.clone(), self.shown.clone(), self.ridge, **extra)
 
 
@@ -138,3 +145,57 @@ def item_memory_features(items: torch.Tensor | None, ids: torch.Tensor, prior: f
         sums = torch.where(known, rows[..., 0], 0.0)
         counts = torch.where(known, rows[..., 1], 0.0)
     return [sums / (counts + prior), torch.sqrt(prior / (counts + prior))]
+
+
+def predictive_log_likelihood(
+    inverse: torch.Tensor, response: torch.Tensor, shown: torch.Tensor, targets: torch.Tensor, noise: float
+) -> torch.Tensor:
+    """``[B]``: the log-likelihood of the responses ``targets`` ``[B, K]`` to the items ``shown`` ``[B, K, F]``
+    under the ridge regression ``A⁻¹`` ``inverse``, ``b`` ``response`` before it saw them: each a Gaussian of mean
+    ``x·A⁻¹b`` and variance ``σ²(1 + xᵀA⁻¹x)`` (``σ²`` ``noise``), summed over the items; positions whose
+    features are zeros (nothing shown) add 0."""
+    theta = ridge_estimate(inverse, response)
+    error = targets.to(theta.dtype) - (shown @ theta[:, :, None])[:, :, 0]  # [B, K]
+    leverage = ((shown @ inverse) * shown).sum(-1)  # [B, K] xᵀA⁻¹x
+    variance = noise * (1.0 + leverage)
+    log_density = -0.5 * (error.square() / variance + torch.log(variance))
+    return (log_density * (shown.abs().sum(-1) > 0)).sum(-1)
+
+
+def detect_change(
+    belief: Belief, shown: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor | None, discount: float,
+    threshold: float, noise: float,
+) -> tuple[Belief, torch.Tensor]:
+    """The change test once a slate's responses are in, before the belief learns them: did the user change?
+
+    Two regressions compete to predict each response before seeing it: the belief, which weighs all of the user's
+    responses since it (re)started alike, and a belief that forgets, whose ``A`` and ``b`` are discounted by
+    ``discount`` per interaction (back toward the prior ``λI``). For a user who does not change, the belief
+    predicts better, since it has more evidence; after a change, the one that forgets does. The evidence is a
+    CUSUM of the log-likelihood ratio (:func:`predictive_log_likelihood`): it adds each slate's ratio and never
+    falls below 0. Where it passes ``threshold`` the belief restarts from the forgetting one, and the evidence from
+    0. Rows where ``rows`` is False (users not served) change nothing. Returns the belief (the forgetting
+    one having learned the slate, the other not yet) and ``[B]`` which users' beliefs restarted."""
+    assert belief.recent is not None and belief.recent_response is not None and belief.evidence is not None
+    eye = torch.eye(belief.recent.shape[-1], dtype=belief.recent.dtype, device=belief.recent.device)
+    recent_inverse = torch.linalg.inv(belief.recent)
+    ratio = predictive_log_likelihood(recent_inverse, belief.recent_response, shown, targets, noise)
+    ratio = ratio - predictive_log_likelihood(belief.inverse, belief.response, shown, targets, noise)
+    learning = shown.abs().sum((1, 2)) > 0
+    if rows is not None:
+        learning = learning & rows
+        shown = shown * learning.to(shown.dtype)[:, None, None]
+    evidence = torch.where(learning, (belief.evidence + ratio).clamp(min=0.0), belief.evidence)
+    forget = torch.where(learning, discount, 1.0)[:, None]
+    recent = forget[:, :, None] * belief.recent + (1.0 - forget[:, :, None]) * belief.ridge * eye
+    recent = recent + shown.transpose(1, 2) @ shown
+    recent_response = forget * belief.recent_response + (targets.to(shown.dtype)[:, :, None] * shown).sum(1)
+    restart = evidence > threshold
+    inverse, response = belief.inverse, belief.response
+    if bool(restart.any()):  # from the forgetting belief as it was before this slate, which the belief learns next
+        inverse = torch.where(restart[:, None, None], recent_inverse, inverse)
+        response = torch.where(restart[:, None], belief.recent_response, response)
+    evidence = torch.where(restart, 0.0, evidence)
+    changed = replace(belief, inverse=inverse, response=response, recent=recent, recent_response=recent_response,
+                      evidence=evidence)  # fmt: skip
+    return changed, restart

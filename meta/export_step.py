@@ -28,6 +28,9 @@ class RL2Step(nn.Module):
         if policy.item_memory:
             raise ValueError("run: rl2.item_memory keeps a table over the catalogue that grows as items are seen; "
                              "a policy with it does not export yet")  # fmt: skip
+        if policy.change_test:
+            raise ValueError("run: rl2.change_test keeps a second belief and the evidence of a change; a policy "
+                             "with it does not export yet")  # fmt: skip
         self.policy, self.keys, self.item_stats = policy, list(keys), item_stats
         self.fixed_batch = policy.population
 

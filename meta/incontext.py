@@ -199,6 +199,8 @@ class InContextConfig(RL2Config):
         if self.redraw_hazard:
             raise ValueError("redraw_hazard: users drawn anew in training are RL²'s only (rl2.redraw_hazard); "
                              "expected 0")  # fmt: skip
+        if self.change_test:
+            raise ValueError("change_test: RL²'s serving only (rl2.change_test); expected 0")
         if self.hidden % self.heads:
             raise ValueError(f"heads: must divide hidden = {self.hidden}, got {self.heads}")
         if self.tasks_per_batch * self.users_per_task % self.num_minibatches:

@@ -28,9 +28,11 @@ from metarec.agents.baselines.bandits import slate_targets
 from metarec.agents.baselines.linear import LinearBandit, ridge_prediction
 from metarec.agents.nn.networks import SlatePolicy, symlog
 from metarec.meta.beliefs import (  # noqa: F401 (Belief, LARGE_POPULATION, quadratic_fits: re-exported)
+    CHANGE_KEYS,
     ITEM_MEMORY_KEYS,
     LARGE_POPULATION,
     Belief,
+    detect_change,
     item_memory_features,
     population_predictions,
     quadratic_fits,
@@ -124,6 +126,12 @@ class RL2Policy(AffinityPolicy):
             (:func:`remember_residuals`, :func:`item_memory_features`), two more candidate features. Items are
             told apart by ``candidate_ids``, which a task batch keeps distinct across its populations.
         item_prior: pseudo-counts shrinking the item memory's mean toward 0 (``> 0``).
+        change_test: with ``belief``, test each user for a change of interests after every response, and where the
+            evidence passes this many nats (:func:`detect_change`) treat them as a new user: the belief restarts
+            from one that forgets and the GRU memory from zero (what is pooled over the population stays); 0 (the
+            default): never. :class:`~metarec.meta.rl2.RL2Trainer` trains without it; it serves.
+        change_discount: what the change test's forgetting belief keeps per interaction (in ``(0, 1)``).
+        change_noise: the reward noise variance σ² the change test assumes (``> 0``).
     """
 
     BELIEF_FEATURES = 2  # a candidate's predicted reward and its standard deviation
@@ -141,6 +149,9 @@ class RL2Policy(AffinityPolicy):
         population_noise: float = 1.0,
         item_memory: bool = False,
         item_prior: float = 2.0,
+        change_test: float = 0.0,
+        change_discount: float = 0.9,
+        change_noise: float = 0.1,
     ) -> None:
         raw = observation_space["candidates"].shape[1]
         if population and not belief:
@@ -151,6 +162,14 @@ class RL2Policy(AffinityPolicy):
             raise ValueError("item_memory: the item memory pools the residuals of the users' beliefs; set belief: true")
         if not item_prior > 0:
             raise ValueError(f"item_prior: expected a number > 0, got {item_prior!r}")
+        if not change_test >= 0:
+            raise ValueError(f"change_test: expected a number of nats >= 0 (0: no test), got {change_test!r}")
+        if change_test and not belief:
+            raise ValueError("change_test: the change test restarts the users' beliefs; set belief: true")
+        if not 0 < change_discount < 1:
+            raise ValueError(f"change_discount: expected a number in (0, 1), got {change_discount!r}")
+        if not change_noise > 0:
+            raise ValueError(f"change_noise: expected a number > 0, got {change_noise!r}")
         scores = self.BELIEF_FEATURES + (self.POPULATION_FEATURES if population else 0)
         scores += self.ITEM_FEATURES if item_memory else 0
         if belief:
@@ -163,6 +182,8 @@ class RL2Policy(AffinityPolicy):
         self.belief, self.belief_ridge = belief, float(belief_ridge)
         self.population, self.population_noise = population, float(population_noise)
         self.item_memory, self.item_prior = item_memory, float(item_prior)
+        self.change_test, self.change_discount = float(change_test), float(change_discount)
+        self.change_noise = float(change_noise)
         self.scores = scores  # what believe() gives per candidate
         self.candidate_dim = raw  # what the memory reads of a slate: the environment's features
         self.response_dim = observation_space["history"].shape[1]
@@ -183,11 +204,17 @@ class RL2Policy(AffinityPolicy):
         if self.belief:
             f = self.candidate_dim + 1
             prior = torch.eye(f, device=device) / self.belief_ridge
+            change = {}
+            if self.change_test:  # the forgetting belief starts at the prior too, with no evidence of a change
+                change = {"recent": (torch.eye(f, device=device) * self.belief_ridge).expand(batch, f, f).clone(),
+                          "recent_response": torch.zeros(batch, f, device=device),
+                          "evidence": torch.zeros(batch, device=device)}  # fmt: skip
             belief = Belief(
                 prior.expand(batch, f, f).clone(),
                 torch.zeros(batch, f, device=device),
                 torch.zeros(batch, self.slate_size, f, device=device),
                 self.belief_ridge,
+                **change,
             )
         return Memory(
             torch.zeros(batch, self.hidden, device=device),
@@ -210,6 +237,11 @@ class RL2Policy(AffinityPolicy):
                 response=belief.response * keep,
                 shown=belief.shown * keep[:, :, None],
             )
+            if belief.recent is not None:
+                assert belief.recent_response is not None and belief.evidence is not None
+                start = torch.eye(belief.recent.shape[-1], device=belief.recent.device) * belief.ridge
+                belief = replace(belief, recent=torch.where(done[:, None, None], start, belief.recent),
+                                 recent_response=belief.recent_response * keep, evidence=belief.evidence * keep[:, 0])
         return Memory(hidden, memory.last_slate * keep, belief)
 
     def read(self, memory: Memory, observation: dict[str, torch.Tensor], reward: torch.Tensor) -> torch.Tensor:
@@ -263,10 +295,18 @@ class RL2Policy(AffinityPolicy):
         items = belief.items
         if self.item_memory and belief.shown_ids is not None:
             items = remember_residuals(belief, shown, targets, rows)
+        restart = None
+        if self.change_test:
+            belief, restart = detect_change(belief, shown, targets, rows, self.change_discount, self.change_test,
+                                              self.change_noise)  # fmt: skip
         b = belief.response.clone()
         inverse = LinearBandit.update(belief.inverse.clone(), b, shown, targets)
-        return replace(memory, belief=replace(belief, inverse=inverse, response=b, shown=torch.zeros_like(shown),
-                                              shown_ids=None, items=items))  # fmt: skip
+        hidden = memory.hidden
+        if restart is not None:  # a changed user is a new user to the memory too
+            hidden = hidden * (~restart).to(hidden.dtype)[:, None]
+        learned = replace(belief, inverse=inverse, response=b, shown=torch.zeros_like(shown), shown_ids=None,
+                          items=items)  # fmt: skip
+        return replace(memory, hidden=hidden, belief=learned)
 
     @staticmethod
     def regression_features(observation: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -325,7 +365,7 @@ def memory_state(memory: Memory) -> dict[str, torch.Tensor]:
     state = {"hidden": memory.hidden.clone(), "last_slate": memory.last_slate.clone()}
     if memory.belief is not None:
         state.update({key: getattr(memory.belief, key).clone() for key in BELIEF_KEYS})
-        for key in ITEM_MEMORY_KEYS:  # where it keeps an item memory
+        for key in ITEM_MEMORY_KEYS + CHANGE_KEYS:  # where it keeps an item memory, a change test
             if getattr(memory.belief, key) is not None:
                 state[key] = getattr(memory.belief, key).clone()
     return state
@@ -339,11 +379,14 @@ def memory_from(state: dict[str, torch.Tensor], policy: RL2Policy, device: Any, 
             f"checkpoint: its memory {'has' if 'inverse' in state else 'has no'} belief, but {field} is "
             f"{policy.belief}; resume with the settings it was saved with"
         )
+    if policy.belief and ("evidence" in state) != bool(policy.change_test):
+        raise ValueError(f"checkpoint: its memory {'has a' if 'evidence' in state else 'has no'} change test, but "
+                         f"rl2.change_test is {policy.change_test:g}; resume with the settings it was saved with")
     if "items" in state and not policy.item_memory:
         raise ValueError("checkpoint: its memory has an item memory, but rl2.item_memory is False; resume with the "
                          "settings it was saved with")  # fmt: skip
     belief = None
     if policy.belief:
-        extra = {key: state[key].to(device) for key in ITEM_MEMORY_KEYS if key in state}
+        extra = {key: state[key].to(device) for key in ITEM_MEMORY_KEYS + CHANGE_KEYS if key in state}
         belief = Belief(*(state[key].to(device) for key in BELIEF_KEYS), policy.belief_ridge, **extra)
     return Memory(state["hidden"].to(device), state["last_slate"].to(device), belief)

@@ -73,6 +73,15 @@ class RL2Config(PPOUpdateConfig):
         "remember_residuals). It pools the population's users, like the population memory.",
     )
     item_prior: float = Field(2.0, gt=0, description="Pseudo-counts that shrink the item memory's mean toward 0.")
+    change_test: float = Field(
+        0.0, ge=0,
+        description="Serving only (meta-eval, evaluate, A/B arms; training meets no restarts): test each user for a "
+        "change of interests after every response, a CUSUM of how much better a belief that forgets predicts the "
+        "responses than the belief does. Where it passes this many nats, the user is treated as new: the belief "
+        "restarts from the forgetting one, the memory from zero (see detect_change). 0: no test. Needs belief.",
+    )  # fmt: skip
+    change_discount: float = Field(0.9, gt=0, lt=1, description="What the test's forgetting belief keeps per step.")
+    change_noise: float = Field(0.1, gt=0, description="The reward noise variance the change test assumes.")
     redraw_hazard: float = Field(
         0.0, ge=0, lt=1,
         description="Training only: at each step, each user's interests are drawn anew (a new cluster, as the "
@@ -91,6 +100,8 @@ class RL2Config(PPOUpdateConfig):
             raise ValueError("population: the population memory pools the users' beliefs; set belief: true")
         if self.item_memory and not self.belief:
             raise ValueError("item_memory: the item memory pools the residuals of the users' beliefs; set belief: true")
+        if self.change_test and not self.belief:
+            raise ValueError("change_test: the change test restarts the users' beliefs; set belief: true")
         if self.adversarial is not None and self.adversarial.pool < self.tasks_per_batch:
             raise ValueError(
                 f"adversarial.pool: expected at least tasks_per_batch ({self.tasks_per_batch}), "
@@ -99,9 +110,11 @@ class RL2Config(PPOUpdateConfig):
         return self
 
     def make_policy(self, observation_space: Any, slate_size: int) -> RL2Policy:
-        """The policy these settings train (weights drawn from torch's global generator)."""
+        """The policy these settings serve (weights drawn from torch's global generator); RL2Trainer trains it
+        without the change test."""
         return RL2Policy(observation_space, slate_size, self.hidden, self.belief, self.belief_ridge, self.population,
-                         self.population_noise, self.item_memory, self.item_prior)  # fmt: skip
+                         self.population_noise, self.item_memory, self.item_prior, self.change_test,
+                         self.change_discount, self.change_noise)  # fmt: skip
 
 
 class RL2Trainer:
@@ -153,7 +166,8 @@ class RL2Trainer:
         self.device = self.env.device
         self.rows_of = self.share.rows_of(self.device)
         torch.manual_seed(seed)  # initial weights only
-        self.policy = config.make_policy(self.env.single_observation_space, self.env.model.slate_size).to(self.device)
+        serving = config.model_copy(update={"change_test": 0.0})  # the change test serves only
+        self.policy = serving.make_policy(self.env.single_observation_space, self.env.model.slate_size).to(self.device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
         self.generator = torch.Generator(device=self.device).manual_seed(seed + 7919)
         self.update = 0
