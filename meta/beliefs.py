@@ -1,8 +1,8 @@
 """What RL²'s memory (:class:`~metarec.meta.policy.RL2Policy`) knows of a user in closed form, the
 :class:`Belief`, and what it pools over the users of a population: the population memory (what the other
 users' beliefs predict of a user, :func:`population_predictions`) and the item memory (what each item earned
-beyond its viewers' beliefs, :func:`remember_residuals`). Both read the users' responses only, never the
-simulator's ground truth."""
+beyond its viewers' beliefs, :func:`remember_residuals`), and the change test that restarts a belief whose user
+changed (:func:`detect_change`). All read the users' responses only, never the simulator's ground truth."""
 
 from __future__ import annotations
 
