@@ -14,6 +14,7 @@ from metarec.agents.baselines.linear import ridge_estimate
 
 ITEM_MEMORY_KEYS = ("shown_ids", "items")  # the Belief's fields that only the item memory fills
 CHANGE_KEYS = ("recent", "recent_response", "evidence")  # the Belief's fields that only the change test fills
+OPTIONAL_KEYS = ITEM_MEMORY_KEYS + CHANGE_KEYS  # the fields a clone or a checkpoint keeps where they are filled
 
 
 @dataclass
@@ -40,8 +41,7 @@ class Belief:
     evidence: torch.Tensor | None = None
 
     def clone(self) -> Belief:
-        extra = {key: getattr(self, key).clone() for key in ITEM_MEMORY_KEYS + CHANGE_KEYS
-                 if getattr(self, key) is not None}  # fmt: skip
+        extra = {key: getattr(self, key).clone() for key in OPTIONAL_KEYS if getattr(self, key) is not None}
         return Belief(self.inverse.clone(), self.response.clone(), self.shown.clone(), self.ridge, **extra)
 
 
@@ -191,10 +191,9 @@ def detect_change(
     recent = recent + shown.transpose(1, 2) @ shown
     recent_response = forget * belief.recent_response + (targets.to(shown.dtype)[:, :, None] * shown).sum(1)
     restart = evidence > threshold
-    inverse, response = belief.inverse, belief.response
-    if bool(restart.any()):  # from the forgetting belief as it was before this slate, which the belief learns next
-        inverse = torch.where(restart[:, None, None], recent_inverse, inverse)
-        response = torch.where(restart[:, None], belief.recent_response, response)
+    # a restart takes the forgetting belief as it was before this slate, which the belief learns next
+    inverse = torch.where(restart[:, None, None], recent_inverse, belief.inverse)
+    response = torch.where(restart[:, None], belief.recent_response, belief.response)
     evidence = torch.where(restart, 0.0, evidence)
     changed = replace(belief, inverse=inverse, response=response, recent=recent, recent_response=recent_response,
                       evidence=evidence)  # fmt: skip

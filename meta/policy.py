@@ -28,9 +28,8 @@ from metarec.agents.baselines.bandits import slate_targets
 from metarec.agents.baselines.linear import LinearBandit, ridge_prediction
 from metarec.agents.nn.networks import SlatePolicy, symlog
 from metarec.meta.beliefs import (  # noqa: F401 (Belief, LARGE_POPULATION, quadratic_fits: re-exported)
-    CHANGE_KEYS,
-    ITEM_MEMORY_KEYS,
     LARGE_POPULATION,
+    OPTIONAL_KEYS,
     Belief,
     detect_change,
     item_memory_features,
@@ -365,7 +364,7 @@ def memory_state(memory: Memory) -> dict[str, torch.Tensor]:
     state = {"hidden": memory.hidden.clone(), "last_slate": memory.last_slate.clone()}
     if memory.belief is not None:
         state.update({key: getattr(memory.belief, key).clone() for key in BELIEF_KEYS})
-        for key in ITEM_MEMORY_KEYS + CHANGE_KEYS:  # where it keeps an item memory, a change test
+        for key in OPTIONAL_KEYS:  # where it keeps an item memory, a change test
             if getattr(memory.belief, key) is not None:
                 state[key] = getattr(memory.belief, key).clone()
     return state
@@ -387,6 +386,6 @@ def memory_from(state: dict[str, torch.Tensor], policy: RL2Policy, device: Any, 
                          "settings it was saved with")  # fmt: skip
     belief = None
     if policy.belief:
-        extra = {key: state[key].to(device) for key in ITEM_MEMORY_KEYS + CHANGE_KEYS if key in state}
+        extra = {key: state[key].to(device) for key in OPTIONAL_KEYS if key in state}
         belief = Belief(*(state[key].to(device) for key in BELIEF_KEYS), policy.belief_ridge, **extra)
     return Memory(state["hidden"].to(device), state["last_slate"].to(device), belief)
