@@ -49,6 +49,7 @@ from metarec.envs.task_batch import TaskBatchVectorEnv, logged_events
 from metarec.meta.policy import Memory, RL2Policy
 from metarec.meta.protocol_summary import cumulative_regret, population_summary, regret_table, shift_summary
 from metarec.meta.tasks import TaskDistribution, batch_seed, task_batch
+from metarec.meta.time_unit import TimeUnit
 from metarec.parallel import EXACT_SCALE, Shard, add_exact
 from metarec.stats import mean_interval
 
@@ -80,15 +81,18 @@ class RL2Recommender(Recommender):
     """An RL² policy as a :class:`Recommender`: the memory reads every response, persists across a
     user's sessions and is cleared for a new user. A policy with a population memory reads the beliefs of
     every user of a population: ``population`` consecutive users are one (all of them when None), and its
-    users are then not independent."""
+    users are then not independent. With ``time_unit`` (:mod:`metarec.meta.time_unit`) each population is served
+    in the unit of time of the catalogues the policy trained on."""
 
     name = "rl2"
 
     def __init__(
-        self, policy: RL2Policy, generator: torch.Generator, deterministic: bool = False, population: int | None = None
+        self, policy: RL2Policy, generator: torch.Generator, deterministic: bool = False, population: int | None = None,
+        time_unit: TimeUnit | None = None,
     ) -> None:
         self.policy, self.generator, self.deterministic = policy, generator, deterministic
-        self.population = population
+        self.population, self.time_unit = population, time_unit
+        self.unit: torch.Tensor | None = None  # [B] this step's unit of time (with time_unit)
         self.shares_state_across_users = policy.population or policy.item_memory
         self.memory: Memory | None = None
 
@@ -102,6 +106,8 @@ class RL2Recommender(Recommender):
     def reset(self, mask: torch.Tensor | None = None) -> None:
         if mask is None or self.memory is None:
             self.memory = None
+            if self.time_unit is not None:
+                self.time_unit.reset()
             return
         self.memory = self.policy.reset_memory(self.memory, mask)
         self.last_reward = self.last_reward.masked_fill(mask, 0.0)
@@ -111,6 +117,9 @@ class RL2Recommender(Recommender):
         if self.memory is None:
             self.memory = self.policy.initial_memory(batch, observation["candidates"].device)
             self.last_reward = torch.zeros(batch, device=observation["candidates"].device)
+        if self.time_unit is not None:  # the population's time in the unit of the catalogues it trained on
+            self.unit = self.time_unit.scale(observation)
+            observation = self.time_unit.apply(observation, self.unit)
         with torch.no_grad():
             hidden = self.policy.read(self.memory, observation, self.last_reward)
             beliefs = self.policy.believe(self.memory, observation, self.population or batch)
@@ -127,12 +136,15 @@ class RL2Recommender(Recommender):
     def export_module(self, keys: list[str]) -> torch.nn.Module:
         from metarec.meta.export_step import RL2Step
 
+        if self.time_unit is not None:
+            raise ValueError("run: rl2.rescale_time measures each population's time as it serves; a policy that "
+                             "serves with it is not exported (set rescale_time: false to export)")  # fmt: skip
         return RL2Step(self.policy, keys)
 
     def observe(self, reward: torch.Tensor, done: torch.Tensor, info: dict[str, Any]) -> None:
         if self.memory is None:
             raise RuntimeError("observe() before act()")
-        self.last_reward = reward.float()
+        self.last_reward = reward.float() if self.unit is None else reward.float() / self.unit
         # the belief learns only from the users this recommender served (info["active"], when given)
         self.memory = self.policy.learn(self.memory, self.last_reward, info["chosen_position"], info.get("active"))
 

@@ -6,11 +6,11 @@ over many tasks at once (a :class:`~metarec.envs.task_batch.TaskBatchVectorEnv`)
 one user's lifetime in one task, so what the memory learns to do is to find out, within a few
 interactions, what this user of this population wants.
 
-PPO here is recurrent: a rollout stores each user's memory at its start, and every minibatch (a set
-of users) replays its users' steps through the GRU (truncated back-propagation through the
-rollout), zeroing the memory where a user was replaced. Rewards are scaled by a running standard
-deviation of the discounted return, as :class:`~metarec.agents.ppo.BatchedPPO` does. Every
-``resample_every`` updates, a new meta-batch of tasks replaces the old one (every user new).
+PPO here is recurrent: a rollout stores each user's memory at its start, and every minibatch (a set of users)
+replays its users' steps through the GRU (truncated back-propagation through the rollout), zeroing the memory
+where a user was replaced. Rewards are scaled by a running standard deviation of the discounted return, as
+:class:`~metarec.agents.ppo.BatchedPPO` does. Every ``resample_every`` updates, a new meta-batch of tasks
+replaces the old one (every user new).
 
 In a ``torch.distributed`` group (``meta-train --nproc N``) each process steps its share of the
 meta-batch's tasks (a sharded env: every random draw made for the whole batch, so each user's
@@ -82,6 +82,9 @@ class RL2Config(PPOUpdateConfig):
     )  # fmt: skip
     change_discount: float = Field(0.9, gt=0, lt=1, description="What the test's forgetting belief keeps per step.")
     change_noise: float = Field(0.1, gt=0, description="The reward noise variance the change test assumes.")
+    rescale_time: bool = Field(False, description="Serving only: serve each population in the unit of time that "
+                               "brings its catalogue's mean item length into the training catalogues' range (see "
+                               "metarec.meta.time_unit). Minutes inside the range.")  # fmt: skip
     redraw_hazard: float = Field(
         0.0, ge=0, lt=1,
         description="Training only: at each step, each user's interests are drawn anew (a new cluster, as the "

@@ -42,6 +42,7 @@ from metarec.meta.gradient_rl import AdaptingRecommender
 from metarec.meta.policy import feedforward_policy
 from metarec.meta.rl2 import RL2Config
 from metarec.meta.tasks import TaskDistribution, task_batch
+from metarec.meta.time_unit import TimeUnit, length_range
 from metarec.parallel import group_size
 
 STAT_FEATURES = 3  # what item statistics append to each candidate's features
@@ -118,11 +119,17 @@ def build_method(
     (else one for all users)."""
     tasks, users = (env.num_tasks, env.users_per_task) if isinstance(env, TaskBatchVectorEnv) else (1, env.num_envs)
     if name in MEMORY_METHODS:
-        policy = memory_settings(config, name).make_policy(space, slate_size).to(env.device)
+        settings = memory_settings(config, name)
+        policy = settings.make_policy(space, slate_size).to(env.device)
         load_weights_into(policy, weights, run, name)
+        unit = None
+        if settings.rescale_time:  # each population in the time unit of the catalogues it trained on
+            assert isinstance(config.tasks, TaskDistribution)
+            low, high = length_range(config.tasks, config.train_split, config.seed)
+            unit = TimeUnit(low, high, space["history"].shape[1] - 3, config.item_stats, users)
         # the in-context recommender was trained to show its most probable slate, and always does
         greedy = config.eval.rl2_greedy or name == "icl"
-        recommender = RL2Recommender(policy, generator, deterministic=greedy, population=users)
+        recommender = RL2Recommender(policy, generator, deterministic=greedy, population=users, time_unit=unit)
         recommender.name = name
         return recommender
     policy = feedforward_policy(space, slate_size, config.gradient.hidden).to(env.device)
