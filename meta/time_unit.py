@@ -41,7 +41,8 @@ class TimeUnit:
     """The unit of time each population is served in (see the module docstring).
 
     Args:
-        low, high: the range of mean item lengths of the training catalogues (minutes, ``0 < low <= high``).
+        low: the smallest mean item length of the training catalogues (minutes, ``> 0``).
+        high: the largest (``>= low``).
         embedding_dim: ``d``: a candidate's length is its feature ``d``, a history row's engagement its ``d``.
         item_stats: the candidates carry the item statistics after the length (CTR, engagement per impression,
             log impressions), so feature ``d + 2`` counts minutes too.
