@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
+from scipy import stats
 
 from metarec.calibration.fit import FitConfig, calibrate
 from metarec.calibration.fit_utility import slate_starts
@@ -37,7 +38,7 @@ from metarec.envs.calibrated import save_population, with_population_fields
 
 MAX_CANDIDATES = 1000  # a larger catalogue is offered through the population's own candidate count
 PROBE_USERS = 256  # users of the probe that measures a simulated user's slates
-MIN_FIT_BOOTSTRAP = 10  # the fewest calibrations a percentile interval of their lifts rests on
+MIN_FIT_HALVES = 10  # the fewest calibrations on halves of the users an interval rests on
 
 
 class ValidateABConfig(FrozenConfig):
@@ -55,38 +56,57 @@ class ValidateABConfig(FrozenConfig):
         None, ge=1, description=f"Candidates per slate (None: every item, up to {MAX_CANDIDATES})."
     )
     replicates: int = Field(10, ge=2, description="Independent replicates of the simulated test.")
-    fit_bootstrap: int = Field(
+    fit_halves: int = Field(
         0,
         ge=0,
-        description="Calibrations on bootstrap resamples of the control log's users, each running its own simulated "
-        "test: the predicted interval is then the percentile interval of their lifts, which counts the fit's "
-        "uncertainty too (0: one calibration; the interval counts the simulation's randomness only; else at least "
-        f"{MIN_FIT_BOOTSTRAP}).",
+        description="Calibrations on random halves of the control log's users (drawn without replacement), each "
+        "running its own simulated test. The predicted interval is then the whole log's lift ± t·sd of theirs (a "
+        "delete-d jackknife, d = half the users), which counts the fit's uncertainty too (0: one calibration; the "
+        f"interval counts the simulation's randomness only; else at least {MIN_FIT_HALVES}).",
     )
     bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples of the observed lift.")
     alpha: float = Field(0.05, gt=0, lt=1, description="Two-sided level of both intervals.")
     seed: int = Field(0, ge=0, description="Seeds the fit, the simulated test and the bootstraps.")
     fit: FitConfig = Field(default_factory=FitConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_fit_bootstrap(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "fit_bootstrap" in values:
+            raise ValueError("fit_bootstrap: replaced by fit_halves (calibrations on halves of the users, drawn "
+                             "without replacement, around the whole log's lift); set fit_halves")  # fmt: skip
+        return values
 
-def check_fit_bootstrap(config: ValidateABConfig) -> None:
-    if 0 < config.fit_bootstrap < MIN_FIT_BOOTSTRAP:
-        raise ValueError(f"fit_bootstrap: expected 0 or at least {MIN_FIT_BOOTSTRAP}, got {config.fit_bootstrap}")
+
+def check_fit_halves(config: ValidateABConfig) -> None:
+    if 0 < config.fit_halves < MIN_FIT_HALVES:
+        raise ValueError(f"fit_halves: expected 0 or at least {MIN_FIT_HALVES}, got {config.fit_halves}")
 
 
-def resample_users(logs: Logs, rng: np.random.Generator) -> Logs:
-    """The log of ``num_users`` users drawn with replacement from those with rows, each draw a user of its own
-    (codes ``0..``, in draw order), with every row of the user drawn."""
-    users = np.unique(logs.user)
-    drawn = users[rng.integers(0, len(users), len(users))]
-    order = np.argsort(logs.user, kind="stable")
-    starts = np.searchsorted(logs.user[order], drawn)
-    ends = np.searchsorted(logs.user[order], drawn, side="right")
-    rows = np.concatenate([order[a:b] for a, b in zip(starts, ends, strict=True)])
-    code = np.repeat(np.arange(len(drawn)), ends - starts)
+def half_of_users(logs: Logs, rng: np.random.Generator) -> Logs:
+    """The log of ``num_users // 2`` of its users, drawn without replacement, with every row of theirs (codes
+    ``0..`` in the order of their old codes)."""
+    users = np.sort(rng.choice(np.unique(logs.user), len(np.unique(logs.user)) // 2, replace=False))
+    rows = np.flatnonzero(np.isin(logs.user, users))
+    code = np.searchsorted(users, logs.user[rows])
     return Logs(code, logs.item[rows], logs.timestamp[rows], logs.rating[rows], logs.click[rows],
-                np.arange(len(drawn)), logs.item_ids, logs.item_features, logs.item_text, logs.feature_names,
+                np.arange(len(users)), logs.item_ids, logs.item_features, logs.item_text, logs.feature_names,
                 None if logs.position is None else logs.position[rows])  # fmt: skip
+
+
+def half_sample_interval(whole: float, halves: list[float], users: int, alpha: float) -> list[float]:
+    """``whole ± t·sd``: the delete-d jackknife (Shao and Wu, 1989) of a statistic computed on every one of
+    ``users`` users (``whole``) and on random subsets of ``users // 2`` of them (``halves``). Its variance is
+    ``r / d`` times the subsets' (``r`` kept, ``d`` left out), t on ``len(halves) - 1`` degrees of freedom.
+    Subsets without replacement never hold a user twice, which a bootstrap resample of users does (and which made
+    a calibration see more spread between items than the log holds); the interval is centred on the whole log's
+    statistic, not on the subsets', whose calibrations shrink more (fewer rows)."""
+    finite = np.asarray([v for v in halves if math.isfinite(v)])
+    if len(finite) < 2 or not math.isfinite(whole):
+        return [math.nan, math.nan]
+    kept = users // 2
+    half_width = stats.t.ppf(1 - alpha / 2, len(finite) - 1) * math.sqrt(kept / (users - kept) * finite.var(ddof=1))
+    return [whole - half_width, whole + half_width]
 
 
 def check_impressions(logs: Logs, which: str) -> None:
@@ -225,13 +245,6 @@ def traffic(
     assert probe is not None  # one process
     length = float(probe["mean_length"])
     return {**out, "users": max(2, math.ceil(slates / max(length, 1.0))), "session_length": length}
-
-
-def percentile_interval(values: list[float], alpha: float) -> list[float]:
-    finite = np.asarray([v for v in values if math.isfinite(v)])
-    if len(finite) == 0:
-        return [math.nan, math.nan]
-    return [float(x) for x in np.quantile(finite, [alpha / 2, 1 - alpha / 2])]
 
 
 def agreement(observed: dict[str, Any], predicted: dict[str, Any]) -> dict[str, Any]:

@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     vb.add_argument("--overwrite", action="store_true", help="write into a non-empty --out not made by validate-ab")
     vb.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="an option of metarec.calibration.validate_ab.ValidateABConfig: users, days, slate_size, "
-                    "num_candidates, replicates, fit_bootstrap, bootstrap, alpha, seed, fit.KEY "
+                    "num_candidates, replicates, fit_halves, bootstrap, alpha, seed, fit.KEY "
                     "(repeatable)")  # fmt: skip
     vb.add_argument("--json", action="store_true", help=JSON_HELP)
     vb.set_defaults(func="metarec.commands.validate_ab:run")

@@ -154,35 +154,60 @@ def test_validate_ab_predicts_a_lift_beside_the_observed_one(logs, tmp_path, cap
     assert abtest["env"] == "metarec/Calibrated-v0" and abtest["shared_state_arms"] == ["treatment"]
 
 
-def test_the_fit_bootstrap_interval_is_the_percentiles_of_the_refits_lifts(logs, tmp_path, capsys):
+def test_the_fit_halves_interval_is_centred_on_the_whole_logs_lift(logs, tmp_path, capsys):
+    from scipy import stats
+
     control, treatment = logs
     argv = ["validate-ab", str(control), str(treatment), "--format", "csv", "--arms", "random,popular-ctr",
             "--out", str(tmp_path / "out"), "--set", "replicates=5", "--set", "fit.epochs=3", "--set",
-            "fit.refit_steps=20", "--set", "fit_bootstrap=10", "--json"]  # fmt: skip
+            "fit.refit_steps=20", "--set", "fit_halves=10", "--json"]  # fmt: skip
     assert main(argv) == 0
-    predicted = json.loads(capsys.readouterr().out)["predicted"]
-    lifts = np.array(predicted["bootstrap_lifts"])
-    assert len(lifts) == 10 and len(np.unique(lifts)) > 1 and predicted["interval"].startswith("percentile over 10")
-    assert predicted["ci"] == pytest.approx(np.quantile(lifts, [0.025, 0.975]).tolist())
-    assert len(list((tmp_path / "out" / "bootstrap").glob("*/population/population.json"))) == 10
+    result = json.loads(capsys.readouterr().out)
+    predicted, users = result["predicted"], result["control"]["users"]
+    lifts = np.array(predicted["half_lifts"])
+    assert len(lifts) == 10 and len(np.unique(lifts)) > 1 and "10 calibrations on halves" in predicted["interval"]
+    half_width = stats.t.ppf(0.975, 9) * np.sqrt((users // 2) / (users - users // 2) * lifts.var(ddof=1))
+    assert predicted["ci"] == pytest.approx([predicted["lift"] - half_width, predicted["lift"] + half_width])
+    assert len(list((tmp_path / "out" / "halves").glob("*/population/population.json"))) == 10
     # again into the same folder with no refits: the earlier refits are gone, not mixed in
-    argv[argv.index("fit_bootstrap=10")] = "fit_bootstrap=0"
-    assert main(argv) == 0 and json.loads(capsys.readouterr().out)["predicted"]["bootstrap_lifts"] is None
-    assert not (tmp_path / "out" / "bootstrap").exists()
+    argv[argv.index("fit_halves=10")] = "fit_halves=0"
+    assert main(argv) == 0 and json.loads(capsys.readouterr().out)["predicted"]["half_lifts"] is None
+    assert not (tmp_path / "out" / "halves").exists()
 
 
-def test_resampled_users_are_users_of_their_own_with_every_row():
-    from metarec.calibration.validate_ab import resample_users
+def test_half_of_the_users_are_distinct_users_with_every_row():
+    from metarec.calibration.validate_ab import half_of_users
 
-    logs = impressions(np.full(5, 0.3), users=6, rows_per_user=4, seed=5)
-    drawn = resample_users(logs, np.random.default_rng(0))
-    assert drawn.num_users == 6 and drawn.num_events == 24 and np.array_equal(np.bincount(drawn.user), [4] * 6)
-    originals = [int(logs.user[(logs.timestamp == drawn.timestamp[drawn.user == u][0])][0]) for u in range(6)]
-    assert len(set(originals)) < 6  # drawn with replacement: some user twice (for this seed)
+    logs = impressions(np.full(5, 0.3), users=7, rows_per_user=4, seed=5)
+    drawn = half_of_users(logs, np.random.default_rng(0))
+    assert drawn.num_users == 3 and drawn.num_events == 12 and np.array_equal(np.bincount(drawn.user), [4] * 3)
+    originals = [int(logs.user[(logs.timestamp == drawn.timestamp[drawn.user == u][0])][0]) for u in range(3)]
+    assert len(set(originals)) == 3 and originals == sorted(originals)  # without replacement, in their old order
     for u, original in enumerate(originals):
         mine, theirs = drawn.user == u, logs.user == original
         assert np.array_equal(drawn.item[mine], logs.item[theirs])
         assert np.array_equal(drawn.click[mine], logs.click[theirs])
+    other = half_of_users(logs, np.random.default_rng(1))
+    assert not np.array_equal(other.timestamp, drawn.timestamp)  # another draw, other users
+
+
+def test_the_half_sample_interval_covers_a_mean_as_often_as_it_says():
+    from metarec.calibration.validate_ab import half_sample_interval
+
+    # the arithmetic: r / d = 2 / 3 for 5 users, t on 1 degree of freedom for two halves
+    low, high = half_sample_interval(0.1, [0.0, 0.2], users=5, alpha=0.05)
+    width = 12.706204736 * np.sqrt(2 / 3 * 0.02)
+    assert (low, high) == pytest.approx((0.1 - width, 0.1 + width))
+    assert np.isnan(half_sample_interval(0.1, [0.3], users=5, alpha=0.05)).all()
+    # coverage of the mean of 200 skewed values by 20 halves, over 400 samples: 95% nominal
+    rng = np.random.default_rng(7)
+    covered = 0
+    for _ in range(400):
+        x = rng.exponential(1.0, 200)
+        halves = [float(x[rng.choice(200, 100, replace=False)].mean()) for _ in range(20)]
+        low, high = half_sample_interval(float(x.mean()), halves, 200, 0.05)
+        covered += low <= 1.0 <= high
+    assert 0.91 <= covered / 400 <= 0.99
 
 
 @pytest.mark.parametrize(
@@ -193,7 +218,8 @@ def test_resampled_users_are_users_of_their_own_with_every_row():
         (["--set", "replicates=3"], "replicates: expected at least 5"),
         (["--set", "bootstrap=5"], "bootstrap"),
         (["--set", "fit.nope=1"], "fit.nope"),
-        (["--set", "fit_bootstrap=3"], "fit_bootstrap: expected 0 or at least 10, got 3"),
+        (["--set", "fit_halves=3"], "fit_halves: expected 0 or at least 10, got 3"),
+        (["--set", "fit_bootstrap=10"], "fit_bootstrap: replaced by fit_halves (calibrations on halves of the users"),
     ],
 )
 def test_bad_requests_are_refused_before_anything_is_written(logs, tmp_path, capsys, extra, message):

@@ -33,12 +33,12 @@ def _arms(text: str) -> tuple[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from metarec.abtest.config import MIN_REPLICATES, ABTestConfig
-    from metarec.calibration.validate_ab import ValidateABConfig, check_fit_bootstrap
+    from metarec.calibration.validate_ab import ValidateABConfig, check_fit_halves
 
     started = time.perf_counter()
     config = validate_config(ValidateABConfig, apply_overrides({}, args.set or []), where="--set")
     agents = _arms(args.arms)
-    check_fit_bootstrap(config)
+    check_fit_halves(config)
     if config.replicates < MIN_REPLICATES:
         raise ValueError(
             f"replicates: expected at least {MIN_REPLICATES} (independent copies of the simulated test: an arm that "
@@ -52,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
     logs, plan = _read(args, config)  # and the logs', before anything is written
     made_here = made_by(args.out, "validate-ab")
     out = claim_out(args.out, "validate-ab", overwrite=args.overwrite)
-    if made_here and (out / "bootstrap").is_dir():  # an earlier run's refits, which this run's must not mix with
-        shutil.rmtree(out / "bootstrap")
+    for refits in ("halves", "bootstrap"):  # an earlier run's refits (also of older versions), not to mix with
+        if made_here and (out / refits).is_dir():
+            shutil.rmtree(out / refits)
     result = _validate(args, config, agents, out, logs, plan, progress=not args.json)
     result["seconds"] = round(time.perf_counter() - started, 2)
     write_json(result, out / "validate_ab.json")
@@ -107,14 +108,16 @@ def _abtest(config: Any, agents: tuple[str, str], env_kwargs: dict[str, Any], us
 
 def _validate(args: argparse.Namespace, config: Any, agents: tuple[str, str], out: Path, logs: tuple[Any, Any],
               plan: dict[str, Any], progress: bool) -> dict[str, Any]:  # fmt: skip
+    import numpy as np
+
     from metarec.abtest.config import ABTestConfig
     from metarec.abtest.runner import run_abtest
     from metarec.calibration.validate_ab import (
         agreement,
         fit_control,
+        half_sample_interval,
         logged_slates,
         observed_lift,
-        percentile_interval,
         summary,
         traffic,
     )
@@ -135,17 +138,20 @@ def _validate(args: argparse.Namespace, config: Any, agents: tuple[str, str], ou
     results = run_abtest(ab, out / "abtest", quiet=not progress)
     assert results is not None  # one process
     effect = results["effects"][TREATMENT]["ctr"]
-    bootstrap = None
-    if config.fit_bootstrap:
-        bootstrap = _fit_bootstrap(control, config, plan, agents, (users, days, sizes["slates_per_user"]), out, say)
+    halves = None
+    if config.fit_halves:
+        halves = _fit_halves(control, config, plan, agents, (users, days, sizes["slates_per_user"]), out, say)
     predicted = {
         "lift": effect["relative"],
-        "ci": effect["relative_ci"] if bootstrap is None else percentile_interval(bootstrap, config.alpha),
+        "ci": effect["relative_ci"]
+        if halves is None
+        else half_sample_interval(effect["relative"], halves, int(np.unique(control.user).size), config.alpha),
         "interval": "replicates of the test on one calibration"
-        if bootstrap is None
-        else f"percentile over {config.fit_bootstrap} calibrations on resamples of the control log's users",
+        if halves is None
+        else f"the lift ± t·sd of {config.fit_halves} calibrations on halves of the control log's users "
+        "(delete-d jackknife)",
         "simulation_ci": effect["relative_ci"],
-        "bootstrap_lifts": bootstrap,
+        "half_lifts": halves,
         "p_value": effect["p_value"],
         "unit": results["unit"],
         "replicates": config.replicates,
@@ -174,23 +180,23 @@ def _validate(args: argparse.Namespace, config: Any, agents: tuple[str, str], ou
     })  # fmt: skip
 
 
-def _fit_bootstrap(control: Any, config: Any, plan: dict[str, Any], agents: tuple[str, str],
-                   sizes: tuple[int, int, int], out: Path, say: Any) -> list[float]:  # fmt: skip
-    """The simulated test's lift after each calibration on a bootstrap resample of the control log's users; the
-    ``b``-th fit and test seeded ``seed + 1 + b``."""
+def _fit_halves(control: Any, config: Any, plan: dict[str, Any], agents: tuple[str, str],
+                sizes: tuple[int, int, int], out: Path, say: Any) -> list[float]:  # fmt: skip
+    """The simulated test's lift after each calibration on a random half of the control log's users (drawn without
+    replacement); the ``b``-th fit and test seeded ``seed + 1 + b``."""
     import numpy as np
 
     from metarec.abtest.config import ABTestConfig
     from metarec.abtest.runner import run_abtest
-    from metarec.calibration.validate_ab import fit_control, resample_users
+    from metarec.calibration.validate_ab import fit_control, half_of_users
     from metarec.envs.calibrated import with_population_fields
 
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 13]))
     lifts = []
-    for b in range(config.fit_bootstrap):
-        say(f"calibration {b + 1} of {config.fit_bootstrap} on resampled users")
+    for b in range(config.fit_halves):
+        say(f"calibration {b + 1} of {config.fit_halves} on half of the users")
         seed = config.seed + 1 + b
-        fitted = fit_control(resample_users(control, rng), config, plan, out / "bootstrap" / f"{b:03d}" / "population",
+        fitted = fit_control(half_of_users(control, rng), config, plan, out / "halves" / f"{b:03d}" / "population",
                              seed=seed)  # fmt: skip
         users, days, per_user = sizes
         kwargs = with_population_fields(fitted["env_kwargs"], {"max_session_steps": per_user})
