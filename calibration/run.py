@@ -14,7 +14,7 @@ from metarec.calibration.fidelity import compare, ks_distance, popularity_scores
 from metarec.calibration.fit import Calibration, FitConfig, calibrate, slate_click_rate
 from metarec.calibration.logs import Logs, check_holdout_users, load_logs, time_split
 from metarec.calibration.report import write_fidelity_report
-from metarec.envs.calibrated import save_population
+from metarec.envs.calibrated import load_fitted_users, load_population, save_population
 from metarec.io import json_safe, write_json
 
 
@@ -126,14 +126,49 @@ def clicked(logs: Logs) -> Logs:
 def fitted_users(logs: Logs, calibration: Calibration) -> dict[str, np.ndarray]:
     """What a saved population keeps of the users ``calibration`` fitted on ``logs`` (those with a clicked row,
     the ones with fitted factors): their labels, factors and first timestamp in ``logs``."""
+    fitted, first_seen = _fitted_and_first_seen(logs)
+    return {"user_id": logs.user_ids[fitted], "interest": calibration.user_factors[fitted], "first_seen": first_seen}
+
+
+def _fitted_and_first_seen(logs: Logs) -> tuple[np.ndarray, np.ndarray]:
+    """The codes of the users a fit gives factors (those with a clicked row) and their first timestamps."""
     fitted = np.unique(clicked(logs).user)
     first_seen = np.full(logs.num_users, np.inf)
     np.minimum.at(first_seen, logs.user, logs.timestamp)
-    return {
-        "user_id": logs.user_ids[fitted],
-        "interest": calibration.user_factors[fitted],
-        "first_seen": first_seen[fitted],
-    }
+    return fitted, first_seen[fitted]
+
+
+def saved_calibration(path: str | Path, logs: Logs) -> Calibration:
+    """The calibration that ``metarec calibrate`` saved to the population directory ``path``, rebuilt for the
+    past ``logs`` it was fitted on: the world and fit as saved, each fitted user's factors at the user's code in
+    ``logs`` (zeros for users without a clicked row, as the fit leaves them). Raises a ValueError naming
+    ``population`` unless it was fitted on exactly these events: the same counts of events and items, and the same
+    users first seen at the same times."""
+    config, world, fit = load_population(path)
+    users = load_fitted_users(path, config)
+    if users is None or "first_seen" not in users:
+        raise ValueError(f"population: {path} keeps no fitted users with their first timestamps (a population "
+                         "written by an earlier version); calibrate the logs again")  # fmt: skip
+    counts = (fit.get("events"), fit.get("items"))
+    if counts != (logs.num_events, logs.num_items):
+        raise ValueError(f"population: {path} was fitted on {counts[0]} events of {counts[1]} items, but the logs' "
+                         f"past holds {logs.num_events} of {logs.num_items}; validate with the --holdout-frac it "
+                         "was calibrated with, or calibrate these logs")  # fmt: skip
+    fitted, first_seen = _fitted_and_first_seen(logs)
+    labels = logs.user_ids[fitted].astype(str)
+    mine, theirs = np.argsort(labels), np.argsort(users["user_id"])
+    if not (np.array_equal(labels[mine], users["user_id"][theirs])
+            and np.array_equal(first_seen[mine], users["first_seen"][theirs])):  # fmt: skip
+        raise ValueError(f"population: {path} was fitted on other users than the logs' past (their labels or first "
+                         "timestamps differ); calibrate these logs")  # fmt: skip
+    code = {str(label): i for i, label in enumerate(logs.user_ids)}
+    factors = np.zeros((logs.num_users, config.catalog.embedding_dim), dtype=np.float32)
+    factors[[code[label] for label in users["user_id"]]] = users["interest"]
+    quantiles = fit.get("rating_quantiles")
+    split = (fit.get("quality_from_ratings") or None) is not None
+    return Calibration(config, world, factors, world["item_embedding"], world["item_quality"],
+                       None if quantiles is None else np.asarray(quantiles, dtype=np.float32), fit,
+                       world["item_appeal"] if split else None)  # fmt: skip
 
 
 def evaluate_fidelity(calibration: Calibration, train: Logs, test: Logs, seed: int = 0) -> tuple[dict, dict]:

@@ -41,7 +41,7 @@ from pydantic import Field
 from metarec.calibration.fit import Calibration, FitConfig, calibrate
 from metarec.calibration.logs import load_logs, time_split
 from metarec.calibration.recommenders import STANDARD, RecommenderConfig, check_recommenders, fit_recommenders
-from metarec.calibration.run import clicked, repeat_rate, simulate_future, user_item_matrix
+from metarec.calibration.run import clicked, repeat_rate, saved_calibration, simulate_future, user_item_matrix
 from metarec.config import FrozenConfig
 from metarec.envs.calibrated import candidate_strata
 from metarec.envs.core.backend import TorchRandom, torch_backend
@@ -231,9 +231,12 @@ def run_validation(
     config: ValidateConfig | None = None,
     names: tuple[str, ...] = STANDARD,
     progress: bool = False,
+    population: str | Path | None = None,
 ) -> dict[str, Any]:
     """Loads and splits the logs, calibrates and trains on the past, scores every recommender on the real and
-    the simulated future; returns the report's numbers (strict-JSON-safe but for NaN, which ``write_json`` maps)."""
+    the simulated future; returns the report's numbers (strict-JSON-safe but for NaN, which ``write_json`` maps).
+    With ``population`` (a directory ``metarec calibrate`` wrote for the same logs and ``holdout_frac``) the fit
+    is loaded from it instead of made (:func:`~metarec.calibration.run.saved_calibration` checks it is this past's)."""
     config = config or ValidateConfig()
     check_recommenders(names)
     if "popularity" not in names:
@@ -251,8 +254,10 @@ def run_validation(
             f"the logs have {logs.num_items}"
         )
     train, test = time_split(logs, holdout_frac)
-    say(f"{logs.num_events:,} events; calibrating on the past {train.num_events:,}")
-    calibration = calibrate(train, config.fit, progress=progress)
+    doing = "calibrating on" if population is None else "loading the population fitted on"
+    say(f"{logs.num_events:,} events; {doing} the past {train.num_events:,}")
+    calibration = calibrate(train, config.fit, progress=progress) if population is None else (
+        saved_calibration(population, train))  # fmt: skip
     fit_seconds = time.perf_counter() - started
     train, test = clicked(train), clicked(test)
     repeats = repeat_rate(train) > 0.01
@@ -336,6 +341,7 @@ def run_validation(
         "clear_pairs_real_ndcg": [list(pair) for pair in clear],
         "agreement": agreement,
         "cold_start": cold_start,
+        "population": None if population is None else str(population),
         "calibration_seconds": round(fit_seconds, 2),
         "total_seconds": round(time.perf_counter() - started, 2),
     }

@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--holdout-frac", type=float, default=0.2, help="latest share of events held out (default 0.2)")
     va.add_argument("--recommenders", default=",".join(STANDARD),
                     help=f"comma-separated, popularity among them (default {','.join(STANDARD)})")
+    va.add_argument("--population", help="a population `metarec calibrate` fitted on these logs with the same "
+                    "--holdout-frac, loaded instead of fitting again (checked to be this past's)")
     va.add_argument("--out", required=True, help="output directory (validation.json, validation.html, lifts.png)")
     va.add_argument("--overwrite", action="store_true", help="write into a non-empty --out not made by validate")
     va.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -150,3 +150,37 @@ def test_validate_command_reports_every_recommender_and_refuses_bad_input(logs_f
     assert main(["validate", str(logs_file), "--format", "csv", "--out", str(foreign), *fast]) == 2
     assert "--overwrite" in capsys.readouterr().err  # what validate did not make is not written over
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
+def test_a_saved_population_validates_as_the_fit_it_was_and_one_of_another_past_is_refused(logs_file, tmp_path,
+                                                                                            capsys):  # fmt: skip
+    fast = ["--set", "bootstrap=50", "--set", "max_steps=10"]
+    fitting = ["--set", "epochs=3", "--set", "max_clusters=3"]
+    calibrated = tmp_path / "cal"
+    assert main(["calibrate", str(logs_file), "--format", "csv", "--out", str(calibrated), *fitting, "--json"]) == 0
+    capsys.readouterr()
+    base = ["validate", str(logs_file), "--format", "csv", *fast, "--json"]
+    assert main([*base, "--out", str(tmp_path / "fit"), "--set", "fit.epochs=3", "--set", "fit.max_clusters=3"]) == 0
+    fitted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    population = calibrated / "population"
+    assert main([*base, "--out", str(tmp_path / "loaded"), "--population", str(population)]) == 0
+    loaded = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert loaded["population"] == str(population) and fitted["population"] is None
+    for name, scores in fitted["recommenders"].items():  # the fit made here and the one saved score alike
+        for key in ("ndcg", "sim_offline_ndcg", "sim_ndcg", "sim_engagement"):
+            assert loaded["recommenders"][name][key]["mean"] == pytest.approx(scores[key]["mean"], abs=1e-6), key
+    # refused before anything is written: another past, fit settings that would be ignored, other users
+    out = tmp_path / "refused"
+    assert main([*base, "--out", str(out), "--population", str(population), "--holdout-frac", "0.3"]) == 2
+    assert "population: " in (err := capsys.readouterr().err) and "validate with the --holdout-frac it was" in err
+    assert not out.exists()
+    assert main([*base, "--out", str(out), "--population", str(population), "--set", "fit.epochs=3"]) == 2
+    assert "--set: fit.epochs sets the fit, but --population loads one already made" in capsys.readouterr().err
+    with np.load(population / "users.npz") as saved:
+        users = dict(saved)
+    users["first_seen"] = users["first_seen"] + 1.0
+    np.savez(population / "users.npz", **users)
+    assert main([*base, "--out", str(out), "--population", str(population)]) == 2
+    assert "was fitted on other users than the logs' past" in capsys.readouterr().err and not out.exists()
+    assert main([*base, "--out", str(out), "--population", str(tmp_path / "nowhere")]) == 2
+    assert "is not a calibrated population" in capsys.readouterr().err and not out.exists()

@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from metarec.calibration.logs import load_logs, time_split
 from metarec.calibration.recommenders import STANDARD, check_recommenders
+from metarec.calibration.run import saved_calibration
 from metarec.calibration.validate import ValidateConfig, run_validation
 from metarec.calibration.validate_report import write_validation_report
 from metarec.config import apply_overrides, short_repr, validate_config
 from metarec.io import json_safe, print_json, write_json
-from metarec.runs import claim_out
+from metarec.runs import check_out, claim_out
 
 
 def _config(overrides: list[str]) -> ValidateConfig:
@@ -37,10 +39,19 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--holdout-frac: expected a share in (0, 1), got {args.holdout_frac}")
     if not Path(args.logs).exists():
         raise ValueError(f"logs: no such file or directory {str(args.logs)!r}")
+    if args.population is not None:
+        fitting = [item for item in args.set or [] if item.strip().startswith("fit.")]
+        if fitting:
+            raise ValueError(f"--set: {fitting[0].split('=')[0].strip()} sets the fit, but --population loads one "
+                             "already made; drop it or the --population")  # fmt: skip
+        check_out(args.out, "validate", overwrite=args.overwrite)
+        # a readable population fitted on this past, before anything is written
+        train, _ = time_split(load_logs(args.logs, args.format, items=args.items), args.holdout_frac)
+        saved_calibration(args.population, train)
     out = claim_out(args.out, "validate", overwrite=args.overwrite)  # before the logs are read and fitted
     result = run_validation(
         args.logs, args.format, items=args.items, holdout_frac=args.holdout_frac, config=config, names=names,
-        progress=True,
+        progress=True, population=args.population,
     )  # fmt: skip
     write_json(result, out / "validation.json")
     write_validation_report(out, json_safe(result))
