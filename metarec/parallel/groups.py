@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,26 @@ def torchrun_group(device: str, threads: int | None = None) -> None:
     unless this process is in a group already."""
     if not in_group():
         join_group(device, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://", threads)
+
+
+def end_torchrun_process(code: int) -> int:
+    """``code``, for a process that did not join a torchrun group. One that did (``metarec`` under torchrun) leaves
+    the group and ends at once with ``code``: after a barrier when it succeeded, so that no process leaves while
+    another still talks to the group, and without one when it failed (torchrun then stops the others). A gloo
+    process left to end with the interpreter can abort while it shuts down ("terminate called without an active
+    exception", SIGABRT), which would fail a run that finished."""
+    import torch.distributed as dist
+
+    if "WORLD_SIZE" not in os.environ or not in_group():
+        return code
+    try:
+        if code == 0:
+            dist.barrier()
+        dist.destroy_process_group()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def any_rank(flag: bool) -> bool:
