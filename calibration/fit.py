@@ -7,7 +7,11 @@ softmax over the catalog (every logged event is a choice of one item), in torch:
 1. **Item embeddings and quality**: maximise the log-likelihood of each logged item against the whole
    catalog, ``log softmax_i(U_u · V_i + b_i)``, with L2 regularisation (Adam, minibatches of events).
    Under the logit's independence of irrelevant alternatives the same parameters give the choice
-   among a slate of candidates. The scale is the logit's, so ``choice_temperature`` is 1.
+   among a slate of candidates. The scale is the logit's, so ``choice_temperature`` is 1. With
+   ``available_items`` (the default), an event's choice set is the items already in the catalogue at its time
+   (each item's entry estimated from its first logged event, :func:`~metarec.calibration.fit_interests.availability`):
+   an item that entered late is not read as shunned before it was there, so its bias is its pull while it was
+   available, and the users' factors need not explain why the early users never chose it.
 2. **The population prior**: a Gaussian mixture (spherical) over the users' factors, its number of
    components chosen by BIC (scikit-learn); centres and shares become the interest clusters, and
    the mean component std the cluster spread.
@@ -84,7 +88,7 @@ from scipy.special import expit
 
 from metarec.calibration.fit_config import Calibration, FitConfig
 from metarec.calibration.fit_dynamics import fit_drift, topics_and_fatigue
-from metarec.calibration.fit_interests import fit_mixture, recent_item_bias, softmax_mf
+from metarec.calibration.fit_interests import availability, fit_mixture, recent_item_bias, softmax_mf
 from metarec.calibration.fit_utility import (
     item_ctr_correction,
     match_item_ctr,
@@ -158,8 +162,10 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
             "dim": int(side.shape[1]),
             "items_with_text": int(sum(1 for t in logs.item_text if t)),
         }
+    available = availability(logs) if config.available_items else None
     users, vectors, bias, losses = softmax_mf(user, item, len(active), logs.num_items, config, generator, side=side,
-                                              progress="calibrate: interests" if progress else None)  # fmt: skip
+                                              progress="calibrate: interests" if progress else None,
+                                              available=available)  # fmt: skip
     factors = np.zeros((logs.num_users, config.embedding_dim), dtype=np.float32)
     factors[active] = users.numpy()
     recency = None

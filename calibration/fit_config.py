@@ -34,6 +34,13 @@ class FitConfig(FrozenConfig):
         "lately are chosen more (with quality_from_ratings, satisfaction still follows the ratings; null: every "
         "event counts the same).",
     )
+    available_items: bool = Field(
+        True,
+        description="Each logged choice is among the items already in the logs at its time (each item's first "
+        "logged event), not the whole catalogue: an item that entered the logs late is not taken as shunned "
+        "before it was there, so its bias says how strongly it draws while available, and users' factors need "
+        "not explain why early users never chose it.",
+    )
     ctr_from_impressions: bool = Field(
         True,
         description="In logs with rows of click 0 (impressions), move each item's choice bias so that its pull on "

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from metarec.calibration.fit_config import FitConfig
-from metarec.calibration.fit_interests import softmax_mf
+from metarec.calibration.fit_interests import availability, softmax_mf
 from metarec.calibration.logs import Logs
 
 
@@ -42,6 +42,10 @@ def fit_drift(
     # rows: 2 * user for one part, 2 * user + 1 for the other
     code = {u: k for k, u in enumerate(active)}
     dense = np.fromiter((code[u] for u in user), dtype=np.int64, count=len(user))
+    available = None
+    if config.available_items:  # as the fit: each item an alternative from its first logged event on
+        event, entry = availability(logs)
+        available = (event[torch.from_numpy(keep)], entry)
     fitted = {}
     for name, part in (("time", late), ("random", coin)):
         rows = torch.from_numpy(2 * dense + part.astype(np.int64))
@@ -55,6 +59,7 @@ def fit_drift(
             items=(vectors, bias),
             steps=config.refit_steps,
             progress=f"calibrate: drift refit ({name} halves)" if progress else None,
+            available=available,
         )
         fitted[name] = factors.numpy().reshape(len(active), 2, -1)
     moved = np.sum((fitted["time"][:, 1] - fitted["time"][:, 0]) ** 2, axis=1)

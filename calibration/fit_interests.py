@@ -12,6 +12,27 @@ import torch
 from tqdm import tqdm
 
 from metarec.calibration.fit_config import FitConfig
+from metarec.calibration.logs import Logs
+
+
+def availability(logs: Logs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(event_time [E], item_start [M])``: each event's time, and when each item entered the catalogue, both as
+    ranks among the logs' times, as ``softmax_mf`` takes them (``available_items``). An item's first logged event
+    comes some time after it entered, the longer the rarer the item: its entry is taken one mean wait between its
+    events earlier, ``first - (last_time - first) / events`` (the logs' first time at the earliest), so that a
+    rare item first chosen late is not taken as new. An item never logged is never an alternative."""
+    first = np.full(logs.num_items, np.inf)
+    np.minimum.at(first, logs.item, logs.timestamp)
+    events = np.bincount(logs.item, minlength=logs.num_items)
+    seen = events > 0
+    start = first.copy()
+    start[seen] = np.maximum(first[seen] - (logs.timestamp.max() - first[seen]) / events[seen], logs.timestamp.min())
+    # as ranks among the logged times (int32, cheap to compare per step): an item is there at time t = times[r]
+    # once start <= t, that is once r >= the count of times below start
+    times = np.unique(logs.timestamp)
+    event = np.searchsorted(times, logs.timestamp).astype(np.int32)
+    entry = np.searchsorted(times, start).astype(np.int32)  # inf: past every time, never an alternative
+    return torch.from_numpy(event), torch.from_numpy(entry)
 
 
 def softmax_mf(
@@ -25,11 +46,13 @@ def softmax_mf(
     steps: int | None = None,
     side: torch.Tensor | None = None,
     progress: str | None = None,
+    available: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float]]:
     """Fits U (and, unless ``items`` are given and kept fixed, V and b) by full-softmax likelihood.
     With ``side`` (``[num_items, F]`` item features), V and b are a free part plus a learned linear map
     of the features; the returned V and b are the sums. ``progress`` names a bar of the gradient steps on
-    stderr (None: no bar)."""
+    stderr (None: no bar). With ``available`` (``(event_time [E], item_start [num_items])``) an event's choice is
+    among the items already in the logs at its time (``item_start <= event_time``), not the whole catalogue."""
     d = config.embedding_dim
     scale = 0.1
     users = torch.nn.Parameter(scale * torch.randn(num_users, d, generator=generator))
@@ -66,6 +89,8 @@ def softmax_mf(
         u, i = users[user[index]], item[index]
         item_vectors, item_bias = item_side()
         logits = u @ item_vectors.T + item_bias[None, :]
+        if available is not None:  # items that were not there yet were no alternative
+            logits.masked_fill_(available[1][None, :] > available[0][index, None], -math.inf)
         loss = torch.nn.functional.cross_entropy(logits, i)
         penalty = (u * u).sum(1).mean()
         if items is None:

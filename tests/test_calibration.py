@@ -173,7 +173,9 @@ def test_item_text_helps_where_items_have_few_events(monkeypatch):
     train, future = family_logs(2, seed=0), family_logs(1, seed=1)
     recall = {}
     for use_text in (False, True):
-        config = FitConfig(embedding_dim=4, num_candidates=20, max_clusters=3, text_features=use_text, epochs=60)
+        # every item is there from the start in these logs: choice sets as the whole catalogue isolate the titles
+        config = FitConfig(embedding_dim=4, num_candidates=20, max_clusters=3, text_features=use_text, epochs=60,
+                           available_items=False)  # fmt: skip
         fitted = calibrate(train, config)
         seen = np.zeros((200, 100), dtype=bool)
         recall[use_text] = ranking_metrics(fitted.scores(np.arange(200)), seen, future.item, k=10)["recall@10"]
@@ -339,6 +341,34 @@ def test_recency_half_life_gives_items_chosen_lately_the_higher_quality():
     assert recent.fit["recency"]["half_life_share_of_span"] == 0.1 and flat.fit["recency"] is None
     # only quality moves: the items' factors are the fit's
     np.testing.assert_allclose(recent.item_factors, flat.item_factors, atol=1e-6)
+
+
+def test_an_item_that_entered_late_is_fitted_by_its_pull_while_it_was_there():
+    """Items 0-38 are there from the start, item 39 enters halfway; while there, every item is chosen as often. The
+    fit whose choice sets are the items already in the logs gives item 39 the others' bias; the one over the whole
+    catalogue reads its missing first half as shunned, half its count: a bias about log 2 lower."""
+    from metarec.calibration.fit_interests import availability
+
+    rng = np.random.default_rng(1)
+    events = 8000
+    stamp = np.sort(rng.uniform(0, 100, events))
+    item = np.where(stamp < 50, rng.integers(0, 39, events), rng.integers(0, 40, events))
+    logs = choice_logs(rng.integers(0, 200, events), item, stamp, np.full(events, np.nan))
+    event, entry = availability(logs)
+    assert bool((entry[torch.from_numpy(item)] <= event).all())  # every choice was among the items there
+    times = np.unique(stamp)
+    first = stamp[item == 39].min()
+    expected = first - (stamp.max() - first) / np.sum(item == 39)  # one mean wait between its events earlier
+    assert times[entry[39] - 1] < expected <= times[entry[39]]
+    assert bool((times[entry[:39].numpy()] < 3.0).all())  # the others: within the first 3% of the logs
+    small = {"epochs": 30, "refit_steps": 50, "max_clusters": 2, "embedding_dim": 4}
+    gaps = {}
+    for available in (True, False):
+        bias = calibrate(logs, FitConfig(**small, available_items=available)).item_bias
+        gaps[available] = float(bias[39] - np.mean(bias[:39]))
+    assert abs(gaps[True]) < 0.25 and gaps[False] < -0.45, gaps
+    unlogged = choice_logs(np.zeros(3), np.array([0, 1, 0]), np.array([0.0, 1.0, 2.0]), np.full(3, np.nan))
+    assert int(availability(unlogged)[1][5]) == 3  # never logged: past every time, never an alternative
 
 
 def test_simulated_ratings_link_choices_of_the_model_to_the_logged_ratings(tmp_path):
