@@ -162,7 +162,7 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
             "dim": int(side.shape[1]),
             "items_with_text": int(sum(1 for t in logs.item_text if t)),
         }
-    available = availability(logs) if config.available_items else None
+    available = availability(logs, rows) if config.available_items else None  # entries from every row shown
     users, vectors, bias, losses = softmax_mf(user, item, len(active), logs.num_items, config, generator, side=side,
                                               progress="calibrate: interests" if progress else None,
                                               available=available)  # fmt: skip
@@ -186,7 +186,7 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
     counts = np.bincount(logs.user, minlength=logs.num_users)[active]
     enough = counts >= min(config.min_events_for_drift, int(np.median(counts)))
     mixture, bics = fit_mixture(users.numpy()[enough], config)
-    drift = fit_drift(logs, vectors, bias, config, generator, progress)
+    drift = fit_drift(logs, vectors, bias, config, generator, progress, shown=rows)
     topic, fatigue = topics_and_fatigue(logs, vectors.numpy(), config)
     # The mixture sees users' estimated factors, each the mean of a drifting interest over a history:
     # their spread is the anchors' plus the estimation noise plus the walk's mean displacement

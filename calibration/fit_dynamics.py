@@ -21,9 +21,11 @@ def fit_drift(
     config: FitConfig,
     generator: torch.Generator,
     progress: bool = False,
+    shown: Logs | None = None,
 ) -> dict[str, Any]:
     """Random-walk variance per step of users' factors (see the module docstring). Each of its two refits
-    takes ``config.refit_steps`` gradient steps; ``progress`` shows them on stderr."""
+    takes ``config.refit_steps`` gradient steps; ``progress`` shows them on stderr. With ``available_items`` the
+    choice sets are the fit's (items' entries from ``shown``, every logged row, where given)."""
     counts = np.bincount(logs.user, minlength=logs.num_users)
     active = np.flatnonzero(counts >= config.min_events_for_drift)
     if len(active) < 10:
@@ -44,7 +46,7 @@ def fit_drift(
     dense = np.fromiter((code[u] for u in user), dtype=np.int64, count=len(user))
     available = None
     if config.available_items:  # as the fit: each item an alternative from its first logged event on
-        event, entry = availability(logs)
+        event, entry = availability(logs, shown)
         available = (event[torch.from_numpy(keep)], entry)
     fitted = {}
     for name, part in (("time", late), ("random", coin)):

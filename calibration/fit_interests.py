@@ -15,19 +15,22 @@ from metarec.calibration.fit_config import FitConfig
 from metarec.calibration.logs import Logs
 
 
-def availability(logs: Logs) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(event_time [E], item_start [M])``: each event's time, and when each item entered the catalogue, both as
-    ranks among the logs' times, as ``softmax_mf`` takes them (``available_items``). An item's first logged event
-    comes some time after it entered, the longer the rarer the item: its entry is taken one mean wait between its
-    events earlier, ``first - (last_time - first) / events`` (the logs' first time at the earliest), so that a
-    rare item first chosen late is not taken as new. An item never logged is never an alternative."""
+def availability(logs: Logs, shown: Logs | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(event_time [E], item_start [M])``: the time of each event of ``logs``, and when each item entered the
+    catalogue, both as ranks among the events' times, as ``softmax_mf`` takes them (``available_items``). The
+    entry is read from ``shown`` (every logged row, impressions included) where given, else from the events: an
+    item's first row comes some time after it entered, the longer the rarer the item, so its entry is taken one
+    mean wait between its rows earlier, ``first - (last_time - first) / rows`` (the logs' first time at the
+    earliest), and a rare item first logged late is not taken as new. An item never logged is never an
+    alternative."""
+    rows = logs if shown is None else shown
     first = np.full(logs.num_items, np.inf)
-    np.minimum.at(first, logs.item, logs.timestamp)
-    events = np.bincount(logs.item, minlength=logs.num_items)
-    seen = events > 0
+    np.minimum.at(first, rows.item, rows.timestamp)
+    count = np.bincount(rows.item, minlength=logs.num_items)
+    seen = count > 0
     start = first.copy()
-    start[seen] = np.maximum(first[seen] - (logs.timestamp.max() - first[seen]) / events[seen], logs.timestamp.min())
-    # as ranks among the logged times (int32, cheap to compare per step): an item is there at time t = times[r]
+    start[seen] = np.maximum(first[seen] - (rows.timestamp.max() - first[seen]) / count[seen], rows.timestamp.min())
+    # as ranks among the events' times (int32, cheap to compare per step): an item is there at time t = times[r]
     # once start <= t, that is once r >= the count of times below start
     times = np.unique(logs.timestamp)
     event = np.searchsorted(times, logs.timestamp).astype(np.int32)
