@@ -186,7 +186,7 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
     counts = np.bincount(logs.user, minlength=logs.num_users)[active]
     enough = counts >= min(config.min_events_for_drift, int(np.median(counts)))
     mixture, bics = fit_mixture(users.numpy()[enough], config)
-    drift = fit_drift(logs, vectors, bias, config, generator, progress, shown=rows)
+    drift = fit_drift(logs, vectors, bias, config, generator, progress, available=available)
     topic, fatigue = topics_and_fatigue(logs, vectors.numpy(), config)
     # The mixture sees users' estimated factors, each the mean of a drifting interest over a history:
     # their spread is the anchors' plus the estimation noise plus the walk's mean displacement

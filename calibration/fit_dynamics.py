@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from metarec.calibration.fit_config import FitConfig
-from metarec.calibration.fit_interests import availability, softmax_mf
+from metarec.calibration.fit_interests import softmax_mf
 from metarec.calibration.logs import Logs
 
 
@@ -21,11 +21,12 @@ def fit_drift(
     config: FitConfig,
     generator: torch.Generator,
     progress: bool = False,
-    shown: Logs | None = None,
+    available: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Random-walk variance per step of users' factors (see the module docstring). Each of its two refits
-    takes ``config.refit_steps`` gradient steps; ``progress`` shows them on stderr. With ``available_items`` the
-    choice sets are the fit's (items' entries from ``shown``, every logged row, where given)."""
+    takes ``config.refit_steps`` gradient steps; ``progress`` shows them on stderr. ``available``: the fit's
+    choice sets (:func:`~metarec.calibration.fit_interests.availability` of ``logs``), None for the whole
+    catalogue."""
     counts = np.bincount(logs.user, minlength=logs.num_users)
     active = np.flatnonzero(counts >= config.min_events_for_drift)
     if len(active) < 10:
@@ -44,10 +45,8 @@ def fit_drift(
     # rows: 2 * user for one part, 2 * user + 1 for the other
     code = {u: k for k, u in enumerate(active)}
     dense = np.fromiter((code[u] for u in user), dtype=np.int64, count=len(user))
-    available = None
-    if config.available_items:  # as the fit: each item an alternative from its first logged event on
-        event, entry = availability(logs, shown)
-        available = (event[torch.from_numpy(keep)], entry)
+    if available is not None:  # the fit's choice sets, for the events kept here
+        available = (available[0][torch.from_numpy(keep)], available[1])
     fitted = {}
     for name, part in (("time", late), ("random", coin)):
         rows = torch.from_numpy(2 * dense + part.astype(np.int64))
