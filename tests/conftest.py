@@ -17,6 +17,21 @@ def cpu_generator() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
 
 
+@pytest.fixture
+def memory_space() -> Any:
+    """A small DriftingUsers observation space for RL²'s memory: 4 candidates of a 2-d embedding and a length,
+    ids 0-9, and a history of 3 rows."""
+    from gymnasium import spaces
+
+    return spaces.Dict(
+        {
+            "candidates": spaces.Box(-1e9, 1e9, (4, 2 + 1), "float32"),
+            "candidate_ids": spaces.Box(0, 9, (4,), "int64"),
+            "history": spaces.Box(-1e9, 1e9, (3, 2 + 3), "float32"),
+        }
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Headless Chromium for the tests that render HTML (the reports, the documentation site)
 

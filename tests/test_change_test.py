@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from gymnasium import spaces
 from pydantic import ValidationError
 
 from metarec.meta.beliefs import detect_change, predictive_log_likelihood
@@ -102,19 +101,9 @@ def test_a_restart_starts_the_belief_from_the_forgetting_one_and_rows_not_served
     assert float(belief.evidence[0]) == 19.5  # nothing written in place
 
 
-def _space() -> spaces.Dict:
-    return spaces.Dict(
-        {
-            "candidates": spaces.Box(-1e9, 1e9, (4, 2 + 1), "float32"),
-            "candidate_ids": spaces.Box(0, 9, (4,), "int64"),
-            "history": spaces.Box(-1e9, 1e9, (3, 2 + 3), "float32"),
-        }
-    )
-
-
-def test_a_restart_clears_that_users_memory_only_and_checkpoints_keep_the_test() -> None:
+def test_a_restart_clears_that_users_memory_only_and_checkpoints_keep_the_test(memory_space) -> None:
     torch.manual_seed(0)
-    policy = RL2Policy(_space(), 2, 8, belief=True, change_test=20.0)
+    policy = RL2Policy(memory_space, 2, 8, belief=True, change_test=20.0)
     observation = {"candidates": torch.rand(2, 4, 3), "candidate_ids": torch.arange(8).reshape(2, 4),
                    "history": torch.zeros(2, 3, 5)}  # fmt: skip
     memory = policy.initial_memory(2)
@@ -126,14 +115,14 @@ def test_a_restart_clears_that_users_memory_only_and_checkpoints_keep_the_test()
     restored = memory_from(memory_state(learned), policy, "cpu")
     torch.testing.assert_close(restored.belief.recent, learned.belief.recent)
     torch.testing.assert_close(restored.belief.evidence, learned.belief.evidence)
-    plain = RL2Policy(_space(), 2, 8, belief=True)
+    plain = RL2Policy(memory_space, 2, 8, belief=True)
     with pytest.raises(ValueError, match=r"^checkpoint: its memory has a change test, but rl2.change_test is 0;"):
         memory_from(memory_state(learned), plain, "cpu")
     with pytest.raises(ValueError, match=r"^checkpoint: its memory has no change test, but rl2.change_test is 20"):
         memory_from(memory_state(plain.initial_memory(2)), policy, "cpu")
 
 
-def test_bad_change_test_settings_are_refused_by_name() -> None:
+def test_bad_change_test_settings_are_refused_by_name(memory_space) -> None:
     with pytest.raises(ValidationError, match=r"change_test: the change test restarts the users' beliefs"):
         RL2Config(change_test=20.0, belief=False)
     with pytest.raises(ValidationError, match=r"change_discount"):
@@ -141,11 +130,12 @@ def test_bad_change_test_settings_are_refused_by_name() -> None:
     with pytest.raises(ValidationError, match=r"change_test: RL²'s serving only"):
         InContextConfig(change_test=20.0)
     with pytest.raises(ValueError, match=r"^change_test: expected a number of nats >= 0 \(0: no test\), got -1"):
-        RL2Policy(_space(), 2, 8, belief=True, change_test=-1.0)
+        RL2Policy(memory_space, 2, 8, belief=True, change_test=-1.0)
     with pytest.raises(ValueError, match=r"^change_noise: expected a number > 0, got 0"):
-        RL2Policy(_space(), 2, 8, belief=True, change_test=1.0, change_noise=0.0)
+        RL2Policy(memory_space, 2, 8, belief=True, change_test=1.0, change_noise=0.0)
     with pytest.raises(ValueError, match=r"^run: rl2.change_test keeps a second belief"):
-        RL2Step(RL2Policy(_space(), 2, 8, belief=True, change_test=20.0), ["candidates", "candidate_ids", "history"])
+        policy = RL2Policy(memory_space, 2, 8, belief=True, change_test=20.0)
+        RL2Step(policy, ["candidates", "candidate_ids", "history"])
 
 
 def test_training_meets_no_restarts_and_serving_tests_every_user(tmp_path) -> None:

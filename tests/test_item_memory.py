@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from gymnasium import spaces
 from pydantic import ValidationError
 
 from metarec.meta.policy import Belief, Memory, RL2Policy, item_memory_features, remember_residuals
@@ -61,19 +60,9 @@ def test_users_not_served_and_empty_positions_add_nothing_and_the_table_keeps_wh
     assert torch.equal(before, torch.tensor([[1.0, 1.0], [0.0, 0.0]], dtype=torch.float64))  # not written in place
 
 
-def _space() -> spaces.Dict:
-    return spaces.Dict(
-        {
-            "candidates": spaces.Box(-1e9, 1e9, (4, 2 + 1), "float32"),
-            "candidate_ids": spaces.Box(0, 9, (4,), "int64"),
-            "history": spaces.Box(-1e9, 1e9, (3, 2 + 3), "float32"),
-        }
-    )
-
-
-def test_one_users_response_reaches_every_user_offered_the_item_once() -> None:
+def test_one_users_response_reaches_every_user_offered_the_item_once(memory_space) -> None:
     torch.manual_seed(0)
-    policy = RL2Policy(_space(), 2, 8, belief=True, item_memory=True)
+    policy = RL2Policy(memory_space, 2, 8, belief=True, item_memory=True)
     assert policy.scores == 4  # the belief's two, the item memory's two
     observation = {
         "candidates": torch.rand(3, 4, 3),
@@ -98,16 +87,16 @@ def test_one_users_response_reaches_every_user_offered_the_item_once() -> None:
     # a checkpoint keeps the item memory, and a policy without one refuses it
     restored = memory_from(memory_state(memory), policy, "cpu")
     torch.testing.assert_close(restored.belief.items, memory.belief.items)
-    plain = RL2Policy(_space(), 2, 8, belief=True)
+    plain = RL2Policy(memory_space, 2, 8, belief=True)
     with pytest.raises(ValueError, match=r"^checkpoint: its memory has an item memory, but rl2.item_memory is False"):
         memory_from(memory_state(memory), plain, "cpu")
     assert isinstance(restored, Memory)
 
 
-def test_bad_item_memory_settings_are_refused_by_name() -> None:
+def test_bad_item_memory_settings_are_refused_by_name(memory_space) -> None:
     with pytest.raises(ValidationError, match=r"item_memory: the item memory pools the residuals"):
         RL2Config(item_memory=True, belief=False)
     with pytest.raises(ValidationError, match=r"item_prior"):
         RL2Config(item_memory=True, item_prior=0)
     with pytest.raises(ValueError, match=r"^item_prior: expected a number > 0, got 0"):
-        RL2Policy(_space(), 2, 8, belief=True, item_memory=True, item_prior=0)
+        RL2Policy(memory_space, 2, 8, belief=True, item_memory=True, item_prior=0)

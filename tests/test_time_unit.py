@@ -34,6 +34,12 @@ def _observation(lengths: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
             "history": history}  # fmt: skip
 
 
+def _space() -> spaces.Dict:
+    """Candidates with the item statistics (embedding, length, CTR, engagement per impression, log impressions)."""
+    return spaces.Dict({"candidates": spaces.Box(-9, 9, (N, D + 4)), "candidate_ids": spaces.Box(0, 5, (N,)),
+                        "history": spaces.Box(-9, 9, (H, D + 3))})  # fmt: skip
+
+
 def test_the_unit_is_minutes_inside_the_range_and_its_nearest_end_outside_per_population() -> None:
     unit = TimeUnit(2.0, 4.0, D, item_stats=True, population=2)
     lengths = torch.tensor([3.0, 3.0, 10.0, 10.0, 1.0, 1.0])[:, None].expand(6, N)  # three populations of two
@@ -64,8 +70,7 @@ def test_only_what_counts_minutes_is_divided_and_nothing_is_written_in_place() -
 
 
 def test_a_catalogue_four_times_longer_is_served_as_the_catalogue_itself() -> None:
-    space = spaces.Dict({"candidates": spaces.Box(-9, 9, (N, D + 4)), "candidate_ids": spaces.Box(0, 5, (N,)),
-                         "history": spaces.Box(-9, 9, (H, D + 3))})  # fmt: skip
+    space = _space()
     torch.manual_seed(0)
     policy = RL2Policy(space, 2, 8, belief=True, population=True, item_memory=True, change_test=5.0)
 
@@ -125,8 +130,7 @@ def test_the_range_is_the_training_catalogues_and_bad_settings_are_refused() -> 
         TimeUnit(3.0, 2.0, D, True, None)
     with pytest.raises(ValueError, match=r"^population: 3 users a population do not divide a batch of 4$"):
         TimeUnit(1.0, 2.0, D, True, 3).scale(_observation(torch.ones(4, N), 0))
-    space = spaces.Dict({"candidates": spaces.Box(-9, 9, (N, D + 4)), "candidate_ids": spaces.Box(0, 5, (N,)),
-                         "history": spaces.Box(-9, 9, (H, D + 3))})  # fmt: skip
+    space = _space()
     recommender = RL2Recommender(RL2Policy(space, 2, 8, belief=True), torch.Generator(),
                                  time_unit=TimeUnit(1.0, 2.0, D, True, None))  # fmt: skip
     with pytest.raises(ValueError, match=r"^run: rl2.rescale_time measures each population's time as it serves"):
