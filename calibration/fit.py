@@ -12,6 +12,10 @@ softmax over the catalog (every logged event is a choice of one item), in torch:
    (each item's entry estimated from its first logged event, :func:`~metarec.calibration.fit_interests.availability`):
    an item that entered late is not read as shunned before it was there, so its bias is its pull while it was
    available, and the users' factors need not explain why the early users never chose it.
+1c. **How far the factors carry into the future** (``predictive_scale``): a nested time split of the logs
+   (:mod:`~metarec.calibration.fit_predictive`) finds the scale of the users' factors that best predicts their
+   latest choices from a fit on the rest; the simulator's users act on the factors times that scale, and the
+   prior, the drift and the estimation noise below are in its units.
 2. **The population prior**: a Gaussian mixture (spherical) over the users' factors, its number of
    components chosen by BIC (scikit-learn); centres and shares become the interest clusters, and
    the mean component std the cluster spread.
@@ -89,6 +93,7 @@ from scipy.special import expit
 from metarec.calibration.fit_config import Calibration, FitConfig
 from metarec.calibration.fit_dynamics import fit_drift, topics_and_fatigue
 from metarec.calibration.fit_interests import availability, fit_mixture, recent_item_bias, softmax_mf
+from metarec.calibration.fit_predictive import predictive_scale, scaled_drift
 from metarec.calibration.fit_utility import (
     item_ctr_correction,
     match_item_ctr,
@@ -166,6 +171,9 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
     users, vectors, bias, losses = softmax_mf(user, item, len(active), logs.num_items, config, generator, side=side,
                                               progress="calibrate: interests" if progress else None,
                                               available=available)  # fmt: skip
+    # how far the factors carry into the users' future (step 1c): the simulator's users act on them scaled
+    predictive = predictive_scale(logs, rows, config, side=side, progress=progress)
+    users = users * predictive["scale"]
     factors = np.zeros((logs.num_users, config.embedding_dim), dtype=np.float32)
     factors[active] = users.numpy()
     recency = None
@@ -187,6 +195,7 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
     enough = counts >= min(config.min_events_for_drift, int(np.median(counts)))
     mixture, bics = fit_mixture(users.numpy()[enough], config)
     drift = fit_drift(logs, vectors, bias, config, generator, progress, available=available)
+    drift = scaled_drift(drift, predictive["scale"])  # the refits' factors are as fitted
     topic, fatigue = topics_and_fatigue(logs, vectors.numpy(), config)
     # The mixture sees users' estimated factors, each the mean of a drifting interest over a history:
     # their spread is the anchors' plus the estimation noise plus the walk's mean displacement
@@ -311,6 +320,7 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
         "rating_quantiles": None if quantiles is None else quantiles.tolist(),
         "text_features": text,
         "recency": recency,
+        "predictive_scale": predictive,
         "ctr_from_impressions": ctr,
         "quality_from_ratings": quality_split,
         "utility_offset": {

@@ -41,6 +41,16 @@ class FitConfig(FrozenConfig):
         "before it was there, so its bias says how strongly it draws while available, and users' factors need "
         "not explain why early users never chose it.",
     )
+    predictive_scale: float | None = Field(
+        None,
+        ge=0,
+        description="Scale of users' fitted factors in the simulator: their interests. Null: the scale that best "
+        "predicts the latest predictive_holdout of the choices from a fit on the rest (a nested time split; fitted "
+        "factors predict a user's own past better than their future); 1: the factors as fitted.",
+    )
+    predictive_holdout: float = Field(
+        0.2, gt=0, lt=1, description="Share of the latest choices held out to find predictive_scale."
+    )
     ctr_from_impressions: bool = Field(
         True,
         description="In logs with rows of click 0 (impressions), move each item's choice bias so that its pull on "

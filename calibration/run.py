@@ -12,7 +12,7 @@ import torch
 
 from metarec.calibration.fidelity import compare, ks_distance, popularity_scores, ranking_metrics
 from metarec.calibration.fit import Calibration, FitConfig, calibrate, slate_click_rate
-from metarec.calibration.logs import Logs, check_holdout_users, load_logs, time_split
+from metarec.calibration.logs import Logs, check_holdout_users, load_logs, repeat_rate, time_split
 from metarec.calibration.report import write_fidelity_report
 from metarec.envs.calibrated import load_fitted_users, load_population, save_population
 from metarec.io import json_safe, write_json
@@ -33,12 +33,6 @@ def user_item_matrix(users: np.ndarray, user: np.ndarray, item: np.ndarray, num_
 def _seen(logs: Logs, users: np.ndarray) -> np.ndarray:
     """``[len(users), num_items]``: which items each of ``users`` has in ``logs``."""
     return user_item_matrix(users, logs.user, logs.item, logs.num_items)
-
-
-def repeat_rate(logs: Logs) -> float:
-    """Share of events whose user had already chosen the same item."""
-    pairs = logs.user.astype(np.int64) * logs.num_items + logs.item
-    return 1.0 - len(np.unique(pairs)) / max(len(pairs), 1)
 
 
 def _choices(

@@ -39,9 +39,9 @@ import torch
 from pydantic import Field
 
 from metarec.calibration.fit import Calibration, FitConfig, calibrate
-from metarec.calibration.logs import load_logs, time_split
+from metarec.calibration.logs import load_logs, repeat_rate, time_split
 from metarec.calibration.recommenders import STANDARD, RecommenderConfig, check_recommenders, fit_recommenders
-from metarec.calibration.run import clicked, repeat_rate, saved_calibration, simulate_future, user_item_matrix
+from metarec.calibration.run import clicked, saved_calibration, simulate_future, user_item_matrix
 from metarec.config import FrozenConfig
 from metarec.envs.calibrated import candidate_strata
 from metarec.envs.core.backend import TorchRandom, torch_backend

@@ -129,6 +129,12 @@ def time_split(logs: Logs, holdout_frac: float) -> tuple[Logs, Logs]:
     return logs.subset(past), logs.subset(~past)
 
 
+def repeat_rate(logs: Logs) -> float:
+    """Share of events whose user had already chosen the same item."""
+    pairs = logs.user.astype(np.int64) * logs.num_items + logs.item
+    return 1.0 - len(np.unique(pairs)) / max(len(pairs), 1)
+
+
 def check_holdout_users(train: Logs, test: Logs) -> np.ndarray:
     """Which held-out events have a user with at least one training event.
 
