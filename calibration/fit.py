@@ -15,7 +15,8 @@ softmax over the catalog (every logged event is a choice of one item), in torch:
 1c. **How far the factors carry into the future** (``predictive_scale``): a nested time split of the logs
    (:mod:`~metarec.calibration.fit_predictive`) finds the scale of the users' factors that best predicts their
    latest choices from a fit on the rest; the simulator's users act on the factors times that scale, and the
-   prior, the drift and the estimation noise below are in its units.
+   prior, the drift and the estimation noise below are in its units. The items' bias is then refitted alone to
+   the scaled users, so that each item keeps its share of the logged choices.
 2. **The population prior**: a Gaussian mixture (spherical) over the users' factors, its number of
    components chosen by BIC (scikit-learn); centres and shares become the interest clusters, and
    the mean component std the cluster spread.
@@ -93,7 +94,7 @@ from scipy.special import expit
 from metarec.calibration.fit_config import Calibration, FitConfig
 from metarec.calibration.fit_dynamics import fit_drift, topics_and_fatigue
 from metarec.calibration.fit_interests import availability, fit_mixture, recent_item_bias, softmax_mf
-from metarec.calibration.fit_predictive import predictive_scale, scaled_drift
+from metarec.calibration.fit_predictive import bias_for_scale, predictive_scale, scaled_drift
 from metarec.calibration.fit_utility import (
     item_ctr_correction,
     match_item_ctr,
@@ -176,19 +177,9 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
     users = users * predictive["scale"]
     factors = np.zeros((logs.num_users, config.embedding_dim), dtype=np.float32)
     factors[active] = users.numpy()
-    recency = None
-    if config.recency_half_life is not None:  # quality as of the end of the logs (step 1b)
-        span = max(float(logs.timestamp.max() - logs.timestamp.min()), 1e-9)
-        age = torch.from_numpy((logs.timestamp.max() - logs.timestamp) / span)
-        weight = (0.5 ** (age / config.recency_half_life)).float()
-        # its own generator: turning it on leaves every later step's draws (the drift's refits) as they were
-        own = torch.Generator().manual_seed(config.seed + 1)
-        current = recent_item_bias(users, vectors, bias, user, item, weight, config, own)
-        recency = {
-            "half_life_share_of_span": config.recency_half_life,
-            "effective_events": float(weight.sum() ** 2 / (weight * weight).sum()),
-            "corr_with_all_time_quality": float(np.corrcoef(bias.numpy(), current.numpy())[0, 1]),
-        }
+    current, recency = _recent_bias(logs, users, vectors, bias, user, item, config, available)  # step 1b
+    if current is None:  # the items keep their shares of the choices among the scaled users (step 1c)
+        current = bias_for_scale(predictive, users, vectors, bias, user, item, config, available)
     # the prior is fitted to users with enough events that their factors say who they are: the factors
     # of users with a handful of events are mostly the regulariser's pull toward zero
     counts = np.bincount(logs.user, minlength=logs.num_users)[active]
@@ -208,7 +199,7 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
     # item lengths: the logs say nothing of them; every item lasts the same (engagement = satisfaction)
     lengths = np.ones(logs.num_items, dtype=np.float32)
     # the simulator's quality: the fit's, or as of the end of the logs (drift and topics used the fit's)
-    item_vectors, item_bias = vectors.numpy(), (bias if recency is None else current).numpy()
+    item_vectors, item_bias = vectors.numpy(), (bias if current is None else current).numpy()
     # the items' pull on the population, where impressions say it (step 3b)
     ctr = None
     if config.ctr_from_impressions:
@@ -333,6 +324,27 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
         "no_click": no_click,
     }
     return Calibration(sim, world, factors, item_vectors, world["item_quality"], quantiles, fit, appeal)
+
+
+def _recent_bias(
+    logs: Logs, users: torch.Tensor, vectors: torch.Tensor, bias: torch.Tensor, user: torch.Tensor, item: torch.Tensor,
+    config: FitConfig, available: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[torch.Tensor | None, dict[str, Any] | None]:  # fmt: skip
+    """Step 1b (``recency_half_life``): the items' bias as of the end of the logs, and what was measured; None and
+    None where it is off."""
+    if config.recency_half_life is None:
+        return None, None
+    span = max(float(logs.timestamp.max() - logs.timestamp.min()), 1e-9)
+    age = torch.from_numpy((logs.timestamp.max() - logs.timestamp) / span)
+    weight = (0.5 ** (age / config.recency_half_life)).float()
+    # its own generator: turning it on leaves every later step's draws (the drift's refits) as they were
+    own = torch.Generator().manual_seed(config.seed + 1)
+    current = recent_item_bias(users, vectors, bias, user, item, weight, config, own, available)
+    return current, {
+        "half_life_share_of_span": config.recency_half_life,
+        "effective_events": float(weight.sum() ** 2 / (weight * weight).sum()),
+        "corr_with_all_time_quality": float(np.corrcoef(bias.numpy(), current.numpy())[0, 1]),
+    }
 
 
 def summary(calibration: Calibration) -> dict[str, Any]:

@@ -129,10 +129,12 @@ def recent_item_bias(
     weight: torch.Tensor,
     config: FitConfig,
     generator: torch.Generator,
+    available: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The item biases refitted alone (users' and items' factors fixed) by the full-softmax likelihood of the
     events, each weighted by ``weight`` (``[E]``, e.g. by recency), from ``bias``: ``config.epochs`` passes of
-    Adam over minibatches of events."""
+    Adam over minibatches of events, each choice among the items ``available`` at its time (as in
+    :func:`softmax_mf`; None: the whole catalogue)."""
     fitted = torch.nn.Parameter(bias.clone())
     optimizer = torch.optim.Adam([fitted], lr=config.learning_rate)
     events = user.shape[0]
@@ -143,6 +145,8 @@ def recent_item_bias(
         for start in range(0, events, batch):
             index = order[start : start + batch]
             logits = affinity_users[user[index]] @ vectors.T + fitted[None, :]
+            if available is not None:
+                logits = logits.masked_fill(available[1][None, :] > available[0][index, None], -math.inf)
             losses = torch.nn.functional.cross_entropy(logits, item[index], reduction="none")
             w = weight[index]
             ((losses * w).sum() / w.sum().clamp_min(1e-12)).backward()

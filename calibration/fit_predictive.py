@@ -13,7 +13,9 @@ fit knows, less those the user had chosen where users do not come back to items.
 ``a`` (a log-softmax of logits linear in it), so a bounded scalar search finds its maximum. The simulator's users
 take the factors times ``a``, and so do what is measured in their units: the population prior fitted to them,
 the drift and the factors' estimation noise. ``a = 1`` leaves them as fitted; ``a = 0`` leaves only the items'
-bias, popularity while available.
+bias, popularity while available. Users who act less on their factors act more on the items' bias, so the bias
+is then refitted alone to the scaled users (:func:`bias_for_scale`): each item keeps its share of the logged
+choices, where the fit's bias would pile the choices on the items it favours.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from metarec.calibration.fit_config import FitConfig
-from metarec.calibration.fit_interests import availability, softmax_mf
+from metarec.calibration.fit_interests import availability, recent_item_bias, softmax_mf
 from metarec.calibration.logs import Logs, repeat_rate
 
 MIN_HELD_OUT = 100  # fewer held-out choices than this say too little: the factors are kept as fitted
@@ -85,6 +87,24 @@ def predictive_scale(
         "nll_scaled": float(best.fun),
         "nll_items_only": score(0.0),
     }
+
+
+def bias_for_scale(
+    predictive: dict[str, Any], users: torch.Tensor, vectors: torch.Tensor, bias: torch.Tensor, user: torch.Tensor,
+    item: torch.Tensor, config: FitConfig, available: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor | None:  # fmt: skip
+    """The items' bias refitted alone (full-softmax likelihood of the logged choices ``(user, item)``, ``users``
+    already scaled, ``vectors`` fixed; its own generator, ``seed + 3``), or None where the scale is 1. Scaled
+    users choose by the bias more than the fit's did, so the fit's bias would pile their choices on the items it
+    favours; at the refit's optimum the model gives each item as many of the logged choices as it had. Records
+    the correlation of the two biases in ``predictive``."""
+    if predictive["scale"] == 1.0:
+        return None
+    generator = torch.Generator().manual_seed(config.seed + 3)
+    weight = torch.ones(len(user))
+    refitted = recent_item_bias(users, vectors, bias, user, item, weight, config, generator, available)
+    predictive["corr_refitted_bias"] = float(np.corrcoef(bias.numpy(), refitted.numpy())[0, 1])
+    return refitted
 
 
 def scaled_drift(drift: dict[str, Any], scale: float) -> dict[str, Any]:

@@ -53,7 +53,7 @@ def test_the_scale_is_about_one_where_tastes_last_and_about_zero_where_users_bec
     assert forgotten["nll_as_fitted"] - forgotten["nll_scaled"] > 0.5  # old tastes mislead about a new person
 
 
-def test_calibrate_scales_the_users_and_their_drift_and_leaves_the_main_fit_as_it_was():
+def test_calibrate_scales_the_users_and_their_drift_and_refits_the_items_bias_to_them():
     logs = taste_logs(0.5)
     found = calibrate(logs, FitConfig(**SMALL))
     fitted = calibrate(logs, FitConfig(**SMALL, predictive_scale=1.0))
@@ -62,7 +62,7 @@ def test_calibrate_scales_the_users_and_their_drift_and_leaves_the_main_fit_as_i
     assert fitted.fit["predictive_scale"] == {"scale": 1.0, "source": "predictive_scale (set)"}
     # the nested fit has its own generator: the main fit is the same, its users' factors times the scale
     np.testing.assert_allclose(found.user_factors, scale * fitted.user_factors, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(found.item_factors, fitted.item_factors)
+    np.testing.assert_array_equal(found.item_factors, fitted.item_factors)  # only the bias is refitted
     assert found.fit["drift"]["ou_noise"] == pytest.approx(scale * fitted.fit["drift"]["ou_noise"], rel=1e-6)
     assert found.fit["drift"]["factor_noise_variance"] == pytest.approx(
         scale**2 * fitted.fit["drift"]["factor_noise_variance"], rel=1e-6
@@ -70,6 +70,19 @@ def test_calibrate_scales_the_users_and_their_drift_and_leaves_the_main_fit_as_i
     # the prior is fitted to the scaled users
     assert found.config.population.interest_scale == pytest.approx(scale * fitted.config.population.interest_scale,
                                                                    rel=0.1)  # fmt: skip
+    # users who act less on their factors act more on the items' bias: refitted to them, each item keeps its
+    # share of the logged choices, where the fit's bias with the scaled users piles them on its favourites
+    logged = np.bincount(logs.item, minlength=logs.num_items) / logs.num_events
+
+    def share_error(factors, bias):
+        logits = factors[logs.user] @ found.item_factors.T + bias[None, :]
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return 0.5 * np.abs((p / p.sum(axis=1, keepdims=True)).mean(axis=0) - logged).sum()
+
+    refitted, kept = share_error(found.user_factors, found.item_bias), share_error(found.user_factors, fitted.item_bias)
+    assert refitted < 0.5 * kept and refitted < 0.03, (refitted, kept)
+    assert found.fit["predictive_scale"]["corr_refitted_bias"] > 0.5 and "corr_refitted_bias" not in fitted.fit[
+        "predictive_scale"]  # fmt: skip
     halved = calibrate(logs, FitConfig(**SMALL, predictive_scale=0.5))
     np.testing.assert_allclose(halved.user_factors, 0.5 * fitted.user_factors, rtol=1e-5, atol=1e-6)
 
