@@ -198,7 +198,8 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
     num_topics = int(topic.max()) + 1
     # item lengths: the logs say nothing of them; every item lasts the same (engagement = satisfaction)
     lengths = np.ones(logs.num_items, dtype=np.float32)
-    # the simulator's quality: the fit's, or as of the end of the logs (drift and topics used the fit's)
+    # the simulator's quality: the fit's, or refitted (as of the end of the logs, or to the scaled users; drift
+    # and topics used the fit's)
     item_vectors, item_bias = vectors.numpy(), (bias if current is None else current).numpy()
     # the items' pull on the population, where impressions say it (step 3b)
     ctr = None

@@ -9,7 +9,9 @@ fitted, a simulated future is as predictable from the past as the past was, and 
 The scale is read from the logs themselves, by a nested time split. The factors are fitted again, with the same
 settings, on all but the latest ``predictive_holdout`` of the choices. The scale ``a`` then maximises the mean
 log-likelihood of the held-out choices under logits ``a U_u . V_i + b_i``: each choice among the items the early
-fit knows, less those the user had chosen where users do not come back to items. The log-likelihood is concave in
+fit knows, less those the user had chosen before the split where users do not come back to items. The scale is
+found for factors fitted on four fifths of the choices and applied to factors fitted on all of them, which hold
+less estimation noise, so it errs low. The log-likelihood is concave in
 ``a`` (a log-softmax of logits linear in it), so a bounded scalar search finds its maximum. The simulator's users
 take the factors times ``a``, and so do what is measured in their units: the population prior fitted to them,
 the drift and the factors' estimation noise. ``a = 1`` leaves them as fitted; ``a = 0`` leaves only the items'
@@ -27,7 +29,8 @@ import torch
 
 from metarec.calibration.fit_config import FitConfig
 from metarec.calibration.fit_interests import availability, recent_item_bias, softmax_mf
-from metarec.calibration.logs import Logs, repeat_rate
+from metarec.calibration.logs import Logs, users_repeat
+from metarec.calibration.recommenders import user_item_csr
 
 MIN_HELD_OUT = 100  # fewer held-out choices than this say too little: the factors are kept as fitted
 MAX_HELD_OUT = 20_000  # a random subset of this many held-out choices is scored where there are more
@@ -53,9 +56,10 @@ def predictive_scale(
     dense[active] = np.arange(len(active))
     known = np.bincount(past.item, minlength=logs.num_items) > 0
     held = (dense[future.user] >= 0) & known[future.item]
-    chosen = _chosen(dense[past.user], past.item, len(active), logs.num_items)
-    if repeat_rate(logs) <= 0.01:  # users do not come back to items: a chosen item is no alternative
-        held &= ~np.asarray(chosen[dense[future.user].clip(0), future.item]).ravel()
+    # where users do not come back to items, an item chosen before the split is no alternative (nor a choice)
+    chosen = None if users_repeat(logs) else user_item_csr(dense[past.user], past.item, len(active), logs.num_items)
+    if chosen is not None:
+        held &= ~(np.asarray(chosen[dense[future.user].clip(0), future.item]).ravel() > 0)
     if held.sum() < MIN_HELD_OUT:
         return _as_fitted(f"{int(held.sum())} held-out choices by users and of items the early fit knows "
                           f"(at least {MIN_HELD_OUT} are needed)")  # fmt: skip
@@ -72,14 +76,14 @@ def predictive_scale(
     if len(index) > MAX_HELD_OUT:
         index = np.sort(index[torch.randperm(len(index), generator=generator)[:MAX_HELD_OUT].numpy()])
     user, item = dense[future.user[index]], future.item[index]
-    exclude = chosen if repeat_rate(logs) <= 0.01 else None
-    score = _held_out_loss(factors.double(), vectors.double(), bias.double(), user, item, known, exclude)
+    score = _held_out_loss(factors.double(), vectors.double(), bias.double(), user, item, known, chosen)
     from scipy.optimize import minimize_scalar
 
     best = minimize_scalar(score, bounds=(0.0, MAX_SCALE), method="bounded", options={"xatol": 1e-3})
     return {
         "scale": float(best.x),
         "source": "nested time split",
+        "at_bound": not 0.01 < float(best.x) < MAX_SCALE - 0.01,  # the likelihood may peak outside [0, 4]
         "holdout": config.predictive_holdout,
         "split_time": split_time,
         "held_out_choices": len(index),
@@ -121,19 +125,13 @@ def _as_fitted(why: str) -> dict[str, Any]:
     return {"scale": 1.0, "source": f"as fitted: {why}"}
 
 
-def _chosen(user: np.ndarray, item: np.ndarray, num_users: int, num_items: int) -> Any:
-    """Which items each (dense) user chose, as a sparse matrix: a dense one would be users x catalogue."""
-    from scipy.sparse import csr_matrix
-
-    return csr_matrix((np.ones(len(user), dtype=bool), (user, item)), shape=(num_users, num_items))
-
-
 def _held_out_loss(
     factors: torch.Tensor, vectors: torch.Tensor, bias: torch.Tensor, user: np.ndarray, item: np.ndarray,
     known: np.ndarray, exclude: Any, chunk: int = 2048,
 ) -> Any:  # fmt: skip
     """The mean negative log-likelihood of the choices ``(user, item)`` as a function of the factors' scale,
-    each among the ``known`` items less the user's row of ``exclude`` (None: nothing excluded)."""
+    each among the ``known`` items less the user's row of ``exclude`` (a sparse users x items matrix, nonzero where
+    excluded; None: nothing excluded)."""
     unknown = torch.from_numpy(~known)
 
     def loss(scale: float) -> float:  # recomputed per call: the chunks' logits would be held-out choices x catalogue
@@ -142,7 +140,7 @@ def _held_out_loss(
             rows, chosen = user[start : start + chunk], torch.from_numpy(item[start : start + chunk])
             mask = unknown[None, :].expand(len(rows), -1)
             if exclude is not None:
-                mask = mask | torch.from_numpy(exclude[rows].toarray())
+                mask = mask | torch.from_numpy(exclude[rows].toarray() > 0)
             logits = scale * (factors[torch.from_numpy(rows)] @ vectors.T) + bias[None, :]
             logits = logits.masked_fill(mask, -torch.inf)
             total += float(torch.nn.functional.cross_entropy(logits, chosen, reduction="sum"))

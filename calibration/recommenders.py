@@ -44,7 +44,7 @@ class RecommenderConfig(FrozenConfig):
     als_alpha: float = Field(1.0, gt=0, description="als: confidence of an observed interaction.")
 
 
-def _user_items(user: np.ndarray, item: np.ndarray, num_users: int, num_items: int) -> Any:
+def user_item_csr(user: np.ndarray, item: np.ndarray, num_users: int, num_items: int) -> Any:
     """The binary user-item matrix (``scipy.sparse.csr_matrix``, float32) of the events."""
     from scipy.sparse import csr_matrix
 
@@ -138,7 +138,7 @@ def _fit_implicit(
     from implicit.nearest_neighbours import CosineRecommender
     from threadpoolctl import threadpool_limits
 
-    user_items = _user_items(user, item, num_users, num_items)
+    user_items = user_item_csr(user, item, num_users, num_items)
     with threadpool_limits(1, "blas"), warnings.catch_warnings():  # implicit's threads do the work, not BLAS's
         warnings.filterwarnings("ignore", message="Method expects CSR input")  # its own conversion inside fit
         if name == "item-knn":

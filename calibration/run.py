@@ -12,7 +12,7 @@ import torch
 
 from metarec.calibration.fidelity import compare, ks_distance, popularity_scores, ranking_metrics
 from metarec.calibration.fit import Calibration, FitConfig, calibrate, slate_click_rate
-from metarec.calibration.logs import Logs, check_holdout_users, load_logs, repeat_rate, time_split
+from metarec.calibration.logs import Logs, check_holdout_users, load_logs, time_split, users_repeat
 from metarec.calibration.report import write_fidelity_report
 from metarec.envs.calibrated import load_fitted_users, load_population, save_population
 from metarec.io import json_safe, write_json
@@ -65,7 +65,7 @@ def simulate_future(calibration: Calibration, train: Logs, future: Logs, seed: i
     are choices of the model, so the fitted factors' optimism about the very events they were fitted to
     does not lower every simulated rating."""
     generator = torch.Generator().manual_seed(seed)
-    repeats = repeat_rate(train) > 0.01
+    repeats = users_repeat(train)
     users, per_user = np.unique(future.user, return_counts=True)
     scores = torch.from_numpy(calibration.scores(users).astype(np.float32))
     ranked = _choices(scores, int(per_user.max()), None if repeats else _seen(train, users), generator)
@@ -209,7 +209,7 @@ def evaluate_fidelity(calibration: Calibration, train: Logs, test: Logs, seed: i
     users, first = np.unique(future.user[order], return_index=True)
     target = future.item[order][first]
     seen = _seen(train, users)
-    if repeat_rate(train) > 0.01:  # users come back to items: a consumed item may be next again
+    if users_repeat(train):  # users come back to items: a consumed item may be next again
         seen[:] = False
     model = ranking_metrics(calibration.scores(users), seen, target, k=10)
     counts = np.bincount(train.item, minlength=train.num_items).astype(np.float64)

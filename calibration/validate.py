@@ -39,7 +39,7 @@ import torch
 from pydantic import Field
 
 from metarec.calibration.fit import Calibration, FitConfig, calibrate
-from metarec.calibration.logs import load_logs, repeat_rate, time_split
+from metarec.calibration.logs import load_logs, time_split, users_repeat
 from metarec.calibration.recommenders import STANDARD, RecommenderConfig, check_recommenders, fit_recommenders
 from metarec.calibration.run import clicked, saved_calibration, simulate_future, user_item_matrix
 from metarec.config import FrozenConfig
@@ -260,7 +260,7 @@ def run_validation(
         saved_calibration(population, train))  # fmt: skip
     fit_seconds = time.perf_counter() - started
     train, test = clicked(train), clicked(test)
-    repeats = repeat_rate(train) > 0.01
+    repeats = users_repeat(train)
     m = train.num_items
     users = np.intersect1d(np.unique(test.user), np.unique(train.user))
     seen = user_item_matrix(users, train.user, train.item, m)

@@ -45,12 +45,31 @@ def test_the_scale_is_about_one_where_tastes_last_and_about_zero_where_users_bec
     forgotten = predictive_scale(taste_logs(0.0), taste_logs(0.0), config)
     assert lasting["source"] == forgotten["source"] == "nested time split"
     assert lasting["held_out_choices"] == 300 * 8  # the last 8 of each user's 40 events
-    assert 0.8 < lasting["scale"] < 1.25
+    assert 0.8 < lasting["scale"] < 1.25 and not lasting["at_bound"]
     assert forgotten["scale"] < 0.15
     for found in (lasting, forgotten):  # the scale maximises the held-out likelihood on [0, 4]
-        assert found["nll_scaled"] <= min(found["nll_as_fitted"], found["nll_items_only"]) + 1e-9
+        assert found["nll_scaled"] <= min(found["nll_as_fitted"], found["nll_items_only"]) + 1e-6
     assert lasting["nll_items_only"] - lasting["nll_scaled"] > 0.5  # tastes that last predict the future
     assert forgotten["nll_as_fitted"] - forgotten["nll_scaled"] > 0.5  # old tastes mislead about a new person
+
+
+def test_where_users_do_not_come_back_to_items_their_earlier_items_are_no_alternative():
+    logs = taste_logs(1.0)
+    first = np.unique(logs.user * logs.num_items + logs.item, return_index=True)[1]
+    once = logs.subset(np.isin(np.arange(logs.num_events), first))  # each user's first choice of each item
+    late = once.timestamp > np.quantile(once.timestamp, 0.8)
+    known = np.bincount(once.item[~late], minlength=once.num_items) > 0
+    # a few late choices of an item the user chose before the split: under 1%, so users still do not repeat
+    early_rows = np.flatnonzero(~late & (once.user < 20))[::7][:20]
+    again = Logs(**{**vars(once), "user": np.r_[once.user, once.user[early_rows]],
+                    "item": np.r_[once.item, once.item[early_rows]],
+                    "timestamp": np.r_[once.timestamp, np.full(len(early_rows), once.timestamp.max())],
+                    "rating": np.r_[once.rating, once.rating[early_rows]],
+                    "click": np.r_[once.click, once.click[early_rows]]})  # fmt: skip
+    found = predictive_scale(again, again, FitConfig(**SMALL))
+    assert found["held_out_choices"] == int(np.sum(late & known[once.item]))  # the repeats are not scored
+    assert 0.7 < found["scale"] < 1.3
+    assert found["nll_scaled"] <= min(found["nll_as_fitted"], found["nll_items_only"]) + 1e-6
 
 
 def test_calibrate_scales_the_users_and_their_drift_and_refits_the_items_bias_to_them():

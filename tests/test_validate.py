@@ -144,6 +144,7 @@ def test_validate_command_reports_every_recommender_and_refuses_bad_input(logs_f
         tied = {"random"} if key in ("ndcg", "sim_offline_ndcg") else {"random", "item-knn"}
         others = [name for name in scores if name not in tied]
         assert all(scores[name][key]["mean"] > scores["random"][key]["mean"] for name in others), key
+        assert scores["item-knn"][key]["mean"] > 0.9 * scores["random"][key]["mean"], key
         assert scores["popularity"][key]["lift"] == 0.0
     assert -1.0 <= result["agreement"]["sim_ndcg"]["kendall_tau"] <= 1.0
     for name in ("validation.json", "validation.html", "validation.md", "lifts.png"):

@@ -135,6 +135,12 @@ def repeat_rate(logs: Logs) -> float:
     return 1.0 - len(np.unique(pairs)) / max(len(pairs), 1)
 
 
+def users_repeat(logs: Logs) -> bool:
+    """Whether users come back to items: more than 1% of the events repeat their user's earlier choice. Where
+    they do not, an item a user chose is no alternative for them again."""
+    return repeat_rate(logs) > 0.01
+
+
 def check_holdout_users(train: Logs, test: Logs) -> np.ndarray:
     """Which held-out events have a user with at least one training event.
 
