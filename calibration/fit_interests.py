@@ -38,6 +38,12 @@ def availability(logs: Logs, shown: Logs | None = None) -> tuple[torch.Tensor, t
     return torch.from_numpy(event), torch.from_numpy(entry)
 
 
+def not_yet_there(available: tuple[torch.Tensor, torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+    """``[len(index), M]``: which items had not entered yet at the time of each event ``index`` (``available`` as
+    :func:`availability` gives it), so were no alternative to its choice."""
+    return available[1][None, :] > available[0][index, None]
+
+
 def softmax_mf(
     user: torch.Tensor,
     item: torch.Tensor,
@@ -93,7 +99,7 @@ def softmax_mf(
         item_vectors, item_bias = item_side()
         logits = u @ item_vectors.T + item_bias[None, :]
         if available is not None:  # items that were not there yet were no alternative
-            logits.masked_fill_(available[1][None, :] > available[0][index, None], -math.inf)
+            logits.masked_fill_(not_yet_there(available, index), -math.inf)
         loss = torch.nn.functional.cross_entropy(logits, i)
         penalty = (u * u).sum(1).mean()
         if items is None:
@@ -146,7 +152,7 @@ def recent_item_bias(
             index = order[start : start + batch]
             logits = affinity_users[user[index]] @ vectors.T + fitted[None, :]
             if available is not None:
-                logits = logits.masked_fill(available[1][None, :] > available[0][index, None], -math.inf)
+                logits = logits.masked_fill(not_yet_there(available, index), -math.inf)
             losses = torch.nn.functional.cross_entropy(logits, item[index], reduction="none")
             w = weight[index]
             ((losses * w).sum() / w.sum().clamp_min(1e-12)).backward()

@@ -29,7 +29,7 @@ import torch
 
 from metarec.calibration.fit_config import FitConfig
 from metarec.calibration.fit_interests import availability, recent_item_bias, softmax_mf
-from metarec.calibration.logs import Logs, users_repeat
+from metarec.calibration.logs import Logs, split_at, users_repeat
 from metarec.calibration.recommenders import user_item_csr
 
 MIN_HELD_OUT = 100  # fewer held-out choices than this say too little: the factors are kept as fitted
@@ -46,8 +46,7 @@ def predictive_scale(
     draws do not depend on it."""
     if config.predictive_scale is not None:
         return {"scale": float(config.predictive_scale), "source": "predictive_scale (set)"}
-    split_time = float(np.quantile(logs.timestamp, 1.0 - config.predictive_holdout))
-    early = logs.timestamp <= split_time
+    split_time, early = split_at(logs, config.predictive_holdout)  # time_split's rule, its checks left to here
     if early.all():
         return _as_fitted(f"the latest {config.predictive_holdout:g} of the choices share the last timestamp")
     past, future = logs.subset(early), logs.subset(~early)

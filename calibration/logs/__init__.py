@@ -23,7 +23,14 @@ Parsing uses pandas, imported only when a file is read (``pip install "metarec[c
 
 from metarec.calibration.logs.generic import write_logs_csv
 from metarec.calibration.logs.loader import FORMATS, load_logs
-from metarec.calibration.logs.schema import Logs, check_holdout_users, repeat_rate, time_split, users_repeat
+from metarec.calibration.logs.schema import (
+    Logs,
+    check_holdout_users,
+    repeat_rate,
+    split_at,
+    time_split,
+    users_repeat,
+)
 
 __all__ = [
     "FORMATS",
@@ -31,6 +38,7 @@ __all__ = [
     "check_holdout_users",
     "load_logs",
     "repeat_rate",
+    "split_at",
     "time_split",
     "users_repeat",
     "write_logs_csv",

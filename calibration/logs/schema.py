@@ -118,8 +118,7 @@ def time_split(logs: Logs, holdout_frac: float) -> tuple[Logs, Logs]:
         raise ValueError(f"holdout_frac: expected a number in (0, 1), got {holdout_frac!r}")
     if logs.num_events == 0:
         raise ValueError("logs: expected at least one event to split, got none")
-    split_time = float(np.quantile(logs.timestamp, 1.0 - holdout_frac))
-    past = logs.timestamp <= split_time
+    split_time, past = split_at(logs, holdout_frac)
     if past.all():
         raise ValueError(
             f"holdout_frac: {holdout_frac} holds out no events: the split time {split_time:g} is the latest "
@@ -127,6 +126,13 @@ def time_split(logs: Logs, holdout_frac: float) -> tuple[Logs, Logs]:
             "expected a larger holdout_frac or logs spanning more time"
         )
     return logs.subset(past), logs.subset(~past)
+
+
+def split_at(logs: Logs, holdout_frac: float) -> tuple[float, np.ndarray]:
+    """The split time of :func:`time_split` (the ``1 - holdout_frac`` quantile of the timestamps) and which events
+    are at or before it, without its checks."""
+    split_time = float(np.quantile(logs.timestamp, 1.0 - holdout_frac))
+    return split_time, logs.timestamp <= split_time
 
 
 def repeat_rate(logs: Logs) -> float:
