@@ -41,9 +41,11 @@ softmax over the catalog (every logged event is a choice of one item), in torch:
    quantiles (a monotone link), so simulated ratings use the logs' scale. Where the logs have ratings
    (``quality_from_ratings``), each item's fitted bias is split into **quality** and **appeal**: quality is
    the mean, over the item's rated events, of the rating's logit (of its mid-rank quantile) less the rater's
-   fitted affinity, shrunk toward the mean of all items by ``quality_prior_events``; appeal is the bias less
-   the quality. The choice logit (utility plus appeal) is the fit's; satisfaction follows utility alone, so
-   an item chosen often but rated low satisfies as its ratings say.
+   fitted affinity, shrunk toward the mean of all items by ``quality_prior_events`` (fitted by empirical Bayes
+   unless set); appeal is the bias less the quality. The choice logit (utility plus appeal) is the fit's;
+   satisfaction follows utility alone, so an item chosen often but rated low satisfies as its ratings say. With
+   ``noise_from_ratings``, the satisfaction logit's noise (``engagement_noise``) is the spread of those values
+   within items: one user's rating of an item strays from its quality as the logged ratings do.
 6. **Where utilities sit, and the no-click utility**: the softmax over the catalog is unchanged by
    adding a constant to every item's quality, so the fit leaves the utilities' zero point arbitrary
    (quality near -log M). The simulator reads them as absolute: satisfaction is ``sigmoid(u)``, and a
@@ -249,27 +251,17 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
     }
     # Quality and appeal (step 5b): where the logs have ratings, the choice logit's item term is split into
     # quality, which the ratings say, and appeal, the rest. Choices are unchanged.
-    split = None
-    if config.quality_from_ratings:
-        affinity = np.sum(factors[logs.user] * item_vectors[logs.item], axis=1)
-        split = quality_from_ratings(logs, affinity, config.quality_prior_events)
-    appeal = None
-    if split is not None:
-        quality, about = split
-        appeal = (item_bias - quality).astype(np.float32)
-        world["item_quality"], world["item_appeal"] = quality, appeal
-        quality_split = {**about, "corr_quality_with_choice_bias": float(np.corrcoef(quality, item_bias)[0, 1])}
-    else:
-        quality_split = None
+    quality_split = _split_quality(logs, factors, item_bias, world, population, config)
+    appeal = None if quality_split is None else world["item_appeal"]
     # Where utilities sit (module docstring, step 6): random slates shown to new users of the prior are
     # clicked at the logged rate, and those clicks satisfy as the logged ones did. The click rate fixes
     # v - offset, so v is found first with no offset, then both move by the offset.
     draft = SimulatorConfig.model_validate(sim_fields)
     rate, rate_source = target_click_rate(logged_rate, config)
     if ctr is not None:  # step 3b's rates, matched on the simulator's own random slates
-        key = "item_quality" if split is None else "item_appeal"
+        key = "item_quality" if quality_split is None else "item_appeal"
         ctr.update(match_item_ctr(world, draft, ctr_target, rate, key, config.seed))
-        if split is None:
+        if quality_split is None:
             item_bias = world["item_quality"].copy()
         else:
             appeal = world["item_appeal"]
@@ -325,6 +317,27 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
         "no_click": no_click,
     }
     return Calibration(sim, world, factors, item_vectors, world["item_quality"], quantiles, fit, appeal)
+
+
+def _split_quality(
+    logs: Logs, factors: np.ndarray, item_bias: np.ndarray, world: dict[str, np.ndarray], population: dict[str, Any],
+    config: FitConfig,
+) -> dict[str, Any] | None:  # fmt: skip
+    """Step 5b: where the logs have ratings, the items' choice term ``item_bias`` becomes quality (what the
+    ratings say, in ``world["item_quality"]``) plus appeal (the rest, in ``world["item_appeal"]``), and with
+    ``noise_from_ratings`` the population's ``engagement_noise`` becomes the ratings' spread within items. Returns
+    what was measured, or None where nothing was split."""
+    if not config.quality_from_ratings:
+        return None
+    affinity = np.sum(factors[logs.user] * world["item_embedding"][logs.item], axis=1)
+    split = quality_from_ratings(logs, affinity, config.quality_prior_events)
+    if split is None:
+        return None
+    quality, about = split
+    world["item_quality"], world["item_appeal"] = quality, (item_bias - quality).astype(np.float32)
+    if config.noise_from_ratings and about["within_item_sd"] is not None:  # satisfaction strays as ratings do
+        population["engagement_noise"] = about["within_item_sd"]
+    return {**about, "corr_quality_with_choice_bias": float(np.corrcoef(quality, item_bias)[0, 1])}
 
 
 def _recent_bias(

@@ -65,8 +65,17 @@ class FitConfig(FrozenConfig):
         "the ratings the item got beyond what its raters' interests explain) and appeal (the rest: what draws the "
         "choice). Choices stay as fitted; satisfaction, and so ratings, follow quality.",
     )
-    quality_prior_events: float = Field(
-        10.0, gt=0, description="Ratings' worth of shrinkage of an item's quality toward the mean of all items."
+    quality_prior_events: float | None = Field(
+        None,
+        gt=0,
+        description="Ratings' worth of shrinkage of an item's quality toward the mean of all items; null fits it "
+        "(empirical Bayes: the ratings' variance within items over the variance of the items' true means).",
+    )
+    noise_from_ratings: bool = Field(
+        True,
+        description="With quality_from_ratings, set the population's engagement_noise (the spread of satisfaction "
+        "about utility) to the spread of the ratings about their item's quality, pooled within items; false keeps "
+        "the simulator's default.",
     )
     text_features: bool = Field(
         False,

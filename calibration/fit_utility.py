@@ -121,12 +121,19 @@ def solve_no_click_utility(log_s: np.ndarray, rate: float) -> float:
 
 
 def quality_from_ratings(
-    logs: Logs, affinity: np.ndarray, prior_events: float
+    logs: Logs, affinity: np.ndarray, prior_events: float | None = None
 ) -> tuple[np.ndarray, dict[str, Any]] | None:
     """Each item's quality on the satisfaction logit's scale, from the ratings it got: every rated event's
     rating becomes the logit of its mid-rank quantile among the logs' ratings, less the rater's fitted affinity
     for the item (``affinity``, ``[E]``); an item's quality is the mean of these over its events, shrunk toward
-    the mean over all events by ``prior_events`` events' worth. None where the logs have no ratings."""
+    the mean over all events by ``prior_events`` events' worth.
+
+    ``within_item_sd`` is the pooled spread of the events' values about their item's mean: how far satisfaction
+    strays from utility from one event to the next. Where ``prior_events`` is None it is fitted (empirical Bayes, a
+    normal random effect per item): the spread of the items' true qualities, ``t^2``, comes from the method of
+    moments weighted by events, ``sum n_j (m_j - m)^2 = (N - sum n_j^2 / N) t^2 + (J - 1) s^2`` over the ``J``
+    rated items (``N`` events, within-item variance ``s^2``), and an item's mean is worth ``n_j t^2 / s^2`` prior
+    means, so ``prior_events = s^2 / t^2``. None where the logs have no ratings."""
     from scipy.stats import rankdata
 
     rated = np.isfinite(logs.rating)
@@ -138,8 +145,32 @@ def quality_from_ratings(
     total = np.bincount(items, weights=residual, minlength=logs.num_items)
     count = np.bincount(items, minlength=logs.num_items)
     mean = float(residual.mean())
-    quality = (total + prior_events * mean) / (count + prior_events)
-    return quality.astype(np.float32), {"rated_events": int(rated.sum()), "prior_events": prior_events}
+    # how far one rating strays from its item's mean: the pooled within-item spread (one mean per item fitted)
+    item_mean = total / np.maximum(count, 1)
+    dof = int(rated.sum()) - int(np.count_nonzero(count))
+    within = float(np.sum((residual - item_mean[items]) ** 2)) / dof if dof > 0 else None
+    between = None
+    if within is not None:
+        n, events = count[count > 0].astype(np.float64), float(rated.sum())
+        spread_events = events - float(np.sum(n * n)) / events
+        scatter = float(np.sum(n * (item_mean[count > 0] - mean) ** 2))
+        between = max((scatter - (len(n) - 1) * within) / max(spread_events, 1e-12), 0.0)
+    source = "set"
+    if prior_events is None:
+        if within is None or not between:  # nothing tells the items apart beyond one rating's noise
+            prior_events, source = (math.inf, "fitted: no spread between items") if within else (10.0, "default")
+        else:
+            prior_events, source = within / between, "fitted: within-item variance over between-item variance"
+    shrink = count / (count + prior_events)  # 0 for every item where prior_events is infinite
+    quality = mean + shrink * (item_mean - mean)
+    about = {
+        "rated_events": int(rated.sum()),
+        "prior_events": None if math.isinf(prior_events) else prior_events,
+        "prior_source": source,
+        "within_item_sd": None if within is None else math.sqrt(within),
+        "between_item_sd": None if between is None else math.sqrt(between),
+    }
+    return quality.astype(np.float32), about
 
 
 def item_ctr_correction(

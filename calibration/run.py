@@ -96,10 +96,15 @@ def simulate_future(calibration: Calibration, train: Logs, future: Logs, seed: i
 
 
 def rating_ks_by_popularity(
-    train: Logs, future: Logs, simulated: dict[str, np.ndarray], min_events: int = 20
-) -> dict[str, float | None]:
+    train: Logs, future: Logs, simulated: dict[str, np.ndarray], min_events: int = 20,
+    generator: np.random.Generator | None = None, resamples: int = 200,
+) -> dict[str, float | None]:  # fmt: skip
     """Rating KS within each quintile of item popularity (the items' training events; quintile 1 the least
-    popular): ``rating_ks_popularity_q1`` .. ``q5``, None where either side has fewer than ``min_events``."""
+    popular): ``rating_ks_popularity_q1`` .. ``q5``, None where either side has fewer than ``min_events``.
+
+    With a ``generator``, each also gets ``..._sampling_p95``: the KS that 95% of real samples of the quintile's
+    size would stay under were the simulator exactly right (``resamples`` samples drawn from the simulated
+    ratings, each compared with all of them). A KS below it is within what so few real events can tell apart."""
     counts = np.bincount(train.item, minlength=train.num_items)
     edges = np.quantile(counts[counts > 0], [0.2, 0.4, 0.6, 0.8]) if np.any(counts > 0) else np.zeros(4)
     real_q = np.searchsorted(edges, counts[future.item], side="right")
@@ -107,9 +112,21 @@ def rating_ks_by_popularity(
     out: dict[str, float | None] = {}
     for q in range(5):
         real, sim = future.rating[real_q == q], simulated["rating"][sim_q == q]
-        enough = min(np.isfinite(real).sum(), np.isfinite(sim).sum()) >= min_events
+        real, sim = real[np.isfinite(real)], sim[np.isfinite(sim)]
+        enough = min(len(real), len(sim)) >= min_events
         out[f"rating_ks_popularity_q{q + 1}"] = ks_distance(real, sim) if enough else None
+        if generator is not None:
+            out[f"rating_ks_popularity_q{q + 1}_sampling_p95"] = (
+                ks_sampling_p95(sim, len(real), generator, resamples) if enough else None
+            )
     return out
+
+
+def ks_sampling_p95(simulated: np.ndarray, size: int, generator: np.random.Generator, resamples: int = 200) -> float:
+    """The 95th percentile of the KS distance between ``size`` values drawn (with replacement) from ``simulated``
+    and ``simulated`` itself: how far a real sample of that size strays from a simulator that is exactly right."""
+    draws = [ks_distance(generator.choice(simulated, size), simulated) for _ in range(resamples)]
+    return float(np.quantile(draws, 0.95))
 
 
 def clicked(logs: Logs) -> Logs:
@@ -165,14 +182,21 @@ def saved_calibration(path: str | Path, logs: Logs) -> Calibration:
                        world["item_appeal"] if split else None)  # fmt: skip
 
 
-def evaluate_fidelity(calibration: Calibration, train: Logs, test: Logs, seed: int = 0) -> tuple[dict, dict]:
+def evaluate_fidelity(
+    calibration: Calibration, train: Logs, test: Logs, seed: int = 0, rating_draws: int = 20
+) -> tuple[dict, dict]:
     """Fidelity numbers of ``calibration`` on the held-out ``test`` logs, and the arrays to plot.
 
     Events are clicked rows: impressions nobody clicked (``click`` 0) are neither held-out events,
     next-item targets nor a user's history, nor counted in popularity or repeats. The logged click
     rate (share of slates, the rows of one user and timestamp, with a click) is reported on its own:
     ``logged_click_rate_train`` and ``logged_click_rate_holdout`` (None for logs without rows of
-    ``click`` 0), beside ``click_rate_calibrated``, what the simulator was set to give random slates."""
+    ``click`` 0), beside ``click_rate_calibrated``, what the simulator was set to give random slates.
+
+    The simulated future is drawn once for every number but the ratings'. Those compare the real ratings with
+    ``rating_draws`` draws of it pooled (seeds ``seed`` onward), so that the KS measures the simulator's rating
+    distribution rather than one draw's noise; ``rating_ks_sampling_p95`` and the quintiles' ``..._sampling_p95``
+    say how far the real sample alone would stray from an exactly right simulator."""
     rates = {name: slate_click_rate(part) for name, part in (("train", train), ("holdout", test))}
     unclicked = int(np.sum(test.click <= 0))
     train, test = clicked(train), clicked(test)
@@ -203,7 +227,15 @@ def evaluate_fidelity(calibration: Calibration, train: Logs, test: Logs, seed: i
     sim = side(simulated["user"], simulated["item"], simulated["timestamp"], simulated.get("rating"))
     fidelity: dict[str, Any] = compare(real, sim)
     if has_ratings:
-        fidelity.update(rating_ks_by_popularity(train, future, simulated))
+        draws = [simulated] + [simulate_future(calibration, train, future, seed + r) for r in range(1, rating_draws)]
+        pooled = {key: np.concatenate([draw[key] for draw in draws]) for key in ("item", "rating")}
+        sampling = np.random.default_rng(seed)
+        fidelity["rating_ks"] = ks_distance(future.rating, pooled["rating"])
+        fidelity["rating_ks_sampling_p95"] = ks_sampling_p95(
+            pooled["rating"], int(np.isfinite(future.rating).sum()), sampling
+        )
+        fidelity["rating_ks_draws"] = rating_draws
+        fidelity.update(rating_ks_by_popularity(train, future, pooled, generator=sampling))
     # next-item prediction: each user's first held-out item
     order = np.lexsort((future.timestamp, future.user))
     users, first = np.unique(future.user[order], return_index=True)

@@ -1,0 +1,101 @@
+"""How much one rating strays from its item's quality: the spread fitted from the ratings (the population's
+``engagement_noise``), the shrinkage of items' quality fitted by empirical Bayes, and how far a real sample's
+rating KS can stray from an exactly right simulator."""
+
+import numpy as np
+import pytest
+
+from metarec.calibration.fit import FitConfig, calibrate
+from metarec.calibration.fit_utility import quality_from_ratings
+from metarec.calibration.logs import Logs
+from metarec.calibration.run import ks_sampling_p95, simulate_future
+
+SMALL = {"epochs": 10, "embedding_dim": 4, "max_clusters": 2, "refit_steps": 50}
+
+
+def rated_logs(values: np.ndarray, item: np.ndarray, users: int = 300, items: int | None = None) -> Logs:
+    """Logs of chosen items whose ``rating`` column holds ``values``, spread over ``users`` users."""
+    rng = np.random.default_rng(1)
+    items = int(item.max()) + 1 if items is None else items
+    return Logs(
+        user=rng.integers(0, users, len(item)).astype(np.int64),
+        item=item.astype(np.int64),
+        timestamp=np.arange(len(item), dtype=np.float64),
+        rating=values.astype(np.float32),
+        click=np.ones(len(item), dtype=np.float32),
+        user_ids=np.arange(users),
+        item_ids=np.arange(items),
+        item_features=None,
+        item_text=None,
+    )
+
+
+def two_level_ratings(between: float, within: float, items: int = 300, seed: int = 0):
+    """Items' true means ``N(0, between^2)``, each event's value its item's mean plus ``N(0, within^2)``; items are
+    rated 3 to 60 times."""
+    rng = np.random.default_rng(seed)
+    truth = between * rng.standard_normal(items)
+    item = np.repeat(np.arange(items), rng.integers(3, 61, items))
+    return truth, item, truth[item] + within * rng.standard_normal(len(item))
+
+
+def test_the_shrinkage_and_the_spread_of_one_rating_are_fitted_from_the_ratings():
+    """Within-item spread twice the items' own: the fitted prior is worth about 4 ratings, and the two spreads
+    stand in the ratio 2 (the ratings' logit transform is monotone, nearly linear here, and a ratio of spreads
+    does not depend on its scale). The shrunk qualities are closer to the truth than the items' raw means."""
+    truth, item, values = two_level_ratings(between=1.0, within=2.0)
+    quality, about = quality_from_ratings(rated_logs(values, item), np.zeros(len(item)))
+    assert about["prior_source"].startswith("fitted")
+    assert 3.0 < about["prior_events"] < 5.0, about  # 3.5 measured
+    ratio = about["within_item_sd"] / about["between_item_sd"]
+    assert 1.7 < ratio < 2.3, about  # 1.86: the logit of the ratings' ranks has heavier tails than a normal
+    raw, _ = quality_from_ratings(rated_logs(values, item), np.zeros(len(item)), prior_events=1e-9)
+
+    def error(estimate: np.ndarray) -> float:  # on the truth's scale: fitted by least squares first
+        slope, intercept = np.polyfit(estimate, truth, 1)
+        return float(np.mean((intercept + slope * estimate - truth) ** 2))
+
+    assert error(quality) < 0.9 * error(raw)
+    _, fixed = quality_from_ratings(rated_logs(values, item), np.zeros(len(item)), prior_events=10.0)
+    assert fixed["prior_events"] == 10.0 and fixed["prior_source"] == "set"
+
+
+def test_items_that_differ_by_noise_alone_all_get_the_mean_quality():
+    _, item, values = two_level_ratings(between=0.0, within=1.0)
+    quality, about = quality_from_ratings(rated_logs(values, item), np.zeros(len(item)))
+    assert about["prior_events"] is None or about["prior_events"] > 30, about
+    assert np.std(quality) < 0.1 * about["within_item_sd"]
+
+
+@pytest.mark.parametrize("noise_from_ratings", [True, False])
+def test_simulated_ratings_stray_from_their_items_as_the_logged_ones_do(noise_from_ratings):
+    """Stars whose spread within an item is larger than the items' (a correlation of 0.4 between an event's
+    rating and its item's mean): with the spread fitted, the simulator's ratings keep that correlation, and its
+    engagement noise is the fitted spread; with the default noise (0.3) every rating is about its item's mean."""
+    truth = 0.6 * np.random.default_rng(2).standard_normal(40)
+    item = np.random.default_rng(3).permutation(np.repeat(np.arange(40), 100))
+    stars = np.clip(np.round(3.0 + truth[item] + 1.3 * np.random.default_rng(4).standard_normal(len(item))), 1, 5)
+    logs = rated_logs(stars, item, users=200)
+    fitted = calibrate(logs, FitConfig(**SMALL, noise_from_ratings=noise_from_ratings))
+    noise = fitted.config.population.engagement_noise
+    spread = fitted.fit["quality_from_ratings"]["within_item_sd"]
+    item_mean = np.bincount(item, weights=stars) / np.bincount(item)
+    real = np.corrcoef(stars, item_mean[item])[0, 1]
+    simulated = simulate_future(fitted, logs, logs, seed=0)
+    sim = np.corrcoef(simulated["rating"], item_mean[simulated["item"]])[0, 1]
+    assert 0.3 < real < 0.5, real
+    if noise_from_ratings:
+        assert noise == pytest.approx(spread) and noise > 1.0
+        assert abs(sim - real) < 0.1, (sim, real)
+    else:
+        assert noise == 0.3
+        assert sim > real + 0.25, (sim, real)
+
+
+@pytest.mark.parametrize("size", [100, 400])
+def test_the_sampling_bound_of_the_ks_is_kolmogorovs(size):
+    """For a continuous distribution known exactly, 95% of samples of n values stay within 1.358 / sqrt(n)."""
+    simulated = np.random.default_rng(5).standard_normal(200_000)
+    bound = ks_sampling_p95(simulated, size, np.random.default_rng(6), resamples=400)
+    assert bound == pytest.approx(1.358 / np.sqrt(size), rel=0.12)
+    assert ks_sampling_p95(np.repeat([1.0, 2.0], 5000), size, np.random.default_rng(6)) < bound  # two values
