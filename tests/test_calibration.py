@@ -105,6 +105,10 @@ def test_simulate_logs_and_calibrate_from_the_command_line(tmp_path, capsys):
     assert expected <= set(result["fidelity"])
     assert all(v is None or np.isfinite(v) for v in result["fidelity"].values() if isinstance(v, float))
     assert result["fidelity"]["logged_click_rate_holdout"] is None  # clicks only: no impressions to rate
+    assert result["fidelity"]["rating_ks_draws"] == 20 and 0 < result["fidelity"]["rating_ks_sampling_p95"] < 1
+    for q in range(1, 6):  # every quintile's KS comes with what a real sample of its size could show
+        ks, bound = (result["fidelity"][f"rating_ks_popularity_q{q}{end}"] for end in ("", "_sampling_p95"))
+        assert (ks is None) == (bound is None) and (bound is None or 0 < bound < 1)
     assert (out / "fidelity.json").is_file() and (out / "fidelity.html").is_file()
     assert (out / "population" / "users.npz").is_file()  # the fitted users are kept with the population
     env = gym.make("metarec/Calibrated-v0", population=result["population"])

@@ -5,10 +5,11 @@ rating KS can stray from an exactly right simulator."""
 import numpy as np
 import pytest
 
+from metarec.calibration.fidelity import ks_distance
 from metarec.calibration.fit import FitConfig, calibrate
 from metarec.calibration.fit_utility import quality_from_ratings
-from metarec.calibration.logs import Logs
-from metarec.calibration.run import ks_sampling_p95, simulate_future
+from metarec.calibration.logs import Logs, time_split
+from metarec.calibration.run import evaluate_fidelity, ks_sampling_p95, simulate_future
 
 SMALL = {"epochs": 10, "embedding_dim": 4, "max_clusters": 2, "refit_steps": 50}
 
@@ -99,3 +100,19 @@ def test_the_sampling_bound_of_the_ks_is_kolmogorovs(size):
     bound = ks_sampling_p95(simulated, size, np.random.default_rng(6), resamples=400)
     assert bound == pytest.approx(1.358 / np.sqrt(size), rel=0.12)
     assert ks_sampling_p95(np.repeat([1.0, 2.0], 5000), size, np.random.default_rng(6)) < bound  # two values
+
+
+def test_the_rating_ks_pools_draws_of_the_simulated_future():
+    """The fidelity's rating KS is the real held-out ratings' distance to ``rating_draws`` simulated futures pooled
+    (seeds from the fidelity's own onward); with one draw it is that draw's."""
+    truth = 0.6 * np.random.default_rng(2).standard_normal(40)
+    item = np.random.default_rng(3).permutation(np.repeat(np.arange(40), 60))
+    stars = np.clip(np.round(3.0 + truth[item] + np.random.default_rng(4).standard_normal(len(item))), 1, 5)
+    past, held = time_split(rated_logs(stars, item, users=100), 0.25)
+    fitted = calibrate(past, FitConfig(**SMALL))
+    known = held.subset(np.isin(held.user, past.user))
+    for draws in (1, 5):
+        fidelity, _ = evaluate_fidelity(fitted, past, held, seed=7, rating_draws=draws)
+        pooled = np.concatenate([simulate_future(fitted, past, known, seed=7 + r)["rating"] for r in range(draws)])
+        assert fidelity["rating_ks"] == pytest.approx(ks_distance(known.rating, pooled))
+        assert fidelity["rating_ks_draws"] == draws
