@@ -207,6 +207,37 @@ def clear_pairs(values: dict[str, np.ndarray], draws: int, generator: np.random.
     return pairs
 
 
+def exact_simulator_reach(
+    real: dict[str, np.ndarray], baseline: str, draws: int, generator: np.random.Generator
+) -> dict[str, Any]:
+    """How often a simulator that is exactly right would meet the targets against a real future of this many
+    users. Its scores are the real means over all users (``real[name]``, ``[U]`` per user); another real future of
+    the same size is a bootstrap resample of the users, and the targets are checked against it: each lift within
+    ``max(25%, 0.02)`` of the resample's (:func:`within_target`), all of them at once, and Kendall's tau 1.0.
+    Where these are far below 1, the logs hold too few users for the targets to tell a right simulator from a
+    wrong one."""
+    names = list(real)
+    users = len(real[names[0]])
+    picks = generator.integers(0, users, size=(draws, users))
+    full = {name: float(np.nanmean(real[name])) for name in names}
+    resampled = {name: np.nanmean(real[name][picks], axis=1) for name in names}
+    within = {}
+    for name in names:
+        if name == baseline:
+            continue
+        exact = full[name] / full[baseline] - 1.0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lifts = resampled[name] / resampled[baseline] - 1.0
+        within[name] = np.abs(exact - lifts) <= np.maximum(0.25 * np.abs(lifts), 0.02)
+    taus = [_tau({n: resampled[n][b] for n in names}, full) for b in range(draws)]
+    return {
+        "lift_within_target": {name: float(hit.mean()) for name, hit in within.items()},
+        "all_lifts_within_target": float(np.mean(np.all(list(within.values()), axis=0))) if within else None,
+        "kendall_tau_1": float(np.mean(np.asarray(taus) > 1.0 - 1e-9)),
+        "draws": draws,
+    }
+
+
 def _tau(real: dict[str, float], simulated: dict[str, float]) -> float:
     from scipy.stats import kendalltau
 
@@ -321,6 +352,7 @@ def run_validation(
                 n: within_target(summary[n]["ndcg"]["lift"], summary[n][metric]["lift"]) for n in names
             },
         }
+    reach = exact_simulator_reach({n: values[n]["ndcg"] for n in names}, "popularity", config.bootstrap, generator)
     cold_start: dict[str, Any] = {"users": len(new)}
     if len(new):
         cold_summary = bootstrap_summary(cold, "popularity", config.bootstrap, generator)
@@ -340,6 +372,7 @@ def run_validation(
         "recommenders": summary,
         "clear_pairs_real_ndcg": [list(pair) for pair in clear],
         "agreement": agreement,
+        "exact_simulator": reach,
         "cold_start": cold_start,
         "population": None if population is None else str(population),
         "calibration_seconds": round(fit_seconds, 2),
