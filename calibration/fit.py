@@ -111,7 +111,7 @@ from metarec.calibration.fit_utility import (
 )
 from metarec.calibration.logs import Logs
 from metarec.envs.calibrated import candidate_strata
-from metarec.envs.drifting.params import SimulatorConfig
+from metarec.envs.drifting.params import SimulatorConfig, UserPopulation
 
 
 @contextlib.contextmanager
@@ -319,6 +319,9 @@ def _calibrate(logs: Logs, config: FitConfig, progress: bool = False) -> Calibra
     return Calibration(sim, world, factors, item_vectors, world["item_quality"], quantiles, fit, appeal)
 
 
+MIN_NOISE_DOF = 30  # ratings beyond one per item, at least, before their spread sets the simulator's noise
+
+
 def _split_quality(
     logs: Logs, factors: np.ndarray, item_bias: np.ndarray, world: dict[str, np.ndarray], population: dict[str, Any],
     config: FitConfig,
@@ -335,9 +338,17 @@ def _split_quality(
         return None
     quality, about = split
     world["item_quality"], world["item_appeal"] = quality, (item_bias - quality).astype(np.float32)
-    if config.noise_from_ratings and about["within_item_sd"] is not None:  # satisfaction strays as ratings do
-        population["engagement_noise"] = about["within_item_sd"]
-    return {**about, "corr_quality_with_choice_bias": float(np.corrcoef(quality, item_bias)[0, 1])}
+    noise = {"value": population.get("engagement_noise", UserPopulation.model_fields["engagement_noise"].default)}
+    if not config.noise_from_ratings:
+        noise["source"] = "the simulator's default (noise_from_ratings is off)"
+    elif about["within_item_dof"] < MIN_NOISE_DOF:
+        noise["source"] = f"the simulator's default: fewer than {MIN_NOISE_DOF} ratings beyond one per item"
+    else:  # satisfaction strays from utility as the ratings stray from their item's mean
+        population["engagement_noise"] = noise["value"] = about["within_item_sd"]
+        noise["source"] = "the ratings' spread within items"
+    spread = float(np.std(quality))
+    corr = float(np.corrcoef(quality, item_bias)[0, 1]) if spread > 0 and np.std(item_bias) > 0 else None
+    return {**about, "engagement_noise": noise, "corr_quality_with_choice_bias": corr}
 
 
 def _recent_bias(

@@ -69,13 +69,14 @@ class FitConfig(FrozenConfig):
         None,
         gt=0,
         description="Ratings' worth of shrinkage of an item's quality toward the mean of all items; null fits it "
-        "(empirical Bayes: the ratings' variance within items over the variance of the items' true means).",
+        "(empirical Bayes: the ratings' variance within items over the variance of the items' true means; 10 where "
+        "no item has two ratings).",
     )
     noise_from_ratings: bool = Field(
         True,
         description="With quality_from_ratings, set the population's engagement_noise (the spread of satisfaction "
-        "about utility) to the spread of the ratings about their item's quality, pooled within items; false keeps "
-        "the simulator's default.",
+        "about utility) to the spread of the ratings about their item's mean, pooled within items (where at least "
+        "30 ratings lie beyond one per item); false keeps the simulator's default.",
     )
     text_features: bool = Field(
         False,

@@ -120,6 +120,9 @@ def solve_no_click_utility(log_s: np.ndarray, rate: float) -> float:
     return float(brentq(lambda v: float(np.mean(expit(log_s - v))) - rate, low, high, xtol=1e-10))
 
 
+DEFAULT_PRIOR_EVENTS = 10.0  # the shrinkage where nothing measures it
+
+
 def quality_from_ratings(
     logs: Logs, affinity: np.ndarray, prior_events: float | None = None
 ) -> tuple[np.ndarray, dict[str, Any]] | None:
@@ -133,7 +136,9 @@ def quality_from_ratings(
     normal random effect per item): the spread of the items' true qualities, ``t^2``, comes from the method of
     moments weighted by events, ``sum n_j (m_j - m)^2 = (N - sum n_j^2 / N) t^2 + (J - 1) s^2`` over the ``J``
     rated items (``N`` events, within-item variance ``s^2``), and an item's mean is worth ``n_j t^2 / s^2`` prior
-    means, so ``prior_events = s^2 / t^2``. None where the logs have no ratings."""
+    means, so ``prior_events = s^2 / t^2``: ``"infinite"`` (every item at the mean) where the items' means spread no
+    more than one rating's noise gives, 10 where no item has two rated events. None where the logs have no
+    ratings."""
     from scipy.stats import rankdata
 
     rated = np.isfinite(logs.rating)
@@ -157,17 +162,21 @@ def quality_from_ratings(
         between = max((scatter - (len(n) - 1) * within) / max(spread_events, 1e-12), 0.0)
     source = "set"
     if prior_events is None:
-        if within is None or not between:  # nothing tells the items apart beyond one rating's noise
-            prior_events, source = (math.inf, "fitted: no spread between items") if within else (10.0, "default")
+        if within is None:  # no item rated twice: nothing measures one rating's noise
+            prior_events, source = DEFAULT_PRIOR_EVENTS, "default: no item has two rated events"
+        elif between == 0.0:  # nothing tells the items apart beyond one rating's noise (or there is neither)
+            prior_events, source = math.inf, "fitted: no spread between items, every item at the mean"
         else:
             prior_events, source = within / between, "fitted: within-item variance over between-item variance"
-    shrink = count / (count + prior_events)  # 0 for every item where prior_events is infinite
+    # an item's weight on its own mean; 0 for every item where prior_events is infinite, and for unrated items
+    shrink = np.divide(count, count + prior_events, out=np.zeros(logs.num_items), where=count > 0)
     quality = mean + shrink * (item_mean - mean)
     about = {
         "rated_events": int(rated.sum()),
-        "prior_events": None if math.isinf(prior_events) else prior_events,
+        "prior_events": prior_events if math.isfinite(prior_events) else "infinite",
         "prior_source": source,
         "within_item_sd": None if within is None else math.sqrt(within),
+        "within_item_dof": dof,
         "between_item_sd": None if between is None else math.sqrt(between),
     }
     return quality.astype(np.float32), about

@@ -352,7 +352,6 @@ def run_validation(
                 n: within_target(summary[n]["ndcg"]["lift"], summary[n][metric]["lift"]) for n in names
             },
         }
-    reach = exact_simulator_reach({n: values[n]["ndcg"] for n in names}, "popularity", config.bootstrap, generator)
     cold_start: dict[str, Any] = {"users": len(new)}
     if len(new):
         cold_summary = bootstrap_summary(cold, "popularity", config.bootstrap, generator)
@@ -361,6 +360,7 @@ def run_validation(
             recommenders=cold_summary,
             agreement={"sim_ndcg": {"kendall_tau": _tau(cold_means["ndcg"], cold_means["sim_ndcg"])}},
         )
+    reach = exact_simulator_reach({n: values[n]["ndcg"] for n in names}, "popularity", config.bootstrap, generator)
     return {
         "logs": Path(logs_path).name,
         "events": int(logs.num_events),

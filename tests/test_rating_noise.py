@@ -9,7 +9,7 @@ from metarec.calibration.fidelity import ks_distance
 from metarec.calibration.fit import FitConfig, calibrate
 from metarec.calibration.fit_utility import quality_from_ratings
 from metarec.calibration.logs import Logs, time_split
-from metarec.calibration.run import evaluate_fidelity, ks_sampling_p95, simulate_future
+from metarec.calibration.run import evaluate_fidelity, ks_sampling_p95, rating_ks_by_popularity, simulate_future
 
 SMALL = {"epochs": 10, "embedding_dim": 4, "max_clusters": 2, "refit_steps": 50}
 
@@ -64,9 +64,24 @@ def test_the_shrinkage_and_the_spread_of_one_rating_are_fitted_from_the_ratings(
 def test_items_that_differ_by_noise_alone_all_get_the_mean_quality():
     _, item, values = two_level_ratings(between=0.0, within=1.0)
     quality, about = quality_from_ratings(rated_logs(values, item), np.zeros(len(item)))
-    assert about["prior_events"] is None or about["prior_events"] > 30, about
+    assert about["prior_events"] == "infinite" or about["prior_events"] > 30, about
     assert np.std(quality) < 0.1 * about["within_item_sd"]
 
+
+def test_degenerate_ratings_give_finite_qualities_and_say_why():
+    """Every item rated one value over and over (no spread within items): each item's quality is its own mean and
+    an unrated item gets the mean of all. Every item rated once: nothing measures the noise, the shrinkage is the
+    default 10 ratings' worth. One value for everything: every item at the mean."""
+    item = np.repeat(np.arange(5), 4)
+    quality, about = quality_from_ratings(rated_logs(item % 5 + 1.0, item, items=6), np.zeros(len(item)))
+    assert about["within_item_sd"] == 0.0 and about["prior_events"] == 0.0 and np.all(np.isfinite(quality))
+    assert np.all(np.diff(quality[:5]) > 0) and quality[5] == pytest.approx(np.mean(quality[item]))
+    once = np.arange(30)
+    quality, about = quality_from_ratings(rated_logs(once % 5 + 1.0, once), np.zeros(30))
+    assert about["within_item_sd"] is None and about["prior_events"] == 10.0 and "two rated" in about["prior_source"]
+    assert np.all(np.isfinite(quality))
+    quality, about = quality_from_ratings(rated_logs(np.full(20, 3.0), item), np.zeros(20))
+    assert about["prior_events"] == "infinite" and np.ptp(quality) == 0.0
 
 @pytest.mark.parametrize("noise_from_ratings", [True, False])
 def test_simulated_ratings_stray_from_their_items_as_the_logged_ones_do(noise_from_ratings):
@@ -85,12 +100,26 @@ def test_simulated_ratings_stray_from_their_items_as_the_logged_ones_do(noise_fr
     simulated = simulate_future(fitted, logs, logs, seed=0)
     sim = np.corrcoef(simulated["rating"], item_mean[simulated["item"]])[0, 1]
     assert 0.3 < real < 0.5, real
+    said = fitted.fit["quality_from_ratings"]["engagement_noise"]
+    assert said["value"] == pytest.approx(noise)
     if noise_from_ratings:
-        assert noise == pytest.approx(spread) and noise > 1.0
+        assert noise == pytest.approx(spread) and noise > 1.0 and said["source"] == "the ratings' spread within items"
         assert abs(sim - real) < 0.1, (sim, real)
     else:
-        assert noise == 0.3
+        assert noise == 0.3 and "default" in said["source"]
         assert sim > real + 0.25, (sim, real)
+
+
+def test_a_few_repeated_ratings_do_not_set_the_noise():
+    """Ten items rated twice, the rest once: 10 ratings beyond one per item are too few to say how ratings
+    stray, and the simulator keeps its default noise."""
+    rng = np.random.default_rng(8)
+    item = np.r_[np.arange(10), np.arange(40)]
+    logs = rated_logs(rng.integers(1, 6, len(item)).astype(float), rng.permutation(item), users=200, items=40)
+    fitted = calibrate(logs, FitConfig(**SMALL))
+    assert fitted.fit["quality_from_ratings"]["within_item_dof"] == 10
+    assert fitted.config.population.engagement_noise == 0.3
+    assert "fewer than 30" in fitted.fit["quality_from_ratings"]["engagement_noise"]["source"]
 
 
 @pytest.mark.parametrize("size", [100, 400])
@@ -116,3 +145,8 @@ def test_the_rating_ks_pools_draws_of_the_simulated_future():
         pooled = np.concatenate([simulate_future(fitted, past, known, seed=7 + r)["rating"] for r in range(draws)])
         assert fidelity["rating_ks"] == pytest.approx(ks_distance(known.rating, pooled))
         assert fidelity["rating_ks_draws"] == draws
+        items = np.concatenate([simulate_future(fitted, past, known, seed=7 + r)["item"] for r in range(draws)])
+        quintiles = rating_ks_by_popularity(past, known, {"item": items, "rating": pooled})
+        assert quintiles and all(fidelity[key] == value for key, value in quintiles.items())
+    with pytest.raises(ValueError, match="rating_draws: expected at least 1"):
+        evaluate_fidelity(fitted, past, held, rating_draws=0)
