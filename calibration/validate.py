@@ -192,12 +192,20 @@ def bootstrap_summary(
     return out
 
 
+def resampled_means(
+    values: dict[str, np.ndarray], draws: int, generator: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """``[draws]`` means of each ``values[name]`` (``[U]`` per user, NaN where not evaluated) over bootstrap
+    resamples of the users, the same users for every name."""
+    users = len(next(iter(values.values())))
+    picks = generator.integers(0, users, size=(draws, users))
+    return {name: np.nanmean(per_user[picks], axis=1) for name, per_user in values.items()}
+
+
 def clear_pairs(values: dict[str, np.ndarray], draws: int, generator: np.random.Generator) -> list[tuple[str, str]]:
     """Pairs ``(better, worse)`` whose paired bootstrap interval (95%) of the difference of means excludes 0."""
     names = list(values)
-    users = len(values[names[0]])
-    picks = generator.integers(0, users, size=(draws, users))
-    means = {name: np.nanmean(values[name][picks], axis=1) for name in names}
+    means = resampled_means(values, draws, generator)
     pairs = []
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
@@ -217,10 +225,8 @@ def exact_simulator_reach(
     Where these are far below 1, the logs hold too few users for the targets to tell a right simulator from a
     wrong one."""
     names = list(real)
-    users = len(real[names[0]])
-    picks = generator.integers(0, users, size=(draws, users))
     full = {name: float(np.nanmean(real[name])) for name in names}
-    resampled = {name: np.nanmean(real[name][picks], axis=1) for name in names}
+    resampled = resampled_means(real, draws, generator)
     within = {}
     for name in names:
         if name == baseline:
@@ -228,7 +234,7 @@ def exact_simulator_reach(
         exact = full[name] / full[baseline] - 1.0
         with np.errstate(invalid="ignore", divide="ignore"):
             lifts = resampled[name] / resampled[baseline] - 1.0
-        within[name] = np.abs(exact - lifts) <= np.maximum(0.25 * np.abs(lifts), 0.02)
+        within[name] = lifts_within_target(lifts, exact)
     taus = [_tau({n: resampled[n][b] for n in names}, full) for b in range(draws)]
     return {
         "lift_within_target": {name: float(hit.mean()) for name, hit in within.items()},
@@ -245,9 +251,15 @@ def _tau(real: dict[str, float], simulated: dict[str, float]) -> float:
     return float(kendalltau([real[n] for n in names], [simulated[n] for n in names]).statistic)
 
 
+def lifts_within_target(real_lift: Any, simulated_lift: Any) -> np.ndarray:
+    """Whether each simulated lift over popularity is within ``max(25% of the real lift, 0.02)`` of the real one
+    (arrays or numbers, broadcast)."""
+    return np.abs(simulated_lift - real_lift) <= np.maximum(0.25 * np.abs(real_lift), 0.02)
+
+
 def within_target(real_lift: float, simulated_lift: float) -> bool:
-    """Whether a simulated lift over popularity is within ``max(25% of the real lift, 0.02)`` of the real one."""
-    return abs(simulated_lift - real_lift) <= max(0.25 * abs(real_lift), 0.02)
+    """:func:`lifts_within_target` of one pair of lifts."""
+    return bool(lifts_within_target(real_lift, simulated_lift))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
